@@ -1,0 +1,120 @@
+//! Gateway key lookup. Keys are stored only as SHA-256 digests; a presented key
+//! is hashed and the digest compared in constant time.
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Longest `Authorization` value we will hash. Longer ones are rejected as-is.
+pub const MAX_KEY_LEN: usize = 512;
+
+pub fn digest(secret: &[u8]) -> [u8; 32] {
+    Sha256::digest(secret).into()
+}
+
+pub fn parse_hex_digest(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut out).ok()?;
+    Some(out)
+}
+
+/// Digest → key slot. Few keys per gateway, so a linear constant-time scan
+/// beats a map and leaks nothing through early exits.
+#[derive(Debug, Default)]
+pub struct KeyIndex {
+    digests: Vec<[u8; 32]>,
+}
+
+impl KeyIndex {
+    pub fn new(digests: Vec<[u8; 32]>) -> Self {
+        Self { digests }
+    }
+
+    /// The slot of the key whose digest matches `presented`'s, if any.
+    pub fn lookup(&self, presented: &[u8]) -> Option<usize> {
+        let d = digest(presented);
+        let mut found: Option<usize> = None;
+        for (i, known) in self.digests.iter().enumerate() {
+            if bool::from(known.ct_eq(&d)) {
+                found = Some(i);
+            }
+        }
+        found
+    }
+}
+
+/// Pulls the key out of the request's auth headers. `None` for anything but
+/// exactly one well-formed `Authorization: Bearer <key>` (or, with none of
+/// those, one `x-api-key`).
+pub fn presented_key(headers: &http::HeaderMap) -> Option<&[u8]> {
+    let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
+    match (auth.next(), auth.next()) {
+        (Some(v), None) => {
+            let raw = v.as_bytes();
+            if raw.len() > MAX_KEY_LEN + 7 || !raw.is_ascii() {
+                return None;
+            }
+            let key = strip_bearer(raw)?;
+            (!key.is_empty()).then_some(key)
+        }
+        (Some(_), Some(_)) => None,
+        (None, _) => {
+            let mut alt = headers.get_all("x-api-key").iter();
+            match (alt.next(), alt.next()) {
+                (Some(v), None) if v.len() <= MAX_KEY_LEN && v.as_bytes().is_ascii() => {
+                    (!v.is_empty()).then_some(v.as_bytes())
+                }
+                _ => None,
+            }
+        }
+    }
+}
+
+fn strip_bearer(raw: &[u8]) -> Option<&[u8]> {
+    if raw.len() < 7 || !raw[..7].eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let key = &raw[7..];
+    let start = key.iter().position(|b| *b != b' ')?;
+    let end = key.iter().rposition(|b| *b != b' ')? + 1;
+    Some(&key[start..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn finds_known_key_only() {
+        let idx = KeyIndex::new(vec![digest(b"alpha-key"), digest(b"beta-key")]);
+        assert_eq!(idx.lookup(b"beta-key"), Some(1));
+        assert_eq!(idx.lookup(b"gamma-key"), None);
+    }
+
+    #[test]
+    fn extracts_bearer_and_rejects_odd_headers() {
+        let h = headers(&[("authorization", "Bearer sk-1")]);
+        assert_eq!(presented_key(&h), Some(&b"sk-1"[..]));
+        let h = headers(&[("authorization", "bearer  sk-1 ")]);
+        assert_eq!(presented_key(&h), Some(&b"sk-1"[..]));
+        assert_eq!(presented_key(&headers(&[])), None);
+        let dup = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer a")]);
+        assert_eq!(presented_key(&dup), None);
+        assert_eq!(presented_key(&headers(&[("authorization", "Basic abc")])), None);
+        let long = format!("Bearer {}", "k".repeat(10_000));
+        assert_eq!(presented_key(&headers(&[("authorization", &long)])), None);
+        let h = headers(&[("x-api-key", "sk-2")]);
+        assert_eq!(presented_key(&h), Some(&b"sk-2"[..]));
+    }
+}

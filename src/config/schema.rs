@@ -1,0 +1,271 @@
+//! The YAML schema as the user writes it. Every struct rejects unknown fields.
+
+use super::duration::HumanDuration;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the OpenAI-compatible API listener, e.g. `127.0.0.1:8080`.
+    pub listen: String,
+    /// Address of the Prometheus listener (serves `/metrics`). Optional.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// Largest accepted request body, in bytes. Default 32 MiB.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Process-level settings.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// Protection against slow or abusive clients.
+    #[serde(default)]
+    pub downstream: DownstreamSection,
+    /// Access log settings.
+    #[serde(default)]
+    pub access_log: AccessLogSection,
+    /// Upstream providers by name.
+    pub providers: BTreeMap<String, Provider>,
+    /// Model aliases clients may ask for, by name.
+    pub models: BTreeMap<String, Model>,
+    /// Gateway keys.
+    #[serde(default)]
+    pub keys: Vec<Key>,
+}
+
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+
+fn default_max_body_bytes() -> u64 {
+    DEFAULT_MAX_BODY_BYTES
+}
+
+/// Process-level settings (threads, graceful stop, upgrade socket).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Worker threads for the proxy service. Default: the number of CPUs.
+    pub threads: Option<usize>,
+    /// How long SIGTERM waits for in-flight requests before the runtime stops.
+    pub grace_period: HumanDuration,
+    /// How long the runtime gets to shut down after the grace period.
+    pub shutdown_timeout: HumanDuration,
+    /// PID file (used by the graceful upgrade).
+    pub pid_file: String,
+    /// Unix socket used to hand listeners over during a graceful upgrade (`-u`).
+    pub upgrade_sock: String,
+    /// Idle upstream connections kept per process.
+    pub upstream_keepalive_pool: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            threads: None,
+            grace_period: HumanDuration::from_secs(30),
+            shutdown_timeout: HumanDuration::from_secs(5),
+            pid_file: "/tmp/tollgate.pid".into(),
+            upgrade_sock: "/tmp/tollgate_upgrade.sock".into(),
+            upstream_keepalive_pool: 1024,
+        }
+    }
+}
+
+/// Limits toward clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownstreamSection {
+    /// Longest pause while reading the request body before answering 408.
+    pub body_idle_timeout: HumanDuration,
+    /// Idle keep-alive connections are closed after this long.
+    pub keepalive: HumanDuration,
+}
+
+impl Default for DownstreamSection {
+    fn default() -> Self {
+        Self {
+            body_idle_timeout: HumanDuration::from_secs(30),
+            keepalive: HumanDuration::from_secs(60),
+        }
+    }
+}
+
+/// One JSON line per request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogSection {
+    pub enabled: bool,
+    /// File to append to. Absent: stderr.
+    pub path: Option<String>,
+}
+
+impl Default for AccessLogSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: None,
+        }
+    }
+}
+
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// The OpenAI wire format: OpenAI, DeepSeek, Qwen, Groq, vLLM, Ollama...
+    Openai,
+    /// Answers locally with OpenAI-shaped responses. No network, no key.
+    Mock,
+}
+
+/// One upstream provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    pub kind: ProviderKind,
+    /// `http(s)://host[:port][/prefix]`. Required for every kind but `mock`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Sent upstream as `Authorization: Bearer …`. Usually `${ENV_VAR}`.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Addresses to balance across instead of `base_url`'s host (`host:port`).
+    #[serde(default)]
+    pub backends: Option<Vec<String>>,
+    /// PEM file of extra CA certificates trusted for this provider's TLS.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Extra headers sent upstream on every request (e.g. `OpenAI-Organization`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub health_check: HealthCheck,
+    /// How often hostnames in `base_url`/`backends` are re-resolved.
+    #[serde(default = "default_dns_refresh")]
+    pub dns_refresh: HumanDuration,
+    /// Settings of `kind: mock`.
+    #[serde(default)]
+    pub mock: Option<MockSettings>,
+}
+
+fn default_dns_refresh() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TCP (and TLS) connect.
+    pub connect: HumanDuration,
+    /// Longest wait for any read from the upstream: the response headers, and each
+    /// body chunk after them.
+    pub read: HumanDuration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: HumanDuration::from_secs(5),
+            read: HumanDuration::from_secs(300),
+        }
+    }
+}
+
+/// Active health checks. They never send a billed request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheck {
+    pub enabled: bool,
+    pub interval: HumanDuration,
+    pub timeout: HumanDuration,
+    /// When set, `GET` this path (e.g. `/health` or `/v1/models`) and expect 2xx.
+    /// Otherwise a TCP (or TLS) connect.
+    pub path: Option<String>,
+    /// Consecutive failures that take a backend out.
+    pub unhealthy_after: usize,
+    /// Consecutive successes that bring it back.
+    pub healthy_after: usize,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: HumanDuration::from_secs(5),
+            timeout: HumanDuration::from_secs(1),
+            path: None,
+            unhealthy_after: 1,
+            healthy_after: 1,
+        }
+    }
+}
+
+/// What `kind: mock` answers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MockSettings {
+    /// Delay before the response (non-stream) or the first chunk (stream).
+    pub latency: HumanDuration,
+    /// Number of content chunks in a streamed answer.
+    pub stream_chunks: usize,
+    /// Delay between streamed chunks.
+    pub chunk_interval: HumanDuration,
+    /// The reply text; split across the chunks when streaming.
+    pub content: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Length of the vectors returned for embeddings.
+    pub embedding_dimensions: usize,
+}
+
+impl Default for MockSettings {
+    fn default() -> Self {
+        Self {
+            latency: HumanDuration::from_millis(0),
+            stream_chunks: 5,
+            chunk_interval: HumanDuration::from_millis(0),
+            content: "Hello from the Tollgate mock provider.".into(),
+            prompt_tokens: 10,
+            completion_tokens: 8,
+            embedding_dimensions: 8,
+        }
+    }
+}
+
+/// A model alias: the name clients send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    /// Tried in order: the first is the primary, the rest are fallbacks.
+    pub routes: Vec<Route>,
+}
+
+/// Where an alias goes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// A name under `providers`.
+    pub provider: String,
+    /// The model name the upstream receives.
+    pub model: String,
+}
+
+/// A gateway key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Key {
+    /// Shown in logs and metrics. Never the secret.
+    pub name: String,
+    /// The secret itself (usually `${ENV_VAR}`), or…
+    #[serde(default)]
+    pub key: Option<String>,
+    /// …its SHA-256, hex-encoded.
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+    /// Aliases this key may use. Absent: all.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+}

@@ -1,0 +1,316 @@
+//! Cross-field validation. Collects every problem, each naming its field and
+//! saying how to fix it.
+
+use super::schema::*;
+use super::url::{parse_base_url, split_host_port};
+use super::ConfigError;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+/// Headers a provider's `headers:` may not set: the gateway owns them.
+const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "x-api-key",
+    "api-key",
+];
+
+/// Checks everything serde cannot: addresses, URLs, references, files, duplicates.
+pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    let mut v = Problems::default();
+    check_listeners(cfg, &mut v);
+    for (name, p) in &cfg.providers {
+        check_provider(name, p, &mut v);
+    }
+    if cfg.models.is_empty() {
+        v.add("models", "at least one model alias is required");
+    }
+    for (alias, m) in &cfg.models {
+        check_name(&format!("models.{alias}"), alias, &mut v);
+        if m.routes.is_empty() {
+            v.add(format!("models.{alias}.routes"), "needs at least one route");
+        }
+        for (i, r) in m.routes.iter().enumerate() {
+            let field = format!("models.{alias}.routes[{i}]");
+            if !cfg.providers.contains_key(&r.provider) {
+                v.add(
+                    format!("{field}.provider"),
+                    format!(
+                        "provider `{}` is not defined; defined providers: {}",
+                        r.provider,
+                        list(cfg.providers.keys())
+                    ),
+                );
+            }
+            if r.model.trim().is_empty() {
+                v.add(format!("{field}.model"), "must name the upstream model");
+            }
+        }
+    }
+    check_keys(cfg, &mut v);
+    v.finish()
+}
+
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, field: impl AsRef<str>, msg: impl AsRef<str>) {
+        self.0.push(format!("{}: {}", field.as_ref(), msg.as_ref()));
+    }
+    fn finish(self) -> Result<(), ConfigError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems: self.0 })
+        }
+    }
+}
+
+fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = names.map(String::as_str).collect();
+    if v.is_empty() {
+        "(none)".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn check_name(field: &str, name: &str, v: &mut Problems) {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/@".contains(c));
+    if !ok {
+        v.add(
+            field,
+            "names use 1-128 characters from letters, digits and - _ . : / @",
+        );
+    }
+}
+
+fn check_listeners(cfg: &Config, v: &mut Problems) {
+    let listen = cfg.listen.parse::<SocketAddr>();
+    if listen.is_err() {
+        v.add(
+            "listen",
+            format!("`{}` is not an IP:port such as 127.0.0.1:8080", cfg.listen),
+        );
+    }
+    if let Some(m) = &cfg.metrics_listen {
+        match m.parse::<SocketAddr>() {
+            Err(_) => v.add(
+                "metrics_listen",
+                format!("`{m}` is not an IP:port such as 127.0.0.1:9091"),
+            ),
+            Ok(a) if listen.as_ref().is_ok_and(|l| *l == a) => {
+                v.add("metrics_listen", "must differ from `listen`")
+            }
+            Ok(_) => {}
+        }
+    }
+    if cfg.max_body_bytes == 0 || cfg.max_body_bytes > 1 << 30 {
+        v.add("max_body_bytes", "must be between 1 and 1073741824 (1 GiB)");
+    }
+    if cfg.server.threads == Some(0) {
+        v.add("server.threads", "must be at least 1 (or left out)");
+    }
+    if cfg.downstream.body_idle_timeout.get().is_zero() {
+        v.add("downstream.body_idle_timeout", "must be greater than 0");
+    }
+}
+
+fn check_provider(name: &str, p: &Provider, v: &mut Problems) {
+    let f = format!("providers.{name}");
+    check_name(&f, name, v);
+    match p.kind {
+        ProviderKind::Mock => {
+            for (set, field) in [
+                (p.base_url.is_some(), "base_url"),
+                (p.backends.is_some(), "backends"),
+                (p.api_key.is_some(), "api_key"),
+                (p.ca_file.is_some(), "ca_file"),
+            ] {
+                if set {
+                    v.add(
+                        format!("{f}.{field}"),
+                        "is not used by `kind: mock`; remove it",
+                    );
+                }
+            }
+        }
+        ProviderKind::Openai => {
+            if p.mock.is_some() {
+                v.add(format!("{f}.mock"), "only applies to `kind: mock`; remove it");
+            }
+            let url = match &p.base_url {
+                None => {
+                    v.add(
+                        format!("{f}.base_url"),
+                        "is required, e.g. https://api.openai.com/v1",
+                    );
+                    None
+                }
+                Some(u) => match parse_base_url(u) {
+                    Ok(u) => Some(u),
+                    Err(e) => {
+                        v.add(format!("{f}.base_url"), e);
+                        None
+                    }
+                },
+            };
+            if let Some(backends) = &p.backends {
+                if backends.is_empty() {
+                    v.add(
+                        format!("{f}.backends"),
+                        "is empty; list host:port addresses or remove it",
+                    );
+                }
+                let mut seen = HashSet::new();
+                for (i, b) in backends.iter().enumerate() {
+                    match split_host_port(b) {
+                        Some((_, Some(_))) => {}
+                        _ => v.add(
+                            format!("{f}.backends[{i}]"),
+                            format!("`{b}` is not host:port such as 10.0.0.5:8000"),
+                        ),
+                    }
+                    if !seen.insert(b) {
+                        v.add(format!("{f}.backends[{i}]"), format!("`{b}` is listed twice"));
+                    }
+                }
+            }
+            if let Some(ca) = &p.ca_file {
+                if url.as_ref().is_some_and(|u| !u.tls) {
+                    v.add(
+                        format!("{f}.ca_file"),
+                        "is only used with an https:// base_url",
+                    );
+                }
+                if let Err(e) = crate::upstream::tls::load_ca_file(ca) {
+                    v.add(format!("{f}.ca_file"), e);
+                }
+            }
+            if let Some(k) = &p.api_key {
+                if k.is_empty() || http::HeaderValue::from_str(&format!("Bearer {k}")).is_err() {
+                    v.add(
+                        format!("{f}.api_key"),
+                        "is empty or has characters not allowed in a header",
+                    );
+                }
+            }
+        }
+    }
+    for (h, val) in &p.headers {
+        let lower = h.to_ascii_lowercase();
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err()
+            || http::HeaderValue::from_str(val).is_err()
+        {
+            v.add(
+                format!("{f}.headers.{h}"),
+                "is not a valid header name and value",
+            );
+        } else if RESERVED_HEADERS.contains(&lower.as_str()) {
+            v.add(
+                format!("{f}.headers.{h}"),
+                "is set by the gateway itself; remove it (use api_key for credentials)",
+            );
+        }
+    }
+    let hc = &p.health_check;
+    if hc.interval.get().is_zero() || hc.timeout.get().is_zero() {
+        v.add(
+            format!("{f}.health_check"),
+            "interval and timeout must be greater than 0",
+        );
+    }
+    if hc.unhealthy_after == 0 || hc.healthy_after == 0 {
+        v.add(
+            format!("{f}.health_check"),
+            "unhealthy_after and healthy_after must be at least 1",
+        );
+    }
+    if let Some(path) = &hc.path {
+        if !path.starts_with('/') || path.contains(char::is_whitespace) {
+            v.add(
+                format!("{f}.health_check.path"),
+                "must be an absolute path such as /health",
+            );
+        }
+    }
+    if p.timeouts.connect.get().is_zero() || p.timeouts.read.get().is_zero() {
+        v.add(
+            format!("{f}.timeouts"),
+            "connect and read must be greater than 0",
+        );
+    }
+    if p.dns_refresh.get().is_zero() {
+        v.add(format!("{f}.dns_refresh"), "must be greater than 0");
+    }
+}
+
+fn check_keys(cfg: &Config, v: &mut Problems) {
+    let mut names = HashSet::new();
+    let mut digests: HashMap<[u8; 32], &str> = HashMap::new();
+    for (i, k) in cfg.keys.iter().enumerate() {
+        let f = format!("keys[{i}]");
+        check_name(&format!("{f}.name"), &k.name, v);
+        if !names.insert(k.name.as_str()) {
+            v.add(
+                format!("{f}.name"),
+                format!("`{}` is used by another key; names must be unique", k.name),
+            );
+        }
+        let digest = match (&k.key, &k.key_sha256) {
+            (Some(_), Some(_)) => {
+                v.add(&f, "set either `key` or `key_sha256`, not both");
+                None
+            }
+            (None, None) => {
+                v.add(&f, "needs `key` (the secret) or `key_sha256` (its hex SHA-256)");
+                None
+            }
+            (Some(secret), None) => {
+                if secret.len() < 8 {
+                    v.add(format!("{f}.key"), "must be at least 8 characters");
+                }
+                Some(crate::auth::digest(secret.as_bytes()))
+            }
+            (None, Some(hexed)) => match crate::auth::parse_hex_digest(hexed) {
+                Some(d) => Some(d),
+                None => {
+                    v.add(
+                        format!("{f}.key_sha256"),
+                        "must be 64 hex characters (sha256sum of the key)",
+                    );
+                    None
+                }
+            },
+        };
+        if let Some(d) = digest {
+            if let Some(other) = digests.insert(d, &k.name) {
+                v.add(
+                    &f,
+                    format!("has the same secret as key `{other}`; every key must be distinct"),
+                );
+            }
+        }
+        if let Some(models) = &k.models {
+            for (j, m) in models.iter().enumerate() {
+                if !cfg.models.contains_key(m) {
+                    v.add(
+                        format!("{f}.models[{j}]"),
+                        format!(
+                            "model `{m}` is not defined under `models`; defined: {}",
+                            list(cfg.models.keys())
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! `GatewayError`: every error Tollgate itself answers with. Each variant knows
+//! its HTTP status, its OpenAI `type` and `code`, and its metric label; it is
+//! rendered in one place as an OpenAI-format body.
+
+use bytes::Bytes;
+use std::fmt;
+
+/// An error answered to the client in OpenAI's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    /// The body is not valid JSON, not an object, or lacks a string `model`.
+    InvalidRequest { message: String, param: Option<&'static str> },
+    /// No key, or a key we do not know.
+    InvalidApiKey,
+    /// The key may not use this model.
+    ModelNotAllowed { model: String },
+    /// No such model alias.
+    ModelNotFound { model: String },
+    /// No such endpoint.
+    NotFound,
+    /// The endpoint exists, but not for this method.
+    MethodNotAllowed { allowed: &'static str },
+    /// The body was not complete within the body-idle timeout.
+    RequestTimeout,
+    /// A body over 64 KiB sent with chunked encoding (we need its length).
+    LengthRequired,
+    /// The body is over `max_body_bytes`.
+    PayloadTooLarge { limit: u64 },
+    /// The upstream could not be reached or answered badly.
+    UpstreamError,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// A fault inside the gateway.
+    Internal,
+}
+
+impl GatewayError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::InvalidRequest { .. } => 400,
+            Self::InvalidApiKey => 401,
+            Self::ModelNotAllowed { .. } => 403,
+            Self::ModelNotFound { .. } | Self::NotFound => 404,
+            Self::MethodNotAllowed { .. } => 405,
+            Self::RequestTimeout => 408,
+            Self::LengthRequired => 411,
+            Self::PayloadTooLarge { .. } => 413,
+            Self::UpstreamError => 502,
+            Self::UpstreamTimeout => 504,
+            Self::Internal => 500,
+        }
+    }
+
+    /// OpenAI's `error.type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest { .. }
+            | Self::ModelNotFound { .. }
+            | Self::NotFound
+            | Self::MethodNotAllowed { .. }
+            | Self::RequestTimeout
+            | Self::LengthRequired
+            | Self::PayloadTooLarge { .. } => "invalid_request_error",
+            Self::InvalidApiKey => "authentication_error",
+            Self::ModelNotAllowed { .. } => "permission_error",
+            Self::UpstreamError | Self::UpstreamTimeout | Self::Internal => "api_error",
+        }
+    }
+
+    /// OpenAI's `error.code`; also the low-cardinality metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest { .. } => "invalid_request",
+            Self::InvalidApiKey => "invalid_api_key",
+            Self::ModelNotAllowed { .. } => "model_not_allowed",
+            Self::ModelNotFound { .. } => "model_not_found",
+            Self::NotFound => "unknown_url",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::RequestTimeout => "request_timeout",
+            Self::LengthRequired => "length_required",
+            Self::PayloadTooLarge { .. } => "request_too_large",
+            Self::UpstreamError => "upstream_error",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::Internal => "gateway_error",
+        }
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            Self::InvalidRequest { param, .. } => *param,
+            Self::ModelNotAllowed { .. } | Self::ModelNotFound { .. } => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI-format JSON body.
+    pub fn body(&self) -> Bytes {
+        let v = serde_json::json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.kind(),
+                "param": self.param(),
+                "code": self.code(),
+            }
+        });
+        Bytes::from(v.to_string())
+    }
+}
+
+impl fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidRequest { message, .. } => f.write_str(message),
+            Self::InvalidApiKey => f.write_str(
+                "Invalid or missing API key. Send your Tollgate key as `Authorization: Bearer <key>`.",
+            ),
+            Self::ModelNotAllowed { model } => {
+                write!(f, "This key is not allowed to use the model `{model}`.")
+            }
+            Self::ModelNotFound { model } => write!(
+                f,
+                "The model `{model}` does not exist. GET /v1/models lists the models this key may use."
+            ),
+            Self::NotFound => f.write_str("Unknown endpoint."),
+            Self::MethodNotAllowed { allowed } => {
+                write!(f, "Method not allowed for this endpoint; use {allowed}.")
+            }
+            Self::RequestTimeout => f.write_str("The request body was not received in time."),
+            Self::LengthRequired => f.write_str(
+                "Chunked request bodies over 64 KiB are not supported; send a Content-Length header.",
+            ),
+            Self::PayloadTooLarge { limit } => {
+                write!(f, "The request body is larger than the limit of {limit} bytes.")
+            }
+            Self::UpstreamError => {
+                f.write_str("The upstream provider could not be reached or failed.")
+            }
+            Self::UpstreamTimeout => f.write_str("The upstream provider did not answer in time."),
+            Self::Internal => f.write_str("Internal gateway error."),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_openai_shaped() {
+        let e = GatewayError::ModelNotFound { model: "x".into() };
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "model");
+        assert!(v["error"]["message"].as_str().unwrap().contains('x'));
+        assert_eq!(e.status(), 404);
+    }
+}

@@ -1,0 +1,14 @@
+//! Tollgate: an OpenAI-compatible LLM API gateway on Pingora.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod providers;
+pub mod proxy;
+pub mod reload;
+pub mod rewrite;
+pub mod runtime;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,78 @@
+//! `tollgate --config FILE [--test]`: validate the config, or run the gateway.
+
+use std::process::ExitCode;
+use tollgate::cli::{self, Action};
+use tollgate::{config, runtime::Runtime, server, telemetry};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = match cli::parse(std::env::args().skip(1)) {
+        Ok(Action::Run(c)) => c,
+        Ok(Action::Help) => {
+            println!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Action::Version) => {
+            println!("tollgate {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = match config::load_file(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("invalid configuration:\n{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match Runtime::build(cfg.clone()) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("invalid configuration:\n{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.test {
+        println!("configuration {} is valid", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    // SIGHUP's default action kills the process. Ignore it until the reload
+    // service installs its handler, so an early reload cannot stop us.
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    if let Err(e) = warm_up(&rt) {
+        eprintln!("start-up failed: {e}");
+        return ExitCode::FAILURE;
+    }
+    telemetry::access_log::init(cfg.access_log.path.clone());
+    if let Some(m) = telemetry::metrics::get() {
+        m.config_loaded.set(tollgate::reload::now_secs());
+    }
+    match server::run(&cli, cfg, rt) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves and health-checks every upstream once before taking traffic.
+fn warm_up(rt: &Runtime) -> Result<(), String> {
+    let tokio_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    tokio_rt.block_on(async {
+        let limit = std::time::Duration::from_secs(10);
+        if tokio::time::timeout(limit, rt.warm_up()).await.is_err() {
+            log::warn!("upstream warm-up took over {limit:?}; continuing");
+        }
+    });
+    Ok(())
+}

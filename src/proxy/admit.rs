@@ -1,0 +1,129 @@
+//! `request_filter`'s work: route the path, authenticate, read and parse the
+//! body once, resolve the alias. Every rejection happens here, before any
+//! upstream is contacted.
+
+use crate::auth;
+use crate::error::GatewayError;
+use crate::providers::mock;
+use crate::proxy::body;
+use crate::proxy::ctx::Ctx;
+use crate::proxy::endpoint::{self, Endpoint};
+use crate::proxy::respond;
+use crate::rewrite;
+use crate::runtime::ProviderRt;
+use bytes::Bytes;
+use pingora::proxy::Session;
+
+/// What the proxy does after admission.
+pub enum Next {
+    /// Go upstream.
+    Proxy,
+    /// A response was already written.
+    Done,
+}
+
+/// Admits the request, or writes its error. Returns `Ok(true)` when a
+/// response was sent (Pingora's `request_filter` convention).
+pub async fn request_filter(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+    match admit(session, ctx).await {
+        Ok(Next::Proxy) => Ok(false),
+        Ok(Next::Done) => Ok(true),
+        Err(err) => {
+            ctx.status = err.status();
+            if !session.is_body_done() {
+                // Unread body bytes must not be parsed as the next request.
+                session.set_keepalive(None);
+            }
+            respond::error(session, &err, &ctx.request_id).await?;
+            ctx.error = Some(err);
+            Ok(true)
+        }
+    }
+}
+
+async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayError> {
+    let rt = ctx.runtime()?.clone();
+    let req = session.req_header();
+    let ep = match endpoint::route(&req.method, req.uri.path()) {
+        endpoint::Route::Ok(ep) => ep,
+        endpoint::Route::WrongMethod(allowed) => {
+            return Err(GatewayError::MethodNotAllowed { allowed })
+        }
+        endpoint::Route::Unknown => return Err(GatewayError::NotFound),
+    };
+    ctx.endpoint = Some(ep);
+    if ep == Endpoint::Healthz {
+        let body = Bytes::from_static(br#"{"status":"ok"}"#);
+        return written(respond::json(session, 200, body, &ctx.request_id).await, ctx);
+    }
+    if req.headers.contains_key(http::header::UPGRADE) {
+        return Err(GatewayError::invalid("Protocol upgrades are not supported."));
+    }
+    let key = auth::presented_key(&req.headers)
+        .and_then(|k| rt.keys.lookup(k))
+        .ok_or(GatewayError::InvalidApiKey)?;
+    ctx.key = Some(key);
+    let key_info = rt.key_info.get(key).ok_or(GatewayError::Internal)?;
+    if ep == Endpoint::Models {
+        let body = key_info.models_body.clone();
+        return written(respond::json(session, 200, body, &ctx.request_id).await, ctx);
+    }
+    let framing = body::framing(&session.req_header().headers)?;
+    session.set_keepalive(Some(rt.keepalive_secs));
+    let bytes = body::read_all(session, framing, rt.max_body_bytes, rt.body_idle_timeout).await?;
+    let parsed = rewrite::parse(&bytes).map_err(|e| GatewayError::InvalidRequest {
+        message: e.message,
+        param: e.param,
+    })?;
+    let model = rt
+        .models
+        .get(&parsed.model)
+        .ok_or_else(|| GatewayError::ModelNotFound {
+            model: shorten(&parsed.model),
+        })?;
+    if !key_info.allows(&model.name) {
+        return Err(GatewayError::ModelNotAllowed {
+            model: model.name.to_string(),
+        });
+    }
+    ctx.alias = Some(model.name.clone());
+    let first = model.routes.first().ok_or(GatewayError::Internal)?;
+    if let ProviderRt::Mock(settings) = &*first.provider {
+        ctx.served_locally = true;
+        ctx.attempts = 1;
+        if !settings.latency.get().is_zero() {
+            tokio::time::sleep(settings.latency.get()).await;
+        }
+        let reply = mock::reply(ep, settings, &first.model, &parsed, &bytes, &ctx.request_id);
+        ctx.parsed = Some(parsed);
+        let sent = match reply {
+            mock::Reply::Json(b) => respond::json(session, 200, b, &ctx.request_id).await,
+            mock::Reply::Sse { events, interval } => {
+                respond::sse(session, events, interval, &ctx.request_id).await
+            }
+        };
+        return written(sent, ctx);
+    }
+    ctx.body = bytes;
+    ctx.parsed = Some(parsed);
+    Ok(Next::Proxy)
+}
+
+/// Records the outcome of a locally written 200 response.
+fn written(result: pingora::Result<()>, ctx: &mut Ctx) -> Result<Next, GatewayError> {
+    // A write error means the client went away: nothing more to send.
+    ctx.status = if result.is_ok() { 200 } else { 499 };
+    Ok(Next::Done)
+}
+
+/// Client-supplied text echoed in an error is cut to a sane length.
+fn shorten(s: &str) -> String {
+    if s.len() <= 128 {
+        return s.to_string();
+    }
+    let mut end = 128;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

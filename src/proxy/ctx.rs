@@ -1,0 +1,89 @@
+//! Per-request state shared by the hooks.
+
+use crate::error::GatewayError;
+use crate::proxy::endpoint::Endpoint;
+use crate::rewrite::Parsed;
+use crate::runtime::Runtime;
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything one request carries from hook to hook.
+pub struct Ctx {
+    /// The config snapshot this request uses from start to end.
+    pub rt: Option<Arc<Runtime>>,
+    pub start: Instant,
+    pub request_id: String,
+    pub endpoint: Option<Endpoint>,
+    /// Index into `rt.key_info`.
+    pub key: Option<usize>,
+    /// The model alias, once resolved.
+    pub alias: Option<Arc<str>>,
+    pub parsed: Option<Parsed>,
+    /// The client's body, as received.
+    pub body: Bytes,
+    /// Index of the route being tried.
+    pub route: usize,
+    /// Backends tried on the current route.
+    pub tried: Vec<SocketAddr>,
+    /// The backend of the current attempt.
+    pub backend: Option<SocketAddr>,
+    /// This attempt's body, with the route's model spliced in.
+    pub attempt_body: Bytes,
+    /// Whether this attempt's body was already emitted.
+    pub body_sent: bool,
+    pub attempts: u32,
+    /// Answered locally by a mock provider.
+    pub served_locally: bool,
+    pub status: u16,
+    pub upstream_headers_at: Option<Instant>,
+    pub error: Option<GatewayError>,
+    /// Why the last attempt failed, answered if nothing is left to try.
+    pub last_failure: Option<GatewayError>,
+    pub counted_in_flight: bool,
+}
+
+impl Ctx {
+    pub fn new() -> Self {
+        Self {
+            rt: None,
+            start: Instant::now(),
+            request_id: String::new(),
+            endpoint: None,
+            key: None,
+            alias: None,
+            parsed: None,
+            body: Bytes::new(),
+            route: 0,
+            tried: Vec::new(),
+            backend: None,
+            attempt_body: Bytes::new(),
+            body_sent: false,
+            attempts: 0,
+            served_locally: false,
+            status: 0,
+            upstream_headers_at: None,
+            error: None,
+            last_failure: None,
+            counted_in_flight: false,
+        }
+    }
+
+    pub fn runtime(&self) -> Result<&Arc<Runtime>, GatewayError> {
+        self.rt.as_ref().ok_or(GatewayError::Internal)
+    }
+
+    /// The route of the current attempt.
+    pub fn current_route(&self) -> Option<&crate::runtime::RouteRt> {
+        let rt = self.rt.as_ref()?;
+        let alias = self.alias.as_deref()?;
+        rt.models.get(alias)?.routes.get(self.route)
+    }
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

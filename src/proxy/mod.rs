@@ -1,0 +1,124 @@
+//! The Pingora `ProxyHttp` implementation. Each hook is a line or two that
+//! hands off to the module doing that phase's work.
+
+pub mod admit;
+pub mod attempt;
+pub mod body;
+pub mod ctx;
+pub mod endpoint;
+pub mod finish;
+pub mod headers;
+pub mod respond;
+
+use crate::runtime::Shared;
+use async_trait::async_trait;
+use bytes::Bytes;
+use ctx::Ctx;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::Error;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The gateway: reads the current runtime snapshot per request.
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    /// Takes the config snapshot, then admits the request (auth, body, model)
+    /// or answers it locally. Runs first; all rejections happen here.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        ctx.start = Instant::now();
+        ctx.rt = Some(self.shared.load());
+        ctx.request_id = headers::client_request_id(session.req_header())
+            .unwrap_or_else(headers::new_request_id);
+        if let Some(m) = crate::telemetry::metrics::get() {
+            m.in_flight.inc();
+            ctx.counted_in_flight = true;
+        }
+        admit::request_filter(session, ctx).await
+    }
+
+    /// Picks the next route and healthy backend; runs once per attempt.
+    async fn upstream_peer(&self, _s: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+        attempt::next_peer(ctx).map_err(|e| attempt::fail(ctx, e))
+    }
+
+    /// Replaces the header with this provider's: allow-listed client headers,
+    /// the provider key and `Host`, and the rewritten body's length.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        attempt::upstream_request(session.req_header(), upstream, ctx)
+            .map_err(|e| attempt::fail(ctx, e))
+    }
+
+    /// Emits this attempt's rewritten body in place of the buffered tail.
+    async fn request_body_filter(
+        &self,
+        _s: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        attempt::body_chunk(body, ctx);
+        Ok(())
+    }
+
+    /// Notes when the upstream answered and tags the response with its id.
+    async fn upstream_response_filter(
+        &self,
+        _s: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        ctx.upstream_headers_at = Some(Instant::now());
+        ctx.status = resp.status.as_u16();
+        resp.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    /// Marks a failed connect retryable; `upstream_peer` then tries the next
+    /// backend or route, or answers 502/504 when none is left.
+    fn fail_to_connect(
+        &self,
+        _s: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        attempt::on_connect_failure(ctx, e)
+    }
+
+    /// Answers an OpenAI-format error when proxying fails before any response.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = finish::fail_to_proxy(session, e, ctx).await;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Records metrics and the access-log line; runs once per request.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        finish::log_request(session, e, ctx);
+    }
+}

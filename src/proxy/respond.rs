@@ -1,0 +1,78 @@
+//! Responses the gateway writes itself: errors, local JSON, local SSE.
+
+use crate::error::GatewayError;
+use crate::proxy::headers::REQUEST_ID;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use std::time::Duration;
+
+fn header(
+    status: u16,
+    content_type: &'static str,
+    len: Option<usize>,
+    request_id: &str,
+) -> pingora::Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
+    match len {
+        Some(n) => resp.insert_header(http::header::CONTENT_LENGTH, n)?,
+        None => resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?,
+    }
+    if !request_id.is_empty() {
+        resp.insert_header(REQUEST_ID, request_id)?;
+    }
+    Ok(resp)
+}
+
+/// Writes a complete JSON response.
+pub async fn json(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    request_id: &str,
+) -> pingora::Result<()> {
+    let resp = header(status, "application/json", Some(body.len()), request_id)?;
+    session.write_response_header(Box::new(resp), false).await?;
+    let head = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_body(Some(if head { Bytes::new() } else { body }), true)
+        .await
+}
+
+/// Writes an OpenAI-format error.
+pub async fn error(
+    session: &mut Session,
+    err: &GatewayError,
+    request_id: &str,
+) -> pingora::Result<()> {
+    let mut resp = header(err.status(), "application/json", None, request_id)?;
+    let body = err.body();
+    resp.remove_header(&http::header::TRANSFER_ENCODING);
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    if let GatewayError::MethodNotAllowed { allowed } = err {
+        resp.insert_header(http::header::ALLOW, *allowed)?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// Streams SSE events, one write (and one chunk) each, `interval` apart.
+pub async fn sse(
+    session: &mut Session,
+    events: Vec<Bytes>,
+    interval: Duration,
+    request_id: &str,
+) -> pingora::Result<()> {
+    let mut resp = header(200, "text/event-stream", None, request_id)?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
+    session.write_response_header(Box::new(resp), false).await?;
+    let n = events.len();
+    for (i, ev) in events.into_iter().enumerate() {
+        if i > 0 && !interval.is_zero() {
+            tokio::time::sleep(interval).await;
+        }
+        session.write_response_body(Some(ev), i + 1 == n).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Hot reload on SIGHUP: load, validate and build the new runtime off the
+//! request path, resolve and health-check its upstreams once, then swap. A
+//! bad file leaves the running config in place.
+
+use crate::config::{self, Config};
+use crate::runtime::{Runtime, Shared};
+use crate::telemetry::metrics;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The SIGHUP background service.
+pub struct Reloader {
+    pub shared: Arc<Shared>,
+    pub path: PathBuf,
+}
+
+impl Reloader {
+    /// Loads the file and swaps it in, or explains why not.
+    pub async fn reload(&self) -> Result<(), String> {
+        let cfg = config::load_file(&self.path).map_err(|e| e.to_string())?;
+        check_fixed_fields(&self.shared.load().config, &cfg)?;
+        let rt = Runtime::build(cfg).map_err(|e| e.to_string())?;
+        rt.warm_up().await;
+        if let Some(m) = metrics::get() {
+            m.backend_healthy.reset();
+        }
+        for up in rt.upstreams.values() {
+            crate::upstream::health::export(up);
+        }
+        self.shared.swap(rt);
+        Ok(())
+    }
+}
+
+/// Settings bound at start-up cannot change on reload.
+fn check_fixed_fields(old: &Config, new: &Config) -> Result<(), String> {
+    let mut changed = Vec::new();
+    if old.listen != new.listen {
+        changed.push("listen");
+    }
+    if old.metrics_listen != new.metrics_listen {
+        changed.push("metrics_listen");
+    }
+    if format!("{:?}", old.server) != format!("{:?}", new.server) {
+        changed.push("server");
+    }
+    if format!("{:?}", old.access_log) != format!("{:?}", new.access_log) {
+        changed.push("access_log");
+    }
+    if changed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} cannot change on reload; restart the service (or use the graceful upgrade) to apply it",
+            changed.join(", ")
+        ))
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP, reload is disabled: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            let result = self.reload().await;
+            let label = if result.is_ok() { "success" } else { "failed" };
+            if let Some(m) = metrics::get() {
+                m.reloads.with_label_values(&[label]).inc();
+                if result.is_ok() {
+                    m.config_loaded.set(now_secs());
+                }
+            }
+            match result {
+                Ok(()) => log::info!("config reloaded from {}", self.path.display()),
+                Err(e) => log::error!(
+                    "config reload failed; keeping the running config. Reason:\n{e}"
+                ),
+            }
+        }
+    }
+}
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,206 @@
+//! `Runtime`: the config compiled for the request path, and the `ArcSwap`
+//! holder that reload swaps. A request loads one snapshot and keeps it.
+
+use crate::auth::{self, KeyIndex};
+use crate::config::{Config, ConfigError, MockSettings, ProviderKind};
+use crate::rewrite::json_string;
+use crate::upstream::{Upstream, UpstreamRef};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A provider as the request path sees it.
+pub enum ProviderRt {
+    Http(UpstreamRef),
+    Mock(MockSettings),
+}
+
+/// One route of an alias, ready to use.
+pub struct RouteRt {
+    pub provider_name: Arc<str>,
+    pub provider: Arc<ProviderRt>,
+    /// The upstream model name.
+    pub model: Arc<str>,
+    /// The upstream model as a JSON string, for splicing.
+    pub model_json: Bytes,
+}
+
+/// A model alias.
+pub struct ModelRt {
+    pub name: Arc<str>,
+    pub routes: Vec<RouteRt>,
+}
+
+/// A gateway key (never the secret).
+pub struct KeyRt {
+    pub name: Arc<str>,
+    /// Allowed aliases; `None` means all.
+    pub models: Option<Vec<Arc<str>>>,
+    /// Prebuilt `GET /v1/models` body for this key.
+    pub models_body: Bytes,
+}
+
+impl KeyRt {
+    pub fn allows(&self, alias: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|a| &**a == alias))
+    }
+}
+
+/// Everything the request path reads.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub keys: KeyIndex,
+    pub key_info: Vec<KeyRt>,
+    pub models: HashMap<String, ModelRt>,
+    pub upstreams: BTreeMap<String, UpstreamRef>,
+    pub max_body_bytes: u64,
+    pub body_idle_timeout: Duration,
+    pub keepalive_secs: u64,
+}
+
+impl Runtime {
+    /// Compiles a validated config. Does no network I/O.
+    pub fn build(cfg: Config) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let mut providers: HashMap<String, Arc<ProviderRt>> = HashMap::new();
+        let mut upstreams = BTreeMap::new();
+        for (name, p) in &cfg.providers {
+            let rt = match p.kind {
+                ProviderKind::Mock => ProviderRt::Mock(p.mock.clone().unwrap_or_default()),
+                ProviderKind::Openai => match Upstream::build(name, p) {
+                    Ok(u) => {
+                        let u = Arc::new(u);
+                        upstreams.insert(name.clone(), u.clone());
+                        ProviderRt::Http(u)
+                    }
+                    Err(e) => {
+                        problems.push(format!("providers.{name}: {e}"));
+                        continue;
+                    }
+                },
+            };
+            providers.insert(name.clone(), Arc::new(rt));
+        }
+        let mut models = HashMap::new();
+        for (alias, m) in &cfg.models {
+            let mut routes = Vec::new();
+            for (i, r) in m.routes.iter().enumerate() {
+                match providers.get(&r.provider) {
+                    Some(p) => routes.push(RouteRt {
+                        provider_name: Arc::from(r.provider.as_str()),
+                        provider: p.clone(),
+                        model: Arc::from(r.model.as_str()),
+                        model_json: json_string(&r.model),
+                    }),
+                    None => problems.push(format!(
+                        "models.{alias}.routes[{i}].provider: `{}` is not available",
+                        r.provider
+                    )),
+                }
+            }
+            models.insert(
+                alias.clone(),
+                ModelRt {
+                    name: Arc::from(alias.as_str()),
+                    routes,
+                },
+            );
+        }
+        let mut digests = Vec::new();
+        let mut key_info = Vec::new();
+        for (i, k) in cfg.keys.iter().enumerate() {
+            let d = match (&k.key, &k.key_sha256) {
+                (Some(s), _) => auth::digest(s.as_bytes()),
+                (None, Some(h)) => match auth::parse_hex_digest(h) {
+                    Some(d) => d,
+                    None => {
+                        problems.push(format!("keys[{i}].key_sha256: not 64 hex characters"));
+                        continue;
+                    }
+                },
+                (None, None) => {
+                    problems.push(format!("keys[{i}]: no key"));
+                    continue;
+                }
+            };
+            digests.push(d);
+            let allowed: Option<Vec<Arc<str>>> = k
+                .models
+                .as_ref()
+                .map(|v| v.iter().map(|s| Arc::from(s.as_str())).collect());
+            let names: Vec<&str> = match &k.models {
+                Some(v) => v.iter().map(String::as_str).collect(),
+                None => cfg.models.keys().map(String::as_str).collect(),
+            };
+            key_info.push(KeyRt {
+                name: Arc::from(k.name.as_str()),
+                models: allowed,
+                models_body: models_list_body(&names),
+            });
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        Ok(Self {
+            max_body_bytes: cfg.max_body_bytes,
+            body_idle_timeout: cfg.downstream.body_idle_timeout.get(),
+            keepalive_secs: cfg.downstream.keepalive.get().as_secs(),
+            config: Arc::new(cfg),
+            keys: KeyIndex::new(digests),
+            key_info,
+            models,
+            upstreams,
+        })
+    }
+
+    /// Resolves and health-checks every upstream once, concurrently.
+    pub async fn warm_up(&self) {
+        let tasks: Vec<_> = self
+            .upstreams
+            .values()
+            .map(|u| {
+                let u = u.clone();
+                tokio::spawn(async move { u.refresh().await })
+            })
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn models_list_body(names: &[&str]) -> Bytes {
+    let data: Vec<serde_json::Value> = names
+        .iter()
+        .map(|n| {
+            serde_json::json!({"id": n, "object": "model", "created": 0, "owned_by": "tollgate"})
+        })
+        .collect();
+    Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
+}
+
+/// The swappable current runtime.
+pub struct Shared {
+    current: ArcSwap<Runtime>,
+}
+
+impl Shared {
+    pub fn new(rt: Runtime) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(rt),
+        }
+    }
+
+    /// The snapshot a request keeps from start to end.
+    pub fn load(&self) -> Arc<Runtime> {
+        self.current.load_full()
+    }
+
+    pub fn swap(&self, rt: Runtime) {
+        self.current.store(Arc::new(rt));
+    }
+}

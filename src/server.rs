@@ -1,0 +1,68 @@
+//! Builds the Pingora server: the proxy, the metrics listener, and the
+//! reload and health background services.
+
+use crate::cli::Cli;
+use crate::config::Config;
+use crate::proxy::Gateway;
+use crate::reload::Reloader;
+use crate::runtime::{Runtime, Shared};
+use crate::telemetry::endpoint::MetricsApp;
+use crate::upstream::health::HealthTicker;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use std::sync::Arc;
+
+/// Builds and runs the server. Returns only on a start-up error.
+pub fn run(cli: &Cli, cfg: Config, rt: Runtime) -> Result<(), String> {
+    let opt = Opt {
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut conf = ServerConf::default();
+    conf.threads = cfg.server.threads.unwrap_or_else(default_threads);
+    conf.daemon = cli.daemon;
+    conf.pid_file = cfg.server.pid_file.clone();
+    conf.upgrade_sock = cfg.server.upgrade_sock.clone();
+    conf.grace_period_seconds = Some(cfg.server.grace_period.get().as_secs());
+    conf.graceful_shutdown_timeout_seconds = Some(cfg.server.shutdown_timeout.get().as_secs());
+    conf.upstream_keepalive_pool_size = cfg.server.upstream_keepalive_pool;
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let shared = Arc::new(Shared::new(rt));
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(shared.clone()),
+        "tollgate",
+    );
+    proxy.add_tcp(&cfg.listen);
+    server.add_service(proxy);
+
+    if let Some(addr) = &cfg.metrics_listen {
+        let mut metrics = Service::new("tollgate metrics".to_string(), MetricsApp);
+        metrics.threads = Some(1);
+        metrics.add_tcp(addr);
+        server.add_service(metrics);
+    }
+    server.add_service(background_service(
+        "reload",
+        Reloader {
+            shared: shared.clone(),
+            path: cli.config.clone(),
+        },
+    ));
+    server.add_service(background_service("health", HealthTicker { shared }));
+    log::info!("tollgate listening on {}", cfg.listen);
+    server.run_forever()
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

@@ -1,0 +1,86 @@
+//! One background ticker that walks the *current* runtime's upstreams, so
+//! health checks and DNS refreshes follow reloads. Each provider runs on its
+//! own interval; a slow check never delays another provider's.
+
+use crate::runtime::Shared;
+use crate::telemetry::metrics;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TICK: Duration = Duration::from_millis(100);
+
+/// The health and DNS background service.
+pub struct HealthTicker {
+    pub shared: Arc<Shared>,
+}
+
+struct Due {
+    health: Instant,
+    dns: Instant,
+    busy: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthTicker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut due: HashMap<usize, Due> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            let rt = self.shared.load();
+            let now = Instant::now();
+            let mut live = Vec::with_capacity(rt.upstreams.len());
+            for up in rt.upstreams.values() {
+                let id = Arc::as_ptr(up) as usize;
+                live.push(id);
+                let d = due.entry(id).or_insert_with(|| Due {
+                    health: now + up.health.interval.get(),
+                    dns: now + up.dns_refresh,
+                    busy: Arc::new(AtomicBool::new(false)),
+                });
+                let run_dns = now >= d.dns;
+                let run_health = now >= d.health;
+                if !(run_dns || run_health) || d.busy.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                if run_dns {
+                    d.dns = now + up.dns_refresh;
+                }
+                if run_health {
+                    d.health = now + up.health.interval.get();
+                }
+                let up = up.clone();
+                let busy = d.busy.clone();
+                tokio::spawn(async move {
+                    if run_dns {
+                        up.resolve().await;
+                    }
+                    if run_health {
+                        up.check_health().await;
+                    }
+                    export(&up);
+                    busy.store(false, Ordering::Release);
+                });
+            }
+            due.retain(|id, _| live.contains(id));
+        }
+    }
+}
+
+/// Publishes each backend's health as a 0/1 gauge.
+pub fn export(up: &crate::upstream::Upstream) {
+    if let Some(m) = metrics::get() {
+        for (addr, healthy) in up.backend_health() {
+            m.backend_healthy
+                .with_label_values(&[up.name.as_str(), addr.as_str()])
+                .set(i64::from(healthy));
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Runs the real `tollgate` binary as a child process for end-to-end tests.
+//!
+//! The YAML template may contain these placeholders, substituted on every
+//! write of the config file:
+//! - `{LISTEN}`  → `127.0.0.1:PORT` of the proxy listener,
+//! - `{METRICS}` → `127.0.0.1:PORT` of the metrics listener,
+//! - `{TMP}`     → the gateway's private temp directory (no trailing slash).
+
+use std::fs::OpenOptions;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long [`Gateway::start`] waits for `/healthz` to answer 200.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running gateway process; SIGKILLed and reaped on drop.
+pub struct Gateway {
+    child: Child,
+    dir: tempfile::TempDir,
+    listen: String,
+    metrics: String,
+    config_path: PathBuf,
+    log_path: PathBuf,
+}
+
+impl Gateway {
+    /// Starts the gateway with `yaml_template` and waits until it is ready.
+    pub async fn start(yaml_template: &str) -> Gateway {
+        Self::start_with_env(yaml_template, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with extra environment variables
+    /// (applied after `RUST_LOG=info`, so they may override it).
+    pub async fn start_with_env(yaml_template: &str, env: &[(&str, &str)]) -> Gateway {
+        let mut gw = Self::spawn_with_env(yaml_template, env);
+        gw.wait_ready(READY_TIMEOUT).await;
+        gw
+    }
+
+    /// Spawns the gateway without waiting for readiness (e.g. to test
+    /// that an invalid config makes it exit; see [`wait_exit`](Self::wait_exit)).
+    pub fn spawn_with_env(yaml_template: &str, env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().expect("gateway tempdir");
+        let [listen, metrics] = free_addrs();
+        let config_path = dir.path().join("tollgate.yaml");
+        let log_path = dir.path().join("tollgate.log");
+        let config = render(yaml_template, &listen, &metrics, dir.path());
+        std::fs::write(&config_path, config).expect("write config");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open gateway log");
+        let log2 = log.try_clone().expect("clone log handle");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn tollgate");
+        Gateway {
+            child,
+            dir,
+            listen,
+            metrics,
+            config_path,
+            log_path,
+        }
+    }
+
+    /// Polls `GET /healthz` every 50 ms until it answers 200; panics with
+    /// the log on timeout or if the process exits first.
+    pub async fn wait_ready(&mut self, timeout: Duration) {
+        let client = client();
+        let url = self.url("/healthz");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(r) = client
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
+                if r.status().as_u16() == 200 {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "tollgate exited ({status}) before becoming ready; log:\n{}",
+                    self.logs()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "tollgate not ready after {timeout:?} at {url}; log:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` of the proxy listener.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    /// `base_url()` + `path` (`path` should start with `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url(), path)
+    }
+
+    /// The proxy listener address, `127.0.0.1:PORT`.
+    pub fn listen_addr(&self) -> String {
+        self.listen.clone()
+    }
+
+    /// The metrics listener address, `127.0.0.1:PORT`.
+    pub fn metrics_addr(&self) -> String {
+        self.metrics.clone()
+    }
+
+    /// `http://127.0.0.1:PORT/metrics` of the metrics listener.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics)
+    }
+
+    /// Path of the config file the gateway was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.config_path.clone()
+    }
+
+    /// The gateway's private temp directory (what `{TMP}` expands to).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// Path of the combined stdout/stderr log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.log_path.clone()
+    }
+
+    /// Rewrites the config file from `yaml_template` (same substitutions).
+    pub fn write_config(&self, yaml_template: &str) {
+        let content = self.render(yaml_template);
+        // Write-then-rename so a concurrent reader never sees a torn file.
+        let tmp = self.dir.path().join("tollgate.yaml.tmp");
+        std::fs::write(&tmp, content).expect("write config");
+        std::fs::rename(&tmp, &self.config_path).expect("rename config");
+    }
+
+    /// Applies the placeholder substitutions to `yaml_template`.
+    pub fn render(&self, yaml_template: &str) -> String {
+        render(yaml_template, &self.listen, &self.metrics, self.dir.path())
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGHUP (config reload).
+    pub fn sighup(&self) {
+        self.signal("-HUP");
+    }
+
+    /// Sends SIGTERM (graceful shutdown).
+    pub fn sigterm(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Sends SIGINT.
+    pub fn sigint(&self) {
+        self.signal("-INT");
+    }
+
+    /// Sends `sig` (e.g. `"-QUIT"`) to the child with `kill(1)`.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {} failed", self.pid());
+    }
+
+    /// The log file contents so far.
+    pub fn logs(&self) -> String {
+        std::fs::read(&self.log_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits (without blocking the runtime) until `needle` appears in the
+    /// log; returns whether it did within `timeout`.
+    pub async fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if still running.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// `Gateway::client()` — same as the free function [`client`].
+    pub fn client() -> reqwest::Client {
+        client()
+    }
+
+    /// GET the metrics endpoint and return its body (panics on failure).
+    pub async fn metrics_text(&self) -> String {
+        let resp = client()
+            .get(self.metrics_url())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {}: {e}; log:\n{}", self.metrics_url(), self.logs()));
+        assert_eq!(resp.status().as_u16(), 200, "metrics status");
+        resp.text().await.expect("metrics body")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A reqwest client that never uses a proxy (60 s overall timeout).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("build reqwest client")
+}
+
+/// Substitutes `{LISTEN}`, `{METRICS}` and `{TMP}` in `template`.
+pub fn render(template: &str, listen: &str, metrics: &str, tmp: &Path) -> String {
+    template
+        .replace("{LISTEN}", listen)
+        .replace("{METRICS}", metrics)
+        .replace("{TMP}", &tmp.to_string_lossy())
+}
+
+/// Two distinct free loopback addresses (`127.0.0.1:PORT`).
+pub fn free_addrs() -> [String; 2] {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind free port");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind free port");
+    let pa = a.local_addr().expect("addr").port();
+    let pb = b.local_addr().expect("addr").port();
+    [format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}")]
+}

@@ -1,0 +1,18 @@
+//! Shared support code for Tollgate's integration tests.
+//!
+//! Include it from a test crate with `mod support;`:
+//! - [`mock`]: a mock upstream HTTP/1.1 (or HTTPS) server with scripted behaviors,
+//! - [`gateway`]: runs the real `tollgate` binary with a templated config,
+//! - [`tls`]: a throwaway CA issuing server certificates,
+//! - [`prom`]: a Prometheus text-format parser for `/metrics` assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code, unused_imports)]
+
+pub mod gateway;
+pub mod mock;
+pub mod prom;
+pub mod tls;
+
+pub use gateway::{client, Gateway};
+pub use mock::{sse_chat_events, Behavior, MockUpstream, Recorded, Reply, ReplyBody};
+pub use prom::{assert_sample, sample, series_count};
+pub use tls::TestCa;
