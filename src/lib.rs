@@ -1,5 +1,6 @@
 //! Tollgate: an OpenAI-compatible LLM API gateway on Pingora.
 
+pub mod accounting;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -10,5 +11,6 @@ pub mod reload;
 pub mod rewrite;
 pub mod runtime;
 pub mod server;
+pub mod sse;
 pub mod telemetry;
 pub mod upstream;

@@ -19,6 +19,8 @@ pub struct Parsed {
     pub stream: bool,
     /// `stream_options.include_usage` as the client sent it.
     pub include_usage: bool,
+    /// Byte range of the `stream_options` value, when present.
+    pub stream_options_span: Option<Range<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -26,12 +28,14 @@ struct Head<'a> {
     #[serde(borrow)]
     model: Option<&'a RawValue>,
     stream: Option<bool>,
-    stream_options: Option<StreamOptions>,
+    /// Kept even when `null`, so that adding `include_usage` replaces it
+    /// instead of writing a second `stream_options` key.
+    #[serde(borrow, default, deserialize_with = "raw_even_if_null")]
+    stream_options: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
-struct StreamOptions {
-    include_usage: Option<bool>,
+fn raw_even_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// Why a body was rejected; the text is safe to show the client.
@@ -78,19 +82,81 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BodyError> {
     if model.is_empty() {
         return Err(err("`model` must not be empty.", Some("model")));
     }
-    let start = (text.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
-    if start.checked_add(text.len()).is_none_or(|end| end > body.len()) {
-        return Err(err("Invalid request body.", None));
-    }
+    let model_span = span_in(body, text)?;
+    let (include_usage, stream_options_span) = match head.stream_options {
+        None => (false, None),
+        Some(raw) => {
+            let opts: Option<serde_json::Map<String, serde_json::Value>> =
+                serde_json::from_str(raw.get()).map_err(|_| {
+                    err("`stream_options` must be an object.", Some("stream_options"))
+                })?;
+            let usage = opts
+                .as_ref()
+                .and_then(|o| o.get("include_usage"))
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false);
+            (usage, Some(span_in(body, raw.get())?))
+        }
+    };
     Ok(Parsed {
         model,
-        model_span: start..start + text.len(),
+        model_span,
         stream: head.stream.unwrap_or(false),
-        include_usage: head
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false),
+        include_usage,
+        stream_options_span,
     })
+}
+
+/// The byte range of `part`, a slice borrowed from `body`.
+fn span_in(body: &[u8], part: &str) -> Result<Range<usize>, BodyError> {
+    let start = (part.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+    if start.checked_add(part.len()).is_none_or(|end| end > body.len()) {
+        return Err(err("Invalid request body.", None));
+    }
+    Ok(start..start + part.len())
+}
+
+/// Builds one attempt's body: the route's model spliced in and, when
+/// `ask_usage` is set for a stream whose client did not ask for usage,
+/// `stream_options.include_usage: true` added. Returns the body and whether
+/// usage was added on the client's behalf. One allocation at most.
+pub fn attempt_body(body: &Bytes, p: &Parsed, model_json: &[u8], ask_usage: bool) -> (Bytes, bool) {
+    if !(ask_usage && p.stream && !p.include_usage) {
+        return (splice(body, &p.model_span, model_json), false);
+    }
+    let (range, value): (Range<usize>, Vec<u8>) = match &p.stream_options_span {
+        Some(span) => {
+            let mut opts = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(
+                &body[span.clone()],
+            )
+            .unwrap_or_default();
+            opts.insert("include_usage".into(), serde_json::Value::Bool(true));
+            let v = serde_json::to_vec(&opts).unwrap_or_else(|_| b"{\"include_usage\":true}".to_vec());
+            (span.clone(), v)
+        }
+        None => {
+            // Insert as the first member, right after the opening brace.
+            let at = body.iter().position(|b| *b == b'{').map_or(0, |i| i + 1);
+            (at..at, br#""stream_options":{"include_usage":true},"#.to_vec())
+        }
+    };
+    let mut edits = [(p.model_span.clone(), model_json), (range, value.as_slice())];
+    edits.sort_by_key(|e| e.0.start);
+    (splice_many(body, &edits), true)
+}
+
+/// Applies non-overlapping edits, sorted by start, in one pass.
+fn splice_many(body: &[u8], edits: &[(Range<usize>, &[u8])]) -> Bytes {
+    let grow: usize = edits.iter().map(|(_, v)| v.len()).sum();
+    let mut out = BytesMut::with_capacity(body.len() + grow);
+    let mut pos = 0;
+    for (r, v) in edits {
+        out.put_slice(&body[pos..r.start]);
+        out.put_slice(v);
+        pos = r.end;
+    }
+    out.put_slice(&body[pos..]);
+    out.freeze()
 }
 
 /// Encodes a model name as a JSON string, once, at config load.
@@ -201,6 +267,41 @@ mod tests {
             let e = parse(body).unwrap_err();
             assert!(e.message.contains(want), "{body:?}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn usage_is_requested_for_streams_that_did_not_ask() {
+        let b = Bytes::from_static(br#"{"model":"fast","stream":true,"messages":[]}"#);
+        let p = parse(&b).unwrap();
+        let (out, added) = attempt_body(&b, &p, br#""m""#, true);
+        assert!(added);
+        assert_eq!(
+            &out[..],
+            br#"{"stream_options":{"include_usage":true},"model":"m","stream":true,"messages":[]}"#
+        );
+        let b = Bytes::from_static(br#"{"stream_options":{"x":1},"model":"fast","stream":true}"#);
+        let p = parse(&b).unwrap();
+        let (out, added) = attempt_body(&b, &p, br#""m""#, true);
+        assert!(added);
+        assert_eq!(
+            &out[..],
+            br#"{"stream_options":{"include_usage":true,"x":1},"model":"m","stream":true}"#
+        );
+        // Asked already, not streaming, or switched off: model only.
+        for (body, ask) in [
+            (&br#"{"model":"fast","stream":true,"stream_options":{"include_usage":true}}"#[..], true),
+            (br#"{"model":"fast"}"#, true),
+            (br#"{"model":"fast","stream":true}"#, false),
+        ] {
+            let b = Bytes::copy_from_slice(body);
+            let p = parse(&b).unwrap();
+            let (out, added) = attempt_body(&b, &p, br#""m""#, ask);
+            assert!(!added);
+            assert_eq!(out, splice(&b, &p.model_span, br#""m""#));
+        }
+        let p = parse(br#"{"model":"x","stream_options":null,"stream":true}"#).unwrap();
+        assert!(p.stream_options_span.is_some() && !p.include_usage);
+        assert!(parse(br#"{"model":"x","stream_options":5}"#).is_err());
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct RouteRt {
     pub model: Arc<str>,
     /// The upstream model as a JSON string, for splicing.
     pub model_json: Bytes,
+    pub price: Option<crate::config::Price>,
+    /// `provider/upstream-model`, for the route response header.
+    pub route_label: http::HeaderValue,
 }
 
 /// A model alias.
@@ -60,6 +63,8 @@ pub struct Runtime {
     pub max_body_bytes: u64,
     pub body_idle_timeout: Duration,
     pub keepalive_secs: u64,
+    /// Name of the route response header, if enabled.
+    pub route_header: Option<http::HeaderName>,
 }
 
 impl Runtime {
@@ -95,6 +100,12 @@ impl Runtime {
                         provider: p.clone(),
                         model: Arc::from(r.model.as_str()),
                         model_json: json_string(&r.model),
+                        price: r.price,
+                        route_label: http::HeaderValue::from_str(&format!(
+                            "{}/{}",
+                            r.provider, r.model
+                        ))
+                        .unwrap_or_else(|_| http::HeaderValue::from_static("-")),
                     }),
                     None => problems.push(format!(
                         "models.{alias}.routes[{i}].provider: `{}` is not available",
@@ -149,6 +160,7 @@ impl Runtime {
             max_body_bytes: cfg.max_body_bytes,
             body_idle_timeout: cfg.downstream.body_idle_timeout.get(),
             keepalive_secs: cfg.downstream.keepalive.get().as_secs(),
+            route_header: http::HeaderName::from_bytes(cfg.route_header.as_bytes()).ok(),
             config: Arc::new(cfg),
             keys: KeyIndex::new(digests),
             key_info,

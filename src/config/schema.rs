@@ -25,6 +25,10 @@ pub struct Config {
     /// Access log settings.
     #[serde(default)]
     pub access_log: AccessLogSection,
+    /// Response header naming the route that served the request
+    /// (`provider/upstream-model`). Empty string: no header.
+    #[serde(default = "default_route_header")]
+    pub route_header: String,
     /// Upstream providers by name.
     pub providers: BTreeMap<String, Provider>,
     /// Model aliases clients may ask for, by name.
@@ -32,6 +36,10 @@ pub struct Config {
     /// Gateway keys.
     #[serde(default)]
     pub keys: Vec<Key>,
+}
+
+fn default_route_header() -> String {
+    "x-tollgate-route".into()
 }
 
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
@@ -148,6 +156,14 @@ pub struct Provider {
     /// Settings of `kind: mock`.
     #[serde(default)]
     pub mock: Option<MockSettings>,
+    /// Ask streaming upstreams for usage (`stream_options.include_usage`) when
+    /// the client did not, then hide that usage chunk from the client.
+    #[serde(default = "yes")]
+    pub stream_usage: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_dns_refresh() -> HumanDuration {
@@ -251,6 +267,20 @@ pub struct Route {
     pub provider: String,
     /// The model name the upstream receives.
     pub model: String,
+    /// USD per million tokens. Without it, requests are counted as unpriced.
+    #[serde(default)]
+    pub price: Option<Price>,
+}
+
+/// A route's price, in USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    /// Cached prompt tokens. Default: the input price.
+    #[serde(default)]
+    pub cached_input: Option<f64>,
+    pub output: f64,
 }
 
 /// A gateway key.

@@ -48,6 +48,15 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             if r.model.trim().is_empty() {
                 v.add(format!("{field}.model"), "must name the upstream model");
             }
+            if let Some(p) = &r.price {
+                let prices = [Some(p.input), p.cached_input, Some(p.output)];
+                if prices.iter().flatten().any(|x| !x.is_finite() || *x < 0.0) {
+                    v.add(
+                        format!("{field}.price"),
+                        "prices are USD per million tokens and must be 0 or more",
+                    );
+                }
+            }
         }
     }
     check_keys(cfg, &mut v);
@@ -115,6 +124,11 @@ fn check_listeners(cfg: &Config, v: &mut Problems) {
     }
     if cfg.max_body_bytes == 0 || cfg.max_body_bytes > 1 << 30 {
         v.add("max_body_bytes", "must be between 1 and 1073741824 (1 GiB)");
+    }
+    if !cfg.route_header.is_empty()
+        && http::HeaderName::from_bytes(cfg.route_header.as_bytes()).is_err()
+    {
+        v.add("route_header", "is not a valid header name (or use \"\" to turn it off)");
     }
     if cfg.server.threads == Some(0) {
         v.add("server.threads", "must be at least 1 (or left out)");

@@ -60,6 +60,15 @@ pub fn reply(
     }
 }
 
+/// The usage the mock reports for a request to `ep`.
+pub fn usage_of(ep: Endpoint, s: &MockSettings) -> crate::accounting::Usage {
+    crate::accounting::Usage {
+        prompt: s.prompt_tokens,
+        completion: if ep == Endpoint::Embeddings { 0 } else { s.completion_tokens },
+        ..Default::default()
+    }
+}
+
 fn json_bytes(v: &Value) -> Bytes {
     Bytes::from(v.to_string())
 }

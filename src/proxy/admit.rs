@@ -95,6 +95,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
             tokio::time::sleep(settings.latency.get()).await;
         }
         let reply = mock::reply(ep, settings, &first.model, &parsed, &bytes, &ctx.request_id);
+        ctx.local_usage = Some(mock::usage_of(ep, settings));
         ctx.parsed = Some(parsed);
         let sent = match reply {
             mock::Reply::Json(b) => respond::json(session, 200, b, &ctx.request_id).await,

@@ -4,6 +4,7 @@
 
 use crate::error::GatewayError;
 use crate::proxy::ctx::Ctx;
+use crate::proxy::endpoint::Endpoint;
 use crate::proxy::headers;
 use crate::rewrite;
 use crate::runtime::ProviderRt;
@@ -24,19 +25,33 @@ pub fn next_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>, GatewayError> {
     let rt = ctx.runtime()?.clone();
     let alias = ctx.alias.clone().ok_or(GatewayError::Internal)?;
     let model = rt.models.get(&*alias).ok_or(GatewayError::Internal)?;
-    let span = ctx
-        .parsed
-        .as_ref()
-        .map(|p| p.model_span.clone())
-        .ok_or(GatewayError::Internal)?;
-    while let Some(route) = model.routes.get(ctx.route) {
+    let parsed = ctx.parsed.clone().ok_or(GatewayError::Internal)?;
+    let ep = ctx.endpoint.ok_or(GatewayError::Internal)?;
+    // Only Chat Completions and Completions take `stream_options`.
+    let usage_capable = matches!(ep, Endpoint::ChatCompletions | Endpoint::Completions);
+    loop {
+        let Some(route) = model.routes.get(ctx.route) else {
+            if ctx.attempts == 0 && !ctx.any_health {
+                // No route has a healthy backend. Health checks can lag
+                // (a backend that just came up): try the others once.
+                ctx.any_health = true;
+                ctx.route = 0;
+                ctx.tried.clear();
+                continue;
+            }
+            break;
+        };
         if let ProviderRt::Http(up) = &*route.provider {
-            if let Some(backend) = up.select(ctx.request_id.as_bytes(), &ctx.tried) {
+            if let Some(backend) = up.select(ctx.request_id.as_bytes(), &ctx.tried, ctx.any_health) {
                 let addr = *backend.addr.as_inet().ok_or(GatewayError::Internal)?;
                 ctx.tried.push(addr);
                 ctx.backend = Some(addr);
                 ctx.attempts += 1;
-                ctx.attempt_body = rewrite::splice(&ctx.body, &span, &route.model_json);
+                let ask = usage_capable && up.stream_usage;
+                let (body, injected) =
+                    rewrite::attempt_body(&ctx.body, &parsed, &route.model_json, ask);
+                ctx.attempt_body = body;
+                ctx.usage_injected = injected;
                 ctx.body_sent = false;
                 return Ok(Box::new(up.peer(addr)));
             }

@@ -42,6 +42,25 @@ pub struct Ctx {
     /// Why the last attempt failed, answered if nothing is left to try.
     pub last_failure: Option<GatewayError>,
     pub counted_in_flight: bool,
+    /// No healthy backend was left anywhere: unhealthy ones may be tried.
+    pub any_health: bool,
+    /// This attempt asked the upstream for stream usage on the client's behalf.
+    pub usage_injected: bool,
+    /// Watches the response body for usage.
+    pub meter: Meter,
+    /// First response body byte sent to the client.
+    pub first_byte_at: Option<Instant>,
+    /// Usage known without reading a response (the mock provider).
+    pub local_usage: Option<crate::accounting::Usage>,
+}
+
+/// How the response body is watched.
+#[derive(Default)]
+pub enum Meter {
+    #[default]
+    None,
+    Stream(Box<crate::accounting::meter::StreamMeter>),
+    Body(crate::accounting::meter::BodyMeter),
 }
 
 impl Ctx {
@@ -67,6 +86,11 @@ impl Ctx {
             error: None,
             last_failure: None,
             counted_in_flight: false,
+            any_health: false,
+            usage_injected: false,
+            meter: Meter::None,
+            first_byte_at: None,
+            local_usage: None,
         }
     }
 

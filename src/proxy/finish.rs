@@ -2,7 +2,9 @@
 //! and the access-log line.
 
 use crate::error::GatewayError;
-use crate::proxy::ctx::Ctx;
+use crate::accounting::settle::{self, Observed, Settled};
+use crate::accounting::UsageSource;
+use crate::proxy::ctx::{Ctx, Meter};
 use crate::proxy::respond;
 use crate::telemetry::{access_log, metrics};
 use pingora::proxy::Session;
@@ -68,7 +70,7 @@ pub async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u
     status
 }
 
-/// Records metrics and writes the access-log line.
+/// Settles usage, records metrics and writes the access-log line.
 pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     if ctx.status == 0 {
         ctx.status = session
@@ -76,74 +78,127 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             .map(|r| r.status.as_u16())
             .unwrap_or(if e.is_some() { 499 } else { 0 });
     }
+    let settled = settle(ctx);
     let rt = ctx.rt.clone();
-    let key = rt
-        .as_ref()
-        .zip(ctx.key)
-        .and_then(|(rt, k)| rt.key_info.get(k))
-        .map(|k| k.name.clone());
+    let name = |v: Option<&str>| v.unwrap_or(metrics::NONE).to_string();
+    let key = name(
+        rt.as_ref()
+            .zip(ctx.key)
+            .and_then(|(rt, k)| rt.key_info.get(k))
+            .map(|k| &*k.name),
+    );
     let route = ctx.current_route();
-    let provider = route.map(|r| r.provider_name.clone());
-    let upstream_model = route.map(|r| r.model.clone());
-    let model = ctx.alias.clone();
+    let served = ctx.served_locally || ctx.backend.is_some();
+    let provider = name(route.filter(|_| served).map(|r| &*r.provider_name));
+    let upstream_model = name(route.filter(|_| served).map(|r| &*r.model));
+    let model = name(ctx.alias.as_deref());
     let endpoint = ctx.endpoint.map_or(metrics::NONE, |e| e.label());
     let duration = ctx.start.elapsed();
     let upstream = ctx.upstream_headers_at.map(|t| t - ctx.start);
-    let s = |v: &Option<std::sync::Arc<str>>| -> String {
-        v.as_deref().unwrap_or(metrics::NONE).to_string()
-    };
-    let (key_s, model_s, provider_s, upstream_model_s) =
-        (s(&key), s(&model), s(&provider), s(&upstream_model));
+    let stream = ctx.parsed.as_ref().is_some_and(|p| p.stream);
+    let ttft = ctx.first_byte_at.filter(|_| stream).map(|t| t - ctx.start);
     if let Some(m) = metrics::get() {
         if ctx.counted_in_flight {
             m.in_flight.dec();
             ctx.counted_in_flight = false;
         }
-        m.requests
-            .with_label_values(&[
-                &model_s,
-                &provider_s,
-                &upstream_model_s,
-                &key_s,
-                endpoint,
-                metrics::status_class(ctx.status),
-            ])
-            .inc();
+        let route_labels = [model.as_str(), &provider, &upstream_model, &key];
+        let class = metrics::status_class(ctx.status);
+        let mut labels = route_labels.to_vec();
+        labels.extend([endpoint, class]);
+        m.requests.with_label_values(&labels).inc();
         m.duration
-            .with_label_values(&[&model_s, &provider_s, endpoint])
+            .with_label_values(&[&model, &provider, endpoint])
             .observe(duration.as_secs_f64());
         if let Some(u) = upstream {
             m.upstream_latency
-                .with_label_values(&[&provider_s])
+                .with_label_values(&[&provider])
                 .observe(u.as_secs_f64());
+        }
+        if let Some(t) = ttft {
+            m.ttft
+                .with_label_values(&[&model, &provider])
+                .observe(t.as_secs_f64());
         }
         if let Some(err) = &ctx.error {
             m.errors.with_label_values(&[err.code()]).inc();
         }
+        if let Some(s) = &settled {
+            record_usage(m, &route_labels, s);
+            if s.source == UsageSource::Estimated {
+                m.estimated.with_label_values(&[&model, &provider]).inc();
+            }
+            if s.partial {
+                m.partial_streams
+                    .with_label_values(&[&model, &provider])
+                    .inc();
+            }
+        }
     }
     let enabled = rt.as_ref().is_none_or(|r| r.config.access_log.enabled);
-    if enabled {
-        let method = session.req_header().method.as_str().to_string();
-        access_log::write(&access_log::Record {
-            ts: access_log::now_ts(),
-            request_id: &ctx.request_id,
-            method: &method,
-            endpoint,
-            key: &key_s,
-            model: &model_s,
-            provider: if ctx.served_locally || ctx.backend.is_some() {
-                &provider_s
-            } else {
-                metrics::NONE
-            },
-            upstream_model: &upstream_model_s,
-            backend: ctx.backend.map(|b| b.to_string()),
-            stream: ctx.parsed.as_ref().is_some_and(|p| p.stream),
-            status: ctx.status,
-            duration_ms: duration.as_secs_f64() * 1000.0,
-            upstream_ms: upstream.map(|u| u.as_secs_f64() * 1000.0),
-            attempts: ctx.attempts,
-            error: ctx.error.as_ref().map(|e| e.code()),
-        });
+    if !enabled {
+        return;
+    }
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    let method = session.req_header().method.as_str().to_string();
+    access_log::write(&access_log::Record {
+        ts: access_log::now_ts(),
+        request_id: &ctx.request_id,
+        method: &method,
+        endpoint,
+        key: &key,
+        model: &model,
+        provider: &provider,
+        upstream_model: &upstream_model,
+        backend: ctx.backend.map(|b| b.to_string()),
+        stream,
+        status: ctx.status,
+        duration_ms: ms(duration),
+        upstream_ms: upstream.map(ms),
+        attempts: ctx.attempts,
+        error: ctx.error.as_ref().map(|e| e.code()),
+        ttft_ms: ttft.map(ms),
+        prompt_tokens: settled.as_ref().map(|s| s.usage.prompt),
+        completion_tokens: settled.as_ref().map(|s| s.usage.completion),
+        cached_tokens: settled.as_ref().map(|s| s.usage.cached),
+        reasoning_tokens: settled.as_ref().map(|s| s.usage.reasoning),
+        usage_source: settled.as_ref().map(|s| s.source.label()),
+        cost_usd: settled.as_ref().and_then(|s| s.cost_usd),
+        unpriced: settled.as_ref().is_some_and(|s| s.cost_usd.is_none()),
+        partial: settled.as_ref().is_some_and(|s| s.partial),
+    });
+}
+
+/// The request's usage and cost, from what its response showed.
+fn settle(ctx: &Ctx) -> Option<Settled> {
+    let ep = ctx.endpoint?;
+    let route = ctx.current_route()?;
+    let observed = if let Some(u) = ctx.local_usage {
+        Observed::Known(u)
+    } else {
+        match &ctx.meter {
+            Meter::None => return None,
+            Meter::Stream(m) => Observed::Stream(m.seen()),
+            Meter::Body(m) => Observed::Body(m.json()),
+        }
+    };
+    settle::settle(ep, &route.model, &ctx.body, observed, route.price.as_ref())
+}
+
+fn record_usage(m: &metrics::Metrics, route: &[&str; 4], s: &Settled) {
+    let source = s.source.label();
+    for (kind, n) in [
+        ("input", s.usage.prompt),
+        ("output", s.usage.completion),
+        ("cached_input", s.usage.cached),
+        ("reasoning", s.usage.reasoning),
+    ] {
+        let mut labels = route.to_vec();
+        labels.extend([kind, source]);
+        m.tokens.with_label_values(&labels).inc_by(n);
+    }
+    match s.cost_usd {
+        Some(c) => m.cost.with_label_values(route).inc_by(c),
+        None => m.unpriced.with_label_values(route).inc(),
     }
 }

@@ -9,6 +9,7 @@ pub mod endpoint;
 pub mod finish;
 pub mod headers;
 pub mod respond;
+pub mod response;
 
 use crate::runtime::Shared;
 use async_trait::async_trait;
@@ -83,17 +84,27 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Notes when the upstream answered and tags the response with its id.
+    /// Notes when the upstream answered, tags the response (request id,
+    /// route) and picks how its body is metered.
     async fn upstream_response_filter(
         &self,
         _s: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        ctx.upstream_headers_at = Some(Instant::now());
-        ctx.status = resp.status.as_u16();
-        resp.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
-        Ok(())
+        response::on_header(resp, ctx)
+    }
+
+    /// Forwards each chunk as it comes, metering it on the side.
+    fn response_body_filter(
+        &self,
+        _s: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Option<std::time::Duration>> {
+        response::on_chunk(body, end_of_stream, ctx);
+        Ok(None)
     }
 
     /// Marks a failed connect retryable; `upstream_peer` then tries the next

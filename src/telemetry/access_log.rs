@@ -26,6 +26,16 @@ pub struct Record<'a> {
     pub upstream_ms: Option<f64>,
     pub attempts: u32,
     pub error: Option<&'a str>,
+    pub ttft_ms: Option<f64>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub cached_tokens: Option<u64>,
+    pub reasoning_tokens: Option<u64>,
+    pub usage_source: Option<&'static str>,
+    pub cost_usd: Option<f64>,
+    /// Usage known but the route has no price: the cost is unknown, not 0.
+    pub unpriced: bool,
+    pub partial: bool,
 }
 
 static SINK: OnceLock<SyncSender<Vec<u8>>> = OnceLock::new();
@@ -53,6 +63,9 @@ pub fn write(rec: &Record<'_>) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
             DROPPED.fetch_add(1, Ordering::Relaxed);
+            if let Some(m) = super::metrics::get() {
+                m.access_log_dropped.inc();
+            }
         }
     }
 }

@@ -1,49 +1,102 @@
-//! Prometheus metrics. Label values come only from config names or fixed
-//! sets, never from raw request input, so cardinality stays bounded.
+//! Prometheus metrics. Label names follow the OpenTelemetry GenAI conventions
+//! where they fit (`request_model` = the alias the client asked for,
+//! `response_model` = the upstream model of the route that served it,
+//! `provider`, `token_type`). Label values come only from config names or
+//! fixed sets, never from raw request input, so cardinality stays bounded.
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, CounterVec, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec,
 };
 use std::sync::OnceLock;
 
 /// Label value used when a request never resolved to a configured name.
 pub const NONE: &str = "-";
 
+/// Labels that identify a route and caller.
+pub const ROUTE_LABELS: &[&str] = &["request_model", "provider", "response_model", "key"];
+
 pub struct Metrics {
     pub requests: IntCounterVec,
     pub duration: HistogramVec,
+    pub ttft: HistogramVec,
     pub upstream_latency: HistogramVec,
+    pub tokens: IntCounterVec,
+    pub cost: CounterVec,
+    pub unpriced: IntCounterVec,
+    pub estimated: IntCounterVec,
+    pub partial_streams: IntCounterVec,
     pub in_flight: IntGauge,
     pub errors: IntCounterVec,
     pub backend_healthy: IntGaugeVec,
     pub reloads: IntCounterVec,
     pub config_loaded: IntGauge,
+    pub access_log_dropped: IntCounter,
 }
 
-/// Latency buckets for LLM calls: 5 ms to 5 minutes.
+/// Request duration buckets for LLM calls: 5 ms to 5 minutes.
 const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
+/// Time-to-first-token buckets: finer, 1 ms to 60 s.
+const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0,
+    3.0, 5.0, 10.0, 30.0, 60.0,
+];
 
 fn build() -> Result<Metrics, prometheus::Error> {
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        ROUTE_LABELS.iter().copied().chain(extra.iter().copied()).collect()
+    };
     Ok(Metrics {
         requests: register_int_counter_vec!(
             "tollgate_requests_total",
-            "Requests answered, by model alias, provider, upstream model, key name, endpoint and status class.",
-            &["model", "provider", "upstream_model", "key", "endpoint", "status_class"]
+            "Requests answered, by alias, provider, upstream model, key, endpoint and status class.",
+            &with(&["endpoint", "status_class"])
         )?,
         duration: register_histogram_vec!(
             "tollgate_request_duration_seconds",
             "Time from request start to the end of the response.",
-            &["model", "provider", "endpoint"],
+            &["request_model", "provider", "endpoint"],
             DURATION_BUCKETS.to_vec()
+        )?,
+        ttft: register_histogram_vec!(
+            "tollgate_time_to_first_token_seconds",
+            "Streams: time from request start to the first response byte sent to the client.",
+            &["request_model", "provider"],
+            TTFT_BUCKETS.to_vec()
         )?,
         upstream_latency: register_histogram_vec!(
             "tollgate_upstream_latency_seconds",
             "Time from request start to the upstream's response headers.",
             &["provider"],
             DURATION_BUCKETS.to_vec()
+        )?,
+        tokens: register_int_counter_vec!(
+            "tollgate_tokens_total",
+            "Tokens by type: input (all prompt tokens), cached_input (part of input), output (all completion tokens), reasoning (part of output).",
+            &with(&["token_type", "usage_source"])
+        )?,
+        cost: prometheus::register_counter_vec!(
+            "tollgate_cost_usd_total",
+            "Spend in US dollars at the route's configured price.",
+            ROUTE_LABELS
+        )?,
+        unpriced: register_int_counter_vec!(
+            "tollgate_unpriced_requests_total",
+            "Requests with usage on a route that has no price: their cost is unknown, not zero.",
+            ROUTE_LABELS
+        )?,
+        estimated: register_int_counter_vec!(
+            "tollgate_usage_estimated_total",
+            "Requests whose usage was estimated with the tokenizer because the upstream sent none.",
+            &["request_model", "provider"]
+        )?,
+        partial_streams: register_int_counter_vec!(
+            "tollgate_partial_streams_total",
+            "Streams that ended before their end marker (cut by the upstream or the client).",
+            &["request_model", "provider"]
         )?,
         in_flight: register_int_gauge!(
             "tollgate_requests_in_flight",
@@ -67,6 +120,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         config_loaded: register_int_gauge!(
             "tollgate_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful config load."
+        )?,
+        access_log_dropped: register_int_counter!(
+            "tollgate_access_log_dropped_total",
+            "Access-log lines dropped because the writer fell behind."
         )?,
     })
 }

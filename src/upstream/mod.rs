@@ -36,6 +36,8 @@ pub struct Upstream {
     pub dns_refresh: Duration,
     /// Configured targets, for logs and the health metric.
     pub targets: Vec<String>,
+    /// Ask streams for usage on the client's behalf.
+    pub stream_usage: bool,
 }
 
 impl Upstream {
@@ -105,6 +107,7 @@ impl Upstream {
             health: p.health_check.clone(),
             dns_refresh: p.dns_refresh.get(),
             targets: target_names,
+            stream_usage: p.stream_usage,
             base,
         })
     }
@@ -134,10 +137,11 @@ impl Upstream {
         &self.paths[ep.index()]
     }
 
-    /// Picks a healthy backend not in `skip`.
-    pub fn select(&self, key: &[u8], skip: &[std::net::SocketAddr]) -> Option<Backend> {
+    /// Picks a backend not in `skip`: a healthy one, or with `any_health`,
+    /// any (used when no route has a healthy backend left).
+    pub fn select(&self, key: &[u8], skip: &[std::net::SocketAddr], any_health: bool) -> Option<Backend> {
         self.balancer.select_with(key, 256, |b, healthy| {
-            healthy && b.addr.as_inet().is_some_and(|a| !skip.contains(a))
+            (healthy || any_health) && b.addr.as_inet().is_some_and(|a| !skip.contains(a))
         })
     }
 

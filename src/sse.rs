@@ -1,0 +1,228 @@
+//! An incremental Server-Sent Events scanner. It works on the side: it reads
+//! the chunks the proxy forwards and reports each complete event with its
+//! byte range in the stream. Events may split anywhere, including inside a
+//! CRLF or a UTF-8 character; lines may end in CRLF, LF or CR; `data:` may
+//! span several lines.
+
+/// One complete event.
+#[derive(Debug)]
+pub struct Event<'a> {
+    /// The `data:` lines joined with `\n`.
+    pub data: &'a [u8],
+    /// Stream offset of the event's first byte.
+    pub start: u64,
+    /// Stream offset just past the blank line that ended it.
+    pub end: u64,
+}
+
+/// A line or event grew past the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
+/// Scanner state carried between chunks. Memory is bounded by `max_event`.
+#[derive(Debug)]
+pub struct Scanner {
+    /// The unfinished line.
+    line: Vec<u8>,
+    /// Data of the event being read.
+    data: Vec<u8>,
+    has_data: bool,
+    /// The last chunk ended in CR: a leading LF in the next one belongs to it.
+    after_cr: bool,
+    /// Stream offset of the next byte.
+    offset: u64,
+    /// Stream offset where the current (unfinished) event began.
+    event_start: u64,
+    max_event: usize,
+}
+
+impl Scanner {
+    /// A scanner that refuses lines or events longer than `max_event` bytes.
+    pub fn new(max_event: usize) -> Self {
+        Self {
+            line: Vec::new(),
+            data: Vec::new(),
+            has_data: false,
+            after_cr: false,
+            offset: 0,
+            event_start: 0,
+            max_event,
+        }
+    }
+
+    /// Stream offset of the first byte not yet part of a complete event.
+    pub fn pending_from(&self) -> u64 {
+        self.event_start
+    }
+
+    /// Bytes fed so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Feeds one chunk; calls `on_event` for each event it completes.
+    pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(Event<'_>)) -> Result<(), Overflow> {
+        let base = self.offset;
+        let mut i = 0;
+        if self.after_cr && !chunk.is_empty() {
+            // The line held back at a trailing CR ends here, taking a leading LF.
+            self.after_cr = false;
+            if chunk[0] == b'\n' {
+                i = 1;
+            }
+            let line = std::mem::take(&mut self.line);
+            let r = self.line_done(&line, base + i as u64, &mut on_event);
+            self.line = line;
+            self.line.clear();
+            r?;
+        }
+        while i < chunk.len() {
+            let Some(k) = memchr::memchr2(b'\n', b'\r', &chunk[i..]) else {
+                if self.line.len() + (chunk.len() - i) > self.max_event {
+                    return Err(Overflow);
+                }
+                self.line.extend_from_slice(&chunk[i..]);
+                break;
+            };
+            let line_end = i + k;
+            let next = if chunk[line_end] == b'\r' {
+                match chunk.get(line_end + 1) {
+                    Some(b'\n') => line_end + 2,
+                    Some(_) => line_end + 1,
+                    None => {
+                        // CR at the very end: an LF may follow in the next
+                        // chunk. Hold the line until we know.
+                        if self.line.len() + k > self.max_event {
+                            return Err(Overflow);
+                        }
+                        self.line.extend_from_slice(&chunk[i..line_end]);
+                        self.after_cr = true;
+                        break;
+                    }
+                }
+            } else {
+                line_end + 1
+            };
+            let end_abs = base + next as u64;
+            if self.line.is_empty() {
+                self.line_done(&chunk[i..line_end], end_abs, &mut on_event)?;
+            } else {
+                if self.line.len() + k > self.max_event {
+                    return Err(Overflow);
+                }
+                let mut line = std::mem::take(&mut self.line);
+                line.extend_from_slice(&chunk[i..line_end]);
+                let r = self.line_done(&line, end_abs, &mut on_event);
+                line.clear();
+                self.line = line;
+                r?;
+            }
+            i = next;
+        }
+        self.offset += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the stream: completes a line held at a trailing CR.
+    pub fn finish(&mut self, mut on_event: impl FnMut(Event<'_>)) -> Result<(), Overflow> {
+        if self.after_cr {
+            self.after_cr = false;
+            let line = std::mem::take(&mut self.line);
+            self.line_done(&line, self.offset, &mut on_event)?;
+        }
+        Ok(())
+    }
+
+    fn line_done(
+        &mut self,
+        line: &[u8],
+        end_abs: u64,
+        on_event: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), Overflow> {
+        if line.is_empty() {
+            if self.has_data {
+                on_event(Event {
+                    data: &self.data,
+                    start: self.event_start,
+                    end: end_abs,
+                });
+                self.data.clear();
+                self.has_data = false;
+            }
+            self.event_start = end_abs;
+            return Ok(());
+        }
+        let (field, value) = match memchr::memchr(b':', line) {
+            Some(0) => return Ok(()), // a comment
+            Some(c) => {
+                let v = &line[c + 1..];
+                (&line[..c], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        if field == b"data" {
+            if self.data.len() + value.len() + 1 > self.max_event {
+                return Err(Overflow);
+            }
+            if self.has_data {
+                self.data.push(b'\n');
+            }
+            self.data.extend_from_slice(value);
+            self.has_data = true;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(chunks: &[&[u8]]) -> Vec<(String, u64, u64)> {
+        let mut s = Scanner::new(1 << 20);
+        let mut out = Vec::new();
+        let mut push = |e: Event<'_>| {
+            out.push((String::from_utf8_lossy(e.data).into_owned(), e.start, e.end))
+        };
+        for c in chunks {
+            s.feed(c, &mut push).unwrap();
+        }
+        s.finish(&mut push).unwrap();
+        out
+    }
+
+    #[test]
+    fn events_with_any_line_ending() {
+        let got = scan(&[b"data: a\n\ndata: b\r\n\r\ndata: c\r\rdata: d\ndata: e\n\n"]);
+        let data: Vec<&str> = got.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(data, ["a", "b", "c", "d\ne"]);
+        assert_eq!((got[0].1, got[0].2), (0, 9));
+        assert_eq!(got[1].1, 9);
+    }
+
+    #[test]
+    fn crlf_split_across_chunks_is_one_line_ending() {
+        let got = scan(&[b"data: a\r", b"\n\r", b"\ndata: b\r\n\r\n"]);
+        let data: Vec<&str> = got.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(data, ["a", "b"]);
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_events() {
+        let whole: &[u8] =
+            "event: x\r\ndata: {\"é\":1}\r\n: comment\r\n\r\ndata: [DONE]\n\ndata:tail\r\r".as_bytes();
+        let expect = scan(&[whole]);
+        assert_eq!(expect.len(), 3);
+        for a in 0..whole.len() {
+            for b in a..whole.len() {
+                assert_eq!(scan(&[&whole[..a], &whole[a..b], &whole[b..]]), expect, "{a},{b}");
+            }
+        }
+    }
+
+    #[test]
+    fn overflow_is_reported() {
+        let mut s = Scanner::new(8);
+        assert_eq!(s.feed(b"data: 0123456789", |_| {}), Err(Overflow));
+    }
+}
