@@ -28,6 +28,12 @@ pub enum GatewayError {
     PayloadTooLarge { limit: u64 },
     /// The upstream could not be reached or answered badly.
     UpstreamError,
+    /// The upstream refused the gateway's provider key (its text is not shown).
+    UpstreamAuth,
+    /// The upstream rate-limited us and no other route was left.
+    RateLimited { retry_after: Option<u64> },
+    /// Every backend is cooling down or has an open breaker.
+    UpstreamUnavailable { retry_after: Option<u64> },
     /// The upstream did not answer in time.
     UpstreamTimeout,
     /// A fault inside the gateway.
@@ -52,7 +58,9 @@ impl GatewayError {
             Self::RequestTimeout => 408,
             Self::LengthRequired => 411,
             Self::PayloadTooLarge { .. } => 413,
-            Self::UpstreamError => 502,
+            Self::UpstreamError | Self::UpstreamAuth => 502,
+            Self::RateLimited { .. } => 429,
+            Self::UpstreamUnavailable { .. } => 503,
             Self::UpstreamTimeout => 504,
             Self::Internal => 500,
         }
@@ -70,7 +78,12 @@ impl GatewayError {
             | Self::PayloadTooLarge { .. } => "invalid_request_error",
             Self::InvalidApiKey => "authentication_error",
             Self::ModelNotAllowed { .. } => "permission_error",
-            Self::UpstreamError | Self::UpstreamTimeout | Self::Internal => "api_error",
+            Self::UpstreamError
+            | Self::UpstreamAuth
+            | Self::UpstreamUnavailable { .. }
+            | Self::UpstreamTimeout
+            | Self::Internal => "api_error",
+            Self::RateLimited { .. } => "requests",
         }
     }
 
@@ -87,6 +100,9 @@ impl GatewayError {
             Self::LengthRequired => "length_required",
             Self::PayloadTooLarge { .. } => "request_too_large",
             Self::UpstreamError => "upstream_error",
+            Self::UpstreamAuth => "upstream_auth_error",
+            Self::RateLimited { .. } => "rate_limit_exceeded",
+            Self::UpstreamUnavailable { .. } => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Internal => "gateway_error",
         }
@@ -96,6 +112,16 @@ impl GatewayError {
         match self {
             Self::InvalidRequest { param, .. } => *param,
             Self::ModelNotAllowed { .. } | Self::ModelNotFound { .. } => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// Seconds for a `Retry-After` header, where one is known.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after } | Self::UpstreamUnavailable { retry_after } => {
+                *retry_after
+            }
             _ => None,
         }
     }
@@ -143,6 +169,15 @@ impl fmt::Display for GatewayError {
                 f.write_str("The upstream provider could not be reached or failed.")
             }
             Self::UpstreamTimeout => f.write_str("The upstream provider did not answer in time."),
+            Self::UpstreamAuth => f.write_str(
+                "The upstream provider rejected the gateway's credentials. The operator has been alerted.",
+            ),
+            Self::RateLimited { .. } => {
+                f.write_str("The upstream provider is rate limiting requests; retry later.")
+            }
+            Self::UpstreamUnavailable { .. } => f.write_str(
+                "Every upstream for this model is temporarily unavailable; retry later.",
+            ),
             Self::Internal => f.write_str("Internal gateway error."),
         }
     }

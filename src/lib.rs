@@ -8,6 +8,7 @@ pub mod error;
 pub mod providers;
 pub mod proxy;
 pub mod reload;
+pub mod resilience;
 pub mod rewrite;
 pub mod runtime;
 pub mod server;

@@ -26,6 +26,8 @@ pub struct RouteRt {
     /// The upstream model as a JSON string, for splicing.
     pub model_json: Bytes,
     pub price: Option<crate::config::Price>,
+    /// Timeouts of this route (provider defaults with route overrides).
+    pub limits: crate::resilience::Limits,
     /// `provider/upstream-model`, for the route response header.
     pub route_label: http::HeaderValue,
 }
@@ -63,6 +65,8 @@ pub struct Runtime {
     pub max_body_bytes: u64,
     pub body_idle_timeout: Duration,
     pub keepalive_secs: u64,
+    pub max_attempts: u32,
+    pub request_deadline: Duration,
     /// Name of the route response header, if enabled.
     pub route_header: Option<http::HeaderName>,
 }
@@ -101,6 +105,15 @@ impl Runtime {
                         model: Arc::from(r.model.as_str()),
                         model_json: json_string(&r.model),
                         price: r.price,
+                        limits: match &**p {
+                            ProviderRt::Http(up) => up.limits(r.timeouts.as_ref()),
+                            ProviderRt::Mock(_) => crate::resilience::Limits {
+                                connect: Duration::ZERO,
+                                first_byte: Duration::ZERO,
+                                idle: Duration::ZERO,
+                                total: None,
+                            },
+                        },
                         route_label: http::HeaderValue::from_str(&format!(
                             "{}/{}",
                             r.provider, r.model
@@ -160,6 +173,8 @@ impl Runtime {
             max_body_bytes: cfg.max_body_bytes,
             body_idle_timeout: cfg.downstream.body_idle_timeout.get(),
             keepalive_secs: cfg.downstream.keepalive.get().as_secs(),
+            max_attempts: cfg.max_attempts,
+            request_deadline: cfg.request_deadline.get(),
             route_header: http::HeaderName::from_bytes(cfg.route_header.as_bytes()).ok(),
             config: Arc::new(cfg),
             keys: KeyIndex::new(digests),

@@ -25,6 +25,12 @@ pub struct Config {
     /// Access log settings.
     #[serde(default)]
     pub access_log: AccessLogSection,
+    /// Attempts per request across all routes and backends.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// No new attempt starts this long after the request arrived.
+    #[serde(default = "default_deadline")]
+    pub request_deadline: HumanDuration,
     /// Response header naming the route that served the request
     /// (`provider/upstream-model`). Empty string: no header.
     #[serde(default = "default_route_header")]
@@ -36,6 +42,14 @@ pub struct Config {
     /// Gateway keys.
     #[serde(default)]
     pub keys: Vec<Key>,
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+
+fn default_deadline() -> HumanDuration {
+    HumanDuration::from_secs(600)
 }
 
 fn default_route_header() -> String {
@@ -149,6 +163,10 @@ pub struct Provider {
     #[serde(default)]
     pub timeouts: Timeouts,
     #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub breaker: BreakerPolicy,
+    #[serde(default)]
     pub health_check: HealthCheck,
     /// How often hostnames in `base_url`/`backends` are re-resolved.
     #[serde(default = "default_dns_refresh")]
@@ -176,16 +194,81 @@ fn default_dns_refresh() -> HumanDuration {
 pub struct Timeouts {
     /// TCP (and TLS) connect.
     pub connect: HumanDuration,
-    /// Longest wait for any read from the upstream: the response headers, and each
-    /// body chunk after them.
-    pub read: HumanDuration,
+    /// From sending the request to the response headers (for streams, the
+    /// first token). Past it the attempt fails over. Default: `idle`.
+    pub first_byte: Option<HumanDuration>,
+    /// Longest silence between reads once the response has started.
+    pub idle: HumanDuration,
+    /// Longest a single attempt may take in all. Default: no limit.
+    pub total: Option<HumanDuration>,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
             connect: HumanDuration::from_secs(5),
-            read: HumanDuration::from_secs(300),
+            first_byte: None,
+            idle: HumanDuration::from_secs(300),
+            total: None,
+        }
+    }
+}
+
+/// Per-route overrides of the provider's timeouts; unset fields inherit.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutOverrides {
+    pub connect: Option<HumanDuration>,
+    pub first_byte: Option<HumanDuration>,
+    pub idle: Option<HumanDuration>,
+    pub total: Option<HumanDuration>,
+}
+
+/// When to try another backend of the same provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Attempts on this provider (backends tried) before moving to the next route.
+    pub attempts: usize,
+    /// Response statuses that count as failures and move the request on.
+    /// Connection errors, TLS errors and timeouts always do.
+    pub on_status: Vec<u16>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            on_status: vec![408, 429, 500, 502, 503, 504],
+        }
+    }
+}
+
+/// Passive health: a backend that keeps failing is skipped for a cooldown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerPolicy {
+    pub enabled: bool,
+    /// Consecutive failures that open the breaker.
+    pub consecutive_failures: u32,
+    /// Failure ratio over the last `window` outcomes that opens it…
+    pub failure_ratio: f64,
+    /// …once at least `min_requests` of them were seen. At most 64.
+    pub window: u32,
+    pub min_requests: u32,
+    /// How long it stays open before one probe request may close it.
+    pub cooldown: HumanDuration,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            consecutive_failures: 5,
+            failure_ratio: 0.5,
+            window: 32,
+            min_requests: 10,
+            cooldown: HumanDuration::from_secs(30),
         }
     }
 }
@@ -270,6 +353,9 @@ pub struct Route {
     /// USD per million tokens. Without it, requests are counted as unpriced.
     #[serde(default)]
     pub price: Option<Price>,
+    /// Overrides of the provider's timeouts for this route.
+    #[serde(default)]
+    pub timeouts: Option<TimeoutOverrides>,
 }
 
 /// A route's price, in USD per million tokens.

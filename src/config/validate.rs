@@ -48,6 +48,15 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             if r.model.trim().is_empty() {
                 v.add(format!("{field}.model"), "must name the upstream model");
             }
+            if let Some(t) = &r.timeouts {
+                let zero = [t.connect, t.first_byte, t.idle, t.total]
+                    .iter()
+                    .flatten()
+                    .any(|d| d.get().is_zero());
+                if zero {
+                    v.add(format!("{field}.timeouts"), "timeouts must be greater than 0");
+                }
+            }
             if let Some(p) = &r.price {
                 let prices = [Some(p.input), p.cached_input, Some(p.output)];
                 if prices.iter().flatten().any(|x| !x.is_finite() || *x < 0.0) {
@@ -129,6 +138,12 @@ fn check_listeners(cfg: &Config, v: &mut Problems) {
         && http::HeaderName::from_bytes(cfg.route_header.as_bytes()).is_err()
     {
         v.add("route_header", "is not a valid header name (or use \"\" to turn it off)");
+    }
+    if cfg.max_attempts == 0 || cfg.max_attempts > 16 {
+        v.add("max_attempts", "must be between 1 and 16");
+    }
+    if cfg.request_deadline.get().is_zero() {
+        v.add("request_deadline", "must be greater than 0");
     }
     if cfg.server.threads == Some(0) {
         v.add("server.threads", "must be at least 1 (or left out)");
@@ -256,10 +271,34 @@ fn check_provider(name: &str, p: &Provider, v: &mut Problems) {
             );
         }
     }
-    if p.timeouts.connect.get().is_zero() || p.timeouts.read.get().is_zero() {
+    let t = &p.timeouts;
+    let zero = [Some(t.connect), t.first_byte, Some(t.idle), t.total]
+        .iter()
+        .flatten()
+        .any(|d| d.get().is_zero());
+    if zero {
+        v.add(format!("{f}.timeouts"), "timeouts must be greater than 0");
+    }
+    if p.retry.attempts == 0 {
+        v.add(format!("{f}.retry.attempts"), "must be at least 1");
+    }
+    if let Some(s) = p.retry.on_status.iter().find(|s| !(400..=599).contains(*s)) {
         v.add(
-            format!("{f}.timeouts"),
-            "connect and read must be greater than 0",
+            format!("{f}.retry.on_status"),
+            format!("{s} is not an error status (400-599)"),
+        );
+    }
+    let b = &p.breaker;
+    if b.consecutive_failures == 0
+        || !(0.0..=1.0).contains(&b.failure_ratio)
+        || b.window == 0
+        || b.window > 64
+        || b.min_requests > b.window
+        || b.cooldown.get().is_zero()
+    {
+        v.add(
+            format!("{f}.breaker"),
+            "needs consecutive_failures >= 1, failure_ratio in 0..1, window 1..64, min_requests <= window, cooldown > 0",
         );
     }
     if p.dns_refresh.get().is_zero() {

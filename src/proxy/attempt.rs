@@ -1,28 +1,38 @@
-//! One upstream attempt: pick the route and backend, build the peer, the
-//! header and the body. A failed connect moves on to the next backend of the
-//! same provider, then to the next route.
+//! Upstream attempts: pick the route and backend, build the peer, header and
+//! body, and decide after each failure whether to try again. A failure first
+//! moves to another backend of the same provider (up to its `retry.attempts`),
+//! then to the next route, with the body rewritten for that route's model.
+//! Nothing is retried once a response byte has reached the client.
 
 use crate::error::GatewayError;
-use crate::proxy::ctx::Ctx;
+use crate::proxy::ctx::{AttemptLog, Ctx};
 use crate::proxy::endpoint::Endpoint;
 use crate::proxy::headers;
+use crate::resilience::breaker;
+use crate::resilience::watchdog::Watchdog;
 use crate::rewrite;
 use crate::runtime::ProviderRt;
+use crate::telemetry::metrics;
 use crate::upstream::UpstreamRef;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
 
 /// Turns a gateway error into the Pingora error that carries it out of a hook.
-pub fn fail(ctx: &mut Ctx, err: GatewayError) -> Box<pingora::Error> {
+pub fn fail(ctx: &mut Ctx, err: GatewayError) -> Box<Error> {
     let status = err.status();
     let msg = err.code();
     ctx.error = Some(err);
-    pingora::Error::explain(pingora::ErrorType::HTTPStatus(status), msg)
+    Error::explain(ErrorType::HTTPStatus(status), msg)
 }
 
 /// Chooses the next backend to try and prepares this attempt's body.
 pub fn next_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>, GatewayError> {
+    ctx.watchdog = None;
     let rt = ctx.runtime()?.clone();
+    if ctx.attempts >= rt.max_attempts || ctx.start.elapsed() >= rt.request_deadline {
+        return Err(exhausted(ctx));
+    }
     let alias = ctx.alias.clone().ok_or(GatewayError::Internal)?;
     let model = rt.models.get(&*alias).ok_or(GatewayError::Internal)?;
     let parsed = ctx.parsed.clone().ok_or(GatewayError::Internal)?;
@@ -32,35 +42,75 @@ pub fn next_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>, GatewayError> {
     loop {
         let Some(route) = model.routes.get(ctx.route) else {
             if ctx.attempts == 0 && !ctx.any_health {
-                // No route has a healthy backend. Health checks can lag
-                // (a backend that just came up): try the others once.
+                // No route has a healthy backend. Health checks lag (a backend
+                // that just came up): try the unhealthy ones once.
                 ctx.any_health = true;
                 ctx.route = 0;
                 ctx.tried.clear();
+                ctx.route_attempts = 0;
                 continue;
             }
-            break;
+            return Err(exhausted(ctx));
         };
         if let ProviderRt::Http(up) = &*route.provider {
-            if let Some(backend) = up.select(ctx.request_id.as_bytes(), &ctx.tried, ctx.any_health) {
-                let addr = *backend.addr.as_inet().ok_or(GatewayError::Internal)?;
-                ctx.tried.push(addr);
-                ctx.backend = Some(addr);
-                ctx.attempts += 1;
-                let ask = usage_capable && up.stream_usage;
-                let (body, injected) =
-                    rewrite::attempt_body(&ctx.body, &parsed, &route.model_json, ask);
-                ctx.attempt_body = body;
-                ctx.usage_injected = injected;
-                ctx.body_sent = false;
-                return Ok(Box::new(up.peer(addr)));
+            let provider_done = ctx.skip_provider || ctx.route_attempts >= up.retry.attempts;
+            if !provider_done {
+                match up.select(ctx.request_id.as_bytes(), &ctx.tried, ctx.any_health) {
+                    Ok((addr, state)) => {
+                        let ask = usage_capable && up.stream_usage;
+                        let (body, injected) =
+                            rewrite::attempt_body(&ctx.body, &parsed, &route.model_json, ask);
+                        count_retry(ctx, &alias);
+                        ctx.tried.push(addr);
+                        ctx.backend = Some(addr);
+                        ctx.backend_state = state;
+                        ctx.attempts += 1;
+                        ctx.route_attempts += 1;
+                        ctx.attempt_body = body;
+                        ctx.usage_injected = injected;
+                        ctx.body_sent = false;
+                        return Ok(Box::new(up.peer(addr, &route.limits)));
+                    }
+                    Err(Some(out)) => {
+                        let ms = ctx.out_for_ms.map_or(out.ms, |m| m.min(out.ms));
+                        ctx.out_for_ms = Some(ms);
+                        ctx.out_rate_limited |= out.rate_limited;
+                    }
+                    Err(None) => {}
+                }
             }
         }
-        // Nothing (left) to try on this route: fall back to the next one.
         ctx.route += 1;
         ctx.tried.clear();
+        ctx.route_attempts = 0;
+        ctx.skip_provider = false;
     }
-    Err(ctx.last_failure.clone().unwrap_or(GatewayError::UpstreamError))
+}
+
+fn count_retry(ctx: &Ctx, alias: &str) {
+    if ctx.attempts == 0 {
+        return;
+    }
+    let kind = if ctx.route_attempts == 0 { "fallback" } else { "retry" };
+    if let Some(m) = metrics::get() {
+        m.retries.with_label_values(&[alias, kind]).inc();
+    }
+}
+
+/// What to answer when nothing is left to try.
+fn exhausted(ctx: &Ctx) -> GatewayError {
+    match (&ctx.last_failure, ctx.out_for_ms) {
+        (Some(e), _) => e.clone(),
+        (None, Some(ms)) => {
+            let retry_after = Some(ms.div_ceil(1000).max(1));
+            if ctx.out_rate_limited {
+                GatewayError::RateLimited { retry_after }
+            } else {
+                GatewayError::UpstreamUnavailable { retry_after }
+            }
+        }
+        (None, None) => GatewayError::UpstreamError,
+    }
 }
 
 /// The provider of the current attempt.
@@ -101,17 +151,86 @@ pub fn body_chunk(body: &mut Option<bytes::Bytes>, ctx: &mut Ctx) {
     }
 }
 
+/// Starts the timeout watchdog for this attempt when its limits need one.
+pub fn on_connected(ctx: &mut Ctx, fd: std::os::fd::RawFd) {
+    let Some(limits) = ctx.current_route().map(|r| r.limits) else {
+        return;
+    };
+    if limits.needs_watchdog() {
+        match Watchdog::arm(fd, limits) {
+            Ok(w) => ctx.watchdog = Some(w),
+            Err(e) => log::warn!("request {}: cannot arm the timeout watchdog: {e}", ctx.request_id),
+        }
+    }
+}
+
+/// Whether another attempt may start.
+pub fn may_retry(ctx: &Ctx) -> bool {
+    let Some(rt) = ctx.rt.as_ref() else {
+        return false;
+    };
+    !ctx.response_started
+        && ctx.attempts < rt.max_attempts
+        && ctx.start.elapsed() < rt.request_deadline
+}
+
+/// Records a failed attempt: breaker, cooldown, metrics, the attempt log, and
+/// the error to answer if nothing else works.
+pub fn record_failure(
+    ctx: &mut Ctx,
+    outcome: &'static str,
+    error: GatewayError,
+    retry_after: Option<u64>,
+    skip_provider: bool,
+) {
+    let up = current_upstream(ctx).ok();
+    let now = breaker::now_ms();
+    if let (Some(s), Some(up)) = (&ctx.backend_state, &up) {
+        s.record(false, now, &up.breaker);
+        if let Some(secs) = retry_after {
+            s.cool_for(secs.saturating_mul(1000), now);
+        }
+    }
+    if let (Some(m), Some(up)) = (metrics::get(), &up) {
+        m.attempts.with_label_values(&[up.name.as_str(), outcome]).inc();
+    }
+    ctx.attempt_log.push(AttemptLog {
+        provider: up.map(|u| u.name.clone()),
+        backend: ctx.backend,
+        outcome,
+    });
+    ctx.last_failure = Some(error);
+    ctx.skip_provider |= skip_provider;
+}
+
+/// Records a successful attempt (the response is going to the client).
+pub fn record_success(ctx: &mut Ctx) {
+    let up = current_upstream(ctx).ok();
+    if let (Some(s), Some(up)) = (&ctx.backend_state, &up) {
+        s.record(true, breaker::now_ms(), &up.breaker);
+    }
+    if let (Some(m), Some(up)) = (metrics::get(), &up) {
+        m.attempts.with_label_values(&[up.name.as_str(), "success"]).inc();
+    }
+    ctx.attempt_log.push(AttemptLog {
+        provider: up.map(|u| u.name.clone()),
+        backend: ctx.backend,
+        outcome: "success",
+    });
+    ctx.response_started = true;
+}
+
 /// Decides whether a connect failure is retried (on another backend or route).
-pub fn on_connect_failure(ctx: &mut Ctx, mut e: Box<pingora::Error>) -> Box<pingora::Error> {
+pub fn on_connect_failure(ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
     let timeout = matches!(
         e.etype(),
-        pingora::ErrorType::ConnectTimedout | pingora::ErrorType::TLSHandshakeTimedout
+        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout
     );
-    ctx.last_failure = Some(if timeout {
-        GatewayError::UpstreamTimeout
+    let (outcome, err) = if timeout {
+        ("connect_timeout", GatewayError::UpstreamTimeout)
     } else {
-        GatewayError::UpstreamError
-    });
+        ("connect_error", GatewayError::UpstreamError)
+    };
     if let Some(addr) = ctx.backend {
         log::warn!(
             "request {}: connecting to {addr} failed: {:?}",
@@ -119,7 +238,42 @@ pub fn on_connect_failure(ctx: &mut Ctx, mut e: Box<pingora::Error>) -> Box<ping
             e.etype()
         );
     }
-    // `next_peer` decides whether anything is left to try.
-    e.set_retry(true);
+    record_failure(ctx, outcome, err, None, false);
+    e.set_retry(may_retry(ctx));
     e
+}
+
+/// Decides whether an error while proxying is retried. Our own verdicts
+/// (bad status) carry their decision; an I/O error or timeout before any
+/// response reached the client is retried when attempts remain.
+pub fn on_proxy_error(ctx: &mut Ctx, e: &mut Error) {
+    if let Some(retry) = ctx.verdict_retry.take() {
+        e.set_retry(retry);
+        return;
+    }
+    let fired = ctx.watchdog.as_ref().and_then(|w| w.fired());
+    let timeout = fired.is_some()
+        || (matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout)
+            && e.esource() == &pingora::ErrorSource::Upstream);
+    if ctx.response_started {
+        // Mid-stream: nothing can be retried; the stream ends with an error event.
+        ctx.mid_stream_error = Some(if timeout {
+            GatewayError::UpstreamTimeout
+        } else {
+            GatewayError::UpstreamError
+        });
+        e.set_retry(false);
+        return;
+    }
+    if e.esource() != &pingora::ErrorSource::Upstream && fired.is_none() {
+        e.set_retry(false);
+        return;
+    }
+    let (outcome, err) = if timeout {
+        ("timeout", GatewayError::UpstreamTimeout)
+    } else {
+        ("read_error", GatewayError::UpstreamError)
+    };
+    record_failure(ctx, outcome, err, None, false);
+    e.set_retry(may_retry(ctx));
 }

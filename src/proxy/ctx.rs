@@ -44,6 +44,26 @@ pub struct Ctx {
     pub counted_in_flight: bool,
     /// No healthy backend was left anywhere: unhealthy ones may be tried.
     pub any_health: bool,
+    /// Passive-health state of the current backend.
+    pub backend_state: Option<std::sync::Arc<crate::resilience::breaker::BackendState>>,
+    /// Attempts made on the current route.
+    pub route_attempts: usize,
+    /// Move to the next route without trying more of this provider's backends.
+    pub skip_provider: bool,
+    /// The shortest wait until a skipped (cooling or open) backend is back.
+    pub out_for_ms: Option<u64>,
+    /// One of the skipped backends is waiting out a 429.
+    pub out_rate_limited: bool,
+    /// A response was accepted for the client: no more retries.
+    pub response_started: bool,
+    /// Retry decision made by the response verdict, applied in `error_while_proxy`.
+    pub verdict_retry: Option<bool>,
+    /// The stream broke after it started.
+    pub mid_stream_error: Option<GatewayError>,
+    /// Enforces first-byte/idle/total limits for this attempt.
+    pub watchdog: Option<crate::resilience::watchdog::Watchdog>,
+    /// Each attempt and how it ended, for the access log.
+    pub attempt_log: Vec<AttemptLog>,
     /// This attempt asked the upstream for stream usage on the client's behalf.
     pub usage_injected: bool,
     /// Watches the response body for usage.
@@ -52,6 +72,14 @@ pub struct Ctx {
     pub first_byte_at: Option<Instant>,
     /// Usage known without reading a response (the mock provider).
     pub local_usage: Option<crate::accounting::Usage>,
+}
+
+/// One upstream attempt, as logged.
+#[derive(Debug, Clone)]
+pub struct AttemptLog {
+    pub provider: Option<String>,
+    pub backend: Option<SocketAddr>,
+    pub outcome: &'static str,
 }
 
 /// How the response body is watched.
@@ -87,6 +115,16 @@ impl Ctx {
             last_failure: None,
             counted_in_flight: false,
             any_health: false,
+            backend_state: None,
+            route_attempts: 0,
+            skip_provider: false,
+            out_for_ms: None,
+            out_rate_limited: false,
+            response_started: false,
+            verdict_retry: None,
+            mid_stream_error: None,
+            watchdog: None,
+            attempt_log: Vec::new(),
             usage_injected: false,
             meter: Meter::None,
             first_byte_at: None,

@@ -49,7 +49,16 @@ pub async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u
         return 0;
     };
     if session.response_written().is_some() {
-        // Headers are out: the stream is cut; the client sees a broken body.
+        // Headers are out. A stream ends with one error event (never a fake
+        // [DONE]), so SDKs raise; any other body is cut short.
+        let err = ctx.mid_stream_error.clone().unwrap_or(err);
+        if matches!(ctx.meter, Meter::Stream(_)) {
+            let event = format!("data: {}\n\n", String::from_utf8_lossy(&err.body()));
+            let _ = session
+                .write_response_body(Some(bytes::Bytes::from(event)), true)
+                .await;
+        }
+        log::warn!("request {}: stream broken after it started: {e}", ctx.request_id);
         ctx.error = Some(err);
         return 0;
     }
@@ -78,6 +87,7 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             .map(|r| r.status.as_u16())
             .unwrap_or(if e.is_some() { 499 } else { 0 });
     }
+    ctx.watchdog = None;
     let settled = settle(ctx);
     let rt = ctx.rt.clone();
     let name = |v: Option<&str>| v.unwrap_or(metrics::NONE).to_string();
@@ -156,6 +166,7 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         duration_ms: ms(duration),
         upstream_ms: upstream.map(ms),
         attempts: ctx.attempts,
+        attempt_log: attempt_log(ctx),
         error: ctx.error.as_ref().map(|e| e.code()),
         ttft_ms: ttft.map(ms),
         prompt_tokens: settled.as_ref().map(|s| s.usage.prompt),
@@ -167,6 +178,22 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         unpriced: settled.as_ref().is_some_and(|s| s.cost_usd.is_none()),
         partial: settled.as_ref().is_some_and(|s| s.partial),
     });
+}
+
+/// `provider@backend:outcome` for each attempt, when there was more than one.
+fn attempt_log(ctx: &Ctx) -> Option<Vec<String>> {
+    (ctx.attempt_log.len() > 1).then(|| {
+        ctx.attempt_log
+            .iter()
+            .map(|a| {
+                let p = a.provider.as_deref().unwrap_or(metrics::NONE);
+                match a.backend {
+                    Some(b) => format!("{p}@{b}:{}", a.outcome),
+                    None => format!("{p}:{}", a.outcome),
+                }
+            })
+            .collect()
+    })
 }
 
 /// The request's usage and cost, from what its response showed.

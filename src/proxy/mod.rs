@@ -119,6 +119,36 @@ impl ProxyHttp for Gateway {
         attempt::on_connect_failure(ctx, e)
     }
 
+    /// Arms the attempt's timeout watchdog once connected (reused or new).
+    async fn connected_to_upstream(
+        &self,
+        _s: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        attempt::on_connected(ctx, fd);
+        Ok(())
+    }
+
+    /// Decides whether an error while proxying is retried. Unlike Pingora's
+    /// default (never for POST), a failure before any response byte reached
+    /// the client is retried while attempts remain.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        _s: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        attempt::on_proxy_error(ctx, &mut e);
+        e
+    }
+
     /// Answers an OpenAI-format error when proxying fails before any response.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = finish::fail_to_proxy(session, e, ctx).await;

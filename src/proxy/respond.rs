@@ -53,6 +53,9 @@ pub async fn error(
     if let GatewayError::MethodNotAllowed { allowed } = err {
         resp.insert_header(http::header::ALLOW, *allowed)?;
     }
+    if let Some(secs) = err.retry_after() {
+        resp.insert_header(http::header::RETRY_AFTER, secs)?;
+    }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
 }

@@ -3,14 +3,60 @@
 
 use crate::accounting::meter::{BodyMeter, StreamMeter};
 use crate::proxy::ctx::{Ctx, Meter};
+use crate::proxy::attempt;
 use crate::proxy::headers::REQUEST_ID;
+use crate::resilience::verdict::{judge, Verdict};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use std::time::Instant;
 
-/// Runs when the upstream's response header arrives.
+/// Runs when the upstream's response header arrives: judges it (a failure
+/// is retried elsewhere or mapped to our own error), then tags it and picks
+/// how its body is metered.
 pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
     ctx.upstream_headers_at = Some(Instant::now());
+    if let Some(w) = &ctx.watchdog {
+        w.headers();
+    }
+    let stream = ctx.parsed.as_ref().is_some_and(|p| p.stream);
+    let verdict = match attempt::current_upstream(ctx) {
+        Ok(up) => judge(resp, &up.retry.on_status, stream),
+        Err(_) => Verdict::Accept,
+    };
+    if let Verdict::Fail {
+        error,
+        skip_provider,
+        retry_after,
+    } = verdict
+    {
+        let status = resp.status.as_u16();
+        let outcome = match status {
+            429 => "status_429",
+            401 | 403 => "auth_error",
+            s if s >= 500 => "status_5xx",
+            _ => "bad_response",
+        };
+        if status == 401 || status == 403 {
+            if let Ok(up) = attempt::current_upstream(ctx) {
+                log::error!(
+                    "provider {} refused the gateway's key (HTTP {status}); check providers.{}.api_key",
+                    up.name,
+                    up.name
+                );
+            }
+        }
+        attempt::record_failure(ctx, outcome, error.clone(), retry_after, skip_provider);
+        let retry = attempt::may_retry(ctx);
+        ctx.verdict_retry = Some(retry);
+        if !retry {
+            ctx.error = Some(error);
+        }
+        return Err(pingora::Error::explain(
+            pingora::ErrorType::HTTPStatus(502),
+            "upstream response counted as a failure",
+        ));
+    }
+    attempt::record_success(ctx);
     ctx.status = resp.status.as_u16();
     resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
     if let (Some(rt), Some(route)) = (ctx.rt.as_ref(), ctx.current_route()) {
@@ -43,6 +89,12 @@ fn is_event_stream(resp: &ResponseHeader) -> bool {
 pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) {
     if ctx.first_byte_at.is_none() && body.as_ref().is_some_and(|b| !b.is_empty()) {
         ctx.first_byte_at = Some(Instant::now());
+    }
+    if eos {
+        // Disarm before Pingora can return the connection to its pool.
+        ctx.watchdog = None;
+    } else if let Some(w) = &ctx.watchdog {
+        w.activity();
     }
     match &mut ctx.meter {
         Meter::None => {}

@@ -25,6 +25,8 @@ pub struct Record<'a> {
     pub duration_ms: f64,
     pub upstream_ms: Option<f64>,
     pub attempts: u32,
+    /// Each attempt (`provider@backend:outcome`) when there was more than one.
+    pub attempt_log: Option<Vec<String>>,
     pub error: Option<&'a str>,
     pub ttft_ms: Option<f64>,
     pub prompt_tokens: Option<u64>,

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub estimated: IntCounterVec,
     pub partial_streams: IntCounterVec,
     pub in_flight: IntGauge,
+    pub attempts: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub breaker_state: IntGaugeVec,
     pub errors: IntCounterVec,
     pub backend_healthy: IntGaugeVec,
     pub reloads: IntCounterVec,
@@ -97,6 +100,21 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "tollgate_partial_streams_total",
             "Streams that ended before their end marker (cut by the upstream or the client).",
             &["request_model", "provider"]
+        )?,
+        attempts: register_int_counter_vec!(
+            "tollgate_upstream_attempts_total",
+            "Upstream attempts by provider and outcome (success, connect_error, connect_timeout, timeout, read_error, status_429, status_5xx, auth_error, bad_response).",
+            &["provider", "outcome"]
+        )?,
+        retries: register_int_counter_vec!(
+            "tollgate_retries_total",
+            "Extra attempts: retry (another backend, same provider) or fallback (next route).",
+            &["request_model", "kind"]
+        )?,
+        breaker_state: register_int_gauge_vec!(
+            "tollgate_breaker_state",
+            "Passive-health breaker per backend: 0 closed, 1 open, 2 half-open.",
+            &["provider", "backend"]
         )?,
         in_flight: register_int_gauge!(
             "tollgate_requests_in_flight",

@@ -74,13 +74,13 @@ impl BackgroundService for HealthTicker {
     }
 }
 
-/// Publishes each backend's health as a 0/1 gauge.
+/// Publishes each backend's health (0/1) and breaker state.
 pub fn export(up: &crate::upstream::Upstream) {
     if let Some(m) = metrics::get() {
-        for (addr, healthy) in up.backend_health() {
-            m.backend_healthy
-                .with_label_values(&[up.name.as_str(), addr.as_str()])
-                .set(i64::from(healthy));
+        for (addr, healthy, breaker) in up.backend_health() {
+            let labels = [up.name.as_str(), addr.as_str()];
+            m.backend_healthy.with_label_values(&labels).set(i64::from(healthy));
+            m.breaker_state.with_label_values(&labels).set(breaker as i64);
         }
     }
 }

@@ -6,13 +6,18 @@ pub mod health;
 pub mod tls;
 
 use crate::config::url::{parse_base_url, split_host_port, BaseUrl};
-use crate::config::{HealthCheck as HealthConf, Provider};
+use crate::config::{BreakerPolicy, HealthCheck as HealthConf, Provider, RetryPolicy, Timeouts};
+use crate::resilience::breaker::{self, BackendState};
+use crate::resilience::Limits;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use crate::proxy::endpoint::Endpoint;
 use discovery::{DnsDiscovery, Target};
 use http::{HeaderName, HeaderValue, Uri};
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
-use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::lb::{Backends, LoadBalancer};
 use pingora::upstreams::peer::HttpPeer;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +34,11 @@ pub struct Upstream {
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// Upstream URI per endpoint, with the base URL's prefix.
     paths: [Uri; Endpoint::PROXIED.len()],
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
+    pub timeouts: Timeouts,
+    pub retry: RetryPolicy,
+    pub breaker: BreakerPolicy,
+    /// Passive-health state of each current backend (shared across reloads).
+    states: ArcSwap<HashMap<SocketAddr, Arc<BackendState>>>,
     pub ca: Option<tls::CaList>,
     pub health: HealthConf,
     pub dns_refresh: Duration,
@@ -101,8 +109,10 @@ impl Upstream {
             auth,
             extra_headers,
             paths,
-            connect_timeout: p.timeouts.connect.get(),
-            read_timeout: p.timeouts.read.get(),
+            timeouts: p.timeouts.clone(),
+            retry: p.retry.clone(),
+            breaker: p.breaker.clone(),
+            states: ArcSwap::from_pointee(HashMap::new()),
             ca,
             health: p.health_check.clone(),
             dns_refresh: p.dns_refresh.get(),
@@ -116,6 +126,20 @@ impl Upstream {
     pub async fn resolve(&self) {
         if let Err(e) = self.balancer.update().await {
             log::warn!("provider {}: backend discovery failed: {e}", self.name);
+        }
+        let current = self.balancer.backends().get_backend();
+        let states = self.states.load();
+        let unchanged = current.len() == states.len()
+            && current
+                .iter()
+                .all(|b| b.addr.as_inet().is_some_and(|a| states.contains_key(a)));
+        if !unchanged {
+            let map = current
+                .iter()
+                .filter_map(|b| b.addr.as_inet().copied())
+                .map(|a| (a, breaker::state_for(&self.name, a)))
+                .collect();
+            self.states.store(Arc::new(map));
         }
     }
 
@@ -137,25 +161,71 @@ impl Upstream {
         &self.paths[ep.index()]
     }
 
-    /// Picks a backend not in `skip`: a healthy one, or with `any_health`,
-    /// any (used when no route has a healthy backend left).
-    pub fn select(&self, key: &[u8], skip: &[std::net::SocketAddr], any_health: bool) -> Option<Backend> {
-        self.balancer.select_with(key, 256, |b, healthy| {
-            (healthy || any_health) && b.addr.as_inet().is_some_and(|a| !skip.contains(a))
-        })
+    /// Picks a backend not in `skip` whose breaker admits it: a healthy one,
+    /// or with `any_health`, any (used when no route has a healthy backend).
+    /// `Err(Some(out))`: backends exist but are cooling down or open.
+    pub fn select(
+        &self,
+        key: &[u8],
+        skip: &[SocketAddr],
+        any_health: bool,
+    ) -> Result<(SocketAddr, Option<Arc<BackendState>>), Option<Out>> {
+        let states = self.states.load();
+        let now = breaker::now_ms();
+        let out_for = std::cell::Cell::new(None::<u64>);
+        let limited = std::cell::Cell::new(false);
+        let picked = self.balancer.select_with(key, 256, |b, healthy| {
+            let Some(addr) = b.addr.as_inet() else {
+                return false;
+            };
+            if !(healthy || any_health) || skip.contains(addr) {
+                return false;
+            }
+            match states.get(addr) {
+                Some(s) if !s.admit(now, &self.breaker) => {
+                    let ms = s.out_for(now).unwrap_or(1000);
+                    limited.set(limited.get() || s.rate_limited(now));
+                    out_for.set(Some(out_for.get().map_or(ms, |m: u64| m.min(ms))));
+                    false
+                }
+                _ => true,
+            }
+        });
+        match picked.and_then(|b| b.addr.as_inet().copied()) {
+            Some(addr) => Ok((addr, states.get(&addr).cloned())),
+            None => Err(out_for.get().map(|ms| Out {
+                ms,
+                rate_limited: limited.get(),
+            })),
+        }
     }
 
-    /// The peer for one backend, with TLS, SNI and timeouts from config.
-    pub fn peer(&self, addr: std::net::SocketAddr) -> HttpPeer {
+    /// The effective limits of a route on this provider.
+    pub fn limits(&self, o: Option<&crate::config::TimeoutOverrides>) -> Limits {
+        let t = &self.timeouts;
+        let idle = o.and_then(|o| o.idle).unwrap_or(t.idle).get();
+        Limits {
+            connect: o.and_then(|o| o.connect).unwrap_or(t.connect).get(),
+            first_byte: o
+                .and_then(|o| o.first_byte)
+                .or(t.first_byte)
+                .map_or(idle, |d| d.get()),
+            idle,
+            total: o.and_then(|o| o.total).or(t.total).map(|d| d.get()),
+        }
+    }
+
+    /// The peer for one backend, with TLS, SNI and the route's timeouts.
+    pub fn peer(&self, addr: SocketAddr, limits: &Limits) -> HttpPeer {
         let sni = if self.base.tls {
             self.base.host.clone()
         } else {
             String::new()
         };
         let mut peer = HttpPeer::new(addr, self.base.tls, sni);
-        peer.options.connection_timeout = Some(self.connect_timeout);
-        peer.options.total_connection_timeout = Some(self.connect_timeout * 2);
-        peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.connection_timeout = Some(limits.connect);
+        peer.options.total_connection_timeout = Some(limits.connect * 2);
+        peer.options.read_timeout = Some(limits.read_timeout());
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         if let Some(ca) = &self.ca {
             peer.options.ca = Some(ca.clone());
@@ -163,13 +233,22 @@ impl Upstream {
         peer
     }
 
-    /// Each current backend with its health, for the metric and logs.
-    pub fn backend_health(&self) -> Vec<(String, bool)> {
+    /// Each current backend with its active health and breaker state.
+    pub fn backend_health(&self) -> Vec<(String, bool, breaker::State)> {
         let backends = self.balancer.backends();
+        let states = self.states.load();
+        let now = breaker::now_ms();
         backends
             .get_backend()
             .iter()
-            .map(|b| (b.addr.to_string(), backends.ready(b)))
+            .map(|b| {
+                let state = b
+                    .addr
+                    .as_inet()
+                    .and_then(|a| states.get(a))
+                    .map_or(breaker::State::Closed, |s| s.state(now));
+                (b.addr.to_string(), backends.ready(b), state)
+            })
             .collect()
     }
 }
@@ -219,6 +298,15 @@ fn health_check(
             Box::new(check)
         }
     }
+}
+
+/// Why a provider had no backend to offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Out {
+    /// Until the first one is back.
+    pub ms: u64,
+    /// At least one is waiting out a 429's `Retry-After`.
+    pub rate_limited: bool,
 }
 
 /// Shared handle.

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The project's single test command (see README): bash tests/run.sh
+#
+# 1. Makes sure target/sdk-venv holds the pinned official `openai` Python SDK
+#    (used by the end-to-end SDK compatibility test, tests/sdk/openai_client.py)
+#    and exports TOLLGATE_PYTHON pointing at that venv's interpreter.
+# 2. Runs every Rust test target with plain `cargo test`, so its summary lines
+#    close the output, and exits with cargo's status.
+#
+# Extra arguments go to cargo test, e.g. `bash tests/run.sh --test sdk`.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+OPENAI_VERSION="2.54.0"
+VENV="$PWD/target/sdk-venv"
+PY="$VENV/bin/python"
+HOST_PYTHON="${PYTHON:-python3}"
+
+sdk_ok() {
+    [[ -x "$PY" ]] && "$PY" - "$OPENAI_VERSION" >/dev/null 2>&1 <<'PYEOF'
+import sys
+import openai, pytest  # noqa: F401
+sys.exit(0 if openai.__version__ == sys.argv[1] else 1)
+PYEOF
+}
+
+echo "==== Python SDK venv ($VENV, openai==$OPENAI_VERSION) ===="
+if sdk_ok; then
+    echo "up to date"
+else
+    rm -rf "$VENV"
+    mkdir -p "$(dirname "$VENV")"
+    "$HOST_PYTHON" -m venv "$VENV"
+    "$PY" -m pip install --quiet --disable-pip-version-check \
+        "openai==$OPENAI_VERSION" pytest
+    sdk_ok || { echo "openai SDK not importable from $VENV" >&2; exit 1; }
+fi
+"$PY" -c 'import openai, sys; print("python", sys.version.split()[0], "openai", openai.__version__)'
+export TOLLGATE_PYTHON="$PY"
+
+echo "==== cargo test ===="
+exec cargo test --locked --all-targets "$@"
