@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod lifecycle;
 pub mod providers;
 pub mod proxy;
 pub mod reload;

@@ -65,6 +65,7 @@ pub struct Runtime {
     pub max_body_bytes: u64,
     pub body_idle_timeout: Duration,
     pub keepalive_secs: u64,
+    pub write_timeout: Duration,
     pub max_attempts: u32,
     pub request_deadline: Duration,
     /// Name of the route response header, if enabled.
@@ -173,6 +174,7 @@ impl Runtime {
             max_body_bytes: cfg.max_body_bytes,
             body_idle_timeout: cfg.downstream.body_idle_timeout.get(),
             keepalive_secs: cfg.downstream.keepalive.get().as_secs(),
+            write_timeout: cfg.downstream.write_timeout.get(),
             max_attempts: cfg.max_attempts,
             request_deadline: cfg.request_deadline.get(),
             route_header: http::HeaderName::from_bytes(cfg.route_header.as_bytes()).ok(),

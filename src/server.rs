@@ -57,6 +57,12 @@ pub fn run(cli: &Cli, cfg: Config, rt: Runtime) -> Result<(), String> {
         },
     ));
     server.add_service(background_service("health", HealthTicker { shared }));
+    server.add_service(background_service(
+        "drain",
+        crate::lifecycle::DrainOnTerm {
+            settle: std::time::Duration::from_millis(200),
+        },
+    ));
     log::info!("tollgate listening on {}", cfg.listen);
     server.run_forever()
 }

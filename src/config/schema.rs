@@ -101,6 +101,9 @@ pub struct DownstreamSection {
     pub body_idle_timeout: HumanDuration,
     /// Idle keep-alive connections are closed after this long.
     pub keepalive: HumanDuration,
+    /// A client that accepts no response bytes for this long is dropped (and
+    /// its upstream request cancelled).
+    pub write_timeout: HumanDuration,
 }
 
 impl Default for DownstreamSection {
@@ -108,6 +111,7 @@ impl Default for DownstreamSection {
         Self {
             body_idle_timeout: HumanDuration::from_secs(30),
             keepalive: HumanDuration::from_secs(60),
+            write_timeout: HumanDuration::from_secs(30),
         }
     }
 }

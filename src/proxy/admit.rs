@@ -70,6 +70,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     }
     let framing = body::framing(&session.req_header().headers)?;
     session.set_keepalive(Some(rt.keepalive_secs));
+    session.set_write_timeout(Some(rt.write_timeout));
     let bytes = body::read_all(session, framing, rt.max_body_bytes, rt.body_idle_timeout).await?;
     let parsed = rewrite::parse(&bytes).map_err(|e| GatewayError::InvalidRequest {
         message: e.message,

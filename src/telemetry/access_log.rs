@@ -54,6 +54,18 @@ pub fn dropped() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
+/// Waits (briefly) until queued lines are written; used before exiting.
+pub fn flush() {
+    for _ in 0..100 {
+        if QUEUED.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+static QUEUED: AtomicU64 = AtomicU64::new(0);
+
 /// Queues one line. Never blocks.
 pub fn write(rec: &Record<'_>) {
     let Ok(mut line) = serde_json::to_vec(rec) else {
@@ -61,9 +73,11 @@ pub fn write(rec: &Record<'_>) {
     };
     line.push(b'\n');
     let tx = SINK.get_or_init(spawn_writer);
+    QUEUED.fetch_add(1, Ordering::Relaxed);
     match tx.try_send(line) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            QUEUED.fetch_sub(1, Ordering::Relaxed);
             DROPPED.fetch_add(1, Ordering::Relaxed);
             if let Some(m) = super::metrics::get() {
                 m.access_log_dropped.inc();
@@ -99,11 +113,14 @@ fn run_writer(rx: Receiver<Vec<u8>>, path: Option<String>) {
     };
     while let Ok(line) = rx.recv() {
         let _ = out.write_all(&line);
+        let mut n = 1;
         // Drain what is queued, then flush once.
         while let Ok(more) = rx.try_recv() {
             let _ = out.write_all(&more);
+            n += 1;
         }
         let _ = out.flush();
+        QUEUED.fetch_sub(n, Ordering::Relaxed);
     }
 }
 
