@@ -23,14 +23,16 @@ pub fn run(cli: &Cli, cfg: Config, rt: Runtime) -> Result<(), String> {
         test: false,
         conf: None,
     };
-    let mut conf = ServerConf::default();
-    conf.threads = cfg.server.threads.unwrap_or_else(default_threads);
-    conf.daemon = cli.daemon;
-    conf.pid_file = cfg.server.pid_file.clone();
-    conf.upgrade_sock = cfg.server.upgrade_sock.clone();
-    conf.grace_period_seconds = Some(cfg.server.grace_period.get().as_secs());
-    conf.graceful_shutdown_timeout_seconds = Some(cfg.server.shutdown_timeout.get().as_secs());
-    conf.upstream_keepalive_pool_size = cfg.server.upstream_keepalive_pool;
+    let conf = ServerConf {
+        threads: cfg.server.threads.unwrap_or_else(default_threads),
+        daemon: cli.daemon,
+        pid_file: cfg.server.pid_file.clone(),
+        upgrade_sock: cfg.server.upgrade_sock.clone(),
+        grace_period_seconds: Some(cfg.server.grace_period.get().as_secs()),
+        graceful_shutdown_timeout_seconds: Some(cfg.server.shutdown_timeout.get().as_secs()),
+        upstream_keepalive_pool_size: cfg.server.upstream_keepalive_pool,
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 

@@ -51,7 +51,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         other => return Err(format!("`{text}` has an unknown unit `{other}`: use ms, s, m, h or d")),
     };
     let secs = value * scale;
-    if !secs.is_finite() || secs < 0.0 || secs > 365.0 * 86400.0 {
+    if !secs.is_finite() || !(0.0..=365.0 * 86400.0).contains(&secs) {
         return Err(format!("`{text}` is out of range (0 to 365d)"));
     }
     Ok(Duration::from_secs_f64(secs))

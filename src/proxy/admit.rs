@@ -52,6 +52,8 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         endpoint::Route::Unknown => return Err(GatewayError::NotFound),
     };
     ctx.endpoint = Some(ep);
+    #[cfg(debug_assertions)]
+    fault_injection::maybe_panic(session);
     if ep == Endpoint::Healthz {
         let body = Bytes::from_static(br#"{"status":"ok"}"#);
         return written(respond::json(session, 200, body, &ctx.request_id).await, ctx);
@@ -128,4 +130,20 @@ fn shorten(s: &str) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+/// Test-only fault injection, compiled into debug builds only: with
+/// `TOLLGATE_FAULT_INJECTION=1` in the environment at start, a request that
+/// carries `x-tollgate-panic` panics inside the hook (RELIABILITY row 33).
+#[cfg(debug_assertions)]
+mod fault_injection {
+    use std::sync::OnceLock;
+
+    pub fn maybe_panic(session: &pingora::proxy::Session) {
+        static ON: OnceLock<bool> = OnceLock::new();
+        let on = *ON.get_or_init(|| std::env::var("TOLLGATE_FAULT_INJECTION").is_ok_and(|v| v == "1"));
+        if on && session.get_header("x-tollgate-panic").is_some() {
+            panic!("fault injection: x-tollgate-panic");
+        }
+    }
 }

@@ -41,7 +41,9 @@ pub struct Ctx {
     pub error: Option<GatewayError>,
     /// Why the last attempt failed, answered if nothing is left to try.
     pub last_failure: Option<GatewayError>,
-    pub counted_in_flight: bool,
+    /// Counts this request in `tollgate_requests_in_flight` until dropped,
+    /// however the request ends (a panic included).
+    pub in_flight: Option<InFlight>,
     /// No healthy backend was left anywhere: unhealthy ones may be tried.
     pub any_health: bool,
     /// Passive-health state of the current backend.
@@ -72,6 +74,26 @@ pub struct Ctx {
     pub first_byte_at: Option<Instant>,
     /// Usage known without reading a response (the mock provider).
     pub local_usage: Option<crate::accounting::Usage>,
+}
+
+/// Holds one unit of the in-flight gauge.
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn enter() -> Self {
+        if let Some(m) = crate::telemetry::metrics::get() {
+            m.in_flight.inc();
+        }
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(m) = crate::telemetry::metrics::get() {
+            m.in_flight.dec();
+        }
+    }
 }
 
 /// One upstream attempt, as logged.
@@ -113,7 +135,7 @@ impl Ctx {
             upstream_headers_at: None,
             error: None,
             last_failure: None,
-            counted_in_flight: false,
+            in_flight: None,
             any_health: false,
             backend_state: None,
             route_attempts: 0,

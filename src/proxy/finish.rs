@@ -108,10 +108,6 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     let stream = ctx.parsed.as_ref().is_some_and(|p| p.stream);
     let ttft = ctx.first_byte_at.filter(|_| stream).map(|t| t - ctx.start);
     if let Some(m) = metrics::get() {
-        if ctx.counted_in_flight {
-            m.in_flight.dec();
-            ctx.counted_in_flight = false;
-        }
         let route_labels = [model.as_str(), &provider, &upstream_model, &key];
         let class = metrics::status_class(ctx.status);
         let mut labels = route_labels.to_vec();
@@ -178,6 +174,7 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         unpriced: settled.as_ref().is_some_and(|s| s.cost_usd.is_none()),
         partial: settled.as_ref().is_some_and(|s| s.partial),
     });
+    ctx.in_flight = None;
 }
 
 /// `provider@backend:outcome` for each attempt, when there was more than one.

@@ -19,8 +19,24 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::Error;
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// A bug panicked inside a hook: answer this request with a 500 and keep the
+/// process (and every other request) running.
+async fn panicked(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+    log::error!("request {}: internal panic; answering 500", ctx.request_id);
+    let err = crate::error::GatewayError::Internal;
+    if session.response_written().is_none() {
+        session.set_keepalive(None);
+        respond::error(session, &err, &ctx.request_id).await?;
+        ctx.status = 500;
+    }
+    ctx.error = Some(err);
+    Ok(true)
+}
 
 /// The gateway: reads the current runtime snapshot per request.
 pub struct Gateway {
@@ -48,11 +64,14 @@ impl ProxyHttp for Gateway {
         ctx.rt = Some(self.shared.load());
         ctx.request_id = headers::client_request_id(session.req_header())
             .unwrap_or_else(headers::new_request_id);
-        if let Some(m) = crate::telemetry::metrics::get() {
-            m.in_flight.inc();
-            ctx.counted_in_flight = true;
+        ctx.in_flight = Some(ctx::InFlight::enter());
+        let admitted = AssertUnwindSafe(admit::request_filter(session, ctx))
+            .catch_unwind()
+            .await;
+        match admitted {
+            Ok(r) => r,
+            Err(_) => panicked(session, ctx).await,
         }
-        admit::request_filter(session, ctx).await
     }
 
     /// Picks the next route and healthy backend; runs once per attempt.
