@@ -24,6 +24,8 @@ pub enum GatewayError {
     RequestTimeout,
     /// A body over 64 KiB sent with chunked encoding (we need its length).
     LengthRequired,
+    /// The request header is over `downstream.max_header_bytes`.
+    HeaderTooLarge,
     /// The body is over `max_body_bytes`.
     PayloadTooLarge { limit: u64 },
     /// The upstream could not be reached or answered badly.
@@ -57,6 +59,7 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => 405,
             Self::RequestTimeout => 408,
             Self::LengthRequired => 411,
+            Self::HeaderTooLarge => 431,
             Self::PayloadTooLarge { .. } => 413,
             Self::UpstreamError | Self::UpstreamAuth => 502,
             Self::RateLimited { .. } => 429,
@@ -75,6 +78,7 @@ impl GatewayError {
             | Self::MethodNotAllowed { .. }
             | Self::RequestTimeout
             | Self::LengthRequired
+            | Self::HeaderTooLarge
             | Self::PayloadTooLarge { .. } => "invalid_request_error",
             Self::InvalidApiKey => "authentication_error",
             Self::ModelNotAllowed { .. } => "permission_error",
@@ -98,6 +102,7 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::RequestTimeout => "request_timeout",
             Self::LengthRequired => "length_required",
+            Self::HeaderTooLarge => "request_header_too_large",
             Self::PayloadTooLarge { .. } => "request_too_large",
             Self::UpstreamError => "upstream_error",
             Self::UpstreamAuth => "upstream_auth_error",
@@ -162,6 +167,7 @@ impl fmt::Display for GatewayError {
             Self::LengthRequired => f.write_str(
                 "Chunked request bodies over 64 KiB are not supported; send a Content-Length header.",
             ),
+            Self::HeaderTooLarge => f.write_str("The request header is too large."),
             Self::PayloadTooLarge { limit } => {
                 write!(f, "The request body is larger than the limit of {limit} bytes.")
             }

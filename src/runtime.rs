@@ -66,6 +66,7 @@ pub struct Runtime {
     pub body_idle_timeout: Duration,
     pub keepalive_secs: u64,
     pub write_timeout: Duration,
+    pub header_limits: crate::proxy::header_guard::HeaderLimits,
     pub max_attempts: u32,
     pub request_deadline: Duration,
     /// Name of the route response header, if enabled.
@@ -175,6 +176,11 @@ impl Runtime {
             body_idle_timeout: cfg.downstream.body_idle_timeout.get(),
             keepalive_secs: cfg.downstream.keepalive.get().as_secs(),
             write_timeout: cfg.downstream.write_timeout.get(),
+            header_limits: crate::proxy::header_guard::HeaderLimits {
+                idle: cfg.downstream.keepalive.get(),
+                deadline: cfg.downstream.header_timeout.get(),
+                max_bytes: cfg.downstream.max_header_bytes,
+            },
             max_attempts: cfg.max_attempts,
             request_deadline: cfg.request_deadline.get(),
             route_header: http::HeaderName::from_bytes(cfg.route_header.as_bytes()).ok(),

@@ -3,6 +3,7 @@
 
 use crate::cli::Cli;
 use crate::config::Config;
+use crate::proxy::header_guard::HeaderGuard;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::runtime::{Runtime, Shared};
@@ -37,11 +38,12 @@ pub fn run(cli: &Cli, cfg: Config, rt: Runtime) -> Result<(), String> {
     server.bootstrap();
 
     let shared = Arc::new(Shared::new(rt));
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(shared.clone()),
-        "tollgate",
-    );
+    let proxy_app = pingora::proxy::http_proxy(&server.configuration, Gateway::new(shared.clone()));
+    let guarded = HeaderGuard {
+        inner: Arc::new(proxy_app),
+        shared: shared.clone(),
+    };
+    let mut proxy = Service::new("tollgate".to_string(), guarded);
     proxy.add_tcp(&cfg.listen);
     server.add_service(proxy);
 

@@ -104,6 +104,10 @@ pub struct DownstreamSection {
     /// A client that accepts no response bytes for this long is dropped (and
     /// its upstream request cancelled).
     pub write_timeout: HumanDuration,
+    /// From a request's first byte to the end of its header (slowloris).
+    pub header_timeout: HumanDuration,
+    /// Largest request header; larger ones get 431.
+    pub max_header_bytes: usize,
 }
 
 impl Default for DownstreamSection {
@@ -112,6 +116,8 @@ impl Default for DownstreamSection {
             body_idle_timeout: HumanDuration::from_secs(30),
             keepalive: HumanDuration::from_secs(60),
             write_timeout: HumanDuration::from_secs(30),
+            header_timeout: HumanDuration::from_secs(10),
+            max_header_bytes: 64 * 1024,
         }
     }
 }

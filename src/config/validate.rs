@@ -148,8 +148,19 @@ fn check_listeners(cfg: &Config, v: &mut Problems) {
     if cfg.server.threads == Some(0) {
         v.add("server.threads", "must be at least 1 (or left out)");
     }
-    if cfg.downstream.body_idle_timeout.get().is_zero() {
-        v.add("downstream.body_idle_timeout", "must be greater than 0");
+    let d = &cfg.downstream;
+    for (name, t) in [
+        ("body_idle_timeout", d.body_idle_timeout),
+        ("keepalive", d.keepalive),
+        ("write_timeout", d.write_timeout),
+        ("header_timeout", d.header_timeout),
+    ] {
+        if t.get().is_zero() {
+            v.add(format!("downstream.{name}"), "must be greater than 0");
+        }
+    }
+    if !(1024..=1024 * 1024).contains(&d.max_header_bytes) {
+        v.add("downstream.max_header_bytes", "must be between 1024 and 1048576");
     }
 }
 

@@ -1,0 +1,129 @@
+//! Slow-header protection. Pingora's HTTP/1 reader times out each read, so a
+//! client sending one header byte a second (slowloris) is never cut off, and
+//! it accepts headers up to 1 MiB. This wrapper reads each request's header
+//! itself, under a total deadline and a size cap, then puts the bytes back
+//! (`rewind`) and hands the connection to the proxy unchanged.
+
+use crate::error::GatewayError;
+use crate::runtime::Shared;
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::apps::ServerApp;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Wraps a server app (the proxy) with header deadlines.
+pub struct HeaderGuard<A> {
+    pub inner: Arc<A>,
+    pub shared: Arc<Shared>,
+}
+
+/// What reading a header produced.
+enum Header {
+    /// Complete (or the client sent something we let the proxy judge).
+    Ready(BytesMut),
+    /// Closed, idle past keep-alive, or shutting down: just close.
+    Close,
+    /// Refuse with this error, then close.
+    Refuse(GatewayError),
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
+    async fn process_new(self: &Arc<Self>, session: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        if !session.as_any().is::<L4Stream>() {
+            // Not a plain TCP stream (e.g. TLS): Pingora's own limits apply.
+            return self.inner.process_new(session, shutdown).await;
+        }
+        let mut l4 = session.into_any().downcast::<L4Stream>().ok()?;
+        let rt = self.shared.load();
+        let limits = rt.header_limits;
+        match read_header(&mut l4, limits, shutdown).await {
+            Header::Ready(buf) => {
+                l4.rewind(&buf);
+                self.inner.process_new(l4, shutdown).await
+            }
+            Header::Close => None,
+            Header::Refuse(err) => {
+                let _ = l4.write_all(&raw_error(&err)).await;
+                let _ = l4.flush().await;
+                None
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
+/// Header limits toward clients.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderLimits {
+    /// Longest wait for the first byte of a request (keep-alive idle).
+    pub idle: Duration,
+    /// From the first byte to the end of the header.
+    pub deadline: Duration,
+    pub max_bytes: usize,
+}
+
+async fn read_header(s: &mut L4Stream, l: HeaderLimits, shutdown: &ShutdownWatch) -> Header {
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut shutdown = shutdown.clone();
+    // Wait for the first byte: keep-alive idle time, or shutdown.
+    let first = tokio::select! {
+        r = tokio::time::timeout(l.idle, s.read_buf(&mut buf)) => r,
+        _ = shutdown.changed() => return Header::Close,
+    };
+    match first {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return Header::Close,
+    }
+    let deadline = tokio::time::Instant::now() + l.deadline;
+    let mut scanned = 0;
+    loop {
+        if let Some(i) = memchr::memmem::find(&buf[scanned..], b"\r\n\r\n") {
+            if scanned + i + 4 > l.max_bytes {
+                return Header::Refuse(GatewayError::HeaderTooLarge);
+            }
+            return Header::Ready(buf);
+        }
+        // Anything that is not HTTP/1 request text is Pingora's to refuse.
+        if buf.len() >= 4 && !buf[..4].iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+            return Header::Ready(buf);
+        }
+        if buf.len() > l.max_bytes {
+            return Header::Refuse(GatewayError::HeaderTooLarge);
+        }
+        scanned = buf.len().saturating_sub(3);
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(buf.len().min(l.max_bytes));
+        }
+        match tokio::time::timeout_at(deadline, s.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Header::Close,
+            Err(_) => return Header::Refuse(GatewayError::RequestTimeout),
+        }
+    }
+}
+
+fn raw_error(err: &GatewayError) -> Vec<u8> {
+    let body = err.body();
+    let reason = match err.status() {
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        _ => "Bad Request",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        err.status(),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
