@@ -111,7 +111,10 @@ mod tests {
         assert_eq!(presented_key(&headers(&[])), None);
         let dup = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer a")]);
         assert_eq!(presented_key(&dup), None);
-        assert_eq!(presented_key(&headers(&[("authorization", "Basic abc")])), None);
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Basic abc")])),
+            None
+        );
         let long = format!("Bearer {}", "k".repeat(10_000));
         assert_eq!(presented_key(&headers(&[("authorization", &long)])), None);
         let h = headers(&[("x-api-key", "sk-2")]);

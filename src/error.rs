@@ -9,7 +9,10 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {
     /// The body is not valid JSON, not an object, or lacks a string `model`.
-    InvalidRequest { message: String, param: Option<&'static str> },
+    InvalidRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
     /// No key, or a key we do not know.
     InvalidApiKey,
     /// The key may not use this model.

@@ -86,9 +86,9 @@ impl BackgroundService for Reloader {
             }
             match result {
                 Ok(()) => log::info!("config reloaded from {}", self.path.display()),
-                Err(e) => log::error!(
-                    "config reload failed; keeping the running config. Reason:\n{e}"
-                ),
+                Err(e) => {
+                    log::error!("config reload failed; keeping the running config. Reason:\n{e}")
+                }
             }
         }
     }

@@ -34,7 +34,9 @@ struct Head<'a> {
     stream_options: Option<&'a RawValue>,
 }
 
-fn raw_even_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+fn raw_even_if_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
 }
 
@@ -77,8 +79,8 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BodyError> {
         .model
         .ok_or_else(|| err("The request body has no `model`.", Some("model")))?;
     let text = raw.get();
-    let model: String = serde_json::from_str(text)
-        .map_err(|_| err("`model` must be a string.", Some("model")))?;
+    let model: String =
+        serde_json::from_str(text).map_err(|_| err("`model` must be a string.", Some("model")))?;
     if model.is_empty() {
         return Err(err("`model` must not be empty.", Some("model")));
     }
@@ -88,7 +90,10 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BodyError> {
         Some(raw) => {
             let opts: Option<serde_json::Map<String, serde_json::Value>> =
                 serde_json::from_str(raw.get()).map_err(|_| {
-                    err("`stream_options` must be an object.", Some("stream_options"))
+                    err(
+                        "`stream_options` must be an object.",
+                        Some("stream_options"),
+                    )
                 })?;
             let usage = opts
                 .as_ref()
@@ -110,7 +115,10 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BodyError> {
 /// The byte range of `part`, a slice borrowed from `body`.
 fn span_in(body: &[u8], part: &str) -> Result<Range<usize>, BodyError> {
     let start = (part.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
-    if start.checked_add(part.len()).is_none_or(|end| end > body.len()) {
+    if start
+        .checked_add(part.len())
+        .is_none_or(|end| end > body.len())
+    {
         return Err(err("Invalid request body.", None));
     }
     Ok(start..start + part.len())
@@ -131,16 +139,23 @@ pub fn attempt_body(body: &Bytes, p: &Parsed, model_json: &[u8], ask_usage: bool
             )
             .unwrap_or_default();
             opts.insert("include_usage".into(), serde_json::Value::Bool(true));
-            let v = serde_json::to_vec(&opts).unwrap_or_else(|_| b"{\"include_usage\":true}".to_vec());
+            let v =
+                serde_json::to_vec(&opts).unwrap_or_else(|_| b"{\"include_usage\":true}".to_vec());
             (span.clone(), v)
         }
         None => {
             // Insert as the first member, right after the opening brace.
             let at = body.iter().position(|b| *b == b'{').map_or(0, |i| i + 1);
-            (at..at, br#""stream_options":{"include_usage":true},"#.to_vec())
+            (
+                at..at,
+                br#""stream_options":{"include_usage":true},"#.to_vec(),
+            )
         }
     };
-    let mut edits = [(p.model_span.clone(), model_json), (range, value.as_slice())];
+    let mut edits = [
+        (p.model_span.clone(), model_json),
+        (range, value.as_slice()),
+    ];
     edits.sort_by_key(|e| e.0.start);
     (splice_many(body, &edits), true)
 }
@@ -247,7 +262,10 @@ mod tests {
         let b = Bytes::from_static(br#"{"model":"f\u0061st"}"#);
         let p = parse(&b).unwrap();
         assert_eq!(p.model, "fast");
-        assert_eq!(&splice(&b, &p.model_span, br#""m""#)[..], br#"{"model":"m"}"#);
+        assert_eq!(
+            &splice(&b, &p.model_span, br#""m""#)[..],
+            br#"{"model":"m"}"#
+        );
     }
 
     #[test]
@@ -289,7 +307,10 @@ mod tests {
         );
         // Asked already, not streaming, or switched off: model only.
         for (body, ask) in [
-            (&br#"{"model":"fast","stream":true,"stream_options":{"include_usage":true}}"#[..], true),
+            (
+                &br#"{"model":"fast","stream":true,"stream_options":{"include_usage":true}}"#[..],
+                true,
+            ),
             (br#"{"model":"fast"}"#, true),
             (br#"{"model":"fast","stream":true}"#, false),
         ] {

@@ -61,7 +61,11 @@ impl Scanner {
     }
 
     /// Feeds one chunk; calls `on_event` for each event it completes.
-    pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(Event<'_>)) -> Result<(), Overflow> {
+    pub fn feed(
+        &mut self,
+        chunk: &[u8],
+        mut on_event: impl FnMut(Event<'_>),
+    ) -> Result<(), Overflow> {
         let base = self.offset;
         let mut i = 0;
         if self.after_cr && !chunk.is_empty() {
@@ -181,9 +185,8 @@ mod tests {
     fn scan(chunks: &[&[u8]]) -> Vec<(String, u64, u64)> {
         let mut s = Scanner::new(1 << 20);
         let mut out = Vec::new();
-        let mut push = |e: Event<'_>| {
-            out.push((String::from_utf8_lossy(e.data).into_owned(), e.start, e.end))
-        };
+        let mut push =
+            |e: Event<'_>| out.push((String::from_utf8_lossy(e.data).into_owned(), e.start, e.end));
         for c in chunks {
             s.feed(c, &mut push).unwrap();
         }
@@ -210,12 +213,17 @@ mod tests {
     #[test]
     fn every_split_point_gives_the_same_events() {
         let whole: &[u8] =
-            "event: x\r\ndata: {\"é\":1}\r\n: comment\r\n\r\ndata: [DONE]\n\ndata:tail\r\r".as_bytes();
+            "event: x\r\ndata: {\"é\":1}\r\n: comment\r\n\r\ndata: [DONE]\n\ndata:tail\r\r"
+                .as_bytes();
         let expect = scan(&[whole]);
         assert_eq!(expect.len(), 3);
         for a in 0..whole.len() {
             for b in a..whole.len() {
-                assert_eq!(scan(&[&whole[..a], &whole[a..b], &whole[b..]]), expect, "{a},{b}");
+                assert_eq!(
+                    scan(&[&whole[..a], &whole[a..b], &whole[b..]]),
+                    expect,
+                    "{a},{b}"
+                );
             }
         }
     }

@@ -18,12 +18,30 @@ mod tests {
 
     #[test]
     fn cached_tokens_use_the_cached_price() {
-        let p = Price { input: 0.15, cached_input: Some(0.075), output: 0.60 };
-        let u = Usage { prompt: 1_000_000, completion: 1_000_000, cached: 400_000, reasoning: 0 };
+        let p = Price {
+            input: 0.15,
+            cached_input: Some(0.075),
+            output: 0.60,
+        };
+        let u = Usage {
+            prompt: 1_000_000,
+            completion: 1_000_000,
+            cached: 400_000,
+            reasoning: 0,
+        };
         let c = cost_usd(&u, &p);
         assert!((c - (0.6 * 0.15 + 0.4 * 0.075 + 0.60)).abs() < 1e-12, "{c}");
-        let no_cached_price = Price { input: 1.0, cached_input: None, output: 0.0 };
-        let u = Usage { prompt: 10, completion: 0, cached: 4, reasoning: 0 };
+        let no_cached_price = Price {
+            input: 1.0,
+            cached_input: None,
+            output: 0.0,
+        };
+        let u = Usage {
+            prompt: 10,
+            completion: 0,
+            cached: 4,
+            reasoning: 0,
+        };
         assert!((cost_usd(&u, &no_cached_price) - 10.0 / 1e6).abs() < 1e-15);
     }
 }

@@ -12,10 +12,24 @@ const PER_MESSAGE: u64 = 3;
 const REPLY_PRIMER: u64 = 3;
 
 fn uses_o200k(model: &str) -> bool {
-    let m = model.rsplit('/').next().unwrap_or(model).to_ascii_lowercase();
-    ["gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o", "gpt-oss"]
-        .iter()
-        .any(|p| m.starts_with(p))
+    let m = model
+        .rsplit('/')
+        .next()
+        .unwrap_or(model)
+        .to_ascii_lowercase();
+    [
+        "gpt-4o",
+        "gpt-4.1",
+        "gpt-4.5",
+        "gpt-5",
+        "o1",
+        "o3",
+        "o4",
+        "chatgpt-4o",
+        "gpt-oss",
+    ]
+    .iter()
+    .any(|p| m.starts_with(p))
 }
 
 fn encoder(model: &str) -> &'static CoreBPE {
@@ -43,7 +57,12 @@ pub fn prompt_tokens(model: &str, ep: Endpoint, body: &[u8]) -> u64 {
     let mut messages = 0u64;
     match ep {
         Endpoint::ChatCompletions => {
-            for m in doc.get("messages").and_then(Value::as_array).into_iter().flatten() {
+            for m in doc
+                .get("messages")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 messages += 1;
                 strings(m.get("content"), &mut text);
                 strings(m.get("name"), &mut text);

@@ -113,7 +113,11 @@ fn output_keys(ep: Endpoint) -> &'static [&'static [u8]] {
     match ep {
         Endpoint::Completions => &[b"\"text\":"],
         Endpoint::Responses => &[b"\"delta\":"],
-        _ => &[b"\"content\":", b"\"arguments\":", b"\"reasoning_content\":"],
+        _ => &[
+            b"\"content\":",
+            b"\"arguments\":",
+            b"\"reasoning_content\":",
+        ],
     }
 }
 
@@ -265,7 +269,11 @@ pub fn output_text(doc: &Value) -> String {
     if let Some(choices) = doc.get("choices").and_then(Value::as_array) {
         for c in choices {
             for key in ["content", "reasoning_content"] {
-                if let Some(s) = c.get("message").and_then(|m| m.get(key)).and_then(Value::as_str) {
+                if let Some(s) = c
+                    .get("message")
+                    .and_then(|m| m.get(key))
+                    .and_then(Value::as_str)
+                {
                     out.push_str(s);
                 }
             }

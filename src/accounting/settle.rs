@@ -42,8 +42,8 @@ pub fn settle(
                 Some(u) => (u, UsageSource::Reported, partial),
                 None => {
                     // Output actually streamed; nothing streamed is never charged.
-                    let completion = estimate::count(upstream_model, &seen.text)
-                        + seen.text_overflow / 4;
+                    let completion =
+                        estimate::count(upstream_model, &seen.text) + seen.text_overflow / 4;
                     let prompt = estimate::prompt_tokens(upstream_model, ep, request_body);
                     let u = Usage {
                         prompt,

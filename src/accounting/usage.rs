@@ -67,13 +67,11 @@ impl Usage {
     /// Finds usage in a whole response or stream event: top-level `usage`, or
     /// `response.usage` (Responses API events).
     pub fn find(doc: &Value) -> Option<Usage> {
-        doc.get("usage")
-            .and_then(Usage::from_json)
-            .or_else(|| {
-                doc.get("response")
-                    .and_then(|r| r.get("usage"))
-                    .and_then(Usage::from_json)
-            })
+        doc.get("usage").and_then(Usage::from_json).or_else(|| {
+            doc.get("response")
+                .and_then(|r| r.get("usage"))
+                .and_then(Usage::from_json)
+        })
     }
 }
 
@@ -88,13 +86,23 @@ mod tests {
             "prompt_tokens_details": {"cached_tokens": 64}, "completion_tokens_details": {"reasoning_tokens": 5}}});
         assert_eq!(
             Usage::find(&chat),
-            Some(Usage { prompt: 100, completion: 20, cached: 64, reasoning: 5 })
+            Some(Usage {
+                prompt: 100,
+                completion: 20,
+                cached: 64,
+                reasoning: 5
+            })
         );
         let resp = json!({"type": "response.completed", "response": {"usage": {"input_tokens": 7,
             "output_tokens": 3, "input_tokens_details": {"cached_tokens": 2}}}});
         assert_eq!(
             Usage::find(&resp),
-            Some(Usage { prompt: 7, completion: 3, cached: 2, reasoning: 0 })
+            Some(Usage {
+                prompt: 7,
+                completion: 3,
+                cached: 2,
+                reasoning: 0
+            })
         );
         assert_eq!(Usage::find(&json!({"usage": null})), None);
     }

@@ -38,9 +38,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration: write a number and a unit, such as 500ms, 2s, 10m or 1h"))?;
+    let value: f64 = num.parse().map_err(|_| {
+        format!(
+            "`{text}` is not a duration: write a number and a unit, such as 500ms, 2s, 10m or 1h"
+        )
+    })?;
     let scale = match unit.trim() {
         "ms" => 0.001,
         "s" => 1.0,
@@ -48,7 +50,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => 3600.0,
         "d" => 86400.0,
         "" => return Err(format!("`{text}` has no unit: write 500ms, 2s, 10m or 1h")),
-        other => return Err(format!("`{text}` has an unknown unit `{other}`: use ms, s, m, h or d")),
+        other => {
+            return Err(format!(
+                "`{text}` has an unknown unit `{other}`: use ms, s, m, h or d"
+            ))
+        }
     };
     let secs = value * scale;
     if !secs.is_finite() || !(0.0..=365.0 * 86400.0).contains(&secs) {

@@ -16,7 +16,10 @@ pub fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
         out.push_str(&rest[..pos]);
         let after = &rest[pos + 2..];
         let end = after.find('}').ok_or_else(|| {
-            format!("line {}: `${{` without a closing `}}`", line_of(text, rest, pos))
+            format!(
+                "line {}: `${{` without a closing `}}`",
+                line_of(text, rest, pos)
+            )
         })?;
         let name = &after[..end];
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {

@@ -58,13 +58,12 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::one(format!("config file {shown}: {e}")))?;
     let base = path.parent().unwrap_or_else(|| Path::new("."));
-    parse_str(&text, |k| std::env::var(k).ok(), base)
-        .map_err(|mut e| {
-            for p in &mut e.problems {
-                *p = format!("{shown}: {p}");
-            }
-            e
-        })
+    parse_str(&text, |k| std::env::var(k).ok(), base).map_err(|mut e| {
+        for p in &mut e.problems {
+            *p = format!("{shown}: {p}");
+        }
+        e
+    })
 }
 
 /// Parses and validates config text. Relative file paths resolve against `base`.

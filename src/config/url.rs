@@ -48,8 +48,8 @@ pub fn parse_base_url(text: &str) -> Result<BaseUrl, String> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
-    let (host, port) = split_host_port(authority)
-        .ok_or_else(|| format!("`{text}` has no valid host[:port]"))?;
+    let (host, port) =
+        split_host_port(authority).ok_or_else(|| format!("`{text}` has no valid host[:port]"))?;
     let port = port.unwrap_or(if tls { 443 } else { 80 });
     let prefix = path.trim_end_matches('/').to_string();
     if prefix.contains("..") || prefix.contains("//") {

@@ -54,7 +54,10 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                     .flatten()
                     .any(|d| d.get().is_zero());
                 if zero {
-                    v.add(format!("{field}.timeouts"), "timeouts must be greater than 0");
+                    v.add(
+                        format!("{field}.timeouts"),
+                        "timeouts must be greater than 0",
+                    );
                 }
             }
             if let Some(p) = &r.price {
@@ -137,7 +140,10 @@ fn check_listeners(cfg: &Config, v: &mut Problems) {
     if !cfg.route_header.is_empty()
         && http::HeaderName::from_bytes(cfg.route_header.as_bytes()).is_err()
     {
-        v.add("route_header", "is not a valid header name (or use \"\" to turn it off)");
+        v.add(
+            "route_header",
+            "is not a valid header name (or use \"\" to turn it off)",
+        );
     }
     if cfg.max_attempts == 0 || cfg.max_attempts > 16 {
         v.add("max_attempts", "must be between 1 and 16");
@@ -160,7 +166,10 @@ fn check_listeners(cfg: &Config, v: &mut Problems) {
         }
     }
     if !(1024..=1024 * 1024).contains(&d.max_header_bytes) {
-        v.add("downstream.max_header_bytes", "must be between 1024 and 1048576");
+        v.add(
+            "downstream.max_header_bytes",
+            "must be between 1024 and 1048576",
+        );
     }
 }
 
@@ -185,7 +194,10 @@ fn check_provider(name: &str, p: &Provider, v: &mut Problems) {
         }
         ProviderKind::Openai => {
             if p.mock.is_some() {
-                v.add(format!("{f}.mock"), "only applies to `kind: mock`; remove it");
+                v.add(
+                    format!("{f}.mock"),
+                    "only applies to `kind: mock`; remove it",
+                );
             }
             let url = match &p.base_url {
                 None => {
@@ -220,7 +232,10 @@ fn check_provider(name: &str, p: &Provider, v: &mut Problems) {
                         ),
                     }
                     if !seen.insert(b) {
-                        v.add(format!("{f}.backends[{i}]"), format!("`{b}` is listed twice"));
+                        v.add(
+                            format!("{f}.backends[{i}]"),
+                            format!("`{b}` is listed twice"),
+                        );
                     }
                 }
             }
@@ -335,7 +350,10 @@ fn check_keys(cfg: &Config, v: &mut Problems) {
                 None
             }
             (None, None) => {
-                v.add(&f, "needs `key` (the secret) or `key_sha256` (its hex SHA-256)");
+                v.add(
+                    &f,
+                    "needs `key` (the secret) or `key_sha256` (its hex SHA-256)",
+                );
                 None
             }
             (Some(secret), None) => {

@@ -6,15 +6,18 @@ use crate::proxy::endpoint::Endpoint;
 use crate::rewrite::Parsed;
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use serde_json::value::RawValue;
+use serde_json::{json, Value};
 use std::time::Duration;
 
 /// What the mock sends.
 pub enum Reply {
     Json(Bytes),
     /// SSE events (each a complete `data: …\n\n`), paced by `interval`.
-    Sse { events: Vec<Bytes>, interval: Duration },
+    Sse {
+        events: Vec<Bytes>,
+        interval: Duration,
+    },
 }
 
 /// Builds the reply for one request.
@@ -64,7 +67,11 @@ pub fn reply(
 pub fn usage_of(ep: Endpoint, s: &MockSettings) -> crate::accounting::Usage {
     crate::accounting::Usage {
         prompt: s.prompt_tokens,
-        completion: if ep == Endpoint::Embeddings { 0 } else { s.completion_tokens },
+        completion: if ep == Endpoint::Embeddings {
+            0
+        } else {
+            s.completion_tokens
+        },
         ..Default::default()
     }
 }
@@ -98,7 +105,13 @@ fn pieces(content: &str, n: usize) -> Vec<String> {
     }
 }
 
-fn chat_stream(s: &MockSettings, model: &str, id: &str, created: u64, with_usage: bool) -> Vec<Bytes> {
+fn chat_stream(
+    s: &MockSettings,
+    model: &str,
+    id: &str,
+    created: u64,
+    with_usage: bool,
+) -> Vec<Bytes> {
     let chunk = |delta: Value, finish: Value| {
         let mut c = json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -109,7 +122,10 @@ fn chat_stream(s: &MockSettings, model: &str, id: &str, created: u64, with_usage
         }
         sse(&c)
     };
-    let mut out = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    let mut out = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
     for p in pieces(&s.content, s.stream_chunks) {
         out.push(chunk(json!({"content": p}), Value::Null));
     }
@@ -128,12 +144,16 @@ fn completion_stream(s: &MockSettings, model: &str, id: &str, created: u64) -> V
     let mut out: Vec<Bytes> = pieces(&s.content, s.stream_chunks)
         .into_iter()
         .map(|p| {
-            sse(&json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": 0, "text": p, "finish_reason": null, "logprobs": null}]}))
+            sse(
+                &json!({"id": id, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": p, "finish_reason": null, "logprobs": null}]}),
+            )
         })
         .collect();
-    out.push(sse(&json!({"id": id, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"index": 0, "text": "", "finish_reason": "stop", "logprobs": null}]})));
+    out.push(sse(
+        &json!({"id": id, "object": "text_completion", "created": created, "model": model,
+        "choices": [{"index": 0, "text": "", "finish_reason": "stop", "logprobs": null}]}),
+    ));
     out.push(Bytes::from_static(b"data: [DONE]\n\n"));
     out
 }
@@ -153,7 +173,10 @@ fn responses_stream(s: &MockSettings, model: &str, id: &str, created: u64) -> Ve
     let mut start = response_object(s, model, id, created);
     start["status"] = json!("in_progress");
     start["output"] = json!([]);
-    let mut out = vec![event("response.created", json!({"type": "response.created", "response": start}))];
+    let mut out = vec![event(
+        "response.created",
+        json!({"type": "response.created", "response": start}),
+    )];
     for p in pieces(&s.content, s.stream_chunks) {
         out.push(event(
             "response.output_text.delta",
@@ -179,12 +202,18 @@ fn embeddings(s: &MockSettings, model: &str, body: &[u8]) -> Bytes {
     let count = serde_json::from_slice::<EmbedInput>(body)
         .ok()
         .and_then(|e| e.input)
-        .map(|raw| match serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
-            Ok(items) if items.first().is_some_and(|i| i.get().starts_with(['"', '['])) => {
-                items.len()
-            }
-            _ => 1,
-        })
+        .map(
+            |raw| match serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
+                Ok(items)
+                    if items
+                        .first()
+                        .is_some_and(|i| i.get().starts_with(['"', '['])) =>
+                {
+                    items.len()
+                }
+                _ => 1,
+            },
+        )
         .unwrap_or(1)
         .min(2048);
     let dims = s.embedding_dimensions.max(1);
@@ -218,7 +247,9 @@ mod tests {
         };
         assert!(events[0].starts_with(b"data: {"));
         assert_eq!(events.len(), s.stream_chunks + 4);
-        assert!(events[events.len() - 2].windows(13).any(|w| w == b"\"total_tokens"));
+        assert!(events[events.len() - 2]
+            .windows(13)
+            .any(|w| w == b"\"total_tokens"));
         assert_eq!(&events[events.len() - 1][..], b"data: [DONE]\n\n");
     }
 

@@ -56,10 +56,15 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     fault_injection::maybe_panic(session);
     if ep == Endpoint::Healthz {
         let body = Bytes::from_static(br#"{"status":"ok"}"#);
-        return written(respond::json(session, 200, body, &ctx.request_id).await, ctx);
+        return written(
+            respond::json(session, 200, body, &ctx.request_id).await,
+            ctx,
+        );
     }
     if req.headers.contains_key(http::header::UPGRADE) {
-        return Err(GatewayError::invalid("Protocol upgrades are not supported."));
+        return Err(GatewayError::invalid(
+            "Protocol upgrades are not supported.",
+        ));
     }
     let key = auth::presented_key(&req.headers)
         .and_then(|k| rt.keys.lookup(k))
@@ -68,7 +73,10 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     let key_info = rt.key_info.get(key).ok_or(GatewayError::Internal)?;
     if ep == Endpoint::Models {
         let body = key_info.models_body.clone();
-        return written(respond::json(session, 200, body, &ctx.request_id).await, ctx);
+        return written(
+            respond::json(session, 200, body, &ctx.request_id).await,
+            ctx,
+        );
     }
     let framing = body::framing(&session.req_header().headers)?;
     session.set_keepalive(Some(rt.keepalive_secs));
@@ -141,7 +149,8 @@ mod fault_injection {
 
     pub fn maybe_panic(session: &pingora::proxy::Session) {
         static ON: OnceLock<bool> = OnceLock::new();
-        let on = *ON.get_or_init(|| std::env::var("TOLLGATE_FAULT_INJECTION").is_ok_and(|v| v == "1"));
+        let on =
+            *ON.get_or_init(|| std::env::var("TOLLGATE_FAULT_INJECTION").is_ok_and(|v| v == "1"));
         if on && session.get_header("x-tollgate-panic").is_some() {
             panic!("fault injection: x-tollgate-panic");
         }

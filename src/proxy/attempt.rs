@@ -91,7 +91,11 @@ fn count_retry(ctx: &Ctx, alias: &str) {
     if ctx.attempts == 0 {
         return;
     }
-    let kind = if ctx.route_attempts == 0 { "fallback" } else { "retry" };
+    let kind = if ctx.route_attempts == 0 {
+        "fallback"
+    } else {
+        "retry"
+    };
     if let Some(m) = metrics::get() {
         m.retries.with_label_values(&[alias, kind]).inc();
     }
@@ -129,13 +133,8 @@ pub fn upstream_request(
 ) -> Result<(), GatewayError> {
     let up = current_upstream(ctx)?;
     let ep = ctx.endpoint.ok_or(GatewayError::Internal)?;
-    *upstream = headers::upstream_request(
-        client,
-        &up,
-        ep,
-        ctx.attempt_body.len(),
-        &ctx.request_id,
-    )?;
+    *upstream =
+        headers::upstream_request(client, &up, ep, ctx.attempt_body.len(), &ctx.request_id)?;
     Ok(())
 }
 
@@ -159,7 +158,10 @@ pub fn on_connected(ctx: &mut Ctx, fd: std::os::fd::RawFd) {
     if limits.needs_watchdog() {
         match Watchdog::arm(fd, limits) {
             Ok(w) => ctx.watchdog = Some(w),
-            Err(e) => log::warn!("request {}: cannot arm the timeout watchdog: {e}", ctx.request_id),
+            Err(e) => log::warn!(
+                "request {}: cannot arm the timeout watchdog: {e}",
+                ctx.request_id
+            ),
         }
     }
 }
@@ -192,7 +194,9 @@ pub fn record_failure(
         }
     }
     if let (Some(m), Some(up)) = (metrics::get(), &up) {
-        m.attempts.with_label_values(&[up.name.as_str(), outcome]).inc();
+        m.attempts
+            .with_label_values(&[up.name.as_str(), outcome])
+            .inc();
     }
     ctx.attempt_log.push(AttemptLog {
         provider: up.map(|u| u.name.clone()),
@@ -210,7 +214,9 @@ pub fn record_success(ctx: &mut Ctx) {
         s.record(true, breaker::now_ms(), &up.breaker);
     }
     if let (Some(m), Some(up)) = (metrics::get(), &up) {
-        m.attempts.with_label_values(&[up.name.as_str(), "success"]).inc();
+        m.attempts
+            .with_label_values(&[up.name.as_str(), "success"])
+            .inc();
     }
     ctx.attempt_log.push(AttemptLog {
         provider: up.map(|u| u.name.clone()),
@@ -253,8 +259,10 @@ pub fn on_proxy_error(ctx: &mut Ctx, e: &mut Error) {
     }
     let fired = ctx.watchdog.as_ref().and_then(|w| w.fired());
     let timeout = fired.is_some()
-        || (matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout)
-            && e.esource() == &pingora::ErrorSource::Upstream);
+        || (matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        ) && e.esource() == &pingora::ErrorSource::Upstream);
     if ctx.response_started {
         // Mid-stream: nothing can be retried; the stream ends with an error event.
         ctx.mid_stream_error = Some(if timeout {

@@ -143,8 +143,14 @@ mod tests {
 
     #[test]
     fn framing_rules() {
-        assert_eq!(framing(&h(&[("content-length", "12")])), Ok(Framing::Length(12)));
-        assert_eq!(framing(&h(&[("transfer-encoding", "chunked")])), Ok(Framing::Chunked));
+        assert_eq!(
+            framing(&h(&[("content-length", "12")])),
+            Ok(Framing::Length(12))
+        );
+        assert_eq!(
+            framing(&h(&[("transfer-encoding", "chunked")])),
+            Ok(Framing::Chunked)
+        );
         assert_eq!(framing(&h(&[])), Ok(Framing::Length(0)));
         for bad in [
             vec![("content-length", "1"), ("transfer-encoding", "chunked")],
@@ -154,7 +160,11 @@ mod tests {
             vec![("content-length", "1x")],
             vec![("content-length", "1"), ("content-length", "1")],
         ] {
-            assert_eq!(framing(&h(&bad)).map_err(|e| e.status()), Err(400), "{bad:?}");
+            assert_eq!(
+                framing(&h(&bad)).map_err(|e| e.status()),
+                Err(400),
+                "{bad:?}"
+            );
         }
     }
 }

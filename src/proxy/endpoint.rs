@@ -126,7 +126,10 @@ mod tests {
             route(&Method::POST, "//v1//chat/completions/"),
             Route::Ok(Endpoint::ChatCompletions)
         );
-        assert_eq!(route(&Method::GET, "/v1/models"), Route::Ok(Endpoint::Models));
+        assert_eq!(
+            route(&Method::GET, "/v1/models"),
+            Route::Ok(Endpoint::Models)
+        );
         assert_eq!(
             route(&Method::GET, "/v1/chat/completions"),
             Route::WrongMethod("POST")

@@ -1,9 +1,9 @@
 //! The end of a request: the error answer when proxying failed, then metrics
 //! and the access-log line.
 
-use crate::error::GatewayError;
 use crate::accounting::settle::{self, Observed, Settled};
 use crate::accounting::UsageSource;
+use crate::error::GatewayError;
 use crate::proxy::ctx::{Ctx, Meter};
 use crate::proxy::respond;
 use crate::telemetry::{access_log, metrics};
@@ -58,19 +58,21 @@ pub async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u
                 .write_response_body(Some(bytes::Bytes::from(event)), true)
                 .await;
         }
-        log::warn!("request {}: stream broken after it started: {e}", ctx.request_id);
+        log::warn!(
+            "request {}: stream broken after it started: {e}",
+            ctx.request_id
+        );
         ctx.error = Some(err);
         return 0;
     }
     if err.status() >= 500 {
-        log::warn!(
-            "request {}: {} ({e})",
-            ctx.request_id,
-            err.code()
-        );
+        log::warn!("request {}: {} ({e})", ctx.request_id, err.code());
     }
     let status = err.status();
-    if respond::error(session, &err, &ctx.request_id).await.is_err() {
+    if respond::error(session, &err, &ctx.request_id)
+        .await
+        .is_err()
+    {
         ctx.status = 499;
         return 0;
     }

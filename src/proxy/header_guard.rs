@@ -34,7 +34,11 @@ enum Header {
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
-    async fn process_new(self: &Arc<Self>, session: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        session: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         if !session.as_any().is::<L4Stream>() {
             // Not a plain TCP stream (e.g. TLS): Pingora's own limits apply.
             return self.inner.process_new(session, shutdown).await;

@@ -56,7 +56,8 @@ pub fn client_request_id(client: &RequestHeader) -> Option<String> {
     let v = client.headers.get(REQUEST_ID)?.to_str().ok()?;
     let ok = !v.is_empty()
         && v.len() <= 128
-        && v.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        && v.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
     ok.then(|| v.to_string())
 }
 

@@ -16,11 +16,11 @@ use crate::runtime::Shared;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::Ctx;
+use futures_util::FutureExt;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::Error;
-use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
@@ -76,7 +76,11 @@ impl ProxyHttp for Gateway {
     }
 
     /// Picks the next route and healthy backend; runs once per attempt.
-    async fn upstream_peer(&self, _s: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _s: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Box<HttpPeer>> {
         attempt::next_peer(ctx).map_err(|e| attempt::fail(ctx, e))
     }
 

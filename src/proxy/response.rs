@@ -2,8 +2,8 @@
 //! pass each chunk through the meter.
 
 use crate::accounting::meter::{BodyMeter, StreamMeter};
-use crate::proxy::ctx::{Ctx, Meter};
 use crate::proxy::attempt;
+use crate::proxy::ctx::{Ctx, Meter};
 use crate::proxy::headers::REQUEST_ID;
 use crate::resilience::verdict::{judge, Verdict};
 use bytes::Bytes;
@@ -64,7 +64,9 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
             resp.insert_header(name.clone(), route.route_label.clone())?;
         }
     }
-    let ep = ctx.endpoint.unwrap_or(crate::proxy::endpoint::Endpoint::ChatCompletions);
+    let ep = ctx
+        .endpoint
+        .unwrap_or(crate::proxy::endpoint::Endpoint::ChatCompletions);
     ctx.meter = if !resp.status.is_success() {
         Meter::None
     } else if is_event_stream(resp) {

@@ -79,7 +79,11 @@ impl BackendState {
             return;
         }
         let window = (self.window.load(Relaxed) << 1) | u64::from(!ok);
-        let mask = if p.window >= 64 { u64::MAX } else { (1u64 << p.window) - 1 };
+        let mask = if p.window >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << p.window) - 1
+        };
         self.window.store(window & mask, Relaxed);
         let seen = (self.seen.load(Relaxed) + 1).min(p.window);
         self.seen.store(seen, Relaxed);

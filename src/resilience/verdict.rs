@@ -82,20 +82,40 @@ mod tests {
 
     #[test]
     fn classifies_statuses() {
-        assert_eq!(judge(&resp(200, &[("content-type", "application/json")]), ON, false), Verdict::Accept);
+        assert_eq!(
+            judge(
+                &resp(200, &[("content-type", "application/json")]),
+                ON,
+                false
+            ),
+            Verdict::Accept
+        );
         assert_eq!(judge(&resp(400, &[]), ON, false), Verdict::Accept);
         match judge(&resp(429, &[("retry-after", "7")]), ON, false) {
-            Verdict::Fail { error, retry_after, .. } => {
-                assert_eq!(error, GatewayError::RateLimited { retry_after: Some(7) });
+            Verdict::Fail {
+                error, retry_after, ..
+            } => {
+                assert_eq!(
+                    error,
+                    GatewayError::RateLimited {
+                        retry_after: Some(7)
+                    }
+                );
                 assert_eq!(retry_after, Some(7));
             }
             v => panic!("{v:?}"),
         }
         assert!(matches!(
             judge(&resp(401, &[]), ON, false),
-            Verdict::Fail { skip_provider: true, .. }
+            Verdict::Fail {
+                skip_provider: true,
+                ..
+            }
         ));
-        assert!(matches!(judge(&resp(503, &[]), ON, false), Verdict::Fail { .. }));
+        assert!(matches!(
+            judge(&resp(503, &[]), ON, false),
+            Verdict::Fail { .. }
+        ));
     }
 
     #[test]

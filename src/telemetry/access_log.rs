@@ -102,7 +102,11 @@ fn spawn_writer() -> SyncSender<Vec<u8>> {
 
 fn run_writer(rx: Receiver<Vec<u8>>, path: Option<String>) {
     let mut out: Box<dyn Write> = match &path {
-        Some(p) => match std::fs::OpenOptions::new().create(true).append(true).open(p) {
+        Some(p) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
             Ok(f) => Box::new(std::io::BufWriter::new(f)),
             Err(e) => {
                 log::error!("cannot open access log {p}: {e}; writing to stderr");

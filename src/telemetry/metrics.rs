@@ -50,7 +50,11 @@ const TTFT_BUCKETS: &[f64] = &[
 
 fn build() -> Result<Metrics, prometheus::Error> {
     let with = |extra: &[&'static str]| -> Vec<&'static str> {
-        ROUTE_LABELS.iter().copied().chain(extra.iter().copied()).collect()
+        ROUTE_LABELS
+            .iter()
+            .copied()
+            .chain(extra.iter().copied())
+            .collect()
     };
     Ok(Metrics {
         requests: register_int_counter_vec!(

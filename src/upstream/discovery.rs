@@ -32,7 +32,9 @@ impl DnsDiscovery {
 
     async fn resolve(t: &Target) -> std::io::Result<BTreeSet<Backend>> {
         if let Ok(ip) = t.host.parse::<std::net::IpAddr>() {
-            return Ok(BTreeSet::from([backend(std::net::SocketAddr::new(ip, t.port))]));
+            return Ok(BTreeSet::from([backend(std::net::SocketAddr::new(
+                ip, t.port,
+            ))]));
         }
         let addrs = tokio::net::lookup_host((t.host.as_str(), t.port)).await?;
         Ok(addrs.map(backend).collect())
@@ -62,7 +64,9 @@ impl ServiceDiscovery for DnsDiscovery {
                 }
                 other => {
                     let why = other.err().map(|e| e.to_string()).unwrap_or_default();
-                    log::warn!("resolving upstream {key} failed ({why}); keeping its last addresses");
+                    log::warn!(
+                        "resolving upstream {key} failed ({why}); keeping its last addresses"
+                    );
                     if let Ok(last) = self.last.lock() {
                         if let Some(prev) = last.get(&key) {
                             all.extend(prev.iter().cloned());

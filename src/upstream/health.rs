@@ -79,8 +79,12 @@ pub fn export(up: &crate::upstream::Upstream) {
     if let Some(m) = metrics::get() {
         for (addr, healthy, breaker) in up.backend_health() {
             let labels = [up.name.as_str(), addr.as_str()];
-            m.backend_healthy.with_label_values(&labels).set(i64::from(healthy));
-            m.breaker_state.with_label_values(&labels).set(breaker as i64);
+            m.backend_healthy
+                .with_label_values(&labels)
+                .set(i64::from(healthy));
+            m.breaker_state
+                .with_label_values(&labels)
+                .set(breaker as i64);
         }
     }
 }

@@ -7,18 +7,18 @@ pub mod tls;
 
 use crate::config::url::{parse_base_url, split_host_port, BaseUrl};
 use crate::config::{BreakerPolicy, HealthCheck as HealthConf, Provider, RetryPolicy, Timeouts};
+use crate::proxy::endpoint::Endpoint;
 use crate::resilience::breaker::{self, BackendState};
 use crate::resilience::Limits;
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use crate::proxy::endpoint::Endpoint;
 use discovery::{DnsDiscovery, Target};
 use http::{HeaderName, HeaderValue, Uri};
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backends, LoadBalancer};
 use pingora::upstreams::peer::HttpPeer;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,7 +67,10 @@ impl Upstream {
                 port: base.port,
             }],
         };
-        let target_names = targets.iter().map(|t| format!("{}:{}", t.host, t.port)).collect();
+        let target_names = targets
+            .iter()
+            .map(|t| format!("{}:{}", t.host, t.port))
+            .collect();
         let backends = Backends::new(Box::new(DnsDiscovery::new(targets)));
         let mut balancer = LoadBalancer::<RoundRobin>::from_backends(backends);
         let ca = match &p.ca_file {
@@ -100,7 +103,8 @@ impl Upstream {
             .collect::<Result<_, String>>()?;
         let paths = Endpoint::PROXIED.map(|ep| {
             let path = format!("{}{}", base.prefix, ep.upstream_suffix());
-            path.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"))
+            path.parse::<Uri>()
+                .unwrap_or_else(|_| Uri::from_static("/"))
         });
         Ok(Self {
             name: name.to_string(),
