@@ -7,12 +7,13 @@
 # 2. Runs every Rust test target with plain `cargo test`, so its summary lines
 #    close the output, and exits with cargo's status.
 #
-# Extra arguments go to cargo test, e.g. `bash tests/run.sh --test sdk`.
+# Extra arguments are passed on to cargo test, e.g. a test-name filter:
+#   bash tests/run.sh openai_sdk   or   bash tests/run.sh -- --nocapture
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-OPENAI_VERSION="2.54.0"
+OPENAI_VERSION="3.57.0"
 VENV="$PWD/target/sdk-venv"
 PY="$VENV/bin/python"
 HOST_PYTHON="${PYTHON:-python3}"

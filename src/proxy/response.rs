@@ -18,7 +18,9 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
     if let Some(w) = &ctx.watchdog {
         w.headers();
     }
-    let stream = ctx.parsed.as_ref().is_some_and(|p| p.stream);
+    // Embeddings never stream, whatever the body says.
+    let stream = ctx.parsed.as_ref().is_some_and(|p| p.stream)
+        && ctx.endpoint != Some(crate::proxy::endpoint::Endpoint::Embeddings);
     let verdict = match attempt::current_upstream(ctx) {
         Ok(up) => judge(resp, &up.retry.on_status, stream),
         Err(_) => Verdict::Accept,
