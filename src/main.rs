@@ -5,7 +5,7 @@ use tollgate::cli::{self, Action};
 use tollgate::{config, runtime::Runtime, server, telemetry};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    init_logging();
     let cli = match cli::parse(std::env::args().skip(1)) {
         Ok(Action::Run(c)) => c,
         Ok(Action::Help) => {
@@ -60,6 +60,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `RUST_LOG` sets the level (default `info`). Pingora's own modules (and the
+/// HTTP libraries under them) are capped at `info` whatever it says: at debug
+/// and trace they print request and response headers and bodies, which carry
+/// keys.
+fn init_logging() {
+    use log::LevelFilter;
+    let mut b = env_logger::Builder::new();
+    b.filter_level(LevelFilter::Info);
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        b.parse_filters(&spec);
+    }
+    for module in [
+        "pingora",
+        "pingora_core",
+        "pingora_proxy",
+        "pingora_load_balancing",
+        "pingora_pool",
+        "h2",
+        "hyper",
+    ] {
+        b.filter_module(module, LevelFilter::Info);
+    }
+    b.init();
 }
 
 /// Resolves and health-checks every upstream once before taking traffic.

@@ -1092,6 +1092,9 @@ const PROVIDER_CANARY: &str = "sk-canary-PROVIDER-7f3a";
 const CLIENT_CANARY: &str = "tg-canary-CLIENT-91bd";
 const WRONG_CANARY: &str = "tg-canary-WRONG-55aa";
 
+/// (name, path, auth header and value, body)
+type Case<'a> = (&'a str, &'a str, Option<(&'a str, String)>, String);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_logs_metrics_clients_or_upstream() {
     // The upstream refuses model `gpt-4o-refused` with a 401 whose body
@@ -1152,7 +1155,7 @@ keys:
             "messages": [{"role": "user", "content": "ping"}]})
         .to_string()
     };
-    let cases: Vec<(&str, &str, Option<(&str, String)>, String)> = vec![
+    let cases: Vec<Case> = vec![
         // (name, path, auth header, body)
         (
             "ok",

@@ -62,6 +62,7 @@ pub fn next_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>, GatewayError> {
                             rewrite::attempt_body(&ctx.body, &parsed, &route.model_json, ask);
                         count_retry(ctx, &alias);
                         ctx.tried.push(addr);
+                        ctx.attempt_route = Some(ctx.route);
                         ctx.backend = Some(addr);
                         ctx.backend_state = state;
                         ctx.attempts += 1;

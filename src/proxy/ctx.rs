@@ -25,6 +25,9 @@ pub struct Ctx {
     pub body: Bytes,
     /// Index of the route being tried.
     pub route: usize,
+    /// Index of the route of the last attempt started (it stays when the
+    /// search for a next candidate moves past the last route).
+    pub attempt_route: Option<usize>,
     /// Backends tried on the current route.
     pub tried: Vec<SocketAddr>,
     /// The backend of the current attempt.
@@ -125,6 +128,7 @@ impl Ctx {
             parsed: None,
             body: Bytes::new(),
             route: 0,
+            attempt_route: None,
             tried: Vec::new(),
             backend: None,
             attempt_body: Bytes::new(),
@@ -158,11 +162,12 @@ impl Ctx {
         self.rt.as_ref().ok_or(GatewayError::Internal)
     }
 
-    /// The route of the current attempt.
+    /// The route of the current (or last) attempt.
     pub fn current_route(&self) -> Option<&crate::runtime::RouteRt> {
         let rt = self.rt.as_ref()?;
         let alias = self.alias.as_deref()?;
-        rt.models.get(alias)?.routes.get(self.route)
+        let index = self.attempt_route.unwrap_or(self.route);
+        rt.models.get(alias)?.routes.get(index)
     }
 }
 

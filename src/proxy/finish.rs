@@ -69,6 +69,9 @@ pub async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u
         log::warn!("request {}: {} ({e})", ctx.request_id, err.code());
     }
     let status = err.status();
+    // Pingora closes the connection after a proxy failure: say so, or
+    // pooled clients reuse it and get a reset.
+    session.set_keepalive(None);
     if respond::error(session, &err, &ctx.request_id)
         .await
         .is_err()
