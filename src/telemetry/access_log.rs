@@ -1,12 +1,14 @@
-//! One JSON line per request, written by a background thread so the request
-//! path never blocks on stderr or disk. If the queue is full the line is
-//! dropped and counted, rather than slowing requests.
+//! One JSON line per request. Lines are serialized into a shared buffer and
+//! written by a background thread every few milliseconds, so the request path
+//! never blocks on stderr or disk and never wakes a thread. If the writer
+//! falls far behind, lines are dropped and counted rather than slowing
+//! requests.
 
 use serde::Serialize;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 /// One access-log record. Holds names from config, never secrets.
 #[derive(Debug, Serialize)]
@@ -40,9 +42,19 @@ pub struct Record<'a> {
     pub partial: bool,
 }
 
-static SINK: OnceLock<SyncSender<Vec<u8>>> = OnceLock::new();
+/// Lines wait here until the writer's next tick. Appending takes an
+/// uncontended lock and never wakes a thread: a wake-up per request costs
+/// more than the rest of the log line.
+static BUF: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// Past this many pending bytes, lines are dropped (and counted), never
+/// blocking requests.
+const MAX_PENDING: usize = 8 * 1024 * 1024;
+/// How often the writer wakes to write what has accumulated.
+const TICK: Duration = Duration::from_millis(20);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static PATH: OnceLock<Option<String>> = OnceLock::new();
+static WRITER: OnceLock<()> = OnceLock::new();
+static OUT: Mutex<Option<Box<dyn Write + Send>>> = Mutex::new(None);
 
 /// Sets where lines go (`None`: stderr). Call once, before the first line.
 pub fn init(path: Option<String>) {
@@ -54,77 +66,73 @@ pub fn dropped() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
-/// Waits (briefly) until queued lines are written; used before exiting.
+/// Writes out whatever is pending, now (used before exiting).
 pub fn flush() {
-    for _ in 0..100 {
-        if QUEUED.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let pending = std::mem::take(&mut *lock(&BUF));
+    write_out(&pending);
 }
 
-static QUEUED: AtomicU64 = AtomicU64::new(0);
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
-/// Queues one line. Never blocks.
+/// Queues one line. Never blocks on I/O.
 pub fn write(rec: &Record<'_>) {
-    let Ok(mut line) = serde_json::to_vec(rec) else {
-        return;
-    };
-    line.push(b'\n');
-    let tx = SINK.get_or_init(spawn_writer);
-    QUEUED.fetch_add(1, Ordering::Relaxed);
-    match tx.try_send(line) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-            QUEUED.fetch_sub(1, Ordering::Relaxed);
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-            if let Some(m) = super::metrics::get() {
-                m.access_log_dropped.inc();
-            }
+    WRITER.get_or_init(spawn_writer);
+    let mut buf = lock(&BUF);
+    if buf.len() > MAX_PENDING {
+        drop(buf);
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = super::metrics::get() {
+            m.access_log_dropped.inc();
         }
+        return;
+    }
+    let before = buf.len();
+    if serde_json::to_writer(&mut *buf, rec).is_ok() {
+        buf.push(b'\n');
+    } else {
+        buf.truncate(before);
     }
 }
 
 // The thread starts on first use, after Pingora has daemonized (a thread made
 // before the fork would be lost).
-fn spawn_writer() -> SyncSender<Vec<u8>> {
-    let (tx, rx) = sync_channel::<Vec<u8>>(16 * 1024);
+fn spawn_writer() {
     let path = PATH.get().cloned().flatten();
-    let spawned = std::thread::Builder::new()
-        .name("access-log".into())
-        .spawn(move || run_writer(rx, path));
-    if let Err(e) = spawned {
-        log::error!("cannot start the access-log writer: {e}");
-    }
-    tx
-}
-
-fn run_writer(rx: Receiver<Vec<u8>>, path: Option<String>) {
-    let mut out: Box<dyn Write> = match &path {
+    let out: Box<dyn Write + Send> = match &path {
         Some(p) => match std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(p)
         {
-            Ok(f) => Box::new(std::io::BufWriter::new(f)),
+            Ok(f) => Box::new(f),
             Err(e) => {
                 log::error!("cannot open access log {p}: {e}; writing to stderr");
-                Box::new(std::io::BufWriter::new(std::io::stderr()))
+                Box::new(std::io::stderr())
             }
         },
-        None => Box::new(std::io::BufWriter::new(std::io::stderr())),
+        None => Box::new(std::io::stderr()),
     };
-    while let Ok(line) = rx.recv() {
-        let _ = out.write_all(&line);
-        let mut n = 1;
-        // Drain what is queued, then flush once.
-        while let Ok(more) = rx.try_recv() {
-            let _ = out.write_all(&more);
-            n += 1;
-        }
+    *lock(&OUT) = Some(out);
+    let spawned = std::thread::Builder::new()
+        .name("access-log".into())
+        .spawn(|| loop {
+            std::thread::sleep(TICK);
+            flush();
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the access-log writer: {e}");
+    }
+}
+
+fn write_out(data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    if let Some(out) = lock(&OUT).as_mut() {
+        let _ = out.write_all(data);
         let _ = out.flush();
-        QUEUED.fetch_sub(n, Ordering::Relaxed);
     }
 }
 
