@@ -250,16 +250,33 @@ impl BodyMeter {
         }
     }
 
-    /// The parsed body, when it was JSON and not too big.
-    pub fn json(&self) -> Option<Value> {
+    /// The body's bytes (one piece borrowed when it came in one chunk).
+    fn bytes(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
         if self.too_big {
             return None;
         }
-        let mut all = Vec::with_capacity(self.len);
-        for p in &self.parts {
-            all.extend_from_slice(p);
+        match self.parts.as_slice() {
+            [one] => Some(std::borrow::Cow::Borrowed(&one[..])),
+            parts => Some(std::borrow::Cow::Owned(parts.concat())),
         }
-        serde_json::from_slice(&all).ok()
+    }
+
+    /// The reported usage, read without building the rest of the document:
+    /// `Ok(Some)` usage found, `Ok(None)` JSON without usage, `Err` not JSON.
+    pub fn usage(&self) -> Result<Option<Usage>, ()> {
+        #[derive(serde::Deserialize)]
+        struct UsageOnly {
+            usage: Option<Value>,
+        }
+        let bytes = self.bytes().ok_or(())?;
+        let doc: UsageOnly = serde_json::from_slice(&bytes).map_err(|_| ())?;
+        Ok(doc.usage.as_ref().and_then(Usage::from_json))
+    }
+
+    /// The whole parsed body, when it was JSON and not too big (slow path:
+    /// estimation when the upstream reported no usage).
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.bytes()?).ok()
     }
 }
 

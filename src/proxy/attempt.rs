@@ -35,7 +35,6 @@ pub fn next_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>, GatewayError> {
     }
     let alias = ctx.alias.clone().ok_or(GatewayError::Internal)?;
     let model = rt.models.get(&*alias).ok_or(GatewayError::Internal)?;
-    let parsed = ctx.parsed.clone().ok_or(GatewayError::Internal)?;
     let ep = ctx.endpoint.ok_or(GatewayError::Internal)?;
     // Only Chat Completions and Completions take `stream_options`.
     let usage_capable = matches!(ep, Endpoint::ChatCompletions | Endpoint::Completions);
@@ -58,8 +57,9 @@ pub fn next_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>, GatewayError> {
                 match up.select(ctx.request_id.as_bytes(), &ctx.tried, ctx.any_health) {
                     Ok((addr, state)) => {
                         let ask = usage_capable && up.stream_usage;
+                        let parsed = ctx.parsed.as_ref().ok_or(GatewayError::Internal)?;
                         let (body, injected) =
-                            rewrite::attempt_body(&ctx.body, &parsed, &route.model_json, ask);
+                            rewrite::attempt_body(&ctx.body, parsed, &route.model_json, ask);
                         count_retry(ctx, &alias);
                         ctx.tried.push(addr);
                         ctx.attempt_route = Some(ctx.route);
@@ -200,7 +200,7 @@ pub fn record_failure(
             .inc();
     }
     ctx.attempt_log.push(AttemptLog {
-        provider: up.map(|u| u.name.clone()),
+        provider: up,
         backend: ctx.backend,
         outcome,
     });
@@ -220,7 +220,7 @@ pub fn record_success(ctx: &mut Ctx) {
             .inc();
     }
     ctx.attempt_log.push(AttemptLog {
-        provider: up.map(|u| u.name.clone()),
+        provider: up,
         backend: ctx.backend,
         outcome: "success",
     });

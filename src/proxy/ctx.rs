@@ -100,9 +100,9 @@ impl Drop for InFlight {
 }
 
 /// One upstream attempt, as logged.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AttemptLog {
-    pub provider: Option<String>,
+    pub provider: Option<crate::upstream::UpstreamRef>,
     pub backend: Option<SocketAddr>,
     pub outcome: &'static str,
 }

@@ -188,7 +188,10 @@ fn attempt_log(ctx: &Ctx) -> Option<Vec<String>> {
         ctx.attempt_log
             .iter()
             .map(|a| {
-                let p = a.provider.as_deref().unwrap_or(metrics::NONE);
+                let p = a
+                    .provider
+                    .as_ref()
+                    .map_or(metrics::NONE, |u| u.name.as_str());
                 match a.backend {
                     Some(b) => format!("{p}@{b}:{}", a.outcome),
                     None => format!("{p}:{}", a.outcome),
@@ -208,7 +211,11 @@ fn settle(ctx: &Ctx) -> Option<Settled> {
         match &ctx.meter {
             Meter::None => return None,
             Meter::Stream(m) => Observed::Stream(m.seen()),
-            Meter::Body(m) => Observed::Body(m.json()),
+            Meter::Body(m) => match m.usage() {
+                Ok(Some(u)) => Observed::Known(u),
+                Ok(None) => Observed::Body(m.json()),
+                Err(()) => return None,
+            },
         }
     };
     settle::settle(ep, &route.model, &ctx.body, observed, route.price.as_ref())
