@@ -229,6 +229,16 @@ fn cut(data: Bytes, start: u64, cuts: &mut Vec<(u64, u64)>) -> Bytes {
     out.freeze()
 }
 
+/// What a non-stream body said about usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyUsage {
+    Reported(Usage),
+    /// JSON, but no usage in it: estimate.
+    Missing,
+    /// Not JSON, or too big to read: nothing to charge.
+    Unreadable,
+}
+
 /// Collects a non-stream response body (by reference) to read its usage.
 #[derive(Default)]
 pub struct BodyMeter {
@@ -261,16 +271,22 @@ impl BodyMeter {
         }
     }
 
-    /// The reported usage, read without building the rest of the document:
-    /// `Ok(Some)` usage found, `Ok(None)` JSON without usage, `Err` not JSON.
-    pub fn usage(&self) -> Result<Option<Usage>, ()> {
+    /// The reported usage, read without building the rest of the document.
+    pub fn usage(&self) -> BodyUsage {
         #[derive(serde::Deserialize)]
         struct UsageOnly {
             usage: Option<Value>,
         }
-        let bytes = self.bytes().ok_or(())?;
-        let doc: UsageOnly = serde_json::from_slice(&bytes).map_err(|_| ())?;
-        Ok(doc.usage.as_ref().and_then(Usage::from_json))
+        let Some(bytes) = self.bytes() else {
+            return BodyUsage::Unreadable;
+        };
+        match serde_json::from_slice::<UsageOnly>(&bytes) {
+            Ok(doc) => match doc.usage.as_ref().and_then(Usage::from_json) {
+                Some(u) => BodyUsage::Reported(u),
+                None => BodyUsage::Missing,
+            },
+            Err(_) => BodyUsage::Unreadable,
+        }
     }
 
     /// The whole parsed body, when it was JSON and not too big (slow path:

@@ -1,6 +1,7 @@
 //! The end of a request: the error answer when proxying failed, then metrics
 //! and the access-log line.
 
+use crate::accounting::meter::BodyUsage;
 use crate::accounting::settle::{self, Observed, Settled};
 use crate::accounting::UsageSource;
 use crate::error::GatewayError;
@@ -212,9 +213,9 @@ fn settle(ctx: &Ctx) -> Option<Settled> {
             Meter::None => return None,
             Meter::Stream(m) => Observed::Stream(m.seen()),
             Meter::Body(m) => match m.usage() {
-                Ok(Some(u)) => Observed::Known(u),
-                Ok(None) => Observed::Body(m.json()),
-                Err(()) => return None,
+                BodyUsage::Reported(u) => Observed::Known(u),
+                BodyUsage::Missing => Observed::Body(m.json()),
+                BodyUsage::Unreadable => return None,
             },
         }
     };
