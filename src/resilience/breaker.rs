@@ -191,9 +191,13 @@ mod tests {
     #[test]
     fn failure_ratio_opens_without_a_streak() {
         let (s, p) = (BackendState::default(), policy());
-        for ok in [false, true, false, true, false, true] {
+        // Never two failures in a row, so only the ratio can trip it: it
+        // opens on the failure that makes 3 of 6 (the minimum sample).
+        for ok in [true, false, true, false, true] {
             s.record(ok, 0, &p);
         }
+        assert_eq!(s.state(1), State::Closed, "2 of 5 failed");
+        s.record(false, 0, &p);
         assert_eq!(s.state(1), State::Open, "3 of 6 failed");
     }
 
