@@ -191,7 +191,8 @@ pub fn record_failure(
     if let (Some(s), Some(up)) = (&ctx.backend_state, &up) {
         s.record(false, now, &up.breaker);
         if let Some(secs) = retry_after {
-            s.cool_for(secs.saturating_mul(1000), now);
+            let rate_limit = matches!(error, GatewayError::RateLimited { .. });
+            s.cool_for(secs.saturating_mul(1000), now, rate_limit);
         }
     }
     if let (Some(m), Some(up)) = (metrics::get(), &up) {

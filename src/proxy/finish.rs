@@ -44,7 +44,15 @@ pub fn classify(e: &Error) -> Option<GatewayError> {
 /// Writes the OpenAI-format error if nothing was sent yet. Returns the status
 /// for the log (0 when nothing could be sent).
 pub async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u16 {
-    let err = ctx.error.clone().or_else(|| classify(e));
+    let err = ctx.error.clone().or_else(|| match classify(e) {
+        // An upstream failure was already judged by the attempt that saw it
+        // (say, a timeout the watchdog turned into a reset): answer that.
+        Some(GatewayError::UpstreamError | GatewayError::UpstreamTimeout) => ctx
+            .last_failure
+            .clone()
+            .or(Some(GatewayError::UpstreamError)),
+        other => other,
+    });
     let Some(err) = err else {
         ctx.status = 499;
         return 0;

@@ -39,6 +39,8 @@ pub struct BackendState {
     probe_started: AtomicU64,
     /// Not before this (Retry-After).
     cool_until: AtomicU64,
+    /// Whether the cooldown came from a 429 (else a 503's Retry-After).
+    cool_is_rate_limit: AtomicBool,
 }
 
 impl BackendState {
@@ -110,14 +112,19 @@ impl BackendState {
         }
     }
 
-    /// Keeps the backend out for `ms` (a 429's `Retry-After`).
-    pub fn cool_for(&self, ms: u64, now: u64) {
-        self.cool_until.fetch_max(now + ms, Relaxed);
+    /// Keeps the backend out for `ms` (a `Retry-After`); `rate_limit` says
+    /// whether a 429 asked for it, so the client is told the same.
+    pub fn cool_for(&self, ms: u64, now: u64, rate_limit: bool) {
+        let until = now + ms;
+        if self.cool_until.fetch_max(until, Relaxed) <= until {
+            self.cool_is_rate_limit.store(rate_limit, Relaxed);
+        }
     }
 
-    /// Whether it is out because a 429 asked us to wait (not a breaker).
+    /// Whether it is out because a 429 asked us to wait (not a breaker, nor
+    /// a 503's `Retry-After`).
     pub fn rate_limited(&self, now: u64) -> bool {
-        now < self.cool_until.load(Relaxed)
+        now < self.cool_until.load(Relaxed) && self.cool_is_rate_limit.load(Relaxed)
     }
 
     /// Milliseconds until this backend takes traffic again, if it is out.
@@ -204,9 +211,14 @@ mod tests {
     #[test]
     fn retry_after_cools_the_backend() {
         let (s, p) = (BackendState::default(), policy());
-        s.cool_for(2000, 100);
+        s.cool_for(2000, 100, true);
+        assert!(s.rate_limited(1000));
         assert!(!s.admit(1000, &p));
         assert_eq!(s.out_for(1000), Some(1100));
         assert!(s.admit(2101, &p));
+        // A 503's Retry-After cools it too, but is not a rate limit.
+        s.cool_for(1000, 3000, false);
+        assert!(!s.admit(3500, &p));
+        assert!(!s.rate_limited(3500));
     }
 }
