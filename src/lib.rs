@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod json_scan;
 pub mod lifecycle;
 pub mod providers;
 pub mod proxy;

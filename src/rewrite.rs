@@ -1,9 +1,8 @@
 //! Parse the request body once, then splice a new `model` value into the
 //! original bytes. Every other byte is kept as the client sent it.
 
+use crate::json_scan::{self, ScanError};
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use std::ops::Range;
 
 /// Deepest JSON nesting accepted. Deeper bodies get a 400.
@@ -23,23 +22,6 @@ pub struct Parsed {
     pub stream_options_span: Option<Range<usize>>,
 }
 
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(borrow)]
-    model: Option<&'a RawValue>,
-    stream: Option<bool>,
-    /// Kept even when `null`, so that adding `include_usage` replaces it
-    /// instead of writing a second `stream_options` key.
-    #[serde(borrow, default, deserialize_with = "raw_even_if_null")]
-    stream_options: Option<&'a RawValue>,
-}
-
-fn raw_even_if_null<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
-}
-
 /// Why a body was rejected; the text is safe to show the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyError {
@@ -54,74 +36,84 @@ fn err(message: impl Into<String>, param: Option<&'static str>) -> BodyError {
     }
 }
 
-/// Validates the whole document and finds `model` and `stream`.
-/// Duplicate `model` (or `stream`) keys are an error, so the gateway never
-/// routes on one value while the provider reads another.
+/// Validates the whole document and finds `model` and `stream`, in one pass
+/// ([`json_scan`]). Duplicate `model`, `stream` or `stream_options` keys are
+/// an error, so the gateway never routes on one value while the provider
+/// reads another.
 pub fn parse(body: &[u8]) -> Result<Parsed, BodyError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(err("The request body is empty; send a JSON object.", None));
     }
-    if depth_exceeds(body, MAX_DEPTH) {
-        return Err(err(
+    let mut model = None;
+    let mut stream = None;
+    let mut stream_options = None;
+    let mut duplicate = None;
+    json_scan::scan(body, MAX_DEPTH, |key, value| {
+        let (slot, name) = match &*key {
+            "model" => (&mut model, "model"),
+            "stream" => (&mut stream, "stream"),
+            "stream_options" => (&mut stream_options, "stream_options"),
+            _ => return,
+        };
+        if slot.replace(value).is_some() {
+            duplicate.get_or_insert(name);
+        }
+    })
+    .map_err(|e| match e {
+        ScanError::TooDeep => err(
             format!("The request body is nested deeper than {MAX_DEPTH} levels."),
             None,
+        ),
+        ScanError::NotObject => err("The request body must be a JSON object.", None),
+        ScanError::NotUtf8 { at } => err(
+            format!("The request body is not valid UTF-8 (byte {at})."),
+            None,
+        ),
+        ScanError::Syntax { at, what } => err(
+            format!("The request body is not valid JSON: {what} at byte {at}."),
+            None,
+        ),
+    })?;
+    if let Some(name) = duplicate {
+        return Err(err(
+            format!("The request body has more than one `{name}` key."),
+            Some(name),
         ));
     }
-    let head: Head = serde_json::from_slice(body).map_err(|e| {
-        let msg = if e.classify() == serde_json::error::Category::Data {
-            format!("Invalid request body: {e}")
-        } else {
-            format!("The request body is not valid JSON: {e}")
-        };
-        err(msg, None)
-    })?;
-    let raw = head
-        .model
-        .ok_or_else(|| err("The request body has no `model`.", Some("model")))?;
-    let text = raw.get();
-    let model: String =
-        serde_json::from_str(text).map_err(|_| err("`model` must be a string.", Some("model")))?;
+    let model_span = model.ok_or_else(|| err("The request body has no `model`.", Some("model")))?;
+    let model: String = serde_json::from_slice(&body[model_span.clone()])
+        .map_err(|_| err("`model` must be a string.", Some("model")))?;
     if model.is_empty() {
         return Err(err("`model` must not be empty.", Some("model")));
     }
-    let model_span = span_in(body, text)?;
-    let (include_usage, stream_options_span) = match head.stream_options {
-        None => (false, None),
-        Some(raw) => {
+    let stream = match stream.map(|r| &body[r]) {
+        None | Some(b"null") | Some(b"false") => false,
+        Some(b"true") => true,
+        Some(_) => return Err(err("`stream` must be a boolean.", Some("stream"))),
+    };
+    let include_usage = match &stream_options {
+        None => false,
+        Some(span) => {
             let opts: Option<serde_json::Map<String, serde_json::Value>> =
-                serde_json::from_str(raw.get()).map_err(|_| {
+                serde_json::from_slice(&body[span.clone()]).map_err(|_| {
                     err(
                         "`stream_options` must be an object.",
                         Some("stream_options"),
                     )
                 })?;
-            let usage = opts
-                .as_ref()
+            opts.as_ref()
                 .and_then(|o| o.get("include_usage"))
                 .and_then(serde_json::Value::as_bool)
-                .unwrap_or(false);
-            (usage, Some(span_in(body, raw.get())?))
+                .unwrap_or(false)
         }
     };
     Ok(Parsed {
         model,
         model_span,
-        stream: head.stream.unwrap_or(false),
+        stream,
         include_usage,
-        stream_options_span,
+        stream_options_span: stream_options,
     })
-}
-
-/// The byte range of `part`, a slice borrowed from `body`.
-fn span_in(body: &[u8], part: &str) -> Result<Range<usize>, BodyError> {
-    let start = (part.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
-    if start
-        .checked_add(part.len())
-        .is_none_or(|end| end > body.len())
-    {
-        return Err(err("Invalid request body.", None));
-    }
-    Ok(start..start + part.len())
 }
 
 /// Builds one attempt's body: the route's model spliced in and, when
@@ -192,45 +184,6 @@ pub fn splice(body: &Bytes, span: &Range<usize>, new_model_json: &[u8]) -> Bytes
     out.freeze()
 }
 
-/// True when arrays/objects nest deeper than `limit`. Strings are skipped
-/// with `memchr`, so the scan costs little next to the parse.
-pub fn depth_exceeds(body: &[u8], limit: usize) -> bool {
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < body.len() {
-        match body[i] {
-            b'"' => {
-                // Find the closing quote, stepping over escapes.
-                let mut j = i + 1;
-                loop {
-                    match memchr::memchr2(b'"', b'\\', &body[j..]) {
-                        None => return false, // unterminated: the parser reports it
-                        Some(k) if body[j + k] == b'\\' => j += k + 2,
-                        Some(k) => {
-                            j += k;
-                            break;
-                        }
-                    }
-                    if j >= body.len() {
-                        return false;
-                    }
-                }
-                i = j;
-            }
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > limit {
-                    return true;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        i += 1;
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,13 +227,18 @@ mod tests {
             (&b""[..], "empty"),
             (b"   ", "empty"),
             (b"{", "not valid JSON"),
-            (b"[1,2]", "Invalid request body"),
-            (b"\"s\"", "Invalid request body"),
+            (b"[1,2]", "must be a JSON object"),
+            (b"\"s\"", "must be a JSON object"),
+            (b"{\"model\":\"a\",}", "not valid JSON: expected a member name in quotes at byte 13"),
+            (b"{\"model\":\"\xff\"}", "not valid UTF-8 (byte 10)"),
             (b"{}", "no `model`"),
             (br#"{"model":5}"#, "must be a string"),
             (br#"{"model":""}"#, "must not be empty"),
-            (br#"{"model":"a","model":"b"}"#, "duplicate field"),
-            (br#"{"model":"a","stream":"yes"}"#, "Invalid request body"),
+            (br#"{"model":"a","model":"b"}"#, "more than one `model`"),
+            (br#"{"model":"a","mod\u0065l":"b"}"#, "more than one `model`"),
+            (br#"{"model":"a","stream":true,"stream":false}"#, "more than one `stream`"),
+            (br#"{"model":"a","stream":"yes"}"#, "must be a boolean"),
+            (br#"{"model":"a","stream_options":[]}"#, "must be an object"),
         ] {
             let e = parse(body).unwrap_err();
             assert!(e.message.contains(want), "{body:?}: {}", e.message);
