@@ -229,14 +229,23 @@ mod tests {
             (b"{", "not valid JSON"),
             (b"[1,2]", "must be a JSON object"),
             (b"\"s\"", "must be a JSON object"),
-            (b"{\"model\":\"a\",}", "not valid JSON: expected a member name in quotes at byte 13"),
+            (
+                b"{\"model\":\"a\",}",
+                "not valid JSON: expected a member name in quotes at byte 13",
+            ),
             (b"{\"model\":\"\xff\"}", "not valid UTF-8 (byte 10)"),
             (b"{}", "no `model`"),
             (br#"{"model":5}"#, "must be a string"),
             (br#"{"model":""}"#, "must not be empty"),
             (br#"{"model":"a","model":"b"}"#, "more than one `model`"),
-            (br#"{"model":"a","mod\u0065l":"b"}"#, "more than one `model`"),
-            (br#"{"model":"a","stream":true,"stream":false}"#, "more than one `stream`"),
+            (
+                br#"{"model":"a","mod\u0065l":"b"}"#,
+                "more than one `model`",
+            ),
+            (
+                br#"{"model":"a","stream":true,"stream":false}"#,
+                "more than one `stream`",
+            ),
             (br#"{"model":"a","stream":"yes"}"#, "must be a boolean"),
             (br#"{"model":"a","stream_options":[]}"#, "must be an object"),
         ] {

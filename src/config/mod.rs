@@ -73,6 +73,10 @@ pub fn parse_str(
     base: &Path,
 ) -> Result<Config, ConfigError> {
     let expanded = env::expand(text, lookup).map_err(ConfigError::one)?;
+    // Typed maps keep the last of two equal keys; a generic YAML value
+    // refuses them, naming the key and its line.
+    serde_yaml::from_str::<serde_yaml::Value>(&expanded)
+        .map_err(|e| ConfigError::one(e.to_string()))?;
     let de = serde_yaml::Deserializer::from_str(&expanded);
     let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -95,5 +99,116 @@ fn resolve_paths(cfg: &mut Config, base: &Path) {
                 p.ca_file = Some(base.join(f).to_string_lossy().into_owned());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen: "127.0.0.1:8080"
+metrics_listen: "127.0.0.1:9091"
+providers:
+  up:
+    kind: openai
+    base_url: "https://api.example.com/v1"
+    api_key: "${UP_KEY}"
+models:
+  fast:
+    routes:
+      - { provider: up, model: m1, timeouts: { first_byte: 500ms } }
+keys:
+  - { name: team-a, key: "${TEAM_KEY}", models: [fast] }
+"#;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "UP_KEY" => Some("sk-upstream-123".into()),
+            "TEAM_KEY" => Some("tg-team-a-123456".into()),
+            _ => None,
+        }
+    }
+
+    fn problems(yaml: &str) -> String {
+        match parse_str(yaml, env, Path::new("/etc/tollgate")) {
+            Ok(_) => panic!("accepted:\n{yaml}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn accepts_the_documented_shape() {
+        let cfg = parse_str(GOOD, env, Path::new(".")).unwrap();
+        assert_eq!(
+            cfg.providers["up"].api_key.as_deref(),
+            Some("sk-upstream-123")
+        );
+        assert_eq!(cfg.models["fast"].routes[0].model, "m1");
+    }
+
+    #[test]
+    fn every_error_names_its_field() {
+        for (edit, want) in [
+            (
+                ("kind: openai", "kind: openai\n    colour: blue"),
+                "providers.up: unknown field `colour`",
+            ),
+            (
+                ("provider: up,", "provider: nope,"),
+                "models.fast.routes[0].provider",
+            ),
+            (("models: [fast]", "models: [slow]"), "keys[0].models"),
+            (("${UP_KEY}", "${NOT_SET}"), "NOT_SET"),
+            (
+                ("500ms", "soon"),
+                "models.fast.routes[0].timeouts.first_byte",
+            ),
+            (
+                ("https://api.example.com/v1", "ftp://x"),
+                "providers.up.base_url",
+            ),
+            (
+                ("kind: openai", "kind: openai\n    ca_file: missing.pem"),
+                "providers.up.ca_file",
+            ),
+            (("listen:", "lisen:"), "unknown field `lisen`"),
+        ] {
+            let text = GOOD.replacen(edit.0, edit.1, 1);
+            let got = problems(&text);
+            assert!(got.contains(want), "{edit:?}: {got}");
+        }
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let text = GOOD
+            .replacen("provider: up,", "provider: nope,", 1)
+            .replacen("models: [fast]", "models: [slow]", 1);
+        let got = problems(&text);
+        assert!(
+            got.contains("models.fast.routes[0].provider") && got.contains("keys[0].models"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn duplicate_map_keys_are_refused() {
+        let twice = GOOD.replacen(
+            "models:\n",
+            "models:\n  fast:\n    routes: [{ provider: up, model: other }]\n",
+            1,
+        );
+        assert!(
+            problems(&twice).contains("duplicate"),
+            "{}",
+            problems(&twice)
+        );
+        let keys = GOOD.replacen(
+            "keys:\n",
+            "keys:\n  - { name: team-b, key: \"${TEAM_KEY}\" }\n",
+            1,
+        );
+        assert!(problems(&keys).contains("keys[1]"), "{}", problems(&keys));
     }
 }

@@ -79,7 +79,16 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         );
     }
     let framing = body::framing(&session.req_header().headers)?;
-    session.set_keepalive(Some(rt.keepalive_secs));
+    if body::had_both_lengths(session) {
+        return Err(GatewayError::invalid(
+            "Both Content-Length and Transfer-Encoding were sent.",
+        ));
+    }
+    // Our idle limit, unless Pingora already decided to close (the client
+    // asked to, or the server is shutting down).
+    if session.get_keepalive().is_some() {
+        session.set_keepalive(Some(rt.keepalive_secs));
+    }
     session.set_write_timeout(Some(rt.write_timeout));
     let bytes = body::read_all(session, framing, rt.max_body_bytes, rt.body_idle_timeout).await?;
     let parsed = rewrite::parse(&bytes).map_err(|e| GatewayError::InvalidRequest {

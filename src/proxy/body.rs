@@ -53,6 +53,36 @@ pub fn framing(headers: &http::HeaderMap) -> Result<Framing, GatewayError> {
     }
 }
 
+/// Whether the client sent both `Content-Length` and `Transfer-Encoding`.
+/// Pingora 0.9 deletes the `Content-Length` before we see the request and
+/// turns keep-alive off (RFC 9112 section 6.1), so the conflict shows only as
+/// a chunked HTTP/1 request whose keep-alive is off for no reason the client
+/// gave (`Connection: close`, HTTP/1.0) nor a shutdown.
+pub fn had_both_lengths(session: &Session) -> bool {
+    let req = session.req_header();
+    if !req.headers.contains_key(header::TRANSFER_ENCODING)
+        || session.get_keepalive().is_some()
+        || session.is_process_shutting_down()
+    {
+        return false;
+    }
+    let token = |t: &str| {
+        req.headers.get(header::CONNECTION).is_some_and(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|p| p.trim_ascii().eq_ignore_ascii_case(t.as_bytes()))
+        })
+    };
+    let client_closes = if token("keep-alive") {
+        false
+    } else if token("close") {
+        true
+    } else {
+        req.version != http::Version::HTTP_11
+    };
+    !client_closes && matches!(req.version, http::Version::HTTP_11 | http::Version::HTTP_10)
+}
+
 /// Reads the whole body, up to `limit` bytes, pausing at most `idle` between
 /// reads. On success the retry buffer holds the body's tail (see module docs).
 pub async fn read_all(
