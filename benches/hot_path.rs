@@ -1,0 +1,260 @@
+//! Criterion micro-benchmarks of Tollgate's per-request work.
+//!
+//! `cargo bench --bench hot_path` (add `-- --test` to run each once).
+//!
+//! * `rewrite`: body parse (`rewrite::parse`) and model rewrite
+//!   (`rewrite::splice` with a `rewrite::json_string` built once) at 1 KiB,
+//!   100 KiB and 8 MiB.
+//! * `key_lookup`: `auth::KeyIndex::lookup` with 10 and 1000 keys.
+//! * `route_select`: alias lookup in `Runtime::models` plus
+//!   `Upstream::select`, with 1 and 3 backends.
+//! * `metrics`: the per-request recording `proxy/finish.rs` does.
+//! * `sse`: one streamed chunk through the bare scanner (`sse::Scanner`) and
+//!   through the whole stream meter (`accounting::meter::StreamMeter`: scan,
+//!   parse the chunk's JSON, count the content).
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::fmt::Debug;
+use std::hint::black_box;
+use std::path::Path;
+use std::time::Duration;
+use tollgate::auth::{digest, KeyIndex};
+use tollgate::rewrite::{json_string, parse, splice};
+use tollgate::runtime::{ProviderRt, Runtime};
+use tollgate::telemetry::metrics;
+
+fn must<T, E: Debug>(r: Result<T, E>, what: &str) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{what}: {e:?}"),
+    }
+}
+
+/// A chat request of about `size` bytes (a paragraph short at most): a few
+/// short messages, then one long user message with escapes and non-ASCII, as
+/// real documents have.
+fn chat_body(size: usize) -> bytes::Bytes {
+    let build = |text: &str| {
+        serde_json::json!({
+            "model": "fast",
+            "messages": [
+                {"role": "system", "content": "You are a careful assistant for an online bookshop. Be concise."},
+                {"role": "user", "content": "Hi! Order #A-20931 arrived with one book missing. Can you check?"},
+                {"role": "assistant", "content": "The second parcel left on Friday and should arrive within three working days."},
+                {"role": "user", "content": text},
+            ],
+            "temperature": 0.7,
+            "max_tokens": 256,
+        })
+        .to_string()
+    };
+    let para = "Notes: the expedition crosses the ice; \"shifgrethor\" again,\twith \u{e9} and newlines\n. ";
+    let overhead = build("").len();
+    let para_len = serde_json::Value::from(para).to_string().len() - 2;
+    let n = size.saturating_sub(overhead) / para_len;
+    bytes::Bytes::from(build(&para.repeat(n)))
+}
+
+fn rewrite(c: &mut Criterion) {
+    let model_json = json_string("bench-model-1");
+    let mut g = c.benchmark_group("rewrite");
+    for (name, size) in [
+        ("1KiB", 1024usize),
+        ("100KiB", 100 * 1024),
+        ("8MiB", 8 * 1024 * 1024),
+    ] {
+        let body = chat_body(size);
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        if size >= 1 << 20 {
+            g.sample_size(10);
+            g.measurement_time(Duration::from_secs(4));
+        } else {
+            g.sample_size(50);
+            g.measurement_time(Duration::from_secs(3));
+        }
+        g.bench_with_input(BenchmarkId::new("parse", name), &body, |b, body| {
+            b.iter(|| must(parse(black_box(body)), "parse"))
+        });
+        g.bench_with_input(BenchmarkId::new("parse+splice", name), &body, |b, body| {
+            b.iter(|| {
+                let p = must(parse(black_box(body)), "parse");
+                splice(body, &p.model_span, &model_json)
+            })
+        });
+    }
+    g.finish();
+}
+
+fn key_lookup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("key_lookup");
+    g.measurement_time(Duration::from_secs(2));
+    for n in [10usize, 1000] {
+        let keys: Vec<String> = (0..n)
+            .map(|i| format!("sk-tollgate-{i:08}-abcdef"))
+            .collect();
+        let index = KeyIndex::new(keys.iter().map(|k| digest(k.as_bytes())).collect());
+        let presented = keys[n / 2].clone().into_bytes();
+        g.bench_with_input(BenchmarkId::new("lookup", n), &presented, |b, key| {
+            b.iter(|| index.lookup(black_box(key)))
+        });
+    }
+    g.finish();
+}
+
+fn runtime_with(backends: usize) -> Runtime {
+    let list: Vec<String> = (0..backends)
+        .map(|i| format!("\"127.0.0.1:{}\"", 19_101 + i))
+        .collect();
+    let mut models = String::new();
+    for i in 0..20 {
+        models.push_str(&format!(
+            "  alias-{i}:\n    routes:\n      - provider: p\n        model: upstream-{i}\n"
+        ));
+    }
+    let yaml = format!(
+        "listen: \"127.0.0.1:18080\"\n\
+         providers:\n  p:\n    kind: openai\n    base_url: http://127.0.0.1:19100/v1\n    \
+         backends: [{}]\n    health_check:\n      enabled: false\n\
+         models:\n  fast:\n    routes:\n      - provider: p\n        model: bench-model-1\n{models}\
+         keys:\n  - name: bench\n    key: sk-bench\n",
+        list.join(", ")
+    );
+    let cfg = must(
+        tollgate::config::parse_str(&yaml, |_| None, Path::new(".")),
+        "config",
+    );
+    let rt = must(Runtime::build(cfg), "runtime");
+    // `select` reads the balancer, which is empty until discovery has run.
+    let tokio_rt = must(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        "tokio",
+    );
+    for up in rt.upstreams.values() {
+        tokio_rt.block_on(up.resolve());
+    }
+    rt
+}
+
+fn route_select(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_select");
+    g.measurement_time(Duration::from_secs(2));
+    let request_id = b"6ff69d4419c9a27000000000";
+    for backends in [1usize, 3] {
+        let rt = runtime_with(backends);
+        g.bench_with_input(BenchmarkId::new("alias+select", backends), &rt, |b, rt| {
+            b.iter(|| {
+                let Some(m) = rt.models.get(black_box("fast")) else {
+                    panic!("alias missing")
+                };
+                let ProviderRt::Http(up) = &*m.routes[0].provider else {
+                    panic!("not an HTTP provider")
+                };
+                must(
+                    up.select(request_id, &[], false).map_err(|_| "none"),
+                    "select",
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+fn metrics_record(c: &mut Criterion) {
+    let Some(m) = metrics::get() else {
+        panic!("metrics registry unavailable")
+    };
+    let mut g = c.benchmark_group("metrics");
+    g.measurement_time(Duration::from_secs(2));
+    g.bench_function("counter_inc", |b| {
+        b.iter(|| {
+            m.requests
+                .with_label_values(&[
+                    "fast",
+                    "bench",
+                    "bench-model-1",
+                    "bench",
+                    "chat_completions",
+                    "2xx",
+                ])
+                .inc()
+        })
+    });
+    // What `finish::log_request` does for a plain successful request: owned
+    // label strings, the request counter and two histograms.
+    g.bench_function("finish_request", |b| {
+        b.iter(|| {
+            let name = |v: Option<&str>| v.unwrap_or(metrics::NONE).to_string();
+            let key = name(black_box(Some("bench")));
+            let provider = name(black_box(Some("bench")));
+            let upstream_model = name(black_box(Some("bench-model-1")));
+            let model = name(black_box(Some("fast")));
+            let endpoint = "chat_completions";
+            let route_labels = [model.as_str(), &provider, &upstream_model, &key];
+            let class = metrics::status_class(black_box(200));
+            let mut labels = route_labels.to_vec();
+            labels.extend([endpoint, class]);
+            m.requests.with_label_values(&labels).inc();
+            m.duration
+                .with_label_values(&[&model, &provider, endpoint])
+                .observe(black_box(0.0123));
+            m.upstream_latency
+                .with_label_values(&[&provider])
+                .observe(black_box(0.0042));
+        })
+    });
+    g.finish();
+}
+
+/// A typical `chat.completion.chunk` event as an OpenAI-kind upstream sends it.
+fn sse_chunk(i: usize) -> bytes::Bytes {
+    bytes::Bytes::from(format!(
+        "data: {{\"id\":\"chatcmpl-AbC123\",\"object\":\"chat.completion.chunk\",\
+         \"created\":1732500000,\"model\":\"gpt-4o-mini-2024-07-18\",\
+         \"system_fingerprint\":\"fp_0ba0d124f1\",\"choices\":[{{\"index\":0,\
+         \"delta\":{{\"content\":\" token{i}\"}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
+    ))
+}
+
+fn sse_scan(c: &mut Criterion) {
+    use tollgate::accounting::meter::StreamMeter;
+    use tollgate::proxy::endpoint::Endpoint;
+    use tollgate::sse::Scanner;
+    let chunks: Vec<bytes::Bytes> = (0..64).map(sse_chunk).collect();
+    let mut g = c.benchmark_group("sse");
+    g.measurement_time(Duration::from_secs(2));
+    g.throughput(Throughput::Bytes(chunks[0].len() as u64));
+    g.bench_function("scan_chunk", |b| {
+        let mut scanner = Scanner::new(1 << 20);
+        let mut i = 0usize;
+        b.iter(|| {
+            let mut events = 0u32;
+            let chunk = &chunks[i % chunks.len()];
+            i += 1;
+            must(scanner.feed(black_box(chunk), |_| events += 1), "feed");
+            events
+        })
+    });
+    g.bench_function("meter_chunk", |b| {
+        let mut meter = StreamMeter::new(Endpoint::ChatCompletions, true);
+        let mut i = 0usize;
+        b.iter(|| {
+            let mut body = Some(chunks[i % chunks.len()].clone());
+            i += 1;
+            must(meter.on_chunk(black_box(&mut body), false), "on_chunk");
+            body
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    rewrite,
+    key_lookup,
+    route_select,
+    metrics_record,
+    sse_scan
+);
+criterion_main!(benches);
