@@ -10,6 +10,10 @@ use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 use serde_json::Value;
 
+/// Nesting limit when scanning a response body for its usage (the same
+/// as serde_json's own recursion limit).
+const USAGE_SCAN_DEPTH: usize = 128;
+
 /// Largest SSE line or event the scanner holds (row 24: a 1 MiB line passes).
 pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 /// Streamed text kept for estimation; beyond it only bytes are counted.
@@ -271,21 +275,28 @@ impl BodyMeter {
         }
     }
 
-    /// The reported usage, read without building the rest of the document.
+    /// The reported usage, read without building the rest of the document:
+    /// one validating pass finds the top-level `usage` member, and only that
+    /// member is parsed.
     pub fn usage(&self) -> BodyUsage {
-        #[derive(serde::Deserialize)]
-        struct UsageOnly {
-            usage: Option<Value>,
-        }
         let Some(bytes) = self.bytes() else {
             return BodyUsage::Unreadable;
         };
-        match serde_json::from_slice::<UsageOnly>(&bytes) {
-            Ok(doc) => match doc.usage.as_ref().and_then(Usage::from_json) {
-                Some(u) => BodyUsage::Reported(u),
-                None => BodyUsage::Missing,
-            },
-            Err(_) => BodyUsage::Unreadable,
+        let mut span = None;
+        let scanned = crate::json_scan::scan(&bytes, USAGE_SCAN_DEPTH, |key, range| {
+            if key == "usage" {
+                span = Some(range);
+            }
+        });
+        if scanned.is_err() {
+            return BodyUsage::Unreadable;
+        }
+        let usage = span
+            .and_then(|r| bytes.get(r))
+            .and_then(|v| serde_json::from_slice::<Value>(v).ok());
+        match usage.as_ref().and_then(Usage::from_json) {
+            Some(u) => BodyUsage::Reported(u),
+            None => BodyUsage::Missing,
         }
     }
 

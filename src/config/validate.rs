@@ -246,7 +246,7 @@ fn check_provider(name: &str, p: &Provider, v: &mut Problems) {
                         "is only used with an https:// base_url",
                     );
                 }
-                if let Err(e) = crate::upstream::tls::load_ca_file(ca) {
+                if let Err(e) = crate::upstream::tls::load_ca_file(ca).map(|_| ()) {
                     v.add(format!("{f}.ca_file"), e);
                 }
             }

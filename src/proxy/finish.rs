@@ -104,8 +104,7 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     ctx.watchdog = None;
     let settled = settle(ctx);
     let rt = ctx.rt.clone();
-    let name = |v: Option<&str>| v.unwrap_or(metrics::NONE).to_string();
-    let key = name(
+    let key = or_none(
         rt.as_ref()
             .zip(ctx.key)
             .and_then(|(rt, k)| rt.key_info.get(k))
@@ -113,31 +112,31 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     );
     let route = ctx.current_route();
     let served = ctx.served_locally || ctx.backend.is_some();
-    let provider = name(route.filter(|_| served).map(|r| &*r.provider_name));
-    let upstream_model = name(route.filter(|_| served).map(|r| &*r.model));
-    let model = name(ctx.alias.as_deref());
+    let provider = or_none(route.filter(|_| served).map(|r| &*r.provider_name));
+    let upstream_model = or_none(route.filter(|_| served).map(|r| &*r.model));
+    let model = or_none(ctx.alias.as_deref());
     let endpoint = ctx.endpoint.map_or(metrics::NONE, |e| e.label());
     let duration = ctx.start.elapsed();
     let upstream = ctx.upstream_headers_at.map(|t| t - ctx.start);
     let stream = ctx.parsed.as_ref().is_some_and(|p| p.stream);
     let ttft = ctx.first_byte_at.filter(|_| stream).map(|t| t - ctx.start);
     if let Some(m) = metrics::get() {
-        let route_labels = [model.as_str(), &provider, &upstream_model, &key];
+        let route_labels = [model, provider, upstream_model, key];
         let class = metrics::status_class(ctx.status);
-        let mut labels = route_labels.to_vec();
-        labels.extend([endpoint, class]);
-        m.requests.with_label_values(&labels).inc();
+        m.requests
+            .with_label_values(&[model, provider, upstream_model, key, endpoint, class])
+            .inc();
         m.duration
-            .with_label_values(&[&model, &provider, endpoint])
+            .with_label_values(&[model, provider, endpoint])
             .observe(duration.as_secs_f64());
         if let Some(u) = upstream {
             m.upstream_latency
-                .with_label_values(&[&provider])
+                .with_label_values(&[provider])
                 .observe(u.as_secs_f64());
         }
         if let Some(t) = ttft {
             m.ttft
-                .with_label_values(&[&model, &provider])
+                .with_label_values(&[model, provider])
                 .observe(t.as_secs_f64());
         }
         if let Some(err) = &ctx.error {
@@ -146,49 +145,48 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         if let Some(s) = &settled {
             record_usage(m, &route_labels, s);
             if s.source == UsageSource::Estimated {
-                m.estimated.with_label_values(&[&model, &provider]).inc();
+                m.estimated.with_label_values(&[model, provider]).inc();
             }
             if s.partial {
                 m.partial_streams
-                    .with_label_values(&[&model, &provider])
+                    .with_label_values(&[model, provider])
                     .inc();
             }
         }
     }
     let enabled = rt.as_ref().is_none_or(|r| r.config.access_log.enabled);
-    if !enabled {
-        return;
+    if enabled {
+        access_log::write(&access_log::Record {
+            ts: std::time::SystemTime::now(),
+            request_id: &ctx.request_id,
+            method: session.req_header().method.as_str(),
+            endpoint,
+            key,
+            model,
+            provider,
+            upstream_model,
+            backend: ctx.backend,
+            stream,
+            status: ctx.status,
+            duration,
+            upstream,
+            attempts: ctx.attempts,
+            attempt_log: attempt_log(ctx),
+            error: ctx.error.as_ref().map(|e| e.code()),
+            ttft,
+            usage: settled.as_ref().map(|s| s.usage),
+            usage_source: settled.as_ref().map(|s| s.source.label()),
+            cost_usd: settled.as_ref().and_then(|s| s.cost_usd),
+            unpriced: settled.as_ref().is_some_and(|s| s.cost_usd.is_none()),
+            partial: settled.as_ref().is_some_and(|s| s.partial),
+        });
     }
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-    let method = session.req_header().method.as_str().to_string();
-    access_log::write(&access_log::Record {
-        ts: access_log::now_ts(),
-        request_id: &ctx.request_id,
-        method: &method,
-        endpoint,
-        key: &key,
-        model: &model,
-        provider: &provider,
-        upstream_model: &upstream_model,
-        backend: ctx.backend.map(|b| b.to_string()),
-        stream,
-        status: ctx.status,
-        duration_ms: ms(duration),
-        upstream_ms: upstream.map(ms),
-        attempts: ctx.attempts,
-        attempt_log: attempt_log(ctx),
-        error: ctx.error.as_ref().map(|e| e.code()),
-        ttft_ms: ttft.map(ms),
-        prompt_tokens: settled.as_ref().map(|s| s.usage.prompt),
-        completion_tokens: settled.as_ref().map(|s| s.usage.completion),
-        cached_tokens: settled.as_ref().map(|s| s.usage.cached),
-        reasoning_tokens: settled.as_ref().map(|s| s.usage.reasoning),
-        usage_source: settled.as_ref().map(|s| s.source.label()),
-        cost_usd: settled.as_ref().and_then(|s| s.cost_usd),
-        unpriced: settled.as_ref().is_some_and(|s| s.cost_usd.is_none()),
-        partial: settled.as_ref().is_some_and(|s| s.partial),
-    });
     ctx.in_flight = None;
+}
+
+/// A label value, or the placeholder when there is none.
+fn or_none(v: Option<&str>) -> &str {
+    v.unwrap_or(metrics::NONE)
 }
 
 /// `provider@backend:outcome` for each attempt, when there was more than one.
@@ -238,9 +236,10 @@ fn record_usage(m: &metrics::Metrics, route: &[&str; 4], s: &Settled) {
         ("cached_input", s.usage.cached),
         ("reasoning", s.usage.reasoning),
     ] {
-        let mut labels = route.to_vec();
-        labels.extend([kind, source]);
-        m.tokens.with_label_values(&labels).inc_by(n);
+        let [model, provider, upstream_model, key] = *route;
+        m.tokens
+            .with_label_values(&[model, provider, upstream_model, key, kind, source])
+            .inc_by(n);
     }
     match s.cost_usd {
         Some(c) => m.cost.with_label_values(route).inc_by(c),

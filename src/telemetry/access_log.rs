@@ -4,16 +4,18 @@
 //! falls far behind, lines are dropped and counted rather than slowing
 //! requests.
 
-use serde::Serialize;
+use crate::accounting::Usage;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// One access-log record. Holds names from config, never secrets.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct Record<'a> {
-    pub ts: f64,
+    /// Wall-clock time the line was written.
+    pub ts: SystemTime,
     pub request_id: &'a str,
     pub method: &'a str,
     pub endpoint: &'a str,
@@ -21,25 +23,192 @@ pub struct Record<'a> {
     pub model: &'a str,
     pub provider: &'a str,
     pub upstream_model: &'a str,
-    pub backend: Option<String>,
+    pub backend: Option<SocketAddr>,
     pub stream: bool,
     pub status: u16,
-    pub duration_ms: f64,
-    pub upstream_ms: Option<f64>,
+    pub duration: Duration,
+    pub upstream: Option<Duration>,
     pub attempts: u32,
     /// Each attempt (`provider@backend:outcome`) when there was more than one.
     pub attempt_log: Option<Vec<String>>,
     pub error: Option<&'a str>,
-    pub ttft_ms: Option<f64>,
-    pub prompt_tokens: Option<u64>,
-    pub completion_tokens: Option<u64>,
-    pub cached_tokens: Option<u64>,
-    pub reasoning_tokens: Option<u64>,
+    pub ttft: Option<Duration>,
+    pub usage: Option<Usage>,
     pub usage_source: Option<&'static str>,
     pub cost_usd: Option<f64>,
     /// Usage known but the route has no price: the cost is unknown, not 0.
     pub unpriced: bool,
     pub partial: bool,
+}
+
+impl Record<'_> {
+    /// Appends the record as one JSON object (no newline). Written by hand:
+    /// it runs once per request, and a generic serializer with float
+    /// formatting and owned strings cost several times as much.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut w = Line { out, first: true };
+        let since_epoch = self.ts.duration_since(UNIX_EPOCH).unwrap_or_default();
+        w.fixed("ts", since_epoch.as_micros(), 6);
+        w.str("request_id", Some(self.request_id));
+        w.str("method", Some(self.method));
+        w.str("endpoint", Some(self.endpoint));
+        w.str("key", Some(self.key));
+        w.str("model", Some(self.model));
+        w.str("provider", Some(self.provider));
+        w.str("upstream_model", Some(self.upstream_model));
+        w.key("backend");
+        match self.backend {
+            Some(b) => {
+                w.out.push(b'"');
+                addr(w.out, b);
+                w.out.push(b'"');
+            }
+            None => w.out.extend_from_slice(b"null"),
+        }
+        w.raw("stream", if self.stream { "true" } else { "false" });
+        w.int("status", Some(u64::from(self.status)));
+        w.ms("duration_ms", Some(self.duration));
+        w.ms("upstream_ms", self.upstream);
+        w.int("attempts", Some(u64::from(self.attempts)));
+        w.key("attempt_log");
+        match &self.attempt_log {
+            Some(list) => {
+                w.out.push(b'[');
+                for (i, a) in list.iter().enumerate() {
+                    if i > 0 {
+                        w.out.push(b',');
+                    }
+                    json_str(w.out, a);
+                }
+                w.out.push(b']');
+            }
+            None => w.out.extend_from_slice(b"null"),
+        }
+        w.str("error", self.error);
+        w.ms("ttft_ms", self.ttft);
+        let u = self.usage.as_ref();
+        w.int("prompt_tokens", u.map(|u| u.prompt));
+        w.int("completion_tokens", u.map(|u| u.completion));
+        w.int("cached_tokens", u.map(|u| u.cached));
+        w.int("reasoning_tokens", u.map(|u| u.reasoning));
+        w.str("usage_source", self.usage_source);
+        w.key("cost_usd");
+        match self.cost_usd.and_then(serde_json::Number::from_f64) {
+            // The shortest form that reads back as the same f64.
+            Some(c) => {
+                let _ = write!(w.out, "{c}");
+            }
+            None => w.out.extend_from_slice(b"null"),
+        }
+        w.raw("unpriced", if self.unpriced { "true" } else { "false" });
+        w.raw("partial", if self.partial { "true" } else { "false" });
+        w.out.push(b'}');
+    }
+}
+
+/// Writes the members of one JSON object.
+struct Line<'o> {
+    out: &'o mut Vec<u8>,
+    first: bool,
+}
+
+impl Line<'_> {
+    fn key(&mut self, k: &str) {
+        self.out.push(if self.first { b'{' } else { b',' });
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(k.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+    fn raw(&mut self, k: &str, v: &str) {
+        self.key(k);
+        self.out.extend_from_slice(v.as_bytes());
+    }
+    fn str(&mut self, k: &str, v: Option<&str>) {
+        self.key(k);
+        match v {
+            Some(v) => json_str(self.out, v),
+            None => self.out.extend_from_slice(b"null"),
+        }
+    }
+    fn int(&mut self, k: &str, v: Option<u64>) {
+        self.key(k);
+        match v {
+            Some(n) => self
+                .out
+                .extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+            None => self.out.extend_from_slice(b"null"),
+        }
+    }
+    /// A duration in milliseconds with microsecond precision.
+    fn ms(&mut self, k: &str, v: Option<Duration>) {
+        match v {
+            Some(d) => self.fixed(k, d.as_micros(), 3),
+            None => self.raw(k, "null"),
+        }
+    }
+    /// `n / 10^decimals` written with exactly `decimals` digits after the point.
+    fn fixed(&mut self, k: &str, n: u128, decimals: u32) {
+        self.key(k);
+        let scale = 10u128.pow(decimals);
+        let mut buf = itoa::Buffer::new();
+        self.out.extend_from_slice(buf.format(n / scale).as_bytes());
+        self.out.push(b'.');
+        let frac = buf.format(n % scale + scale);
+        // `frac` is "1" followed by exactly `decimals` digits.
+        self.out.extend_from_slice(&frac.as_bytes()[1..]);
+    }
+}
+
+/// Appends `ip:port` (`[ip]:port` for IPv6). No character needs escaping.
+fn addr(out: &mut Vec<u8>, a: SocketAddr) {
+    let mut buf = itoa::Buffer::new();
+    match a {
+        SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(buf.format(*octet).as_bytes());
+            }
+        }
+        SocketAddr::V6(v6) => {
+            let _ = write!(out, "[{}]", v6.ip());
+        }
+    }
+    out.push(b':');
+    out.extend_from_slice(buf.format(a.port()).as_bytes());
+}
+
+/// Appends `s` as a JSON string.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
+    let mut start = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&s.as_bytes()[start..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.extend_from_slice(esc);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&s.as_bytes()[start..]);
+    out.push(b'"');
 }
 
 /// Lines wait here until the writer's next tick. Appending takes an
@@ -88,12 +257,8 @@ pub fn write(rec: &Record<'_>) {
         }
         return;
     }
-    let before = buf.len();
-    if serde_json::to_writer(&mut *buf, rec).is_ok() {
-        buf.push(b'\n');
-    } else {
-        buf.truncate(before);
-    }
+    rec.encode(&mut buf);
+    buf.push(b'\n');
 }
 
 // The thread starts on first use, after Pingora has daemonized (a thread made
@@ -136,10 +301,85 @@ fn write_out(data: &[u8]) {
     }
 }
 
-/// Seconds since the Unix epoch, as a float.
-pub fn now_ts() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn record(attempt_log: Option<Vec<String>>, backend: Option<SocketAddr>) -> Record<'static> {
+        Record {
+            ts: UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+            request_id: "id-1",
+            method: "POST",
+            endpoint: "chat",
+            key: "team \"a\"\\\n\u{1}é",
+            model: "fast",
+            provider: "p",
+            upstream_model: "m",
+            backend,
+            stream: true,
+            status: 200,
+            duration: Duration::from_micros(12_345),
+            upstream: Some(Duration::from_micros(7)),
+            attempts: 2,
+            attempt_log,
+            error: None,
+            ttft: None,
+            usage: Some(Usage {
+                prompt: 10,
+                completion: 5,
+                cached: 2,
+                reasoning: 1,
+            }),
+            usage_source: Some("reported"),
+            cost_usd: Some(1.25e-6),
+            unpriced: false,
+            partial: true,
+        }
+    }
+
+    fn parse(rec: &Record<'_>) -> Value {
+        let mut out = Vec::new();
+        rec.encode(&mut out);
+        serde_json::from_slice(&out).expect("valid JSON")
+    }
+
+    #[test]
+    fn encodes_every_field_as_json() {
+        let v4: SocketAddr = "10.0.0.5:8000".parse().expect("addr");
+        let v = parse(&record(
+            Some(vec!["p@x:ok".into(), "q:\"e\"".into()]),
+            Some(v4),
+        ));
+        assert_eq!(v["ts"].as_f64(), Some(1_700_000_000.123456));
+        assert_eq!(v["key"], "team \"a\"\\\n\u{1}é");
+        assert_eq!(v["backend"], "10.0.0.5:8000");
+        assert_eq!(v["stream"], true);
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["duration_ms"].as_f64(), Some(12.345));
+        assert_eq!(v["upstream_ms"].as_f64(), Some(0.007));
+        assert_eq!(v["attempt_log"][1], "q:\"e\"");
+        assert_eq!(v["error"], Value::Null);
+        assert_eq!(v["ttft_ms"], Value::Null);
+        assert_eq!(v["prompt_tokens"], 10);
+        assert_eq!(v["reasoning_tokens"], 1);
+        assert_eq!(v["usage_source"], "reported");
+        assert_eq!(v["cost_usd"].as_f64(), Some(1.25e-6));
+        assert_eq!(v["partial"], true);
+        assert_eq!(v.as_object().map(|o| o.len()), Some(25));
+    }
+
+    #[test]
+    fn absent_values_are_null_and_ipv6_is_bracketed() {
+        let v6: SocketAddr = "[::1]:443".parse().expect("addr");
+        let mut rec = record(None, Some(v6));
+        rec.usage = None;
+        rec.cost_usd = None;
+        let v = parse(&rec);
+        assert_eq!(v["backend"], "[::1]:443");
+        assert_eq!(v["attempt_log"], Value::Null);
+        assert_eq!(v["prompt_tokens"], Value::Null);
+        assert_eq!(v["cost_usd"], Value::Null);
+        assert_eq!(parse(&record(None, None))["backend"], Value::Null);
+    }
 }

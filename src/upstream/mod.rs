@@ -40,6 +40,10 @@ pub struct Upstream {
     /// Passive-health state of each current backend (shared across reloads).
     states: ArcSwap<HashMap<SocketAddr, Arc<BackendState>>>,
     pub ca: Option<tls::CaList>,
+    /// Pool key of the trust settings: connections verified against one CA
+    /// are never reused by a provider that trusts another (Pingora's pool
+    /// key covers the address and SNI, not the CA).
+    trust_key: u64,
     pub health: HealthConf,
     pub dns_refresh: Duration,
     /// Configured targets, for logs and the health metric.
@@ -73,9 +77,12 @@ impl Upstream {
             .collect();
         let backends = Backends::new(Box::new(DnsDiscovery::new(targets)));
         let mut balancer = LoadBalancer::<RoundRobin>::from_backends(backends);
-        let ca = match &p.ca_file {
-            Some(f) => Some(tls::load_ca_file(f)?),
-            None => None,
+        let (ca, trust_key) = match &p.ca_file {
+            Some(f) => {
+                let (ca, key) = tls::load_ca_file(f)?;
+                (Some(ca), key)
+            }
+            None => (None, 0),
         };
         let host = HeaderValue::from_str(&base.host_header()).map_err(|e| e.to_string())?;
         let auth = match &p.api_key {
@@ -118,6 +125,7 @@ impl Upstream {
             breaker: p.breaker.clone(),
             states: ArcSwap::from_pointee(HashMap::new()),
             ca,
+            trust_key,
             health: p.health_check.clone(),
             dns_refresh: p.dns_refresh.get(),
             targets: target_names,
@@ -234,6 +242,7 @@ impl Upstream {
         if let Some(ca) = &self.ca {
             peer.options.ca = Some(ca.clone());
         }
+        peer.group_key = self.trust_key;
         peer
     }
 
