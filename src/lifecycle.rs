@@ -32,7 +32,7 @@ impl BackgroundService for DrainOnTerm {
         std::thread::sleep(self.settle);
         loop {
             let in_flight = metrics::get().map_or(0, |m| m.in_flight.get());
-            if in_flight <= 0 {
+            if in_flight <= 0 && crate::proxy::header_guard::busy_connections() == 0 {
                 log::info!("drained; exiting");
                 crate::telemetry::access_log::flush();
                 std::process::exit(0);

@@ -157,29 +157,24 @@ impl StreamMeter {
     }
 
     /// Reads one chunk and sets what is forwarded in its place: the same
-    /// `Bytes` unless a usage-only chunk is cut (strip mode holds back an
-    /// unfinished event until it is complete).
+    /// `Bytes` when the chunk ends on an event boundary and nothing is cut.
+    /// An unfinished event at the end of a chunk is held back until it is
+    /// complete (a client cannot use half an event, and if the stream breaks
+    /// there, the error event must not be glued to half an event). An event
+    /// over the scan limit is an error: the caller aborts the stream, and
+    /// nothing more is forwarded.
     pub fn on_chunk(&mut self, body: &mut Option<Bytes>, eos: bool) -> Result<(), Overflow> {
+        let chunk = body.take().unwrap_or_default();
         if self.overflowed {
             return Ok(());
         }
-        let chunk = body.take().unwrap_or_default();
         let start = self.scanner.offset();
         let sink = &mut self.sink;
         let mut scanned = self.scanner.feed(&chunk, |e| sink.on_event(e));
         if scanned.is_ok() && eos {
             scanned = self.scanner.finish(|e| sink.on_event(e));
         }
-        if let Err(o) = scanned {
-            // Stop reading; forward everything, held bytes included.
-            self.overflowed = true;
-            *body = Some(self.release(chunk));
-            return Err(o);
-        }
-        if !self.sink.strip {
-            *body = Some(chunk);
-            return Ok(());
-        }
+        let overflow = scanned.err();
         let (data, data_start) = if self.held.is_empty() {
             (chunk, start)
         } else {
@@ -187,26 +182,25 @@ impl StreamMeter {
             (self.held.split().freeze(), self.held_start)
         };
         let end = data_start + data.len() as u64;
-        let boundary = if eos {
+        let boundary = if eos && overflow.is_none() {
             end
         } else {
             self.scanner.pending_from().clamp(data_start, end)
         };
         let keep = (boundary - data_start) as usize;
+        *body = Some(cut(data.slice(..keep), data_start, &mut self.sink.cuts));
+        if let Some(o) = overflow {
+            // The complete events before the long one go out (before the
+            // error event); the long one is dropped.
+            self.overflowed = true;
+            self.held = BytesMut::new();
+            return Err(o);
+        }
         if keep < data.len() {
             self.held.extend_from_slice(&data[keep..]);
             self.held_start = boundary;
         }
-        *body = Some(cut(data.slice(..keep), data_start, &mut self.sink.cuts));
         Ok(())
-    }
-
-    fn release(&mut self, chunk: Bytes) -> Bytes {
-        if self.held.is_empty() {
-            return chunk;
-        }
-        self.held.extend_from_slice(&chunk);
-        self.held.split().freeze()
     }
 }
 

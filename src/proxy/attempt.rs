@@ -265,6 +265,12 @@ pub fn on_proxy_error(ctx: &mut Ctx, e: &mut Error) {
             e.etype(),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout
         ) && e.esource() == &pingora::ErrorSource::Upstream);
+    if e.esource() == &pingora::ErrorSource::Downstream && fired.is_none() {
+        // The client failed (gone, or too slow to take the response within
+        // the write timeout): not the upstream's fault, nothing to retry.
+        e.set_retry(false);
+        return;
+    }
     if ctx.response_started {
         // Mid-stream: nothing can be retried; the stream ends with an error event.
         ctx.mid_stream_error = Some(if timeout {

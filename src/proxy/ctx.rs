@@ -65,6 +65,9 @@ pub struct Ctx {
     pub verdict_retry: Option<bool>,
     /// The stream broke after it started.
     pub mid_stream_error: Option<GatewayError>,
+    /// Complete events not yet forwarded when the stream was aborted: they
+    /// go out just before the error event.
+    pub unsent: Option<bytes::Bytes>,
     /// Enforces first-byte/idle/total limits for this attempt.
     pub watchdog: Option<crate::resilience::watchdog::Watchdog>,
     /// Each attempt and how it ended, for the access log.
@@ -149,6 +152,7 @@ impl Ctx {
             response_started: false,
             verdict_retry: None,
             mid_stream_error: None,
+            unsent: None,
             watchdog: None,
             attempt_log: Vec::new(),
             usage_injected: false,

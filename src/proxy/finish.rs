@@ -32,7 +32,8 @@ pub fn classify(e: &Error) -> Option<GatewayError> {
         _ => match e.esource() {
             ErrorSource::Upstream => Some(GatewayError::UpstreamError),
             ErrorSource::Downstream => match e.etype() {
-                ReadError | WriteError | ConnectionClosed => None,
+                // Gone, or too slow to take the response: nothing can be sent.
+                ReadError | WriteError | ConnectionClosed | WriteTimedout => None,
                 ReadTimedout => Some(GatewayError::RequestTimeout),
                 _ => Some(GatewayError::invalid("Malformed request.")),
             },
@@ -62,6 +63,9 @@ pub async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u
         // [DONE]), so SDKs raise; any other body is cut short.
         let err = ctx.mid_stream_error.clone().unwrap_or(err);
         if matches!(ctx.meter, Meter::Stream(_)) {
+            if let Some(unsent) = ctx.unsent.take() {
+                let _ = session.write_response_body(Some(unsent), false).await;
+            }
             let event = format!("data: {}\n\n", String::from_utf8_lossy(&err.body()));
             let _ = session
                 .write_response_body(Some(bytes::Bytes::from(event)), true)

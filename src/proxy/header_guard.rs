@@ -12,6 +12,7 @@ use pingora::apps::ServerApp;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,6 +40,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
         session: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let _busy = Busy::enter();
         if !session.as_any().is::<L4Stream>() {
             // Not a plain TCP stream (e.g. TLS): Pingora's own limits apply.
             return self.inner.process_new(session, shutdown).await;
@@ -75,13 +77,51 @@ pub struct HeaderLimits {
     pub max_bytes: usize,
 }
 
+/// How long a connection with no request yet is kept open once shutdown
+/// has begun.
+const LAST_CHANCE: Duration = Duration::from_secs(1);
+
+/// Connections being read or served, from accept to close (the drain on
+/// shutdown waits for them, so one accepted just before the stop, whose
+/// request has not arrived yet, is still served).
+static BUSY: AtomicUsize = AtomicUsize::new(0);
+
+/// Connections now open and waiting for, or serving, a request.
+pub fn busy_connections() -> usize {
+    BUSY.load(Ordering::Relaxed)
+}
+
+struct Busy;
+
+impl Busy {
+    fn enter() -> Self {
+        BUSY.fetch_add(1, Ordering::Relaxed);
+        Busy
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        BUSY.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn read_header(s: &mut L4Stream, l: HeaderLimits, shutdown: &ShutdownWatch) -> Header {
     let mut buf = BytesMut::with_capacity(4096);
     let mut shutdown = shutdown.clone();
-    // Wait for the first byte: keep-alive idle time, or shutdown.
-    let first = tokio::select! {
-        r = tokio::time::timeout(l.idle, s.read_buf(&mut buf)) => r,
-        _ = shutdown.changed() => return Header::Close,
+    // Wait for the first byte: keep-alive idle time. On shutdown, a
+    // connection accepted just before the listener closed may not have sent
+    // its request yet: it gets a short last chance, then closes.
+    let last_chance = LAST_CHANCE.min(l.idle);
+    let first = if *shutdown.borrow() {
+        tokio::time::timeout(last_chance, s.read_buf(&mut buf)).await
+    } else {
+        tokio::select! {
+            r = tokio::time::timeout(l.idle, s.read_buf(&mut buf)) => r,
+            _ = shutdown.changed() => {
+                tokio::time::timeout(last_chance, s.read_buf(&mut buf)).await
+            }
+        }
     };
     match first {
         Ok(Ok(n)) if n > 0 => {}

@@ -127,7 +127,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> pingora::Result<Option<std::time::Duration>> {
-        response::on_chunk(body, end_of_stream, ctx);
+        response::on_chunk(body, end_of_stream, ctx)?;
         Ok(None)
     }
 

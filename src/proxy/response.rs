@@ -2,6 +2,7 @@
 //! pass each chunk through the meter.
 
 use crate::accounting::meter::{BodyMeter, StreamMeter};
+use crate::error::GatewayError;
 use crate::proxy::attempt;
 use crate::proxy::ctx::{Ctx, Meter};
 use crate::proxy::headers::REQUEST_ID;
@@ -89,8 +90,9 @@ fn is_event_stream(resp: &ResponseHeader) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
-/// Runs for each body chunk going to the client.
-pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) {
+/// Runs for each body chunk going to the client. An error aborts the
+/// response (the stream then ends with an error event).
+pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pingora::Result<()> {
     if ctx.first_byte_at.is_none() && body.as_ref().is_some_and(|b| !b.is_empty()) {
         ctx.first_byte_at = Some(Instant::now());
     }
@@ -106,10 +108,20 @@ pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) {
         Meter::Stream(m) => {
             if m.on_chunk(body, eos).is_err() {
                 log::warn!(
-                    "request {}: an SSE event exceeded the scan limit; usage will be estimated",
-                    ctx.request_id
+                    "request {}: the upstream sent an SSE event over {} bytes; stream aborted",
+                    ctx.request_id,
+                    crate::accounting::meter::MAX_EVENT_BYTES
                 );
+                ctx.watchdog = None;
+                ctx.mid_stream_error = Some(GatewayError::UpstreamError);
+                ctx.unsent = body.take().filter(|b| !b.is_empty());
+                return Err(pingora::Error::explain(
+                    pingora::ErrorType::InvalidHTTPHeader,
+                    "SSE event over the size limit",
+                )
+                .into_up());
             }
         }
     }
+    Ok(())
 }

@@ -28,6 +28,9 @@ struct Shared {
     /// Microseconds after `start` of the last upstream activity.
     last: AtomicU64,
     headers: AtomicBool,
+    /// Wakes the watchdog when the headers arrive: it sleeps towards the
+    /// first-byte deadline until then, which may be far past the idle one.
+    headers_arrived: tokio::sync::Notify,
     fired: AtomicU8,
 }
 
@@ -48,6 +51,7 @@ impl Watchdog {
             start: Instant::now(),
             last: AtomicU64::new(0),
             headers: AtomicBool::new(false),
+            headers_arrived: tokio::sync::Notify::new(),
             fired: AtomicU8::new(0),
         });
         let watched = shared.clone();
@@ -59,6 +63,7 @@ impl Watchdog {
     pub fn headers(&self) {
         self.activity();
         self.shared.headers.store(true, Relaxed);
+        self.shared.headers_arrived.notify_one();
     }
 
     /// A body chunk arrived.
@@ -86,7 +91,8 @@ impl Drop for Watchdog {
 async fn watch(s: Arc<Shared>, limits: Limits) {
     loop {
         let elapsed = s.start.elapsed();
-        let (phase_deadline, phase) = if s.headers.load(Relaxed) {
+        let headers = s.headers.load(Relaxed);
+        let (phase_deadline, phase) = if headers {
             let last = Duration::from_micros(s.last.load(Relaxed));
             (last + limits.idle, Fired::Idle)
         } else {
@@ -104,6 +110,14 @@ async fn watch(s: Arc<Shared>, limits: Limits) {
             }
             return;
         }
-        tokio::time::sleep(deadline - elapsed).await;
+        let sleep = tokio::time::sleep(deadline - elapsed);
+        if headers {
+            sleep.await;
+        } else {
+            tokio::select! {
+                _ = sleep => {}
+                _ = s.headers_arrived.notified() => {}
+            }
+        }
     }
 }
