@@ -50,7 +50,7 @@ impl Sink {
             self.seen.done = true;
             return;
         }
-        let has_usage = memmem::find(d, b"\"usage\"").is_some();
+        let has_usage = usage_object_in(d);
         let has_error = memmem::find(d, b"\"error\"").is_some();
         if has_usage || has_error {
             if let Ok(v) = serde_json::from_slice::<Value>(d) {
@@ -74,6 +74,17 @@ impl Sink {
             collect_strings(d, p, &mut self.seen);
         }
     }
+}
+
+/// Whether `d` has a `"usage"` key followed by an object (OpenAI sends
+/// `"usage":null` in every chunk of a stream that asked for usage: those
+/// chunks are not parsed).
+fn usage_object_in(d: &[u8]) -> bool {
+    memmem::find_iter(d, b"\"usage\"").any(|pos| {
+        let rest = &d[pos + 7..];
+        let mut it = rest.iter().skip_while(|b| b.is_ascii_whitespace());
+        it.next() == Some(&b':') && it.find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+    })
 }
 
 /// Appends every JSON string value that follows `"key":` in `d`.
@@ -335,6 +346,24 @@ pub fn output_text(doc: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_usage_object_is_worth_parsing() {
+        assert!(usage_object_in(
+            br#"{"choices":[],"usage":{"prompt_tokens":1}}"#
+        ));
+        assert!(usage_object_in(br#"{"usage" :  {"x":1}}"#));
+        assert!(usage_object_in(
+            br#"{"type":"response.completed","response":{"usage":{"input_tokens":3}}}"#
+        ));
+        assert!(!usage_object_in(
+            br#"{"choices":[{"delta":{"content":"hi"}}],"usage":null}"#
+        ));
+        assert!(!usage_object_in(
+            br#"{"choices":[{"delta":{"content":""usage" is a word"}}]}"#
+        ));
+        assert!(!usage_object_in(br#"{"usage""#));
+    }
 
     const STREAM: &str = concat!(
         "data: {\"id\":\"1\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}],\"usage\":null}\n\n",
