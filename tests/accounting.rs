@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use support::prom::{self, assert_sample, sample, series_count, sum};
-use support::{Behavior, Gateway, MockUpstream, Recorded, Reply};
+use support::{header, Behavior, Gateway, MockUpstream, Recorded, Reply, CONFIG_HEAD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -24,11 +24,7 @@ const PRICE: &str = "price: { input: 0.15, cached_input: 0.075, output: 0.60 }";
 /// `models:` entries (already indented) and the key `alice` = [`KEY`].
 fn config(port: u16, api_key: &str, models: &str) -> String {
     format!(
-        r#"
-listen: "{{LISTEN}}"
-metrics_listen: "{{METRICS}}"
-server: {{ pid_file: "{{TMP}}/t.pid", upgrade_sock: "{{TMP}}/u.sock" }}
-providers:
+        r#"{CONFIG_HEAD}providers:
   up:
     kind: openai
     base_url: "http://127.0.0.1:{port}/v1"
@@ -93,24 +89,6 @@ fn assert_cost(text: &str, route: &[(&str, &str)], expected: f64) {
     );
 }
 
-/// The access-log line of request `rid` (waits for the async writer).
-async fn access_line(gw: &Gateway, rid: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        for line in gw.logs().lines() {
-            if let Ok(v) = serde_json::from_str::<Value>(line.trim()) {
-                if v.get("request_id").and_then(Value::as_str) == Some(rid) {
-                    return v;
-                }
-            }
-        }
-        if Instant::now() >= deadline {
-            panic!("no access-log line for {rid}; log:\n{}", gw.logs());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 async fn post(gw: &Gateway, key: &str, rid: Option<&str>, body: &Value) -> reqwest::Response {
     let mut req = support::client()
         .post(gw.url("/v1/chat/completions"))
@@ -136,12 +114,6 @@ async fn read_all(resp: reqwest::Response) -> Vec<u8> {
         }
     }
     out
-}
-
-fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_string())
 }
 
 // ---------------------------------------------------------------------------
@@ -261,7 +233,7 @@ async fn injected_usage_chunk_is_metered_and_cut_from_the_client_stream() {
         "client stream != mock stream minus the usage event"
     );
 
-    let line = access_line(&gw, "strip-1").await;
+    let line = gw.access_line("strip-1").await;
     let m = gw.metrics_text().await;
     let r = route("chat-strip", "gpt-4o-mini");
     assert_tokens(&m, &r, "reported", STREAM_USAGE);
@@ -386,7 +358,7 @@ async fn injected_usage_is_cut_whatever_the_framing_and_client_options() {
             String::from_utf8_lossy(&got),
             String::from_utf8_lossy(&expected)
         );
-        access_line(&gw, rid).await;
+        gw.access_line(rid).await;
     }
     let m = gw.metrics_text().await;
     let r = route("chat-strip", "gpt-4o-mini");
@@ -413,7 +385,7 @@ async fn usage_chunk_the_client_asked_for_arrives_unchanged() {
     let sent = up.last().expect("request").json();
     assert_eq!(sent["stream_options"], json!({"include_usage": true}));
 
-    access_line(&gw, "asked-1").await;
+    gw.access_line("asked-1").await;
     let m = gw.metrics_text().await;
     let r = route("chat-asked", "gpt-4o-mini");
     assert_tokens(&m, &r, "reported", STREAM_USAGE);
@@ -478,8 +450,8 @@ async fn non_stream_usage_with_cached_and_reasoning_tokens_is_priced_exactly() {
     assert!(!generated.is_empty() && generated != "client-req-42");
     let _ = resp.text().await;
 
-    let line = access_line(&gw, "client-req-42").await;
-    access_line(&gw, &generated).await;
+    let line = gw.access_line("client-req-42").await;
+    gw.access_line(&generated).await;
     let m = gw.metrics_text().await;
     let r = route("chat", "gpt-4o-mini");
     assert_tokens(&m, &r, "reported", [4000, 600, 3072, 256]);
@@ -524,7 +496,7 @@ async fn route_without_price_counts_unpriced_not_zero_cost() {
     let resp = post(&gw, KEY, Some("paid-1"), &paid).await;
     assert_eq!(resp.status(), 200, "log:\n{}", gw.logs());
     let _ = resp.text().await;
-    access_line(&gw, "paid-1").await;
+    gw.access_line("paid-1").await;
     let before = gw.metrics_text().await;
     let cost_before = sum(&before, "tollgate_cost_usd_total", &[]);
     assert!(cost_before > 0.0, "priced request cost nothing:\n{before}");
@@ -539,7 +511,7 @@ async fn route_without_price_counts_unpriced_not_zero_cost() {
         Some("up/llama-3.1-8b")
     );
     let _ = resp.text().await;
-    let line = access_line(&gw, "free-1").await;
+    let line = gw.access_line("free-1").await;
     let after = gw.metrics_text().await;
 
     assert_sample(&after, "tollgate_unpriced_requests_total", &fr, 1.0);
@@ -670,8 +642,8 @@ async fn missing_usage_is_estimated_with_the_tokenizer() {
     assert_eq!(resp.status(), 200, "log:\n{}", gw.logs());
     let _ = resp.text().await;
 
-    let ls = access_line(&gw, "est-stream").await;
-    let ln = access_line(&gw, "est-json").await;
+    let ls = gw.access_line("est-stream").await;
+    let ln = gw.access_line("est-json").await;
     let m = gw.metrics_text().await;
     for (alias, line) in [("est-s", &ls), ("est-n", &ln)] {
         let r = route(alias, "gpt-4o");
@@ -870,7 +842,7 @@ async fn stream_cut_by_the_upstream_ends_with_an_error_and_is_partial() {
             "{alias}: error event not terminated:\n{text:?}"
         );
 
-        let line = access_line(&gw, rid).await;
+        let line = gw.access_line(rid).await;
         let m = gw.metrics_text().await;
         assert_sample(
             &m,
@@ -1118,11 +1090,7 @@ async fn secrets_never_reach_logs_metrics_clients_or_upstream() {
     }))
     .await;
     let config = format!(
-        r#"
-listen: "{{LISTEN}}"
-metrics_listen: "{{METRICS}}"
-server: {{ pid_file: "{{TMP}}/t.pid", upgrade_sock: "{{TMP}}/u.sock" }}
-providers:
+        r#"{CONFIG_HEAD}providers:
   up:
     kind: openai
     base_url: "http://127.0.0.1:{port}/v1"
@@ -1255,7 +1223,7 @@ keys:
     // Every request that was logged is in the log file before we read it.
     for rid in &rids {
         if !rid.ends_with("models") {
-            access_line(&gw, rid).await;
+            gw.access_line(rid).await;
         }
     }
     let metrics = gw.metrics_text().await;

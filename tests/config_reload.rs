@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use support::prom::sample;
-use support::{sse_chat_events, Behavior, Gateway, MockUpstream, TestCa};
+use support::{sse_chat_events, Behavior, Gateway, MockUpstream, TestCa, CONFIG_HEAD};
 
 // ---------------------------------------------------------------------------
 // --test
@@ -263,11 +263,7 @@ const RELOADS: &str = "tollgate_config_reloads_total";
 /// two spaces) and key alice. `a`'s key comes from `${TG_RELOAD_PROVIDER_KEY}`.
 fn config(a: u16, b: u16, models: &str) -> String {
     format!(
-        r#"
-listen: "{{LISTEN}}"
-metrics_listen: "{{METRICS}}"
-server: {{ pid_file: "{{TMP}}/t.pid", upgrade_sock: "{{TMP}}/u.sock" }}
-providers:
+        r#"{CONFIG_HEAD}providers:
   a:
     kind: openai
     base_url: "http://127.0.0.1:{a}/v1"

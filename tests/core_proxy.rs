@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,10 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use support::prom;
-use support::{sse_chat_events, Behavior, Gateway, MockUpstream, Recorded, TestCa};
+use support::{
+    assert_error, sse_chat_events, text, wait_until, Behavior, Gateway, MockUpstream, Recorded,
+    TestCa, CONFIG_HEAD,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -35,11 +38,7 @@ const QUICK: Duration = Duration::from_secs(15);
 /// indented by two spaces) and the given `keys:` body.
 fn config(providers: &str, models: &str, keys: &str) -> String {
     format!(
-        r#"
-listen: "{{LISTEN}}"
-metrics_listen: "{{METRICS}}"
-server: {{ pid_file: "{{TMP}}/t.pid", upgrade_sock: "{{TMP}}/u.sock" }}
-providers:
+        r#"{CONFIG_HEAD}providers:
 {providers}
 models:
 {models}
@@ -60,10 +59,6 @@ fn provider(name: &str, port: u16, prefix: &str, api_key: &str) -> String {
     format!(
         "  {name}:\n    kind: openai\n    base_url: \"http://127.0.0.1:{port}{prefix}\"\n    api_key: \"{api_key}\"\n    health_check: {{ enabled: false }}\n"
     )
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// The JSON string literal for `s`.
@@ -113,30 +108,6 @@ async fn post_chat(gw: &Gateway, model: &str) -> (u16, Vec<u8>) {
     (status, resp.bytes().await.expect("body").to_vec())
 }
 
-/// Asserts an OpenAI-format error body with the given status, type and code.
-#[track_caller]
-fn assert_error(status: u16, body: &[u8], want: (u16, &str, &str)) {
-    let v: Value = serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {:?}", text(body)));
-    assert_eq!(
-        (
-            status,
-            v["error"]["type"].as_str(),
-            v["error"]["code"].as_str()
-        ),
-        (want.0, Some(want.1), Some(want.2)),
-        "body: {v}"
-    );
-    let e = v["error"].as_object().expect("`error` is an object");
-    let keys: BTreeSet<&str> = e.keys().map(String::as_str).collect();
-    assert_eq!(
-        keys,
-        BTreeSet::from(["code", "message", "param", "type"]),
-        "{v}"
-    );
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-}
-
 /// The one value of `metric{labels}` on the gateway's `/metrics`.
 async fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     prom::sample(&gw.metrics_text().await, name, labels)
@@ -178,20 +149,6 @@ async fn settled_metrics(gw: &Gateway, alias: &str, n: usize) -> String {
             "tollgate_requests_total{{request_model={alias}}} is {got}, expected {n}:\n{t}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// Polls `cond` every 20 ms until it holds; returns whether it did in time.
-async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

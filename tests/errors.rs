@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use serde_json::{json, Value};
 use support::prom;
-use support::{Behavior, Gateway, MockUpstream};
+use support::{assert_error, find, text, Behavior, Gateway, MockUpstream, CONFIG_HEAD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -35,11 +35,7 @@ const QUICK: Duration = Duration::from_secs(10);
 /// deadline 2 s.
 fn config(port: u16, max_body: u64) -> String {
     format!(
-        r#"
-listen: "{{LISTEN}}"
-metrics_listen: "{{METRICS}}"
-max_body_bytes: {max_body}
-server: {{ pid_file: "{{TMP}}/t.pid", upgrade_sock: "{{TMP}}/u.sock" }}
+        r#"{CONFIG_HEAD}max_body_bytes: {max_body}
 downstream: {{ body_idle_timeout: 1s, header_timeout: 2s }}
 providers:
   up:
@@ -143,40 +139,6 @@ fn chat(model: &str) -> String {
     json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}).to_string()
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Asserts an OpenAI-format error: exactly `{"error":{message,type,param,code}}`
-/// with a non-empty message, and the given status, `type` and `code`.
-#[track_caller]
-fn assert_error(status: u16, body: &[u8], want: (u16, &str, &str)) -> Value {
-    let (want_status, want_type, want_code) = want;
-    let v: Value = serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {:?}", text(body)));
-    assert_eq!(
-        (
-            status,
-            v["error"]["type"].as_str(),
-            v["error"]["code"].as_str()
-        ),
-        (want_status, Some(want_type), Some(want_code)),
-        "body: {v}"
-    );
-    let top = v.as_object().expect("object");
-    assert_eq!(top.len(), 1, "only `error` at the top level: {v}");
-    let e = v["error"].as_object().expect("`error` is an object");
-    let mut keys: Vec<&str> = e.keys().map(String::as_str).collect();
-    keys.sort_unstable();
-    assert_eq!(keys, ["code", "message", "param", "type"], "{v}");
-    assert!(
-        e["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "message: {v}"
-    );
-    assert!(e["param"].is_null() || e["param"].is_string(), "param: {v}");
-    v
-}
-
 const BAD_REQUEST: (u16, &str, &str) = (400, "invalid_request_error", "invalid_request");
 const INVALID_KEY: (u16, &str, &str) = (401, "authentication_error", "invalid_api_key");
 const NOT_ALLOWED: (u16, &str, &str) = (403, "permission_error", "model_not_allowed");
@@ -229,10 +191,6 @@ enum End {
 struct Raw {
     s: TcpStream,
     buf: Vec<u8>,
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 impl Raw {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use support::prom;
-use support::{Behavior, Gateway, MockUpstream};
+use support::{Behavior, Gateway, MockUpstream, CONFIG_HEAD};
 
 const KEY: &str = "tg-fallback-key-0001";
 const PROVIDER_KEY: &str = "sk-provider-fallback-secret-7c1e";
@@ -65,11 +65,7 @@ fn route(provider: &str, model: &str, extra: &str) -> String {
 /// `max_attempts: 2`), then the providers and the routes of [`ALIAS`].
 fn config(top: &str, providers: &[String], routes: &[String]) -> String {
     format!(
-        r#"
-listen: "{{LISTEN}}"
-metrics_listen: "{{METRICS}}"
-server: {{ pid_file: "{{TMP}}/t.pid", upgrade_sock: "{{TMP}}/u.sock" }}
-{top}
+        r#"{CONFIG_HEAD}{top}
 providers:
 {providers}
 models:
@@ -178,34 +174,12 @@ fn assert_served_by(r: &Resp, provider: &str, model: &str) {
     assert_eq!(r.json()["model"], model, "body: {}", r.text());
 }
 
-/// Asserts an OpenAI-format error: exactly `{"error":{message,type,param,code}}`
-/// with a non-empty message, and the given status, `type` and `code`.
+/// Asserts an error the gateway wrote itself: [`support::assert_json_error`]
+/// (the exact OpenAI error shape, JSON content type), and no route header.
 #[track_caller]
-fn assert_error(r: &Resp, want: (u16, &str, &str)) -> Value {
-    let (want_status, want_type, want_code) = want;
-    let v = r.json();
-    assert_eq!(
-        (
-            r.status,
-            v["error"]["type"].as_str(),
-            v["error"]["code"].as_str()
-        ),
-        (want_status, Some(want_type), Some(want_code)),
-        "body: {v}"
-    );
-    assert_eq!(v.as_object().expect("object").len(), 1, "only `error`: {v}");
-    let e = v["error"].as_object().expect("`error` is an object");
-    let mut keys: Vec<&str> = e.keys().map(String::as_str).collect();
-    keys.sort_unstable();
-    assert_eq!(keys, ["code", "message", "param", "type"], "{v}");
-    assert!(
-        e["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "message: {v}"
-    );
-    assert_eq!(
-        r.header("content-type").as_deref(),
-        Some("application/json")
-    );
+fn assert_gateway_error(r: &Resp, want: (u16, &str, &str)) -> Value {
+    let v =
+        support::assert_json_error(r.status, r.header("content-type").as_deref(), &r.body, want);
     assert!(
         r.route().is_none(),
         "a gateway error names no route: {:?}",
@@ -222,24 +196,6 @@ const RATE_LIMITED: (u16, &str, &str) = (429, "requests", "rate_limit_exceeded")
 // ---------------------------------------------------------------------------
 // Access log and metrics
 // ---------------------------------------------------------------------------
-
-/// The access-log line of request `rid` (waits for the async writer).
-async fn access_line(gw: &Gateway, rid: &str) -> Value {
-    let deadline = Instant::now() + QUICK;
-    loop {
-        for line in gw.logs().lines() {
-            if let Ok(v) = serde_json::from_str::<Value>(line.trim()) {
-                if v.get("request_id").and_then(Value::as_str) == Some(rid) {
-                    return v;
-                }
-            }
-        }
-        if Instant::now() >= deadline {
-            panic!("no access-log line for {rid}; log:\n{}", gw.logs());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 /// `attempt_log` of an access-log line as strings (empty when absent).
 fn attempt_log(line: &Value) -> Vec<String> {
@@ -371,7 +327,7 @@ async fn status_503_falls_back_to_the_next_route_with_its_model() {
     }
 
     // The access log lists both attempts and names the route that served.
-    let line = access_line(&gw, "fb-503-1").await;
+    let line = gw.access_line("fb-503-1").await;
     assert_eq!(line["status"], 200, "{line}");
     assert_eq!(line["attempts"], 2, "{line}");
     assert_eq!(
@@ -475,7 +431,7 @@ async fn stream_request_falls_back_before_the_first_byte() {
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
     assert_eq!((m1.hits(), m2.hits()), (1, 1));
     assert_eq!(m2.last().unwrap().json()["model"], "model-two");
-    let line = access_line(&gw, "fb-stream").await;
+    let line = gw.access_line("fb-stream").await;
     assert_eq!(line["stream"], true, "{line}");
     assert_eq!(
         attempt_log(&line),
@@ -512,7 +468,7 @@ async fn html_where_sse_was_expected_fails_over_or_is_502() {
     assert_eq!(r.route().as_deref(), Some("p2/model-two"));
     assert!(!r.text().contains("captive"), "{}", r.text());
     assert_eq!((m1.hits(), m2.hits()), (1, 1));
-    let line = access_line(&gw, "fb-html-1").await;
+    let line = gw.access_line("fb-html-1").await;
     assert_eq!(
         attempt_log(&line),
         [
@@ -531,7 +487,7 @@ async fn html_where_sse_was_expected_fails_over_or_is_502() {
     ))
     .await;
     let r = post(&gw, "fb-html-2", chat_stream()).await;
-    assert_error(&r, UPSTREAM_ERROR);
+    assert_gateway_error(&r, UPSTREAM_ERROR);
     assert!(!r.text().contains("captive"), "{}", r.text());
     assert_eq!(m1.hits(), 2);
     wait_metric(
@@ -576,7 +532,7 @@ async fn retry_on_the_other_backend(bad_port: u16, bad_hits: impl Fn() -> usize,
         assert_served_by(&r, "pool", "pool-model");
         assert_eq!(good.hits(), before.1 + 1, "{rid}: served by `good`");
         assert_eq!(spare.hits(), 0, "{rid}: never fell back to `spare`");
-        let line = access_line(&gw, &rid).await;
+        let line = gw.access_line(&rid).await;
         if bad_port_attempted(&line, bad_port) {
             if outcome == "status_5xx" {
                 assert_eq!(bad_hits(), before.0 + 1, "{rid}: `bad` answered once");
@@ -677,7 +633,7 @@ async fn retry_attempts_limit_the_tries_per_provider_before_fallback() {
         "each on a different backend: {hits:?}"
     );
     assert_eq!(spare.hits(), 1);
-    let line = access_line(&gw, "fb-limit").await;
+    let line = gw.access_line("fb-limit").await;
     assert_eq!(line["attempts"], 3, "{line}");
     let log = attempt_log(&line);
     assert_eq!(log.len(), 3, "{line}");
@@ -735,7 +691,7 @@ async fn status_429_with_retry_after_falls_back_and_cools_the_backend() {
     assert_served_by(&r, "p2", "model-two");
     assert!(r.header("retry-after").is_none(), "served: {:?}", r.headers);
     assert_eq!((m1.hits(), m2.hits()), (1, 1));
-    let line = access_line(&gw, "fb-429-0").await;
+    let line = gw.access_line("fb-429-0").await;
     assert_eq!(
         attempt_log(&line),
         [
@@ -761,7 +717,7 @@ async fn status_429_with_retry_after_falls_back_and_cools_the_backend() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(checked >= 1, "no request was answered within the cooldown");
-    let line = access_line(&gw, "fb-429-cool-1").await;
+    let line = gw.access_line("fb-429-cool-1").await;
     assert_eq!(
         line["attempts"], 1,
         "the cooling backend is no attempt: {line}"
@@ -822,11 +778,11 @@ async fn status_429_on_the_only_route_is_passed_on_with_retry_after() {
 
     let t0 = Instant::now();
     let r = post(&gw, "fb-429-only", chat()).await;
-    assert_error(&r, RATE_LIMITED);
+    assert_gateway_error(&r, RATE_LIMITED);
     assert_eq!(r.header("retry-after").as_deref(), Some("7"));
     assert!(!r.text().contains("sk-secret-429"), "{}", r.text());
     assert_eq!(m1.hits(), 1);
-    let line = access_line(&gw, "fb-429-only").await;
+    let line = gw.access_line("fb-429-only").await;
     assert_eq!(line["status"], 429, "{line}");
     assert_eq!(line["error"], "rate_limit_exceeded", "{line}");
     assert_eq!(line["attempts"], 1, "{line}");
@@ -834,7 +790,7 @@ async fn status_429_on_the_only_route_is_passed_on_with_retry_after() {
     // Cooling: answered without an attempt, with the time left.
     let r = post(&gw, "fb-429-cooling", chat()).await;
     if r.done < t0 + Duration::from_secs(7) {
-        assert_error(&r, RATE_LIMITED);
+        assert_gateway_error(&r, RATE_LIMITED);
         let secs: u64 = r
             .header("retry-after")
             .expect("Retry-After while cooling")
@@ -842,7 +798,7 @@ async fn status_429_on_the_only_route_is_passed_on_with_retry_after() {
             .expect("Retry-After in seconds");
         assert!((1..=7).contains(&secs), "Retry-After: {secs}");
         assert_eq!(m1.hits(), 1, "the cooling backend was contacted");
-        let line = access_line(&gw, "fb-429-cooling").await;
+        let line = gw.access_line("fb-429-cooling").await;
         assert_eq!(line["attempts"], 0, "{line}");
     }
     wait_metric(
@@ -884,7 +840,7 @@ async fn upstream_401_is_a_generic_502_without_the_upstream_text() {
     .await;
 
     let r = post(&gw, "fb-401", chat()).await;
-    let v = assert_error(&r, UPSTREAM_AUTH);
+    let v = assert_gateway_error(&r, UPSTREAM_AUTH);
     let text = r.text();
     for leaked in [
         "sk-secret-123",
@@ -904,7 +860,7 @@ async fn upstream_401_is_a_generic_502_without_the_upstream_text() {
         "a refused key skips the provider's other backends"
     );
 
-    let line = access_line(&gw, "fb-401").await;
+    let line = gw.access_line("fb-401").await;
     assert_eq!(line["status"], 502, "{line}");
     assert_eq!(line["error"], "upstream_auth_error", "{line}");
     assert_eq!(line["attempts"], 1, "{line}");
@@ -963,9 +919,9 @@ async fn connection_refused_on_every_route_is_502_listing_each_attempt() {
     ))
     .await;
     let r = post(&gw, "fb-refused", chat()).await;
-    assert_error(&r, UPSTREAM_ERROR);
+    assert_gateway_error(&r, UPSTREAM_ERROR);
     assert!(r.took < QUICK, "took {:?}", r.took);
-    let line = access_line(&gw, "fb-refused").await;
+    let line = gw.access_line("fb-refused").await;
     assert_eq!(line["status"], 502, "{line}");
     assert_eq!(line["error"], "upstream_error", "{line}");
     assert_eq!(line["attempts"], 3, "{line}");
@@ -1031,7 +987,7 @@ async fn hang_before_headers_fails_over_after_first_byte_timeout() {
     );
     assert!(r.took < Duration::from_secs(3), "took {:?}", r.took);
     assert_eq!((m1.hits(), m2.hits()), (1, 1));
-    let line = access_line(&gw, "fb-hang-1").await;
+    let line = gw.access_line("fb-hang-1").await;
     assert_eq!(
         attempt_log(&line),
         [
@@ -1080,9 +1036,9 @@ async fn hang_before_headers_with_no_route_left_is_504() {
             "{what}: answered after {:?}",
             r.took
         );
-        let line = access_line(&gw, &rid).await;
+        let line = gw.access_line(&rid).await;
         assert_eq!(line["attempts"], 1, "{what}: {line}");
-        assert_error(&r, UPSTREAM_TIMEOUT);
+        assert_gateway_error(&r, UPSTREAM_TIMEOUT);
         assert_eq!(line["error"], "upstream_timeout", "{what}: {line}");
         assert_eq!(line["status"], 504, "{what}: {line}");
     }
@@ -1119,7 +1075,7 @@ async fn route_first_byte_override_beats_the_provider_timeout() {
         r.took
     );
     assert_eq!((m1.hits(), m2.hits()), (1, 1));
-    let line = access_line(&gw, "fb-override").await;
+    let line = gw.access_line("fb-override").await;
     assert_eq!(
         attempt_log(&line),
         [
@@ -1187,7 +1143,7 @@ async fn breaker_opens_skips_the_backend_then_probes_and_closes() {
         checked >= 1,
         "no request answered while the breaker was open"
     );
-    let line = access_line(&gw, "fb-brk-open-0").await;
+    let line = gw.access_line("fb-brk-open-0").await;
     assert_eq!(line["attempts"], 1, "{line}");
     assert_eq!(line["provider"], "p2", "{line}");
     assert!(
@@ -1204,7 +1160,7 @@ async fn breaker_opens_skips_the_backend_then_probes_and_closes() {
     let r = post(&gw, "fb-brk-probe-1", chat()).await;
     assert_served_by(&r, "p2", "model-two");
     assert_eq!(m1.hits(), 3, "the probe reached p1");
-    let line = access_line(&gw, "fb-brk-probe-1").await;
+    let line = gw.access_line("fb-brk-probe-1").await;
     assert_eq!(
         attempt_log(&line),
         [
@@ -1318,7 +1274,7 @@ async fn fallback_resends_large_bodies_intact() {
                 "{model}"
             );
         }
-        let line = access_line(&gw, &rid).await;
+        let line = gw.access_line(&rid).await;
         assert_eq!(line["attempts"], 2, "{line}");
     }
 }
@@ -1347,10 +1303,10 @@ async fn max_attempts_caps_the_chain() {
         .collect();
     let gw = Gateway::start(&config("max_attempts: 2", &providers, &routes)).await;
     let r = post(&gw, "fb-cap", chat()).await;
-    assert_error(&r, UPSTREAM_ERROR);
+    assert_gateway_error(&r, UPSTREAM_ERROR);
     let hits: Vec<usize> = mocks.iter().map(MockUpstream::hits).collect();
     assert_eq!(hits, [1, 1, 0, 0], "the first two routes, once each");
-    let line = access_line(&gw, "fb-cap").await;
+    let line = gw.access_line("fb-cap").await;
     assert_eq!(line["attempts"], 2, "{line}");
     assert_eq!(
         attempt_log(&line),

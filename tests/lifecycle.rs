@@ -34,7 +34,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use support::prom::{sample, sum};
-use support::{sse_chat_events, Behavior, Gateway, MockUpstream, Reply, ReplyBody};
+use support::{
+    sse_chat_events, text, wait_until, Behavior, Gateway, MockUpstream, Reply, ReplyBody,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -112,10 +114,6 @@ fn count(hay: &[u8], needle: &[u8]) -> usize {
         }
     }
     n
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 // ---------------------------------------------------------------------------
@@ -248,20 +246,6 @@ fn request_complete(buf: &[u8]) -> bool {
     buf.len() >= end + 4 + len
 }
 
-/// Polls `cond` every 10 ms; whether it held within `timeout`.
-async fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Starts a gateway and waits until no request is in flight (a readiness
 /// probe abandoned by a slow start may still be finishing).
 async fn start(yaml: &str) -> Gateway {
@@ -285,28 +269,6 @@ async fn assert_in_flight_drains(gw: &Gateway) {
         assert!(
             Instant::now() < deadline,
             "{IN_FLIGHT} stuck at {v}; log:\n{}",
-            gw.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The access-log line of request `id` (waits for the writer's tick).
-async fn access_line(gw: &Gateway, id: &str) -> Value {
-    let path = gw.tmp_dir().join("access.log");
-    let deadline = Instant::now() + QUICK;
-    loop {
-        let all = std::fs::read_to_string(&path).unwrap_or_default();
-        let found = all
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["request_id"] == id);
-        if let Some(v) = found {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no access-log line for {id}; access log:\n{all}\nlog:\n{}",
             gw.logs()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -412,7 +374,7 @@ async fn row27_client_gone_mid_stream_cancels_upstream_and_logs_partial_usage() 
     );
     assert_in_flight_drains(&gw).await;
 
-    let line = access_line(&gw, id).await;
+    let line = gw.access_line(id).await;
     assert_eq!(line["stream"], true, "{line}");
     assert_eq!(line["status"], 499, "logged as client-closed: {line}");
     assert_eq!(line["partial"], true, "no [DONE], no usage: {line}");
@@ -452,7 +414,7 @@ async fn client_gone_before_response_headers(stream: bool) {
     let mut c = RawClient::connect(&gw.listen_addr()).await;
     c.send(&raw_chat(id, stream)).await;
     assert!(
-        poll(QUICK, || up.requests() >= 1).await,
+        wait_until(QUICK, || up.requests() >= 1).await,
         "request never reached the upstream; log:\n{}",
         gw.logs()
     );
@@ -470,7 +432,7 @@ async fn client_gone_before_response_headers(stream: bool) {
     let t = Instant::now();
     drop(c);
     assert!(
-        poll(QUICK, || up.closed() >= 1).await,
+        wait_until(QUICK, || up.closed() >= 1).await,
         "the upstream request was never cancelled; log:\n{}",
         gw.logs()
     );
@@ -480,7 +442,7 @@ async fn client_gone_before_response_headers(stream: bool) {
         "upstream cancelled {took:?} after the client left"
     );
     assert_in_flight_drains(&gw).await;
-    let line = access_line(&gw, id).await;
+    let line = gw.access_line(id).await;
     assert_eq!(line["stream"], stream, "{line}");
     assert_eq!(line["status"], 499, "logged as client-closed: {line}");
     assert_eq!(line["attempts"], 1, "{line}");
@@ -551,7 +513,7 @@ async fn row27_client_gone_during_slow_non_stream_body_cancels_upstream() {
         "upstream cancelled {took:?} after the client left"
     );
     assert_in_flight_drains(&gw).await;
-    let line = access_line(&gw, id).await;
+    let line = gw.access_line(id).await;
     assert_eq!(line["stream"], false, "{line}");
     assert_eq!(line["status"], 499, "logged as client-closed: {line}");
     assert_eq!(up.hits(), 1, "not retried after the client left");
@@ -675,7 +637,7 @@ async fn row28_slow_readers_are_dropped_after_write_timeout_with_bounded_memory(
     // Logged as partial streams the gateway cut on the client's side: the
     // upstream did nothing wrong.
     for id in ["lifecycle-slow-reader", "lifecycle-stalled-reader"] {
-        let line = access_line(&gw, id).await;
+        let line = gw.access_line(id).await;
         assert_eq!(line["partial"], true, "{line}");
         assert!(
             line["status"] == 499 && line["error"] != "upstream_error",
@@ -1093,7 +1055,7 @@ async fn upgrade_under_load(slow_start: Option<Duration>) {
         }));
     }
     assert!(
-        poll(QUICK, || ok.load(Ordering::SeqCst) >= 10).await,
+        wait_until(QUICK, || ok.load(Ordering::SeqCst) >= 10).await,
         "load loop not serving: {:?}",
         failures.lock().unwrap()
     );
@@ -1119,7 +1081,7 @@ async fn upgrade_under_load(slow_start: Option<Duration>) {
     };
     let sock = old.tmp_dir().join("u.sock");
     assert!(
-        poll(QUICK, || sock.exists()).await,
+        wait_until(QUICK, || sock.exists()).await,
         "the new process never opened {}; its log:\n{}",
         sock.display(),
         new.logs()
@@ -1128,7 +1090,7 @@ async fn upgrade_under_load(slow_start: Option<Duration>) {
     let t_quit = t0.elapsed();
     old.signal("-QUIT");
     assert!(
-        poll(QUICK, || new.logs().contains("tollgate listening on")).await,
+        wait_until(QUICK, || new.logs().contains("tollgate listening on")).await,
         "the new process did not take over; its log:\n{}\nold log:\n{}",
         new.logs(),
         old.logs()
@@ -1146,7 +1108,7 @@ async fn upgrade_under_load(slow_start: Option<Duration>) {
     assert_eq!(status.code(), Some(0), "old log:\n{}", old.logs());
     let after_exit = ok.load(Ordering::SeqCst);
     assert!(
-        poll(QUICK, || ok.load(Ordering::SeqCst) >= after_exit + 20).await,
+        wait_until(QUICK, || ok.load(Ordering::SeqCst) >= after_exit + 20).await,
         "nothing served after the old process exited: {:?}\nnew log:\n{}",
         failures.lock().unwrap(),
         new.logs()

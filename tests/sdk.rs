@@ -5,7 +5,7 @@
 mod support;
 
 use std::time::Duration;
-use support::{sse_chat_events, Gateway, MockUpstream, Reply};
+use support::{sse_chat_events, Gateway, MockUpstream, Reply, CONFIG_HEAD};
 
 fn python() -> String {
     std::env::var("TOLLGATE_PYTHON").unwrap_or_else(|_| {
@@ -40,11 +40,7 @@ fn openai_like(r: &support::Recorded) -> Reply {
 async fn openai_python_sdk_works_unchanged_against_the_gateway() {
     let upstream = MockUpstream::start(support::Behavior::func(openai_like)).await;
     let config = format!(
-        r#"
-listen: "{{LISTEN}}"
-metrics_listen: "{{METRICS}}"
-server: {{ pid_file: "{{TMP}}/t.pid", upgrade_sock: "{{TMP}}/u.sock" }}
-providers:
+        r#"{CONFIG_HEAD}providers:
   up:
     kind: openai
     base_url: "http://127.0.0.1:{port}/v1"

@@ -25,7 +25,10 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 use support::prom::{assert_sample, sample};
-use support::{Behavior, Gateway, MockUpstream, Reply, ReplyBody};
+use support::{
+    assert_json_error, find, header, text, wait_until, Behavior, Gateway, MockUpstream, Reply,
+    ReplyBody, CONFIG_HEAD,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -50,11 +53,7 @@ fn config(providers: &[(&str, u16)], models: &str) -> String {
         ));
     }
     format!(
-        r#"
-listen: "{{LISTEN}}"
-metrics_listen: "{{METRICS}}"
-server: {{ pid_file: "{{TMP}}/t.pid", upgrade_sock: "{{TMP}}/u.sock" }}
-providers:
+        r#"{CONFIG_HEAD}providers:
 {p}models:
 {models}
 keys:
@@ -83,12 +82,6 @@ async fn post(gw: &Gateway, rid: &str, body: &Value) -> reqwest::Response {
         .send()
         .await
         .unwrap_or_else(|e| panic!("request {rid} failed: {e}; log:\n{}", gw.logs()))
-}
-
-fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_string())
 }
 
 type ByteStream = std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
@@ -142,14 +135,6 @@ async fn read_rest(s: &mut ByteStream, buf: &mut Vec<u8>, timeout: Duration) -> 
             ),
         }
     }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// The last 300 bytes, for messages about large bodies.
@@ -221,58 +206,6 @@ fn assert_ends_with_error_event(body: &[u8], code: &str, what: &str) -> Value {
     let errors = events.iter().filter(|d| d.contains("\"error\"")).count();
     assert_eq!(errors, 1, "{what}: {errors} error events in {t:?}");
     v
-}
-
-/// Asserts an OpenAI error body with `status`, `type` and `code`.
-#[track_caller]
-fn assert_error_body(status: u16, ctype: Option<&str>, body: &[u8], want: (u16, &str, &str)) {
-    let v: Value = serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {:?}", text(body)));
-    assert_eq!(
-        (
-            status,
-            v["error"]["type"].as_str(),
-            v["error"]["code"].as_str()
-        ),
-        (want.0, Some(want.1), Some(want.2)),
-        "body: {v}"
-    );
-    assert!(
-        ctype.is_some_and(|c| c.starts_with("application/json")),
-        "content-type {ctype:?}"
-    );
-}
-
-/// The access-log line of request `rid` (waits for the async writer).
-async fn access_line(gw: &Gateway, rid: &str) -> Value {
-    let deadline = Instant::now() + QUICK;
-    loop {
-        for line in gw.logs().lines() {
-            if let Ok(v) = serde_json::from_str::<Value>(line.trim()) {
-                if v.get("request_id").and_then(Value::as_str) == Some(rid) {
-                    return v;
-                }
-            }
-        }
-        if Instant::now() >= deadline {
-            panic!("no access-log line for {rid}; log:\n{}", gw.logs());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// Polls `cond` every 10 ms until it holds or `timeout` passes.
-async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// The gateway still answers `/healthz` and a streamed request through `up`
@@ -600,12 +533,12 @@ async fn stream_with_a_late_first_byte_fails_over_before_any_byte_reaches_the_cl
     assert_eq!(good.last().unwrap().json()["model"], "gpt-4o-good");
     // The late attempt was abandoned: its connection is closed.
     assert!(
-        eventually(QUICK, || late.peer_closed() == 1).await,
+        wait_until(QUICK, || late.peer_closed() == 1).await,
         "the late upstream's connection was left open"
     );
     assert_eq!(late.written(), 0, "the late upstream got to answer");
 
-    let line = access_line(&gw, "ttft-1").await;
+    let line = gw.access_line("ttft-1").await;
     assert_eq!(line["status"], 200, "{line}");
     assert_eq!(line["attempts"], 2, "{line}");
     assert_eq!(line["provider"], "good", "{line}");
@@ -625,7 +558,7 @@ async fn stream_with_a_late_first_byte_fails_over_before_any_byte_reaches_the_cl
     let status = resp.status().as_u16();
     let ctype = header(&resp, "content-type");
     let body = resp.bytes().await.unwrap();
-    assert_error_body(
+    assert_json_error(
         status,
         ctype.as_deref(),
         &body,
@@ -731,11 +664,11 @@ async fn silence_mid_stream_ends_with_a_timeout_error_event_after_idle() {
         );
         // The upstream request was abandoned, not left hanging.
         assert!(
-            eventually(QUICK, || up.peer_closed() == n + 1).await,
+            wait_until(QUICK, || up.peer_closed() == n + 1).await,
             "{alias}: the silent upstream's connection was left open"
         );
 
-        let line = access_line(&gw, &rid).await;
+        let line = gw.access_line(&rid).await;
         assert_eq!(line["status"], 200, "{alias}: {line}");
         assert_eq!(line["partial"], true, "{alias}: {line}");
         assert_eq!(line["error"], "upstream_timeout", "{alias}: {line}");
@@ -803,7 +736,7 @@ async fn reset_after_n_events_ends_with_an_upstream_error_event() {
     assert_ends_with_error_event(&buf[sent.len()..], "upstream_error", "reset");
     assert_eq!(up.hits(), 1, "a broken stream was retried");
 
-    let line = access_line(&gw, "rst-1").await;
+    let line = gw.access_line("rst-1").await;
     assert_eq!(line["partial"], true, "{line}");
     assert_eq!(line["error"], "upstream_error", "{line}");
     assert_eq!(line["completion_tokens"], o200k(&PIECES.concat()), "{line}");
@@ -928,10 +861,10 @@ async fn total_limit_cuts_a_long_stream_with_a_timeout_error_event() {
     );
     assert_ends_with_error_event(&buf[prefix..], "upstream_timeout", "total");
     assert!(
-        eventually(QUICK, || up.write_failed() == 1).await,
+        wait_until(QUICK, || up.write_failed() == 1).await,
         "the upstream kept streaming after the cut"
     );
-    let line = access_line(&gw, "total-1").await;
+    let line = gw.access_line("total-1").await;
     assert_eq!(line["partial"], true, "{line}");
     assert_eq!(line["error"], "upstream_timeout", "{line}");
 }
@@ -967,7 +900,7 @@ async fn html_where_sse_was_expected_is_a_502_or_fails_over() {
     let ctype = header(&resp, "content-type");
     let body = resp.bytes().await.unwrap();
     assert!(!text(&body).contains("<html"), "{:?}", text(&body));
-    assert_error_body(
+    assert_json_error(
         status,
         ctype.as_deref(),
         &body,
@@ -991,7 +924,7 @@ async fn html_where_sse_was_expected_is_a_502_or_fails_over() {
     );
     assert_eq!((html.hits(), good.hits()), (2, 1));
 
-    let line = access_line(&gw, "html-2").await;
+    let line = gw.access_line("html-2").await;
     assert_eq!(line["attempts"], 2, "{line}");
     let m = gw.metrics_text().await;
     assert_sample(
@@ -1068,7 +1001,7 @@ async fn malformed_sse_passes_through_byte_for_byte_and_is_estimated() {
         // Exactly the upstream's bytes: nothing dropped, fixed or appended.
         assert_eq!(text(&buf), expected, "{what}");
 
-        let line = access_line(&gw, &rid).await;
+        let line = gw.access_line(&rid).await;
         assert_eq!(line["status"], 200, "{what}: {line}");
         assert!(line["error"].is_null(), "{what}: {line}");
         assert_eq!(line["usage_source"], "estimated", "{what}: {line}");
@@ -1192,7 +1125,7 @@ async fn odd_splits_line_endings_and_split_utf8_arrive_byte_identical() {
         "got {:?}",
         text(&buf)
     );
-    let line = access_line(&gw, "split-1").await;
+    let line = gw.access_line("split-1").await;
     assert_eq!(line["usage_source"], "reported", "{line}");
     assert_eq!(
         (&line["prompt_tokens"], &line["completion_tokens"]),
@@ -1214,7 +1147,7 @@ async fn odd_splits_line_endings_and_split_utf8_arrive_byte_identical() {
         "got {:?}",
         text(&buf)
     );
-    let line = access_line(&gw, "split-2").await;
+    let line = gw.access_line("split-2").await;
     assert_eq!(line["usage_source"], "estimated", "{line}");
     // The streamed text was read intact across the splits.
     assert_eq!(line["completion_tokens"], o200k(MIXED_TEXT), "{line}");
@@ -1336,7 +1269,7 @@ async fn one_mib_line_passes_and_an_endless_line_is_cut_with_bounded_memory() {
     assert_eq!(end, BodyEnd::Clean, "error event then a clean end");
     assert_ends_with_error_event(&end_part, "upstream_error", "endless line");
     assert!(
-        eventually(QUICK, || up.write_failed() == 1).await,
+        wait_until(QUICK, || up.write_failed() == 1).await,
         "the upstream was not aborted: it wrote {} MiB",
         up.written() / MIB as u64
     );
@@ -1469,7 +1402,7 @@ async fn non_stream_body_cut_short_never_looks_like_a_complete_200() {
             Ok(r) => assert!(r.status().as_u16() >= 500, "{alias}: {}", r.status()),
             Err(e) => panic!("{alias}: request failed before a status: {e}"),
         }
-        let line = access_line(&gw, &rid).await;
+        let line = gw.access_line(&rid).await;
         assert_eq!(line["error"], "upstream_error", "{alias}: {line}");
     }
     assert_eq!(up.hits(), 4, "a broken body was retried");

@@ -15,6 +15,17 @@ use std::time::{Duration, Instant};
 /// How long [`Gateway::start`] waits for `/healthz` to answer 200.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long [`Gateway::access_line`] waits for a request's line.
+pub const ACCESS_LINE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The top of a config template: both listeners and the `server:` files in
+/// `{TMP}`. Start a template with it, e.g. `format!("{CONFIG_HEAD}providers:\n…")`.
+pub const CONFIG_HEAD: &str = r#"
+listen: "{LISTEN}"
+metrics_listen: "{METRICS}"
+server: { pid_file: "{TMP}/t.pid", upgrade_sock: "{TMP}/u.sock" }
+"#;
+
 /// A running gateway process; SIGKILLed and reaped on drop.
 pub struct Gateway {
     child: Child,
@@ -210,6 +221,32 @@ impl Gateway {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The JSON access-log line of request `rid`, waiting (up to
+    /// [`ACCESS_LINE_TIMEOUT`]) for the async writer. Looks in the process
+    /// log and in `{TMP}/access.log` (where a test config with
+    /// `access_log: { path: "{TMP}/access.log" }` puts it); panics with both
+    /// on timeout.
+    pub async fn access_line(&self, rid: &str) -> serde_json::Value {
+        let file = self.dir.path().join("access.log");
+        let deadline = Instant::now() + ACCESS_LINE_TIMEOUT;
+        loop {
+            let logs = self.logs();
+            let access = std::fs::read_to_string(&file).unwrap_or_default();
+            let found = logs
+                .lines()
+                .chain(access.lines())
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+                .find(|v| v.get("request_id").and_then(|id| id.as_str()) == Some(rid));
+            if let Some(v) = found {
+                return v;
+            }
+            if Instant::now() >= deadline {
+                panic!("no access-log line for {rid}; access log:\n{access}\nlog:\n{logs}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 

@@ -4,15 +4,18 @@
 //! - [`mock`]: a mock upstream HTTP/1.1 (or HTTPS) server with scripted behaviors,
 //! - [`gateway`]: runs the real `tollgate` binary with a templated config,
 //! - [`tls`]: a throwaway CA issuing server certificates,
-//! - [`prom`]: a Prometheus text-format parser for `/metrics` assertions.
+//! - [`prom`]: a Prometheus text-format parser for `/metrics` assertions,
+//! - [`assert`]: the OpenAI-error assertion, body text and polling helpers.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code, unused_imports)]
 
+pub mod assert;
 pub mod gateway;
 pub mod mock;
 pub mod prom;
 pub mod tls;
 
-pub use gateway::{client, Gateway};
+pub use assert::{assert_error, assert_json_error, find, header, text, wait_until};
+pub use gateway::{client, Gateway, CONFIG_HEAD};
 pub use mock::{sse_chat_events, Behavior, MockUpstream, Recorded, Reply, ReplyBody};
 pub use prom::{assert_sample, sample, series_count};
 pub use tls::TestCa;
