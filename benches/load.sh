@@ -4,10 +4,11 @@
 # markdown table with absolute figures and ratios, and a pass/fail line per
 # target (T1-T6). See docs/benchmarks.md.
 #
-#   benches/load.sh [--threads N] [--quick] [--peers] [--out FILE]
+#   benches/load.sh [--threads N] [--quick] [--peers] [--no-concurrency] [--out FILE]
 #
-# Everything it starts is stopped on exit. Default run: about 4 minutes
-# (--quick: about 1 minute), plus the release build.
+# Everything it starts is stopped on exit. Default run: about 5 minutes
+# (--quick: about 2 minutes), plus the release build. The concurrency phase
+# (T6: 5,000 open streams, 10,000 connections) takes about 40 s of that.
 set -euo pipefail
 
 usage() {
@@ -17,9 +18,14 @@ usage: benches/load.sh [options]
   --threads N        worker threads of every proxy (nginx workers, Pingora
                      threads, Tollgate server.threads, LiteLLM workers); default 1
   --mock-threads N   threads of the mock upstream; default 1
-  --quick            short cells (about 1 minute in all)
+  --quick            short cells (about 1 minute, plus about 45 s for the
+                     concurrency phase, which keeps its full sizes)
   --duration S       seconds per throughput cell (default 10; --quick: 3)
   --streams N        streaming requests per target (default 100; --quick: 30)
+  --no-concurrency   skip the concurrency phase (RSS with --conc-streams open
+                     streams, --conc-conns connections served at once)
+  --conc-streams N   streams held open at once per target (default 5000)
+  --conc-conns N     connections open at once per target (default 10000)
   --peers            also measure LiteLLM proxy 1.74.9 and Portkey gateway
                      1.15.2 (installed under target/bench-peers on first use;
                      needs the PyPI and npm registries)
@@ -36,6 +42,9 @@ QUICK=0
 PEERS=0
 DURATION=""
 STREAMS=""
+CONCURRENCY=1
+CONC_STREAMS=5000
+CONC_CONNS=10000
 OUT=""
 BUILD=1
 KEEP=0
@@ -46,6 +55,9 @@ while (($#)); do
         --quick) QUICK=1; shift ;;
         --duration) DURATION=${2:?--duration needs seconds}; shift 2 ;;
         --streams) STREAMS=${2:?--streams needs N}; shift 2 ;;
+        --no-concurrency) CONCURRENCY=0; shift ;;
+        --conc-streams) CONC_STREAMS=${2:?--conc-streams needs N}; shift 2 ;;
+        --conc-conns) CONC_CONNS=${2:?--conc-conns needs N}; shift 2 ;;
         --peers) PEERS=1; shift ;;
         --out) OUT=${2:?--out needs FILE}; shift 2 ;;
         --no-build) BUILD=0; shift ;;
@@ -90,6 +102,30 @@ if ((${#need[@]})); then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 command -v python3 >/dev/null || die "python3 is required"
+
+# --------------------------------------------------------------------------
+# File limit. The concurrency phase holds 10,000 client connections: the
+# client needs one descriptor per connection, a proxy two per stream (client
+# and upstream side). Raise the limit for everything started from here on:
+# 65536 if allowed (root with CAP_SYS_RESOURCE), else the hard limit.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+[[ $NOFILE == unlimited ]] && NOFILE=1048576
+if ((CONCURRENCY)); then
+    # Room for the proxy's listeners, logs, pools and the mock's connections.
+    max_streams=$(((NOFILE - 1024) / 2))
+    max_conns=$((NOFILE - 1024))
+    if ((CONC_STREAMS > max_streams)); then
+        log "file limit $NOFILE: concurrency streams reduced from $CONC_STREAMS to $max_streams"
+        CONC_STREAMS=$max_streams
+    fi
+    if ((CONC_CONNS > max_conns)); then
+        log "file limit $NOFILE: concurrency connections reduced from $CONC_CONNS to $max_conns"
+        CONC_CONNS=$max_conns
+    fi
+    ((CONC_STREAMS > 0 && CONC_CONNS > 0)) || die "file limit $NOFILE is too low for the concurrency phase (use --no-concurrency)"
+fi
+NGINX_CONNS=$((NOFILE < 65536 ? NOFILE : 65536))
 
 # --------------------------------------------------------------------------
 # Processes, cleanup
@@ -261,9 +297,10 @@ NGINX_USER=""
 cat >"$TMP/nginx/nginx.conf" <<EOF
 $NGINX_USER
 worker_processes $THREADS;
+worker_rlimit_nofile $NOFILE;
 pid $TMP/nginx/nginx.pid;
 error_log $TMP/nginx/error.log warn;
-events { worker_connections 4096; }
+events { worker_connections $NGINX_CONNS; }
 http {
     access_log off;
     client_body_temp_path $TMP/nginx/client_body;
@@ -492,6 +529,32 @@ for t in "${T_NAME[@]}"; do
     printf '%s\tend\thwm_kb=%s rss_kb=%s\n' "$t" "$(status_kb "${T_PID[$t]}" VmHWM)" \
         "$(status_kb "${T_PID[$t]}" VmRSS)" >>"$RES"
 done
+# --------------------------------------------------------------------------
+# Concurrency (T6): after the "end" sample, so the peak above is not theirs.
+# Only the four base targets: the peers would take minutes to open 5,000
+# streams, if they managed at all.
+CONC_META=()
+if ((CONCURRENCY)); then
+    log "concurrency: $CONC_STREAMS open streams, then $CONC_CONNS connections, per target (file limit $NOFILE)"
+    for t in direct nginx floor tollgate; do
+        for mode in streams conns; do
+            if [[ $mode == streams ]]; then
+                n=$CONC_STREAMS body="$TMP/chat_stream.json"
+            else
+                n=$CONC_CONNS body="$TMP/chat.json"
+            fi
+            out=$(python3 "$BENCH/concurrency.py" --mode "$mode" --port "${T_PORT[$t]}" \
+                --body "$body" --auth "$AUTH" --headers "${T_HDR[$t]:-}" -n "$n" \
+                --pid "${T_PID[$t]}" --release-port "$P_MOCK" --timeout 120 --label "$t" || true)
+            [[ -n $out ]] || out='{"errors": -1}'
+            printf '%s\tconc_%s\t%s\n' "$t" "$mode" "$out" >>"$RES"
+            # Let closed connections drain (TIME_WAIT, pools) before the next.
+            sleep 1
+        done
+    done
+    CONC_META=(--meta "conc_streams=$CONC_STREAMS" --meta "conc_conns=$CONC_CONNS" --meta "nofile=$NOFILE")
+fi
+
 ACCESS_LINES=$(wc -l <"$TMP/access.log" 2>/dev/null || echo 0)
 
 CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
@@ -500,5 +563,5 @@ python3 "$BENCH/report.py" "$RES" \
     --meta "duration=$DURATION" --meta "half=$HALF" --meta "streams=$STREAMS" \
     --meta "small_bytes=$SMALL_BYTES" --meta "clk_tck=$CLK_TCK" \
     --meta "nproc=$(nproc)" --meta "cpu=$CPU_MODEL" --meta "kernel=$(uname -r)" \
-    --meta "access_log_lines=$ACCESS_LINES" --meta "nginx=$("$NGINX" -v 2>&1 | sed 's/.*: //')" \
+    --meta "access_log_lines=$ACCESS_LINES" "${CONC_META[@]}" --meta "nginx=$("$NGINX" -v 2>&1 | sed 's/.*: //')" \
     | if [[ -n $OUT ]]; then tee "$OUT"; else cat; fi

@@ -13,7 +13,20 @@
 //!   nanoseconds as `"system_fingerprint":"t<ns>"`. The stream client
 //!   (`benches/stream_client.py`) runs on the same machine and reads the same
 //!   clock, so it can tell how long each chunk spent in transit through a proxy.
+//! * A streaming body that also holds `"bench_hold_ms":N` (the concurrency
+//!   phase of `benches/load.sh`, `benches/concurrency.py`) gets a *held*
+//!   stream instead: the first content chunk at once, then nothing until N ms
+//!   have passed or `POST /bench/release` is received (whichever comes first),
+//!   then a second content chunk, the final chunk and `data: [DONE]`. This
+//!   keeps thousands of streams open at once without a flood of chunks.
+//!   Without that field nothing changes.
+//! * `POST /bench/release` ends the hold of every stream held at that moment
+//!   and answers `200 {"ok":true}`.
 //! * Any other request (e.g. `GET /health`) gets `200 {"ok":true}`.
+//!
+//! The listener's backlog is 4096 (capped by `net.core.somaxconn`), so a proxy
+//! that opens thousands of upstream connections at once is not slowed by SYN
+//! retransmits.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -25,15 +38,23 @@ use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::net::TcpSocket;
+use tokio::sync::{mpsc, watch};
 
 /// Content chunks in a streamed answer.
 const CHUNKS: usize = 20;
 /// Pause between two content chunks.
 const CHUNK_GAP: Duration = Duration::from_millis(5);
+/// Longest hold a request may ask for (`"bench_hold_ms"`).
+const MAX_HOLD: Duration = Duration::from_secs(600);
+/// Listen backlog (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: u32 = 4096;
+
+/// Bumped by `POST /bench/release`; held streams wait for a change.
+static RELEASE: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::channel(0).0);
 
 const COMPLETION: &str = concat!(
     r#"{"id":"chatcmpl-bench0001","object":"chat.completion","created":1700000000,"#,
@@ -59,6 +80,16 @@ fn contains_any(hay: &[u8], needles: &[&[u8]]) -> bool {
     needles
         .iter()
         .any(|n| memchr::memmem::find(hay, n).is_some())
+}
+
+/// The number after `"bench_hold_ms":` (a byte search, like `"stream":true`).
+fn hold_ms(body: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"bench_hold_ms\":";
+    let at = memchr::memmem::find(body, KEY)? + KEY.len();
+    let rest = &body[at..];
+    let rest = &rest[rest.iter().take_while(|b| **b == b' ').count()..];
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 /// A response body fed by a channel, one frame per chunk.
@@ -112,6 +143,15 @@ const USAGE: &str = concat!(
     "\n\n"
 );
 
+fn tail(usage: bool) -> Bytes {
+    let mut tail = String::from(FINAL);
+    if usage {
+        tail.push_str(USAGE);
+    }
+    tail.push_str("data: [DONE]\n\n");
+    Bytes::from(tail)
+}
+
 async fn stream(tx: mpsc::Sender<Bytes>, usage: bool) {
     for i in 0..CHUNKS {
         if i > 0 {
@@ -121,16 +161,37 @@ async fn stream(tx: mpsc::Sender<Bytes>, usage: bool) {
             return;
         }
     }
-    let mut tail = String::from(FINAL);
-    if usage {
-        tail.push_str(USAGE);
+    let _ = tx.send(tail(usage)).await;
+}
+
+/// A held stream: one chunk, a pause until `hold` has passed or a release,
+/// then one more chunk and the end.
+async fn held_stream(
+    tx: mpsc::Sender<Bytes>,
+    usage: bool,
+    hold: Duration,
+    mut release: watch::Receiver<u64>,
+) {
+    if tx.send(chunk(0)).await.is_err() {
+        return;
     }
-    tail.push_str("data: [DONE]\n\n");
-    let _ = tx.send(Bytes::from(tail)).await;
+    tokio::select! {
+        _ = tokio::time::sleep(hold) => {}
+        _ = release.changed() => {}
+        _ = tx.closed() => return,
+    }
+    if tx.send(chunk(1)).await.is_err() {
+        return;
+    }
+    let _ = tx.send(tail(usage)).await;
 }
 
 async fn handle(req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
-    let is_chat = req.method() == Method::POST && req.uri().path().ends_with("/chat/completions");
+    let is_post = req.method() == Method::POST;
+    let is_chat = is_post && req.uri().path().ends_with("/chat/completions");
+    if is_post && req.uri().path() == "/bench/release" {
+        RELEASE.send_modify(|g| *g += 1);
+    }
     // Read the whole body first, as a real provider does.
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
@@ -147,7 +208,17 @@ async fn handle(req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible>
             &[b"\"include_usage\":true", b"\"include_usage\": true"],
         );
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(stream(tx, usage));
+        match hold_ms(&body) {
+            Some(ms) => {
+                let hold = Duration::from_millis(ms).min(MAX_HOLD);
+                // Subscribed before the first chunk goes out: a release sent
+                // after the client saw that chunk always reaches this stream.
+                tokio::spawn(held_stream(tx, usage, hold, RELEASE.subscribe()));
+            }
+            None => {
+                tokio::spawn(stream(tx, usage));
+            }
+        }
         let mut r = Response::new(ChannelBody { rx }.boxed_unsync());
         let h = r.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -197,7 +268,17 @@ fn parse_args() -> Result<Args, String> {
 }
 
 async fn serve(listen: String) -> std::io::Result<()> {
-    let listener = TcpListener::bind(&listen).await?;
+    let addr: std::net::SocketAddr = listen.parse().map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{listen}: {e}"))
+    })?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(BACKLOG)?;
     eprintln!("bench_upstream listening on {listen}");
     loop {
         let (sock, _) = match listener.accept().await {

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Turns benches/load.sh's raw results into one markdown table plus the
 pass/fail lines of targets T1-T6. Input: lines "target<TAB>cell<TAB>data",
-where data is "k=v k=v ..." (wrk cells) or a JSON object (stream cell)."""
+where data is "k=v k=v ..." (wrk cells) or a JSON object (stream cell, and
+the conc_streams / conc_conns cells of benches/concurrency.py)."""
 
 import argparse
 import json
@@ -42,6 +43,48 @@ def parse(path):
     return res, order
 
 
+def t6(mib, get, conc, n_str, n_conn, measured):
+    """T6: RSS idle ≤ 20 MiB; ≤ 200 MiB with 5,000 open streams; 10,000
+    connections without errors. Returns (id, what, ok, detail)."""
+    what = "RSS idle ≤ 20 MiB, ≤ 200 MiB with 5,000 open streams, 10,000 connections without errors"
+    idle = mib(get("tollgate", "idle", "rss_kb"))
+    parts = ["idle " + ("—" if idle is None else f"{idle:.1f} MiB")]
+    oks = [None if idle is None else idle <= 20]
+    if not measured:
+        parts.append("streams and connections not measured (--no-concurrency)")
+        return ("T6", what, None, "; ".join(parts))
+
+    def vs(key, mode):
+        out = []
+        for b, name in (("floor", "floor"), ("nginx", "nginx")):
+            x, y = conc("tollgate", mode, key), conc(b, mode, key)
+            if x is not None and y:
+                out.append(f"{name} {y / 1024:.1f} MiB, {x / y:.2f}×")
+        return f" ({'; '.join(out)})" if out else ""
+
+    rss, opened, ok = (conc("tollgate", "streams", k) for k in ("rss_kb", "opened", "ok"))
+    if rss is None or ok is None:
+        parts.append(f"{n_str:,} streams: no result")
+        oks.append(None)
+    else:
+        parts.append(f"{n_str:,} streams: {rss / 1024:.1f} MiB{vs('rss_kb', 'streams')}, "
+                     f"{int(opened or 0):,} open at once, {int(ok):,} completed OK")
+        oks.append(rss / 1024 <= 200 and opened == n_str and ok == n_str and n_str >= 5000)
+    rss, ok, err = (conc("tollgate", "conns", k) for k in ("rss_kb", "ok", "errors"))
+    if ok is None:
+        parts.append(f"{n_conn:,} connections: no result")
+        oks.append(None)
+    else:
+        parts.append(f"{n_conn:,} connections: {int(ok):,} served OK, {int(err or 0):,} errors"
+                     + ("" if rss is None else f", {rss / 1024:.1f} MiB{vs('rss_kb', 'conns')}"))
+        oks.append(ok == n_conn and not err and n_conn >= 10000)
+    if n_str < 5000 or n_conn < 10000:
+        parts.append("run below the target's sizes (file limit): not a verdict")
+        return ("T6", what, None, "; ".join(parts))
+    ok6 = False if False in oks else (None if None in oks else True)
+    return ("T6", what, ok6, "; ".join(parts))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
@@ -78,6 +121,11 @@ def main():
             if cell == "stream":
                 n += max(0, v.get("errors", 0) or 0)
                 continue
+            if cell.startswith("conc_"):
+                e = v.get("errors", 0) or 0
+                # -1: the client itself failed; count the run as one error.
+                n += 1 if e < 0 else e
+                continue
             for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"):
                 n += int(v.get(k, 0) or 0)
             n += int(v.get("failed", 0) or 0)
@@ -94,6 +142,16 @@ def main():
         a, d = stream(t, key), stream("direct", key)
         return None if a is None or d is None else a - d
 
+    def conc(t, mode, key):
+        v = res.get(t, {}).get("conc_" + mode, {}).get(key)
+        return v if isinstance(v, (int, float)) else None
+
+    def per_conn_kib(t, mode):
+        a, b, n = conc(t, mode, "rss_kb"), conc(t, mode, "rss_before_kb"), conc(t, mode, "opened")
+        return None if a is None or b is None or not n else (a - b) / n
+
+    n_str = int(meta.get("conc_streams", 5000))
+    n_conn = int(meta.get("conc_conns", 10000))
     small = meta.get("small_bytes", "1.3k")
     half = meta.get("half", "?")
     dur = meta.get("duration", "?")
@@ -121,6 +179,14 @@ def main():
         ("Stream chunk transit p50 (mock → client)", lambda t: stream(t, "transit_p50_us"), "µs", False),
         ("Stream chunk transit p99 (mock → client)", lambda t: stream(t, "transit_p99_us"), "µs", False),
         ("Stream added chunk delay p99 (transit vs direct)", lambda t: added(t, "transit_p99_us"), "µs", None),
+        (f"RSS with {n_str:,} open streams", lambda t: mib(conc(t, "streams", "rss_kb")), "MiB", False),
+        # Growth over the RSS just before the phase, which already holds what
+        # the earlier cells left behind; the stream phase runs first.
+        ("RSS added per open stream", lambda t: per_conn_kib(t, "streams"), "KiB", False),
+        (f"Streams open at once (of {n_str:,})", lambda t: conc(t, "streams", "opened"), "", None),
+        (f"Streams completed OK (of {n_str:,})", lambda t: conc(t, "streams", "ok"), "", None),
+        (f"RSS with {n_conn:,} open connections", lambda t: mib(conc(t, "conns", "rss_kb")), "MiB", False),
+        (f"Connections served OK (of {n_conn:,} open at once)", lambda t: conc(t, "conns", "ok"), "", None),
         ("Errors (socket + non-2xx, all cells)", lambda t: errors(t), "", None),
     ]
 
@@ -149,6 +215,8 @@ def main():
         f"{meta.get('threads', '?')} thread(s) per proxy, mock upstream {meta.get('mock_threads', '?')} thread(s); "
         f"wrk -t1; {dur}s cells ({half}s for large bodies); {meta.get('streams', '?')} streams of 20 chunks 5 ms apart; "
         f"nginx {meta.get('nginx', '?')}."
+        + (f" Concurrency: {n_str:,} held streams, then {n_conn:,} connections, per target "
+           f"(file limit {meta.get('nofile', '?')})." if "conc_streams" in meta else "")
     )
     w("")
     head = ["metric"] + [LABEL.get(t, t) for t in targets] + ["TG ÷ direct", "TG ÷ floor", "TG ÷ nginx"]
@@ -206,9 +274,7 @@ def main():
         ("T5", "8 MiB body CPU/request ≤ 2× floor",
          None if p is None else p[0] <= 2 * p[1],
          "—" if p is None else f"{p[0]:,.0f} µs vs {p[1]:,.0f} µs = {p[0] / p[1]:.2f}×"))
-    r = mib(get("tollgate", "idle", "rss_kb"))
-    lines.append(("T6", "RSS idle ≤ 20 MiB", None if r is None else r <= 20,
-                  "—" if r is None else f"{r:.1f} MiB"))
+    lines.append(t6(mib, get, conc, n_str, n_conn, "conc_streams" in meta))
     for tid, what, ok, detail in lines:
         w(f"- **{tid} {verdict(ok)}** — {what}: {detail}")
     errs = {t: errors(t) for t in targets}

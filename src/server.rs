@@ -9,6 +9,8 @@ use crate::reload::Reloader;
 use crate::runtime::{Runtime, Shared};
 use crate::telemetry::endpoint::MetricsApp;
 use crate::upstream::health::HealthTicker;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -44,7 +46,10 @@ pub fn run(cli: &Cli, cfg: Config, rt: Runtime) -> Result<(), String> {
         shared: shared.clone(),
     };
     let mut proxy = Service::new("tollgate".to_string(), guarded);
-    proxy.add_tcp(&cfg.listen);
+    // Pingora's default read buffer (64 KiB, zeroed) per client connection
+    // would be most of the memory of an open stream.
+    let buffers = L4BufferSettings::default().read(cfg.downstream.read_buffer_bytes);
+    proxy.add_listener(ListenerConfig::tcp(cfg.listen.clone()).l4_buffer(buffers));
     server.add_service(proxy);
 
     if let Some(addr) = &cfg.metrics_listen {

@@ -173,6 +173,13 @@ keys:
                 "providers.up.ca_file",
             ),
             (("listen:", "lisen:"), "unknown field `lisen`"),
+            (
+                (
+                    "providers:",
+                    "downstream: { read_buffer_bytes: 2000000 }\nproviders:",
+                ),
+                "downstream.read_buffer_bytes",
+            ),
         ] {
             let text = GOOD.replacen(edit.0, edit.1, 1);
             let got = problems(&text);

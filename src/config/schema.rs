@@ -108,6 +108,10 @@ pub struct DownstreamSection {
     pub header_timeout: HumanDuration,
     /// Largest request header; larger ones get 431.
     pub max_header_bytes: usize,
+    /// Read buffer of each client connection (fixed at start-up). Pingora's
+    /// default, 64 KiB, is zeroed per connection: with thousands of open
+    /// streams it dominates memory. Large bodies bypass it.
+    pub read_buffer_bytes: usize,
 }
 
 impl Default for DownstreamSection {
@@ -118,6 +122,7 @@ impl Default for DownstreamSection {
             write_timeout: HumanDuration::from_secs(30),
             header_timeout: HumanDuration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            read_buffer_bytes: 8 * 1024,
         }
     }
 }

@@ -171,6 +171,12 @@ fn check_listeners(cfg: &Config, v: &mut Problems) {
             "must be between 1024 and 1048576",
         );
     }
+    if d.read_buffer_bytes > 1024 * 1024 {
+        v.add(
+            "downstream.read_buffer_bytes",
+            "must be between 0 (unbuffered) and 1048576",
+        );
+    }
 }
 
 fn check_provider(name: &str, p: &Provider, v: &mut Problems) {
