@@ -30,6 +30,14 @@ impl Reloader {
         for up in rt.upstreams.values() {
             crate::upstream::health::export(up);
         }
+        crate::tls::export(rt.tls_cert.as_deref());
+        if let Some(c) = &rt.tls_cert {
+            log::info!(
+                "TLS certificate from {} (serial {}) serves new connections",
+                c.cert_path,
+                c.serial
+            );
+        }
         self.shared.swap(rt);
         Ok(())
     }
@@ -43,6 +51,26 @@ fn check_fixed_fields(old: &Config, new: &Config) -> Result<(), String> {
     }
     if old.metrics_listen != new.metrics_listen {
         changed.push("metrics_listen");
+    }
+    if old.plain_listen != new.plain_listen {
+        changed.push("plain_listen");
+    }
+    match (&old.tls, &new.tls) {
+        (None, None) => {}
+        (Some(a), Some(b)) => {
+            // The certificate and key (and their paths) may change; the
+            // listener's shape may not.
+            if a.min_version != b.min_version {
+                changed.push("tls.min_version");
+            }
+            if a.http2 != b.http2 {
+                changed.push("tls.http2");
+            }
+            if a.max_concurrent_streams != b.max_concurrent_streams {
+                changed.push("tls.max_concurrent_streams");
+            }
+        }
+        _ => changed.push("tls (turning TLS on or off)"),
     }
     if format!("{:?}", old.server) != format!("{:?}", new.server) {
         changed.push("server");

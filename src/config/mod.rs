@@ -93,6 +93,13 @@ pub fn parse_str(
 }
 
 fn resolve_paths(cfg: &mut Config, base: &Path) {
+    if let Some(t) = &mut cfg.tls {
+        for f in [&mut t.cert, &mut t.key] {
+            if !f.is_empty() && Path::new(f.as_str()).is_relative() {
+                *f = base.join(&*f).to_string_lossy().into_owned();
+            }
+        }
+    }
     for p in cfg.providers.values_mut() {
         if let Some(f) = &p.ca_file {
             if Path::new(f).is_relative() {
