@@ -43,6 +43,11 @@ pub fn run(cli: &Cli, cfg: Config, rt: Runtime) -> Result<(), String> {
     let proxy_app = |shared: &Arc<Shared>| {
         let mut app = pingora::proxy::http_proxy(&server_conf, Gateway::new(shared.clone()));
         app.h2_options = Some(h2_options(&cfg));
+        // An HTTP/2 connection with no stream open is closed after the same
+        // idle time as an HTTP/1 keep-alive connection.
+        let mut opts = pingora::apps::HttpServerOptions::default();
+        opts.h2_idle_timeout = Some(cfg.downstream.keepalive.get());
+        app.server_options = Some(opts);
         HeaderGuard {
             inner: Arc::new(app),
             shared: shared.clone(),
