@@ -369,15 +369,20 @@ async fn rotation_under_load_ten_sighups_during_200_requests_drop_nothing() {
         .unwrap();
     tokio::spawn(conn);
 
-    // 200 requests, each on a new connection (new handshake), 8 at a time.
+    // 200 requests, each on a new connection (new handshake), up to 8 at a
+    // time.
     let ca = Arc::new(s.ca);
     let url = https_url(&gw, "/v1/chat/completions");
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let load = {
         let ca = ca.clone();
+        let done = done.clone();
         tokio::spawn(async move {
             let sem = Arc::new(tokio::sync::Semaphore::new(8));
             let mut tasks = Vec::new();
             for _ in 0..200 {
+                // Paced over about 2.5 s, so all ten rotations fall inside.
+                tokio::time::sleep(Duration::from_millis(12)).await;
                 let permit = sem.clone().acquire_owned().await.unwrap();
                 let client = reqwest::Client::builder()
                     .use_rustls_tls()
@@ -390,6 +395,7 @@ async fn rotation_under_load_ten_sighups_during_200_requests_drop_nothing() {
                     .build()
                     .unwrap();
                 let url = url.clone();
+                let done = done.clone();
                 tasks.push(tokio::spawn(async move {
                     let r = client
                         .post(url)
@@ -398,6 +404,7 @@ async fn rotation_under_load_ten_sighups_during_200_requests_drop_nothing() {
                         .send()
                         .await;
                     drop(permit);
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     match r {
                         Ok(r) if r.status() == 200 => Ok(()),
                         Ok(r) => Err(format!("status {}", r.status())),
@@ -417,7 +424,7 @@ async fn rotation_under_load_ten_sighups_during_200_requests_drop_nothing() {
 
     let mut last = file_serial(&s.cert);
     for i in 0..10 {
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let (c, k) = ca.issue_files(&format!("next{i}"), &["localhost", "127.0.0.1"]);
         install(&c, &s.cert);
         install(&k, &s.key);
@@ -431,7 +438,13 @@ async fn rotation_under_load_ten_sighups_during_200_requests_drop_nothing() {
         assert_eq!(now, file_serial(&c), "rotation {i}");
         last = now;
     }
+    let done_at_last_rotation = done.load(std::sync::atomic::Ordering::SeqCst);
     let failures = load.await.unwrap();
+    // The rotations happened while the load ran, not after it.
+    assert!(
+        done_at_last_rotation < 200,
+        "the load finished before the rotations did; make it longer"
+    );
     assert!(
         failures.is_empty(),
         "{} failed: {:?}",
@@ -441,6 +454,7 @@ async fn rotation_under_load_ten_sighups_during_200_requests_drop_nothing() {
     assert_eq!(reloads(&gw, "failed").await, 0.0);
 
     // The early connection still works, on the certificate it started with.
+    eprintln!("requests done when the last rotation was in: {done_at_last_rotation}/200");
     assert_ne!(early_serial, last);
     let r = early_send
         .send_request(chat_request(chat_body(false)))

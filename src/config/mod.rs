@@ -188,6 +188,44 @@ keys:
     }
 
     #[test]
+    fn tls_section_parses_and_is_checked() {
+        let with =
+            |tls: &str| GOOD.replacen("metrics_listen:", &format!("{tls}\nmetrics_listen:"), 1);
+        let cfg = parse_str(
+            &with("tls: { cert: c.pem, key: k.pem, min_version: 1.3 }\nplain_listen: \"127.0.0.1:8081\""),
+            env,
+            Path::new("/etc/tollgate"),
+        )
+        .unwrap();
+        let t = cfg.tls.unwrap();
+        assert_eq!(t.min_version, TlsVersion::V1_3);
+        assert!(t.http2, "http2 defaults to on");
+        assert_eq!(t.cert, "/etc/tollgate/c.pem", "relative to the config file");
+        for (tls, want) in [
+            (
+                "tls: { cert: c.pem, key: k.pem, min_version: \"1.1\" }",
+                "tls.min_version",
+            ),
+            ("tls: { cert: c.pem }", "tls: missing field `key`"),
+            (
+                "tls: { cert: \"\", key: k.pem }",
+                "tls.cert: must name a PEM file",
+            ),
+            (
+                "plain_listen: \"127.0.0.1:8080\"",
+                "plain_listen: must differ from `listen`",
+            ),
+            (
+                "plain_listen: localhost:1",
+                "plain_listen: `localhost:1` is not an IP:port",
+            ),
+        ] {
+            let got = problems(&with(tls));
+            assert!(got.contains(want), "{tls}: {got}");
+        }
+    }
+
+    #[test]
     fn all_problems_are_reported_at_once() {
         let text = GOOD
             .replacen("provider: up,", "provider: nope,", 1)
