@@ -490,8 +490,9 @@ async fn a_bad_certificate_on_sighup_keeps_the_old_one_and_counts_a_failure() {
     install(&other_cert, &s.cert);
     gw.sighup();
     wait_reloads(&gw, "failed", 1.0).await;
+    // The metric is counted just before the reason is logged.
     assert!(
-        gw.logs().contains("does not match the certificate"),
+        gw.wait_log("does not match the certificate", QUICK).await,
         "{}",
         gw.logs()
     );
@@ -507,7 +508,7 @@ async fn a_bad_certificate_on_sighup_keeps_the_old_one_and_counts_a_failure() {
     install(&old_key, &s.key);
     gw.sighup();
     wait_reloads(&gw, "failed", 2.0).await;
-    assert!(gw.logs().contains("expired"), "{}", gw.logs());
+    assert!(gw.wait_log("expired at", QUICK).await, "{}", gw.logs());
     assert_eq!(serial_now(&gw, &s.ca).await, original);
 
     // 3. An unreadable key path.
@@ -899,4 +900,74 @@ async fn h2_limits_body_header_size_and_concurrent_streams() {
         t.await.unwrap();
     }
     assert_eq!(up.hits(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_over_tls_gets_the_header_deadline_and_size_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup();
+    let up = MockUpstream::start(Behavior::ChatEcho).await;
+    let yaml = config(
+        &s.cert,
+        &s.key,
+        &[up.port()],
+        "",
+        "downstream: { header_timeout: 500ms, max_header_bytes: 4096 }",
+    );
+    let gw = start(&s.ca, &yaml).await;
+
+    // A header that trickles in (slowloris) is cut off at header_timeout.
+    let mut slow = tls_connect(&gw.listen_addr(), &s.ca, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let writer = async {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if slow.write_all(b"x-a: b\r\n").await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), writer).await;
+    let _ = tokio::time::timeout(QUICK, slow.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+
+    // A header over max_header_bytes gets 431.
+    let mut big = tls_connect(&gw.listen_addr(), &s.ca, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let req = format!(
+        "GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-big: {}\r\n\r\n",
+        "a".repeat(6000)
+    );
+    big.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(QUICK, big.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+
+    // A normal request on a kept-alive TLS connection: served, twice.
+    let tls = tls_connect(&gw.listen_addr(), &s.ca, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let r = send
+            .send_request(chat_request(chat_body(false)))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.into_body().collect().await.unwrap();
+    }
+    assert_eq!(up.hits(), 2);
 }
