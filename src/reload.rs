@@ -128,3 +128,44 @@ pub fn now_secs() -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(tls: &str) -> Config {
+        let yaml = format!(
+            "listen: \"127.0.0.1:8443\"\n{tls}\nproviders:\n  m: {{ kind: mock }}\nmodels:\n  a: {{ routes: [ {{ provider: m, model: x }} ] }}\n"
+        );
+        crate::config::parse_str(&yaml, |_| None, std::path::Path::new("/etc/tollgate"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn certificate_files_may_change_on_reload_but_not_the_listener_shape() {
+        let base = cfg("tls: { cert: a.pem, key: a.key }");
+        assert!(check_fixed_fields(&base, &cfg("tls: { cert: b.pem, key: b.key }")).is_ok());
+        for (tls, field) in [
+            (
+                "tls: { cert: a.pem, key: a.key, http2: false }",
+                "tls.http2",
+            ),
+            (
+                "tls: { cert: a.pem, key: a.key, min_version: \"1.3\" }",
+                "tls.min_version",
+            ),
+            (
+                "tls: { cert: a.pem, key: a.key, max_concurrent_streams: 8 }",
+                "tls.max_concurrent_streams",
+            ),
+            ("", "tls (turning TLS on or off)"),
+            (
+                "tls: { cert: a.pem, key: a.key }\nplain_listen: \"127.0.0.1:8080\"",
+                "plain_listen",
+            ),
+        ] {
+            let err = check_fixed_fields(&base, &cfg(tls)).expect_err(tls);
+            assert!(err.contains(field), "{tls}: {err}");
+        }
+    }
+}
