@@ -971,3 +971,55 @@ async fn http1_over_tls_gets_the_header_deadline_and_size_limit() {
     }
     assert_eq!(up.hits(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_idle_http2_and_tls_connections_exits_promptly() {
+    let s = setup();
+    let up = MockUpstream::start(Behavior::ChatEcho).await;
+    let yaml = config(
+        &s.cert,
+        &s.key,
+        &[up.port()],
+        "",
+        "server: { pid_file: \"{TMP}/t2.pid\", upgrade_sock: \"{TMP}/u2.sock\", grace_period: 10s }",
+    );
+    let yaml = yaml.replacen(
+        "server: { pid_file: \"{TMP}/t.pid\", upgrade_sock: \"{TMP}/u.sock\" }\n",
+        "",
+        1,
+    );
+    let mut gw = start(&s.ca, &yaml).await;
+    // An idle HTTP/2 connection and an idle HTTPS keep-alive connection,
+    // each after one request.
+    let mut h2 = h2_connect(&gw, &s.ca).await;
+    let r = h2
+        .send_request(chat_request(chat_body(false)))
+        .await
+        .unwrap();
+    r.into_body().collect().await.unwrap();
+    let tls = tls_connect(&gw.listen_addr(), &s.ca, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let r = h1
+        .send_request(chat_request(chat_body(false)))
+        .await
+        .unwrap();
+    r.into_body().collect().await.unwrap();
+
+    let t = Instant::now();
+    gw.sigterm();
+    let status = gw
+        .wait_exit(QUICK)
+        .await
+        .unwrap_or_else(|| panic!("gateway still running; log:\n{}", gw.logs()));
+    assert_eq!(status.code(), Some(0), "log:\n{}", gw.logs());
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "idle gateway took {took:?} to exit after SIGTERM (grace period 10 s)"
+    );
+}
