@@ -924,16 +924,13 @@ async fn http1_over_tls_gets_the_header_deadline_and_size_limit() {
     slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\n")
         .await
         .unwrap();
+    // A few more bytes, then silence (writing after the 408 could reset the
+    // connection before the answer is read).
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        slow.write_all(b"x-a: b\r\n").await.unwrap();
+    }
     let mut out = Vec::new();
-    let writer = async {
-        for _ in 0..40 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if slow.write_all(b"x-a: b\r\n").await.is_err() {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(3), writer).await;
     let _ = tokio::time::timeout(QUICK, slow.read_to_end(&mut out)).await;
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
@@ -1022,4 +1019,84 @@ async fn sigterm_with_idle_http2_and_tls_connections_exits_promptly() {
         took < Duration::from_secs(3),
         "idle gateway took {took:?} to exit after SIGTERM (grace period 10 s)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_upgrade_hands_over_the_tls_and_plain_listeners() {
+    let s = setup();
+    let up = MockUpstream::start(Behavior::ChatEcho).await;
+    let mut old = start(&s.ca, &config(&s.cert, &s.key, &[up.port()], "", "")).await;
+    let serial = serial_now(&old, &s.ca).await;
+
+    // The new process takes the listeners over `server.upgrade_sock`.
+    let log = old.tmp_dir().join("new.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let _new = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .arg("--config")
+            .arg(old.config_path())
+            .arg("-u")
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(f.try_clone().unwrap()))
+            .stderr(std::process::Stdio::from(f))
+            .spawn()
+            .unwrap(),
+    );
+    let new_logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let sock = old.tmp_dir().join("u.sock");
+    let deadline = Instant::now() + QUICK;
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no upgrade socket; new log:\n{}",
+            new_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    old.signal("-QUIT");
+    let status = old.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "old log:\n{}",
+        old.logs()
+    );
+    assert!(new_logs().contains("(TLS 1.2+, HTTP/2)"), "{}", new_logs());
+
+    // The new process serves HTTPS (HTTP/1.1 and HTTP/2) with the same
+    // certificate, and the plaintext listener.
+    let resp = https_client(&s.ca)
+        .post(https_url(&old, "/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}; new log:\n{}", new_logs()));
+    assert_eq!(resp.status(), 200);
+    assert_eq!(serial_now(&old, &s.ca).await, serial);
+    let mut h2 = h2_connect(&old, &s.ca).await;
+    let r = h2
+        .send_request(chat_request(chat_body(false)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let plain = support::client()
+        .post(format!("http://{}/v1/chat/completions", old.plain_addr()))
+        .bearer_auth(KEY)
+        .body(chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 200);
+}
+
+/// A child process killed and reaped when the test ends, pass or fail.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
