@@ -16,4 +16,5 @@ pub mod runtime;
 pub mod server;
 pub mod sse;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

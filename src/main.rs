@@ -37,6 +37,13 @@ fn main() -> ExitCode {
         }
     };
     if cli.test {
+        if let Some(w) = rt
+            .tls_cert
+            .as_ref()
+            .and_then(|c| c.expiry_warning(tollgate::reload::now_secs()))
+        {
+            eprintln!("warning: {w}");
+        }
         println!("configuration {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }

@@ -30,6 +30,14 @@ impl Reloader {
         for up in rt.upstreams.values() {
             crate::upstream::health::export(up);
         }
+        crate::tls::export(rt.tls_cert.as_deref());
+        if let Some(c) = &rt.tls_cert {
+            log::info!(
+                "TLS certificate from {} (serial {}) serves new connections",
+                c.cert_path,
+                c.serial
+            );
+        }
         self.shared.swap(rt);
         Ok(())
     }
@@ -43,6 +51,26 @@ fn check_fixed_fields(old: &Config, new: &Config) -> Result<(), String> {
     }
     if old.metrics_listen != new.metrics_listen {
         changed.push("metrics_listen");
+    }
+    if old.plain_listen != new.plain_listen {
+        changed.push("plain_listen");
+    }
+    match (&old.tls, &new.tls) {
+        (None, None) => {}
+        (Some(a), Some(b)) => {
+            // The certificate and key (and their paths) may change; the
+            // listener's shape may not.
+            if a.min_version != b.min_version {
+                changed.push("tls.min_version");
+            }
+            if a.http2 != b.http2 {
+                changed.push("tls.http2");
+            }
+            if a.max_concurrent_streams != b.max_concurrent_streams {
+                changed.push("tls.max_concurrent_streams");
+            }
+        }
+        _ => changed.push("tls (turning TLS on or off)"),
     }
     if format!("{:?}", old.server) != format!("{:?}", new.server) {
         changed.push("server");
@@ -99,4 +127,45 @@ pub fn now_secs() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(tls: &str) -> Config {
+        let yaml = format!(
+            "listen: \"127.0.0.1:8443\"\n{tls}\nproviders:\n  m: {{ kind: mock }}\nmodels:\n  a: {{ routes: [ {{ provider: m, model: x }} ] }}\n"
+        );
+        crate::config::parse_str(&yaml, |_| None, std::path::Path::new("/etc/tollgate"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn certificate_files_may_change_on_reload_but_not_the_listener_shape() {
+        let base = cfg("tls: { cert: a.pem, key: a.key }");
+        assert!(check_fixed_fields(&base, &cfg("tls: { cert: b.pem, key: b.key }")).is_ok());
+        for (tls, field) in [
+            (
+                "tls: { cert: a.pem, key: a.key, http2: false }",
+                "tls.http2",
+            ),
+            (
+                "tls: { cert: a.pem, key: a.key, min_version: \"1.3\" }",
+                "tls.min_version",
+            ),
+            (
+                "tls: { cert: a.pem, key: a.key, max_concurrent_streams: 8 }",
+                "tls.max_concurrent_streams",
+            ),
+            ("", "tls (turning TLS on or off)"),
+            (
+                "tls: { cert: a.pem, key: a.key }\nplain_listen: \"127.0.0.1:8080\"",
+                "plain_listen",
+            ),
+        ] {
+            let err = check_fixed_fields(&base, &cfg(tls)).expect_err(tls);
+            assert!(err.contains(field), "{tls}: {err}");
+        }
+    }
 }

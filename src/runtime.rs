@@ -71,6 +71,8 @@ pub struct Runtime {
     pub request_deadline: Duration,
     /// Name of the route response header, if enabled.
     pub route_header: Option<http::HeaderName>,
+    /// The certificate served on `listen` when `tls` is set.
+    pub tls_cert: Option<Arc<crate::tls::ServerCert>>,
 }
 
 impl Runtime {
@@ -168,10 +170,21 @@ impl Runtime {
                 models_body: models_list_body(&names),
             });
         }
+        let tls_cert = match &cfg.tls {
+            Some(t) => match crate::tls::ServerCert::load(t, crate::reload::now_secs()) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(p) => {
+                    problems.extend(p);
+                    None
+                }
+            },
+            None => None,
+        };
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
         Ok(Self {
+            tls_cert,
             max_body_bytes: cfg.max_body_bytes,
             body_idle_timeout: cfg.downstream.body_idle_timeout.get(),
             keepalive_secs: cfg.downstream.keepalive.get().as_secs(),

@@ -40,18 +40,50 @@ pub fn run(cli: &Cli, cfg: Config, rt: Runtime) -> Result<(), String> {
     server.bootstrap();
 
     let shared = Arc::new(Shared::new(rt));
-    let proxy_app = pingora::proxy::http_proxy(&server.configuration, Gateway::new(shared.clone()));
-    let guarded = HeaderGuard {
-        inner: Arc::new(proxy_app),
-        shared: shared.clone(),
+    crate::tls::export(shared.load().tls_cert.as_deref());
+    let server_conf = server.configuration.clone();
+    let proxy_app = |shared: &Arc<Shared>| {
+        let mut app = pingora::proxy::http_proxy(&server_conf, Gateway::new(shared.clone()));
+        app.h2_options = Some(h2_options(&cfg));
+        // An HTTP/2 connection with no stream open is closed after the same
+        // idle time as an HTTP/1 keep-alive connection.
+        let mut opts = pingora::apps::HttpServerOptions::default();
+        opts.h2_idle_timeout = Some(cfg.downstream.keepalive.get());
+        app.server_options = Some(opts);
+        HeaderGuard {
+            inner: Arc::new(app),
+            shared: shared.clone(),
+        }
     };
-    let mut proxy = Service::new("tollgate".to_string(), guarded);
-    // Pingora's default read buffer (64 KiB, zeroed) per client connection
-    // would be most of the memory of an open stream.
-    let buffers = L4BufferSettings::default().read(cfg.downstream.read_buffer_bytes);
-    proxy.add_listener(ListenerConfig::tcp(cfg.listen.clone()).l4_buffer(buffers));
-    server.add_service(proxy);
-
+    match &cfg.tls {
+        Some(t) => {
+            let resolver = Arc::new(crate::tls::SnapshotResolver::new(shared.clone()));
+            let tls_config = crate::tls::server_config(t, resolver)?;
+            let edge = crate::tls::TlsEdge {
+                inner: Arc::new(proxy_app(&shared)),
+                acceptor: pingora::listeners::tls::Acceptor::from_server_config(Arc::new(
+                    tls_config,
+                )),
+                shared: shared.clone(),
+            };
+            let mut tls = Service::new("tollgate tls".to_string(), edge);
+            tls.add_tcp(&cfg.listen);
+            server.add_service(tls);
+            if let Some(addr) = &cfg.plain_listen {
+                let mut plain = Service::new("tollgate plain".to_string(), proxy_app(&shared));
+                add_plain_listener(&mut plain, addr, &cfg);
+                server.add_service(plain);
+            }
+        }
+        None => {
+            let mut proxy = Service::new("tollgate".to_string(), proxy_app(&shared));
+            add_plain_listener(&mut proxy, &cfg.listen, &cfg);
+            if let Some(addr) = &cfg.plain_listen {
+                add_plain_listener(&mut proxy, addr, &cfg);
+            }
+            server.add_service(proxy);
+        }
+    }
     if let Some(addr) = &cfg.metrics_listen {
         let mut metrics = Service::new("tollgate metrics".to_string(), MetricsApp);
         metrics.threads = Some(1);
@@ -72,8 +104,41 @@ pub fn run(cli: &Cli, cfg: Config, rt: Runtime) -> Result<(), String> {
             settle: std::time::Duration::from_millis(200),
         },
     ));
-    log::info!("tollgate listening on {}", cfg.listen);
+    match (&cfg.tls, &cfg.plain_listen) {
+        (Some(t), _) => log::info!(
+            "tollgate listening on {} (TLS {}+{})",
+            cfg.listen,
+            match t.min_version {
+                crate::config::TlsVersion::V1_2 => "1.2",
+                crate::config::TlsVersion::V1_3 => "1.3",
+            },
+            if t.http2 { ", HTTP/2" } else { "" }
+        ),
+        (None, _) => log::info!("tollgate listening on {}", cfg.listen),
+    }
+    if let Some(p) = &cfg.plain_listen {
+        log::info!("tollgate plaintext listener on {p}");
+    }
     server.run_forever()
+}
+
+/// Adds a plaintext client listener with the configured read buffer:
+/// Pingora's default (64 KiB, zeroed per connection) is most of the memory
+/// of an idle keep-alive connection. TLS listeners keep Pingora's default,
+/// which suits 16 KiB TLS records.
+fn add_plain_listener<A>(service: &mut Service<A>, addr: &str, cfg: &Config) {
+    let buffers = L4BufferSettings::default().read(cfg.downstream.read_buffer_bytes);
+    service.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
+}
+
+/// HTTP/2 limits toward clients: concurrent streams per connection and the
+/// decoded header-list size (the same cap as HTTP/1's `max_header_bytes`).
+fn h2_options(cfg: &Config) -> pingora::protocols::http::v2::server::H2Options {
+    let mut o = pingora::protocols::http::v2::server::default_h2_options();
+    let streams = cfg.tls.as_ref().map_or(128, |t| t.max_concurrent_streams);
+    o.max_concurrent_streams(streams);
+    o.max_header_list_size(u32::try_from(cfg.downstream.max_header_bytes).unwrap_or(u32::MAX));
+    o
 }
 
 fn default_threads() -> usize {

@@ -78,3 +78,99 @@ keys:
     assert!(models.contains(&"upstream-chat".to_string()), "{models:?}");
     assert!(models.contains(&"upstream-embed".to_string()), "{models:?}");
 }
+
+/// The same SDK over HTTPS, trusting only a test CA (chat and stream): TLS
+/// termination by the gateway is transparent to the official client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_sdk_over_https_trusting_the_test_ca() {
+    let ca = support::TestCa::new();
+    let (cert, key) = ca.issue_files("server", &["localhost", "127.0.0.1"]);
+    let upstream = MockUpstream::start(support::Behavior::func(openai_like)).await;
+    let config = format!(
+        r#"
+listen: "{{LISTEN}}"
+plain_listen: "{{PLAIN}}"
+metrics_listen: "{{METRICS}}"
+server: {{ pid_file: "{{TMP}}/t.pid", upgrade_sock: "{{TMP}}/u.sock" }}
+tls: {{ cert: "{cert}", key: "{key}", min_version: "1.2", http2: true }}
+providers:
+  up:
+    kind: openai
+    base_url: "http://127.0.0.1:{port}/v1"
+    api_key: "sk-provider-sdk-test"
+models:
+  fast: {{ routes: [ {{ provider: up, model: upstream-chat }} ] }}
+  embed: {{ routes: [ {{ provider: up, model: upstream-embed }} ] }}
+keys:
+  - {{ name: sdk, key: "tg-sdk-key-123" }}
+"#,
+        cert = cert.display(),
+        key = key.display(),
+        port = upstream.port()
+    );
+    let gw = Gateway::start(&config).await;
+    let port = gw
+        .listen_addr()
+        .rsplit(':')
+        .next()
+        .unwrap_or("0")
+        .to_string();
+    let run = |ca_file: &std::path::Path| {
+        tokio::process::Command::new(python())
+            .arg("tests/sdk/openai_client.py")
+            .env("TOLLGATE_BASE_URL", format!("https://localhost:{port}/v1"))
+            .env("TOLLGATE_KEY", "tg-sdk-key-123")
+            .env("TOLLGATE_CA_FILE", ca_file)
+            .env("TOLLGATE_CHECKS", "chat,stream")
+            .output()
+    };
+    // The TLS listener starts alongside the plaintext one: wait for it.
+    let https = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(ca.ca_pem().as_bytes()).expect("CA PEM"),
+        )
+        .no_proxy()
+        .build()
+        .expect("client");
+    let healthz = format!("https://localhost:{port}/healthz");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !https
+        .get(&healthz)
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "TLS listener not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = run(&ca.ca_file()).await.expect("run the SDK script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK checks over HTTPS failed:\n{stdout}\n{stderr}\ngateway log:\n{}",
+        gw.logs()
+    );
+    assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
+    let models: Vec<String> = upstream
+        .requests()
+        .iter()
+        .map(|r| r.json()["model"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        models.iter().filter(|m| *m == "upstream-chat").count() >= 2,
+        "{models:?}"
+    );
+
+    // A CA the client does not know is refused: the SDK does verify.
+    let other = support::TestCa::new();
+    let out = run(&other.ca_file()).await.expect("run the SDK script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("APIConnectionError"), "{stdout}");
+}

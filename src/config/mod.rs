@@ -93,6 +93,13 @@ pub fn parse_str(
 }
 
 fn resolve_paths(cfg: &mut Config, base: &Path) {
+    if let Some(t) = &mut cfg.tls {
+        for f in [&mut t.cert, &mut t.key] {
+            if !f.is_empty() && Path::new(f.as_str()).is_relative() {
+                *f = base.join(&*f).to_string_lossy().into_owned();
+            }
+        }
+    }
     for p in cfg.providers.values_mut() {
         if let Some(f) = &p.ca_file {
             if Path::new(f).is_relative() {
@@ -184,6 +191,44 @@ keys:
             let text = GOOD.replacen(edit.0, edit.1, 1);
             let got = problems(&text);
             assert!(got.contains(want), "{edit:?}: {got}");
+        }
+    }
+
+    #[test]
+    fn tls_section_parses_and_is_checked() {
+        let with =
+            |tls: &str| GOOD.replacen("metrics_listen:", &format!("{tls}\nmetrics_listen:"), 1);
+        let cfg = parse_str(
+            &with("tls: { cert: c.pem, key: k.pem, min_version: 1.3 }\nplain_listen: \"127.0.0.1:8081\""),
+            env,
+            Path::new("/etc/tollgate"),
+        )
+        .unwrap();
+        let t = cfg.tls.unwrap();
+        assert_eq!(t.min_version, TlsVersion::V1_3);
+        assert!(t.http2, "http2 defaults to on");
+        assert_eq!(t.cert, "/etc/tollgate/c.pem", "relative to the config file");
+        for (tls, want) in [
+            (
+                "tls: { cert: c.pem, key: k.pem, min_version: \"1.1\" }",
+                "tls.min_version",
+            ),
+            ("tls: { cert: c.pem }", "tls: missing field `key`"),
+            (
+                "tls: { cert: \"\", key: k.pem }",
+                "tls.cert: must name a PEM file",
+            ),
+            (
+                "plain_listen: \"127.0.0.1:8080\"",
+                "plain_listen: must differ from `listen`",
+            ),
+            (
+                "plain_listen: localhost:1",
+                "plain_listen: `localhost:1` is not an IP:port",
+            ),
+        ] {
+            let got = problems(&with(tls));
+            assert!(got.contains(want), "{tls}: {got}");
         }
     }
 

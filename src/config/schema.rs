@@ -10,6 +10,12 @@ use std::collections::BTreeMap;
 pub struct Config {
     /// Address of the OpenAI-compatible API listener, e.g. `127.0.0.1:8080`.
     pub listen: String,
+    /// TLS on `listen`: certificate, key, versions, HTTP/2. Absent: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+    /// An extra plaintext listener (e.g. for a local sidecar). Optional.
+    #[serde(default)]
+    pub plain_listen: Option<String>,
     /// Address of the Prometheus listener (serves `/metrics`). Optional.
     #[serde(default)]
     pub metrics_listen: Option<String>,
@@ -60,6 +66,66 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
 
 fn default_max_body_bytes() -> u64 {
     DEFAULT_MAX_BODY_BYTES
+}
+
+/// TLS termination on `listen`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain, leaf first (e.g. certbot's `fullchain.pem`).
+    pub cert: String,
+    /// PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// Oldest TLS version accepted.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// Offer HTTP/2 in ALPN (`h2`, then `http/1.1`).
+    #[serde(default = "yes")]
+    pub http2: bool,
+    /// Most concurrent HTTP/2 streams a client may open on one connection.
+    #[serde(default = "default_h2_streams")]
+    pub max_concurrent_streams: u32,
+}
+
+fn default_h2_streams() -> u32 {
+    128
+}
+
+/// `min_version` values: `"1.2"` or `"1.3"` (quoted or not).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TlsVersion {
+    #[default]
+    V1_2,
+    V1_3,
+}
+
+impl<'de> Deserialize<'de> for TlsVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = TlsVersion;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"1.2\" or \"1.3\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<TlsVersion, E> {
+                match s.trim() {
+                    "1.2" => Ok(TlsVersion::V1_2),
+                    "1.3" => Ok(TlsVersion::V1_3),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(s), &self)),
+                }
+            }
+            fn visit_f64<E: serde::de::Error>(self, x: f64) -> Result<TlsVersion, E> {
+                if x == 1.2 {
+                    Ok(TlsVersion::V1_2)
+                } else if x == 1.3 {
+                    Ok(TlsVersion::V1_3)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Float(x), &self))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Process-level settings (threads, graceful stop, upgrade socket).

@@ -134,6 +134,37 @@ fn check_listeners(cfg: &Config, v: &mut Problems) {
             Ok(_) => {}
         }
     }
+    if let Some(p) = &cfg.plain_listen {
+        match p.parse::<SocketAddr>() {
+            Err(_) => v.add(
+                "plain_listen",
+                format!("`{p}` is not an IP:port such as 127.0.0.1:8080"),
+            ),
+            Ok(a) => {
+                if listen.as_ref().is_ok_and(|l| *l == a) {
+                    v.add("plain_listen", "must differ from `listen`");
+                }
+                if cfg
+                    .metrics_listen
+                    .as_ref()
+                    .and_then(|m| m.parse::<SocketAddr>().ok())
+                    == Some(a)
+                {
+                    v.add("plain_listen", "must differ from `metrics_listen`");
+                }
+            }
+        }
+    }
+    if let Some(t) = &cfg.tls {
+        for (field, path) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {
+            if path.trim().is_empty() {
+                v.add(field, "must name a PEM file");
+            }
+        }
+        if t.max_concurrent_streams == 0 || t.max_concurrent_streams > 10_000 {
+            v.add("tls.max_concurrent_streams", "must be between 1 and 10000");
+        }
+    }
     if cfg.max_body_bytes == 0 || cfg.max_body_bytes > 1 << 30 {
         v.add("max_body_bytes", "must be between 1 and 1073741824 (1 GiB)");
     }

@@ -78,7 +78,28 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
             ctx,
         );
     }
-    let framing = body::framing(&session.req_header().headers)?;
+    let over_tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    if session.is_http2() || over_tls {
+        // Plain HTTP/1 headers were measured by the header guard. TLS streams
+        // skip it (HTTP/2's are capped by the h2 settings at start-up, and
+        // HTTP/1's by Pingora at 1 MiB), so they are measured here against
+        // the current limit.
+        let req = session.req_header();
+        let size = req.uri.to_string().len()
+            + req
+                .headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                .sum::<usize>();
+        if size > rt.header_limits.max_bytes {
+            return Err(GatewayError::HeaderTooLarge);
+        }
+    }
+    let mut framing = body::framing(&session.req_header().headers)?;
+    if session.is_http2() && framing == body::Framing::Length(0) && !session.is_body_empty() {
+        // HTTP/2 may send a body without Content-Length: read it to its end.
+        framing = body::Framing::Chunked;
+    }
     if body::had_both_lengths(session) {
         return Err(GatewayError::invalid(
             "Both Content-Length and Transfer-Encoding were sent.",

@@ -99,15 +99,20 @@ pub async fn read_all(
             return Ok(Bytes::new());
         }
     }
-    if session
-        .get_header(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    // HTTP/2 clients do not wait for a 100 (and Pingora's h2 session would
+    // take it as the final response header).
+    if !session.is_http2()
+        && session
+            .get_header(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
     {
         session
             .write_continue_response()
             .await
             .map_err(|_| GatewayError::invalid("Could not answer Expect: 100-continue."))?;
     }
+    // Pingora times out HTTP/1 reads itself; its HTTP/2 body reader has no
+    // timeout, so every read is also bounded here.
     session.set_read_timeout(Some(idle));
     let expected = match framing {
         Framing::Length(n) => Some(n),
@@ -122,10 +127,12 @@ pub async fn read_all(
     };
     maybe_enable(session, 0);
     loop {
-        let chunk = match session.read_request_body().await {
-            Ok(Some(c)) => c,
-            Ok(None) => break,
-            Err(e) => {
+        let read = tokio::time::timeout(idle, session.read_request_body()).await;
+        let chunk = match read {
+            Err(_) => return Err(GatewayError::RequestTimeout),
+            Ok(Ok(Some(c))) => c,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
                 return Err(match e.etype() {
                     pingora::ErrorType::ReadTimedout => GatewayError::RequestTimeout,
                     _ => GatewayError::invalid("The request body could not be read."),

@@ -34,6 +34,9 @@ pub fn classify(e: &Error) -> Option<GatewayError> {
             ErrorSource::Downstream => match e.etype() {
                 // Gone, or too slow to take the response: nothing can be sent.
                 ReadError | WriteError | ConnectionClosed | WriteTimedout => None,
+                // An HTTP/2 client reset its stream (or broke the protocol):
+                // the stream is gone, nothing can be sent on it.
+                H2Error => None,
                 ReadTimedout => Some(GatewayError::RequestTimeout),
                 _ => Some(GatewayError::invalid("Malformed request.")),
             },

@@ -2,15 +2,18 @@
 //! client sending one header byte a second (slowloris) is never cut off, and
 //! it accepts headers up to 1 MiB. This wrapper reads each request's header
 //! itself, under a total deadline and a size cap, then puts the bytes back
-//! (`rewind`) and hands the connection to the proxy unchanged.
+//! (`rewind`) and hands the connection to the proxy unchanged. HTTP/1.1
+//! over TLS is guarded the same way (the bytes are put back by `Rewound`);
+//! HTTP/2 has its own limits (h2 settings, checked again in `admit`).
 
 use crate::error::GatewayError;
+use crate::proxy::rewound::Rewound;
 use crate::runtime::Shared;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::ServerApp;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -41,13 +44,28 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let _busy = Busy::enter();
-        if !session.as_any().is::<L4Stream>() {
-            // Not a plain TCP stream (e.g. TLS): Pingora's own limits apply.
-            return self.inner.process_new(session, shutdown).await;
-        }
-        let mut l4 = session.into_any().downcast::<L4Stream>().ok()?;
         let rt = self.shared.load();
         let limits = rt.header_limits;
+        if !session.as_any().is::<L4Stream>() {
+            if matches!(session.selected_alpn_proto(), Some(ALPN::H2)) {
+                return self.inner.process_new(session, shutdown).await;
+            }
+            // HTTP/1 over TLS.
+            let mut tls = session;
+            return match read_header(&mut tls, limits, shutdown).await {
+                Header::Ready(buf) => {
+                    let stream = Rewound::new(buf.freeze(), tls);
+                    self.inner.process_new(Box::new(stream), shutdown).await
+                }
+                Header::Close => None,
+                Header::Refuse(err) => {
+                    let _ = tls.write_all(&raw_error(&err)).await;
+                    let _ = tls.flush().await;
+                    None
+                }
+            };
+        }
+        let mut l4 = session.into_any().downcast::<L4Stream>().ok()?;
         match read_header(&mut l4, limits, shutdown).await {
             Header::Ready(buf) => {
                 l4.rewind(&buf);
@@ -106,7 +124,11 @@ impl Drop for Busy {
     }
 }
 
-async fn read_header(s: &mut L4Stream, l: HeaderLimits, shutdown: &ShutdownWatch) -> Header {
+async fn read_header<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    l: HeaderLimits,
+    shutdown: &ShutdownWatch,
+) -> Header {
     let mut buf = BytesMut::with_capacity(4096);
     let mut shutdown = shutdown.clone();
     // Wait for the first byte: keep-alive idle time. On shutdown, a

@@ -11,6 +11,7 @@ pub mod header_guard;
 pub mod headers;
 pub mod respond;
 pub mod response;
+pub mod rewound;
 
 use crate::runtime::Shared;
 use async_trait::async_trait;

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub config_loaded: IntGauge,
     pub access_log_dropped: IntCounter,
+    pub tls_cert_expiry: IntGauge,
+    pub tls_handshakes: IntCounterVec,
 }
 
 /// Request duration buckets for LLM calls: 5 ms to 5 minutes.
@@ -146,6 +148,15 @@ fn build() -> Result<Metrics, prometheus::Error> {
         access_log_dropped: register_int_counter!(
             "tollgate_access_log_dropped_total",
             "Access-log lines dropped because the writer fell behind."
+        )?,
+        tls_cert_expiry: register_int_gauge!(
+            "tollgate_tls_cert_expiry_timestamp_seconds",
+            "Unix time when the served TLS certificate expires (notAfter)."
+        )?,
+        tls_handshakes: register_int_counter_vec!(
+            "tollgate_tls_handshakes_total",
+            "TLS handshakes on `listen` by result (success, failed, timeout).",
+            &["result"]
         )?,
     })
 }

@@ -9,6 +9,9 @@ venv that has the SDK, see tests/run.sh); also usable by hand:
 The gateway must serve a chat alias `fast` and an embeddings alias `embed`,
 and must not know a model called `no-such-model`.
 
+For an https:// base URL, TOLLGATE_CA_FILE names a PEM file of the CA to
+trust (only that CA); TOLLGATE_CHECKS=chat,stream runs a subset of checks.
+
 Prints one line per check, then `N passed, M failed`; exits 1 if any failed.
 """
 
@@ -20,12 +23,28 @@ from openai import AuthenticationError, NotFoundError, OpenAI
 
 BASE_URL = os.environ.get("TOLLGATE_BASE_URL", "http://127.0.0.1:8080/v1")
 KEY = os.environ.get("TOLLGATE_KEY", "")
+CA_FILE = os.environ.get("TOLLGATE_CA_FILE")
+ONLY = [c for c in os.environ.get("TOLLGATE_CHECKS", "").split(",") if c]
 TIMEOUT = 20.0
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def make_client(api_key):
-    return OpenAI(base_url=BASE_URL, api_key=api_key, max_retries=0, timeout=TIMEOUT)
+    http_client = None
+    if CA_FILE:
+        import ssl
+
+        import openai
+
+        ctx = ssl.create_default_context(cafile=CA_FILE)
+        http_client = openai.DefaultHttpxClient(verify=ctx, timeout=TIMEOUT)
+    return OpenAI(
+        base_url=BASE_URL,
+        api_key=api_key,
+        max_retries=0,
+        timeout=TIMEOUT,
+        http_client=http_client,
+    )
 
 
 def error_code(exc):
@@ -123,6 +142,8 @@ def main():
     client = make_client(KEY)
     passed = failed = 0
     for name, fn in CHECKS:
+        if ONLY and name not in ONLY:
+            continue
         try:
             detail = fn(client)
         except Exception as e:  # noqa: BLE001 - report every failure and go on

@@ -4,7 +4,11 @@
 //! write of the config file:
 //! - `{LISTEN}`  → `127.0.0.1:PORT` of the proxy listener,
 //! - `{METRICS}` → `127.0.0.1:PORT` of the metrics listener,
-//! - `{TMP}`     → the gateway's private temp directory (no trailing slash).
+//! - `{TMP}`     → the gateway's private temp directory (no trailing slash),
+//! - `{PLAIN}`   → `127.0.0.1:PORT` of a third free port (for `plain_listen`).
+//!
+//! When the config has `tls:` and `plain_listen: "{PLAIN}"`, readiness is
+//! polled over the plaintext listener.
 
 use std::fs::OpenOptions;
 use std::net::TcpListener;
@@ -32,6 +36,8 @@ pub struct Gateway {
     dir: tempfile::TempDir,
     listen: String,
     metrics: String,
+    plain: String,
+    tls: bool,
     config_path: PathBuf,
     log_path: PathBuf,
 }
@@ -54,10 +60,12 @@ impl Gateway {
     /// that an invalid config makes it exit; see [`wait_exit`](Self::wait_exit)).
     pub fn spawn_with_env(yaml_template: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("gateway tempdir");
-        let [listen, metrics] = free_addrs();
+        let [listen, metrics, plain] = free_addrs3();
         let config_path = dir.path().join("tollgate.yaml");
         let log_path = dir.path().join("tollgate.log");
-        let config = render(yaml_template, &listen, &metrics, dir.path());
+        let config =
+            render(yaml_template, &listen, &metrics, dir.path()).replace("{PLAIN}", &plain);
+        let tls = yaml_template.contains("\ntls:") && yaml_template.contains("{PLAIN}");
         std::fs::write(&config_path, config).expect("write config");
         let log = OpenOptions::new()
             .create(true)
@@ -81,6 +89,8 @@ impl Gateway {
             dir,
             listen,
             metrics,
+            plain,
+            tls,
             config_path,
             log_path,
         }
@@ -90,7 +100,11 @@ impl Gateway {
     /// the log on timeout or if the process exits first.
     pub async fn wait_ready(&mut self, timeout: Duration) {
         let client = client();
-        let url = self.url("/healthz");
+        let url = if self.tls {
+            format!("http://{}/healthz", self.plain)
+        } else {
+            self.url("/healthz")
+        };
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(r) = client
@@ -134,6 +148,11 @@ impl Gateway {
         self.listen.clone()
     }
 
+    /// The address `{PLAIN}` expands to, `127.0.0.1:PORT`.
+    pub fn plain_addr(&self) -> String {
+        self.plain.clone()
+    }
+
     /// The metrics listener address, `127.0.0.1:PORT`.
     pub fn metrics_addr(&self) -> String {
         self.metrics.clone()
@@ -171,6 +190,7 @@ impl Gateway {
     /// Applies the placeholder substitutions to `yaml_template`.
     pub fn render(&self, yaml_template: &str) -> String {
         render(yaml_template, &self.listen, &self.metrics, self.dir.path())
+            .replace("{PLAIN}", &self.plain)
     }
 
     /// The child's process id.
@@ -309,6 +329,15 @@ pub fn render(template: &str, listen: &str, metrics: &str, tmp: &Path) -> String
         .replace("{LISTEN}", listen)
         .replace("{METRICS}", metrics)
         .replace("{TMP}", &tmp.to_string_lossy())
+}
+
+/// Three distinct free loopback addresses (`127.0.0.1:PORT`).
+pub fn free_addrs3() -> [String; 3] {
+    let l: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind free port"))
+        .collect();
+    let a = |i: usize| format!("127.0.0.1:{}", l[i].local_addr().expect("addr").port());
+    [a(0), a(1), a(2)]
 }
 
 /// Two distinct free loopback addresses (`127.0.0.1:PORT`).

@@ -88,9 +88,37 @@ impl TestCa {
         (crt, keyp)
     }
 
+    /// Like [`issue_files`](Self::issue_files), valid until `not_after`
+    /// (and from a day before it, or earlier).
+    pub fn issue_files_until(
+        &self,
+        stem: &str,
+        names: &[&str],
+        not_after: time::OffsetDateTime,
+    ) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.leaf_with(names, Some(not_after));
+        let crt = self.dir.path().join(format!("{stem}.crt"));
+        let keyp = self.dir.path().join(format!("{stem}.key"));
+        std::fs::write(&crt, cert.pem()).expect("write leaf cert");
+        std::fs::write(&keyp, key.serialize_pem()).expect("write leaf key");
+        (crt, keyp)
+    }
+
     fn leaf(&self, names: &[&str]) -> (rcgen::Certificate, KeyPair) {
+        self.leaf_with(names, None)
+    }
+
+    fn leaf_with(
+        &self,
+        names: &[&str],
+        not_after: Option<time::OffsetDateTime>,
+    ) -> (rcgen::Certificate, KeyPair) {
         let key = KeyPair::generate().expect("generate leaf key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
+        if let Some(t) = not_after {
+            params.not_after = t;
+            params.not_before = t - time::Duration::days(30);
+        }
         params.subject_alt_names = names
             .iter()
             .map(|n| match n.parse::<IpAddr>() {
