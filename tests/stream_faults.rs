@@ -573,7 +573,7 @@ async fn stream_with_a_late_first_byte_fails_over_before_any_byte_reaches_the_cl
 
     // Metrics are recorded just before the access-log line is written,
     // after the response went out: wait for the line, then scrape.
-    let _ = access_line(&gw, "ttft-2").await;
+    let _ = gw.access_line("ttft-2").await;
     let m = gw.metrics_text().await;
     assert_sample(
         &m,
