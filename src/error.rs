@@ -41,6 +41,10 @@ pub enum GatewayError {
     UpstreamUnavailable { retry_after: Option<u64> },
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// A key, team or model rate or concurrency limit was reached.
+    LimitExceeded { detail: String, retry_after: u64 },
+    /// A key or team budget (spend or tokens) is used up for its window.
+    QuotaExceeded { detail: String, retry_after: u64 },
     /// A fault inside the gateway.
     Internal,
 }
@@ -65,7 +69,9 @@ impl GatewayError {
             Self::HeaderTooLarge => 431,
             Self::PayloadTooLarge { .. } => 413,
             Self::UpstreamError | Self::UpstreamAuth => 502,
-            Self::RateLimited { .. } => 429,
+            Self::RateLimited { .. } | Self::LimitExceeded { .. } | Self::QuotaExceeded { .. } => {
+                429
+            }
             Self::UpstreamUnavailable { .. } => 503,
             Self::UpstreamTimeout => 504,
             Self::Internal => 500,
@@ -90,7 +96,8 @@ impl GatewayError {
             | Self::UpstreamUnavailable { .. }
             | Self::UpstreamTimeout
             | Self::Internal => "api_error",
-            Self::RateLimited { .. } => "requests",
+            Self::RateLimited { .. } | Self::LimitExceeded { .. } => "requests",
+            Self::QuotaExceeded { .. } => "insufficient_quota",
         }
     }
 
@@ -109,7 +116,8 @@ impl GatewayError {
             Self::PayloadTooLarge { .. } => "request_too_large",
             Self::UpstreamError => "upstream_error",
             Self::UpstreamAuth => "upstream_auth_error",
-            Self::RateLimited { .. } => "rate_limit_exceeded",
+            Self::RateLimited { .. } | Self::LimitExceeded { .. } => "rate_limit_exceeded",
+            Self::QuotaExceeded { .. } => "insufficient_quota",
             Self::UpstreamUnavailable { .. } => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Internal => "gateway_error",
@@ -129,6 +137,9 @@ impl GatewayError {
         match self {
             Self::RateLimited { retry_after } | Self::UpstreamUnavailable { retry_after } => {
                 *retry_after
+            }
+            Self::LimitExceeded { retry_after, .. } | Self::QuotaExceeded { retry_after, .. } => {
+                Some(*retry_after)
             }
             _ => None,
         }
@@ -186,6 +197,20 @@ impl fmt::Display for GatewayError {
             }
             Self::UpstreamUnavailable { .. } => f.write_str(
                 "Every upstream for this model is temporarily unavailable; retry later.",
+            ),
+            Self::LimitExceeded {
+                detail,
+                retry_after,
+            } => write!(
+                f,
+                "Rate limit reached: {detail}. Retry after {retry_after} s."
+            ),
+            Self::QuotaExceeded {
+                detail,
+                retry_after,
+            } => write!(
+                f,
+                "Quota exceeded: {detail} is used up. It renews in {retry_after} s."
             ),
             Self::Internal => f.write_str("Internal gateway error."),
         }

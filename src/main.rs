@@ -29,6 +29,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if !cli.test {
+        if let Some(path) = &cfg.state_file {
+            match tollgate::governance::snapshot::load(
+                tollgate::governance::memory::global(),
+                std::path::Path::new(path),
+            ) {
+                Ok(n) => log::info!("restored {n} budget counters from {path}"),
+                Err(e) => {
+                    eprintln!("start-up failed: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
     let rt = match Runtime::build(cfg.clone()) {
         Ok(rt) => rt,
         Err(e) => {

@@ -4,6 +4,7 @@
 
 use crate::auth;
 use crate::error::GatewayError;
+use crate::governance::{self, plan, Ask};
 use crate::providers::mock;
 use crate::proxy::body;
 use crate::proxy::ctx::Ctx;
@@ -34,7 +35,7 @@ pub async fn request_filter(session: &mut Session, ctx: &mut Ctx) -> pingora::Re
                 // Unread body bytes must not be parsed as the next request.
                 session.set_keepalive(None);
             }
-            respond::error(session, &err, &ctx.request_id).await?;
+            respond::error(session, &err, &respond::Tags::of(ctx)).await?;
             ctx.error = Some(err);
             Ok(true)
         }
@@ -57,7 +58,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     if ep == Endpoint::Healthz {
         let body = Bytes::from_static(br#"{"status":"ok"}"#);
         return written(
-            respond::json(session, 200, body, &ctx.request_id).await,
+            respond::json(session, 200, body, &respond::Tags::of(ctx)).await,
             ctx,
         );
     }
@@ -74,7 +75,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     if ep == Endpoint::Models {
         let body = key_info.models_body.clone();
         return written(
-            respond::json(session, 200, body, &ctx.request_id).await,
+            respond::json(session, 200, body, &respond::Tags::of(ctx)).await,
             ctx,
         );
     }
@@ -108,6 +109,39 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     }
     ctx.alias = Some(model.name.clone());
     let first = model.routes.first().ok_or(GatewayError::Internal)?;
+    if !key_info.rules.is_empty() || !model.rules.is_empty() {
+        let ask = if plan::needs_estimate(&key_info.rules) || plan::needs_estimate(&model.rules) {
+            Ask::worst_case(
+                &first.model,
+                &model.prices,
+                model.reserve_output_tokens,
+                ep,
+                &bytes,
+            )
+        } else {
+            Ask::default()
+        };
+        match governance::memory::global().admit(&[&key_info.rules, &model.rules], ask) {
+            Ok(a) => {
+                ctx.reservation = Some(a.reservation);
+                ctx.rate_headers = a.headers;
+            }
+            Err(r) => {
+                ctx.rate_headers = r.headers;
+                return Err(if r.quota {
+                    GatewayError::QuotaExceeded {
+                        detail: r.detail,
+                        retry_after: r.retry_after_s,
+                    }
+                } else {
+                    GatewayError::LimitExceeded {
+                        detail: r.detail,
+                        retry_after: r.retry_after_s,
+                    }
+                });
+            }
+        }
+    }
     if let ProviderRt::Mock(settings) = &*first.provider {
         ctx.served_locally = true;
         ctx.attempts = 1;
@@ -118,9 +152,9 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         ctx.local_usage = Some(mock::usage_of(ep, settings));
         ctx.parsed = Some(parsed);
         let sent = match reply {
-            mock::Reply::Json(b) => respond::json(session, 200, b, &ctx.request_id).await,
+            mock::Reply::Json(b) => respond::json(session, 200, b, &respond::Tags::of(ctx)).await,
             mock::Reply::Sse { events, interval } => {
-                respond::sse(session, events, interval, &ctx.request_id).await
+                respond::sse(session, events, interval, &respond::Tags::of(ctx)).await
             }
         };
         return written(sent, ctx);

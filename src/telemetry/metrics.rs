@@ -36,6 +36,10 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub config_loaded: IntGauge,
     pub access_log_dropped: IntCounter,
+    pub limit_rejections: IntCounterVec,
+    pub budget_remaining: prometheus::GaugeVec,
+    pub reservations: IntGauge,
+    pub limit_store_errors: IntCounterVec,
 }
 
 /// Request duration buckets for LLM calls: 5 ms to 5 minutes.
@@ -146,6 +150,25 @@ fn build() -> Result<Metrics, prometheus::Error> {
         access_log_dropped: register_int_counter!(
             "tollgate_access_log_dropped_total",
             "Access-log lines dropped because the writer fell behind."
+        )?,
+        limit_rejections: register_int_counter_vec!(
+            "tollgate_limit_rejections_total",
+            "Requests refused by a limit, by level (key, team, model) and reason (rpm, tpm, concurrency, budget_usd, budget_tokens).",
+            &["level", "reason"]
+        )?,
+        budget_remaining: prometheus::register_gauge_vec!(
+            "tollgate_budget_remaining",
+            "What is left of each budget in its current window (USD or tokens; reservations in flight count as spent).",
+            &["level", "name", "unit", "window"]
+        )?,
+        reservations: register_int_gauge!(
+            "tollgate_limit_reservations_outstanding",
+            "Admitted requests holding a token or spend reservation not yet settled."
+        )?,
+        limit_store_errors: register_int_counter_vec!(
+            "tollgate_limit_store_errors_total",
+            "Errors of the limits store, by store and operation.",
+            &["store", "op"]
         )?,
     })
 }

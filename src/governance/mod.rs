@@ -1,0 +1,153 @@
+//! Governance: rate limits, concurrency, and token and spend budgets at the
+//! key, team and model level.
+//!
+//! - `rpm` and `concurrency` are counted at admission. A concurrency slot is
+//!   held by the request's [`Reservation`] and freed when it is dropped, so
+//!   every end (success, error, disconnect, panic) frees it.
+//! - `tpm`, token budgets and spend budgets reserve the worst case at
+//!   admission (prompt estimate + `max_tokens` or the model's default,
+//!   priced at the dearest route), then settle to the real usage.
+//! - Every rule of every level is checked and committed under one lock, so
+//!   a rejection at one level never leaves a reservation at another.
+
+pub mod ledger;
+pub mod memory;
+pub mod plan;
+pub mod snapshot;
+pub mod window;
+
+pub use memory::{Admitted, Rejected, Reservation};
+pub use plan::{Ask, Rule};
+
+use serde::{Deserialize, Serialize};
+
+/// Where a rule is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    Key,
+    Team,
+    Model,
+}
+
+impl Level {
+    pub fn label(self) -> &'static str {
+        match self {
+            Level::Key => "key",
+            Level::Team => "team",
+            Level::Model => "model",
+        }
+    }
+}
+
+/// What a counter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    Requests,
+    Tokens,
+    /// Nano-dollars (1e-9 USD), so sums stay exact.
+    Usd,
+    Concurrency,
+}
+
+/// Nano-dollars per dollar.
+pub const NANOS: f64 = 1e9;
+
+/// USD to nano-dollars, rounded up (a reservation never rounds down).
+pub fn usd_to_nanos_ceil(usd: f64) -> i64 {
+    (usd * NANOS).ceil() as i64
+}
+
+/// USD to nano-dollars, rounded to the nearest.
+pub fn usd_to_nanos(usd: f64) -> i64 {
+    (usd * NANOS).round() as i64
+}
+
+/// The values of OpenAI's `x-ratelimit-*` headers for one kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateInfo {
+    pub limit: i64,
+    pub remaining: i64,
+    /// Until the limit is back to its initial state.
+    pub reset_ms: i64,
+}
+
+/// The tightest request and token rates that applied to a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateHeaders {
+    pub requests: Option<RateInfo>,
+    pub tokens: Option<RateInfo>,
+}
+
+impl RateHeaders {
+    /// Keeps the tighter of the current and `info` (the smaller remainder).
+    pub fn offer(slot: &mut Option<RateInfo>, info: RateInfo) {
+        match slot {
+            Some(cur) if (cur.remaining, cur.limit) <= (info.remaining, info.limit) => {}
+            _ => *slot = Some(info),
+        }
+    }
+
+    /// The header pairs, in OpenAI's names and formats.
+    pub fn pairs(&self) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        let mut out = Vec::new();
+        for (info, names) in [
+            (
+                self.requests,
+                [
+                    "x-ratelimit-limit-requests",
+                    "x-ratelimit-remaining-requests",
+                    "x-ratelimit-reset-requests",
+                ],
+            ),
+            (
+                self.tokens,
+                [
+                    "x-ratelimit-limit-tokens",
+                    "x-ratelimit-remaining-tokens",
+                    "x-ratelimit-reset-tokens",
+                ],
+            ),
+        ] {
+            let Some(i) = info else { continue };
+            let values = [
+                i.limit.to_string(),
+                i.remaining.max(0).to_string(),
+                reset_text(i.reset_ms),
+            ];
+            for (n, v) in names.iter().zip(values) {
+                if let Ok(v) = http::HeaderValue::from_str(&v) {
+                    out.push((http::HeaderName::from_static(n), v));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// OpenAI's reset format: `120ms`, `17s`, `6m0s`.
+pub fn reset_text(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = (ms + 999) / 1000;
+    if secs < 60 {
+        format!("{secs}s")
+    } else {
+        format!("{}m{}s", secs / 60, secs % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_is_written_like_openai() {
+        assert_eq!(reset_text(120), "120ms");
+        assert_eq!(reset_text(16_200), "17s");
+        assert_eq!(reset_text(360_000), "6m0s");
+    }
+}
