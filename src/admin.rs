@@ -151,6 +151,17 @@ fn limits(rt: &crate::runtime::Runtime) -> Response<Vec<u8>> {
         if !seen.insert(rule.id.clone()) {
             continue;
         }
+        if crate::governance::is_shared() {
+            rows.push(json!({
+                "level": rule.id.level.label(),
+                "name": &*rule.id.name,
+                "limit": rule.reason(),
+                "window": &*rule.window,
+                "max": rule.natural(rule.limit),
+                "store": "redis",
+            }));
+            continue;
+        }
         let used = store.used(&rule.id);
         let unit = match rule.id.metric {
             Metric::Usd => "usd",

@@ -45,6 +45,8 @@ pub enum GatewayError {
     LimitExceeded { detail: String, retry_after: u64 },
     /// A key or team budget (spend or tokens) is used up for its window.
     QuotaExceeded { detail: String, retry_after: u64 },
+    /// The shared limits store cannot be reached (`on_error: fail_closed`).
+    LimitsUnavailable,
     /// A fault inside the gateway.
     Internal,
 }
@@ -72,7 +74,7 @@ impl GatewayError {
             Self::RateLimited { .. } | Self::LimitExceeded { .. } | Self::QuotaExceeded { .. } => {
                 429
             }
-            Self::UpstreamUnavailable { .. } => 503,
+            Self::UpstreamUnavailable { .. } | Self::LimitsUnavailable => 503,
             Self::UpstreamTimeout => 504,
             Self::Internal => 500,
         }
@@ -95,6 +97,7 @@ impl GatewayError {
             | Self::UpstreamAuth
             | Self::UpstreamUnavailable { .. }
             | Self::UpstreamTimeout
+            | Self::LimitsUnavailable
             | Self::Internal => "api_error",
             Self::RateLimited { .. } | Self::LimitExceeded { .. } => "requests",
             Self::QuotaExceeded { .. } => "insufficient_quota",
@@ -119,6 +122,7 @@ impl GatewayError {
             Self::RateLimited { .. } | Self::LimitExceeded { .. } => "rate_limit_exceeded",
             Self::QuotaExceeded { .. } => "insufficient_quota",
             Self::UpstreamUnavailable { .. } => "upstream_unavailable",
+            Self::LimitsUnavailable => "limits_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Internal => "gateway_error",
         }
@@ -141,6 +145,7 @@ impl GatewayError {
             Self::LimitExceeded { retry_after, .. } | Self::QuotaExceeded { retry_after, .. } => {
                 Some(*retry_after)
             }
+            Self::LimitsUnavailable => Some(1),
             _ => None,
         }
     }
@@ -211,6 +216,9 @@ impl fmt::Display for GatewayError {
             } => write!(
                 f,
                 "Quota exceeded: {detail} is used up. It renews in {retry_after} s."
+            ),
+            Self::LimitsUnavailable => f.write_str(
+                "The gateway cannot check this request's limits right now; retry shortly.",
             ),
             Self::Internal => f.write_str("Internal gateway error."),
         }

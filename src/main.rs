@@ -29,6 +29,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = tollgate::governance::configure(&cfg.limits_store) {
+        eprintln!("invalid configuration:\n{e}");
+        return ExitCode::FAILURE;
+    }
     if !cli.test {
         if let Some(path) = &cfg.state_file {
             match tollgate::governance::snapshot::load(

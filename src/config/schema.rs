@@ -68,13 +68,79 @@ fn default_state_interval() -> HumanDuration {
     HumanDuration::from_secs(5)
 }
 
-/// Where limit and budget counters live.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+/// Where limit and budget counters live: `memory`, or
+/// `{ redis: { url, on_error } }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LimitsStore {
     /// In this process; budgets are saved to `state_file`.
     #[default]
     Memory,
+    /// In Redis, shared by every gateway instance that names it.
+    Redis(RedisStore),
+}
+
+impl<'de> Deserialize<'de> for LimitsStore {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = LimitsStore;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`memory` or `{ redis: { url: ..., on_error: ... } }`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<LimitsStore, E> {
+                match v {
+                    "memory" => Ok(LimitsStore::Memory),
+                    other => Err(E::custom(format!(
+                        "unknown store `{other}`: use `memory` or `{{ redis: {{ url: ... }} }}`"
+                    ))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<LimitsStore, A::Error> {
+                let key: String = map
+                    .next_key()?
+                    .ok_or_else(|| serde::de::Error::custom("is empty: name a store"))?;
+                let store = match key.as_str() {
+                    "redis" => LimitsStore::Redis(map.next_value()?),
+                    other => {
+                        return Err(serde::de::Error::custom(format!(
+                            "unknown store `{other}`: use `memory` or `redis`"
+                        )))
+                    }
+                };
+                if map.next_key::<String>()?.is_some() {
+                    return Err(serde::de::Error::custom("name exactly one store"));
+                }
+                Ok(store)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A Redis limits store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStore {
+    /// `redis://[:password@]host:port[/db]`.
+    pub url: String,
+    /// What admission does while Redis cannot be reached.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// Admission while the shared store is unreachable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Refuse with 503 `limits_unavailable`.
+    #[default]
+    FailClosed,
+    /// Admit without limits, counting each such admission.
+    FailOpen,
 }
 
 /// Rates and concurrency at one level (key, team or model alias).

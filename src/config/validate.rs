@@ -176,6 +176,20 @@ fn check_governance(cfg: &Config, v: &mut Problems) {
             v.add("state_file", "is empty; name a file or remove the field");
         }
     }
+    if let LimitsStore::Redis(r) = &cfg.limits_store {
+        if let Err(e) = redis::Client::open(r.url.as_str()) {
+            v.add(
+                "limits_store.redis.url",
+                format!("is not a Redis URL such as redis://127.0.0.1:6379 ({e})"),
+            );
+        }
+        if cfg.state_file.is_some() {
+            v.add(
+                "state_file",
+                "is for the memory store; Redis keeps the budgets itself. Remove it",
+            );
+        }
+    }
 }
 
 #[derive(Default)]

@@ -22,7 +22,7 @@ pub fn global() -> &'static MemoryStore {
 
 /// An admitted request: what it holds, and the rate headers to send.
 pub struct Admitted {
-    pub reservation: Reservation,
+    pub reservation: super::Reservation,
     pub headers: RateHeaders,
 }
 
@@ -41,7 +41,7 @@ pub struct Rejected {
 }
 
 /// What one admitted request holds; released on drop unless settled.
-pub struct Reservation {
+pub struct MemoryReservation {
     store: &'static MemoryStore,
     held: Vec<Held>,
     slots: Vec<CounterId>,
@@ -88,20 +88,7 @@ impl MemoryStore {
             offer_headers(&mut headers, rule, c, rule.limit - used, now);
         }
         if let Some((wait_ms, rule)) = worst {
-            let retry_after_s = ((wait_ms.max(1) + 999) / 1000) as u64;
-            if let Some(m) = metrics::get() {
-                m.limit_rejections
-                    .with_label_values(&[rule.id.level.label(), rule.reason()])
-                    .inc();
-            }
-            return Err(Rejected {
-                level: rule.id.level,
-                reason: rule.reason(),
-                quota: rule.is_budget(),
-                retry_after_s,
-                detail: describe(rule),
-                headers,
-            });
+            return Err(rejection(rule, wait_ms, headers));
         }
         let mut held = Vec::new();
         let mut slots = Vec::new();
@@ -137,13 +124,13 @@ impl MemoryStore {
             }
         }
         Ok(Admitted {
-            reservation: Reservation {
+            reservation: super::Reservation::Memory(MemoryReservation {
                 store: self,
                 held,
                 slots,
                 counted,
                 done: false,
-            },
+            }),
             headers,
         })
     }
@@ -205,6 +192,23 @@ fn offer_headers(h: &mut RateHeaders, rule: &Rule, c: &Counter, remaining: i64, 
     }
 }
 
+/// A refusal by `rule`, counted in the rejections metric.
+pub fn rejection(rule: &Rule, wait_ms: i64, headers: RateHeaders) -> Rejected {
+    if let Some(m) = metrics::get() {
+        m.limit_rejections
+            .with_label_values(&[rule.id.level.label(), rule.reason()])
+            .inc();
+    }
+    Rejected {
+        level: rule.id.level,
+        reason: rule.reason(),
+        quota: rule.is_budget(),
+        retry_after_s: ((wait_ms.max(1) + 999) / 1000) as u64,
+        detail: describe(rule),
+        headers,
+    }
+}
+
 fn describe(rule: &Rule) -> String {
     let level = rule.id.level.label();
     match rule.reason() {
@@ -223,32 +227,10 @@ fn describe(rule: &Rule) -> String {
     }
 }
 
-impl Reservation {
-    /// Nothing held (no limits apply).
-    pub fn none() -> Reservation {
-        Reservation {
-            store: global(),
-            held: Vec::new(),
-            slots: Vec::new(),
-            counted: false,
-            done: true,
-        }
-    }
-
-    /// Charges the real usage in place of the reservation (more than
+impl MemoryReservation {
+    /// Charges `tokens` and `nanos` in place of the reservation (more than
     /// reserved included), and frees the concurrency slots.
-    pub fn settle(mut self, tokens: u64, usd: Option<f64>) {
-        let tokens = i64::try_from(tokens).unwrap_or(i64::MAX);
-        let nanos = usd.map_or(0, super::usd_to_nanos);
-        self.finish(tokens, nanos);
-    }
-
-    /// Whether this request holds anything.
-    pub fn is_empty(&self) -> bool {
-        self.held.is_empty() && self.slots.is_empty()
-    }
-
-    fn finish(&mut self, tokens: i64, nanos: i64) {
+    pub fn finish(&mut self, tokens: i64, nanos: i64) {
         if self.done {
             return;
         }
@@ -287,7 +269,7 @@ impl Reservation {
     }
 }
 
-impl Drop for Reservation {
+impl Drop for MemoryReservation {
     /// Releases whatever was not settled: the request failed, the client
     /// left, or a hook panicked.
     fn drop(&mut self) {

@@ -13,11 +13,91 @@
 pub mod ledger;
 pub mod memory;
 pub mod plan;
+pub mod redis;
 pub mod snapshot;
 pub mod window;
 
-pub use memory::{Admitted, Rejected, Reservation};
+pub use memory::{Admitted, Rejected};
 pub use plan::{Ask, Rule};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// What an admitted request holds until it is settled or dropped.
+pub enum Reservation {
+    Memory(memory::MemoryReservation),
+    Redis(redis::RedisReservation),
+    /// Admitted without the store (Redis down, `fail_open`).
+    None,
+}
+
+impl Reservation {
+    /// Charges the real usage in place of the reservation (more than
+    /// reserved included) and frees the concurrency slots.
+    pub fn settle(self, tokens: u64, usd: Option<f64>) {
+        let tokens = i64::try_from(tokens).unwrap_or(i64::MAX);
+        let nanos = usd.map_or(0, usd_to_nanos);
+        match self {
+            Reservation::Memory(mut r) => r.finish(tokens, nanos),
+            Reservation::Redis(mut r) => r.finish(tokens, nanos),
+            Reservation::None => {}
+        }
+    }
+}
+
+/// Why a request was not admitted.
+pub enum Refused {
+    Limit(Rejected),
+    /// The shared store is unreachable and `on_error` is `fail_closed`.
+    Unavailable,
+}
+
+static REDIS: OnceLock<redis::RedisStore> = OnceLock::new();
+
+/// Picks the store named by `limits_store` (once, at start).
+pub fn configure(store: &crate::config::LimitsStore) -> Result<(), String> {
+    if let crate::config::LimitsStore::Redis(cfg) = store {
+        let r = redis::RedisStore::new(cfg)?;
+        let _ = REDIS.set(r);
+    }
+    Ok(())
+}
+
+/// Whether counters live in Redis.
+pub fn is_shared() -> bool {
+    REDIS.get().is_some()
+}
+
+/// Admits a request against every rule of `levels`, or refuses it.
+pub async fn admit(levels: &[&[Rule]], ask: Ask) -> Result<Admitted, Refused> {
+    match REDIS.get() {
+        None => memory::global().admit(levels, ask).map_err(Refused::Limit),
+        Some(r) => match r.admit(levels, ask, &lease_id()).await {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(rejected)) => Err(Refused::Limit(rejected)),
+            Err(redis::Failure::Closed) => Err(Refused::Unavailable),
+            Err(redis::Failure::Open) => Ok(Admitted {
+                reservation: Reservation::None,
+                headers: RateHeaders::default(),
+            }),
+        },
+    }
+}
+
+/// A process-unique id for a request's concurrency lease (client request
+/// ids may repeat).
+fn lease_id() -> String {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_i64(window::now_ms());
+        h.finish()
+    });
+    format!("{prefix:016x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
 
 use serde::{Deserialize, Serialize};
 

@@ -121,12 +121,13 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         } else {
             Ask::default()
         };
-        match governance::memory::global().admit(&[&key_info.rules, &model.rules], ask) {
+        match governance::admit(&[&key_info.rules, &model.rules], ask).await {
             Ok(a) => {
                 ctx.reservation = Some(a.reservation);
                 ctx.rate_headers = a.headers;
             }
-            Err(r) => {
+            Err(governance::Refused::Unavailable) => return Err(GatewayError::LimitsUnavailable),
+            Err(governance::Refused::Limit(r)) => {
                 ctx.rate_headers = r.headers;
                 return Err(if r.quota {
                     GatewayError::QuotaExceeded {

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub budget_remaining: prometheus::GaugeVec,
     pub reservations: IntGauge,
     pub limit_store_errors: IntCounterVec,
+    pub limit_fail_open: IntCounter,
 }
 
 /// Request duration buckets for LLM calls: 5 ms to 5 minutes.
@@ -169,6 +170,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "tollgate_limit_store_errors_total",
             "Errors of the limits store, by store and operation.",
             &["store", "op"]
+        )?,
+        limit_fail_open: register_int_counter!(
+            "tollgate_limit_fail_open_admissions_total",
+            "Requests admitted without checking limits because the shared store was unreachable (on_error: fail_open)."
         )?,
     })
 }
