@@ -713,3 +713,35 @@ async fn admin_api_needs_the_admin_key_and_redacts_secrets() {
         "old config kept"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_above_the_reservation_is_charged_in_full() {
+    // No max_tokens: the alias reserves 10 completion tokens, the upstream
+    // really sends 500.
+    let p = prompt_estimate();
+    let mock = MockUpstream::start(slow_usage(p, 500, Duration::from_millis(1))).await;
+    let yaml = config(
+        mock.port(),
+        ", budgets: [ { tokens: 100000, window: day } ]",
+        "",
+        "",
+    )
+    .replace(
+        "models:\n  m:\n",
+        "models:\n  m:\n    reserve_output_tokens: 10\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let mut b = body(false);
+    b.as_object_mut().unwrap().remove("max_tokens");
+    assert_eq!(post(&gw, KEY_A, &b).await.status, 200);
+    assert_eq!(outstanding_after_settling(&gw).await, 0.0);
+    let m = gw.metrics_text().await;
+    assert_eq!(
+        sample(
+            &m,
+            "tollgate_budget_remaining",
+            &[("level", "key"), ("name", "alice"), ("unit", "tokens")]
+        ),
+        Some((100_000 - p - 500) as f64)
+    );
+}
