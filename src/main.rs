@@ -64,6 +64,17 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
+    let estimates = rt
+        .key_info
+        .iter()
+        .map(|k| &k.rules)
+        .chain(rt.models.values().map(|m| &m.rules))
+        .any(|r| tollgate::governance::plan::needs_estimate(r));
+    if estimates {
+        // Token and spend limits estimate every prompt: load the tokenizers
+        // before taking traffic.
+        tollgate::accounting::estimate::warm();
+    }
     if let Err(e) = warm_up(&rt) {
         eprintln!("start-up failed: {e}");
         return ExitCode::FAILURE;

@@ -40,6 +40,13 @@ fn encoder(model: &str) -> &'static CoreBPE {
     }
 }
 
+/// Loads both tokenizers (about a tenth of a second each), so the first
+/// requests that need an estimate do not wait for them.
+pub fn warm() {
+    let _ = tiktoken_rs::o200k_base_singleton();
+    let _ = tiktoken_rs::cl100k_base_singleton();
+}
+
 /// Tokens in `text` for `model`'s tokenizer.
 pub fn count(model: &str, text: &str) -> u64 {
     if text.is_empty() {

@@ -276,3 +276,96 @@ impl Drop for MemoryReservation {
         self.finish(0, 0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Budget, BudgetWindow, Limits};
+    use crate::governance::plan::compile;
+
+    fn store() -> &'static MemoryStore {
+        Box::leak(Box::default())
+    }
+
+    fn tokens(n: u64) -> Vec<Budget> {
+        vec![Budget {
+            usd: None,
+            tokens: Some(n),
+            window: BudgetWindow::Day,
+        }]
+    }
+
+    const ASK: Ask = Ask {
+        tokens: 100,
+        nanos: 0,
+    };
+
+    #[test]
+    fn a_refusal_at_one_level_holds_nothing_at_another() {
+        let s = store();
+        let key = compile(Level::Key, "k", &Limits::default(), &tokens(1000));
+        let team = compile(
+            Level::Team,
+            "t",
+            &Limits {
+                concurrency: Some(1),
+                ..Limits::default()
+            },
+            &[],
+        );
+        let first = s.admit(&[&key, &team], ASK).ok().unwrap();
+        let refused = s.admit(&[&key, &team], ASK).err().unwrap();
+        assert_eq!(
+            (refused.level, refused.reason),
+            (Level::Team, "concurrency")
+        );
+        assert!(!refused.quota);
+        assert_eq!(s.used(&key[0].id), 100, "only the admitted request holds");
+        drop(first.reservation);
+        assert_eq!(s.used(&key[0].id), 0, "dropping releases");
+        assert_eq!(s.used(&team[0].id), 0, "and frees the slot");
+    }
+
+    #[test]
+    fn settle_charges_the_real_usage_even_above_the_reservation() {
+        let s = store();
+        let key = compile(Level::Key, "k", &Limits::default(), &tokens(1000));
+        let a = s.admit(&[&key], ASK).ok().unwrap();
+        a.reservation.settle(40, None);
+        assert_eq!(s.used(&key[0].id), 40);
+        let a = s.admit(&[&key], ASK).ok().unwrap();
+        a.reservation.settle(700, None);
+        assert_eq!(s.used(&key[0].id), 740);
+        // 260 left: a 100-token reservation fits, a 300-token one does not.
+        let big = Ask {
+            tokens: 300,
+            nanos: 0,
+        };
+        let r = s.admit(&[&key], big).err().unwrap();
+        assert!(r.quota && r.reason == "budget_tokens");
+        assert!(r.retry_after_s >= 1 && r.retry_after_s <= 86_400);
+        assert!(s.admit(&[&key], ASK).is_ok());
+    }
+
+    #[test]
+    fn threads_racing_never_overshoot() {
+        let s = store();
+        let key = compile(Level::Key, "k", &Limits::default(), &tokens(1000));
+        let admitted = std::sync::atomic::AtomicUsize::new(0);
+        let held = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..50 {
+                        if let Ok(a) = s.admit(&[&key], ASK) {
+                            admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            held.lock().unwrap().push(a.reservation);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(admitted.into_inner(), 10);
+        assert_eq!(s.used(&key[0].id), 1000);
+    }
+}
