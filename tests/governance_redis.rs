@@ -288,3 +288,62 @@ async fn redis_down_fail_open_admits_counts_and_logs() {
     assert_eq!(post(&gw).await.0, 200);
     assert_eq!(post(&gw).await, (429, "rate_limit_exceeded".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrency_is_shared_across_instances_and_freed_at_the_end() {
+    let redis = Redis::start();
+    let mock = MockUpstream::start(Behavior::sse(
+        support::sse_chat_events("m1", 10),
+        Duration::from_millis(100),
+    ))
+    .await;
+    let yaml = config(
+        mock.port(),
+        &redis.url(),
+        "fail_closed",
+        ", limits: { concurrency: 2 }",
+    );
+    let gws = [Gateway::start(&yaml).await, Gateway::start(&yaml).await];
+    let stream = |gw: &Gateway| {
+        let url = gw.url("/v1/chat/completions");
+        let mut b = body();
+        b["stream"] = json!(true);
+        tokio::spawn(async move {
+            let resp = support::client()
+                .post(url)
+                .header("authorization", format!("Bearer {KEY_A}"))
+                .header("content-type", "application/json")
+                .body(b.to_string())
+                .send()
+                .await
+                .expect("stream");
+            let status = resp.status().as_u16();
+            let _ = resp.bytes().await;
+            status
+        })
+    };
+    let tasks = [stream(&gws[0]), stream(&gws[1]), stream(&gws[0])];
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        vec![200, 200, 429],
+        "two slots across both instances"
+    );
+    // The slots come back once the streams end (the settle is sent just
+    // after the response).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = stream(&gws[0]);
+        let b = stream(&gws[1]);
+        let got = (a.await.unwrap(), b.await.unwrap());
+        if got == (200, 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots never freed: {got:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
