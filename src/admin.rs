@@ -1,7 +1,7 @@
 //! The admin API on its own listener (`admin_listen`), behind `admin_key`:
 //! usage, limits, the running config (secrets redacted) and reload.
 
-use crate::governance::{ledger, memory, Level, Metric};
+use crate::governance::{ledger, Level, Metric};
 use crate::reload::Reloader;
 use crate::runtime::Shared;
 use async_trait::async_trait;
@@ -69,7 +69,7 @@ impl ServeHttp for AdminApp {
         let method = req.method.clone();
         match (path.as_str(), method) {
             ("/admin/usage", Method::GET) => usage(&rt, &query),
-            ("/admin/limits", Method::GET) => limits(&rt),
+            ("/admin/limits", Method::GET) => limits(&rt).await,
             ("/admin/config", Method::GET) => reply(200, redacted_config(&rt.config)),
             ("/admin/reload", Method::POST) => match self.reloader.reload_and_record().await {
                 Ok(()) => reply(200, json!({"reloaded": true})),
@@ -138,31 +138,28 @@ fn usage(rt: &crate::runtime::Runtime, query: &str) -> Response<Vec<u8>> {
 }
 
 /// `GET /admin/limits`: every configured limit with its current value.
-fn limits(rt: &crate::runtime::Runtime) -> Response<Vec<u8>> {
-    let store = memory::global();
+async fn limits(rt: &crate::runtime::Runtime) -> Response<Vec<u8>> {
     let mut seen = HashSet::new();
-    let mut rows = Vec::new();
-    let rules = rt
+    let rules: Vec<_> = rt
         .key_info
         .iter()
         .flat_map(|k| k.rules.iter())
-        .chain(rt.models.values().flat_map(|m| m.rules.iter()));
-    for rule in rules {
-        if !seen.insert(rule.id.clone()) {
-            continue;
+        .chain(rt.models.values().flat_map(|m| m.rules.iter()))
+        .filter(|r| seen.insert(r.id.clone()))
+        .collect();
+    let used = match crate::governance::used(&rules).await {
+        Ok(u) => u,
+        Err(e) => {
+            log::warn!("admin: reading the limits store failed: {e}");
+            return error(
+                503,
+                "limits_unavailable",
+                "The limits store cannot be read.",
+            );
         }
-        if crate::governance::is_shared() {
-            rows.push(json!({
-                "level": rule.id.level.label(),
-                "name": &*rule.id.name,
-                "limit": rule.reason(),
-                "window": &*rule.window,
-                "max": rule.natural(rule.limit),
-                "store": "redis",
-            }));
-            continue;
-        }
-        let used = store.used(&rule.id);
+    };
+    let mut rows = Vec::new();
+    for (rule, used) in rules.into_iter().zip(used) {
         let unit = match rule.id.metric {
             Metric::Usd => "usd",
             Metric::Tokens => "tokens",

@@ -171,8 +171,11 @@ async fn three_gateways_sharing_redis_admit_exactly_ten_of_200() {
     let r = prompt_estimate() + MAX_TOKENS;
     let alice = format!(", budgets: [ {{ tokens: {}, window: day }} ]", 10 * r);
     let yaml = config(mock.port(), &redis.url(), "fail_closed", &alice);
+    let [admin, _] = support::gateway::free_addrs();
+    let with_admin =
+        format!("{yaml}admin_listen: \"{admin}\"\nadmin_key: \"tg-admin-secret-000001\"\n");
     let gws = [
-        Gateway::start(&yaml).await,
+        Gateway::start(&with_admin).await,
         Gateway::start(&yaml).await,
         Gateway::start(&yaml).await,
     ];
@@ -195,6 +198,20 @@ async fn three_gateways_sharing_redis_admit_exactly_ten_of_200() {
     for gw in &gws {
         assert_eq!(post(gw).await, (429, "insufficient_quota".to_string()));
     }
+    // The admin API reads the shared counter.
+    let limits: Value = support::client()
+        .get(format!("http://{admin}/admin/limits"))
+        .header("authorization", "Bearer tg-admin-secret-000001")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let row = &limits["limits"][0];
+    assert_eq!(row["limit"], "budget_tokens", "{limits}");
+    assert_eq!(row["used"].as_f64(), Some((10 * r) as f64), "{limits}");
+    assert_eq!(row["remaining"].as_f64(), Some(0.0), "{limits}");
 }
 
 /// Posts until `want` comes back (Redis reconnects on its own).

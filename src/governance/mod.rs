@@ -68,6 +68,15 @@ pub fn is_shared() -> bool {
     REDIS.get().is_some()
 }
 
+/// The current value of each rule's counter (reservations in flight
+/// included).
+pub async fn used(rules: &[&Rule]) -> Result<Vec<i64>, String> {
+    match REDIS.get() {
+        None => Ok(rules.iter().map(|r| memory::global().used(&r.id)).collect()),
+        Some(r) => r.used(rules).await,
+    }
+}
+
 /// Admits a request against every rule of `levels`, or refuses it.
 pub async fn admit(levels: &[&[Rule]], ask: Ask) -> Result<Admitted, Refused> {
     match REDIS.get() {

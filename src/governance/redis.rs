@@ -143,6 +143,29 @@ end
 return out
 "#;
 
+/// Reads counters without changing them (the admin API).
+const PEEK: &str = r#"
+local now = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS do
+  local kind, param = ARGV[(i - 1) * 2 + 2], tonumber(ARGV[(i - 1) * 2 + 3])
+  local k = KEYS[i]
+  if kind == 's' then
+    local cur, u = math.floor(now / param), 0
+    local flat = redis.call('HGETALL', k)
+    for j = 1, #flat, 2 do
+      if tonumber(flat[j]) > cur - 60 then u = u + tonumber(flat[j + 1]) end
+    end
+    out[i] = u
+  elseif kind == 'c' then
+    out[i] = tonumber(redis.call('GET', k) or '0')
+  else
+    out[i] = redis.call('ZCOUNT', k, now, '+inf')
+  end
+end
+return out
+"#;
+
 /// The Redis store.
 pub struct RedisStore {
     client: redis::Client,
@@ -150,6 +173,7 @@ pub struct RedisStore {
     on_error: OnError,
     admit: Script,
     settle: Script,
+    peek: Script,
 }
 
 /// An admitted request's hold in Redis.
@@ -235,6 +259,7 @@ impl RedisStore {
             on_error: cfg.on_error,
             admit: Script::new(ADMIT),
             settle: Script::new(SETTLE),
+            peek: Script::new(PEEK),
         })
     }
 
@@ -275,6 +300,21 @@ impl RedisStore {
                 Failure::Open
             }
         }
+    }
+
+    /// The current value of each rule's counter, in one round trip.
+    pub async fn used(&'static self, rules: &[&Rule]) -> Result<Vec<i64>, String> {
+        let now = now_ms();
+        let mut inv = self.peek.prepare_invoke();
+        inv.arg(now);
+        for rule in rules {
+            let span = rule.id.span;
+            let bucket = span.bucket(now);
+            inv.key(key_of(rule, bucket));
+            inv.arg(kind_of(span)).arg(param_of(span, bucket));
+        }
+        let mut conn = self.conn().map_err(|e| e.to_string())?;
+        inv.invoke_async(&mut conn).await.map_err(|e| e.to_string())
     }
 
     /// One round trip: checks every rule, then commits to all or none.
