@@ -745,3 +745,70 @@ async fn usage_above_the_reservation_is_charged_in_full() {
         Some((100_000 - p - 500) as f64)
     );
 }
+
+/// Kills the child on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_of_the_old_process_survives_a_graceful_upgrade() {
+    let r = reservation();
+    let state = tempfile::tempdir().unwrap();
+    let state_file = state.path().join("budgets.json");
+    let mock = MockUpstream::start(slow_usage(
+        prompt_estimate(),
+        MAX_TOKENS,
+        Duration::from_millis(1),
+    ))
+    .await;
+    let alice = format!(", budgets: [ {{ tokens: {}, window: month }} ]", 3 * r);
+    let extra = format!(
+        "state_file: \"{}\"\nstate_interval: 200ms\n",
+        state_file.display()
+    );
+    let mut old = Gateway::start(&config(mock.port(), &alice, "", &extra)).await;
+    assert_eq!(post(&old, KEY_A, &body(false)).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The new process reads the state file now, with one request in it.
+    let log = std::fs::File::create(old.tmp_dir().join("new.log")).unwrap();
+    let _new = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .arg("--config")
+            .arg(old.config_path())
+            .arg("-u")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let sock = old.tmp_dir().join("u.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "the new process never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The old process still serves until the hand-over: a second request.
+    assert_eq!(post(&old, KEY_A, &body(false)).await.status, 200);
+    old.signal("-QUIT");
+    assert!(old.wait_exit(Duration::from_secs(15)).await.is_some());
+    // The new process takes in what the old one saved last.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        post(&old, KEY_A, &body(false)).await.status,
+        200,
+        "the third fits"
+    );
+    let resp = post(&old, KEY_A, &body(false)).await;
+    assert_eq!(
+        resp.status, 429,
+        "the old process's second request was kept"
+    );
+    assert_eq!(error_code(resp).await, "insufficient_quota");
+}
