@@ -527,7 +527,8 @@ async fn spend_survives_a_graceful_restart_and_still_rejects() {
         "state_file: \"{}\"\nstate_interval: 10s\n",
         state_file.display()
     );
-    let yaml = config(mock.port(), &alice, "", &extra);
+    let [admin_addr, _] = support::gateway::free_addrs();
+    let yaml = with_admin(&config(mock.port(), &alice, "", &extra), &admin_addr);
     let mut gw = Gateway::start(&yaml).await;
     for _ in 0..2 {
         assert_eq!(post(&gw, KEY_A, &body(false)).await.status().as_u16(), 200);
@@ -557,6 +558,18 @@ async fn spend_survives_a_graceful_restart_and_still_rejects() {
     );
     // bob has no budget and is not affected.
     assert_eq!(post(&gw, KEY_B, &body(false)).await.status().as_u16(), 200);
+    // The admin API's usage came back with the budgets.
+    let (status, u) = admin(
+        &admin_addr,
+        "GET",
+        "/admin/usage?key=alice&window=month",
+        Some(ADMIN_KEY),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let row = &u["usage"][0];
+    assert_eq!(row["current"]["requests"], 2, "{u}");
+    assert_eq!(row["current"]["tokens"], 2 * r, "{u}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 
 use super::window::{now_ms, Span};
 use super::Level;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -17,12 +17,11 @@ pub const WINDOWS: [(&str, Span); 4] = [
 ];
 
 /// What was used in one window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
     pub requests: u64,
     pub tokens: u64,
     /// Nano-dollars, so sums are exact.
-    #[serde(skip)]
     pub nanos: i64,
 }
 
@@ -32,8 +31,8 @@ impl Tally {
     }
 }
 
-#[derive(Default, Clone, Copy)]
-struct Win {
+#[derive(Default, Clone, Copy, Serialize, Deserialize)]
+pub struct Win {
     id: i64,
     current: Tally,
     previous: Tally,
@@ -80,6 +79,34 @@ impl Ledger {
                 w.current.requests += 1;
                 w.current.tokens += tokens;
                 w.current.nanos += nanos;
+            }
+        }
+    }
+
+    /// Every entry, for the state file.
+    pub fn dump(&self) -> Vec<(Level, String, [Win; 4])> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .map(|((level, name), wins)| (*level, name.to_string(), *wins))
+            .collect()
+    }
+
+    /// Adds entries read from the state file to the live ones.
+    pub fn restore(&self, entries: Vec<(Level, String, [Win; 4])>) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        for (level, name, saved) in entries {
+            let wins = map.entry((level, Arc::from(name.as_str()))).or_default();
+            for (w, s) in wins.iter_mut().zip(saved) {
+                if w.id == 0 || w.id == s.id {
+                    w.id = s.id;
+                    for (mine, theirs) in
+                        [(&mut w.current, s.current), (&mut w.previous, s.previous)]
+                    {
+                        mine.requests += theirs.requests;
+                        mine.tokens += theirs.tokens;
+                        mine.nanos += theirs.nanos;
+                    }
+                }
             }
         }
     }

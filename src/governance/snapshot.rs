@@ -24,6 +24,9 @@ struct File {
     #[serde(default)]
     writer_pid: u32,
     counters: Vec<Entry>,
+    /// The admin API's usage ledger (kept from the writer's own start).
+    #[serde(default)]
+    usage: Vec<(Level, String, [super::ledger::Win; 4])>,
 }
 
 /// When this process started, for [`File::writer_started_ms`].
@@ -126,6 +129,7 @@ pub fn save(store: &super::memory::MemoryStore, path: &Path) -> std::io::Result<
         writer_started_ms: started_ms(),
         writer_pid: std::process::id(),
         counters,
+        usage: super::ledger::global().dump(),
     })
     .map_err(std::io::Error::other)?;
     let mut tmp = path.as_os_str().to_owned();
@@ -147,6 +151,7 @@ pub fn load(store: &super::memory::MemoryStore, path: &Path) -> Result<usize, St
         return Ok(0);
     };
     *BASE.lock().unwrap_or_else(|e| e.into_inner()) = Some(amounts(&file));
+    super::ledger::global().restore(file.usage);
     let n = file.counters.len();
     store.restore(
         file.counters
