@@ -77,6 +77,52 @@ pub async fn used(rules: &[&Rule]) -> Result<Vec<i64>, String> {
     }
 }
 
+/// Admits a request of `key` to `model` against the key's, its team's and
+/// the alias's rules: estimates the worst case when a token or spend rule
+/// needs it, then checks and commits. `Ok(None)`: no rule applies. A
+/// refusal comes with the rate headers to send.
+pub async fn admit_request(
+    key: &crate::runtime::KeyRt,
+    model: &crate::runtime::ModelRt,
+    ep: crate::proxy::endpoint::Endpoint,
+    body: &[u8],
+) -> Result<Option<Admitted>, (crate::error::GatewayError, RateHeaders)> {
+    use crate::error::GatewayError;
+    if key.rules.is_empty() && model.rules.is_empty() {
+        return Ok(None);
+    }
+    let ask = match model.routes.first() {
+        Some(first) if plan::needs_estimate(&key.rules) || plan::needs_estimate(&model.rules) => {
+            Ask::worst_case(
+                &first.model,
+                &model.prices,
+                model.reserve_output_tokens,
+                ep,
+                body,
+            )
+        }
+        _ => Ask::default(),
+    };
+    match admit(&[&key.rules, &model.rules], ask).await {
+        Ok(a) => Ok(Some(a)),
+        Err(Refused::Unavailable) => Err((GatewayError::LimitsUnavailable, RateHeaders::default())),
+        Err(Refused::Limit(r)) => {
+            let err = if r.quota {
+                GatewayError::QuotaExceeded {
+                    detail: r.detail,
+                    retry_after: r.retry_after_s,
+                }
+            } else {
+                GatewayError::LimitExceeded {
+                    detail: r.detail,
+                    retry_after: r.retry_after_s,
+                }
+            };
+            Err((err, r.headers))
+        }
+    }
+}
+
 /// Admits a request against every rule of `levels`, or refuses it.
 pub async fn admit(levels: &[&[Rule]], ask: Ask) -> Result<Admitted, Refused> {
     match REDIS.get() {

@@ -4,7 +4,7 @@
 
 use crate::auth;
 use crate::error::GatewayError;
-use crate::governance::{self, plan, Ask};
+use crate::governance;
 use crate::providers::mock;
 use crate::proxy::body;
 use crate::proxy::ctx::Ctx;
@@ -109,38 +109,15 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     }
     ctx.alias = Some(model.name.clone());
     let first = model.routes.first().ok_or(GatewayError::Internal)?;
-    if !key_info.rules.is_empty() || !model.rules.is_empty() {
-        let ask = if plan::needs_estimate(&key_info.rules) || plan::needs_estimate(&model.rules) {
-            Ask::worst_case(
-                &first.model,
-                &model.prices,
-                model.reserve_output_tokens,
-                ep,
-                &bytes,
-            )
-        } else {
-            Ask::default()
-        };
-        match governance::admit(&[&key_info.rules, &model.rules], ask).await {
-            Ok(a) => {
-                ctx.reservation = Some(a.reservation);
-                ctx.rate_headers = a.headers;
-            }
-            Err(governance::Refused::Unavailable) => return Err(GatewayError::LimitsUnavailable),
-            Err(governance::Refused::Limit(r)) => {
-                ctx.rate_headers = r.headers;
-                return Err(if r.quota {
-                    GatewayError::QuotaExceeded {
-                        detail: r.detail,
-                        retry_after: r.retry_after_s,
-                    }
-                } else {
-                    GatewayError::LimitExceeded {
-                        detail: r.detail,
-                        retry_after: r.retry_after_s,
-                    }
-                });
-            }
+    match governance::admit_request(key_info, model, ep, &bytes).await {
+        Ok(Some(a)) => {
+            ctx.reservation = Some(a.reservation);
+            ctx.rate_headers = a.headers;
+        }
+        Ok(None) => {}
+        Err((err, headers)) => {
+            ctx.rate_headers = headers;
+            return Err(err);
         }
     }
     if let ProviderRt::Mock(settings) = &*first.provider {
