@@ -12,6 +12,12 @@
 //! * `sse`: one streamed chunk through the bare scanner (`sse::Scanner`) and
 //!   through the whole stream meter (`accounting::meter::StreamMeter`: scan,
 //!   parse the chunk's JSON, count the content).
+//! * `governance`: admission plus settle of one request against the memory
+//!   store, with no limits, with a key's rpm and concurrency, and with every
+//!   level set (key rpm/tpm/concurrency and a spend budget, the team's spend
+//!   and token budgets, the alias's tpm); the worst-case estimate of a 1 KiB
+//!   body (the tokenizer); and, when `redis-server` is installed, the same
+//!   admission and settle against a Redis on loopback (two round trips).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::fmt::Debug;
@@ -249,12 +255,143 @@ fn sse_scan(c: &mut Criterion) {
     g.finish();
 }
 
+fn governance_runtime(store: &str) -> Runtime {
+    let yaml = format!(
+        r#"
+listen: "127.0.0.1:18080"
+limits_store: {store}
+providers:
+  p: {{ kind: openai, base_url: "http://127.0.0.1:19100/v1" }}
+models:
+  open:
+    routes: [ {{ provider: p, model: m, price: {{ input: 1, output: 2 }} }} ]
+  capped:
+    limits: {{ tpm: 1000000000000 }}
+    routes: [ {{ provider: p, model: m, price: {{ input: 1, output: 2 }} }} ]
+teams:
+  t:
+    budgets: [ {{ usd: 1000000, window: month }}, {{ tokens: 1000000000000, window: 30d }} ]
+keys:
+  - {{ name: none, key: sk-bench-none }}
+  - {{ name: rate, key: sk-bench-rate, limits: {{ rpm: 1000000000000, concurrency: 1000000 }} }}
+  - {{ name: all, key: sk-bench-all, team: t,
+      limits: {{ rpm: 1000000000000, tpm: 1000000000000, concurrency: 1000000 }},
+      budgets: [ {{ usd: 1000000, window: day }} ] }}
+"#
+    );
+    let cfg = must(
+        tollgate::config::parse_str(&yaml, |_| None, Path::new(".")),
+        "config",
+    );
+    must(tollgate::governance::configure(&cfg.limits_store), "store");
+    must(Runtime::build(cfg), "runtime")
+}
+
+/// One admission and its settle, as `admit.rs` and `finish.rs` do them.
+async fn admit_settle(rt: &Runtime, key: usize, alias: &str, ask: tollgate::governance::Ask) {
+    use tollgate::governance::{admit, Refused};
+    let k = &rt.key_info[key];
+    let m = &rt.models[alias];
+    match admit(&[&k.rules, &m.rules], ask).await {
+        Ok(a) => a.reservation.settle(120, Some(0.0002)),
+        Err(Refused::Limit(r)) => panic!("refused: {}", r.detail),
+        Err(Refused::Unavailable) => panic!("store unavailable"),
+    }
+}
+
+fn governance(c: &mut Criterion) {
+    use tollgate::governance::Ask;
+    let rt = governance_runtime("memory");
+    let tokio_rt = must(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        "tokio",
+    );
+    let ask = Ask {
+        tokens: 300,
+        nanos: 500_000,
+    };
+    let mut g = c.benchmark_group("governance");
+    for (name, key, alias) in [
+        ("memory_no_limits", 0, "open"),
+        ("memory_rpm_concurrency", 1, "open"),
+        ("memory_all_levels", 2, "capped"),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| tokio_rt.block_on(admit_settle(&rt, key, alias, black_box(ask))))
+        });
+    }
+    let body = chat_body(1024);
+    let prices = rt.models["capped"].prices.clone();
+    g.bench_function("estimate_1KiB", |b| {
+        b.iter(|| {
+            Ask::worst_case(
+                "gpt-4o",
+                &prices,
+                1024,
+                tollgate::proxy::endpoint::Endpoint::ChatCompletions,
+                black_box(&body),
+            )
+        })
+    });
+    g.finish();
+    redis_round_trips(c, ask);
+}
+
+/// Admission and settle against a real Redis on loopback, if one can be
+/// started.
+fn redis_round_trips(c: &mut Criterion, ask: tollgate::governance::Ask) {
+    let Ok(port) = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) else {
+        return;
+    };
+    let port = port.port();
+    let Ok(mut child) = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+    else {
+        eprintln!("governance/redis: redis-server not found; skipped");
+        return;
+    };
+    let up = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    if up {
+        let rt = governance_runtime(&format!(
+            "{{ redis: {{ url: \"redis://127.0.0.1:{port}\" }} }}"
+        ));
+        let tokio_rt = must(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            "tokio",
+        );
+        let mut g = c.benchmark_group("governance");
+        g.bench_function("redis_all_levels", |b| {
+            b.iter(|| tokio_rt.block_on(admit_settle(&rt, 2, "capped", black_box(ask))))
+        });
+        g.finish();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 criterion_group!(
     benches,
     rewrite,
     key_lookup,
     route_select,
     metrics_record,
-    sse_scan
+    sse_scan,
+    governance
 );
 criterion_main!(benches);

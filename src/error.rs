@@ -41,6 +41,12 @@ pub enum GatewayError {
     UpstreamUnavailable { retry_after: Option<u64> },
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// A key, team or model rate or concurrency limit was reached.
+    LimitExceeded { detail: String, retry_after: u64 },
+    /// A key or team budget (spend or tokens) is used up for its window.
+    QuotaExceeded { detail: String, retry_after: u64 },
+    /// The shared limits store cannot be reached (`on_error: fail_closed`).
+    LimitsUnavailable,
     /// A fault inside the gateway.
     Internal,
 }
@@ -65,8 +71,10 @@ impl GatewayError {
             Self::HeaderTooLarge => 431,
             Self::PayloadTooLarge { .. } => 413,
             Self::UpstreamError | Self::UpstreamAuth => 502,
-            Self::RateLimited { .. } => 429,
-            Self::UpstreamUnavailable { .. } => 503,
+            Self::RateLimited { .. } | Self::LimitExceeded { .. } | Self::QuotaExceeded { .. } => {
+                429
+            }
+            Self::UpstreamUnavailable { .. } | Self::LimitsUnavailable => 503,
             Self::UpstreamTimeout => 504,
             Self::Internal => 500,
         }
@@ -89,8 +97,10 @@ impl GatewayError {
             | Self::UpstreamAuth
             | Self::UpstreamUnavailable { .. }
             | Self::UpstreamTimeout
+            | Self::LimitsUnavailable
             | Self::Internal => "api_error",
-            Self::RateLimited { .. } => "requests",
+            Self::RateLimited { .. } | Self::LimitExceeded { .. } => "requests",
+            Self::QuotaExceeded { .. } => "insufficient_quota",
         }
     }
 
@@ -109,8 +119,10 @@ impl GatewayError {
             Self::PayloadTooLarge { .. } => "request_too_large",
             Self::UpstreamError => "upstream_error",
             Self::UpstreamAuth => "upstream_auth_error",
-            Self::RateLimited { .. } => "rate_limit_exceeded",
+            Self::RateLimited { .. } | Self::LimitExceeded { .. } => "rate_limit_exceeded",
+            Self::QuotaExceeded { .. } => "insufficient_quota",
             Self::UpstreamUnavailable { .. } => "upstream_unavailable",
+            Self::LimitsUnavailable => "limits_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Internal => "gateway_error",
         }
@@ -130,6 +142,10 @@ impl GatewayError {
             Self::RateLimited { retry_after } | Self::UpstreamUnavailable { retry_after } => {
                 *retry_after
             }
+            Self::LimitExceeded { retry_after, .. } | Self::QuotaExceeded { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            Self::LimitsUnavailable => Some(1),
             _ => None,
         }
     }
@@ -186,6 +202,23 @@ impl fmt::Display for GatewayError {
             }
             Self::UpstreamUnavailable { .. } => f.write_str(
                 "Every upstream for this model is temporarily unavailable; retry later.",
+            ),
+            Self::LimitExceeded {
+                detail,
+                retry_after,
+            } => write!(
+                f,
+                "Rate limit reached: {detail}. Retry after {retry_after} s."
+            ),
+            Self::QuotaExceeded {
+                detail,
+                retry_after,
+            } => write!(
+                f,
+                "Quota exceeded: {detail} is used up. It renews in {retry_after} s."
+            ),
+            Self::LimitsUnavailable => f.write_str(
+                "The gateway cannot check this request's limits right now; retry shortly.",
             ),
             Self::Internal => f.write_str("Internal gateway error."),
         }

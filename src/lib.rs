@@ -1,10 +1,12 @@
 //! Tollgate: an OpenAI-compatible LLM API gateway on Pingora.
 
 pub mod accounting;
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod governance;
 pub mod json_scan;
 pub mod lifecycle;
 pub mod providers;

@@ -13,6 +13,8 @@ use std::time::Duration;
 pub struct DrainOnTerm {
     /// Let the accept loops close before counting in-flight requests.
     pub settle: Duration,
+    /// Budgets are saved here once drained, before the exit.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 #[async_trait]
@@ -34,6 +36,9 @@ impl BackgroundService for DrainOnTerm {
             let in_flight = metrics::get().map_or(0, |m| m.in_flight.get());
             if in_flight <= 0 && crate::proxy::header_guard::busy_connections() == 0 {
                 log::info!("drained; exiting");
+                if let Some(path) = &self.state_file {
+                    crate::governance::snapshot::save_now(path);
+                }
                 crate::telemetry::access_log::flush();
                 std::process::exit(0);
             }

@@ -29,6 +29,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = tollgate::governance::configure(&cfg.limits_store) {
+        eprintln!("invalid configuration:\n{e}");
+        return ExitCode::FAILURE;
+    }
+    if !cli.test {
+        if let Some(path) = &cfg.state_file {
+            match tollgate::governance::snapshot::load(
+                tollgate::governance::memory::global(),
+                std::path::Path::new(path),
+            ) {
+                Ok(n) => log::info!("restored {n} budget counters from {path}"),
+                Err(e) => {
+                    eprintln!("start-up failed: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
     let rt = match Runtime::build(cfg.clone()) {
         Ok(rt) => rt,
         Err(e) => {
@@ -52,6 +70,17 @@ fn main() -> ExitCode {
     // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    let estimates = rt
+        .key_info
+        .iter()
+        .map(|k| &k.rules)
+        .chain(rt.models.values().map(|m| &m.rules))
+        .any(|r| tollgate::governance::plan::needs_estimate(r));
+    if estimates {
+        // Token and spend limits estimate every prompt: load the tokenizers
+        // before taking traffic.
+        tollgate::accounting::estimate::warm();
     }
     if let Err(e) = warm_up(&rt) {
         eprintln!("start-up failed: {e}");

@@ -18,6 +18,28 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// Reloads once, counts the outcome and logs it (SIGHUP and
+    /// `POST /admin/reload`). Reloads never overlap.
+    pub async fn reload_and_record(&self) -> Result<(), String> {
+        static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one = ONE_AT_A_TIME.lock().await;
+        let result = self.reload().await;
+        let label = if result.is_ok() { "success" } else { "failed" };
+        if let Some(m) = metrics::get() {
+            m.reloads.with_label_values(&[label]).inc();
+            if result.is_ok() {
+                m.config_loaded.set(now_secs());
+            }
+        }
+        match &result {
+            Ok(()) => log::info!("config reloaded from {}", self.path.display()),
+            Err(e) => {
+                log::error!("config reload failed; keeping the running config. Reason:\n{e}")
+            }
+        }
+        result
+    }
+
     /// Loads the file and swaps it in, or explains why not.
     pub async fn reload(&self) -> Result<(), String> {
         let cfg = config::load_file(&self.path).map_err(|e| e.to_string())?;
@@ -72,11 +94,20 @@ fn check_fixed_fields(old: &Config, new: &Config) -> Result<(), String> {
         }
         _ => changed.push("tls (turning TLS on or off)"),
     }
+    if old.admin_listen != new.admin_listen {
+        changed.push("admin_listen");
+    }
     if format!("{:?}", old.server) != format!("{:?}", new.server) {
         changed.push("server");
     }
     if format!("{:?}", old.access_log) != format!("{:?}", new.access_log) {
         changed.push("access_log");
+    }
+    if old.limits_store != new.limits_store {
+        changed.push("limits_store");
+    }
+    if old.state_file != new.state_file || old.state_interval != new.state_interval {
+        changed.push("state_file/state_interval");
     }
     if changed.is_empty() {
         Ok(())
@@ -104,20 +135,7 @@ impl BackgroundService for Reloader {
                 _ = shutdown.changed() => return,
                 got = hup.recv() => if got.is_none() { return },
             }
-            let result = self.reload().await;
-            let label = if result.is_ok() { "success" } else { "failed" };
-            if let Some(m) = metrics::get() {
-                m.reloads.with_label_values(&[label]).inc();
-                if result.is_ok() {
-                    m.config_loaded.set(now_secs());
-                }
-            }
-            match result {
-                Ok(()) => log::info!("config reloaded from {}", self.path.display()),
-                Err(e) => {
-                    log::error!("config reload failed; keeping the running config. Reason:\n{e}")
-                }
-            }
+            let _ = self.reload_and_record().await;
         }
     }
 }

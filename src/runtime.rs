@@ -3,6 +3,7 @@
 
 use crate::auth::{self, KeyIndex};
 use crate::config::{Config, ConfigError, MockSettings, ProviderKind};
+use crate::governance::{plan, Level, Rule};
 use crate::rewrite::json_string;
 use crate::upstream::{Upstream, UpstreamRef};
 use arc_swap::ArcSwap;
@@ -36,6 +37,12 @@ pub struct RouteRt {
 pub struct ModelRt {
     pub name: Arc<str>,
     pub routes: Vec<RouteRt>,
+    /// The alias's own limits (all callers together).
+    pub rules: Vec<Rule>,
+    /// The routes' prices, to price a reservation at the dearest.
+    pub prices: Vec<crate::config::Price>,
+    /// Completion tokens reserved when the body sets no maximum.
+    pub reserve_output_tokens: u64,
 }
 
 /// A gateway key (never the secret).
@@ -45,6 +52,10 @@ pub struct KeyRt {
     pub models: Option<Vec<Arc<str>>>,
     /// Prebuilt `GET /v1/models` body for this key.
     pub models_body: Bytes,
+    /// The key's team, if any.
+    pub team: Option<Arc<str>>,
+    /// The key's limits and budgets, then its team's.
+    pub rules: Vec<Rule>,
 }
 
 impl KeyRt {
@@ -135,6 +146,9 @@ impl Runtime {
                 ModelRt {
                     name: Arc::from(alias.as_str()),
                     routes,
+                    rules: plan::compile(Level::Model, alias, &m.limits, &[]),
+                    prices: m.routes.iter().filter_map(|r| r.price).collect(),
+                    reserve_output_tokens: m.reserve_output_tokens,
                 },
             );
         }
@@ -164,10 +178,21 @@ impl Runtime {
                 Some(v) => v.iter().map(String::as_str).collect(),
                 None => cfg.models.keys().map(String::as_str).collect(),
             };
+            let mut rules = plan::compile(Level::Key, &k.name, &k.limits, &k.budgets);
+            if let Some(team) = k.team.as_ref().and_then(|t| cfg.teams.get_key_value(t)) {
+                rules.extend(plan::compile(
+                    Level::Team,
+                    team.0,
+                    &team.1.limits,
+                    &team.1.budgets,
+                ));
+            }
             key_info.push(KeyRt {
                 name: Arc::from(k.name.as_str()),
                 models: allowed,
                 models_body: models_list_body(&names),
+                team: k.team.as_deref().map(Arc::from),
+                rules,
             });
         }
         let tls_cert = match &cfg.tls {

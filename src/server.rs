@@ -90,6 +90,21 @@ pub fn run(cli: &Cli, cfg: Config, rt: Runtime) -> Result<(), String> {
         metrics.add_tcp(addr);
         server.add_service(metrics);
     }
+    if let Some(addr) = &cfg.admin_listen {
+        let mut admin = Service::new(
+            "tollgate admin".to_string(),
+            crate::admin::AdminApp {
+                shared: shared.clone(),
+                reloader: Reloader {
+                    shared: shared.clone(),
+                    path: cli.config.clone(),
+                },
+            },
+        );
+        admin.threads = Some(1);
+        admin.add_tcp(addr);
+        server.add_service(admin);
+    }
     server.add_service(background_service(
         "reload",
         Reloader {
@@ -98,10 +113,21 @@ pub fn run(cli: &Cli, cfg: Config, rt: Runtime) -> Result<(), String> {
         },
     ));
     server.add_service(background_service("health", HealthTicker { shared }));
+    let state_file = cfg.state_file.as_ref().map(std::path::PathBuf::from);
+    if let Some(path) = &state_file {
+        server.add_service(background_service(
+            "budget snapshot",
+            crate::governance::snapshot::Snapshotter {
+                path: path.clone(),
+                interval: cfg.state_interval.get(),
+            },
+        ));
+    }
     server.add_service(background_service(
         "drain",
         crate::lifecycle::DrainOnTerm {
             settle: std::time::Duration::from_millis(200),
+            state_file,
         },
     ));
     match (&cfg.tls, &cfg.plain_listen) {

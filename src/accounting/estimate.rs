@@ -40,6 +40,13 @@ fn encoder(model: &str) -> &'static CoreBPE {
     }
 }
 
+/// Loads both tokenizers (about a tenth of a second each), so the first
+/// requests that need an estimate do not wait for them.
+pub fn warm() {
+    let _ = tiktoken_rs::o200k_base_singleton();
+    let _ = tiktoken_rs::cl100k_base_singleton();
+}
+
 /// Tokens in `text` for `model`'s tokenizer.
 pub fn count(model: &str, text: &str) -> u64 {
     if text.is_empty() {
@@ -53,6 +60,36 @@ pub fn prompt_tokens(model: &str, ep: Endpoint, body: &[u8]) -> u64 {
     let Ok(doc) = serde_json::from_slice::<Value>(body) else {
         return 0;
     };
+    prompt_tokens_of(model, ep, &doc)
+}
+
+/// The most tokens a request may use: its estimated prompt, and the
+/// completion it allows (`max_tokens`, `max_completion_tokens` or
+/// `max_output_tokens`, else `default_output`, times `n`). Embeddings
+/// produce no completion.
+pub fn worst_case(model: &str, ep: Endpoint, body: &[u8], default_output: u64) -> (u64, u64) {
+    let Ok(doc) = serde_json::from_slice::<Value>(body) else {
+        return (0, default_output);
+    };
+    let prompt = prompt_tokens_of(model, ep, &doc);
+    if ep == Endpoint::Embeddings {
+        return (prompt, 0);
+    }
+    let asked = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|f| doc.get(*f).and_then(Value::as_u64));
+    let choices = doc
+        .get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .clamp(1, 128);
+    (
+        prompt,
+        asked.unwrap_or(default_output).saturating_mul(choices),
+    )
+}
+
+fn prompt_tokens_of(model: &str, ep: Endpoint, doc: &Value) -> u64 {
     let mut text = String::new();
     let mut messages = 0u64;
     match ep {

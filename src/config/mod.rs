@@ -233,6 +233,55 @@ keys:
     }
 
     #[test]
+    fn governance_errors_name_their_field() {
+        let with_team = GOOD.replacen(
+            "models: [fast] }",
+            "models: [fast], team: research, limits: { rpm: 60 }, budgets: [ { usd: 20, window: day } ] }",
+            1,
+        );
+        let ok = format!(
+            "{with_team}teams:\n  research:\n    limits: {{ tpm: 1000, concurrency: 4 }}\n    budgets:\n      - {{ usd: 500, window: month }}\n      - {{ tokens: 2000, window: 30d }}\n"
+        );
+        let cfg = parse_str(&ok, env, Path::new(".")).unwrap();
+        assert_eq!(
+            cfg.teams["research"].budgets[1].window,
+            BudgetWindow::Rolling(std::time::Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(cfg.keys[0].limits.rpm, Some(60));
+        assert!(problems(&with_team).contains("keys[0].team: team `research` is not defined"));
+        for (edit, want) in [
+            (
+                (
+                    "tokens: 2000, window: 30d",
+                    "tokens: 2000, usd: 1, window: 30d",
+                ),
+                "teams.research.budgets[1]: set exactly one",
+            ),
+            (
+                ("window: 30d", "window: fortnight"),
+                "teams.research.budgets[1].window",
+            ),
+            (
+                ("concurrency: 4", "concurrency: 0"),
+                "teams.research.limits.concurrency",
+            ),
+            (
+                ("usd: 500, window: month", "usd: -5, window: month"),
+                "teams.research.budgets[0].usd",
+            ),
+            (("tpm: 1000", "tpm: 1000, rps: 3"), "unknown field `rps`"),
+            (
+                ("tokens: 2000, window: 30d", "usd: 3, window: month"),
+                "already set",
+            ),
+        ] {
+            let text = ok.replacen(edit.0, edit.1, 1);
+            let got = problems(&text);
+            assert!(got.contains(want), "{edit:?}: {got}");
+        }
+    }
+
+    #[test]
     fn all_problems_are_reported_at_once() {
         let text = GOOD
             .replacen("provider: up,", "provider: nope,", 1)

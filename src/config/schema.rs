@@ -1,11 +1,11 @@
 //! The YAML schema as the user writes it. Every struct rejects unknown fields.
 
 use super::duration::HumanDuration;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address of the OpenAI-compatible API listener, e.g. `127.0.0.1:8080`.
@@ -19,6 +19,13 @@ pub struct Config {
     /// Address of the Prometheus listener (serves `/metrics`). Optional.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// Address of the admin API listener (`/admin/...`). Optional; needs
+    /// `admin_key`.
+    #[serde(default)]
+    pub admin_listen: Option<String>,
+    /// The admin API's bearer key; no gateway key opens it.
+    #[serde(default)]
+    pub admin_key: Option<String>,
     /// Largest accepted request body, in bytes. Default 32 MiB.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,
@@ -48,6 +55,207 @@ pub struct Config {
     /// Gateway keys.
     #[serde(default)]
     pub keys: Vec<Key>,
+    /// Teams that keys belong to, by name: shared limits and budgets.
+    #[serde(default)]
+    pub teams: BTreeMap<String, Team>,
+    /// Where limit and budget counters live.
+    #[serde(default)]
+    pub limits_store: LimitsStore,
+    /// File that spend and token budgets are saved to (memory store), so
+    /// they survive a restart. Absent: budgets start from zero on start.
+    #[serde(default)]
+    pub state_file: Option<String>,
+    /// How often the budget counters are written to `state_file`.
+    #[serde(default = "default_state_interval")]
+    pub state_interval: HumanDuration,
+}
+
+fn default_state_interval() -> HumanDuration {
+    HumanDuration::from_secs(5)
+}
+
+/// Where limit and budget counters live: `memory`, or
+/// `{ redis: { url, on_error } }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitsStore {
+    /// In this process; budgets are saved to `state_file`.
+    #[default]
+    Memory,
+    /// In Redis, shared by every gateway instance that names it.
+    Redis(RedisStore),
+}
+
+impl<'de> Deserialize<'de> for LimitsStore {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = LimitsStore;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`memory` or `{ redis: { url: ..., on_error: ... } }`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<LimitsStore, E> {
+                match v {
+                    "memory" => Ok(LimitsStore::Memory),
+                    other => Err(E::custom(format!(
+                        "unknown store `{other}`: use `memory` or `{{ redis: {{ url: ... }} }}`"
+                    ))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<LimitsStore, A::Error> {
+                let key: String = map
+                    .next_key()?
+                    .ok_or_else(|| serde::de::Error::custom("is empty: name a store"))?;
+                let store = match key.as_str() {
+                    "redis" => LimitsStore::Redis(map.next_value()?),
+                    other => {
+                        return Err(serde::de::Error::custom(format!(
+                            "unknown store `{other}`: use `memory` or `redis`"
+                        )))
+                    }
+                };
+                if map.next_key::<String>()?.is_some() {
+                    return Err(serde::de::Error::custom("name exactly one store"));
+                }
+                Ok(store)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A Redis limits store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStore {
+    /// `redis://[:password@]host:port[/db]`.
+    pub url: String,
+    /// What admission does while Redis cannot be reached.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// Admission while the shared store is unreachable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Refuse with 503 `limits_unavailable`.
+    #[default]
+    FailClosed,
+    /// Admit without limits, counting each such admission.
+    FailOpen,
+}
+
+/// Rates and concurrency at one level (key, team or model alias).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Requests per minute (sliding window).
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens (prompt + completion) per minute (sliding window), reserved at
+    /// admission and settled to the real usage.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Requests in flight at once.
+    #[serde(default)]
+    pub concurrency: Option<u64>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        self.rpm.is_none() && self.tpm.is_none() && self.concurrency.is_none()
+    }
+}
+
+/// A spend or token budget over a window.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// US dollars at the routes' prices.
+    #[serde(default)]
+    pub usd: Option<f64>,
+    /// Tokens (prompt + completion).
+    #[serde(default)]
+    pub tokens: Option<u64>,
+    pub window: BudgetWindow,
+}
+
+/// A budget's window: a calendar period (UTC) or a rolling duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BudgetWindow {
+    Minute,
+    Hour,
+    Day,
+    /// The calendar month, UTC.
+    Month,
+    /// The last `d` (60 buckets of `d / 60`).
+    Rolling(std::time::Duration),
+}
+
+impl std::fmt::Display for BudgetWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Minute => f.write_str("minute"),
+            Self::Hour => f.write_str("hour"),
+            Self::Day => f.write_str("day"),
+            Self::Month => f.write_str("month"),
+            Self::Rolling(d) => {
+                let s = d.as_secs();
+                match s {
+                    _ if d.subsec_millis() != 0 => write!(f, "{}ms", d.as_millis()),
+                    _ if s % 86_400 == 0 => write!(f, "{}d", s / 86_400),
+                    _ if s % 3_600 == 0 => write!(f, "{}h", s / 3_600),
+                    _ if s % 60 == 0 => write!(f, "{}m", s / 60),
+                    _ => write!(f, "{s}s"),
+                }
+            }
+        }
+    }
+}
+
+impl Serialize for BudgetWindow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for BudgetWindow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.as_str() {
+            "minute" => Self::Minute,
+            "hour" => Self::Hour,
+            "day" => Self::Day,
+            "month" => Self::Month,
+            other => {
+                let d = super::duration::parse_duration(other).map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{other}` is not a window: use minute, hour, day, month or a duration such as 30d"
+                    ))
+                })?;
+                if d < std::time::Duration::from_secs(60) {
+                    return Err(serde::de::Error::custom(format!(
+                        "a rolling window must be at least 1m, got `{other}`"
+                    )));
+                }
+                Self::Rolling(d)
+            }
+        })
+    }
+}
+
+/// A team: limits and budgets shared by every key that names it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Team {
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub budgets: Vec<Budget>,
 }
 
 fn default_max_attempts() -> u32 {
@@ -68,8 +276,9 @@ fn default_max_body_bytes() -> u64 {
     DEFAULT_MAX_BODY_BYTES
 }
 
-/// TLS termination on `listen`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// TLS termination on `listen`. Only file paths: `/admin/config` may show
+/// them; the key's content is never in the config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
     /// PEM certificate chain, leaf first (e.g. certbot's `fullchain.pem`).
@@ -97,6 +306,15 @@ pub enum TlsVersion {
     #[default]
     V1_2,
     V1_3,
+}
+
+impl Serialize for TlsVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            TlsVersion::V1_2 => "1.2",
+            TlsVersion::V1_3 => "1.3",
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for TlsVersion {
@@ -129,7 +347,7 @@ impl<'de> Deserialize<'de> for TlsVersion {
 }
 
 /// Process-level settings (threads, graceful stop, upgrade socket).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// Worker threads for the proxy service. Default: the number of CPUs.
@@ -160,7 +378,7 @@ impl Default for ServerSection {
 }
 
 /// Limits toward clients.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DownstreamSection {
     /// Longest pause while reading the request body before answering 408.
@@ -194,7 +412,7 @@ impl Default for DownstreamSection {
 }
 
 /// One JSON line per request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessLogSection {
     pub enabled: bool,
@@ -212,7 +430,7 @@ impl Default for AccessLogSection {
 }
 
 /// The wire format a provider speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
     /// The OpenAI wire format: OpenAI, DeepSeek, Qwen, Groq, vLLM, Ollama...
@@ -222,7 +440,7 @@ pub enum ProviderKind {
 }
 
 /// One upstream provider.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Provider {
     pub kind: ProviderKind,
@@ -270,7 +488,7 @@ fn default_dns_refresh() -> HumanDuration {
 }
 
 /// Upstream timeouts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// TCP (and TLS) connect.
@@ -296,7 +514,7 @@ impl Default for Timeouts {
 }
 
 /// Per-route overrides of the provider's timeouts; unset fields inherit.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutOverrides {
     pub connect: Option<HumanDuration>,
@@ -306,7 +524,7 @@ pub struct TimeoutOverrides {
 }
 
 /// When to try another backend of the same provider.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryPolicy {
     /// Attempts on this provider (backends tried) before moving to the next route.
@@ -326,7 +544,7 @@ impl Default for RetryPolicy {
 }
 
 /// Passive health: a backend that keeps failing is skipped for a cooldown.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerPolicy {
     pub enabled: bool,
@@ -355,7 +573,7 @@ impl Default for BreakerPolicy {
 }
 
 /// Active health checks. They never send a billed request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheck {
     pub enabled: bool,
@@ -384,7 +602,7 @@ impl Default for HealthCheck {
 }
 
 /// What `kind: mock` answers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MockSettings {
     /// Delay before the response (non-stream) or the first chunk (stream).
@@ -416,15 +634,28 @@ impl Default for MockSettings {
 }
 
 /// A model alias: the name clients send.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Model {
     /// Tried in order: the first is the primary, the rest are fallbacks.
     pub routes: Vec<Route>,
+    /// A global cap on this alias, all callers together.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Completion tokens reserved at admission when the body sets neither
+    /// `max_tokens` nor `max_completion_tokens` (nor `max_output_tokens`).
+    #[serde(default = "default_reserve_output_tokens")]
+    pub reserve_output_tokens: u64,
+}
+
+pub const DEFAULT_RESERVE_OUTPUT_TOKENS: u64 = 1024;
+
+fn default_reserve_output_tokens() -> u64 {
+    DEFAULT_RESERVE_OUTPUT_TOKENS
 }
 
 /// Where an alias goes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// A name under `providers`.
@@ -440,7 +671,7 @@ pub struct Route {
 }
 
 /// A route's price, in USD per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
     pub input: f64,
@@ -451,7 +682,7 @@ pub struct Price {
 }
 
 /// A gateway key.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Key {
     /// Shown in logs and metrics. Never the secret.
@@ -465,4 +696,11 @@ pub struct Key {
     /// Aliases this key may use. Absent: all.
     #[serde(default)]
     pub models: Option<Vec<String>>,
+    /// The team under `teams` whose limits and budgets also apply.
+    #[serde(default)]
+    pub team: Option<String>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub budgets: Vec<Budget>,
 }

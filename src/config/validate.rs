@@ -72,7 +72,124 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         }
     }
     check_keys(cfg, &mut v);
+    check_governance(cfg, &mut v);
     v.finish()
+}
+
+fn check_limits(field: &str, l: &Limits, v: &mut Problems) {
+    for (name, value) in [
+        ("rpm", l.rpm),
+        ("tpm", l.tpm),
+        ("concurrency", l.concurrency),
+    ] {
+        if let Some(n) = value {
+            if n == 0 || n > 1_000_000_000_000 {
+                v.add(
+                    format!("{field}.limits.{name}"),
+                    "must be between 1 and 1000000000000 (leave it out for no limit)",
+                );
+            }
+        }
+    }
+}
+
+fn check_budgets(field: &str, budgets: &[Budget], v: &mut Problems) {
+    let mut seen = HashSet::new();
+    for (i, b) in budgets.iter().enumerate() {
+        let f = format!("{field}.budgets[{i}]");
+        let unit = match (b.usd, b.tokens) {
+            (Some(_), Some(_)) | (None, None) => {
+                v.add(&f, "set exactly one of `usd` and `tokens`");
+                continue;
+            }
+            (Some(usd), None) => {
+                if !usd.is_finite() || usd <= 0.0 || usd > 1e9 {
+                    v.add(
+                        format!("{f}.usd"),
+                        "must be a dollar amount above 0 (at most 1e9)",
+                    );
+                }
+                "usd"
+            }
+            (None, Some(t)) => {
+                if t == 0 || t > 1_000_000_000_000_000 {
+                    v.add(format!("{f}.tokens"), "must be between 1 and 1e18");
+                }
+                "tokens"
+            }
+        };
+        if !seen.insert((unit, b.window)) {
+            v.add(
+                &f,
+                format!(
+                    "a {unit} budget over `{}` is already set; keep one per unit and window",
+                    b.window
+                ),
+            );
+        }
+        if let BudgetWindow::Rolling(d) = b.window {
+            if d > std::time::Duration::from_secs(400 * 86_400) {
+                v.add(format!("{f}.window"), "a rolling window is at most 400d");
+            }
+        }
+    }
+}
+
+fn check_governance(cfg: &Config, v: &mut Problems) {
+    for (name, t) in &cfg.teams {
+        let f = format!("teams.{name}");
+        check_name(&f, name, v);
+        check_limits(&f, &t.limits, v);
+        check_budgets(&f, &t.budgets, v);
+    }
+    for (i, k) in cfg.keys.iter().enumerate() {
+        let f = format!("keys[{i}]");
+        check_limits(&f, &k.limits, v);
+        check_budgets(&f, &k.budgets, v);
+        if let Some(team) = &k.team {
+            if !cfg.teams.contains_key(team) {
+                v.add(
+                    format!("{f}.team"),
+                    format!(
+                        "team `{team}` is not defined under `teams`; defined: {}",
+                        list(cfg.teams.keys())
+                    ),
+                );
+            }
+        }
+    }
+    for (alias, m) in &cfg.models {
+        let f = format!("models.{alias}");
+        check_limits(&f, &m.limits, v);
+        if m.reserve_output_tokens > 10_000_000 {
+            v.add(
+                format!("{f}.reserve_output_tokens"),
+                "must be at most 10000000",
+            );
+        }
+    }
+    if cfg.state_interval.get() < std::time::Duration::from_millis(100) {
+        v.add("state_interval", "must be at least 100ms");
+    }
+    if let Some(path) = &cfg.state_file {
+        if path.trim().is_empty() {
+            v.add("state_file", "is empty; name a file or remove the field");
+        }
+    }
+    if let LimitsStore::Redis(r) = &cfg.limits_store {
+        if let Err(e) = redis::Client::open(r.url.as_str()) {
+            v.add(
+                "limits_store.redis.url",
+                format!("is not a Redis URL such as redis://127.0.0.1:6379 ({e})"),
+            );
+        }
+        if cfg.state_file.is_some() {
+            v.add(
+                "state_file",
+                "is for the memory store; Redis keeps the budgets itself. Remove it",
+            );
+        }
+    }
 }
 
 #[derive(Default)]
@@ -164,6 +281,45 @@ fn check_listeners(cfg: &Config, v: &mut Problems) {
         if t.max_concurrent_streams == 0 || t.max_concurrent_streams > 10_000 {
             v.add("tls.max_concurrent_streams", "must be between 1 and 10000");
         }
+    }
+    match (&cfg.admin_listen, &cfg.admin_key) {
+        (Some(a), key) => {
+            match a.parse::<SocketAddr>() {
+                Err(_) => v.add(
+                    "admin_listen",
+                    format!("`{a}` is not an IP:port such as 127.0.0.1:9092"),
+                ),
+                Ok(addr) => {
+                    let same = |o: Option<&String>| {
+                        o.and_then(|s| s.parse::<SocketAddr>().ok()) == Some(addr)
+                    };
+                    if same(Some(&cfg.listen)) || same(cfg.metrics_listen.as_ref()) {
+                        v.add(
+                            "admin_listen",
+                            "must differ from `listen` and `metrics_listen`",
+                        );
+                    }
+                }
+            }
+            match key {
+                None => v.add(
+                    "admin_key",
+                    "is required with admin_listen, e.g. \"${TOLLGATE_ADMIN_KEY}\"",
+                ),
+                Some(k) if k.len() < 16 => v.add("admin_key", "must be at least 16 characters"),
+                Some(k)
+                    if cfg
+                        .keys
+                        .iter()
+                        .any(|g| g.key.as_deref() == Some(k.as_str())) =>
+                {
+                    v.add("admin_key", "must differ from every gateway key")
+                }
+                Some(_) => {}
+            }
+        }
+        (None, Some(_)) => v.add("admin_key", "is only used with admin_listen; set both"),
+        (None, None) => {}
     }
     if cfg.max_body_bytes == 0 || cfg.max_body_bytes > 1 << 30 {
         v.add("max_body_bytes", "must be between 1 and 1073741824 (1 GiB)");

@@ -4,6 +4,7 @@
 
 use crate::auth;
 use crate::error::GatewayError;
+use crate::governance;
 use crate::providers::mock;
 use crate::proxy::body;
 use crate::proxy::ctx::Ctx;
@@ -34,7 +35,7 @@ pub async fn request_filter(session: &mut Session, ctx: &mut Ctx) -> pingora::Re
                 // Unread body bytes must not be parsed as the next request.
                 session.set_keepalive(None);
             }
-            respond::error(session, &err, &ctx.request_id).await?;
+            respond::error(session, &err, &respond::Tags::of(ctx)).await?;
             ctx.error = Some(err);
             Ok(true)
         }
@@ -57,7 +58,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     if ep == Endpoint::Healthz {
         let body = Bytes::from_static(br#"{"status":"ok"}"#);
         return written(
-            respond::json(session, 200, body, &ctx.request_id).await,
+            respond::json(session, 200, body, &respond::Tags::of(ctx)).await,
             ctx,
         );
     }
@@ -74,7 +75,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     if ep == Endpoint::Models {
         let body = key_info.models_body.clone();
         return written(
-            respond::json(session, 200, body, &ctx.request_id).await,
+            respond::json(session, 200, body, &respond::Tags::of(ctx)).await,
             ctx,
         );
     }
@@ -129,6 +130,17 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     }
     ctx.alias = Some(model.name.clone());
     let first = model.routes.first().ok_or(GatewayError::Internal)?;
+    match governance::admit_request(key_info, model, ep, &bytes).await {
+        Ok(Some(a)) => {
+            ctx.reservation = Some(a.reservation);
+            ctx.rate_headers = a.headers;
+        }
+        Ok(None) => {}
+        Err((err, headers)) => {
+            ctx.rate_headers = headers;
+            return Err(err);
+        }
+    }
     if let ProviderRt::Mock(settings) = &*first.provider {
         ctx.served_locally = true;
         ctx.attempts = 1;
@@ -139,9 +151,9 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         ctx.local_usage = Some(mock::usage_of(ep, settings));
         ctx.parsed = Some(parsed);
         let sent = match reply {
-            mock::Reply::Json(b) => respond::json(session, 200, b, &ctx.request_id).await,
+            mock::Reply::Json(b) => respond::json(session, 200, b, &respond::Tags::of(ctx)).await,
             mock::Reply::Sse { events, interval } => {
-                respond::sse(session, events, interval, &ctx.request_id).await
+                respond::sse(session, events, interval, &respond::Tags::of(ctx)).await
             }
         };
         return written(sent, ctx);

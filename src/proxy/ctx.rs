@@ -80,6 +80,12 @@ pub struct Ctx {
     pub first_byte_at: Option<Instant>,
     /// Usage known without reading a response (the mock provider).
     pub local_usage: Option<crate::accounting::Usage>,
+    /// Limits held by this request: concurrency slots and token and spend
+    /// reservations. Settled in `logging`; dropping it releases them, so
+    /// any end (error, disconnect, panic) frees them.
+    pub reservation: Option<crate::governance::Reservation>,
+    /// `x-ratelimit-*` values for the response.
+    pub rate_headers: crate::governance::RateHeaders,
 }
 
 /// Holds one unit of the in-flight gauge.
@@ -159,6 +165,8 @@ impl Ctx {
             meter: Meter::None,
             first_byte_at: None,
             local_usage: None,
+            reservation: None,
+            rate_headers: crate::governance::RateHeaders::default(),
         }
     }
 

@@ -88,7 +88,7 @@ pub async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u
     // Pingora closes the connection after a proxy failure: say so, or
     // pooled clients reuse it and get a reset.
     session.set_keepalive(None);
-    if respond::error(session, &err, &ctx.request_id)
+    if respond::error(session, &err, &respond::Tags::of(ctx))
         .await
         .is_err()
     {
@@ -110,6 +110,14 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     }
     ctx.watchdog = None;
     let settled = settle(ctx);
+    if let Some(r) = ctx.reservation.take() {
+        match &settled {
+            Some(s) => r.settle(s.usage.prompt + s.usage.completion, s.cost_usd),
+            // Nothing was served: release what was reserved.
+            None => drop(r),
+        }
+    }
+    record_usage_ledger(ctx, settled.as_ref());
     let rt = ctx.rt.clone();
     let key = or_none(
         rt.as_ref()
@@ -189,6 +197,32 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         });
     }
     ctx.in_flight = None;
+}
+
+/// Counts a request that was admitted past the limits in the admin API's
+/// usage ledger, against its key, team and model alias.
+fn record_usage_ledger(ctx: &Ctx, settled: Option<&Settled>) {
+    use crate::governance::{ledger, usd_to_nanos, Level};
+    let refused = matches!(
+        ctx.error,
+        Some(GatewayError::LimitExceeded { .. } | GatewayError::QuotaExceeded { .. })
+    );
+    let (Some(rt), Some(k), Some(alias)) = (ctx.rt.as_ref(), ctx.key, ctx.alias.as_ref()) else {
+        return;
+    };
+    let Some(key) = rt.key_info.get(k) else {
+        return;
+    };
+    if refused {
+        return;
+    }
+    let tokens = settled.map_or(0, |s| s.usage.prompt + s.usage.completion);
+    let nanos = settled.and_then(|s| s.cost_usd).map_or(0, usd_to_nanos);
+    let mut who = vec![(Level::Key, &key.name), (Level::Model, alias)];
+    if let Some(team) = &key.team {
+        who.push((Level::Team, team));
+    }
+    ledger::global().record(&who, tokens, nanos);
 }
 
 /// A label value, or the placeholder when there is none.

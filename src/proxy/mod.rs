@@ -33,7 +33,7 @@ async fn panicked(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool>
     let err = crate::error::GatewayError::Internal;
     if session.response_written().is_none() {
         session.set_keepalive(None);
-        respond::error(session, &err, &ctx.request_id).await?;
+        respond::error(session, &err, &respond::Tags::of(ctx)).await?;
         ctx.status = 500;
     }
     ctx.error = Some(err);

@@ -7,13 +7,33 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use std::time::Duration;
 
+/// Headers every locally written response carries besides its own: the
+/// request id and the `x-ratelimit-*` values.
+pub struct Tags<'a> {
+    pub request_id: &'a str,
+    pub rate: &'a crate::governance::RateHeaders,
+}
+
+impl<'a> Tags<'a> {
+    pub fn of(ctx: &'a crate::proxy::ctx::Ctx) -> Self {
+        Tags {
+            request_id: &ctx.request_id,
+            rate: &ctx.rate_headers,
+        }
+    }
+}
+
 fn header(
     status: u16,
     content_type: &'static str,
     len: Option<usize>,
-    request_id: &str,
+    tags: &Tags<'_>,
 ) -> pingora::Result<ResponseHeader> {
+    let request_id = tags.request_id;
     let mut resp = ResponseHeader::build(status, Some(4))?;
+    for (name, value) in tags.rate.pairs() {
+        resp.insert_header(name, value)?;
+    }
     resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
     match len {
         Some(n) => resp.insert_header(http::header::CONTENT_LENGTH, n)?,
@@ -30,9 +50,9 @@ pub async fn json(
     session: &mut Session,
     status: u16,
     body: Bytes,
-    request_id: &str,
+    tags: &Tags<'_>,
 ) -> pingora::Result<()> {
-    let resp = header(status, "application/json", Some(body.len()), request_id)?;
+    let resp = header(status, "application/json", Some(body.len()), tags)?;
     session.write_response_header(Box::new(resp), false).await?;
     let head = session.req_header().method == http::Method::HEAD;
     session
@@ -44,9 +64,9 @@ pub async fn json(
 pub async fn error(
     session: &mut Session,
     err: &GatewayError,
-    request_id: &str,
+    tags: &Tags<'_>,
 ) -> pingora::Result<()> {
-    let mut resp = header(err.status(), "application/json", None, request_id)?;
+    let mut resp = header(err.status(), "application/json", None, tags)?;
     let body = err.body();
     resp.remove_header(&http::header::TRANSFER_ENCODING);
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
@@ -65,9 +85,9 @@ pub async fn sse(
     session: &mut Session,
     events: Vec<Bytes>,
     interval: Duration,
-    request_id: &str,
+    tags: &Tags<'_>,
 ) -> pingora::Result<()> {
-    let mut resp = header(200, "text/event-stream", None, request_id)?;
+    let mut resp = header(200, "text/event-stream", None, tags)?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
     session.write_response_header(Box::new(resp), false).await?;
     let n = events.len();

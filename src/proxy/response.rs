@@ -62,6 +62,9 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
     attempt::record_success(ctx);
     ctx.status = resp.status.as_u16();
     resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+    for (name, value) in ctx.rate_headers.pairs() {
+        resp.insert_header(name, value)?;
+    }
     if let (Some(rt), Some(route)) = (ctx.rt.as_ref(), ctx.current_route()) {
         if let Some(name) = &rt.route_header {
             resp.insert_header(name.clone(), route.route_label.clone())?;

@@ -38,6 +38,11 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     pub tls_cert_expiry: IntGauge,
     pub tls_handshakes: IntCounterVec,
+    pub limit_rejections: IntCounterVec,
+    pub budget_remaining: prometheus::GaugeVec,
+    pub reservations: IntGauge,
+    pub limit_store_errors: IntCounterVec,
+    pub limit_fail_open: IntCounter,
 }
 
 /// Request duration buckets for LLM calls: 5 ms to 5 minutes.
@@ -157,6 +162,29 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "tollgate_tls_handshakes_total",
             "TLS handshakes on `listen` by result (success, failed, timeout).",
             &["result"]
+        )?,
+        limit_rejections: register_int_counter_vec!(
+            "tollgate_limit_rejections_total",
+            "Requests refused by a limit, by level (key, team, model) and reason (rpm, tpm, concurrency, budget_usd, budget_tokens).",
+            &["level", "reason"]
+        )?,
+        budget_remaining: prometheus::register_gauge_vec!(
+            "tollgate_budget_remaining",
+            "What is left of each budget in its current window (USD or tokens; reservations in flight count as spent).",
+            &["level", "name", "unit", "window"]
+        )?,
+        reservations: register_int_gauge!(
+            "tollgate_limit_reservations_outstanding",
+            "Admitted requests holding a token or spend reservation not yet settled."
+        )?,
+        limit_store_errors: register_int_counter_vec!(
+            "tollgate_limit_store_errors_total",
+            "Errors of the limits store, by store and operation.",
+            &["store", "op"]
+        )?,
+        limit_fail_open: register_int_counter!(
+            "tollgate_limit_fail_open_admissions_total",
+            "Requests admitted without checking limits because the shared store was unreachable (on_error: fail_open)."
         )?,
     })
 }

@@ -1,0 +1,131 @@
+//! Usage per key, team and model alias for the admin API: requests, tokens
+//! and spend in the current and the previous calendar minute, hour, day and
+//! month (UTC). Kept in memory; counted whether or not a limit is set.
+
+use super::window::{now_ms, Span};
+use super::Level;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The windows the ledger keeps.
+pub const WINDOWS: [(&str, Span); 4] = [
+    ("minute", Span::Minute),
+    ("hour", Span::Hour),
+    ("day", Span::Day),
+    ("month", Span::Month),
+];
+
+/// What was used in one window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    pub requests: u64,
+    pub tokens: u64,
+    /// Nano-dollars, so sums are exact.
+    pub nanos: i64,
+}
+
+impl Tally {
+    pub fn spend_usd(&self) -> f64 {
+        self.nanos as f64 / super::NANOS
+    }
+}
+
+#[derive(Default, Clone, Copy, Serialize, Deserialize)]
+pub struct Win {
+    id: i64,
+    current: Tally,
+    previous: Tally,
+}
+
+impl Win {
+    fn roll(&mut self, id: i64) {
+        if self.id == id {
+            return;
+        }
+        self.previous = if self.id == id - 1 {
+            self.current
+        } else {
+            Tally::default()
+        };
+        self.current = Tally::default();
+        self.id = id;
+    }
+}
+
+/// The windows of one key, team or model.
+type Entries = HashMap<(Level, Arc<str>), [Win; 4]>;
+
+/// The process's usage ledger.
+#[derive(Default)]
+pub struct Ledger {
+    map: Mutex<Entries>,
+}
+
+pub fn global() -> &'static Ledger {
+    static LEDGER: OnceLock<Ledger> = OnceLock::new();
+    LEDGER.get_or_init(Ledger::default)
+}
+
+impl Ledger {
+    /// Counts one finished request against each `(level, name)`.
+    pub fn record(&self, who: &[(Level, &Arc<str>)], tokens: u64, nanos: i64) {
+        let now = now_ms();
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        for (level, name) in who {
+            let wins = map.entry((*level, (*name).clone())).or_default();
+            for (w, (_, span)) in wins.iter_mut().zip(WINDOWS) {
+                w.roll(span.bucket(now));
+                w.current.requests += 1;
+                w.current.tokens += tokens;
+                w.current.nanos += nanos;
+            }
+        }
+    }
+
+    /// Every entry, for the state file.
+    pub fn dump(&self) -> Vec<(Level, String, [Win; 4])> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .map(|((level, name), wins)| (*level, name.to_string(), *wins))
+            .collect()
+    }
+
+    /// Adds entries read from the state file to the live ones.
+    pub fn restore(&self, entries: Vec<(Level, String, [Win; 4])>) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        for (level, name, saved) in entries {
+            let wins = map.entry((level, Arc::from(name.as_str()))).or_default();
+            for (w, s) in wins.iter_mut().zip(saved) {
+                if w.id == 0 || w.id == s.id {
+                    w.id = s.id;
+                    for (mine, theirs) in
+                        [(&mut w.current, s.current), (&mut w.previous, s.previous)]
+                    {
+                        mine.requests += theirs.requests;
+                        mine.tokens += theirs.tokens;
+                        mine.nanos += theirs.nanos;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `(level, name, current, previous)` for `window`, optionally only
+    /// the names in `filter`.
+    pub fn read(&self, window: usize) -> Vec<(Level, Arc<str>, Tally, Tally)> {
+        let now = now_ms();
+        let (_, span) = WINDOWS[window.min(WINDOWS.len() - 1)];
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = map
+            .iter_mut()
+            .map(|((level, name), wins)| {
+                let w = &mut wins[window.min(WINDOWS.len() - 1)];
+                w.roll(span.bucket(now));
+                (*level, name.clone(), w.current, w.previous)
+            })
+            .collect();
+        out.sort_by(|a, b| (a.0.label(), &*a.1).cmp(&(b.0.label(), &*b.1)));
+        out
+    }
+}
