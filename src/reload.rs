@@ -97,6 +97,9 @@ fn check_fixed_fields(old: &Config, new: &Config) -> Result<(), String> {
     if old.admin_listen != new.admin_listen {
         changed.push("admin_listen");
     }
+    if old.downstream.read_buffer_bytes != new.downstream.read_buffer_bytes {
+        changed.push("downstream.read_buffer_bytes");
+    }
     if format!("{:?}", old.server) != format!("{:?}", new.server) {
         changed.push("server");
     }
@@ -180,6 +183,10 @@ mod tests {
             (
                 "tls: { cert: a.pem, key: a.key }\nplain_listen: \"127.0.0.1:8080\"",
                 "plain_listen",
+            ),
+            (
+                "tls: { cert: a.pem, key: a.key }\ndownstream: { read_buffer_bytes: 4096 }",
+                "downstream.read_buffer_bytes",
             ),
         ] {
             let err = check_fixed_fields(&base, &cfg(tls)).expect_err(tls);
