@@ -119,7 +119,7 @@ pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pingora::
                 ctx.mid_stream_error = Some(GatewayError::UpstreamError);
                 ctx.unsent = body.take().filter(|b| !b.is_empty());
                 return Err(pingora::Error::explain(
-                    pingora::ErrorType::InvalidHTTPHeader,
+                    pingora::ErrorType::Custom("sse_event_too_large"),
                     "SSE event over the size limit",
                 )
                 .into_up());
