@@ -19,4 +19,5 @@ pub mod server;
 pub mod sse;
 pub mod telemetry;
 pub mod tls;
+pub mod translate;
 pub mod upstream;
