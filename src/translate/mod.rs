@@ -16,6 +16,8 @@
 use crate::accounting::Usage;
 use bytes::{Bytes, BytesMut};
 
+pub mod gemini;
+
 /// What a request translation needs besides the client's body.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestOpts<'a> {

@@ -1,0 +1,193 @@
+//! `streamGenerateContent?alt=sse` → `chat.completion.chunk` events.
+//!
+//! Each Gemini event is a whole `GenerateContentResponse` holding the next
+//! piece of each candidate; function calls arrive whole, never split. Each
+//! event becomes at most one chunk per candidate, written as it arrives. The
+//! state is a few counters per candidate (at most [`MAX_CHOICES`]) and the
+//! latest usage: never the text.
+
+use super::error::error;
+use super::response::{
+    blocked, candidates, completion_id, finish_reason, now, usage, usage_json, Parts,
+};
+use crate::accounting::Usage;
+use crate::translate::{ResponseOpts, StreamTranslator};
+use bytes::{BufMut, BytesMut};
+use serde_json::{json, Map, Value};
+
+/// Candidates tracked per stream (OpenAI's own limit on `n`); others are
+/// ignored.
+pub const MAX_CHOICES: usize = 128;
+
+/// Per-candidate progress.
+#[derive(Debug, Clone, Copy)]
+struct Choice {
+    index: u64,
+    role_sent: bool,
+    /// Tool calls emitted so far: the `index` of the next one.
+    tools: usize,
+}
+
+/// The stream translator for one response.
+#[derive(Debug)]
+pub struct ChatStream {
+    id: String,
+    model: String,
+    request_id: String,
+    created: u64,
+    include_usage: bool,
+    choices: Vec<Choice>,
+    /// Tool calls seen across candidates (numbers generated ids).
+    calls: usize,
+    usage: Option<Usage>,
+}
+
+impl ChatStream {
+    pub fn new(opts: &ResponseOpts) -> Self {
+        Self {
+            id: completion_id(opts.request_id),
+            model: opts.model.to_string(),
+            request_id: opts.request_id.to_string(),
+            created: now(),
+            include_usage: opts.include_usage,
+            choices: Vec::new(),
+            calls: 0,
+            usage: None,
+        }
+    }
+
+    fn choice(&mut self, index: u64) -> Option<&mut Choice> {
+        match self.choices.iter().position(|c| c.index == index) {
+            Some(i) => self.choices.get_mut(i),
+            None if self.choices.len() < MAX_CHOICES => {
+                self.choices.push(Choice {
+                    index,
+                    role_sent: false,
+                    tools: 0,
+                });
+                self.choices.last_mut()
+            }
+            None => None,
+        }
+    }
+
+    fn chunk(&self, choices: Vec<Value>) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        })
+    }
+
+    /// One candidate's piece → its chunk choice, if it carries anything.
+    fn candidate(&mut self, pos: usize, cand: &Value) -> Option<Value> {
+        let index = cand
+            .get("index")
+            .and_then(Value::as_u64)
+            .unwrap_or(pos as u64);
+        let mut calls = self.calls;
+        let parts = Parts::of(cand, &self.request_id, &mut calls);
+        self.calls = calls;
+        let reason = cand
+            .get("finishReason")
+            .filter(|r| r.as_str().is_some_and(|r| r != "FINISH_REASON_UNSPECIFIED"));
+        let state = self.choice(index)?;
+        let mut delta = Map::new();
+        if !state.role_sent {
+            state.role_sent = true;
+            delta.insert("role".into(), "assistant".into());
+        }
+        if let Some(text) = parts.text.filter(|t| !t.is_empty()) {
+            delta.insert("content".into(), text.into());
+        }
+        if !parts.tool_calls.is_empty() {
+            let mut calls = parts.tool_calls;
+            for c in &mut calls {
+                c["index"] = state.tools.into();
+                state.tools += 1;
+            }
+            delta.insert("tool_calls".into(), Value::Array(calls));
+        }
+        let finish = reason.map(|r| finish_reason(Some(r), state.tools > 0));
+        if delta.is_empty() && finish.is_none() {
+            return None;
+        }
+        Some(json!({
+            "index": index,
+            "delta": delta,
+            "logprobs": null,
+            "finish_reason": finish,
+        }))
+    }
+}
+
+fn write_event(out: &mut BytesMut, v: &Value) {
+    out.put_slice(b"data: ");
+    out.put_slice(v.to_string().as_bytes());
+    out.put_slice(b"\n\n");
+}
+
+impl StreamTranslator for ChatStream {
+    fn event(&mut self, data: &[u8], out: &mut BytesMut) {
+        let Ok(doc) = serde_json::from_slice::<Value>(data) else {
+            log::warn!(
+                "request {}: skipped a Gemini stream event that is not JSON ({} bytes)",
+                self.request_id,
+                data.len()
+            );
+            return;
+        };
+        if let Some(e) = doc.get("error") {
+            let status = e.get("code").and_then(Value::as_u64).unwrap_or(500);
+            let err = error(u16::try_from(status).unwrap_or(500), data);
+            out.put_slice(b"data: ");
+            out.put_slice(&err.body());
+            out.put_slice(b"\n\n");
+            return;
+        }
+        if let Some(u) = usage(&doc) {
+            self.usage = Some(u);
+        }
+        let mut choices = Vec::new();
+        for (pos, cand) in candidates(&doc).iter().enumerate() {
+            if let Some(c) = self.candidate(pos, cand) {
+                choices.push(c);
+            }
+        }
+        if choices.is_empty() && candidates(&doc).is_empty() && blocked(&doc) {
+            let first = self
+                .choice(0)
+                .map(|c| !std::mem::replace(&mut c.role_sent, true));
+            let mut delta = Map::new();
+            if first == Some(true) {
+                delta.insert("role".into(), "assistant".into());
+            }
+            choices.push(json!({
+                "index": 0,
+                "delta": delta,
+                "logprobs": null,
+                "finish_reason": "content_filter",
+            }));
+        }
+        if !choices.is_empty() {
+            write_event(out, &self.chunk(choices));
+        }
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) {
+        if self.include_usage {
+            if let Some(u) = self.usage {
+                let mut chunk = self.chunk(Vec::new());
+                chunk["usage"] = usage_json(&u);
+                write_event(out, &chunk);
+            }
+        }
+        out.put_slice(b"data: [DONE]\n\n");
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
