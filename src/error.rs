@@ -31,6 +31,14 @@ pub enum GatewayError {
     HeaderTooLarge,
     /// The body is over `max_body_bytes`.
     PayloadTooLarge { limit: u64 },
+    /// The provider refused the request as invalid. `message` is the
+    /// provider's text, already made safe (see `translate::errors`).
+    ProviderInvalid {
+        status: u16,
+        message: String,
+        code: &'static str,
+        param: Option<&'static str>,
+    },
     /// The upstream could not be reached or answered badly.
     UpstreamError,
     /// The upstream refused the gateway's provider key (its text is not shown).
@@ -62,6 +70,7 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             Self::InvalidRequest { .. } => 400,
+            Self::ProviderInvalid { status, .. } => *status,
             Self::InvalidApiKey => 401,
             Self::ModelNotAllowed { .. } => 403,
             Self::ModelNotFound { .. } | Self::NotFound => 404,
@@ -84,6 +93,7 @@ impl GatewayError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::InvalidRequest { .. }
+            | Self::ProviderInvalid { .. }
             | Self::ModelNotFound { .. }
             | Self::NotFound
             | Self::MethodNotAllowed { .. }
@@ -108,6 +118,7 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidRequest { .. } => "invalid_request",
+            Self::ProviderInvalid { code, .. } => code,
             Self::InvalidApiKey => "invalid_api_key",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::ModelNotFound { .. } => "model_not_found",
@@ -130,7 +141,7 @@ impl GatewayError {
 
     fn param(&self) -> Option<&'static str> {
         match self {
-            Self::InvalidRequest { param, .. } => *param,
+            Self::InvalidRequest { param, .. } | Self::ProviderInvalid { param, .. } => *param,
             Self::ModelNotAllowed { .. } | Self::ModelNotFound { .. } => Some("model"),
             _ => None,
         }
@@ -167,7 +178,9 @@ impl GatewayError {
 impl fmt::Display for GatewayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::InvalidRequest { message, .. } => f.write_str(message),
+            Self::InvalidRequest { message, .. } | Self::ProviderInvalid { message, .. } => {
+                f.write_str(message)
+            }
             Self::InvalidApiKey => f.write_str(
                 "Invalid or missing API key. Send your Tollgate key as `Authorization: Bearer <key>`.",
             ),
