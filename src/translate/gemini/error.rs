@@ -1,27 +1,26 @@
 //! Gemini error bodies → the gateway's OpenAI-format errors.
 //!
 //! Gemini answers `{"error": {"code", "message", "status", "details"}}` (a
-//! one-element array of it on some stream endpoints). The mapping follows
-//! what the gateway answers for an OpenAI-kind provider, so the SDKs raise
-//! the same exception class whichever provider served the alias:
+//! one-element array of it on some stream endpoints). What Gemini says more
+//! precisely than its HTTP status is read here; the rest goes to the mapping
+//! shared by every kind ([`provider_error`]), so the SDKs raise the same
+//! exception class whichever provider served the alias:
 //!
 //! | Gemini | Tollgate |
 //! |---|---|
-//! | `INVALID_ARGUMENT`, `FAILED_PRECONDITION`, `OUT_OF_RANGE`, other 400 | 400 `invalid_request_error`, Gemini's message (keys redacted) |
-//! | `UNAUTHENTICATED`, `PERMISSION_DENIED`, 401, 403, and a 400 whose reason is `API_KEY_INVALID` | 502 `upstream_auth_error`, Gemini's text never shown |
+//! | `UNAUTHENTICATED`, `PERMISSION_DENIED`, 401, 403, and a 400 whose reason is `API_KEY_INVALID` (Gemini's answer to a bad key) | 502 `upstream_auth_error`, Gemini's text never shown |
 //! | `RESOURCE_EXHAUSTED`, 429 | 429 `rate_limit_exceeded`, `Retry-After` from `RetryInfo.retryDelay` |
-//! | `UNAVAILABLE`, 503 | 503 `upstream_unavailable` |
+//! | `UNAVAILABLE`, 503 (Gemini's "model is overloaded") | 503 `upstream_unavailable`, like Anthropic's 529 |
+//! | `INVALID_ARGUMENT`, `FAILED_PRECONDITION`, other 4xx | 400 `invalid_request`, Gemini's message (credentials redacted) |
 //! | `DEADLINE_EXCEEDED`, 504 | 504 `upstream_timeout` |
-//! | `INTERNAL`, `NOT_FOUND` and the rest | 502 `upstream_error` |
+//! | `INTERNAL`, 500, `NOT_FOUND` and the rest | 502 `upstream_error` |
 //!
 //! Gemini's 500 becomes a 502: it is the upstream that failed, not the
-//! gateway (the same as for OpenAI-kind providers).
+//! gateway (the same as for the other kinds).
 
 use crate::error::GatewayError;
+use crate::translate::errors::provider_error;
 use serde_json::Value;
-
-/// Longest provider message passed on, in bytes.
-const MAX_MESSAGE: usize = 1000;
 
 /// Maps a Gemini error response (`status` and body) to the error to answer.
 pub fn error(status: u16, body: &[u8]) -> GatewayError {
@@ -45,25 +44,32 @@ pub fn error(status: u16, body: &[u8]) -> GatewayError {
             .is_some_and(|r| r.starts_with("API_KEY_"))
     });
     let retry_after = details.iter().find_map(retry_delay);
-    if key_refused || matches!(grpc, "UNAUTHENTICATED" | "PERMISSION_DENIED") {
-        return GatewayError::UpstreamAuth;
-    }
     match (grpc, status) {
-        (_, 401 | 403) => GatewayError::UpstreamAuth,
+        _ if key_refused => GatewayError::UpstreamAuth,
+        ("UNAUTHENTICATED" | "PERMISSION_DENIED", _) | (_, 401 | 403) => GatewayError::UpstreamAuth,
         ("RESOURCE_EXHAUSTED", _) | (_, 429) => GatewayError::RateLimited { retry_after },
         ("UNAVAILABLE", _) | (_, 503) => GatewayError::UpstreamUnavailable { retry_after },
-        ("DEADLINE_EXCEEDED", _) | (_, 504) => GatewayError::UpstreamTimeout,
-        ("INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE", _) | (_, 400) => {
-            let message = e
-                .and_then(|e| e.get("message"))
-                .and_then(Value::as_str)
-                .unwrap_or("The request is invalid.");
-            GatewayError::InvalidRequest {
-                message: format!("The provider rejected the request: {}", redact(message)),
-                param: None,
-            }
+        ("DEADLINE_EXCEEDED", _) => GatewayError::UpstreamTimeout,
+        ("INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE", s) if s < 400 || s > 499 => {
+            // A 4xx status travelling in a 2xx/5xx response (a stream event).
+            provider_error(400, &without_google_keys(e))
         }
-        _ => GatewayError::UpstreamError,
+        _ => provider_error(status, &without_google_keys(e)),
+    }
+}
+
+/// The error re-encoded with anything shaped like a Google API key
+/// (`AIza…`) blanked out, for the shared mapping to read its message from.
+fn without_google_keys(e: Option<&Value>) -> Vec<u8> {
+    let message = e
+        .and_then(|e| e.get("message"))
+        .and_then(Value::as_str)
+        .map(redact_google_keys);
+    match message {
+        Some(m) => serde_json::json!({ "error": { "message": m } })
+            .to_string()
+            .into_bytes(),
+        None => b"{}".to_vec(),
     }
 }
 
@@ -78,10 +84,9 @@ fn retry_delay(detail: &Value) -> Option<u64> {
     (secs.is_finite() && secs >= 0.0).then(|| (secs.ceil() as u64).min(3600))
 }
 
-/// Replaces anything shaped like a Google API key (`AIza…`) and caps the
-/// length.
-fn redact(message: &str) -> String {
-    let mut out = String::with_capacity(message.len().min(MAX_MESSAGE));
+/// Replaces anything shaped like a Google API key (`AIza…`).
+fn redact_google_keys(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
     let mut rest = message;
     while let Some(at) = rest.find("AIza") {
         out.push_str(&rest[..at]);
@@ -93,13 +98,6 @@ fn redact(message: &str) -> String {
         rest = &tail[end..];
     }
     out.push_str(rest);
-    if out.len() > MAX_MESSAGE {
-        let mut cut = MAX_MESSAGE;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-    }
     out
 }
 
@@ -108,12 +106,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redacts_keys_and_caps_length() {
+    fn redacts_google_keys() {
         assert_eq!(
-            redact("bad key AIzaSyA-1_b2 here"),
+            redact_google_keys("bad key AIzaSyA-1_b2 here"),
             "bad key [redacted] here"
         );
-        assert_eq!(redact(&"é".repeat(600)).len(), 1000);
+        let e = error(
+            400,
+            br#"{"error":{"code":400,"status":"INVALID_ARGUMENT","message":"key AIzaSyA is odd"}}"#,
+        );
+        assert_eq!(e.status(), 400);
+        assert!(!e.to_string().contains("AIza"), "{e}");
     }
 
     #[test]

@@ -166,8 +166,6 @@ pub(super) fn usage(doc: &Value) -> Option<Usage> {
     let m = doc.get("usageMetadata").filter(|m| m.is_object())?;
     let n = |k: &str| m.get(k).and_then(Value::as_u64).unwrap_or(0);
     let thoughts = n("thoughtsTokenCount");
-    // `..Default::default()` covers fields other kinds add (cache writes).
-    #[allow(clippy::needless_update)]
     Some(Usage {
         prompt: n("promptTokenCount") + n("toolUsePromptTokenCount"),
         completion: n("candidatesTokenCount") + thoughts,

@@ -26,6 +26,8 @@ struct Choice {
     role_sent: bool,
     /// Tool calls emitted so far: the `index` of the next one.
     tools: usize,
+    /// Its finish reason was sent.
+    done: bool,
 }
 
 /// The stream translator for one response.
@@ -40,6 +42,8 @@ pub struct ChatStream {
     /// Tool calls seen across candidates (numbers generated ids).
     calls: usize,
     usage: Option<Usage>,
+    /// An error event was sent: the stream is over for the client.
+    errored: bool,
 }
 
 impl ChatStream {
@@ -53,7 +57,22 @@ impl ChatStream {
             choices: Vec::new(),
             calls: 0,
             usage: None,
+            errored: false,
         }
+    }
+
+    /// Every candidate seen has finished (and there was at least one).
+    fn complete(&self) -> bool {
+        !self.choices.is_empty() && self.choices.iter().all(|c| c.done)
+    }
+
+    /// Ends the client's stream with an OpenAI-format error event (no
+    /// `[DONE]` follows, so clients see the answer is incomplete).
+    fn error_event(&mut self, err: &crate::error::GatewayError, out: &mut BytesMut) {
+        out.put_slice(b"data: ");
+        out.put_slice(&err.body());
+        out.put_slice(b"\n\n");
+        self.errored = true;
     }
 
     fn choice(&mut self, index: u64) -> Option<&mut Choice> {
@@ -64,6 +83,7 @@ impl ChatStream {
                     index,
                     role_sent: false,
                     tools: 0,
+                    done: false,
                 });
                 self.choices.last_mut()
             }
@@ -111,6 +131,7 @@ impl ChatStream {
             delta.insert("tool_calls".into(), Value::Array(calls));
         }
         let finish = reason.map(|r| finish_reason(Some(r), state.tools > 0));
+        state.done |= finish.is_some();
         if delta.is_empty() && finish.is_none() {
             return None;
         }
@@ -131,6 +152,9 @@ fn write_event(out: &mut BytesMut, v: &Value) {
 
 impl StreamTranslator for ChatStream {
     fn event(&mut self, data: &[u8], out: &mut BytesMut) {
+        if self.errored {
+            return;
+        }
         let Ok(doc) = serde_json::from_slice::<Value>(data) else {
             log::warn!(
                 "request {}: skipped a Gemini stream event that is not JSON ({} bytes)",
@@ -142,9 +166,7 @@ impl StreamTranslator for ChatStream {
         if let Some(e) = doc.get("error") {
             let status = e.get("code").and_then(Value::as_u64).unwrap_or(500);
             let err = error(u16::try_from(status).unwrap_or(500), data);
-            out.put_slice(b"data: ");
-            out.put_slice(&err.body());
-            out.put_slice(b"\n\n");
+            self.error_event(&err, out);
             return;
         }
         if let Some(u) = usage(&doc) {
@@ -157,9 +179,10 @@ impl StreamTranslator for ChatStream {
             }
         }
         if choices.is_empty() && candidates(&doc).is_empty() && blocked(&doc) {
-            let first = self
-                .choice(0)
-                .map(|c| !std::mem::replace(&mut c.role_sent, true));
+            let first = self.choice(0).map(|c| {
+                c.done = true;
+                !std::mem::replace(&mut c.role_sent, true)
+            });
             let mut delta = Map::new();
             if first == Some(true) {
                 delta.insert("role".into(), "assistant".into());
@@ -177,6 +200,19 @@ impl StreamTranslator for ChatStream {
     }
 
     fn finish(&mut self, out: &mut BytesMut) {
+        if self.errored {
+            return;
+        }
+        if !self.complete() {
+            // Gemini's last chunk carries the finish reason: without it the
+            // answer was cut short.
+            log::warn!(
+                "request {}: the Gemini stream ended without a finish reason",
+                self.request_id
+            );
+            self.error_event(&crate::error::GatewayError::UpstreamError, out);
+            return;
+        }
         if self.include_usage {
             if let Some(u) = self.usage {
                 let mut chunk = self.chunk(Vec::new());

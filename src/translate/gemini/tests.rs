@@ -1,6 +1,6 @@
 //! Golden tests against the fixtures in `tests/fixtures/gemini/`, written
 //! from the Gemini API reference.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_update)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
 use crate::accounting::Usage;
@@ -281,6 +281,27 @@ fn stream_error_event_becomes_an_openai_error_event() {
     let (out, _) = run_stream(&[sse.as_bytes()], false);
     let evs = events(&out);
     assert_eq!(evs[0]["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(evs.len(), 1, "no [DONE] after an error: {evs:?}");
+}
+
+#[test]
+fn a_stream_cut_before_its_finish_reason_ends_with_an_error() {
+    let whole = fixture!("stream_text.sse");
+    let cut = whole.rfind("data: ").unwrap();
+    let (out, usage) = run_stream(&[whole[..cut].as_bytes()], true);
+    let evs = events(&out);
+    assert_eq!(evs.len(), 3, "{evs:?}");
+    assert_eq!(evs[2]["error"]["code"], "upstream_error");
+    assert_eq!(usage.map(|u| u.prompt), Some(2051));
+}
+
+#[test]
+fn a_blocked_prompt_streams_a_content_filter_finish() {
+    let data = fixture!("blocked.json").replace('\n', "");
+    let (out, _) = run_stream(&[format!("data: {data}\r\n\r\n").as_bytes()], false);
+    let evs = events(&out);
+    assert_eq!(evs[0]["choices"][0]["finish_reason"], "content_filter");
+    assert_eq!(evs[0]["choices"][0]["delta"]["role"], "assistant");
     assert_eq!(evs[1], "[DONE]");
 }
 
