@@ -50,7 +50,9 @@ pub fn error(status: u16, body: &[u8]) -> GatewayError {
         ("RESOURCE_EXHAUSTED", _) | (_, 429) => GatewayError::RateLimited { retry_after },
         ("UNAVAILABLE", _) | (_, 503) => GatewayError::UpstreamUnavailable { retry_after },
         ("DEADLINE_EXCEEDED", _) => GatewayError::UpstreamTimeout,
-        ("INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE", s) if s < 400 || s > 499 => {
+        ("INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE", s)
+            if !(400..=499).contains(&s) =>
+        {
             // A 4xx status travelling in a 2xx/5xx response (a stream event).
             provider_error(400, &without_google_keys(e))
         }

@@ -288,7 +288,7 @@ fn stream_error_event_becomes_an_openai_error_event() {
 fn a_stream_cut_before_its_finish_reason_ends_with_an_error() {
     let whole = fixture!("stream_text.sse");
     let cut = whole.rfind("data: ").unwrap();
-    let (out, usage) = run_stream(&[whole[..cut].as_bytes()], true);
+    let (out, usage) = run_stream(&[&whole.as_bytes()[..cut]], true);
     let evs = events(&out);
     assert_eq!(evs.len(), 3, "{evs:?}");
     assert_eq!(evs[2]["error"]["code"], "upstream_error");
