@@ -35,6 +35,11 @@ pub fn chat_request(req: &Value, opts: &RequestOpts) -> Result<Translated, Unsup
             "frequency_penalty" => number(&mut config, "frequencyPenalty", key, value)?,
             "seed" => integer(&mut config, "seed", key, value)?,
             "n" => integer(&mut config, "candidateCount", key, value)?,
+            // `max_completion_tokens` wins over the older `max_tokens`.
+            "max_tokens"
+                if obj
+                    .get("max_completion_tokens")
+                    .is_some_and(|v| !v.is_null()) => {}
             "max_tokens" | "max_completion_tokens" => {
                 integer(&mut config, "maxOutputTokens", key, value)?
             }
@@ -50,7 +55,11 @@ pub fn chat_request(req: &Value, opts: &RequestOpts) -> Result<Translated, Unsup
             },
             "tools" => tools = Some(function_declarations(value, &mut b)?),
             "tool_choice" => tool_config = tool_choice(value, &mut b)?,
+            // Values that ask for nothing Gemini would do differently.
             "parallel_tool_calls" if value.as_bool() == Some(true) => {}
+            "logprobs" if value.as_bool() == Some(false) => {}
+            "service_tier" if matches!(value.as_str(), Some("auto" | "default")) => {}
+            "modalities" if value == &json!(["text"]) => {}
             other => b.refuse(other, &format!("`{other}` is not supported by this model."))?,
         }
     }

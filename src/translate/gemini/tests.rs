@@ -138,6 +138,11 @@ fn route_default_max_tokens_applies_only_when_the_body_sets_none() {
     let t = chat_request(&req, &opts).unwrap();
     let v: Value = serde_json::from_slice(&t.body).unwrap();
     assert_eq!(v["generationConfig"]["maxOutputTokens"], 100);
+    let both = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 10, "max_completion_tokens": 20, "logprobs": false,
+        "parallel_tool_calls": true, "service_tier": "auto"});
+    let v = translate(both).unwrap();
+    assert_eq!(v["generationConfig"], json!({"maxOutputTokens": 20}));
 }
 
 #[test]
