@@ -31,6 +31,8 @@ pub enum GatewayError {
     HeaderTooLarge,
     /// The body is over `max_body_bytes`.
     PayloadTooLarge { limit: u64 },
+    /// A request field the route's provider cannot honour (`param` names it).
+    UnsupportedParam { message: String, param: String },
     /// The provider refused the request as invalid. `message` is the
     /// provider's text, already made safe (see `translate::errors`).
     ProviderInvalid {
@@ -71,6 +73,7 @@ impl GatewayError {
         match self {
             Self::InvalidRequest { .. } => 400,
             Self::ProviderInvalid { status, .. } => *status,
+            Self::UnsupportedParam { .. } => 400,
             Self::InvalidApiKey => 401,
             Self::ModelNotAllowed { .. } => 403,
             Self::ModelNotFound { .. } | Self::NotFound => 404,
@@ -94,6 +97,7 @@ impl GatewayError {
         match self {
             Self::InvalidRequest { .. }
             | Self::ProviderInvalid { .. }
+            | Self::UnsupportedParam { .. }
             | Self::ModelNotFound { .. }
             | Self::NotFound
             | Self::MethodNotAllowed { .. }
@@ -119,6 +123,7 @@ impl GatewayError {
         match self {
             Self::InvalidRequest { .. } => "invalid_request",
             Self::ProviderInvalid { code, .. } => code,
+            Self::UnsupportedParam { .. } => "unsupported_parameter",
             Self::InvalidApiKey => "invalid_api_key",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::ModelNotFound { .. } => "model_not_found",
@@ -139,9 +144,10 @@ impl GatewayError {
         }
     }
 
-    fn param(&self) -> Option<&'static str> {
+    fn param(&self) -> Option<&str> {
         match self {
             Self::InvalidRequest { param, .. } | Self::ProviderInvalid { param, .. } => *param,
+            Self::UnsupportedParam { param, .. } => Some(param.as_str()),
             Self::ModelNotAllowed { .. } | Self::ModelNotFound { .. } => Some("model"),
             _ => None,
         }
@@ -178,7 +184,9 @@ impl GatewayError {
 impl fmt::Display for GatewayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::InvalidRequest { message, .. } | Self::ProviderInvalid { message, .. } => {
+            Self::InvalidRequest { message, .. }
+            | Self::ProviderInvalid { message, .. }
+            | Self::UnsupportedParam { message, .. } => {
                 f.write_str(message)
             }
             Self::InvalidApiKey => f.write_str(

@@ -12,6 +12,7 @@ pub mod headers;
 pub mod respond;
 pub mod response;
 pub mod rewound;
+pub mod translated;
 
 use crate::runtime::Shared;
 use async_trait::async_trait;

@@ -5,11 +5,15 @@
 use super::StreamTranslator;
 use crate::sse::{Overflow, Scanner};
 use bytes::BytesMut;
+use std::sync::Mutex;
 
 /// A scanner and a translator, fed chunk by chunk.
 pub struct Pipe {
     scanner: Scanner,
-    translator: Box<dyn StreamTranslator>,
+    /// Only ever reached through `&mut` (`Mutex::get_mut`, no locking): the
+    /// mutex just makes the pipe `Sync`, as Pingora's per-request context
+    /// must be, without asking translators to be `Sync`.
+    translator: Mutex<Box<dyn StreamTranslator>>,
     finished: bool,
 }
 
@@ -18,14 +22,14 @@ impl Pipe {
     pub fn new(translator: Box<dyn StreamTranslator>, max_event: usize) -> Self {
         Self {
             scanner: Scanner::new(max_event),
-            translator,
+            translator: Mutex::new(translator),
             finished: false,
         }
     }
 
     /// Feeds one chunk; appends the client events it completes to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), Overflow> {
-        let t = &mut self.translator;
+        let t = self.translator.get_mut().unwrap_or_else(|e| e.into_inner());
         self.scanner.feed(chunk, |e| t.event(e.data, out))
     }
 
@@ -35,13 +39,14 @@ impl Pipe {
             return Ok(());
         }
         self.finished = true;
-        let t = &mut self.translator;
+        let t = self.translator.get_mut().unwrap_or_else(|e| e.into_inner());
         self.scanner.finish(|e| t.event(e.data, out))?;
-        self.translator.finish(out);
+        t.finish(out);
         Ok(())
     }
 
-    pub fn usage(&self) -> Option<crate::accounting::Usage> {
-        self.translator.usage()
+    pub fn usage(&mut self) -> Option<crate::accounting::Usage> {
+        let t = self.translator.get_mut().unwrap_or_else(|e| e.into_inner());
+        t.usage()
     }
 }
