@@ -25,8 +25,8 @@ impl EmbedKind {
     /// The path below the base URL.
     pub fn path(self, model: &str) -> String {
         match self {
-            EmbedKind::Single => format!("/models/{model}:embedContent"),
-            EmbedKind::Batch => format!("/models/{model}:batchEmbedContents"),
+            EmbedKind::Single => format!("/{}:embedContent", super::resource(model)),
+            EmbedKind::Batch => format!("/{}:batchEmbedContents", super::resource(model)),
         }
     }
 }
@@ -73,7 +73,7 @@ pub fn embed_request(
             }
         }
     }
-    let model = format!("models/{}", opts.model);
+    let model = super::resource(opts.model);
     let one = |text: &str| {
         let mut r = Map::new();
         r.insert("model".into(), model.clone().into());

@@ -45,12 +45,23 @@ pub use request::chat_request;
 pub use response::chat_response;
 pub use stream::ChatStream;
 
+/// The resource name of `model`: `models/<model>`, or the name as given
+/// when it already names a collection (`tunedModels/…`).
+pub fn resource(model: &str) -> String {
+    if model.contains('/') {
+        model.to_string()
+    } else {
+        format!("models/{model}")
+    }
+}
+
 /// The path, below the base URL, of a chat call for `model`.
 pub fn chat_path(model: &str, stream: bool) -> String {
+    let name = resource(model);
     if stream {
-        format!("/models/{model}:streamGenerateContent?alt=sse")
+        format!("/{name}:streamGenerateContent?alt=sse")
     } else {
-        format!("/models/{model}:generateContent")
+        format!("/{name}:generateContent")
     }
 }
 

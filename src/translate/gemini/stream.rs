@@ -6,7 +6,7 @@
 //! state is a few counters per candidate (at most [`MAX_CHOICES`]) and the
 //! latest usage: never the text.
 
-use super::error::error;
+use super::error::{error, http_status};
 use super::response::{
     blocked, candidates, completion_id, finish_reason, now, usage, usage_json, Parts,
 };
@@ -164,8 +164,7 @@ impl StreamTranslator for ChatStream {
             return;
         };
         if let Some(e) = doc.get("error") {
-            let status = e.get("code").and_then(Value::as_u64).unwrap_or(500);
-            let err = error(u16::try_from(status).unwrap_or(500), data);
+            let err = error(http_status(e), data);
             self.error_event(&err, out);
             return;
         }

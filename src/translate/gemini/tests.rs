@@ -409,7 +409,7 @@ fn errors_map_to_openai_statuses_without_leaking_keys() {
         (
             400,
             fixture!("error_400_key.json"),
-            502,
+            400,
             "upstream_auth_error",
         ),
         (401, fixture!("error_401.json"), 502, "upstream_auth_error"),
@@ -423,7 +423,7 @@ fn errors_map_to_openai_statuses_without_leaking_keys() {
         assert_eq!(e.code(), want_code, "{body}");
         let rendered = String::from_utf8(e.body().to_vec()).unwrap();
         assert!(!rendered.contains("AIza"), "{rendered}");
-        if want_status == 502 {
+        if want_code == "upstream_auth_error" {
             assert!(!rendered.contains("API key"), "{rendered}");
         }
     }
@@ -433,6 +433,19 @@ fn errors_map_to_openai_statuses_without_leaking_keys() {
     );
     let e = error(400, fixture!("error_400.json").as_bytes());
     assert!(e.to_string().contains("contents is not specified"));
+    // The status alone decides the answer's status (headers go out first).
+    for (status, body) in [
+        (400, fixture!("error_400_key.json")),
+        (429, fixture!("error_429.json")),
+        (403, fixture!("error_403.json")),
+        (503, fixture!("error_503.json")),
+        (500, fixture!("error_500.json")),
+    ] {
+        assert_eq!(
+            error(status, body.as_bytes()).status(),
+            error(status, b"").status()
+        );
+    }
     // Not JSON at all: the status decides.
     assert_eq!(error(503, b"<html>busy</html>").status(), 503);
     assert_eq!(error(502, b"").code(), "upstream_error");
