@@ -97,19 +97,20 @@ impl Runtime {
         for (name, p) in &cfg.providers {
             let rt = match p.kind {
                 ProviderKind::Mock => ProviderRt::Mock(p.mock.clone().unwrap_or_default()),
-                ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Azure => {
-                    match Upstream::build(name, p) {
-                        Ok(u) => {
-                            let u = Arc::new(u);
-                            upstreams.insert(name.clone(), u.clone());
-                            ProviderRt::Http(u)
-                        }
-                        Err(e) => {
-                            problems.push(format!("providers.{name}: {e}"));
-                            continue;
-                        }
+                ProviderKind::Openai
+                | ProviderKind::Anthropic
+                | ProviderKind::Azure
+                | ProviderKind::Gemini => match Upstream::build(name, p) {
+                    Ok(u) => {
+                        let u = Arc::new(u);
+                        upstreams.insert(name.clone(), u.clone());
+                        ProviderRt::Http(u)
                     }
-                }
+                    Err(e) => {
+                        problems.push(format!("providers.{name}: {e}"));
+                        continue;
+                    }
+                },
             };
             providers.insert(name.clone(), Arc::new(rt));
         }

@@ -19,8 +19,10 @@ pub struct Settled {
 
 /// What the response showed.
 pub enum Observed<'a> {
-    /// Usage known up front (local mock).
+    /// Usage known up front (local mock, or read by a translator).
     Known(Usage),
+    /// Usage a translator had to estimate (the provider reported none).
+    Estimated(Usage),
     Stream(&'a Seen),
     Body(Option<Value>),
 }
@@ -36,6 +38,7 @@ pub fn settle(
 ) -> Option<Settled> {
     let (usage, source, partial) = match observed {
         Observed::Known(u) => (u, UsageSource::Reported, false),
+        Observed::Estimated(u) => (u, UsageSource::Estimated, false),
         Observed::Stream(seen) => {
             let partial = !seen.done && seen.usage.is_none();
             match seen.usage {

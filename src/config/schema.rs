@@ -441,6 +441,10 @@ pub enum ProviderKind {
     Anthropic,
     /// Azure OpenAI: the OpenAI wire format on Azure's paths, `api-key` auth.
     Azure,
+    /// Google's Generative Language API (Gemini, v1beta); requests and
+    /// responses are translated. The key goes in `x-goog-api-key`, never in
+    /// the URL.
+    Gemini,
 }
 
 /// One upstream provider.
@@ -448,10 +452,14 @@ pub enum ProviderKind {
 #[serde(deny_unknown_fields)]
 pub struct Provider {
     pub kind: ProviderKind,
-    /// `http(s)://host[:port][/prefix]`. Required for every kind but `mock`.
+    /// `http(s)://host[:port][/prefix]`. Required for every kind but `mock`,
+    /// `anthropic` (default `https://api.anthropic.com/v1`) and `gemini`
+    /// (default `https://generativelanguage.googleapis.com/v1beta`).
     #[serde(default)]
     pub base_url: Option<String>,
-    /// Sent upstream as `Authorization: Bearer …`. Usually `${ENV_VAR}`.
+    /// Sent upstream as `Authorization: Bearer …` (`x-api-key` for
+    /// anthropic, `api-key` for azure, `x-goog-api-key` for gemini). Usually
+    /// `${ENV_VAR}`.
     #[serde(default)]
     pub api_key: Option<String>,
     /// Addresses to balance across instead of `base_url`'s host (`host:port`).

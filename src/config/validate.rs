@@ -387,7 +387,10 @@ fn check_provider(name: &str, p: &Provider, v: &mut Problems) {
                 }
             }
         }
-        ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Azure => {
+        ProviderKind::Openai
+        | ProviderKind::Anthropic
+        | ProviderKind::Azure
+        | ProviderKind::Gemini => {
             if p.mock.is_some() {
                 v.add(
                     format!("{f}.mock"),
@@ -395,7 +398,7 @@ fn check_provider(name: &str, p: &Provider, v: &mut Problems) {
                 );
             }
             let url = match &p.base_url {
-                None if p.kind == ProviderKind::Anthropic => None,
+                None if matches!(p.kind, ProviderKind::Anthropic | ProviderKind::Gemini) => None,
                 None if p.kind == ProviderKind::Azure => {
                     v.add(
                         format!("{f}.base_url"),
@@ -617,6 +620,12 @@ fn check_route_dialect(field: &str, r: &Route, p: Option<&Provider>, v: &mut Pro
         v.add(
             format!("{field}.deployment"),
             "only applies to a `kind: azure` provider with `api_version`; remove it",
+        );
+    }
+    if p.kind == ProviderKind::Gemini && !crate::providers::dialect::gemini_model_ok(&r.model) {
+        v.add(
+            format!("{field}.model"),
+            "must be a Gemini model name such as gemini-2.5-flash (letters, digits, `.`, `-`, `_`, and `/` for tunedModels/…)",
         );
     }
     if r.deployment.as_deref().is_some_and(|d| d.trim().is_empty()) {

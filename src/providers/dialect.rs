@@ -14,12 +14,29 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Anthropic's "overloaded" status: retried and counted for fallback.
 pub const ANTHROPIC_OVERLOADED: u16 = 529;
 
+/// `kind: gemini`'s `base_url` when none is given (the v1beta API, which
+/// has `systemInstruction`, tools and thinking budgets).
+pub const GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
+
 /// The `base_url` a kind uses when the config gives none.
 pub fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
     match kind {
         ProviderKind::Anthropic => Some(ANTHROPIC_BASE_URL),
+        ProviderKind::Gemini => Some(GEMINI_BASE_URL),
         _ => None,
     }
+}
+
+/// Whether a route's model can go in a Gemini path as it is: no character
+/// that would need escaping, no empty or dot segment.
+pub fn gemini_model_ok(model: &str) -> bool {
+    !model.is_empty()
+        && model
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._/".contains(&b))
+        && model
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
 }
 
 /// The header that carries the provider key, and its value.
@@ -27,6 +44,8 @@ pub fn auth_header(kind: ProviderKind, key: &str) -> Result<(HeaderName, HeaderV
     let (name, value) = match kind {
         ProviderKind::Anthropic => (HeaderName::from_static("x-api-key"), key.to_string()),
         ProviderKind::Azure => (HeaderName::from_static("api-key"), key.to_string()),
+        // Never `?key=`: the URL ends up in logs.
+        ProviderKind::Gemini => (HeaderName::from_static("x-goog-api-key"), key.to_string()),
         _ => (http::header::AUTHORIZATION, format!("Bearer {key}")),
     };
     let mut v = HeaderValue::from_str(&value)
@@ -66,6 +85,9 @@ pub struct RouteDialect {
     /// kind has no such endpoint. Unset for OpenAI-kind routes, which use
     /// the provider's paths.
     paths: Option<[Option<Uri>; Endpoint::PROXIED.len()]>,
+    /// The provider base URL's path, for paths chosen per request (Gemini's
+    /// stream and batch-embedding methods).
+    prefix: String,
 }
 
 impl RouteDialect {
@@ -76,6 +98,7 @@ impl RouteDialect {
             default_max_tokens: None,
             drop_unsupported: false,
             paths: None,
+            prefix: String::new(),
         }
     }
 
@@ -88,6 +111,7 @@ impl RouteDialect {
                     .flatten()
             })),
             ProviderKind::Azure => Some(azure_paths(p, r, prefix)),
+            ProviderKind::Gemini => Some(gemini_paths(r, prefix)),
             ProviderKind::Openai | ProviderKind::Mock => None,
         };
         Self {
@@ -95,17 +119,27 @@ impl RouteDialect {
             default_max_tokens: r.max_tokens,
             drop_unsupported: r.drop_unsupported_params,
             paths,
+            prefix: prefix.to_string(),
         }
+    }
+
+    /// `path` (below the base URL) with the base URL's prefix, for a path
+    /// chosen per request.
+    pub fn uri(&self, path: &str) -> Option<Uri> {
+        uri(&format!("{}{path}", self.prefix))
     }
 
     /// Whether requests and responses are translated (not OpenAI-shaped).
     pub fn translates(&self) -> bool {
-        self.kind == ProviderKind::Anthropic
+        matches!(self.kind, ProviderKind::Anthropic | ProviderKind::Gemini)
     }
 
     /// Whether provider error bodies are mapped to our errors.
     pub fn maps_errors(&self) -> bool {
-        matches!(self.kind, ProviderKind::Anthropic | ProviderKind::Azure)
+        matches!(
+            self.kind,
+            ProviderKind::Anthropic | ProviderKind::Azure | ProviderKind::Gemini
+        )
     }
 
     /// This route's own upstream path for `ep`, if it has one.
@@ -137,7 +171,25 @@ fn kind_name(kind: ProviderKind) -> &'static str {
         ProviderKind::Mock => "mock",
         ProviderKind::Anthropic => "anthropic",
         ProviderKind::Azure => "azure",
+        ProviderKind::Gemini => "gemini",
     }
+}
+
+/// Gemini's paths: chat and embeddings only. These are the non-stream,
+/// single-input methods; a stream or a batch of inputs picks its own method
+/// per request (see `proxy::translated`).
+fn gemini_paths(r: &Route, prefix: &str) -> [Option<Uri>; Endpoint::PROXIED.len()] {
+    use crate::translate::gemini;
+    Endpoint::PROXIED.map(|ep| match ep {
+        Endpoint::ChatCompletions => {
+            uri(&format!("{prefix}{}", gemini::chat_path(&r.model, false)))
+        }
+        Endpoint::Embeddings => uri(&format!(
+            "{prefix}{}",
+            gemini::EmbedKind::Single.path(&r.model)
+        )),
+        _ => None,
+    })
 }
 
 /// Azure's paths: `/openai/deployments/{deployment}/…?api-version=…` when
@@ -213,6 +265,42 @@ mod tests {
         let v1 = provider("{kind: azure, base_url: 'https://r.openai.azure.com'}");
         let d = RouteDialect::build(&v1, &route("{provider: az, model: gpt-4o}"), "");
         assert_eq!(d.path(Endpoint::Responses).unwrap(), "/openai/v1/responses");
+    }
+
+    #[test]
+    fn gemini_serves_chat_and_embeddings_with_the_key_in_a_header() {
+        let p = provider("{kind: gemini, api_key: k}");
+        let d = RouteDialect::build(
+            &p,
+            &route("{provider: g, model: gemini-2.5-flash}"),
+            "/v1beta",
+        );
+        assert_eq!(
+            d.path(Endpoint::ChatCompletions).unwrap(),
+            "/v1beta/models/gemini-2.5-flash:generateContent"
+        );
+        assert_eq!(
+            d.path(Endpoint::Embeddings).unwrap(),
+            "/v1beta/models/gemini-2.5-flash:embedContent"
+        );
+        assert_eq!(
+            d.uri("/models/x:streamGenerateContent?alt=sse").unwrap(),
+            "/v1beta/models/x:streamGenerateContent?alt=sse"
+        );
+        assert!(d.supports(Endpoint::Completions, "g").is_err());
+        assert!(d.supports(Endpoint::Responses, "g").is_err());
+        assert!(d.translates() && d.maps_errors());
+        let (name, value) = auth_header(ProviderKind::Gemini, "AIzaKey").unwrap();
+        assert_eq!(name.as_str(), "x-goog-api-key");
+        assert!(value.is_sensitive());
+        assert_eq!(
+            default_base_url(ProviderKind::Gemini),
+            Some(GEMINI_BASE_URL)
+        );
+        assert!(gemini_model_ok("tunedModels/my-model-1"));
+        for bad in ["", "a b", "models/../x", "x?key=1", "a//b", "ü"] {
+            assert!(!gemini_model_ok(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -80,6 +80,8 @@ pub struct Ctx {
     pub first_byte_at: Option<Instant>,
     /// Usage known without reading a response (the mock provider).
     pub local_usage: Option<crate::accounting::Usage>,
+    /// `local_usage` is an estimate (a translated response without counts).
+    pub local_usage_estimated: bool,
     /// Limits held by this request: concurrency slots and token and spend
     /// reservations. Settled in `logging`; dropping it releases them, so
     /// any end (error, disconnect, panic) frees them.
@@ -167,6 +169,7 @@ impl Ctx {
             meter: Meter::None,
             first_byte_at: None,
             local_usage: None,
+            local_usage_estimated: false,
             reservation: None,
             rate_headers: crate::governance::RateHeaders::default(),
             tr: Default::default(),

@@ -254,7 +254,11 @@ fn settle(ctx: &Ctx) -> Option<Settled> {
     let ep = ctx.endpoint?;
     let route = ctx.current_route()?;
     let observed = if let Some(u) = ctx.local_usage {
-        Observed::Known(u)
+        if ctx.local_usage_estimated {
+            Observed::Estimated(u)
+        } else {
+            Observed::Known(u)
+        }
     } else {
         match &ctx.meter {
             Meter::None => return None,

@@ -7,6 +7,7 @@ pub mod body;
 pub mod ctx;
 pub mod endpoint;
 pub mod finish;
+pub mod gemini;
 pub mod header_guard;
 pub mod headers;
 pub mod respond;

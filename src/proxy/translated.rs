@@ -6,18 +6,20 @@
 //!   and builds the translated body once per route (the client body is parsed
 //!   into JSON only then), reused by retries of that route;
 //! - `patch_request` sets the route's own upstream path (Azure deployments,
-//!   Anthropic's `/messages`);
+//!   Anthropic's `/messages`, the Gemini method chosen for this request);
 //! - `on_header` / `on_chunk` translate the response: a stream event by
 //!   event, a whole body once buffered (bounded), and a provider error into
 //!   our OpenAI-format error.
 
-use crate::accounting::meter::{StreamMeter, MAX_EVENT_BYTES};
+use crate::accounting::meter::{BodyMeter, StreamMeter, MAX_EVENT_BYTES};
+use crate::config::ProviderKind;
 use crate::error::GatewayError;
 use crate::proxy::ctx::{Ctx, Meter};
 use crate::proxy::endpoint::Endpoint;
+use crate::proxy::gemini as gem;
 use crate::runtime::RouteRt;
 use crate::translate::pipe::Pipe;
-use crate::translate::{anthropic, errors, RequestOpts, ResponseOpts};
+use crate::translate::{anthropic, errors, gemini, RequestOpts, ResponseOpts, StreamTranslator};
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 
@@ -33,6 +35,9 @@ pub struct Tr {
     client: Option<serde_json::Value>,
     /// The translated body, and the route it was built for.
     body: Option<(usize, Bytes)>,
+    /// The upstream path chosen with that body, where it depends on the
+    /// request (Gemini), and the route it was chosen for.
+    path: Option<(usize, http::Uri)>,
     /// What the current attempt's response needs.
     mode: Mode,
 }
@@ -43,11 +48,31 @@ enum Mode {
     #[default]
     Off,
     /// A provider error: its body is replaced by our error.
-    Error { status: u16, buf: BytesMut },
-    /// A whole Anthropic message, translated at its end.
-    Json { buf: BytesMut },
-    /// An Anthropic event stream, translated event by event.
+    Error {
+        kind: ProviderKind,
+        status: u16,
+        buf: BytesMut,
+    },
+    /// A whole provider response, translated at its end.
+    Json { buf: BytesMut, what: Whole },
+    /// A provider event stream, translated event by event.
     Stream(Box<Pipe>),
+}
+
+/// What a whole response is, by provider.
+#[derive(Clone, Copy)]
+enum Whole {
+    Anthropic,
+    Gemini(gem::Body),
+}
+
+/// A provider's error response mapped to ours. For a given status, the
+/// mapped status never depends on the body.
+fn provider_error(kind: ProviderKind, status: u16, body: &[u8]) -> GatewayError {
+    match kind {
+        ProviderKind::Gemini => gemini::error(status, body),
+        _ => errors::provider_error(status, body),
+    }
 }
 
 /// Checks that `route` serves the endpoint and, for a translated route,
@@ -81,10 +106,16 @@ pub fn prepare(
         default_max_tokens: d.default_max_tokens,
         drop_unsupported: d.drop_unsupported,
     };
-    let t = anthropic::chat_request(client, &opts).map_err(|u| GatewayError::UnsupportedParam {
-        message: u.message,
-        param: u.param,
-    })?;
+    let (t, path) = match d.kind {
+        ProviderKind::Gemini => {
+            let (t, uri) = gem::request(client, &opts, ep, d)?;
+            (t, Some(uri))
+        }
+        _ => (
+            anthropic::chat_request(client, &opts).map_err(gem::unsupported)?,
+            None,
+        ),
+    };
     if !t.dropped.is_empty() {
         log::info!(
             "request {}: dropped fields provider {} cannot honour (drop_unsupported_params): {}",
@@ -94,11 +125,18 @@ pub fn prepare(
         );
     }
     ctx.tr.body = Some((index, t.body.clone()));
+    ctx.tr.path = path.map(|p| (index, p));
     Ok(Some(t.body))
 }
 
 /// Sets the route's own upstream path, where it has one.
 pub fn patch_request(upstream: &mut RequestHeader, ctx: &Ctx) {
+    if let Some((i, uri)) = &ctx.tr.path {
+        if ctx.attempt_route == Some(*i) {
+            upstream.set_uri(uri.clone());
+            return;
+        }
+    }
     let (Some(route), Some(ep)) = (ctx.current_route(), ctx.endpoint) else {
         return;
     };
@@ -111,8 +149,9 @@ pub fn patch_request(upstream: &mut RequestHeader, ctx: &Ctx) {
 /// `true` when it chose the meter (the caller then leaves it alone).
 pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<bool> {
     ctx.tr.mode = Mode::Off;
-    let Some((maps_errors, translates, model)) = ctx.current_route().map(|r| {
+    let Some((kind, maps_errors, translates, model)) = ctx.current_route().map(|r| {
         (
+            r.dialect.kind,
             r.dialect.maps_errors(),
             r.dialect.translates(),
             r.model.clone(),
@@ -125,12 +164,13 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<bo
     }
     let status = resp.status.as_u16();
     if !resp.status.is_success() {
-        let mapped = errors::provider_error(status, b"").status();
+        let mapped = provider_error(kind, status, b"").status();
         resp.set_status(mapped)?;
         resp.remove_header(&http::header::CONTENT_LENGTH);
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         ctx.status = mapped;
         ctx.tr.mode = Mode::Error {
+            kind,
             status,
             buf: BytesMut::new(),
         };
@@ -155,15 +195,28 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<bo
     resp.remove_header(&http::header::CONTENT_LENGTH);
     ctx.usage_injected = false;
     if is_sse {
-        let t = Box::new(anthropic::ChatStream::new(&opts));
+        let t: Box<dyn StreamTranslator> = match kind {
+            ProviderKind::Gemini => Box::new(gemini::ChatStream::new(&opts)),
+            _ => Box::new(anthropic::ChatStream::new(&opts)),
+        };
         ctx.tr.mode = Mode::Stream(Box::new(Pipe::new(t, MAX_EVENT_BYTES)));
         ctx.meter = Meter::Stream(Box::new(StreamMeter::new(ep, false)));
     } else {
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        let what = match kind {
+            ProviderKind::Gemini => Whole::Gemini(gem::Body::of(ep, ctx.tr.client.as_ref())),
+            _ => Whole::Anthropic,
+        };
         ctx.tr.mode = Mode::Json {
             buf: BytesMut::new(),
+            what,
         };
-        ctx.meter = Meter::None;
+        // Gemini may leave out usage: the translated body is then metered
+        // (and its usage estimated) like an OpenAI one.
+        ctx.meter = match what {
+            Whole::Gemini(gem::Body::Chat) => Meter::Body(BodyMeter::default()),
+            _ => Meter::None,
+        };
     }
     Ok(true)
 }
@@ -172,14 +225,14 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<bo
 pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pingora::Result<()> {
     match &mut ctx.tr.mode {
         Mode::Off => Ok(()),
-        Mode::Error { status, buf } => {
+        Mode::Error { kind, status, buf } => {
             if let Some(b) = body.take() {
                 let room = MAX_ERROR_BODY.saturating_sub(buf.len());
                 buf.extend_from_slice(&b[..b.len().min(room)]);
             }
             *body = Some(Bytes::new());
             if eos {
-                let err = errors::provider_error(*status, buf);
+                let err = provider_error(*kind, *status, buf);
                 log::warn!(
                     "request {}: provider answered {status}; mapped to {} {}",
                     ctx.request_id,
@@ -191,7 +244,7 @@ pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pingora::
             }
             Ok(())
         }
-        Mode::Json { buf } => {
+        Mode::Json { buf, what } => {
             if let Some(b) = body.take() {
                 if buf.len() + b.len() > MAX_BODY {
                     return abort(ctx, "provider response over the translation limit");
@@ -203,6 +256,7 @@ pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pingora::
                 return Ok(());
             }
             let whole = std::mem::take(buf).freeze();
+            let what = *what;
             let model = ctx.current_route().map(|r| r.model.clone());
             let fallback_id = format!("chatcmpl-{}", ctx.request_id);
             let opts = ResponseOpts {
@@ -210,10 +264,23 @@ pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pingora::
                 request_id: &fallback_id,
                 include_usage: false,
             };
-            match anthropic::chat_response(&whole, &opts) {
-                Ok((out, usage)) => {
+            let translated = match what {
+                Whole::Anthropic => {
+                    anthropic::chat_response(&whole, &opts).map(|(b, u)| (b, Some(u), false))
+                }
+                Whole::Gemini(what) => gem::response(
+                    &whole,
+                    &opts,
+                    what,
+                    model.as_deref().unwrap_or(""),
+                    &ctx.body,
+                ),
+            };
+            match translated {
+                Ok((out, usage, estimated)) => {
                     *body = Some(out);
-                    ctx.local_usage = Some(usage);
+                    ctx.local_usage = usage;
+                    ctx.local_usage_estimated = estimated;
                     Ok(())
                 }
                 Err(_) => abort(ctx, "unreadable provider response"),

@@ -1,12 +1,13 @@
 //! Embeddings ↔ `embedContent` (one string) and `batchEmbedContents` (an
 //! array of strings).
 //!
-//! Gemini's embedding responses usually carry no token counts: the usage is
-//! then `None` (the caller estimates) and the body's `usage` shows zeros.
-//! When a response has `usageMetadata.promptTokenCount`, it is used.
+//! Gemini's embedding responses usually carry no token counts. Then the
+//! caller's estimate of the input's tokens fills the body's `usage` (so
+//! clients that read it get a number) and is accounted as estimated. When a
+//! response has `usageMetadata.promptTokenCount`, it is used as reported.
 
 use super::request::unsupported;
-use crate::accounting::Usage;
+use crate::accounting::{Usage, UsageSource};
 use crate::error::GatewayError;
 use crate::translate::{RequestOpts, ResponseOpts, Translated, Unsupported};
 use bytes::Bytes;
@@ -115,11 +116,14 @@ pub fn embed_request(
 }
 
 /// Translates an `embedContent` or `batchEmbedContents` response.
+/// `estimate` counts the input's tokens; it runs only when Gemini reported
+/// none.
 pub fn embed_response(
     body: &[u8],
     opts: &ResponseOpts,
     output: EmbedOutput,
-) -> Result<(Bytes, Option<Usage>), GatewayError> {
+    estimate: impl FnOnce() -> u64,
+) -> Result<(Bytes, Usage, UsageSource), GatewayError> {
     let doc: Value = serde_json::from_slice(body).map_err(|_| GatewayError::UpstreamError)?;
     let vectors: Vec<&Value> = match (doc.get("embedding"), doc.get("embeddings")) {
         (Some(e), _) => vec![e],
@@ -138,22 +142,25 @@ pub fn embed_response(
         };
         data.push(json!({ "object": "embedding", "index": i, "embedding": embedding }));
     }
-    let usage = doc
+    let reported = doc
         .get("usageMetadata")
         .and_then(|m| m.get("promptTokenCount"))
-        .and_then(Value::as_u64)
-        .map(|prompt| Usage {
-            prompt,
-            ..Default::default()
-        });
-    let prompt = usage.map_or(0, |u| u.prompt);
+        .and_then(Value::as_u64);
+    let (prompt, source) = match reported {
+        Some(n) => (n, UsageSource::Reported),
+        None => (estimate(), UsageSource::Estimated),
+    };
     let out = json!({
         "object": "list",
         "data": data,
         "model": opts.model,
         "usage": { "prompt_tokens": prompt, "total_tokens": prompt },
     });
-    Ok((Bytes::from(out.to_string()), usage))
+    let usage = Usage {
+        prompt,
+        ..Default::default()
+    };
+    Ok((Bytes::from(out.to_string()), usage, source))
 }
 
 /// The values as little-endian `f32`s, in standard base64 with padding.

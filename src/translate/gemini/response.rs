@@ -132,12 +132,20 @@ impl Parts {
 }
 
 /// A tool-call id for a call Gemini gave none: `call_<request_id>_<n>`.
+/// (`request_id` may come as a ready completion id, `chatcmpl-<id>`.)
 pub(super) fn call_id(request_id: &str, n: usize) -> String {
-    format!("call_{request_id}_{n}")
+    let id = request_id.strip_prefix("chatcmpl-").unwrap_or(request_id);
+    format!("call_{id}_{n}")
 }
 
+/// The completion id: `chatcmpl-<request_id>` (Gemini's `responseId` is not
+/// used, so ids stay traceable to the gateway's request id).
 pub(super) fn completion_id(request_id: &str) -> String {
-    format!("chatcmpl-{request_id}")
+    if request_id.starts_with("chatcmpl-") {
+        request_id.to_string()
+    } else {
+        format!("chatcmpl-{request_id}")
+    }
 }
 
 pub(super) fn now() -> u64 {

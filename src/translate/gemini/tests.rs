@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-use crate::accounting::Usage;
+use crate::accounting::{Usage, UsageSource};
 use crate::error::GatewayError;
 use crate::sse::Scanner;
 use crate::translate::{RequestOpts, ResponseOpts, StreamTranslator};
@@ -367,38 +367,45 @@ fn embeddings_single_and_batch() {
     let err = embed_request(&json!({"model": "emb", "input": [[1, 2, 3]]}), &opts).unwrap_err();
     assert_eq!(err.param, "input[0]");
 
-    let (body, usage) = embed_response(
+    let (body, usage, source) = embed_response(
         fixture!("embed_batch.json").as_bytes(),
         &resp_opts(false),
         EmbedOutput::Float,
+        || 7,
     )
     .unwrap();
-    assert_eq!(usage, None);
+    assert_eq!((usage.prompt, source), (7, UsageSource::Estimated));
     assert_eq!(
         serde_json::from_slice::<Value>(&body).unwrap(),
-        json!({"object": "list", "model": "smart", "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        json!({"object": "list", "model": "smart", "usage": {"prompt_tokens": 7, "total_tokens": 7},
             "data": [
                 {"object": "embedding", "index": 0, "embedding": [0.5, -0.25, 0.125]},
                 {"object": "embedding", "index": 1, "embedding": [1.0, 0.0, -1.0]}]})
     );
-    let (body, _) = embed_response(
+    let (body, _, _) = embed_response(
         fixture!("embed_batch.json").as_bytes(),
         &resp_opts(false),
         EmbedOutput::Base64,
+        || 7,
     )
     .unwrap();
     let v: Value = serde_json::from_slice(&body).unwrap();
     // 0.5, -0.25, 0.125 as little-endian f32.
     assert_eq!(v["data"][0]["embedding"], "AAAAPwAAgL4AAAA+");
-    let (body, _) = embed_response(
+    let (body, _, _) = embed_response(
         fixture!("embed_single.json").as_bytes(),
         &resp_opts(false),
         EmbedOutput::Float,
+        || 7,
     )
     .unwrap();
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["data"].as_array().map(Vec::len), Some(1));
     assert_eq!(v["data"][0]["embedding"][3], 0.00069968984);
+    let reported = br#"{"embedding": {"values": [0.5]}, "usageMetadata": {"promptTokenCount": 3}}"#;
+    let (_, usage, source) =
+        embed_response(reported, &resp_opts(false), EmbedOutput::Float, || 99).unwrap();
+    assert_eq!((usage.prompt, source), (3, UsageSource::Reported));
 }
 
 #[test]
