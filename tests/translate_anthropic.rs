@@ -2,6 +2,8 @@
 //! mock providers serving the fixtures in tests/fixtures/anthropic over real
 //! HTTP (SSE in chunked transfer encoding, split mid-event).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use bytes::Bytes;
@@ -205,7 +207,7 @@ async fn streamed_tool_calls_arrive_incrementally_with_indices_and_usage() {
     let text = resp.text().await.unwrap();
     let events = data_events(&text);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
-    let mut args = vec![String::new(), String::new()];
+    let mut args = [String::new(), String::new()];
     let mut names = vec![];
     let mut usage = None;
     for e in &events[..events.len() - 1] {
