@@ -350,6 +350,26 @@ mod tests {
     }
 
     #[test]
+    fn gemini_config_defaults_and_errors() {
+        let cfg = load("  p: { kind: gemini, api_key: AIzaK }", "").unwrap();
+        let rt = crate::runtime::Runtime::build(cfg).unwrap();
+        let up = &rt.upstreams["p"];
+        assert_eq!(up.auth_name, "x-goog-api-key");
+        assert_eq!(up.host, "generativelanguage.googleapis.com");
+        assert_eq!(up.base.prefix, "/v1beta");
+        let e = load("  p: { kind: gemini }", "").map(|_| ());
+        assert!(e.is_ok(), "{e:?}");
+        let e = load("  p: { kind: gemini }", ", deployment: d").unwrap_err();
+        assert!(e.contains("models.m.routes[0].deployment"), "{e}");
+        let yaml = "listen: \"127.0.0.1:8080\"\nproviders:\n  p: { kind: gemini }\nmodels:\n  m:\n    routes:\n      - { provider: p, model: 'x?key=1' }\n";
+        let e = crate::config::parse_str(yaml, |_| None, std::path::Path::new("."))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("models.m.routes[0].model"), "{e}");
+    }
+
+    #[test]
     fn gemini_serves_chat_and_embeddings_with_the_key_in_a_header() {
         let p = provider("{kind: gemini, api_key: k}");
         let d = RouteDialect::build(
