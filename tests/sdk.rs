@@ -230,3 +230,73 @@ keys:
     assert_eq!(upstream.hits(), 3);
     assert!(upstream.requests().iter().all(|r| r.path == "/v1/messages"));
 }
+
+/// The SDK against aliases served by `kind: gemini` (the Gemini mock serving
+/// tests/fixtures/gemini): stream helpers assemble three parallel tool calls,
+/// embeddings decode from the SDK's default base64, errors are typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_sdk_works_against_a_gemini_route() {
+    let upstream = MockUpstream::start(support::Behavior::func(|r: &support::Recorded| {
+        let method = r.path.rsplit(':').next().unwrap_or_default();
+        if method.starts_with("streamGenerateContent") {
+            let sse = include_str!("fixtures/gemini/stream_tools.sse");
+            let chunks = sse
+                .as_bytes()
+                .chunks(23)
+                .map(bytes::Bytes::copy_from_slice)
+                .collect();
+            Reply {
+                status: 200,
+                headers: vec![("content-type".into(), "text/event-stream".into())],
+                body: support::ReplyBody::Chunks(chunks, Duration::from_millis(1)),
+            }
+        } else if method.starts_with("batchEmbedContents") {
+            Reply::json(200, include_str!("fixtures/gemini/embed_batch.json"))
+        } else if method.starts_with("embedContent") {
+            Reply::json(200, include_str!("fixtures/gemini/embed_single.json"))
+        } else {
+            Reply::json(200, include_str!("fixtures/gemini/generate_tools.json"))
+        }
+    }))
+    .await;
+    let config = format!(
+        r#"{CONFIG_HEAD}providers:
+  google:
+    kind: gemini
+    base_url: "http://127.0.0.1:{port}/v1beta"
+    api_key: "AIza-sdk-test"
+    health_check: {{ enabled: false }}
+models:
+  gem: {{ routes: [ {{ provider: google, model: gemini-2.5-flash }} ] }}
+  gem-embed: {{ routes: [ {{ provider: google, model: gemini-embedding-001 }} ] }}
+keys:
+  - {{ name: sdk, key: "tg-sdk-key-123" }}
+"#,
+        port = upstream.port()
+    );
+    let gw = Gateway::start(&config).await;
+    let out = tokio::process::Command::new(python())
+        .arg("tests/sdk/openai_gemini.py")
+        .env("TOLLGATE_BASE_URL", format!("{}/v1", gw.base_url()))
+        .env("TOLLGATE_KEY", "tg-sdk-key-123")
+        .output()
+        .await
+        .expect("run the SDK script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK checks failed:\n{stdout}\n{stderr}\ngateway log:\n{}",
+        gw.logs()
+    );
+    assert!(stdout.contains("4 passed, 0 failed"), "{stdout}");
+    assert_eq!(
+        upstream.hits(),
+        4,
+        "the refused request never reached Gemini"
+    );
+    assert!(upstream
+        .requests()
+        .iter()
+        .all(|r| r.path.starts_with("/v1beta/models/") && !r.path.contains("key=")));
+}

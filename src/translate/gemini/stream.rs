@@ -101,8 +101,11 @@ impl ChatStream {
         })
     }
 
-    /// One candidate's piece → its chunk choice, if it carries anything.
-    fn candidate(&mut self, pos: usize, cand: &Value) -> Option<Value> {
+    /// One candidate's piece → its delta choice and its finish choice, each
+    /// only if there is one. The finish goes in a chunk of its own, after the
+    /// delta, as OpenAI sends it: the SDKs' stream helpers close the last
+    /// tool call only on a finish chunk that follows its delta.
+    fn candidate(&mut self, pos: usize, cand: &Value) -> (Option<Value>, Option<Value>) {
         let index = cand
             .get("index")
             .and_then(Value::as_u64)
@@ -113,7 +116,9 @@ impl ChatStream {
         let reason = cand
             .get("finishReason")
             .filter(|r| r.as_str().is_some_and(|r| r != "FINISH_REASON_UNSPECIFIED"));
-        let state = self.choice(index)?;
+        let Some(state) = self.choice(index) else {
+            return (None, None);
+        };
         let mut delta = Map::new();
         if !state.role_sent {
             state.role_sent = true;
@@ -132,15 +137,17 @@ impl ChatStream {
         }
         let finish = reason.map(|r| finish_reason(Some(r), state.tools > 0));
         state.done |= finish.is_some();
-        if delta.is_empty() && finish.is_none() {
-            return None;
-        }
-        Some(json!({
-            "index": index,
-            "delta": delta,
-            "logprobs": null,
-            "finish_reason": finish,
-        }))
+        let choice = |delta: Map<String, Value>, finish: Option<&str>| {
+            json!({
+                "index": index,
+                "delta": delta,
+                "logprobs": null,
+                "finish_reason": finish,
+            })
+        };
+        let delta = (!delta.is_empty()).then(|| choice(delta, None));
+        let finish = finish.map(|f| choice(Map::new(), Some(f)));
+        (delta, finish)
     }
 }
 
@@ -172,12 +179,13 @@ impl StreamTranslator for ChatStream {
             self.usage = Some(u);
         }
         let mut choices = Vec::new();
+        let mut finishes = Vec::new();
         for (pos, cand) in candidates(&doc).iter().enumerate() {
-            if let Some(c) = self.candidate(pos, cand) {
-                choices.push(c);
-            }
+            let (delta, finish) = self.candidate(pos, cand);
+            choices.extend(delta);
+            finishes.extend(finish);
         }
-        if choices.is_empty() && candidates(&doc).is_empty() && blocked(&doc) {
+        if candidates(&doc).is_empty() && blocked(&doc) {
             let first = self.choice(0).map(|c| {
                 c.done = true;
                 !std::mem::replace(&mut c.role_sent, true)
@@ -195,6 +203,9 @@ impl StreamTranslator for ChatStream {
         }
         if !choices.is_empty() {
             write_event(out, &self.chunk(choices));
+        }
+        if !finishes.is_empty() {
+            write_event(out, &self.chunk(finishes));
         }
     }
 

@@ -274,7 +274,7 @@ fn stream_without_include_usage_has_no_usage_chunk() {
     let (out, usage) = run_stream(&[fixture!("stream_text.sse").as_bytes()], false);
     let evs = events(&out);
     let mut expected = expected_events(fixture!("stream_text.expected.jsonl"));
-    expected.remove(3);
+    expected.remove(4);
     assert_eq!(evs, expected);
     assert!(usage.is_some(), "usage is still counted");
 }
