@@ -472,3 +472,64 @@ async fn unsupported_fields_are_refused_or_dropped_per_route() {
             .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_gemini_falls_back_to_an_openai_route() {
+    let gem = MockUpstream::start(Behavior::json(503, fixture!("error_503.json"))).await;
+    let openai = MockUpstream::start(Behavior::ChatEcho).await;
+    let cfg = format!(
+        r#"{CONFIG_HEAD}providers:
+  gem:
+    kind: gemini
+    base_url: "http://127.0.0.1:{}/v1beta"
+    api_key: "{PROVIDER_KEY}"
+    retry: {{ attempts: 1 }}
+    health_check: {{ enabled: false }}
+  gpt:
+    kind: openai
+    base_url: "http://127.0.0.1:{}/v1"
+    api_key: "sk-openai-1"
+    health_check: {{ enabled: false }}
+models:
+  smart:
+    routes:
+      - {{ provider: gem, model: {MODEL} }}
+      - {{ provider: gpt, model: gpt-4o-mini }}
+keys:
+  - {{ name: team, key: "{KEY}" }}
+"#,
+        gem.port(),
+        openai.port()
+    );
+    let gw = Gateway::start(&cfg).await;
+    for (stream, rid) in [(false, "gfb-1"), (true, "gfb-2")] {
+        let r = post(&gw, "/v1/chat/completions", &chat(stream), rid).await;
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        if stream {
+            assert!(text.contains("tok0"), "{text}");
+            assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+            assert!(!text.contains("error"), "{text}");
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["choices"][0]["message"]["content"], "echo");
+        }
+        gw.access_line(rid).await;
+    }
+    assert_eq!(gem.hits(), 2);
+    assert_eq!(openai.hits(), 2);
+    // The OpenAI route got the client's body with only `model` changed.
+    let sent = openai.last().unwrap().json();
+    assert_eq!(sent["model"], "gpt-4o-mini");
+    assert_eq!(sent["messages"][0]["role"], "system");
+    let m = gw.metrics_text().await;
+    assert_eq!(
+        sample(
+            &m,
+            "tollgate_retries_total",
+            &[("request_model", "smart"), ("kind", "fallback")]
+        ),
+        Some(2.0),
+        "{m}"
+    );
+}
