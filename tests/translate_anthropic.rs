@@ -560,3 +560,29 @@ async fn azure_v1_path_without_api_version() {
     assert_eq!(rec.path, "/openai/v1/chat/completions");
     assert_eq!(rec.json()["model"], "gpt-4o");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_before_message_stop_ends_with_an_error_event_and_is_still_counted() {
+    let full = fixture!("stream_text.sse");
+    let cut: &'static str = &full[..full.find("event: message_delta").unwrap()];
+    let up = MockUpstream::start(Behavior::func(move |_r: &Recorded| chunked_sse(cut, 50))).await;
+    let gw = Gateway::start(&config(up.port(), "", "", "")).await;
+    let text = post(
+        &gw,
+        "/v1/chat/completions",
+        &chat(true),
+        &[("x-request-id", "cut-1")],
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(text.contains("héllo"), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+    let events = data_events(&text);
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert!(last["error"]["message"].is_string(), "{text}");
+    gw.access_line("cut-1").await;
+    let m = gw.metrics_text().await;
+    assert_eq!(tokens(&m, "input"), 2173.0, "{m}");
+}
