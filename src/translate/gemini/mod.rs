@@ -38,6 +38,7 @@ mod request;
 mod response;
 mod schema;
 mod stream;
+mod wire;
 
 pub use embed::{embed_request, embed_response, EmbedKind, EmbedOutput};
 pub use error::error;

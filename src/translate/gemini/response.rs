@@ -1,10 +1,12 @@
 //! A whole `generateContent` response → a `chat.completion`, and the pieces
 //! the stream translator shares with it (usage, finish reasons, ids).
 
+use super::wire::UsageMetadata;
 use crate::accounting::Usage;
 use crate::error::GatewayError;
 use crate::translate::ResponseOpts;
 use bytes::Bytes;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 /// Translates a `generateContent` body. The usage is `None` when Gemini sent
@@ -40,7 +42,7 @@ pub fn chat_response(
             "index": index,
             "message": message,
             "logprobs": null,
-            "finish_reason": finish_reason(cand.get("finishReason"), called),
+            "finish_reason": finish_reason(cand.get("finishReason").and_then(Value::as_str), called),
         }));
     }
     if choices.is_empty() {
@@ -156,8 +158,8 @@ pub(super) fn now() -> u64 {
 
 /// Gemini's `finishReason` → OpenAI's `finish_reason`. A candidate that
 /// called functions and stopped normally finished with `tool_calls`.
-pub(super) fn finish_reason(reason: Option<&Value>, called: bool) -> &'static str {
-    match reason.and_then(Value::as_str) {
+pub(super) fn finish_reason(reason: Option<&str>, called: bool) -> &'static str {
+    match reason {
         Some("MAX_TOKENS") => "length",
         Some(
             "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY",
@@ -167,20 +169,10 @@ pub(super) fn finish_reason(reason: Option<&Value>, called: bool) -> &'static st
     }
 }
 
-/// `usageMetadata` → usage. `promptTokenCount` already includes the cached
-/// tokens; tool-use prompt tokens count as prompt; thoughts count as
-/// completion (and as reasoning).
+/// `usageMetadata` → usage (see [`UsageMetadata::usage`]).
 pub(super) fn usage(doc: &Value) -> Option<Usage> {
     let m = doc.get("usageMetadata").filter(|m| m.is_object())?;
-    let n = |k: &str| m.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let thoughts = n("thoughtsTokenCount");
-    Some(Usage {
-        prompt: n("promptTokenCount") + n("toolUsePromptTokenCount"),
-        completion: n("candidatesTokenCount") + thoughts,
-        cached: n("cachedContentTokenCount"),
-        reasoning: thoughts,
-        ..Default::default()
-    })
+    UsageMetadata::deserialize(m).ok().map(|m| m.usage())
 }
 
 /// OpenAI's `usage` object.

@@ -2,18 +2,22 @@
 //!
 //! Each Gemini event is a whole `GenerateContentResponse` holding the next
 //! piece of each candidate; function calls arrive whole, never split. Each
-//! event becomes at most one chunk per candidate, written as it arrives. The
-//! state is a few counters per candidate (at most [`MAX_CHOICES`]) and the
-//! latest usage: never the text.
+//! event becomes one chunk with the candidates' deltas, then, when a
+//! candidate finished, one chunk with its finish reason (as OpenAI sends
+//! it: the SDKs' stream helpers close the last tool call only on a finish
+//! chunk that follows its delta). The event is read borrowed ([`wire`]) and
+//! the chunks are written straight to the output. The state is a few
+//! counters per candidate (at most [`MAX_CHOICES`]) and the latest usage:
+//! never the text.
 
 use super::error::{error, http_status};
-use super::response::{
-    blocked, candidates, completion_id, finish_reason, now, usage, usage_json, Parts,
-};
+use super::response::{call_id, completion_id, finish_reason, now, usage_json};
+use super::wire::{self, Candidate};
 use crate::accounting::Usage;
+use crate::error::GatewayError;
 use crate::translate::{ResponseOpts, StreamTranslator};
 use bytes::{BufMut, BytesMut};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 /// Candidates tracked per stream (OpenAI's own limit on `n`); others are
 /// ignored.
@@ -33,10 +37,9 @@ struct Choice {
 /// The stream translator for one response.
 #[derive(Debug)]
 pub struct ChatStream {
-    id: String,
-    model: String,
+    /// `{"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[`
+    prefix: Vec<u8>,
     request_id: String,
-    created: u64,
     include_usage: bool,
     choices: Vec<Choice>,
     /// Tool calls seen across candidates (numbers generated ids).
@@ -46,18 +49,48 @@ pub struct ChatStream {
     errored: bool,
 }
 
+/// Appends `s` as a JSON string.
+fn put_str(out: &mut impl BufMut, s: &str) {
+    let mut w = out.writer();
+    // Writing a `str` to memory cannot fail.
+    let _ = serde_json::to_writer(&mut w, s);
+}
+
 impl ChatStream {
     pub fn new(opts: &ResponseOpts) -> Self {
+        let mut prefix = Vec::with_capacity(128);
+        prefix.put_slice(b"{\"id\":");
+        put_str(&mut prefix, &completion_id(opts.request_id));
+        prefix.put_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        prefix.put_slice(itoa::Buffer::new().format(now()).as_bytes());
+        prefix.put_slice(b",\"model\":");
+        put_str(&mut prefix, opts.model);
+        prefix.put_slice(b",\"choices\":[");
         Self {
-            id: completion_id(opts.request_id),
-            model: opts.model.to_string(),
+            prefix,
             request_id: opts.request_id.to_string(),
-            created: now(),
             include_usage: opts.include_usage,
             choices: Vec::new(),
             calls: 0,
             usage: None,
             errored: false,
+        }
+    }
+
+    /// The position of candidate `index` in `choices`, added if new.
+    fn slot(&mut self, index: u64) -> Option<usize> {
+        match self.choices.iter().position(|c| c.index == index) {
+            Some(i) => Some(i),
+            None if self.choices.len() < MAX_CHOICES => {
+                self.choices.push(Choice {
+                    index,
+                    role_sent: false,
+                    tools: 0,
+                    done: false,
+                });
+                Some(self.choices.len() - 1)
+            }
+            None => None,
         }
     }
 
@@ -68,93 +101,125 @@ impl ChatStream {
 
     /// Ends the client's stream with an OpenAI-format error event (no
     /// `[DONE]` follows, so clients see the answer is incomplete).
-    fn error_event(&mut self, err: &crate::error::GatewayError, out: &mut BytesMut) {
+    fn error_event(&mut self, err: &GatewayError, out: &mut BytesMut) {
         out.put_slice(b"data: ");
         out.put_slice(&err.body());
         out.put_slice(b"\n\n");
         self.errored = true;
     }
 
-    fn choice(&mut self, index: u64) -> Option<&mut Choice> {
-        match self.choices.iter().position(|c| c.index == index) {
-            Some(i) => self.choices.get_mut(i),
-            None if self.choices.len() < MAX_CHOICES => {
-                self.choices.push(Choice {
-                    index,
-                    role_sent: false,
-                    tools: 0,
-                    done: false,
-                });
-                self.choices.last_mut()
-            }
-            None => None,
-        }
-    }
-
-    fn chunk(&self, choices: Vec<Value>) -> Value {
-        json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        })
-    }
-
-    /// One candidate's piece → its delta choice and its finish choice, each
-    /// only if there is one. The finish goes in a chunk of its own, after the
-    /// delta, as OpenAI sends it: the SDKs' stream helpers close the last
-    /// tool call only on a finish chunk that follows its delta.
-    fn candidate(&mut self, pos: usize, cand: &Value) -> (Option<Value>, Option<Value>) {
-        let index = cand
-            .get("index")
-            .and_then(Value::as_u64)
-            .unwrap_or(pos as u64);
-        let mut calls = self.calls;
-        let parts = Parts::of(cand, &self.request_id, &mut calls);
-        self.calls = calls;
-        let reason = cand
-            .get("finishReason")
-            .filter(|r| r.as_str().is_some_and(|r| r != "FINISH_REASON_UNSPECIFIED"));
-        let Some(state) = self.choice(index) else {
-            return (None, None);
+    /// Appends one candidate's delta choice (if it carries anything) to
+    /// `deltas`, and returns its finish reason, if it finished.
+    fn candidate(
+        &mut self,
+        pos: usize,
+        cand: &Candidate<'_>,
+        deltas: &mut Vec<u8>,
+    ) -> Option<(u64, &'static str)> {
+        let index = cand.index.unwrap_or(pos as u64);
+        let slot = self.slot(index)?;
+        let state = &mut self.choices[slot];
+        let mut delta: Vec<u8> = Vec::new();
+        let field = |delta: &mut Vec<u8>, name: &[u8]| {
+            delta.put_slice(if delta.is_empty() { b"{" } else { b"," });
+            delta.put_slice(name);
         };
-        let mut delta = Map::new();
         if !state.role_sent {
             state.role_sent = true;
-            delta.insert("role".into(), "assistant".into());
+            field(&mut delta, b"\"role\":\"assistant\"");
         }
-        if let Some(text) = parts.text.filter(|t| !t.is_empty()) {
-            delta.insert("content".into(), text.into());
-        }
-        if !parts.tool_calls.is_empty() {
-            let mut calls = parts.tool_calls;
-            for c in &mut calls {
-                c["index"] = state.tools.into();
-                state.tools += 1;
+        let parts = cand
+            .content
+            .as_ref()
+            .map_or(&[][..], |c| c.parts.as_slice());
+        // Thought summaries are left out.
+        let live = || parts.iter().filter(|p| p.thought != Some(true));
+        let mut texts = live()
+            .filter_map(|p| p.text.as_deref())
+            .filter(|t| !t.is_empty());
+        if let Some(first) = texts.next() {
+            field(&mut delta, b"\"content\":");
+            match texts.next() {
+                None => put_str(&mut delta, first),
+                Some(second) => {
+                    let mut joined = format!("{first}{second}");
+                    joined.extend(texts);
+                    put_str(&mut delta, &joined);
+                }
             }
-            delta.insert("tool_calls".into(), Value::Array(calls));
         }
-        let finish = reason.map(|r| finish_reason(Some(r), state.tools > 0));
-        state.done |= finish.is_some();
-        let choice = |delta: Map<String, Value>, finish: Option<&str>| {
-            json!({
-                "index": index,
-                "delta": delta,
-                "logprobs": null,
-                "finish_reason": finish,
-            })
-        };
-        let delta = (!delta.is_empty()).then(|| choice(delta, None));
-        let finish = finish.map(|f| choice(Map::new(), Some(f)));
-        (delta, finish)
+        let mut n = 0;
+        for fc in live().filter_map(|p| p.function_call.as_ref()) {
+            if n == 0 {
+                field(&mut delta, b"\"tool_calls\":[");
+            } else {
+                delta.put_slice(b",");
+            }
+            let id = match fc.id.as_deref() {
+                Some(id) if !id.is_empty() => id.to_string(),
+                _ => call_id(&self.request_id, self.calls + n),
+            };
+            // Re-serialized, so arguments read the same as in a non-stream
+            // answer.
+            let args = fc
+                .args
+                .and_then(|a| serde_json::from_str::<Value>(a.get()).ok())
+                .filter(|a| !a.is_null())
+                .map_or_else(|| "{}".to_string(), |a| a.to_string());
+            delta.put_slice(b"{\"index\":");
+            delta.put_slice(itoa::Buffer::new().format(state.tools).as_bytes());
+            delta.put_slice(b",\"id\":");
+            put_str(&mut delta, &id);
+            delta.put_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+            put_str(&mut delta, &fc.name);
+            delta.put_slice(b",\"arguments\":");
+            put_str(&mut delta, &args);
+            delta.put_slice(b"}}");
+            state.tools += 1;
+            n += 1;
+        }
+        if n > 0 {
+            delta.put_slice(b"]");
+        }
+        let reason = cand
+            .finish_reason
+            .as_deref()
+            .filter(|r| *r != "FINISH_REASON_UNSPECIFIED")
+            .map(|r| finish_reason(Some(r), state.tools > 0));
+        state.done |= reason.is_some();
+        self.calls += n;
+        if !delta.is_empty() {
+            delta.put_slice(b"}");
+            if !deltas.is_empty() {
+                deltas.put_slice(b",");
+            }
+            put_choice(deltas, index, &delta, None);
+        }
+        reason.map(|r| (index, r))
+    }
+
+    /// Writes one chunk event holding `choices` (already-written choice
+    /// objects, comma-separated).
+    fn write_chunk(&self, out: &mut BytesMut, choices: &[u8]) {
+        out.put_slice(b"data: ");
+        out.put_slice(&self.prefix);
+        out.put_slice(choices);
+        out.put_slice(b"]}\n\n");
     }
 }
 
-fn write_event(out: &mut BytesMut, v: &Value) {
-    out.put_slice(b"data: ");
-    out.put_slice(v.to_string().as_bytes());
-    out.put_slice(b"\n\n");
+/// `{"index":…,"delta":…,"logprobs":null,"finish_reason":…}`
+fn put_choice(out: &mut Vec<u8>, index: u64, delta: &[u8], finish: Option<&str>) {
+    out.put_slice(b"{\"index\":");
+    out.put_slice(itoa::Buffer::new().format(index).as_bytes());
+    out.put_slice(b",\"delta\":");
+    out.put_slice(delta);
+    out.put_slice(b",\"logprobs\":null,\"finish_reason\":");
+    match finish {
+        Some(f) => put_str(out, f),
+        None => out.put_slice(b"null"),
+    }
+    out.put_slice(b"}");
 }
 
 impl StreamTranslator for ChatStream {
@@ -162,50 +227,61 @@ impl StreamTranslator for ChatStream {
         if self.errored {
             return;
         }
-        let Ok(doc) = serde_json::from_slice::<Value>(data) else {
-            log::warn!(
-                "request {}: skipped a Gemini stream event that is not JSON ({} bytes)",
-                self.request_id,
-                data.len()
-            );
-            return;
+        let ev: wire::Event<'_> = match serde_json::from_slice(data) {
+            Ok(ev) => ev,
+            Err(_) => {
+                log::warn!(
+                    "request {}: skipped a Gemini stream event that is not a response ({} bytes)",
+                    self.request_id,
+                    data.len()
+                );
+                return;
+            }
         };
-        if let Some(e) = doc.get("error") {
-            let err = error(http_status(e), data);
+        if let Some(raw) = ev.error {
+            let status = serde_json::from_str::<Value>(raw.get()).map_or(500, |e| http_status(&e));
+            let err = error(status, data);
             self.error_event(&err, out);
             return;
         }
-        if let Some(u) = usage(&doc) {
-            self.usage = Some(u);
+        if let Some(u) = ev.usage {
+            self.usage = Some(u.usage());
         }
-        let mut choices = Vec::new();
-        let mut finishes = Vec::new();
-        for (pos, cand) in candidates(&doc).iter().enumerate() {
-            let (delta, finish) = self.candidate(pos, cand);
-            choices.extend(delta);
-            finishes.extend(finish);
+        let mut deltas = Vec::new();
+        let mut finishes: Vec<(u64, &'static str)> = Vec::new();
+        for (pos, cand) in ev.candidates.iter().enumerate() {
+            finishes.extend(self.candidate(pos, cand, &mut deltas));
         }
-        if candidates(&doc).is_empty() && blocked(&doc) {
-            let first = self.choice(0).map(|c| {
+        let blocked = ev
+            .feedback
+            .as_ref()
+            .is_some_and(|f| f.block_reason.is_some());
+        if ev.candidates.is_empty() && blocked {
+            // The prompt was blocked: no candidate will come.
+            if let Some(slot) = self.slot(0) {
+                let c = &mut self.choices[slot];
                 c.done = true;
-                !std::mem::replace(&mut c.role_sent, true)
-            });
-            let mut delta = Map::new();
-            if first == Some(true) {
-                delta.insert("role".into(), "assistant".into());
+                if !std::mem::replace(&mut c.role_sent, true) {
+                    if !deltas.is_empty() {
+                        deltas.put_slice(b",");
+                    }
+                    put_choice(&mut deltas, 0, b"{\"role\":\"assistant\"}", None);
+                }
             }
-            choices.push(json!({
-                "index": 0,
-                "delta": delta,
-                "logprobs": null,
-                "finish_reason": "content_filter",
-            }));
+            finishes.push((0, "content_filter"));
         }
-        if !choices.is_empty() {
-            write_event(out, &self.chunk(choices));
+        if !deltas.is_empty() {
+            self.write_chunk(out, &deltas);
         }
         if !finishes.is_empty() {
-            write_event(out, &self.chunk(finishes));
+            let mut choices = Vec::new();
+            for (i, (index, reason)) in finishes.into_iter().enumerate() {
+                if i > 0 {
+                    choices.put_slice(b",");
+                }
+                put_choice(&mut choices, index, b"{}", Some(reason));
+            }
+            self.write_chunk(out, &choices);
         }
     }
 
@@ -220,14 +296,16 @@ impl StreamTranslator for ChatStream {
                 "request {}: the Gemini stream ended without a finish reason",
                 self.request_id
             );
-            self.error_event(&crate::error::GatewayError::UpstreamError, out);
+            self.error_event(&GatewayError::UpstreamError, out);
             return;
         }
         if self.include_usage {
             if let Some(u) = self.usage {
-                let mut chunk = self.chunk(Vec::new());
-                chunk["usage"] = usage_json(&u);
-                write_event(out, &chunk);
+                out.put_slice(b"data: ");
+                out.put_slice(&self.prefix);
+                out.put_slice(b"],\"usage\":");
+                out.put_slice(usage_json(&u).to_string().as_bytes());
+                out.put_slice(b"}\n\n");
             }
         }
         out.put_slice(b"data: [DONE]\n\n");

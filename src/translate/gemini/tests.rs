@@ -305,9 +305,48 @@ fn a_blocked_prompt_streams_a_content_filter_finish() {
     let data = fixture!("blocked.json").replace('\n', "");
     let (out, _) = run_stream(&[format!("data: {data}\r\n\r\n").as_bytes()], false);
     let evs = events(&out);
-    assert_eq!(evs[0]["choices"][0]["finish_reason"], "content_filter");
     assert_eq!(evs[0]["choices"][0]["delta"]["role"], "assistant");
-    assert_eq!(evs[1], "[DONE]");
+    assert_eq!(evs[1]["choices"][0]["finish_reason"], "content_filter");
+    assert_eq!(evs[1]["choices"][0]["delta"], json!({}));
+    assert_eq!(evs[2], "[DONE]");
+}
+
+#[test]
+fn two_candidates_stream_as_two_choices_and_thoughts_are_left_out() {
+    let ev1 = json!({"candidates": [
+        {"content": {"parts": [{"text": "hmm…", "thought": true}, {"text": "A \"q\"\n"}, {"text": "a"}],
+            "role": "model"}, "index": 0},
+        {"content": {"parts": [{"text": "B"}], "role": "model"}, "index": 1}]});
+    let ev2 = json!({"candidates": [
+        {"content": {"parts": [{"text": "!"}]}, "finishReason": "STOP", "index": 0},
+        {"content": {"parts": [{"functionCall": {"name": "f", "args": {"x": 1}}}]},
+            "finishReason": "STOP", "index": 1}],
+        "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 7}});
+    let sse = format!("data: {ev1}\n\ndata: {ev2}\n\n");
+    let (out, _) = run_stream(&[sse.as_bytes()], true);
+    let evs = events(&out);
+    let choices = |i: usize| evs[i]["choices"].clone();
+    assert_eq!(
+        choices(0),
+        json!([
+            {"index": 0, "delta": {"role": "assistant", "content": "A \"q\"\na"}, "logprobs": null, "finish_reason": null},
+            {"index": 1, "delta": {"role": "assistant", "content": "B"}, "logprobs": null, "finish_reason": null}])
+    );
+    assert_eq!(
+        choices(1),
+        json!([
+            {"index": 0, "delta": {"content": "!"}, "logprobs": null, "finish_reason": null},
+            {"index": 1, "delta": {"tool_calls": [{"index": 0, "id": "call_req-42_0", "type": "function",
+                "function": {"name": "f", "arguments": "{\"x\":1}"}}]}, "logprobs": null, "finish_reason": null}])
+    );
+    assert_eq!(
+        choices(2),
+        json!([
+            {"index": 0, "delta": {}, "logprobs": null, "finish_reason": "stop"},
+            {"index": 1, "delta": {}, "logprobs": null, "finish_reason": "tool_calls"}])
+    );
+    assert_eq!(evs[3]["usage"]["completion_tokens"], 7);
+    assert_eq!(evs[4], "[DONE]");
 }
 
 proptest! {
