@@ -85,6 +85,8 @@ async fn post(gw: &Gateway, path: &str, body: &Value, rid: &str) -> reqwest::Res
         .post(gw.url(path))
         .header("authorization", format!("Bearer {KEY}"))
         .header("x-request-id", rid)
+        // A client's own Google key never reaches the provider.
+        .header("x-goog-api-key", "client-google-key")
         .json(body)
         .send()
         .await
@@ -117,6 +119,12 @@ fn tokens(m: &str, alias: &'static str, model: &'static str, kind: &str, source:
 /// no log line.
 fn assert_key_only_in_header(gw: &Gateway, r: &Recorded) {
     assert_eq!(r.header("x-goog-api-key").as_deref(), Some(PROVIDER_KEY));
+    let keys = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "x-goog-api-key")
+        .count();
+    assert_eq!(keys, 1, "{:?}", r.headers);
     assert_eq!(r.header("authorization"), None);
     assert!(!r.path.contains("key="), "{}", r.path);
     assert!(!r.path.contains(PROVIDER_KEY), "{}", r.path);
