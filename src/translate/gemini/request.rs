@@ -51,7 +51,10 @@ pub fn chat_request(req: &Value, opts: &RequestOpts) -> Result<Translated, Unsup
                 Some(budget) => {
                     config.insert("thinkingConfig".into(), json!({ "thinkingBudget": budget }));
                 }
-                None => b.refuse(key, "`reasoning_effort` must be low, medium or high.")?,
+                None => b.refuse(
+                    key,
+                    "`reasoning_effort` must be none, minimal, low, medium or high.",
+                )?,
             },
             "tools" => tools = Some(function_declarations(value, &mut b)?),
             "tool_choice" => tool_config = tool_choice(value, &mut b)?,
@@ -146,6 +149,8 @@ fn stop(v: &Value) -> Result<Value, Unsupported> {
 /// Gemini 2.5's thinking budgets for OpenAI's effort levels.
 fn thinking_budget(v: &Value) -> Option<u64> {
     match v.as_str()? {
+        // Turns thinking off where the model allows it (Gemini 2.5 Flash).
+        "none" => Some(0),
         "minimal" | "low" => Some(1024),
         "medium" => Some(8192),
         "high" => Some(24576),
