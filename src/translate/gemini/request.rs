@@ -516,7 +516,16 @@ fn assistant_parts(
         if let Some(id) = c.get("id").and_then(Value::as_str) {
             call_names.push((id.to_string(), name.to_string()));
         }
-        parts.push(json!({ "functionCall": { "name": name, "args": args } }));
+        let mut part = json!({ "functionCall": { "name": name, "args": args } });
+        // Gemini 3 refuses a conversation whose function calls lost their
+        // thought signature; it comes back where the response put it.
+        if let Some(sig) = c
+            .pointer("/extra_content/google/thought_signature")
+            .and_then(Value::as_str)
+        {
+            part["thoughtSignature"] = sig.into();
+        }
+        parts.push(part);
     }
     Ok(parts)
 }

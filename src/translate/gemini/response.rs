@@ -119,18 +119,30 @@ impl Parts {
                 *calls += 1;
                 let args = fc.get("args").filter(|a| !a.is_null());
                 let arguments = args.map_or_else(|| "{}".to_string(), Value::to_string);
-                tool_calls.push(json!({
+                let mut call = json!({
                     "id": id,
                     "type": "function",
                     "function": {
                         "name": fc.get("name").and_then(Value::as_str).unwrap_or_default(),
                         "arguments": arguments,
                     },
-                }));
+                });
+                if let Some(sig) = p.get("thoughtSignature").and_then(Value::as_str) {
+                    call["extra_content"] = signature_json(sig);
+                }
+                tool_calls.push(call);
             }
         }
         Parts { text, tool_calls }
     }
+}
+
+/// Where a function call's thought signature travels in the OpenAI dialect
+/// (as Google's own OpenAI-compatible endpoint puts it): clients that send
+/// the assistant message back as they got it return it, and Gemini 3 needs
+/// it back to accept the conversation.
+pub(super) fn signature_json(sig: &str) -> Value {
+    json!({ "google": { "thought_signature": sig } })
 }
 
 /// A tool-call id for a call Gemini gave none: `call_<request_id>_<n>`.

@@ -149,7 +149,11 @@ impl ChatStream {
             }
         }
         let mut n = 0;
-        for fc in live().filter_map(|p| p.function_call.as_ref()) {
+        for (fc, sig) in live().filter_map(|p| {
+            p.function_call
+                .as_ref()
+                .map(|fc| (fc, p.thought_signature.as_deref()))
+        }) {
             if n == 0 {
                 field(&mut delta, b"\"tool_calls\":[");
             } else {
@@ -174,7 +178,13 @@ impl ChatStream {
             put_str(&mut delta, &fc.name);
             delta.put_slice(b",\"arguments\":");
             put_str(&mut delta, &args);
-            delta.put_slice(b"}}");
+            delta.put_slice(b"}");
+            if let Some(sig) = sig {
+                delta.put_slice(b",\"extra_content\":{\"google\":{\"thought_signature\":");
+                put_str(&mut delta, sig);
+                delta.put_slice(b"}}");
+            }
+            delta.put_slice(b"}");
             state.tools += 1;
             n += 1;
         }

@@ -349,6 +349,43 @@ fn two_candidates_stream_as_two_choices_and_thoughts_are_left_out() {
     assert_eq!(evs[4], "[DONE]");
 }
 
+#[test]
+fn thought_signatures_travel_in_extra_content_both_ways() {
+    let body = json!({"candidates": [{"content": {"role": "model", "parts": [
+        {"functionCall": {"name": "f", "args": {"a": 1}}, "thoughtSignature": "c2lnLTE="},
+        {"functionCall": {"name": "g", "args": {}}}]}, "finishReason": "STOP", "index": 0}]});
+    let (out, _) = chat_response(body.to_string().as_bytes(), &resp_opts(false)).unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    let calls = &v["choices"][0]["message"]["tool_calls"];
+    assert_eq!(
+        calls[0]["extra_content"],
+        json!({"google": {"thought_signature": "c2lnLTE="}})
+    );
+    assert!(calls[1].get("extra_content").is_none());
+
+    let sse = format!("data: {body}\r\n\r\n");
+    let (out, _) = run_stream(&[sse.as_bytes()], false);
+    let evs = events(&out);
+    let streamed = &evs[0]["choices"][0]["delta"]["tool_calls"];
+    assert_eq!(streamed[0]["extra_content"], calls[0]["extra_content"]);
+    assert_eq!(streamed[0]["function"], calls[0]["function"]);
+
+    // The client sends the assistant message back as it got it.
+    let req = json!({"model": "m", "messages": [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": null, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": calls[0]["id"], "content": "{}"},
+        {"role": "tool", "tool_call_id": calls[1]["id"], "content": "{}"}]});
+    let sent = translate(req).unwrap();
+    assert_eq!(
+        sent["contents"][1]["parts"][0],
+        json!({"functionCall": {"name": "f", "args": {"a": 1}}, "thoughtSignature": "c2lnLTE="})
+    );
+    assert!(sent["contents"][1]["parts"][1]
+        .get("thoughtSignature")
+        .is_none());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 

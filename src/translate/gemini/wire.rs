@@ -45,6 +45,8 @@ pub struct Part<'a> {
     pub thought: Option<bool>,
     #[serde(default, rename = "functionCall", borrow)]
     pub function_call: Option<FunctionCall<'a>>,
+    #[serde(default, rename = "thoughtSignature", borrow)]
+    pub thought_signature: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
