@@ -86,6 +86,8 @@ pub struct Ctx {
     pub reservation: Option<crate::governance::Reservation>,
     /// `x-ratelimit-*` values for the response.
     pub rate_headers: crate::governance::RateHeaders,
+    /// A Messages (Anthropic) request: its translation state.
+    pub front: Option<Box<crate::proxy::messages::Front>>,
 }
 
 /// Holds one unit of the in-flight gauge.
@@ -167,6 +169,7 @@ impl Ctx {
             local_usage: None,
             reservation: None,
             rate_headers: crate::governance::RateHeaders::default(),
+            front: None,
         }
     }
 

@@ -66,13 +66,15 @@ pub async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u
         // [DONE]), so SDKs raise; any other body is cut short.
         let err = ctx.mid_stream_error.clone().unwrap_or(err);
         if matches!(ctx.meter, Meter::Stream(_)) {
+            // A Messages stream: its unsent events, translated, and its error event.
+            let anthropic = crate::proxy::messages::stream_error(ctx, &err);
             if let Some(unsent) = ctx.unsent.take() {
                 let _ = session.write_response_body(Some(unsent), false).await;
             }
-            let event = format!("data: {}\n\n", String::from_utf8_lossy(&err.body()));
-            let _ = session
-                .write_response_body(Some(bytes::Bytes::from(event)), true)
-                .await;
+            let event = anthropic.unwrap_or_else(|| {
+                format!("data: {}\n\n", String::from_utf8_lossy(&err.body())).into()
+            });
+            let _ = session.write_response_body(Some(event), true).await;
         }
         log::warn!(
             "request {}: stream broken after it started: {e}",

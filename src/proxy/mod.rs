@@ -9,6 +9,7 @@ pub mod endpoint;
 pub mod finish;
 pub mod header_guard;
 pub mod headers;
+pub mod messages;
 pub mod respond;
 pub mod response;
 pub mod rewound;

@@ -84,7 +84,7 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
     } else {
         Meter::Body(BodyMeter::default())
     };
-    Ok(())
+    crate::proxy::messages::on_header(resp, ctx)
 }
 
 fn is_event_stream(resp: &ResponseHeader) -> bool {
@@ -126,5 +126,6 @@ pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pingora::
             }
         }
     }
+    crate::proxy::messages::on_chunk(body, eos, ctx);
     Ok(())
 }

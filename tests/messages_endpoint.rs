@@ -1,0 +1,359 @@
+//! The Anthropic Messages endpoint (`POST /v1/messages`) end to end: the
+//! real gateway in front of an OpenAI-kind mock upstream on loopback that
+//! answers with real chunked SSE. Checks the translated request the upstream
+//! gets (and the headers it must not get), the Anthropic response and event
+//! stream the client gets, auth by `x-api-key`, Anthropic-shaped errors with
+//! no upstream hit for rejected requests, and exact tokens on `/metrics`
+//! and in the access log under the `messages` endpoint label.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use support::prom::{assert_sample, sum};
+use support::{Behavior, Gateway, MockUpstream, Recorded, Reply, ReplyBody, CONFIG_HEAD};
+
+const KEY: &str = "tg-messages-key-0001";
+const PROVIDER_KEY: &str = "sk-provider-messages-secret";
+/// The alias Anthropic clients ask for; the golden outputs report it.
+const ALIAS: &str = "claude-sonnet-4-5";
+
+fn fixture(name: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/messages")
+        .join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The fixture stream as the mock sends it: one chunk per event, and the
+/// tool-call events cut in two mid-line, so events straddle chunks.
+fn stream_chunks(name: &str) -> Vec<Bytes> {
+    let whole = fixture(name);
+    let mut out = Vec::new();
+    for ev in whole.split_inclusive("\n\n") {
+        if ev.contains("tool_calls") && ev.len() > 40 {
+            let (a, b) = ev.split_at(ev.len() / 2);
+            out.push(Bytes::from(a.to_string()));
+            out.push(Bytes::from(b.to_string()));
+        } else {
+            out.push(Bytes::from(ev.to_string()));
+        }
+    }
+    out
+}
+
+/// Answers like OpenAI's Chat Completions, by what the request asks
+/// (`user` picks the fixture): JSON, or chunked SSE.
+fn openai_mock(r: &Recorded) -> Reply {
+    let body = r.json();
+    let user = body["user"].as_str().unwrap_or("");
+    if body["stream"] == true {
+        let name = if user == "truncated" {
+            "stream_truncated.openai.sse"
+        } else {
+            "stream_tools.openai.sse"
+        };
+        return Reply {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream".into())],
+            body: ReplyBody::Chunks(stream_chunks(name), Duration::from_millis(2)),
+        };
+    }
+    match user {
+        "bad-request" => Reply::json(400, fixture("error_400.openai.json")),
+        "text" => Reply::json(200, fixture("response_text.openai.json")),
+        _ => Reply::json(200, fixture("response_tools.openai.json")),
+    }
+}
+
+fn config(port: u16) -> String {
+    format!(
+        r#"{CONFIG_HEAD}providers:
+  up:
+    kind: openai
+    base_url: "http://127.0.0.1:{port}/v1"
+    api_key: "{PROVIDER_KEY}"
+    health_check: {{ enabled: false }}
+models:
+  {ALIAS}: {{ routes: [ {{ provider: up, model: gpt-4o-mini }} ] }}
+keys:
+  - {{ name: anth, key: "{KEY}" }}
+"#
+    )
+}
+
+async fn start() -> (MockUpstream, Gateway) {
+    let upstream = MockUpstream::start(Behavior::func(openai_mock)).await;
+    let gw = Gateway::start(&config(upstream.port())).await;
+    (upstream, gw)
+}
+
+fn body(stream: bool, user: &str) -> Value {
+    json!({
+        "model": ALIAS,
+        "max_tokens": 512,
+        "system": "Be brief.",
+        "stream": stream,
+        "metadata": {"user_id": user},
+        "tools": [{"name": "get_weather", "description": "Weather",
+                   "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}}}],
+        "messages": [{"role": "user", "content": "Weather and time in Paris?"}]
+    })
+}
+
+/// Sends `body` to `/v1/messages` the way the Anthropic SDK does.
+async fn post(gw: &Gateway, rid: &str, body: &[u8], key: Option<&str>) -> (u16, String, String) {
+    let mut req = support::client()
+        .post(gw.url("/v1/messages"))
+        .header("content-type", "application/json")
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "tools-2024-04-04")
+        .header("x-request-id", rid)
+        .body(body.to_vec());
+    if let Some(k) = key {
+        req = req.header("x-api-key", k);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let ct = support::header(&resp, "content-type").unwrap_or_default();
+    (status, ct, resp.text().await.unwrap())
+}
+
+/// Asserts an Anthropic error body: `{"type":"error","error":{type,message}}`.
+#[track_caller]
+fn assert_anthropic_error(status: u16, body: &str, want_status: u16, want_type: &str) -> Value {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(v["type"], "error", "{body}");
+    assert_eq!(v["error"]["type"], want_type, "{body}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    v
+}
+
+fn route_labels() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("request_model", ALIAS),
+        ("provider", "up"),
+        ("response_model", "gpt-4o-mini"),
+        ("key", "anth"),
+    ]
+}
+
+fn assert_tokens(m: &str, [input, output, cached]: [u64; 3]) {
+    for (kind, n) in [
+        ("input", input),
+        ("output", output),
+        ("cached_input", cached),
+    ] {
+        let mut l = route_labels();
+        l.extend([("token_type", kind), ("usage_source", "reported")]);
+        assert_sample(m, "tollgate_tokens_total", &l, n as f64);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_stream_message_is_translated_both_ways_and_metered_exactly() {
+    let (upstream, gw) = start().await;
+    let req = serde_json::to_vec(&body(false, "tools")).unwrap();
+    let (status, ct, text) = post(&gw, "msg-json-1", &req, Some(KEY)).await;
+    assert_eq!(status, 200, "{text}\n{}", gw.logs());
+    assert!(ct.starts_with("application/json"), "{ct}");
+    let got: Value = serde_json::from_str(&text).unwrap();
+    let want: Value = serde_json::from_str(&fixture("response_tools.anthropic.json")).unwrap();
+    assert_eq!(got, want);
+
+    // What the upstream got: an OpenAI chat request to /chat/completions with
+    // the route's model and the provider's key, none of the client's
+    // Anthropic headers and never the client's key.
+    let r = upstream.last().unwrap();
+    assert_eq!(r.path, "/v1/chat/completions");
+    let sent = r.json();
+    assert_eq!(sent["model"], "gpt-4o-mini");
+    assert_eq!(
+        sent["messages"][0],
+        json!({"role": "system", "content": "Be brief."})
+    );
+    assert_eq!(sent["tools"][0]["function"]["name"], "get_weather");
+    assert_eq!(sent["max_tokens"], 512);
+    assert_eq!(
+        r.header("authorization").as_deref(),
+        Some(format!("Bearer {PROVIDER_KEY}").as_str())
+    );
+    for h in ["x-api-key", "anthropic-version", "anthropic-beta"] {
+        assert_eq!(r.header(h), None, "{h} reached the upstream");
+    }
+    assert!(!r.headers.iter().any(|(_, v)| v.contains(KEY)));
+
+    // Usage as OpenAI counted it: prompt 2082 (1920 of them cached), output 46.
+    let line = gw.access_line("msg-json-1").await;
+    assert_eq!(line["endpoint"], "messages", "{line}");
+    assert_eq!(line["prompt_tokens"], 2082, "{line}");
+    assert_eq!(line["cached_tokens"], 1920, "{line}");
+    assert_eq!(line["completion_tokens"], 46, "{line}");
+    assert_eq!(line["usage_source"], "reported", "{line}");
+    let m = gw.metrics_text().await;
+    assert_tokens(&m, [2082, 46, 1920]);
+    let mut l = route_labels();
+    l.extend([("endpoint", "messages"), ("status_class", "2xx")]);
+    assert_sample(&m, "tollgate_requests_total", &l, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_with_text_and_tool_calls_becomes_anthropic_events() {
+    let (upstream, gw) = start().await;
+    // Bearer auth works here too.
+    let resp = support::client()
+        .post(gw.url("/v1/messages"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("anthropic-version", "2023-06-01")
+        .header("x-request-id", "msg-sse-1")
+        .json(&body(true, "tools"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(support::header(&resp, "content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let got = resp.text().await.unwrap();
+    assert_eq!(got, fixture("stream_tools.anthropic.sse"));
+
+    let sent = upstream.last().unwrap().json();
+    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["stream_options"], json!({"include_usage": true}));
+
+    let line = gw.access_line("msg-sse-1").await;
+    assert_eq!(line["endpoint"], "messages", "{line}");
+    assert_eq!(line["stream"], true, "{line}");
+    assert_eq!(line["prompt_tokens"], 2082, "{line}");
+    let m = gw.metrics_text().await;
+    assert_tokens(&m, [2082, 46, 1920]);
+    assert_eq!(
+        sum(
+            &m,
+            "tollgate_tokens_total",
+            &[("usage_source", "estimated")]
+        ),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_short_ends_with_an_anthropic_error_event() {
+    let (_upstream, gw) = start().await;
+    let req = serde_json::to_vec(&body(true, "truncated")).unwrap();
+    let (status, _, text) = post(&gw, "msg-cut-1", &req, Some(KEY)).await;
+    assert_eq!(status, 200);
+    assert!(text.starts_with("event: message_start\n"), "{text}");
+    let last = text.trim_end().rsplit("\n\n").next().unwrap();
+    assert!(last.starts_with("event: error\ndata: "), "{text}");
+    let v: Value = serde_json::from_str(last.split_once("data: ").unwrap().1).unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "api_error");
+    assert!(!text.contains("message_stop"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_requests_get_anthropic_errors_and_never_reach_the_upstream() {
+    let (upstream, gw) = start().await;
+    let ok = serde_json::to_vec(&body(false, "text")).unwrap();
+
+    // No key, a wrong key.
+    let (s, _, t) = post(&gw, "msg-rej-1", &ok, None).await;
+    let v = assert_anthropic_error(s, &t, 401, "authentication_error");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("x-api-key"));
+    let (s, _, t) = post(&gw, "msg-rej-2", &ok, Some("tg-not-a-key")).await;
+    assert_anthropic_error(s, &t, 401, "authentication_error");
+    assert!(!t.contains("tg-not-a-key"), "{t}");
+
+    // Unknown model.
+    let mut b = body(false, "text");
+    b["model"] = json!("claude-nope");
+    let (s, _, t) = post(
+        &gw,
+        "msg-rej-3",
+        &serde_json::to_vec(&b).unwrap(),
+        Some(KEY),
+    )
+    .await;
+    assert_anthropic_error(s, &t, 404, "not_found_error");
+
+    // Malformed JSON; a field OpenAI cannot honour (named).
+    let (s, _, t) = post(&gw, "msg-rej-4", b"{\"model\": \"x\",", Some(KEY)).await;
+    assert_anthropic_error(s, &t, 400, "invalid_request_error");
+    let mut b = body(false, "text");
+    b["top_k"] = json!(5);
+    let (s, _, t) = post(
+        &gw,
+        "msg-rej-5",
+        &serde_json::to_vec(&b).unwrap(),
+        Some(KEY),
+    )
+    .await;
+    let v = assert_anthropic_error(s, &t, 400, "invalid_request_error");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("top_k"),
+        "{v}"
+    );
+    let mut b = body(false, "text");
+    b["messages"] = json!([]);
+    let (s, _, t) = post(
+        &gw,
+        "msg-rej-6",
+        &serde_json::to_vec(&b).unwrap(),
+        Some(KEY),
+    )
+    .await;
+    assert_anthropic_error(s, &t, 400, "invalid_request_error");
+
+    assert_eq!(
+        upstream.hits(),
+        0,
+        "a rejected request reached the upstream"
+    );
+    let line = gw.access_line("msg-rej-3").await;
+    assert_eq!(line["endpoint"], "messages", "{line}");
+    assert_eq!(line["status"], 404, "{line}");
+
+    // The same endpoint still serves a good request.
+    let (s, _, t) = post(&gw, "msg-ok-1", &ok, Some(KEY)).await;
+    assert_eq!(s, 200, "{t}");
+    let v: Value = serde_json::from_str(&t).unwrap();
+    assert_eq!(
+        v["content"][0]["text"],
+        "Hello! How can I assist you today?"
+    );
+    assert_eq!(v["stop_reason"], "end_turn");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_error_is_passed_on_in_anthropic_shape() {
+    let (upstream, gw) = start().await;
+    let req = serde_json::to_vec(&body(false, "bad-request")).unwrap();
+    let (s, ct, t) = post(&gw, "msg-up-400", &req, Some(KEY)).await;
+    assert!(ct.starts_with("application/json"), "{ct}");
+    let v = assert_anthropic_error(s, &t, 400, "invalid_request_error");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("maximum context length"));
+    assert_eq!(upstream.hits(), 1);
+
+    // An upstream that cannot be reached: 502 in Anthropic's shape.
+    let mut upstream = upstream;
+    upstream.stop();
+    let req = serde_json::to_vec(&body(false, "text")).unwrap();
+    let (s, _, t) = post(&gw, "msg-up-down", &req, Some(KEY)).await;
+    assert_anthropic_error(s, &t, 502, "api_error");
+}
