@@ -31,6 +31,16 @@ pub enum GatewayError {
     HeaderTooLarge,
     /// The body is over `max_body_bytes`.
     PayloadTooLarge { limit: u64 },
+    /// A request field the route's provider cannot honour (`param` names it).
+    UnsupportedParam { message: String, param: String },
+    /// The provider refused the request as invalid. `message` is the
+    /// provider's text, already made safe (see `translate::errors`).
+    ProviderInvalid {
+        status: u16,
+        message: String,
+        code: &'static str,
+        param: Option<&'static str>,
+    },
     /// The upstream could not be reached or answered badly.
     UpstreamError,
     /// The upstream refused the gateway's provider key (its text is not shown).
@@ -62,6 +72,8 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             Self::InvalidRequest { .. } => 400,
+            Self::ProviderInvalid { status, .. } => *status,
+            Self::UnsupportedParam { .. } => 400,
             Self::InvalidApiKey => 401,
             Self::ModelNotAllowed { .. } => 403,
             Self::ModelNotFound { .. } | Self::NotFound => 404,
@@ -84,6 +96,8 @@ impl GatewayError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::InvalidRequest { .. }
+            | Self::ProviderInvalid { .. }
+            | Self::UnsupportedParam { .. }
             | Self::ModelNotFound { .. }
             | Self::NotFound
             | Self::MethodNotAllowed { .. }
@@ -108,6 +122,8 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidRequest { .. } => "invalid_request",
+            Self::ProviderInvalid { code, .. } => code,
+            Self::UnsupportedParam { .. } => "unsupported_parameter",
             Self::InvalidApiKey => "invalid_api_key",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::ModelNotFound { .. } => "model_not_found",
@@ -128,9 +144,10 @@ impl GatewayError {
         }
     }
 
-    fn param(&self) -> Option<&'static str> {
+    fn param(&self) -> Option<&str> {
         match self {
-            Self::InvalidRequest { param, .. } => *param,
+            Self::InvalidRequest { param, .. } | Self::ProviderInvalid { param, .. } => *param,
+            Self::UnsupportedParam { param, .. } => Some(param.as_str()),
             Self::ModelNotAllowed { .. } | Self::ModelNotFound { .. } => Some("model"),
             _ => None,
         }
@@ -167,7 +184,11 @@ impl GatewayError {
 impl fmt::Display for GatewayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::InvalidRequest { message, .. } => f.write_str(message),
+            Self::InvalidRequest { message, .. }
+            | Self::ProviderInvalid { message, .. }
+            | Self::UnsupportedParam { message, .. } => {
+                f.write_str(message)
+            }
             Self::InvalidApiKey => f.write_str(
                 "Invalid or missing API key. Send your Tollgate key as `Authorization: Bearer <key>`.",
             ),

@@ -31,6 +31,8 @@ pub struct RouteRt {
     pub limits: crate::resilience::Limits,
     /// `provider/upstream-model`, for the route response header.
     pub route_label: http::HeaderValue,
+    /// How this route talks to its provider (paths, translation, defaults).
+    pub dialect: crate::providers::dialect::RouteDialect,
 }
 
 /// A model alias.
@@ -95,17 +97,19 @@ impl Runtime {
         for (name, p) in &cfg.providers {
             let rt = match p.kind {
                 ProviderKind::Mock => ProviderRt::Mock(p.mock.clone().unwrap_or_default()),
-                ProviderKind::Openai => match Upstream::build(name, p) {
-                    Ok(u) => {
-                        let u = Arc::new(u);
-                        upstreams.insert(name.clone(), u.clone());
-                        ProviderRt::Http(u)
+                ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Azure => {
+                    match Upstream::build(name, p) {
+                        Ok(u) => {
+                            let u = Arc::new(u);
+                            upstreams.insert(name.clone(), u.clone());
+                            ProviderRt::Http(u)
+                        }
+                        Err(e) => {
+                            problems.push(format!("providers.{name}: {e}"));
+                            continue;
+                        }
                     }
-                    Err(e) => {
-                        problems.push(format!("providers.{name}: {e}"));
-                        continue;
-                    }
-                },
+                }
             };
             providers.insert(name.clone(), Arc::new(rt));
         }
@@ -134,6 +138,16 @@ impl Runtime {
                             r.provider, r.model
                         ))
                         .unwrap_or_else(|_| http::HeaderValue::from_static("-")),
+                        dialect: match (&**p, cfg.providers.get(&r.provider)) {
+                            (ProviderRt::Http(up), Some(pc)) => {
+                                crate::providers::dialect::RouteDialect::build(
+                                    pc,
+                                    r,
+                                    &up.base.prefix,
+                                )
+                            }
+                            _ => crate::providers::dialect::RouteDialect::openai(),
+                        },
                     }),
                     None => problems.push(format!(
                         "models.{alias}.routes[{i}].provider: `{}` is not available",

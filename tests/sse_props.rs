@@ -24,6 +24,7 @@ const USAGE: Usage = Usage {
     completion: 56,
     cached: 1024,
     reasoning: 8,
+    cache_write: 0,
 };
 
 const HEAD: &str = r#""id":"chatcmpl-9xYzAbC123","object":"chat.completion.chunk","created":1718000000,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_0aa8d3e20b""#;

@@ -28,6 +28,7 @@ mod tests {
             completion: 1_000_000,
             cached: 400_000,
             reasoning: 0,
+            cache_write: 0,
         };
         let c = cost_usd(&u, &p);
         assert!((c - (0.6 * 0.15 + 0.4 * 0.075 + 0.60)).abs() < 1e-12, "{c}");
@@ -41,6 +42,7 @@ mod tests {
             completion: 0,
             cached: 4,
             reasoning: 0,
+            cache_write: 0,
         };
         assert!((cost_usd(&u, &no_cached_price) - 10.0 / 1e6).abs() < 1e-15);
     }

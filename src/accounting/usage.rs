@@ -20,14 +20,17 @@ impl UsageSource {
     }
 }
 
-/// Tokens of one request. `prompt` includes `cached`; `completion` includes
-/// `reasoning`, as OpenAI counts them.
+/// Tokens of one request. `prompt` includes `cached` and `cache_write`;
+/// `completion` includes `reasoning`, as OpenAI counts them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub prompt: u64,
     pub completion: u64,
     pub cached: u64,
     pub reasoning: u64,
+    /// Prompt tokens written to the provider's cache (Anthropic's
+    /// `cache_creation_input_tokens`), recorded apart from `cached` reads.
+    pub cache_write: u64,
 }
 
 fn n(v: &Value, path: &[&str]) -> u64 {
@@ -54,6 +57,7 @@ impl Usage {
                 completion: n(u, &["output_tokens"]),
                 cached: n(u, &["input_tokens_details", "cached_tokens"]),
                 reasoning: n(u, &["output_tokens_details", "reasoning_tokens"]),
+                cache_write: 0,
             });
         }
         Some(Usage {
@@ -61,6 +65,7 @@ impl Usage {
             completion: n(u, &["completion_tokens"]),
             cached: n(u, &["prompt_tokens_details", "cached_tokens"]),
             reasoning: n(u, &["completion_tokens_details", "reasoning_tokens"]),
+            cache_write: 0,
         })
     }
 
@@ -90,7 +95,8 @@ mod tests {
                 prompt: 100,
                 completion: 20,
                 cached: 64,
-                reasoning: 5
+                reasoning: 5,
+                cache_write: 0,
             })
         );
         let resp = json!({"type": "response.completed", "response": {"usage": {"input_tokens": 7,
@@ -101,7 +107,8 @@ mod tests {
                 prompt: 7,
                 completion: 3,
                 cached: 2,
-                reasoning: 0
+                reasoning: 0,
+                cache_write: 0,
             })
         );
         assert_eq!(Usage::find(&json!({"usage": null})), None);

@@ -437,6 +437,10 @@ pub enum ProviderKind {
     Openai,
     /// Answers locally with OpenAI-shaped responses. No network, no key.
     Mock,
+    /// Anthropic's Messages API; requests and responses are translated.
+    Anthropic,
+    /// Azure OpenAI: the OpenAI wire format on Azure's paths, `api-key` auth.
+    Azure,
 }
 
 /// One upstream provider.
@@ -477,6 +481,16 @@ pub struct Provider {
     /// the client did not, then hide that usage chunk from the client.
     #[serde(default = "yes")]
     pub stream_usage: bool,
+    /// `kind: anthropic`: the `anthropic-version` header. Default `2023-06-01`.
+    #[serde(default)]
+    pub anthropic_version: Option<String>,
+    /// `kind: anthropic`: beta features, sent as one `anthropic-beta` header.
+    #[serde(default)]
+    pub anthropic_beta: Vec<String>,
+    /// `kind: azure`: the `api-version` of the deployment-path API
+    /// (`/openai/deployments/{deployment}/…`). Absent: the `/openai/v1/` API.
+    #[serde(default)]
+    pub api_version: Option<String>,
 }
 
 fn yes() -> bool {
@@ -668,6 +682,17 @@ pub struct Route {
     /// Overrides of the provider's timeouts for this route.
     #[serde(default)]
     pub timeouts: Option<TimeoutOverrides>,
+    /// Completion tokens asked for when the request sets no maximum, for
+    /// providers that require one (`kind: anthropic`).
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// Drop request fields the provider cannot honour (with a log line)
+    /// instead of answering 400.
+    #[serde(default)]
+    pub drop_unsupported_params: bool,
+    /// `kind: azure` with `api_version`: the deployment name. Default: `model`.
+    #[serde(default)]
+    pub deployment: Option<String>,
 }
 
 /// A route's price, in USD per million tokens.

@@ -60,6 +60,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                     );
                 }
             }
+            check_route_dialect(&field, r, cfg.providers.get(&r.provider), &mut v);
             if let Some(p) = &r.price {
                 let prices = [Some(p.input), p.cached_input, Some(p.output)];
                 if prices.iter().flatten().any(|x| !x.is_finite() || *x < 0.0) {
@@ -369,6 +370,7 @@ fn check_listeners(cfg: &Config, v: &mut Problems) {
 fn check_provider(name: &str, p: &Provider, v: &mut Problems) {
     let f = format!("providers.{name}");
     check_name(&f, name, v);
+    check_dialect(&f, p, v);
     match p.kind {
         ProviderKind::Mock => {
             for (set, field) in [
@@ -385,7 +387,7 @@ fn check_provider(name: &str, p: &Provider, v: &mut Problems) {
                 }
             }
         }
-        ProviderKind::Openai => {
+        ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Azure => {
             if p.mock.is_some() {
                 v.add(
                     format!("{f}.mock"),
@@ -393,6 +395,14 @@ fn check_provider(name: &str, p: &Provider, v: &mut Problems) {
                 );
             }
             let url = match &p.base_url {
+                None if p.kind == ProviderKind::Anthropic => None,
+                None if p.kind == ProviderKind::Azure => {
+                    v.add(
+                        format!("{f}.base_url"),
+                        "is required: your resource endpoint, e.g. https://myresource.openai.azure.com",
+                    );
+                    None
+                }
                 None => {
                     v.add(
                         format!("{f}.base_url"),
@@ -522,6 +532,98 @@ fn check_provider(name: &str, p: &Provider, v: &mut Problems) {
     }
     if p.dns_refresh.get().is_zero() {
         v.add(format!("{f}.dns_refresh"), "must be greater than 0");
+    }
+}
+
+/// Fields that belong to one provider kind only, and their values.
+fn check_dialect(f: &str, p: &Provider, v: &mut Problems) {
+    let anthropic = p.kind == ProviderKind::Anthropic;
+    let azure = p.kind == ProviderKind::Azure;
+    for (set, field, kind) in [
+        (
+            p.anthropic_version.is_some(),
+            "anthropic_version",
+            "anthropic",
+        ),
+        (!p.anthropic_beta.is_empty(), "anthropic_beta", "anthropic"),
+        (p.api_version.is_some(), "api_version", "azure"),
+    ] {
+        let ok = if kind == "anthropic" {
+            anthropic
+        } else {
+            azure
+        };
+        if set && !ok {
+            v.add(
+                format!("{f}.{field}"),
+                format!("only applies to `kind: {kind}`; remove it"),
+            );
+        }
+    }
+    let header_safe = |s: &str| !s.is_empty() && http::HeaderValue::from_str(s).is_ok();
+    if let Some(ver) = &p.anthropic_version {
+        if !header_safe(ver) {
+            v.add(
+                format!("{f}.anthropic_version"),
+                "must be a version date such as 2023-06-01",
+            );
+        }
+    }
+    for (i, b) in p.anthropic_beta.iter().enumerate() {
+        if !header_safe(b) || b.contains(',') {
+            v.add(
+                format!("{f}.anthropic_beta[{i}]"),
+                "must be one beta name such as prompt-caching-2024-07-31",
+            );
+        }
+    }
+    if let Some(ver) = &p.api_version {
+        if ver.is_empty()
+            || !ver
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            v.add(
+                format!("{f}.api_version"),
+                "must be an Azure API version such as 2024-10-21",
+            );
+        }
+    }
+    if azure {
+        if let Some(prefix) = p
+            .base_url
+            .as_deref()
+            .and_then(|u| parse_base_url(u).ok())
+            .map(|u| u.prefix)
+            .filter(|pre| pre.contains("/openai"))
+        {
+            v.add(
+                format!("{f}.base_url"),
+                format!("give the resource endpoint only (without `{prefix}`), e.g. https://myresource.openai.azure.com; Tollgate adds /openai/…"),
+            );
+        }
+    }
+}
+
+/// Route fields that depend on the provider's kind.
+fn check_route_dialect(field: &str, r: &Route, p: Option<&Provider>, v: &mut Problems) {
+    if r.max_tokens == Some(0) {
+        v.add(format!("{field}.max_tokens"), "must be at least 1");
+    }
+    let Some(p) = p else {
+        return;
+    };
+    if r.deployment.is_some() && !(p.kind == ProviderKind::Azure && p.api_version.is_some()) {
+        v.add(
+            format!("{field}.deployment"),
+            "only applies to a `kind: azure` provider with `api_version`; remove it",
+        );
+    }
+    if r.deployment.as_deref().is_some_and(|d| d.trim().is_empty()) {
+        v.add(
+            format!("{field}.deployment"),
+            "must name the Azure deployment",
+        );
     }
 }
 

@@ -51,15 +51,23 @@ pub fn next_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>, GatewayError> {
             }
             return Err(exhausted(ctx));
         };
-        if let ProviderRt::Http(up) = &*route.provider {
+        let translated = crate::proxy::translated::prepare(ctx, ctx.route, route, ep);
+        if let Err(e) = &translated {
+            ctx.last_failure = Some(e.clone());
+        }
+        if let (ProviderRt::Http(up), Ok(translated)) = (&*route.provider, translated) {
             let provider_done = ctx.skip_provider || ctx.route_attempts >= up.retry.attempts;
             if !provider_done {
                 match up.select(ctx.request_id.as_bytes(), &ctx.tried, ctx.any_health) {
                     Ok((addr, state)) => {
                         let ask = usage_capable && up.stream_usage;
                         let parsed = ctx.parsed.as_ref().ok_or(GatewayError::Internal)?;
-                        let (body, injected) =
-                            rewrite::attempt_body(&ctx.body, parsed, &route.model_json, ask);
+                        let (body, injected) = match translated {
+                            Some(body) => (body, false),
+                            None => {
+                                rewrite::attempt_body(&ctx.body, parsed, &route.model_json, ask)
+                            }
+                        };
                         count_retry(ctx, &alias);
                         ctx.tried.push(addr);
                         ctx.attempt_route = Some(ctx.route);
@@ -136,6 +144,7 @@ pub fn upstream_request(
     let ep = ctx.endpoint.ok_or(GatewayError::Internal)?;
     *upstream =
         headers::upstream_request(client, &up, ep, ctx.attempt_body.len(), &ctx.request_id)?;
+    crate::proxy::translated::patch_request(upstream, ctx);
     Ok(())
 }
 

@@ -86,6 +86,8 @@ pub struct Ctx {
     pub reservation: Option<crate::governance::Reservation>,
     /// `x-ratelimit-*` values for the response.
     pub rate_headers: crate::governance::RateHeaders,
+    /// Provider translation (non-OpenAI kinds): body cache and response mode.
+    pub tr: crate::proxy::translated::Tr,
     /// A Messages (Anthropic) request: its translation state.
     pub front: Option<Box<crate::proxy::messages::Front>>,
 }
@@ -169,6 +171,7 @@ impl Ctx {
             local_usage: None,
             reservation: None,
             rate_headers: crate::governance::RateHeaders::default(),
+            tr: Default::default(),
             front: None,
         }
     }

@@ -278,7 +278,11 @@ fn record_usage(m: &metrics::Metrics, route: &[&str; 4], s: &Settled) {
         ("output", s.usage.completion),
         ("cached_input", s.usage.cached),
         ("reasoning", s.usage.reasoning),
+        ("cache_write", s.usage.cache_write),
     ] {
+        if kind == "cache_write" && n == 0 {
+            continue;
+        }
         let [model, provider, upstream_model, key] = *route;
         m.tokens
             .with_label_values(&[model, provider, upstream_model, key, kind, source])

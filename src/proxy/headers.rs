@@ -42,7 +42,7 @@ pub fn upstream_request(
     }
     set(&mut req, header::HOST, up.host.clone())?;
     if let Some(auth) = &up.auth {
-        set(&mut req, header::AUTHORIZATION, auth.clone())?;
+        set(&mut req, up.auth_name.clone(), auth.clone())?;
     }
     set(&mut req, header::CONTENT_LENGTH, body_len.into())?;
     if let Ok(v) = http::HeaderValue::from_str(request_id) {

@@ -13,6 +13,7 @@ pub mod messages;
 pub mod respond;
 pub mod response;
 pub mod rewound;
+pub mod translated;
 
 use crate::runtime::Shared;
 use async_trait::async_trait;

@@ -70,6 +70,9 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
             resp.insert_header(name.clone(), route.route_label.clone())?;
         }
     }
+    if crate::proxy::translated::on_header(resp, ctx)? {
+        return Ok(());
+    }
     let ep = ctx
         .endpoint
         .unwrap_or(crate::proxy::endpoint::Endpoint::ChatCompletions);
@@ -96,6 +99,7 @@ fn is_event_stream(resp: &ResponseHeader) -> bool {
 /// Runs for each body chunk going to the client. An error aborts the
 /// response (the stream then ends with an error event).
 pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pingora::Result<()> {
+    crate::proxy::translated::on_chunk(body, eos, ctx)?;
     if ctx.first_byte_at.is_none() && body.as_ref().is_some_and(|b| !b.is_empty()) {
         ctx.first_byte_at = Some(Instant::now());
     }

@@ -330,6 +330,7 @@ mod tests {
                 completion: 5,
                 cached: 2,
                 reasoning: 1,
+                cache_write: 0,
             }),
             usage_source: Some("reported"),
             cost_usd: Some(1.25e-6),

@@ -75,3 +75,7 @@ pub trait StreamTranslator: Send {
     /// Usage seen so far (complete once the provider sent its last event).
     fn usage(&self) -> Option<Usage>;
 }
+
+pub mod anthropic;
+pub mod errors;
+pub mod pipe;

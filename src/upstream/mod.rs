@@ -7,6 +7,7 @@ pub mod tls;
 
 use crate::config::url::{parse_base_url, split_host_port, BaseUrl};
 use crate::config::{BreakerPolicy, HealthCheck as HealthConf, Provider, RetryPolicy, Timeouts};
+use crate::providers::dialect;
 use crate::proxy::endpoint::Endpoint;
 use crate::resilience::breaker::{self, BackendState};
 use crate::resilience::Limits;
@@ -29,8 +30,11 @@ pub struct Upstream {
     pub base: BaseUrl,
     /// `Host` header value.
     pub host: HeaderValue,
-    /// `Authorization: Bearer …`, marked sensitive.
+    /// The provider key's header value (`Bearer …`, or the bare key for
+    /// `x-api-key` / `api-key`), marked sensitive.
     pub auth: Option<HeaderValue>,
+    /// The header `auth` goes in (`Authorization`, `x-api-key`, `api-key`).
+    pub auth_name: HeaderName,
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// Upstream URI per endpoint, with the base URL's prefix.
     paths: [Uri; Endpoint::PROXIED.len()],
@@ -56,7 +60,11 @@ impl Upstream {
     /// Builds the balancer and prepared values. No network I/O happens here:
     /// call [`Upstream::refresh`] to resolve and check before first use.
     pub fn build(name: &str, p: &Provider) -> Result<Self, String> {
-        let url = p.base_url.as_deref().ok_or("base_url is required")?;
+        let url = p
+            .base_url
+            .as_deref()
+            .or(dialect::default_base_url(p.kind))
+            .ok_or("base_url is required")?;
         let base = parse_base_url(url)?;
         let targets: Vec<Target> = match &p.backends {
             Some(list) => list
@@ -85,20 +93,19 @@ impl Upstream {
             None => (None, 0),
         };
         let host = HeaderValue::from_str(&base.host_header()).map_err(|e| e.to_string())?;
-        let auth = match &p.api_key {
+        let (auth_name, auth) = match &p.api_key {
             Some(k) => {
-                let mut v = HeaderValue::from_str(&format!("Bearer {k}"))
-                    .map_err(|_| "api_key has characters not allowed in a header".to_string())?;
-                v.set_sensitive(true);
-                Some(v)
+                let (name, v) = dialect::auth_header(p.kind, k)?;
+                (name, Some(v))
             }
-            None => None,
+            None => (http::header::AUTHORIZATION, None),
         };
         if p.health_check.enabled {
-            let check = health_check(&base, &p.health_check, ca.clone(), auth.clone());
+            let key = auth.clone().map(|v| (auth_name.clone(), v));
+            let check = health_check(&base, &p.health_check, ca.clone(), key);
             balancer.set_health_check(check);
         }
-        let extra_headers = p
+        let mut extra_headers: Vec<(HeaderName, HeaderValue)> = p
             .headers
             .iter()
             .map(|(k, v)| {
@@ -108,6 +115,13 @@ impl Upstream {
                 ))
             })
             .collect::<Result<_, String>>()?;
+        extra_headers.extend(dialect::fixed_headers(p)?);
+        let mut retry = p.retry.clone();
+        if p.kind == crate::config::ProviderKind::Anthropic
+            && !retry.on_status.contains(&dialect::ANTHROPIC_OVERLOADED)
+        {
+            retry.on_status.push(dialect::ANTHROPIC_OVERLOADED);
+        }
         let paths = Endpoint::PROXIED.map(|ep| {
             let path = format!("{}{}", base.prefix, ep.upstream_suffix());
             path.parse::<Uri>()
@@ -118,10 +132,11 @@ impl Upstream {
             balancer,
             host,
             auth,
+            auth_name,
             extra_headers,
             paths,
             timeouts: p.timeouts.clone(),
-            retry: p.retry.clone(),
+            retry,
             breaker: p.breaker.clone(),
             states: ArcSwap::from_pointee(HashMap::new()),
             ca,
@@ -270,7 +285,7 @@ fn health_check(
     base: &BaseUrl,
     hc: &HealthConf,
     ca: Option<tls::CaList>,
-    auth: Option<HeaderValue>,
+    auth: Option<(HeaderName, HeaderValue)>,
 ) -> Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync> {
     match &hc.path {
         None => {
@@ -294,9 +309,9 @@ fn health_check(
             if let Ok(uri) = path.parse::<Uri>() {
                 check.req.set_uri(uri);
             }
-            if let Some(auth) = auth {
+            if let Some((name, auth)) = auth {
                 // Free endpoints such as GET /v1/models still want the key.
-                let _ = check.req.insert_header(http::header::AUTHORIZATION, auth);
+                let _ = check.req.insert_header(name, auth);
             }
             check.validator = Some(Box::new(|resp| {
                 if resp.status.is_success() {

@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 pub fn error_type(err: &GatewayError) -> &'static str {
     use GatewayError::*;
     match err {
+        ProviderInvalid { status, .. } => type_for_status(*status),
         InvalidRequest { .. }
+        | UnsupportedParam { .. }
         | MethodNotAllowed { .. }
         | RequestTimeout
         | LengthRequired
@@ -126,6 +128,16 @@ mod tests {
     fn every_gateway_error_is_anthropic_shaped() {
         let all = [
             GatewayError::invalid("bad"),
+            GatewayError::UnsupportedParam {
+                message: "no".into(),
+                param: "top_k".into(),
+            },
+            GatewayError::ProviderInvalid {
+                status: 413,
+                message: "big".into(),
+                code: "request_too_large",
+                param: None,
+            },
             GatewayError::InvalidApiKey,
             GatewayError::ModelNotAllowed { model: "m".into() },
             GatewayError::ModelNotFound { model: "m".into() },

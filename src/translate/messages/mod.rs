@@ -52,11 +52,11 @@ fn stop_reason(finish: &str) -> &'static str {
 }
 
 /// Anthropic's `usage` object from OpenAI-counted usage: Anthropic's
-/// `input_tokens` excludes the tokens read from the cache.
+/// `input_tokens` excludes the tokens read from and written to the cache.
 fn usage_json(u: &crate::accounting::Usage) -> serde_json::Value {
     serde_json::json!({
-        "input_tokens": u.prompt.saturating_sub(u.cached),
-        "cache_creation_input_tokens": 0,
+        "input_tokens": u.prompt.saturating_sub(u.cached + u.cache_write),
+        "cache_creation_input_tokens": u.cache_write,
         "cache_read_input_tokens": u.cached,
         "output_tokens": u.completion,
     })

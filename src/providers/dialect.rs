@@ -1,0 +1,230 @@
+//! What each HTTP provider kind speaks: its auth header, its fixed headers,
+//! its paths, and which endpoints it serves. Built once per provider and per
+//! route at config load; the request path only reads it.
+
+use crate::config::{Provider, ProviderKind, Route};
+use crate::error::GatewayError;
+use crate::proxy::endpoint::Endpoint;
+use http::{HeaderName, HeaderValue, Uri};
+
+/// `kind: anthropic`'s `base_url` when none is given.
+pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com/v1";
+/// `kind: anthropic`'s `anthropic-version` when none is given.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+/// Anthropic's "overloaded" status: retried and counted for fallback.
+pub const ANTHROPIC_OVERLOADED: u16 = 529;
+
+/// The `base_url` a kind uses when the config gives none.
+pub fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
+    match kind {
+        ProviderKind::Anthropic => Some(ANTHROPIC_BASE_URL),
+        _ => None,
+    }
+}
+
+/// The header that carries the provider key, and its value.
+pub fn auth_header(kind: ProviderKind, key: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = match kind {
+        ProviderKind::Anthropic => (HeaderName::from_static("x-api-key"), key.to_string()),
+        ProviderKind::Azure => (HeaderName::from_static("api-key"), key.to_string()),
+        _ => (http::header::AUTHORIZATION, format!("Bearer {key}")),
+    };
+    let mut v = HeaderValue::from_str(&value)
+        .map_err(|_| "api_key has characters not allowed in a header".to_string())?;
+    v.set_sensitive(true);
+    Ok((name, v))
+}
+
+/// Headers a kind sends on every request (besides the key).
+pub fn fixed_headers(p: &Provider) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    if p.kind != ProviderKind::Anthropic {
+        return Ok(Vec::new());
+    }
+    let version = p.anthropic_version.as_deref().unwrap_or(ANTHROPIC_VERSION);
+    let mut out = vec![(
+        HeaderName::from_static("anthropic-version"),
+        HeaderValue::from_str(version).map_err(|_| "anthropic_version is not a header value")?,
+    )];
+    if !p.anthropic_beta.is_empty() {
+        let beta = p.anthropic_beta.join(",");
+        out.push((
+            HeaderName::from_static("anthropic-beta"),
+            HeaderValue::from_str(&beta).map_err(|_| "anthropic_beta is not a header value")?,
+        ));
+    }
+    Ok(out)
+}
+
+/// How one route talks to its provider.
+#[derive(Debug, Clone)]
+pub struct RouteDialect {
+    pub kind: ProviderKind,
+    /// The route's `max_tokens`.
+    pub default_max_tokens: Option<u64>,
+    pub drop_unsupported: bool,
+    /// The upstream path (and query) per proxied endpoint, `None` where the
+    /// kind has no such endpoint. Unset for OpenAI-kind routes, which use
+    /// the provider's paths.
+    paths: Option<[Option<Uri>; Endpoint::PROXIED.len()]>,
+}
+
+impl RouteDialect {
+    /// Plain OpenAI passthrough (also used for `mock`).
+    pub fn openai() -> Self {
+        Self {
+            kind: ProviderKind::Openai,
+            default_max_tokens: None,
+            drop_unsupported: false,
+            paths: None,
+        }
+    }
+
+    /// Builds a route's dialect. `prefix` is the provider base URL's path.
+    pub fn build(p: &Provider, r: &Route, prefix: &str) -> Self {
+        let paths = match p.kind {
+            ProviderKind::Anthropic => Some(Endpoint::PROXIED.map(|ep| {
+                (ep == Endpoint::ChatCompletions)
+                    .then(|| uri(&format!("{prefix}/messages")))
+                    .flatten()
+            })),
+            ProviderKind::Azure => Some(azure_paths(p, r, prefix)),
+            ProviderKind::Openai | ProviderKind::Mock => None,
+        };
+        Self {
+            kind: p.kind,
+            default_max_tokens: r.max_tokens,
+            drop_unsupported: r.drop_unsupported_params,
+            paths,
+        }
+    }
+
+    /// Whether requests and responses are translated (not OpenAI-shaped).
+    pub fn translates(&self) -> bool {
+        self.kind == ProviderKind::Anthropic
+    }
+
+    /// Whether provider error bodies are mapped to our errors.
+    pub fn maps_errors(&self) -> bool {
+        matches!(self.kind, ProviderKind::Anthropic | ProviderKind::Azure)
+    }
+
+    /// This route's own upstream path for `ep`, if it has one.
+    pub fn path(&self, ep: Endpoint) -> Option<&Uri> {
+        self.paths.as_ref()?.get(ep.index())?.as_ref()
+    }
+
+    /// Refuses endpoints the kind does not serve, before any upstream call.
+    pub fn supports(&self, ep: Endpoint, provider: &str) -> Result<(), GatewayError> {
+        match &self.paths {
+            Some(paths) if paths.get(ep.index()).is_none_or(Option::is_none) => {
+                Err(GatewayError::InvalidRequest {
+                    message: format!(
+                        "This model is served by provider `{provider}` ({}), which does not support /v1/{}.",
+                        kind_name(self.kind),
+                        ep.upstream_suffix().trim_start_matches('/'),
+                    ),
+                    param: None,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn kind_name(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Openai => "openai",
+        ProviderKind::Mock => "mock",
+        ProviderKind::Anthropic => "anthropic",
+        ProviderKind::Azure => "azure",
+    }
+}
+
+/// Azure's paths: `/openai/deployments/{deployment}/…?api-version=…` when
+/// `api_version` is set, else the `/openai/v1/…` API.
+fn azure_paths(p: &Provider, r: &Route, prefix: &str) -> [Option<Uri>; Endpoint::PROXIED.len()] {
+    Endpoint::PROXIED.map(|ep| match &p.api_version {
+        Some(version) => {
+            if ep == Endpoint::Responses {
+                return None;
+            }
+            let deployment = r.deployment.as_deref().unwrap_or(&r.model);
+            uri(&format!(
+                "{prefix}/openai/deployments/{}{}?api-version={}",
+                encode(deployment),
+                ep.upstream_suffix(),
+                encode(version)
+            ))
+        }
+        None => uri(&format!("{prefix}/openai/v1{}", ep.upstream_suffix())),
+    })
+}
+
+fn uri(s: &str) -> Option<Uri> {
+    s.parse().ok()
+}
+
+/// Percent-encodes what may not appear raw in a path segment or query value.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn provider(yaml: &str) -> Provider {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn route(yaml: &str) -> Route {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn azure_deployment_and_v1_paths() {
+        let p = provider(
+            "{kind: azure, base_url: 'https://r.openai.azure.com', api_version: '2024-10-21'}",
+        );
+        let d = RouteDialect::build(
+            &p,
+            &route("{provider: az, model: gpt-4o, deployment: 'my dep'}"),
+            "",
+        );
+        assert_eq!(
+            d.path(Endpoint::ChatCompletions).unwrap(),
+            "/openai/deployments/my%20dep/chat/completions?api-version=2024-10-21"
+        );
+        assert!(d.supports(Endpoint::Responses, "az").is_err());
+        let d = RouteDialect::build(&p, &route("{provider: az, model: gpt-4o}"), "");
+        assert_eq!(
+            d.path(Endpoint::Embeddings).unwrap(),
+            "/openai/deployments/gpt-4o/embeddings?api-version=2024-10-21"
+        );
+        let v1 = provider("{kind: azure, base_url: 'https://r.openai.azure.com'}");
+        let d = RouteDialect::build(&v1, &route("{provider: az, model: gpt-4o}"), "");
+        assert_eq!(d.path(Endpoint::Responses).unwrap(), "/openai/v1/responses");
+    }
+
+    #[test]
+    fn anthropic_serves_chat_only() {
+        let p = provider("{kind: anthropic}");
+        let d = RouteDialect::build(&p, &route("{provider: a, model: claude}"), "/v1");
+        assert_eq!(d.path(Endpoint::ChatCompletions).unwrap(), "/v1/messages");
+        let e = d.supports(Endpoint::Embeddings, "a").unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert!(e.to_string().contains("embeddings"), "{e}");
+        assert!(RouteDialect::openai()
+            .supports(Endpoint::Embeddings, "o")
+            .is_ok());
+    }
+}
