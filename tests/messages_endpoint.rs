@@ -357,3 +357,168 @@ async fn an_upstream_error_is_passed_on_in_anthropic_shape() {
     let (s, _, t) = post(&gw, "msg-up-down", &req, Some(KEY)).await;
     assert_anthropic_error(s, &t, 502, "api_error");
 }
+
+/// Answers like Anthropic's Messages API: the recorded stream or message,
+/// or a 529 `overloaded_error` when the mock's `overloaded` flag says so.
+fn anthropic_mock(overloaded: bool) -> impl Fn(&Recorded) -> Reply + Send + Sync + 'static {
+    move |r: &Recorded| {
+        if overloaded {
+            return Reply::json(529, fixture("error_529.anthropic.json"));
+        }
+        if r.json()["stream"] == true {
+            let events = fixture("passthrough_stream.anthropic.sse")
+                .split_inclusive("\n\n")
+                .map(|e| Bytes::from(e.to_string()))
+                .collect();
+            return Reply {
+                status: 200,
+                headers: vec![("content-type".into(), "text/event-stream".into())],
+                body: ReplyBody::Chunks(events, Duration::from_millis(2)),
+            };
+        }
+        Reply::json(200, fixture("passthrough_message.anthropic.json"))
+    }
+}
+
+const ANTHROPIC_KEY: &str = "sk-ant-provider-secret";
+
+/// `claude` on a `kind: anthropic` provider; `mixed` falls back from it to
+/// the OpenAI-kind provider.
+fn mixed_config(anthropic_port: u16, openai_port: u16) -> String {
+    format!(
+        r#"{CONFIG_HEAD}providers:
+  ant:
+    kind: anthropic
+    base_url: "http://127.0.0.1:{anthropic_port}/v1"
+    api_key: "{ANTHROPIC_KEY}"
+    health_check: {{ enabled: false }}
+  up:
+    kind: openai
+    base_url: "http://127.0.0.1:{openai_port}/v1"
+    api_key: "{PROVIDER_KEY}"
+    health_check: {{ enabled: false }}
+models:
+  claude: {{ routes: [ {{ provider: ant, model: claude-sonnet-4-5-20250929 }} ] }}
+  mixed:
+    routes:
+      - {{ provider: ant, model: claude-sonnet-4-5-20250929 }}
+      - {{ provider: up, model: gpt-4o-mini }}
+keys:
+  - {{ name: anth, key: "{KEY}" }}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anthropic_route_gets_the_request_as_sent_and_its_answer_passes_through() {
+    let ant = MockUpstream::start(Behavior::func(anthropic_mock(false))).await;
+    let oai = MockUpstream::start(Behavior::func(openai_mock)).await;
+    let gw = Gateway::start(&mixed_config(ant.port(), oai.port())).await;
+
+    // Non-stream: the client's bytes with only the model changed.
+    let mut b = body(false, "text");
+    b["model"] = json!("claude");
+    b["top_k"] = json!(5); // Anthropic honours it: passed on, not refused.
+    let sent = serde_json::to_vec(&b).unwrap();
+    let (s, _, t) = post(&gw, "msg-pass-1", &sent, Some(KEY)).await;
+    assert_eq!(s, 200, "{t}\n{}", gw.logs());
+    assert_eq!(t, fixture("passthrough_message.anthropic.json"));
+    let r = ant.last().unwrap();
+    assert_eq!(r.path, "/v1/messages");
+    let want = String::from_utf8(sent.clone()).unwrap().replace(
+        r#""model":"claude""#,
+        r#""model":"claude-sonnet-4-5-20250929""#,
+    );
+    assert_eq!(r.body_str(), want);
+    assert_eq!(r.header("x-api-key").as_deref(), Some(ANTHROPIC_KEY));
+    assert_eq!(r.header("anthropic-version").as_deref(), Some("2023-06-01"));
+    // The client's betas go on (the provider sets none); never its key.
+    assert_eq!(
+        r.header("anthropic-beta").as_deref(),
+        Some("tools-2024-04-04")
+    );
+    assert_eq!(r.header("authorization"), None);
+    assert!(!r.headers.iter().any(|(_, v)| v.contains(KEY)));
+
+    // Stream: byte for byte, usage read the Anthropic way.
+    let mut b = body(true, "text");
+    b["model"] = json!("claude");
+    let (s, ct, t) = post(
+        &gw,
+        "msg-pass-2",
+        &serde_json::to_vec(&b).unwrap(),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(s, 200, "{t}");
+    assert!(ct.starts_with("text/event-stream"), "{ct}");
+    assert_eq!(t, fixture("passthrough_stream.anthropic.sse"));
+    assert_eq!(oai.hits(), 0);
+
+    let line = gw.access_line("msg-pass-2").await;
+    assert_eq!(line["endpoint"], "messages", "{line}");
+    // 50 uncached + 1000 read + 200 written, as OpenAI counts a prompt.
+    assert_eq!(line["prompt_tokens"], 1250, "{line}");
+    assert_eq!(line["cached_tokens"], 1000, "{line}");
+    assert_eq!(line["completion_tokens"], 30, "{line}");
+    let line = gw.access_line("msg-pass-1").await;
+    assert_eq!(line["prompt_tokens"], 20, "{line}");
+    assert_eq!(line["completion_tokens"], 7, "{line}");
+    let m = gw.metrics_text().await;
+    let labels = |kind| {
+        vec![
+            ("request_model", "claude"),
+            ("provider", "ant"),
+            ("response_model", "claude-sonnet-4-5-20250929"),
+            ("key", "anth"),
+            ("token_type", kind),
+            ("usage_source", "reported"),
+        ]
+    };
+    assert_sample(&m, "tollgate_tokens_total", &labels("input"), 1270.0);
+    assert_sample(&m, "tollgate_tokens_total", &labels("cached_input"), 1000.0);
+    assert_sample(&m, "tollgate_tokens_total", &labels("output"), 37.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_anthropic_route_falls_back_to_an_openai_route_translated() {
+    let ant = MockUpstream::start(Behavior::func(anthropic_mock(true))).await;
+    let oai = MockUpstream::start(Behavior::func(openai_mock)).await;
+    let gw = Gateway::start(&mixed_config(ant.port(), oai.port())).await;
+    let mut b = body(true, "tools");
+    b["model"] = json!("mixed");
+    let (s, _, t) = post(&gw, "msg-fb-1", &serde_json::to_vec(&b).unwrap(), Some(KEY)).await;
+    assert_eq!(s, 200, "{t}\n{}", gw.logs());
+    // One clean Anthropic stream, from the OpenAI route, translated.
+    assert_eq!(
+        t,
+        fixture("stream_tools.anthropic.sse").replace("claude-sonnet-4-5", "mixed")
+    );
+    assert_eq!((ant.hits(), oai.hits()), (1, 1));
+    assert_eq!(ant.last().unwrap().path, "/v1/messages");
+    assert_eq!(oai.last().unwrap().path, "/v1/chat/completions");
+    let line = gw.access_line("msg-fb-1").await;
+    assert_eq!(line["attempts"], 2, "{line}");
+    assert_eq!(line["provider"], "up", "{line}");
+
+    // A field only Anthropic honours: the Anthropic route may take it, the
+    // OpenAI route refuses it by name, and never sees it.
+    let mut b = body(false, "text");
+    b["model"] = json!("mixed");
+    b["top_k"] = json!(5);
+    let (s, _, t) = post(&gw, "msg-fb-3", &serde_json::to_vec(&b).unwrap(), Some(KEY)).await;
+    let v = assert_anthropic_error(s, &t, 400, "invalid_request_error");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("top_k"),
+        "{v}"
+    );
+    assert_eq!((ant.hits(), oai.hits()), (2, 1));
+
+    // With nothing to fall back to, the 529 is answered in Anthropic's shape.
+    let mut b = body(false, "text");
+    b["model"] = json!("claude");
+    let (s, _, t) = post(&gw, "msg-fb-2", &serde_json::to_vec(&b).unwrap(), Some(KEY)).await;
+    let v: Value = serde_json::from_str(&t).unwrap();
+    assert_eq!(v["type"], "error", "{t}");
+    assert!(s >= 500, "{s} {t}");
+}

@@ -128,7 +128,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
             model: model.name.to_string(),
         });
     }
-    let (bytes, parsed) = crate::proxy::messages::admit(ctx, ep, bytes, parsed)?;
+    let (bytes, parsed) = crate::proxy::messages::admit(ctx, ep, model, bytes, parsed)?;
     ctx.alias = Some(model.name.clone());
     let first = model.routes.first().ok_or(GatewayError::Internal)?;
     match governance::admit_request(key_info, model, ep, &bytes).await {

@@ -145,6 +145,7 @@ pub fn upstream_request(
     *upstream =
         headers::upstream_request(client, &up, ep, ctx.attempt_body.len(), &ctx.request_id)?;
     crate::proxy::translated::patch_request(upstream, ctx);
+    crate::proxy::messages::passthrough::patch_request(client, upstream, ctx);
     Ok(())
 }
 

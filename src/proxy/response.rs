@@ -71,7 +71,7 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
         }
     }
     if crate::proxy::translated::on_header(resp, ctx)? {
-        return Ok(());
+        return crate::proxy::messages::on_header(resp, ctx);
     }
     let ep = ctx
         .endpoint

@@ -9,6 +9,10 @@
 //! known only then), and an upstream error re-shaped as an Anthropic error.
 //! Errors the gateway answers itself use Anthropic's shape too
 //! (`respond::error` and the mid-stream error event ask [`error_body`]).
+//! On a `kind: anthropic` route the request passes through instead
+//! ([`passthrough`]).
+
+pub mod passthrough;
 
 use crate::accounting::meter::MAX_EVENT_BYTES;
 use crate::error::GatewayError;
@@ -16,6 +20,7 @@ use crate::providers::mock;
 use crate::proxy::ctx::Ctx;
 use crate::proxy::endpoint::Endpoint;
 use crate::rewrite::{self, Parsed};
+use crate::runtime::ModelRt;
 use crate::sse::Scanner;
 use crate::translate::messages::{self as tr, MessagesStream};
 use crate::translate::{RequestOpts, ResponseOpts, StreamTranslator};
@@ -32,8 +37,11 @@ const MAX_BODY: usize = 16 * 1024 * 1024;
 pub struct Front {
     /// The model name the client asked for, reported back in responses.
     model: String,
-    /// The client's own Anthropic body, as received.
-    pub original: Bytes,
+    /// The client's own Anthropic body, as received, and where its model is.
+    pub(crate) original: Bytes,
+    pub(crate) model_span: std::ops::Range<usize>,
+    /// Why translated (OpenAI-shaped) routes cannot take this request.
+    pub(crate) refused: Option<GatewayError>,
     mode: Mode,
 }
 
@@ -46,16 +54,24 @@ enum Mode {
     Message(BytesMut),
     /// A non-2xx body, re-shaped as an Anthropic error at its end.
     Error(u16, BytesMut),
+    /// A passthrough response (`kind: anthropic`), watched for usage only.
+    Pass(Box<passthrough::Watch>),
     /// The stream broke: nothing more is forwarded.
     Broken,
 }
 
 /// Admission of a Messages request: translates the body into the Chat
-/// Completions body that is routed and sent upstream, and keeps the
-/// original. Any other endpoint's body passes unchanged.
+/// Completions body that is routed, limited and sent to OpenAI-shaped
+/// routes, and keeps the original for `kind: anthropic` routes. The
+/// translation takes `max_tokens` and `drop_unsupported_params` from the
+/// alias's first translated route. A body those routes cannot take is
+/// refused here, unless an Anthropic route could take it: then only the
+/// translated routes fail with that error (and the original body is what
+/// limits and estimates read). Any other endpoint's body passes unchanged.
 pub fn admit(
     ctx: &mut Ctx,
     ep: Endpoint,
+    model: &ModelRt,
     bytes: Bytes,
     parsed: Parsed,
 ) -> Result<(Bytes, Parsed), GatewayError> {
@@ -65,13 +81,14 @@ pub fn admit(
     // `rewrite::parse` has validated the document already.
     let doc: Value = serde_json::from_slice(&bytes)
         .map_err(|_| GatewayError::invalid("The request body is not valid JSON."))?;
+    let translated_route = model.routes.iter().find(|r| !passthrough::applies(r));
     let opts = RequestOpts {
         model: &parsed.model,
         stream: parsed.stream,
-        default_max_tokens: None,
-        drop_unsupported: false,
+        default_max_tokens: translated_route.and_then(|r| r.dialect.default_max_tokens),
+        drop_unsupported: translated_route.is_some_and(|r| r.dialect.drop_unsupported),
     };
-    let t = tr::request(&doc, &opts).map_err(|u| {
+    let translation = tr::request(&doc, &opts).map_err(|u| {
         let message = if u.param.is_empty() {
             u.message
         } else {
@@ -81,21 +98,34 @@ pub fn admit(
             message,
             param: None,
         }
-    })?;
-    if !t.dropped.is_empty() {
-        log::info!(
-            "request {}: dropped unsupported fields {:?}",
-            ctx.request_id,
-            t.dropped
-        );
-    }
-    let translated = rewrite::parse(&t.body).map_err(|_| GatewayError::Internal)?;
-    ctx.front = Some(Box::new(Front {
-        model: parsed.model,
-        original: bytes,
+    });
+    let mut front = Box::new(Front {
+        model: parsed.model.clone(),
+        original: bytes.clone(),
+        model_span: parsed.model_span.clone(),
+        refused: None,
         mode: Mode::Waiting,
-    }));
-    Ok((t.body, translated))
+    });
+    let out = match translation {
+        Ok(t) => {
+            if !t.dropped.is_empty() {
+                log::info!(
+                    "request {}: dropped fields OpenAI cannot honour (drop_unsupported_params): {}",
+                    ctx.request_id,
+                    t.dropped.join(", ")
+                );
+            }
+            let p = rewrite::parse(&t.body).map_err(|_| GatewayError::Internal)?;
+            (t.body, p)
+        }
+        Err(e) if model.routes.iter().any(passthrough::applies) => {
+            front.refused = Some(e);
+            (bytes, parsed)
+        }
+        Err(e) => return Err(e),
+    };
+    ctx.front = Some(front);
+    Ok(out)
 }
 
 fn response_opts<'a>(front: &'a Front, request_id: &'a str) -> ResponseOpts<'a> {
@@ -110,6 +140,7 @@ fn response_opts<'a>(front: &'a Front, request_id: &'a str) -> ResponseOpts<'a> 
 /// translated and fixes the framing (the translated body's length is not
 /// the upstream's).
 pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
+    let pass = passthrough::current(ctx);
     let Some(front) = ctx.front.as_mut() else {
         return Ok(());
     };
@@ -117,6 +148,10 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
         .headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if pass {
+        front.mode = Mode::Pass(Box::new(passthrough::Watch::new(sse)));
+        return Ok(());
+    }
     let request_id = ctx.request_id.as_str();
     front.mode = if !resp.status.is_success() {
         Mode::Error(resp.status.as_u16(), BytesMut::new())
@@ -146,6 +181,13 @@ pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) {
     match &mut front.mode {
         Mode::Waiting => out.extend_from_slice(&chunk),
         Mode::Broken => {}
+        Mode::Pass(watch) => {
+            if let Some(u) = watch.on_chunk(&chunk, eos) {
+                ctx.local_usage = Some(u);
+            }
+            *body = Some(chunk);
+            return;
+        }
         Mode::Stream(s) => {
             let (scanner, stream) = &mut **s;
             let mut fed = scanner.feed(&chunk, |e| stream.event(e.data, &mut out));
@@ -194,9 +236,15 @@ fn whole_body(front: &Front, whole: &[u8], request_id: &str) -> Bytes {
 pub fn stream_error(ctx: &mut Ctx, err: &GatewayError) -> Option<Bytes> {
     let front = ctx.front.as_mut()?;
     let mut out = BytesMut::new();
-    if let (Some(unsent), Mode::Stream(s)) = (ctx.unsent.take(), &mut front.mode) {
-        let (scanner, stream) = &mut **s;
-        let _ = scanner.feed(&unsent, |e| stream.event(e.data, &mut out));
+    if let Some(unsent) = ctx.unsent.take() {
+        match &mut front.mode {
+            Mode::Stream(s) => {
+                let (scanner, stream) = &mut **s;
+                let _ = scanner.feed(&unsent, |e| stream.event(e.data, &mut out));
+            }
+            Mode::Pass(_) => out.extend_from_slice(&unsent),
+            _ => {}
+        }
     }
     front.mode = Mode::Broken;
     out.extend_from_slice(&error_event(err));
