@@ -522,3 +522,127 @@ async fn an_overloaded_anthropic_route_falls_back_to_an_openai_route_translated(
     assert_eq!(v["type"], "error", "{t}");
     assert!(s >= 500, "{s} {t}");
 }
+
+/// An upstream that starts a stream (two complete events and half of a
+/// third) and then drops the connection.
+async fn breaking_upstream() -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut req = Vec::new();
+            let mut buf = [0u8; 8192];
+            // The header, then as many body bytes as it announces.
+            loop {
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+                let Some(end) = support::find(&req, b"\r\n\r\n") else {
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&req[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if req.len() >= end + 4 + len {
+                    break;
+                }
+            }
+            let events: String = fixture("stream_text.openai.sse")
+                .split_inclusive("\n\n")
+                .take(2)
+                .collect();
+            let data = format!("{events}data: {{\"id\":\"chatcmpl-x\",\"cho");
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{data}\r\n",
+                data.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+            let _ = s.flush().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(s);
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_broken_mid_way_ends_with_one_anthropic_error_event() {
+    let (port, task) = breaking_upstream().await;
+    let gw = Gateway::start(&config(port)).await;
+    let req = serde_json::to_vec(&body(true, "text")).unwrap();
+    let (status, _, text) = post(&gw, "msg-break-1", &req, Some(KEY)).await;
+    task.abort();
+    assert_eq!(status, 200);
+    let events: Vec<&str> = text.split_terminator("\n\n").collect();
+    assert!(events[0].starts_with("event: message_start\n"), "{text}");
+    assert!(
+        events.iter().any(|e| e.contains("\"text\":\"Hello\"")),
+        "{text}"
+    );
+    let last = events.last().unwrap();
+    assert!(last.starts_with("event: error\ndata: "), "{text}");
+    let v: Value = serde_json::from_str(last.split_once("data: ").unwrap().1).unwrap();
+    assert_eq!(v["error"]["type"], "api_error", "{v}");
+    // Exactly one error event, no half event, no message_stop.
+    assert_eq!(text.matches("event: error").count(), 1, "{text}");
+    assert!(
+        !text.contains("message_stop") && !text.contains("\"cho"),
+        "{text}"
+    );
+    let line = gw.access_line("msg-break-1").await;
+    assert_eq!(line["endpoint"], "messages", "{line}");
+    assert!(
+        gw.wait_log("stream broken after it started", Duration::from_secs(5))
+            .await,
+        "{}",
+        gw.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mock_provider_answers_messages_in_anthropic_shape() {
+    let gw = Gateway::start(&format!(
+        r#"{CONFIG_HEAD}providers:
+  local:
+    kind: mock
+    mock: {{ content: "one two three", stream_chunks: 3, prompt_tokens: 11, completion_tokens: 4 }}
+models:
+  {ALIAS}: {{ routes: [ {{ provider: local, model: mock-1 }} ] }}
+keys:
+  - {{ name: anth, key: "{KEY}" }}
+"#
+    ))
+    .await;
+    let req = serde_json::to_vec(&body(false, "x")).unwrap();
+    let (s, _, t) = post(&gw, "msg-mock-1", &req, Some(KEY)).await;
+    assert_eq!(s, 200, "{t}");
+    let v: Value = serde_json::from_str(&t).unwrap();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["content"][0]["text"], "one two three");
+    assert_eq!(v["usage"]["input_tokens"], 11);
+    assert_eq!(v["usage"]["output_tokens"], 4);
+    let req = serde_json::to_vec(&body(true, "x")).unwrap();
+    let (s, ct, t) = post(&gw, "msg-mock-2", &req, Some(KEY)).await;
+    assert_eq!(s, 200, "{t}");
+    assert!(ct.starts_with("text/event-stream"), "{ct}");
+    let text: String = t
+        .split_terminator("\n\n")
+        .filter_map(|e| e.split_once("data: "))
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["delta"]["text"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(text, "one two three", "{t}");
+    assert!(
+        t.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
+        "{t}"
+    );
+    let line = gw.access_line("msg-mock-2").await;
+    assert_eq!(line["endpoint"], "messages", "{line}");
+    assert_eq!(line["prompt_tokens"], 11, "{line}");
+}
