@@ -174,3 +174,59 @@ keys:
     assert!(!out.status.success(), "{stdout}");
     assert!(stdout.contains("APIConnectionError"), "{stdout}");
 }
+
+/// The SDK against an alias served by `kind: anthropic` (the Anthropic mock
+/// serving the tool-call fixtures): its stream helpers assemble the streamed
+/// tool-call arguments into valid JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_sdk_streams_tool_calls_from_an_anthropic_route() {
+    let upstream = MockUpstream::start(support::Behavior::func(|r: &support::Recorded| {
+        if r.json()["stream"] == true {
+            let sse = include_str!("fixtures/anthropic/stream_tools.sse");
+            let chunks = sse
+                .as_bytes()
+                .chunks(29)
+                .map(bytes::Bytes::copy_from_slice)
+                .collect();
+            Reply {
+                status: 200,
+                headers: vec![("content-type".into(), "text/event-stream".into())],
+                body: support::ReplyBody::Chunks(chunks, Duration::from_millis(1)),
+            }
+        } else {
+            Reply::json(200, include_str!("fixtures/anthropic/message_tools.json"))
+        }
+    }))
+    .await;
+    let config = format!(
+        r#"{CONFIG_HEAD}providers:
+  anthropic:
+    kind: anthropic
+    base_url: "http://127.0.0.1:{port}/v1"
+    api_key: "sk-ant-sdk-test"
+models:
+  claude: {{ routes: [ {{ provider: anthropic, model: claude-sonnet-4-5 }} ] }}
+keys:
+  - {{ name: sdk, key: "tg-sdk-key-123" }}
+"#,
+        port = upstream.port()
+    );
+    let gw = Gateway::start(&config).await;
+    let out = tokio::process::Command::new(python())
+        .arg("tests/sdk/openai_anthropic_tools.py")
+        .env("TOLLGATE_BASE_URL", format!("{}/v1", gw.base_url()))
+        .env("TOLLGATE_KEY", "tg-sdk-key-123")
+        .output()
+        .await
+        .expect("run the SDK script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK checks failed:\n{stdout}\n{stderr}\ngateway log:\n{}",
+        gw.logs()
+    );
+    assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
+    assert_eq!(upstream.hits(), 3);
+    assert!(upstream.requests().iter().all(|r| r.path == "/v1/messages"));
+}

@@ -215,6 +215,88 @@ mod tests {
         assert_eq!(d.path(Endpoint::Responses).unwrap(), "/openai/v1/responses");
     }
 
+    fn load(providers: &str, route_extra: &str) -> Result<crate::config::Config, String> {
+        let yaml = format!(
+            "listen: \"127.0.0.1:8080\"\nproviders:\n{providers}\nmodels:\n  m:\n    routes:\n      - {{ provider: p, model: x {route_extra} }}\n"
+        );
+        crate::config::parse_str(&yaml, |_| None, std::path::Path::new("."))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn config_accepts_the_documented_kinds() {
+        let cfg = load(
+            "  p: { kind: anthropic, api_key: k, anthropic_beta: [b1, b2] }",
+            ", max_tokens: 512, drop_unsupported_params: true",
+        )
+        .unwrap();
+        let r = &cfg.models["m"].routes[0];
+        assert_eq!((r.max_tokens, r.drop_unsupported_params), (Some(512), true));
+        let rt = crate::runtime::Runtime::build(cfg).unwrap();
+        let up = &rt.upstreams["p"];
+        assert_eq!(up.auth_name, "x-api-key");
+        assert!(up.retry.on_status.contains(&529));
+        assert_eq!(up.host, "api.anthropic.com");
+        assert!(up
+            .extra_headers
+            .iter()
+            .any(|(k, v)| k == "anthropic-beta" && v == "b1,b2"));
+        assert!(up
+            .extra_headers
+            .iter()
+            .any(|(k, v)| k == "anthropic-version" && v == ANTHROPIC_VERSION));
+        load("  p: { kind: azure, base_url: 'https://r.openai.azure.com', api_key: k, api_version: '2024-10-21' }", ", deployment: d1").unwrap();
+    }
+
+    #[test]
+    fn config_errors_name_the_field_and_the_fix() {
+        for (providers, route, want) in [
+            (
+                "  p: { kind: openai, base_url: 'http://h/v1', anthropic_version: '2023-06-01' }",
+                "",
+                "providers.p.anthropic_version: only applies to `kind: anthropic`",
+            ),
+            (
+                "  p: { kind: anthropic, api_version: '1' }",
+                "",
+                "providers.p.api_version: only applies to `kind: azure`",
+            ),
+            (
+                "  p: { kind: azure, api_key: k }",
+                "",
+                "providers.p.base_url: is required",
+            ),
+            (
+                "  p: { kind: azure, base_url: 'https://r.openai.azure.com/openai/v1' }",
+                "",
+                "give the resource endpoint only",
+            ),
+            (
+                "  p: { kind: anthropic, anthropic_beta: ['a,b'] }",
+                "",
+                "providers.p.anthropic_beta[0]",
+            ),
+            (
+                "  p: { kind: anthropic }",
+                ", max_tokens: 0",
+                "models.m.routes[0].max_tokens: must be at least 1",
+            ),
+            (
+                "  p: { kind: anthropic }",
+                ", deployment: d",
+                "models.m.routes[0].deployment: only applies",
+            ),
+            (
+                "  p: { kind: anthropic }",
+                ", max_tokenz: 5",
+                "unknown field `max_tokenz`",
+            ),
+        ] {
+            let e = load(providers, route).unwrap_err();
+            assert!(e.contains(want), "{providers} {route}: {e}");
+        }
+    }
+
     #[test]
     fn anthropic_serves_chat_only() {
         let p = provider("{kind: anthropic}");

@@ -34,6 +34,8 @@ pub fn judge(resp: &ResponseHeader, on_status: &[u16], expects_stream: bool) -> 
     if on_status.contains(&status) {
         let error = match status {
             429 => GatewayError::RateLimited { retry_after },
+            // Anthropic's "overloaded": the service, not the request, failed.
+            529 => GatewayError::UpstreamUnavailable { retry_after },
             _ => GatewayError::UpstreamError,
         };
         return Verdict::Fail {

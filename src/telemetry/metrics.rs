@@ -89,7 +89,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?,
         tokens: register_int_counter_vec!(
             "tollgate_tokens_total",
-            "Tokens by type: input (all prompt tokens), cached_input (part of input), output (all completion tokens), reasoning (part of output).",
+            "Tokens by type: input (all prompt tokens), cached_input (cache reads, part of input), cache_write (cache writes, part of input; only when non-zero), output (all completion tokens), reasoning (part of output).",
             &with(&["token_type", "usage_source"])
         )?,
         cost: prometheus::register_counter_vec!(
