@@ -18,6 +18,10 @@
 //!   and token budgets, the alias's tpm); the worst-case estimate of a 1 KiB
 //!   body (the tokenizer); and, when `redis-server` is installed, the same
 //!   admission and settle against a Redis on loopback (two round trips).
+//! * `translate`: Anthropic stream translation per event (`text_delta` and
+//!   `input_json_delta` through `translate::anthropic::ChatStream`, and a
+//!   whole SSE event through scanner + translator), and the request
+//!   translation of a 1 KiB chat body.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::fmt::Debug;
@@ -255,6 +259,81 @@ fn sse_scan(c: &mut Criterion) {
     g.finish();
 }
 
+fn translate(c: &mut Criterion) {
+    use bytes::BytesMut;
+    use tollgate::translate::anthropic::{chat_request, ChatStream};
+    use tollgate::translate::pipe::Pipe;
+    use tollgate::translate::{RequestOpts, ResponseOpts, StreamTranslator};
+    let opts = ResponseOpts {
+        model: "claude-sonnet-4-5",
+        request_id: "req-1",
+        include_usage: true,
+    };
+    let start = br#"{"type":"message_start","message":{"id":"msg_01XFDUDYJgAACzvnptvVoYEL","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-5","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"output_tokens":1}}}"#;
+    let text_block =
+        br#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#;
+    let tool_block = br#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_01T1x1fJ34qAmk2tNTrN7Up6","name":"get_weather","input":{}}}"#;
+    let text_delta = br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" token with \"quotes\" and \u00e9"}}"#;
+    let json_delta = br#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"location\": \"San Fra"}}"#;
+    let mut g = c.benchmark_group("translate");
+    g.measurement_time(Duration::from_secs(2));
+    g.bench_function("anthropic_text_delta_event", |b| {
+        let mut t = ChatStream::new(&opts);
+        let mut out = BytesMut::with_capacity(1 << 16);
+        t.event(start, &mut out);
+        t.event(text_block, &mut out);
+        b.iter(|| {
+            out.clear();
+            t.event(black_box(text_delta), &mut out);
+            out.len()
+        })
+    });
+    g.bench_function("anthropic_input_json_delta_event", |b| {
+        let mut t = ChatStream::new(&opts);
+        let mut out = BytesMut::with_capacity(1 << 16);
+        t.event(start, &mut out);
+        t.event(tool_block, &mut out);
+        b.iter(|| {
+            out.clear();
+            t.event(black_box(json_delta), &mut out);
+            out.len()
+        })
+    });
+    let mut sse = b"event: content_block_delta\ndata: ".to_vec();
+    sse.extend_from_slice(text_delta);
+    sse.extend_from_slice(b"\n\n");
+    g.bench_function("anthropic_sse_event_scan_and_translate", |b| {
+        let mut pipe = Pipe::new(Box::new(ChatStream::new(&opts)), 1 << 20);
+        let mut out = BytesMut::with_capacity(1 << 16);
+        let mut prelude = b"event: message_start\ndata: ".to_vec();
+        prelude.extend_from_slice(start);
+        prelude.extend_from_slice(b"\n\nevent: content_block_start\ndata: ");
+        prelude.extend_from_slice(text_block);
+        prelude.extend_from_slice(b"\n\n");
+        must(pipe.feed(&prelude, &mut out), "feed");
+        b.iter(|| {
+            out.clear();
+            must(pipe.feed(black_box(&sse), &mut out), "feed");
+            out.len()
+        })
+    });
+    let body: serde_json::Value = must(serde_json::from_slice(&chat_body(1024)), "chat body");
+    let ropts = RequestOpts {
+        model: "claude-sonnet-4-5",
+        stream: true,
+        default_max_tokens: Some(1024),
+        drop_unsupported: true,
+    };
+    g.bench_function("anthropic_request_1KiB", |b| {
+        b.iter(|| {
+            must(chat_request(black_box(&body), &ropts), "translate")
+                .body
+                .len()
+        })
+    });
+    g.finish();
+}
+
 fn governance_runtime(store: &str) -> Runtime {
     let yaml = format!(
         r#"
@@ -392,6 +471,7 @@ criterion_group!(
     route_select,
     metrics_record,
     sse_scan,
+    translate,
     governance
 );
 criterion_main!(benches);

@@ -560,3 +560,83 @@ async fn azure_v1_path_without_api_version() {
     assert_eq!(rec.path, "/openai/v1/chat/completions");
     assert_eq!(rec.json()["model"], "gpt-4o");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_before_message_stop_ends_with_an_error_event_and_is_still_counted() {
+    let full = fixture!("stream_text.sse");
+    let cut: &'static str = &full[..full.find("event: message_delta").unwrap()];
+    let up = MockUpstream::start(Behavior::func(move |_r: &Recorded| chunked_sse(cut, 50))).await;
+    let gw = Gateway::start(&config(up.port(), "", "", "")).await;
+    let text = post(
+        &gw,
+        "/v1/chat/completions",
+        &chat(true),
+        &[("x-request-id", "cut-1")],
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(text.contains("héllo"), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+    let events = data_events(&text);
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert!(last["error"]["message"].is_string(), "{text}");
+    gw.access_line("cut-1").await;
+    let m = gw.metrics_text().await;
+    assert_eq!(tokens(&m, "input"), 2173.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_route_failing_falls_back_to_anthropic_with_a_translated_stream() {
+    let openai = MockUpstream::start(Behavior::json(503, r#"{"error":{"message":"down"}}"#)).await;
+    let claude = MockUpstream::start(anthropic(
+        fixture!("message_text.json"),
+        fixture!("stream_text.sse"),
+    ))
+    .await;
+    let config = format!(
+        r#"{CONFIG_HEAD}providers:
+  gpt:
+    kind: openai
+    base_url: "http://127.0.0.1:{}/v1"
+    retry: {{ attempts: 1 }}
+  claude:
+    kind: anthropic
+    base_url: "http://127.0.0.1:{}/v1"
+    api_key: "{PROVIDER_KEY}"
+models:
+  smart:
+    routes:
+      - {{ provider: gpt, model: gpt-4o-mini }}
+      - {{ provider: claude, model: claude-sonnet-4-5, max_tokens: 64 }}
+keys:
+  - {{ name: team, key: "{KEY}" }}
+"#,
+        openai.port(),
+        claude.port()
+    );
+    let gw = Gateway::start(&config).await;
+    let mut body = chat(true);
+    body.as_object_mut().unwrap().remove("max_tokens");
+    let text = post(&gw, "/v1/chat/completions", &body, &[])
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("héllo") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+    assert!(!text.contains("\"usage\""), "{text}");
+    assert_eq!(openai.hits(), 1);
+    // The OpenAI attempt asked for usage on the client's behalf; the
+    // Anthropic body is translated from the client's original body.
+    assert_eq!(
+        openai.last().unwrap().json()["stream_options"]["include_usage"],
+        true
+    );
+    let sent = claude.last().unwrap().json();
+    assert_eq!(sent["max_tokens"], 64);
+    assert!(sent.get("stream_options").is_none(), "{sent}");
+}

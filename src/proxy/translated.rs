@@ -12,14 +12,19 @@
 //!   our OpenAI-format error.
 
 use crate::accounting::meter::{StreamMeter, MAX_EVENT_BYTES};
+use crate::accounting::Usage;
+use crate::config::ProviderKind;
 use crate::error::GatewayError;
 use crate::proxy::ctx::{Ctx, Meter};
 use crate::proxy::endpoint::Endpoint;
 use crate::runtime::RouteRt;
 use crate::translate::pipe::Pipe;
-use crate::translate::{anthropic, errors, RequestOpts, ResponseOpts};
+use crate::translate::{
+    anthropic, errors, RequestOpts, ResponseOpts, StreamTranslator, Translated, Unsupported,
+};
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
+use serde_json::Value;
 
 /// Largest non-stream provider body translated (over it: upstream error).
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -44,9 +49,9 @@ enum Mode {
     Off,
     /// A provider error: its body is replaced by our error.
     Error { status: u16, buf: BytesMut },
-    /// A whole Anthropic message, translated at its end.
-    Json { buf: BytesMut },
-    /// An Anthropic event stream, translated event by event.
+    /// A whole provider response, translated at its end.
+    Json { kind: ProviderKind, buf: BytesMut },
+    /// A provider event stream, translated event by event.
     Stream(Box<Pipe>),
 }
 
@@ -84,7 +89,7 @@ pub fn prepare(
         default_max_tokens: d.default_max_tokens,
         drop_unsupported: d.drop_unsupported,
     };
-    let t = anthropic::chat_request(client, &opts).map_err(|u| GatewayError::UnsupportedParam {
+    let t = request(d.kind, client, &opts).map_err(|u| GatewayError::UnsupportedParam {
         message: u.message,
         param: u.param,
     })?;
@@ -117,12 +122,9 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<bo
     if crate::proxy::messages::passthrough::current(ctx) {
         return Ok(false);
     }
-    let Some((maps_errors, translates, model)) = ctx.current_route().map(|r| {
-        (
-            r.dialect.maps_errors(),
-            r.dialect.translates(),
-            r.model.clone(),
-        )
+    let Some((kind, maps_errors, translates, model)) = ctx.current_route().map(|r| {
+        let d = &r.dialect;
+        (d.kind, d.maps_errors(), d.translates(), r.model.clone())
     }) else {
         return Ok(false);
     };
@@ -161,12 +163,13 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<bo
     resp.remove_header(&http::header::CONTENT_LENGTH);
     ctx.usage_injected = false;
     if is_sse {
-        let t = Box::new(anthropic::ChatStream::new(&opts));
+        let t = stream_translator(kind, &opts);
         ctx.tr.mode = Mode::Stream(Box::new(Pipe::new(t, MAX_EVENT_BYTES)));
         ctx.meter = Meter::Stream(Box::new(StreamMeter::new(ep, false)));
     } else {
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         ctx.tr.mode = Mode::Json {
+            kind,
             buf: BytesMut::new(),
         };
         ctx.meter = Meter::None;
@@ -197,7 +200,7 @@ pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pingora::
             }
             Ok(())
         }
-        Mode::Json { buf } => {
+        Mode::Json { kind, buf } => {
             if let Some(b) = body.take() {
                 if buf.len() + b.len() > MAX_BODY {
                     return abort(ctx, "provider response over the translation limit");
@@ -209,6 +212,7 @@ pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pingora::
                 return Ok(());
             }
             let whole = std::mem::take(buf).freeze();
+            let kind = *kind;
             let model = ctx.current_route().map(|r| r.model.clone());
             let fallback_id = format!("chatcmpl-{}", ctx.request_id);
             let opts = ResponseOpts {
@@ -216,7 +220,7 @@ pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pingora::
                 request_id: &fallback_id,
                 include_usage: false,
             };
-            match anthropic::chat_response(&whole, &opts) {
+            match response(kind, &whole, &opts) {
                 Ok((out, usage)) => {
                     *body = Some(out);
                     ctx.local_usage = Some(usage);
@@ -241,6 +245,40 @@ pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pingora::
             Ok(())
         }
     }
+}
+
+/// The kind's request translation (Chat Completions in). Add a kind here,
+/// in `response` and in `stream_translator`, and mark it in
+/// `RouteDialect::translates`.
+fn request(
+    kind: ProviderKind,
+    client: &Value,
+    opts: &RequestOpts,
+) -> Result<Translated, Unsupported> {
+    match kind {
+        ProviderKind::Anthropic => anthropic::chat_request(client, opts),
+        _ => Err(Unsupported {
+            param: String::new(),
+            message: "This provider kind does not translate requests.".into(),
+        }),
+    }
+}
+
+/// The kind's non-stream response translation.
+fn response(
+    kind: ProviderKind,
+    body: &[u8],
+    opts: &ResponseOpts,
+) -> Result<(Bytes, Usage), GatewayError> {
+    match kind {
+        ProviderKind::Anthropic => anthropic::chat_response(body, opts),
+        _ => Err(GatewayError::Internal),
+    }
+}
+
+/// The kind's stream translator.
+fn stream_translator(_kind: ProviderKind, opts: &ResponseOpts) -> Box<dyn StreamTranslator> {
+    Box::new(anthropic::ChatStream::new(opts))
 }
 
 fn abort(ctx: &mut Ctx, why: &'static str) -> pingora::Result<()> {

@@ -101,8 +101,11 @@ impl Upstream {
             None => (http::header::AUTHORIZATION, None),
         };
         if p.health_check.enabled {
-            let key = auth.clone().map(|v| (auth_name.clone(), v));
-            let check = health_check(&base, &p.health_check, ca.clone(), key);
+            // The key and the kind's fixed headers (anthropic-version):
+            // free endpoints such as GET /v1/models still want them.
+            let mut sent = dialect::fixed_headers(p)?;
+            sent.extend(auth.clone().map(|v| (auth_name.clone(), v)));
+            let check = health_check(&base, &p.health_check, ca.clone(), sent);
             balancer.set_health_check(check);
         }
         let mut extra_headers: Vec<(HeaderName, HeaderValue)> = p
@@ -285,7 +288,7 @@ fn health_check(
     base: &BaseUrl,
     hc: &HealthConf,
     ca: Option<tls::CaList>,
-    auth: Option<(HeaderName, HeaderValue)>,
+    headers: Vec<(HeaderName, HeaderValue)>,
 ) -> Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync> {
     match &hc.path {
         None => {
@@ -309,9 +312,8 @@ fn health_check(
             if let Ok(uri) = path.parse::<Uri>() {
                 check.req.set_uri(uri);
             }
-            if let Some((name, auth)) = auth {
-                // Free endpoints such as GET /v1/models still want the key.
-                let _ = check.req.insert_header(name, auth);
+            for (name, value) in headers {
+                let _ = check.req.insert_header(name, value);
             }
             check.validator = Some(Box::new(|resp| {
                 if resp.status.is_success() {
