@@ -646,3 +646,46 @@ keys:
     assert_eq!(line["endpoint"], "messages", "{line}");
     assert_eq!(line["prompt_tokens"], 11, "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_azure_route_is_translated_and_its_errors_come_back_in_anthropic_shape() {
+    let upstream = MockUpstream::start(Behavior::func(openai_mock)).await;
+    let gw = Gateway::start(&format!(
+        r#"{CONFIG_HEAD}providers:
+  az:
+    kind: azure
+    base_url: "http://127.0.0.1:{port}"
+    api_key: "az-provider-secret"
+    health_check: {{ enabled: false }}
+models:
+  {ALIAS}: {{ routes: [ {{ provider: az, model: gpt-4o-mini }} ] }}
+keys:
+  - {{ name: anth, key: "{KEY}" }}
+"#,
+        port = upstream.port()
+    ))
+    .await;
+    let req = serde_json::to_vec(&body(false, "text")).unwrap();
+    let (s, _, t) = post(&gw, "msg-az-1", &req, Some(KEY)).await;
+    assert_eq!(s, 200, "{t}\n{}", gw.logs());
+    let v: Value = serde_json::from_str(&t).unwrap();
+    assert_eq!(
+        v["content"][0]["text"],
+        "Hello! How can I assist you today?"
+    );
+    let r = upstream.last().unwrap();
+    assert_eq!(r.path, "/openai/v1/chat/completions");
+    assert_eq!(r.header("api-key").as_deref(), Some("az-provider-secret"));
+    assert_eq!(r.header("x-api-key"), None);
+
+    let req = serde_json::to_vec(&body(false, "bad-request")).unwrap();
+    let (s, _, t) = post(&gw, "msg-az-2", &req, Some(KEY)).await;
+    let v = assert_anthropic_error(s, &t, 400, "invalid_request_error");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum context length"),
+        "{v}"
+    );
+}
