@@ -84,6 +84,8 @@ pub struct Runtime {
     pub route_header: Option<http::HeaderName>,
     /// The certificate served on `listen` when `tls` is set.
     pub tls_cert: Option<Arc<crate::tls::ServerCert>>,
+    /// Shadow traffic and hedging, per alias.
+    pub experiments: crate::experiments::Plans,
 }
 
 impl Runtime {
@@ -205,11 +207,13 @@ impl Runtime {
             },
             None => None,
         };
+        let experiments = crate::experiments::build(&cfg, &providers, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
         Ok(Self {
             tls_cert,
+            experiments,
             max_body_bytes: cfg.max_body_bytes,
             body_idle_timeout: cfg.downstream.body_idle_timeout.get(),
             keepalive_secs: cfg.downstream.keepalive.get().as_secs(),

@@ -86,6 +86,8 @@ pub struct Ctx {
     pub reservation: Option<crate::governance::Reservation>,
     /// `x-ratelimit-*` values for the response.
     pub rate_headers: crate::governance::RateHeaders,
+    /// What shadow traffic and hedging did to this request.
+    pub exp: crate::experiments::Marks,
 }
 
 /// Holds one unit of the in-flight gauge.
@@ -167,6 +169,7 @@ impl Ctx {
             local_usage: None,
             reservation: None,
             rate_headers: crate::governance::RateHeaders::default(),
+            exp: crate::experiments::Marks::default(),
         }
     }
 

@@ -1,0 +1,377 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Shadow traffic and hedged requests (issue 9), end to end: the real
+//! gateway binary in front of mock upstreams on loopback, with real chunked
+//! SSE. Shadow: the client never waits for the copy, the copy carries the
+//! shadow's model, it is metered under `shadow="true"`, and its limits hold.
+//! Hedging: a slow primary loses to the next route, is cancelled at once,
+//! both legs are metered, and the share of hedges holds under load.
+
+mod support;
+
+use std::net::TcpListener as StdListener;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use support::prom;
+use support::{sse_chat_events, Behavior, Gateway, MockUpstream, Reply, ReplyBody, CONFIG_HEAD};
+
+const KEY: &str = "tg-hedge-shadow-key-0001";
+const PROVIDER_KEY: &str = "sk-provider-hedge-secret-91ab";
+const ALIAS: &str = "chat";
+const QUICK: Duration = Duration::from_secs(10);
+
+fn provider(name: &str, port: u16) -> String {
+    format!(
+        "  {name}:\n    kind: openai\n    base_url: \"http://127.0.0.1:{port}/v1\"\n    api_key: \"{PROVIDER_KEY}\"\n    health_check: {{ enabled: false }}\n    retry: {{ attempts: 1 }}\n"
+    )
+}
+
+/// Config with `providers`, the routes of [`ALIAS`] and extra alias lines
+/// (`shadow:`/`hedge:`), plus `top` top-level lines.
+fn config(top: &str, providers: &[String], routes: &[(&str, &str)], alias_extra: &str) -> String {
+    let routes: String = routes
+        .iter()
+        .map(|(p, m)| {
+            format!(
+                "      - {{ provider: {p}, model: {m}, price: {{ input: 1.0, output: 2.0 }} }}\n"
+            )
+        })
+        .collect();
+    format!(
+        r#"{CONFIG_HEAD}{top}
+providers:
+{providers}
+models:
+  {ALIAS}:
+    routes:
+{routes}{alias_extra}
+keys:
+  - {{ name: alice, key: "{KEY}" }}
+"#,
+        providers = providers.concat(),
+    )
+}
+
+fn refused_port() -> u16 {
+    let l = StdListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn chat(stream: bool) -> String {
+    json!({"model": ALIAS, "stream": stream, "messages": [{"role": "user", "content": "hello there"}]})
+        .to_string()
+}
+
+struct Resp {
+    status: u16,
+    body: String,
+    took: Duration,
+    route: Option<String>,
+}
+
+async fn post(gw: &Gateway, rid: &str, stream: bool) -> Resp {
+    let start = Instant::now();
+    let resp = support::client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("content-type", "application/json")
+        .header("x-request-id", rid)
+        .body(chat(stream))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request {rid} failed: {e}; log:\n{}", gw.logs()));
+    let status = resp.status().as_u16();
+    let route = resp
+        .headers()
+        .get("x-tollgate-route")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = resp.text().await.unwrap_or_default();
+    Resp {
+        status,
+        body,
+        took: start.elapsed(),
+        route,
+    }
+}
+
+/// A non-stream completion with usage 7/4, sent after `delay` (the header
+/// goes at once; the body, the first byte, after the delay).
+fn delayed_json(model: &str, delay: Duration) -> Behavior {
+    let body = json!({
+        "id": "chatcmpl-s", "object": "chat.completion", "created": 1, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "shadow says hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11},
+    })
+    .to_string();
+    Behavior::func(move |_| Reply {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: ReplyBody::Chunks(vec![Bytes::new(), Bytes::from(body.clone())], delay),
+    })
+}
+
+#[allow(dead_code)] // used by the hedging tests
+/// An SSE stream whose first event comes after `delay` (header at once).
+fn delayed_sse(model: &str, delay: Duration) -> Behavior {
+    let model = model.to_string();
+    Behavior::func(move |_| {
+        let mut chunks = vec![Bytes::new()];
+        chunks.extend(sse_chat_events(&model, 3).into_iter().map(Bytes::from));
+        Reply {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream".into())],
+            body: ReplyBody::Chunks(chunks, delay),
+        }
+    })
+}
+
+async fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = gw.metrics_text().await;
+    prom::samples(&text, name, labels)
+        .iter()
+        .map(|s| s.value)
+        .sum()
+}
+
+/// Polls a metric until it reaches `want` (or `QUICK` passes); returns the last value.
+async fn wait_metric(gw: &Gateway, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
+    let deadline = Instant::now() + QUICK;
+    loop {
+        let v = metric(gw, name, labels).await;
+        if v >= want || Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Shadow
+// ---------------------------------------------------------------------------
+
+fn shadow_block(provider: &str, sample: f64) -> String {
+    format!(
+        "    shadow: {{ route: {{ provider: {provider}, model: shadow-model, price: {{ input: 1.0, output: 2.0 }} }}, sample: {sample} }}\n"
+    )
+}
+
+#[tokio::test]
+async fn slow_shadow_adds_no_latency_and_is_metered() {
+    let primary = MockUpstream::start(Behavior::ChatEcho).await;
+    let shadow = MockUpstream::start(delayed_json("shadow-model", Duration::from_secs(2))).await;
+    let gw = Gateway::start(&config(
+        "",
+        &[
+            provider("main", primary.port()),
+            provider("shade", shadow.port()),
+        ],
+        &[("main", "primary-model")],
+        &shadow_block("shade", 1.0),
+    ))
+    .await;
+    let r = post(&gw, "shadow-1", false).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.took < Duration::from_millis(500),
+        "client waited {:?}",
+        r.took
+    );
+    assert_eq!(r.route.as_deref(), Some("main/primary-model"));
+    assert!(shadow.wait_hits(1, QUICK).await, "the shadow got no copy");
+    let copy = shadow.last().unwrap();
+    assert_eq!(copy.json()["model"], "shadow-model");
+    assert_eq!(copy.json()["messages"][0]["content"], "hello there");
+    assert_eq!(
+        copy.header("authorization").as_deref(),
+        Some(format!("Bearer {PROVIDER_KEY}").as_str())
+    );
+    assert!(copy.header("x-tollgate-key").is_none());
+    assert!(!copy.body_str().contains(KEY));
+    assert_eq!(primary.last().unwrap().json()["model"], "primary-model");
+    let shadow_labels = [
+        ("shadow", "true"),
+        ("request_model", ALIAS),
+        ("provider", "shade"),
+    ];
+    let ok = [shadow_labels.as_slice(), &[("result", "success")]].concat();
+    assert_eq!(
+        wait_metric(&gw, "tollgate_shadow_requests_total", &ok, 1.0).await,
+        1.0
+    );
+    let input = [shadow_labels.as_slice(), &[("token_type", "input")]].concat();
+    assert_eq!(
+        metric(&gw, "tollgate_shadow_tokens_total", &input).await,
+        7.0
+    );
+    let output = [shadow_labels.as_slice(), &[("token_type", "output")]].concat();
+    assert_eq!(
+        metric(&gw, "tollgate_shadow_tokens_total", &output).await,
+        4.0
+    );
+    let cost = metric(&gw, "tollgate_shadow_cost_usd_total", &shadow_labels).await;
+    assert!((cost - 15e-6).abs() < 1e-9, "cost {cost}");
+    // The client's own counters never include the shadow.
+    let text = gw.metrics_text().await;
+    assert!(prom::samples(&text, "tollgate_requests_total", &[("provider", "shade")]).is_empty());
+    let line = gw.access_line("shadow-1").await;
+    assert_eq!(line["shadow"], "sampled");
+    assert_eq!(line["hedge"], "none");
+}
+
+#[tokio::test]
+async fn streamed_request_gets_a_streamed_shadow_metered_from_sse() {
+    let primary = MockUpstream::start(Behavior::ChatEcho).await;
+    let shadow = MockUpstream::start(Behavior::ChatEcho).await;
+    let gw = Gateway::start(&config(
+        "",
+        &[
+            provider("main", primary.port()),
+            provider("shade", shadow.port()),
+        ],
+        &[("main", "primary-model")],
+        &shadow_block("shade", 1.0),
+    ))
+    .await;
+    let r = post(&gw, "shadow-sse", true).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("data: [DONE]"), "{}", r.body);
+    assert!(shadow.wait_hits(1, QUICK).await);
+    let copy = shadow.last().unwrap().json();
+    assert_eq!(copy["model"], "shadow-model");
+    assert_eq!(copy["stream"], true);
+    let labels = [("shadow", "true"), ("result", "success")];
+    assert_eq!(
+        wait_metric(&gw, "tollgate_shadow_requests_total", &labels, 1.0).await,
+        1.0
+    );
+    // The echo streams three tokens and no usage: estimated from the text.
+    let out = [
+        ("shadow", "true"),
+        ("token_type", "output"),
+        ("usage_source", "estimated"),
+    ];
+    assert!(metric(&gw, "tollgate_shadow_tokens_total", &out).await > 0.0);
+}
+
+#[tokio::test]
+async fn shadow_down_means_no_client_errors() {
+    let primary = MockUpstream::start(Behavior::ChatEcho).await;
+    let gw = Gateway::start(&config(
+        "",
+        &[
+            provider("main", primary.port()),
+            provider("shade", refused_port()),
+        ],
+        &[("main", "primary-model")],
+        &shadow_block("shade", 1.0),
+    ))
+    .await;
+    for i in 0..5 {
+        let r = post(&gw, &format!("down-{i}"), i % 2 == 0).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(!r.body.contains("error"), "{}", r.body);
+    }
+    let labels = [("shadow", "true"), ("result", "error")];
+    assert_eq!(
+        wait_metric(&gw, "tollgate_shadow_requests_total", &labels, 5.0).await,
+        5.0
+    );
+    assert_eq!(primary.hits(), 5);
+}
+
+#[tokio::test]
+async fn sample_zero_sends_no_shadow() {
+    let primary = MockUpstream::start(Behavior::ChatEcho).await;
+    let shadow = MockUpstream::start(Behavior::ChatEcho).await;
+    let gw = Gateway::start(&config(
+        "",
+        &[
+            provider("main", primary.port()),
+            provider("shade", shadow.port()),
+        ],
+        &[("main", "primary-model")],
+        &shadow_block("shade", 0.0),
+    ))
+    .await;
+    for i in 0..20 {
+        assert_eq!(post(&gw, &format!("zero-{i}"), false).await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(shadow.hits(), 0);
+    assert_eq!(gw.access_line("zero-3").await["shadow"], Value::Null);
+}
+
+#[tokio::test]
+async fn shadow_concurrency_cap_holds() {
+    let primary = MockUpstream::start(Behavior::ChatEcho).await;
+    let shadow = MockUpstream::start(Behavior::Hang).await;
+    let gw = Gateway::start(&config(
+        "shadow: { max_concurrency: 2 }",
+        &[
+            provider("main", primary.port()),
+            provider("shade", shadow.port()),
+        ],
+        &[("main", "primary-model")],
+        &shadow_block("shade", 1.0),
+    ))
+    .await;
+    for i in 0..10 {
+        let r = post(&gw, &format!("cap-{i}"), false).await;
+        assert_eq!(r.status, 200);
+        assert!(r.took < Duration::from_millis(500), "{:?}", r.took);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(shadow.hits(), 2, "only two copies may be in flight");
+    let skipped = [("shadow", "true"), ("reason", "concurrency")];
+    assert_eq!(
+        metric(&gw, "tollgate_shadow_skipped_total", &skipped).await,
+        8.0
+    );
+    assert_eq!(metric(&gw, "tollgate_shadow_in_flight", &[]).await, 2.0);
+    assert_eq!(gw.access_line("cap-9").await["shadow"], "skipped");
+}
+
+#[tokio::test]
+async fn shadow_budget_team_limits_the_copies() {
+    let primary = MockUpstream::start(Behavior::ChatEcho).await;
+    let shadow = MockUpstream::start(Behavior::ChatEcho).await;
+    let gw = Gateway::start(&config(
+        "shadow: { budget: shadow-team }\nteams:\n  shadow-team: { limits: { rpm: 3 } }",
+        &[
+            provider("main", primary.port()),
+            provider("shade", shadow.port()),
+        ],
+        &[("main", "primary-model")],
+        &shadow_block("shade", 1.0),
+    ))
+    .await;
+    for i in 0..6 {
+        assert_eq!(post(&gw, &format!("budget-{i}"), false).await.status, 200);
+    }
+    let skipped = [("shadow", "true"), ("reason", "budget")];
+    assert_eq!(
+        wait_metric(&gw, "tollgate_shadow_skipped_total", &skipped, 3.0).await,
+        3.0
+    );
+    assert_eq!(shadow.hits(), 3);
+}
+
+#[tokio::test]
+async fn shadow_budget_must_name_a_team() {
+    let cfg = config(
+        "shadow: { budget: nobody }",
+        &[provider("main", 1), provider("shade", 2)],
+        &[("main", "m")],
+        &shadow_block("shade", 1.5),
+    );
+    let mut gw = Gateway::spawn_with_env(&cfg, &[]);
+    let status = gw
+        .wait_exit(QUICK)
+        .await
+        .expect("gateway should refuse the config");
+    assert!(!status.success());
+    let logs = gw.logs();
+    assert!(logs.contains("shadow.budget"), "{logs}");
+    assert!(logs.contains("models.chat.shadow.sample"), "{logs}");
+}
