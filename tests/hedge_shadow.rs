@@ -111,7 +111,6 @@ fn delayed_json(model: &str, delay: Duration) -> Behavior {
     })
 }
 
-#[allow(dead_code)] // used by the hedging tests
 /// An SSE stream whose first event comes after `delay` (header at once).
 fn delayed_sse(model: &str, delay: Duration) -> Behavior {
     let model = model.to_string();
@@ -374,4 +373,197 @@ async fn shadow_budget_must_name_a_team() {
     let logs = gw.logs();
     assert!(logs.contains("shadow.budget"), "{logs}");
     assert!(logs.contains("models.chat.shadow.sample"), "{logs}");
+}
+
+// ---------------------------------------------------------------------------
+// Hedging
+// ---------------------------------------------------------------------------
+
+fn hedge_block(after: &str, max_share: f64) -> String {
+    format!("    hedge: {{ after: {after}, max_share: {max_share} }}\n")
+}
+
+async fn hedge_gateway(primary: &MockUpstream, hedge: &MockUpstream, block: &str) -> Gateway {
+    Gateway::start(&config(
+        "",
+        &[
+            provider("slow", primary.port()),
+            provider("fast", hedge.port()),
+        ],
+        &[("slow", "primary-model"), ("fast", "hedge-model")],
+        block,
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn slow_primary_loses_to_the_hedge_and_is_cancelled() {
+    let primary = MockUpstream::start(delayed_sse("primary-model", Duration::from_secs(1))).await;
+    let hedge = MockUpstream::start(Behavior::ChatEcho).await;
+    let gw = hedge_gateway(&primary, &hedge, &hedge_block("100ms", 0.1)).await;
+    let r = post(&gw, "hedge-1", true).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.took < Duration::from_millis(800),
+        "client waited {:?}",
+        r.took
+    );
+    assert_eq!(r.route.as_deref(), Some("fast/hedge-model"));
+    assert!(r.body.contains("\"model\":\"hedge-model\""), "{}", r.body);
+    assert!(r.body.trim_end().ends_with("data: [DONE]"), "{}", r.body);
+    assert!(!r.body.contains("primary-model"), "{}", r.body);
+    assert!(
+        primary.wait_cancelled(1, QUICK).await,
+        "the primary was not cancelled"
+    );
+    assert_eq!(primary.hits(), 1);
+    assert_eq!(hedge.last().unwrap().json()["model"], "hedge-model");
+    let fired = [("request_model", ALIAS), ("event", "fired")];
+    assert_eq!(metric(&gw, "tollgate_hedges_total", &fired).await, 1.0);
+    let won = [("request_model", ALIAS), ("event", "won")];
+    assert_eq!(metric(&gw, "tollgate_hedges_total", &won).await, 1.0);
+    // Both legs are metered: the cancelled one's prompt, the winner's all.
+    let slow_in = [("provider", "slow"), ("token_type", "input")];
+    assert!(wait_metric(&gw, "tollgate_tokens_total", &slow_in, 1.0).await >= 1.0);
+    let fast_out = [("provider", "fast"), ("token_type", "output")];
+    assert!(wait_metric(&gw, "tollgate_tokens_total", &fast_out, 1.0).await >= 1.0);
+    let cancelled = [("provider", "slow"), ("outcome", "hedge_cancelled")];
+    assert_eq!(
+        metric(&gw, "tollgate_upstream_attempts_total", &cancelled).await,
+        1.0
+    );
+    let line = gw.access_line("hedge-1").await;
+    assert_eq!(line["hedge"], "won");
+    assert_eq!(line["provider"], "fast");
+    assert_eq!(line["attempts"], 2);
+    let log = line["attempt_log"].to_string();
+    assert!(
+        log.contains("slow@") && log.contains("hedge_cancelled"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn slow_primary_non_stream_loses_to_the_hedge() {
+    let primary = MockUpstream::start(delayed_json("primary-model", Duration::from_secs(1))).await;
+    let hedge = MockUpstream::start(Behavior::ChatEcho).await;
+    let gw = hedge_gateway(&primary, &hedge, &hedge_block("100ms", 0.1)).await;
+    let r = post(&gw, "hedge-json", false).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.took < Duration::from_millis(800),
+        "client waited {:?}",
+        r.took
+    );
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["model"], "hedge-model");
+    assert!(
+        primary.wait_cancelled(1, QUICK).await,
+        "the primary was not cancelled"
+    );
+    let line = gw.access_line("hedge-json").await;
+    assert_eq!(line["hedge"], "won");
+    assert_eq!(line["prompt_tokens"], 5);
+}
+
+#[tokio::test]
+async fn fast_primary_fires_no_hedge() {
+    let primary = MockUpstream::start(Behavior::ChatEcho).await;
+    let hedge = MockUpstream::start(Behavior::ChatEcho).await;
+    let gw = hedge_gateway(&primary, &hedge, &hedge_block("300ms", 0.5)).await;
+    for i in 0..10 {
+        let r = post(&gw, &format!("fast-{i}"), i % 2 == 0).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.route.as_deref(), Some("slow/primary-model"));
+    }
+    assert_eq!(primary.hits(), 10);
+    assert_eq!(hedge.hits(), 0);
+    assert_eq!(
+        metric(&gw, "tollgate_hedges_total", &[("event", "fired")]).await,
+        0.0
+    );
+    let line = gw.access_line("fast-5").await;
+    assert_eq!(line["hedge"], "none");
+    assert_eq!(line["attempts"], 1);
+    assert_eq!(line["prompt_tokens"], 5);
+}
+
+#[tokio::test]
+async fn p95_after_parses_and_a_fast_primary_is_not_hedged() {
+    let primary = MockUpstream::start(Behavior::ChatEcho).await;
+    let hedge = MockUpstream::start(Behavior::ChatEcho).await;
+    let gw = hedge_gateway(&primary, &hedge, &hedge_block("p95", 0.1)).await;
+    for i in 0..25 {
+        assert_eq!(post(&gw, &format!("p95-{i}"), true).await.status, 200);
+    }
+    assert_eq!(hedge.hits(), 0);
+}
+
+#[tokio::test]
+async fn failing_primary_falls_back_before_the_hedge() {
+    let primary = MockUpstream::start(Behavior::json(503, r#"{"error":{"message":"busy"}}"#)).await;
+    let hedge = MockUpstream::start(Behavior::ChatEcho).await;
+    let gw = hedge_gateway(&primary, &hedge, &hedge_block("2s", 0.1)).await;
+    let r = post(&gw, "fallback-1", false).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.took < Duration::from_millis(1500), "{:?}", r.took);
+    assert_eq!(r.route.as_deref(), Some("fast/hedge-model"));
+    assert_eq!(
+        metric(&gw, "tollgate_hedges_total", &[("event", "fired")]).await,
+        0.0
+    );
+    let line = gw.access_line("fallback-1").await;
+    assert_eq!(line["hedge"], "none");
+    assert_eq!(line["attempts"], 2);
+}
+
+#[tokio::test]
+async fn every_route_failing_answers_an_openai_error() {
+    let primary = MockUpstream::start(Behavior::json(503, "{}")).await;
+    let hedge = MockUpstream::start(Behavior::json(500, "{}")).await;
+    let gw = hedge_gateway(&primary, &hedge, &hedge_block("1s", 0.1)).await;
+    let r = post(&gw, "all-fail", true).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"]["code"], "upstream_error");
+    assert_eq!(v["error"]["type"], "api_error");
+    assert!(v["error"].get("param").is_some());
+    assert_eq!(gw.access_line("all-fail").await["status"], 502);
+}
+
+#[tokio::test]
+async fn hedge_cap_holds_under_load() {
+    let primary =
+        MockUpstream::start(delayed_json("primary-model", Duration::from_millis(300))).await;
+    let hedge = MockUpstream::start(Behavior::ChatEcho).await;
+    let gw = hedge_gateway(&primary, &hedge, &hedge_block("20ms", 0.1)).await;
+    let gw = std::sync::Arc::new(gw);
+    let mut ok = 0;
+    for batch in 0..10 {
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let gw = gw.clone();
+                tokio::spawn(async move { post(&gw, &format!("load-{batch}-{i}"), false).await })
+            })
+            .collect();
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.body);
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 100);
+    let fired = metric(&gw, "tollgate_hedges_total", &[("event", "fired")]).await;
+    let capped = metric(&gw, "tollgate_hedges_total", &[("event", "capped")]).await;
+    // 10% of 100 requests plus the burst of 3.
+    assert!((1.0..=13.0).contains(&fired), "fired {fired}");
+    let text = gw.metrics_text().await;
+    let attempts: Vec<_> = prom::samples(&text, "tollgate_upstream_attempts_total", &[]);
+    // Every request was due a hedge, unless its primary failed first or
+    // answered before the timer was polled on a loaded machine.
+    assert!(
+        fired + capped >= 90.0,
+        "fired {fired} capped {capped}: {attempts:?}"
+    );
+    assert_eq!(hedge.hits() as f64, fired);
 }

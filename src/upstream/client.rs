@@ -105,7 +105,11 @@ impl Exchange {
     /// The next body chunk; `None` at the end. Waits at most the route's
     /// idle limit, and never past its total limit.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, Failure> {
-        let mut wait = self.limits.idle;
+        self.chunk_within(self.limits.idle).await
+    }
+
+    /// Like [`Exchange::chunk`], waiting at most `wait`.
+    pub async fn chunk_within(&mut self, mut wait: Duration) -> Result<Option<Bytes>, Failure> {
         if let Some(total) = self.limits.total {
             wait = wait.min(total.saturating_sub(self.started.elapsed()));
         }
