@@ -58,18 +58,19 @@ impl Ttft {
                 let old = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v / 2));
                 left += old.map_or(0, |v| v - v / 2);
             }
-            self.total.fetch_sub(left.min(n), Ordering::Relaxed);
+            let _ = self
+                .total
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                    Some(t.saturating_sub(left))
+                });
             self.decaying.store(false, Ordering::Release);
         }
     }
 
     /// The p95 (a bucket's upper bound), once [`MIN_SAMPLES`] were seen.
     pub fn p95(&self) -> Option<Duration> {
-        let counts: Vec<u64> = self
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
+        let counts: [u64; BUCKETS] =
+            std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed));
         let total: u64 = counts.iter().sum();
         if total < MIN_SAMPLES {
             return None;
