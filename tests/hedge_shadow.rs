@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use support::prom;
-use support::{sse_chat_events, Behavior, Gateway, MockUpstream, Reply, ReplyBody, CONFIG_HEAD};
+use support::{
+    sse_chat_events, Behavior, Gateway, MockUpstream, Reply, ReplyBody, TestCa, CONFIG_HEAD,
+};
 
 const KEY: &str = "tg-hedge-shadow-key-0001";
 const PROVIDER_KEY: &str = "sk-provider-hedge-secret-91ab";
@@ -566,4 +568,60 @@ async fn hedge_cap_holds_under_load() {
         "fired {fired} capped {capped}: {attempts:?}"
     );
     assert_eq!(hedge.hits() as f64, fired);
+}
+
+// ---------------------------------------------------------------------------
+// TLS: the client reuses the provider's TLS settings
+// ---------------------------------------------------------------------------
+
+fn provider_tls(name: &str, port: u16, ca: &std::path::Path) -> String {
+    format!(
+        "  {name}:\n    kind: openai\n    base_url: \"https://localhost:{port}/v1\"\n    backends: [\"127.0.0.1:{port}\"]\n    ca_file: \"{}\"\n    api_key: \"{PROVIDER_KEY}\"\n    health_check: {{ enabled: false }}\n    retry: {{ attempts: 1 }}\n",
+        ca.display()
+    )
+}
+
+#[tokio::test]
+async fn hedge_and_shadow_reach_https_providers_with_their_ca_and_host() {
+    let ca = TestCa::new();
+    let primary = MockUpstream::start(delayed_sse("primary-model", Duration::from_secs(1))).await;
+    let hedge = MockUpstream::start_tls(Behavior::ChatEcho, &ca).await;
+    let shadow = MockUpstream::start_tls(Behavior::ChatEcho, &ca).await;
+    let gw = Gateway::start(&config(
+        "",
+        &[
+            provider("slow", primary.port()),
+            provider_tls("fast", hedge.port(), &ca.ca_file()),
+            provider_tls("shade", shadow.port(), &ca.ca_file()),
+        ],
+        &[("slow", "primary-model"), ("fast", "hedge-model")],
+        &format!(
+            "{}{}",
+            hedge_block("100ms", 0.5),
+            shadow_block("shade", 1.0)
+        ),
+    ))
+    .await;
+    let r = post(&gw, "tls-1", true).await;
+    assert_eq!(r.status, 200, "{}; log:\n{}", r.body, gw.logs());
+    assert_eq!(r.route.as_deref(), Some("fast/hedge-model"));
+    let got = hedge.last().unwrap();
+    assert_eq!(
+        got.header("host"),
+        Some(format!("localhost:{}", hedge.port()))
+    );
+    assert_eq!(
+        got.header("authorization"),
+        Some(format!("Bearer {PROVIDER_KEY}"))
+    );
+    assert!(shadow.wait_hits(1, QUICK).await, "no shadow copy over TLS");
+    let copy = shadow.last().unwrap();
+    assert_eq!(
+        copy.header("host"),
+        Some(format!("localhost:{}", shadow.port()))
+    );
+    assert_eq!(copy.json()["model"], "shadow-model");
+    let line = gw.access_line("tls-1").await;
+    assert_eq!(line["hedge"], "won");
+    assert_eq!(line["shadow"], "sampled");
 }
