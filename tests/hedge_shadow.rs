@@ -625,3 +625,63 @@ async fn hedge_and_shadow_reach_https_providers_with_their_ca_and_host() {
     assert_eq!(line["hedge"], "won");
     assert_eq!(line["shadow"], "sampled");
 }
+
+#[tokio::test]
+async fn one_client_connection_serves_hedged_requests_in_a_row() {
+    let primary = MockUpstream::start(Behavior::ChatEcho).await;
+    let hedge = MockUpstream::start(Behavior::ChatEcho).await;
+    let gw = hedge_gateway(&primary, &hedge, &hedge_block("1s", 0.1)).await;
+    let client = support::client();
+    for i in 0..4 {
+        let resp = client
+            .post(gw.url("/v1/chat/completions"))
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("content-type", "application/json")
+            .body(chat(i % 2 == 1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("primary-model"), "{body}");
+    }
+    assert_eq!(primary.hits(), 4);
+}
+
+#[tokio::test]
+async fn winner_breaking_mid_stream_ends_with_an_error_event() {
+    let mut primary = MockUpstream::start(Behavior::sse(
+        sse_chat_events("primary-model", 8),
+        Duration::from_millis(150),
+    ))
+    .await;
+    let hedge = MockUpstream::start(Behavior::ChatEcho).await;
+    let gw = std::sync::Arc::new(hedge_gateway(&primary, &hedge, &hedge_block("2s", 0.1)).await);
+    let g = gw.clone();
+    let task = tokio::spawn(async move { post(&g, "broken-1", true).await });
+    assert!(primary.wait_hits(1, QUICK).await);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    primary.stop();
+    let r = task.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("tok0"), "{}", r.body);
+    assert!(!r.body.contains("[DONE]"), "{}", r.body);
+    let last = r
+        .body
+        .trim_end()
+        .rsplit("\n\n")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(last.starts_with("data: {\"error\""), "{}", r.body);
+    assert_eq!(hedge.hits(), 0);
+    let line = gw.access_line("broken-1").await;
+    assert_eq!(line["hedge"], "none");
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("upstream_"),
+        "{line}"
+    );
+}
