@@ -685,3 +685,38 @@ async fn winner_breaking_mid_stream_ends_with_an_error_event() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn client_leaving_during_the_race_cancels_the_legs() {
+    let primary = MockUpstream::start(delayed_sse("primary-model", Duration::from_secs(3))).await;
+    let hedge = MockUpstream::start(delayed_sse("hedge-model", Duration::from_secs(3))).await;
+    let gw = hedge_gateway(&primary, &hedge, &hedge_block("100ms", 0.5)).await;
+    let res = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(400))
+        .build()
+        .unwrap()
+        .post(gw.url("/v1/chat/completions"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("content-type", "application/json")
+        .header("x-request-id", "gone-1")
+        .body(chat(true))
+        .send()
+        .await;
+    let left = Instant::now();
+    assert!(res.is_err(), "the client should have timed out");
+    assert!(
+        primary.wait_cancelled(1, Duration::from_secs(2)).await,
+        "primary not cancelled"
+    );
+    assert!(
+        hedge.wait_cancelled(1, Duration::from_secs(2)).await,
+        "hedge not cancelled"
+    );
+    assert!(
+        left.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        left.elapsed()
+    );
+    assert_eq!(gw.access_line("gone-1").await["status"], 499);
+}

@@ -102,8 +102,17 @@ pub async fn serve(
     let hedge_timer = tokio::time::sleep(after);
     tokio::pin!(hedge_timer);
     let mut armed = true;
+    let mut watch_client = true;
     let won = loop {
         tokio::select! {
+            gone = session.downstream_session.read_body_or_idle(true), if watch_client => {
+                if gone.is_err() {
+                    // The client left: dropping the legs cancels them upstream.
+                    ctx.status = 499;
+                    return Ok(true);
+                }
+                watch_client = false;
+            }
             Some((i, end)) = race.running.next() => match end {
                 LegEnd::Ready { ex, first } => break Some((i, *ex, first)),
                 LegEnd::Failed(f) => {
