@@ -584,7 +584,7 @@ fn provider_tls(name: &str, port: u16, ca: &std::path::Path) -> String {
 #[tokio::test]
 async fn hedge_and_shadow_reach_https_providers_with_their_ca_and_host() {
     let ca = TestCa::new();
-    let primary = MockUpstream::start(delayed_sse("primary-model", Duration::from_secs(1))).await;
+    let primary = MockUpstream::start(delayed_sse("primary-model", Duration::from_secs(3))).await;
     let hedge = MockUpstream::start_tls(Behavior::ChatEcho, &ca).await;
     let shadow = MockUpstream::start_tls(Behavior::ChatEcho, &ca).await;
     let gw = Gateway::start(&config(

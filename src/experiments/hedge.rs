@@ -143,20 +143,25 @@ pub async fn serve(
     };
     // Dropping the other legs closes their connections: cancelled at once.
     race.running = FuturesUnordered::new();
-    race.meter_losers(ctx, plan, winner);
-    if let Some(h) = race
-        .legs
-        .get(winner)
-        .and_then(|l| plan.ttft.get(l.pick.route))
-    {
-        h.record(ex.started().elapsed());
+    for (i, leg) in race.legs.iter().enumerate() {
+        if let Some(h) = plan.ttft.get(leg.pick.route) {
+            if i == winner {
+                h.record(ex.started().elapsed());
+            } else if leg.running {
+                // A lower bound of the cancelled leg's time to first byte.
+                h.record(leg.started.elapsed());
+            }
+        }
     }
     race.adopt(ctx, winner);
     if race.legs.get(winner).is_some_and(|l| l.hedge) {
         ctx.exp.hedge = Some("won");
         xmetrics::hedge(&alias, "won");
     }
-    relay(session, ctx, ex, first).await
+    let served = relay(session, ctx, ex, first).await;
+    // After the response: estimating tokens may first load a tokenizer.
+    race.meter_losers(ctx, winner);
+    served
 }
 
 impl Race<'_> {
@@ -247,7 +252,7 @@ impl Race<'_> {
     /// Meters the legs cut off by the winner: logged as `hedge_cancelled`,
     /// their prompt tokens (estimated; the provider has read the prompt)
     /// counted on their route and charged with the request.
-    fn meter_losers(&self, ctx: &mut Ctx, plan: &HedgePlan, winner: usize) {
+    fn meter_losers(&self, ctx: &mut Ctx, winner: usize) {
         let Some(model) = self.rt.models.get(&*self.alias) else {
             return;
         };
@@ -263,10 +268,6 @@ impl Race<'_> {
             let Some(route) = model.routes.get(leg.pick.route) else {
                 continue;
             };
-            if let Some(h) = plan.ttft.get(leg.pick.route) {
-                // A lower bound of its real time to first byte.
-                h.record(leg.started.elapsed());
-            }
             let prompt = estimate::prompt_tokens(&route.model, self.ep, &ctx.body);
             let usage = crate::accounting::Usage {
                 prompt,

@@ -145,6 +145,9 @@ pub fn build(
             plans.by_alias.insert(alias.clone(), p);
         }
     }
+    if !plans.by_alias.is_empty() {
+        crate::upstream::client::warm_up();
+    }
     plans
 }
 

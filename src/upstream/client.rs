@@ -20,6 +20,12 @@ use std::time::{Duration, Instant};
 /// Idle pooled connections kept by this client.
 const POOL_SIZE: usize = 256;
 
+/// Builds the connector (its TLS roots included) ahead of the first
+/// request, so no leg pays for it.
+pub fn warm_up() {
+    connector();
+}
+
 fn connector() -> &'static Connector {
     static CONNECTOR: OnceLock<Connector> = OnceLock::new();
     CONNECTOR.get_or_init(|| Connector::new(Some(ConnectorOptions::new(POOL_SIZE))))
