@@ -195,11 +195,15 @@ impl Race<'_> {
         else {
             return false;
         };
-        if ctx.attempts > 0 && !hedge {
+        if let (Some(last), false) = (self.legs.last(), hedge) {
+            // Same route, another backend: a retry; another route: a fallback.
+            let kind = if last.pick.route == pick.route {
+                "retry"
+            } else {
+                "fallback"
+            };
             if let Some(m) = metrics::get() {
-                m.retries
-                    .with_label_values(&[&self.alias, "fallback"])
-                    .inc();
+                m.retries.with_label_values(&[&self.alias, kind]).inc();
             }
         }
         ctx.attempts += 1;
@@ -231,7 +235,6 @@ impl Race<'_> {
         let Some(leg) = self.legs.get(i) else {
             return;
         };
-        ctx.route = leg.pick.route;
         ctx.attempt_route = Some(leg.pick.route);
         ctx.backend = Some(leg.pick.addr);
         ctx.backend_state = leg.pick.state.clone();

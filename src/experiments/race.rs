@@ -17,7 +17,9 @@ use std::time::Instant;
 /// The order in which the alias's routes are tried: the primary first,
 /// then the next eligible route (the hedge's), then fallbacks. Today the
 /// config order, as the proxy's own attempts use. This is the one place to
-/// plug a routing strategy's candidate order into.
+/// plug a routing strategy's candidate order into (with the routing
+/// branch: the eligible, strategy-ordered `ctx.order`, so tier and region
+/// filters hold for hedges too).
 pub fn route_order(_ctx: &Ctx, model: &ModelRt) -> Vec<usize> {
     (0..model.routes.len()).collect()
 }
