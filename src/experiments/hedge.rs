@@ -8,22 +8,19 @@
 //! candidate, as the proxy would. Both legs are metered.
 
 use super::race::{run_leg, Candidates, LegEnd, LegFailure, Pick};
-use super::{metrics as xmetrics, HedgePlan};
+use super::{metrics as xmetrics, relay, HedgePlan};
 use crate::accounting::estimate;
 use crate::config::{HedgeAfter, HEDGE_BURST};
-use crate::error::GatewayError;
 use crate::proxy::ctx::{AttemptLog, Ctx};
 use crate::proxy::endpoint::Endpoint;
-use crate::proxy::{attempt, finish, headers, response};
+use crate::proxy::{attempt, headers};
 use crate::rewrite;
 use crate::runtime::Runtime;
 use crate::telemetry::metrics;
-use crate::upstream::client::Exchange;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
-use pingora::{Error, ErrorType};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -88,7 +85,7 @@ pub async fn serve(
     };
     let mut cands = Candidates::new(ctx, model);
     if !race.start_next(ctx, &mut cands, false) {
-        return answer_error(session, ctx).await;
+        return relay::answer_error(session, ctx).await;
     }
     let primary = race.legs.first().map_or(0, |l| l.pick.route);
     let after = match plan.after {
@@ -136,10 +133,11 @@ pub async fn serve(
                     }
                 }
             }
+            else => break None,
         }
     };
     let Some((winner, ex, first)) = won else {
-        return answer_error(session, ctx).await;
+        return relay::answer_error(session, ctx).await;
     };
     // Dropping the other legs closes their connections: cancelled at once.
     race.running = FuturesUnordered::new();
@@ -158,7 +156,7 @@ pub async fn serve(
         ctx.exp.hedge = Some("won");
         xmetrics::hedge(&alias, "won");
     }
-    let served = relay(session, ctx, ex, first).await;
+    let served = relay::relay(session, ctx, ex, first).await;
     // After the response: estimating tokens may first load a tokenizer.
     race.meter_losers(ctx, winner);
     served
@@ -308,74 +306,4 @@ impl Race<'_> {
             });
         }
     }
-}
-
-/// Answers the error of a race nobody won, in the OpenAI format.
-async fn answer_error(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-    let err = attempt::exhausted(ctx);
-    let e = Error::explain(ErrorType::HTTPStatus(err.status()), err.code());
-    ctx.error = Some(err);
-    finish::fail_to_proxy(session, &e, ctx).await;
-    Ok(true)
-}
-
-/// Streams the winner to the client: its header (tagged like the proxy's),
-/// then every chunk through the meters.
-async fn relay(
-    session: &mut Session,
-    ctx: &mut Ctx,
-    mut ex: Exchange,
-    first: Option<Bytes>,
-) -> pingora::Result<bool> {
-    ctx.upstream_headers_at = Some(Instant::now());
-    let mut resp = ex.header().clone();
-    response::on_header(&mut resp, ctx)?;
-    resp.remove_header(&http::header::CONNECTION);
-    if resp.headers.get(http::header::CONTENT_LENGTH).is_none() {
-        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-    }
-    if session
-        .write_response_header(Box::new(resp), false)
-        .await
-        .is_err()
-    {
-        ctx.status = 499;
-        return Ok(true);
-    }
-    let mut pending = first;
-    loop {
-        let (mut body, eos) = match pending.take() {
-            Some(b) => (Some(b), false),
-            None => match ex.chunk().await {
-                Ok(Some(b)) => (Some(b), false),
-                Ok(None) => (None, true),
-                Err(f) => {
-                    ctx.mid_stream_error = Some(if f.is_timeout() {
-                        GatewayError::UpstreamTimeout
-                    } else {
-                        GatewayError::UpstreamError
-                    });
-                    session.set_keepalive(None);
-                    let e = Error::explain(ErrorType::ReadError, "upstream stream broke").into_up();
-                    finish::fail_to_proxy(session, &e, ctx).await;
-                    return Ok(true);
-                }
-            },
-        };
-        if let Err(e) = response::on_chunk(&mut body, eos, ctx) {
-            session.set_keepalive(None);
-            finish::fail_to_proxy(session, &e, ctx).await;
-            return Ok(true);
-        }
-        let empty = body.as_ref().is_none_or(|b| b.is_empty());
-        if (!empty || eos) && session.write_response_body(body, eos).await.is_err() {
-            ctx.status = 499;
-            return Ok(true);
-        }
-        if eos {
-            break;
-        }
-    }
-    ex.finish().await;
-    Ok(true)
 }

@@ -7,6 +7,7 @@ pub mod cap;
 pub mod hedge;
 pub mod metrics;
 pub mod race;
+pub mod relay;
 pub mod shadow;
 pub mod ttft;
 
