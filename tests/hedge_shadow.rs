@@ -722,3 +722,27 @@ async fn client_leaving_during_the_race_cancels_the_legs() {
     );
     assert_eq!(gw.access_line("gone-1").await["status"], 499);
 }
+
+#[tokio::test]
+async fn p95_after_follows_the_measured_primary() {
+    let primary =
+        MockUpstream::start(delayed_json("primary-model", Duration::from_millis(150))).await;
+    let hedge = MockUpstream::start(Behavior::ChatEcho).await;
+    let gw = hedge_gateway(&primary, &hedge, &hedge_block("p95", 1.0)).await;
+    // 20 samples of about 150 ms: from then on the hedge waits the p95.
+    for i in 0..20 {
+        assert_eq!(post(&gw, &format!("warm-{i}"), false).await.status, 200);
+    }
+    assert_eq!(hedge.hits(), 0, "no hedge before the first second");
+    primary.set_behavior(delayed_json("primary-model", Duration::from_secs(3)));
+    let r = post(&gw, "p95-slow", false).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.route.as_deref(), Some("fast/hedge-model"));
+    // The 1 s default would have made it wait a second at least.
+    assert!(
+        r.took < Duration::from_millis(900),
+        "client waited {:?}",
+        r.took
+    );
+    assert_eq!(gw.access_line("p95-slow").await["hedge"], "won");
+}

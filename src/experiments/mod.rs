@@ -194,3 +194,20 @@ pub async fn after_admit(session: &mut Session, ctx: &mut Ctx) -> pingora::Resul
         None => Ok(false),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Marks;
+
+    #[test]
+    fn a_cancelled_leg_is_charged_with_the_request() {
+        let m = Marks {
+            extra_tokens: 12,
+            extra_usd: 0.5,
+            ..Marks::default()
+        };
+        assert_eq!(m.charge(100, Some(1.0)), (112, Some(1.5)));
+        assert_eq!(m.charge(100, None), (112, Some(0.5)));
+        assert_eq!(Marks::default().charge(7, None), (7, None));
+    }
+}
