@@ -746,3 +746,59 @@ async fn p95_after_follows_the_measured_primary() {
     );
     assert_eq!(gw.access_line("p95-slow").await["hedge"], "won");
 }
+
+#[tokio::test]
+async fn hedged_stream_over_http2_downstream() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue_files("server", &["localhost", "127.0.0.1"]);
+    let primary = MockUpstream::start(delayed_sse("primary-model", Duration::from_secs(3))).await;
+    let hedge = MockUpstream::start(Behavior::ChatEcho).await;
+    let top = format!(
+        "plain_listen: \"{{PLAIN}}\"\ntls:\n  cert: \"{}\"\n  key: \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let gw = Gateway::start(&config(
+        &top,
+        &[
+            provider("slow", primary.port()),
+            provider("fast", hedge.port()),
+        ],
+        &[("slow", "primary-model"), ("fast", "hedge-model")],
+        &hedge_block("100ms", 0.5),
+    ))
+    .await;
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.ca_pem().as_bytes()).unwrap())
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let port = gw.listen_addr().rsplit(':').next().unwrap().to_string();
+    let start = Instant::now();
+    let resp = client
+        .post(format!("https://localhost:{port}/v1/chat/completions"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("content-type", "application/json")
+        .header("x-request-id", "h2-1")
+        .body(chat(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status().as_u16(), 200);
+    let body = resp.text().await.unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        body.contains("hedge-model") && body.trim_end().ends_with("data: [DONE]"),
+        "{body}"
+    );
+    assert!(primary.wait_cancelled(1, QUICK).await);
+    assert_eq!(gw.access_line("h2-1").await["hedge"], "won");
+}
