@@ -802,3 +802,28 @@ async fn hedged_stream_over_http2_downstream() {
     assert!(primary.wait_cancelled(1, QUICK).await);
     assert_eq!(gw.access_line("h2-1").await["hedge"], "won");
 }
+
+#[tokio::test]
+async fn legs_honour_first_byte_timeouts_and_answer_504() {
+    let primary = MockUpstream::start(Behavior::Hang).await;
+    let hedge = MockUpstream::start(Behavior::Hang).await;
+    let slow = provider("slow", primary.port()) + "    timeouts: { first_byte: 300ms }\n";
+    let fast = provider("fast", hedge.port()) + "    timeouts: { first_byte: 300ms }\n";
+    let gw = Gateway::start(&config(
+        "",
+        &[slow, fast],
+        &[("slow", "primary-model"), ("fast", "hedge-model")],
+        &hedge_block("100ms", 1.0),
+    ))
+    .await;
+    let r = post(&gw, "timeout-1", false).await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert!(r.took < Duration::from_secs(3), "{:?}", r.took);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"]["code"], "upstream_timeout");
+    assert_eq!(primary.hits(), 1);
+    assert_eq!(hedge.hits(), 1);
+    let line = gw.access_line("timeout-1").await;
+    assert_eq!(line["hedge"], "fired");
+    assert_eq!(line["status"], 504);
+}
