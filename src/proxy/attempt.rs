@@ -111,7 +111,7 @@ fn count_retry(ctx: &Ctx, alias: &str) {
 }
 
 /// What to answer when nothing is left to try.
-fn exhausted(ctx: &Ctx) -> GatewayError {
+pub fn exhausted(ctx: &Ctx) -> GatewayError {
     match (&ctx.last_failure, ctx.out_for_ms) {
         (Some(e), _) => e.clone(),
         (None, Some(ms)) => {

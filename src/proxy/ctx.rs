@@ -90,6 +90,8 @@ pub struct Ctx {
     pub tr: crate::proxy::translated::Tr,
     /// A Messages (Anthropic) request: its translation state.
     pub front: Option<Box<crate::proxy::messages::Front>>,
+    /// What shadow traffic and hedging did to this request.
+    pub exp: crate::experiments::Marks,
 }
 
 /// Holds one unit of the in-flight gauge.
@@ -173,6 +175,7 @@ impl Ctx {
             rate_headers: crate::governance::RateHeaders::default(),
             tr: Default::default(),
             front: None,
+            exp: crate::experiments::Marks::default(),
         }
     }
 

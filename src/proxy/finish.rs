@@ -114,7 +114,12 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     let settled = settle(ctx);
     if let Some(r) = ctx.reservation.take() {
         match &settled {
-            Some(s) => r.settle(s.usage.prompt + s.usage.completion, s.cost_usd),
+            Some(s) => {
+                let (tokens, usd) = ctx
+                    .exp
+                    .charge(s.usage.prompt + s.usage.completion, s.cost_usd);
+                r.settle(tokens, usd)
+            }
             // Nothing was served: release what was reserved.
             None => drop(r),
         }
@@ -196,6 +201,8 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             cost_usd: settled.as_ref().and_then(|s| s.cost_usd),
             unpriced: settled.as_ref().is_some_and(|s| s.cost_usd.is_none()),
             partial: settled.as_ref().is_some_and(|s| s.partial),
+            hedge: ctx.exp.hedge,
+            shadow: ctx.exp.shadow,
         });
     }
     ctx.in_flight = None;
