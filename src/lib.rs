@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod experiments;
 pub mod governance;
 pub mod json_scan;
 pub mod lifecycle;

@@ -35,6 +35,36 @@ pub struct RouteRt {
     pub dialect: crate::providers::dialect::RouteDialect,
 }
 
+impl RouteRt {
+    /// Compiles one route of `cfg` on its already built provider.
+    pub fn compile(cfg: &Config, r: &crate::config::Route, p: &Arc<ProviderRt>) -> RouteRt {
+        RouteRt {
+            provider_name: Arc::from(r.provider.as_str()),
+            provider: p.clone(),
+            model: Arc::from(r.model.as_str()),
+            model_json: json_string(&r.model),
+            price: r.price,
+            limits: match &**p {
+                ProviderRt::Http(up) => up.limits(r.timeouts.as_ref()),
+                ProviderRt::Mock(_) => crate::resilience::Limits {
+                    connect: Duration::ZERO,
+                    first_byte: Duration::ZERO,
+                    idle: Duration::ZERO,
+                    total: None,
+                },
+            },
+            route_label: http::HeaderValue::from_str(&format!("{}/{}", r.provider, r.model))
+                .unwrap_or_else(|_| http::HeaderValue::from_static("-")),
+            dialect: match (&**p, cfg.providers.get(&r.provider)) {
+                (ProviderRt::Http(up), Some(pc)) => {
+                    crate::providers::dialect::RouteDialect::build(pc, r, &up.base.prefix)
+                }
+                _ => crate::providers::dialect::RouteDialect::openai(),
+            },
+        }
+    }
+}
+
 /// A model alias.
 pub struct ModelRt {
     pub name: Arc<str>,
@@ -86,6 +116,8 @@ pub struct Runtime {
     pub route_header: Option<http::HeaderName>,
     /// The certificate served on `listen` when `tls` is set.
     pub tls_cert: Option<Arc<crate::tls::ServerCert>>,
+    /// Shadow traffic and hedging, per alias.
+    pub experiments: crate::experiments::Plans,
 }
 
 impl Runtime {
@@ -119,37 +151,7 @@ impl Runtime {
             let mut routes = Vec::new();
             for (i, r) in m.routes.iter().enumerate() {
                 match providers.get(&r.provider) {
-                    Some(p) => routes.push(RouteRt {
-                        provider_name: Arc::from(r.provider.as_str()),
-                        provider: p.clone(),
-                        model: Arc::from(r.model.as_str()),
-                        model_json: json_string(&r.model),
-                        price: r.price,
-                        limits: match &**p {
-                            ProviderRt::Http(up) => up.limits(r.timeouts.as_ref()),
-                            ProviderRt::Mock(_) => crate::resilience::Limits {
-                                connect: Duration::ZERO,
-                                first_byte: Duration::ZERO,
-                                idle: Duration::ZERO,
-                                total: None,
-                            },
-                        },
-                        route_label: http::HeaderValue::from_str(&format!(
-                            "{}/{}",
-                            r.provider, r.model
-                        ))
-                        .unwrap_or_else(|_| http::HeaderValue::from_static("-")),
-                        dialect: match (&**p, cfg.providers.get(&r.provider)) {
-                            (ProviderRt::Http(up), Some(pc)) => {
-                                crate::providers::dialect::RouteDialect::build(
-                                    pc,
-                                    r,
-                                    &up.base.prefix,
-                                )
-                            }
-                            _ => crate::providers::dialect::RouteDialect::openai(),
-                        },
-                    }),
+                    Some(p) => routes.push(RouteRt::compile(&cfg, r, p)),
                     None => problems.push(format!(
                         "models.{alias}.routes[{i}].provider: `{}` is not available",
                         r.provider
@@ -220,11 +222,13 @@ impl Runtime {
             },
             None => None,
         };
+        let experiments = crate::experiments::build(&cfg, &providers, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
         Ok(Self {
             tls_cert,
+            experiments,
             max_body_bytes: cfg.max_body_bytes,
             body_idle_timeout: cfg.downstream.body_idle_timeout.get(),
             keepalive_secs: cfg.downstream.keepalive.get().as_secs(),

@@ -541,3 +541,73 @@ keys:
         "{m}"
     );
 }
+
+/// `POST /v1/messages` (Anthropic's format in front) to a Gemini route:
+/// Anthropic → OpenAI → Gemini, and back, streamed and not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_messages_endpoint_reaches_a_gemini_route() {
+    let up = MockUpstream::start(gemini(
+        fixture!("generate_text.json"),
+        fixture!("stream_tools.sse"),
+    ))
+    .await;
+    let gw = Gateway::start(&config(up.port(), "")).await;
+    let body = |stream: bool| {
+        json!({"model": "smart", "max_tokens": 256, "stream": stream,
+            "system": "Be brief.",
+            "tools": [{"name": "get_weather", "input_schema": {"type": "object",
+                "properties": {"city": {"type": "string"}}}}],
+            "messages": [{"role": "user", "content": "Weather in Paris and Zürich?"}]})
+    };
+    let send = |stream: bool, rid: &'static str| {
+        support::client()
+            .post(gw.url("/v1/messages"))
+            .header("x-api-key", KEY)
+            .header("anthropic-version", "2023-06-01")
+            .header("x-request-id", rid)
+            .json(&body(stream))
+            .send()
+    };
+
+    let r = send(false, "gmsg-1").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "message", "{v}");
+    assert_eq!(
+        v["content"][0]["text"],
+        "Paris is the capital of France. It sits on the Seine."
+    );
+    assert_eq!(v["stop_reason"], "end_turn");
+    let sent = up.last().unwrap();
+    assert_eq!(sent.path, format!("/v1beta/models/{MODEL}:generateContent"));
+    assert_eq!(
+        sent.json()["systemInstruction"],
+        json!({"parts": [{"text": "Be brief."}]})
+    );
+    assert_eq!(sent.json()["generationConfig"]["maxOutputTokens"], 256);
+    assert_key_only_in_header(&gw, &sent);
+
+    let r = send(true, "gmsg-2").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("event: message_start"), "{text}");
+    assert!(text.contains("\"type\":\"tool_use\""), "{text}");
+    assert!(text.contains("get_time"), "{text}");
+    assert!(text.contains("\"stop_reason\":\"tool_use\""), "{text}");
+    assert!(
+        text.trim_end()
+            .ends_with("data: {\"type\":\"message_stop\"}"),
+        "{text}"
+    );
+    assert_eq!(
+        up.last().unwrap().path,
+        format!("/v1beta/models/{MODEL}:streamGenerateContent?alt=sse")
+    );
+    gw.access_line("gmsg-2").await;
+    let m = gw.metrics_text().await;
+    let t = |kind| tokens(&m, "smart", MODEL, kind, "reported");
+    // Both requests, counted exactly: 2051 + 130 in, 110 + 73 out.
+    assert_eq!(t("input"), 2181.0, "{m}");
+    assert_eq!(t("cached_input"), 2112.0);
+    assert_eq!(t("output"), 183.0);
+}

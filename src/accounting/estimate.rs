@@ -93,7 +93,8 @@ fn prompt_tokens_of(model: &str, ep: Endpoint, doc: &Value) -> u64 {
     let mut text = String::new();
     let mut messages = 0u64;
     match ep {
-        Endpoint::ChatCompletions => {
+        // A Messages request is counted in its translated (chat) form.
+        Endpoint::ChatCompletions | Endpoint::Messages => {
             for m in doc
                 .get("messages")
                 .and_then(Value::as_array)

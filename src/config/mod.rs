@@ -4,10 +4,12 @@
 
 pub mod duration;
 pub mod env;
+pub mod experiments;
 pub mod schema;
 pub mod url;
 pub mod validate;
 
+pub use experiments::{Hedge, HedgeAfter, Shadow, ShadowSection, HEDGE_BURST};
 pub use schema::*;
 
 use std::fmt;

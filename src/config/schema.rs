@@ -68,6 +68,9 @@ pub struct Config {
     /// How often the budget counters are written to `state_file`.
     #[serde(default = "default_state_interval")]
     pub state_interval: HumanDuration,
+    /// Limits on shadow traffic, all aliases together.
+    #[serde(default)]
+    pub shadow: super::experiments::ShadowSection,
 }
 
 fn default_state_interval() -> HumanDuration {
@@ -668,6 +671,12 @@ pub struct Model {
     /// `max_tokens` nor `max_completion_tokens` (nor `max_output_tokens`).
     #[serde(default = "default_reserve_output_tokens")]
     pub reserve_output_tokens: u64,
+    /// Copy a sample of requests to another route in the background.
+    #[serde(default)]
+    pub shadow: Option<super::experiments::Shadow>,
+    /// Race a slow primary against the next route.
+    #[serde(default)]
+    pub hedge: Option<super::experiments::Hedge>,
 }
 
 pub const DEFAULT_RESERVE_OUTPUT_TOKENS: u64 = 1024;

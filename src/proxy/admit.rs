@@ -128,6 +128,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
             model: model.name.to_string(),
         });
     }
+    let (bytes, parsed) = crate::proxy::messages::admit(ctx, ep, model, bytes, parsed)?;
     ctx.alias = Some(model.name.clone());
     let first = model.routes.first().ok_or(GatewayError::Internal)?;
     match governance::admit_request(key_info, model, ep, &bytes).await {
@@ -147,8 +148,10 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         if !settings.latency.get().is_zero() {
             tokio::time::sleep(settings.latency.get()).await;
         }
-        let reply = mock::reply(ep, settings, &first.model, &parsed, &bytes, &ctx.request_id);
-        ctx.local_usage = Some(mock::usage_of(ep, settings));
+        let (oa, id) = (ep.as_openai(), &ctx.request_id);
+        let reply = mock::reply(oa, settings, &first.model, &parsed, &bytes, id);
+        let reply = crate::proxy::messages::local_reply(ctx, reply);
+        ctx.local_usage = Some(mock::usage_of(oa, settings));
         ctx.parsed = Some(parsed);
         let sent = match reply {
             mock::Reply::Json(b) => respond::json(session, 200, b, &respond::Tags::of(ctx)).await,

@@ -111,7 +111,7 @@ fn count_retry(ctx: &Ctx, alias: &str) {
 }
 
 /// What to answer when nothing is left to try.
-fn exhausted(ctx: &Ctx) -> GatewayError {
+pub fn exhausted(ctx: &Ctx) -> GatewayError {
     match (&ctx.last_failure, ctx.out_for_ms) {
         (Some(e), _) => e.clone(),
         (None, Some(ms)) => {
@@ -145,6 +145,7 @@ pub fn upstream_request(
     *upstream =
         headers::upstream_request(client, &up, ep, ctx.attempt_body.len(), &ctx.request_id)?;
     crate::proxy::translated::patch_request(upstream, ctx);
+    crate::proxy::messages::passthrough::patch_request(client, upstream, ctx);
     Ok(())
 }
 

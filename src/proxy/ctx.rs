@@ -90,6 +90,10 @@ pub struct Ctx {
     pub rate_headers: crate::governance::RateHeaders,
     /// Provider translation (non-OpenAI kinds): body cache and response mode.
     pub tr: crate::proxy::translated::Tr,
+    /// A Messages (Anthropic) request: its translation state.
+    pub front: Option<Box<crate::proxy::messages::Front>>,
+    /// What shadow traffic and hedging did to this request.
+    pub exp: crate::experiments::Marks,
 }
 
 /// Holds one unit of the in-flight gauge.
@@ -173,6 +177,8 @@ impl Ctx {
             reservation: None,
             rate_headers: crate::governance::RateHeaders::default(),
             tr: Default::default(),
+            front: None,
+            exp: crate::experiments::Marks::default(),
         }
     }
 

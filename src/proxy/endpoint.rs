@@ -7,6 +7,9 @@ pub enum Endpoint {
     Completions,
     Embeddings,
     Responses,
+    /// Anthropic's Messages API in front: sent to OpenAI-kind upstreams as
+    /// Chat Completions (see `translate::messages`).
+    Messages,
     Models,
     Healthz,
 }
@@ -28,13 +31,15 @@ impl Endpoint {
         Endpoint::Responses,
     ];
 
-    /// Position in [`Endpoint::PROXIED`]; non-proxied endpoints map to 0.
+    /// Position in [`Endpoint::PROXIED`]; Messages maps to Chat Completions
+    /// (its OpenAI-kind upstream path), non-proxied endpoints to 0.
     pub fn index(self) -> usize {
         match self {
             Endpoint::ChatCompletions => 0,
             Endpoint::Completions => 1,
             Endpoint::Embeddings => 2,
             Endpoint::Responses => 3,
+            Endpoint::Messages => 0,
             Endpoint::Models | Endpoint::Healthz => 0,
         }
     }
@@ -46,6 +51,7 @@ impl Endpoint {
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
             Endpoint::Responses => "/responses",
+            Endpoint::Messages => "/messages",
             Endpoint::Models => "/models",
             Endpoint::Healthz => "/healthz",
         }
@@ -58,8 +64,18 @@ impl Endpoint {
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Responses => "responses",
+            Endpoint::Messages => "messages",
             Endpoint::Models => "models",
             Endpoint::Healthz => "healthz",
+        }
+    }
+
+    /// The OpenAI endpoint this one is served as (Messages is translated
+    /// to Chat Completions); every other endpoint is itself.
+    pub fn as_openai(self) -> Endpoint {
+        match self {
+            Endpoint::Messages => Endpoint::ChatCompletions,
+            ep => ep,
         }
     }
 
@@ -81,6 +97,7 @@ pub fn route(method: &http::Method, path: &str) -> Route {
         "/v1/completions" | "/completions" => (Endpoint::Completions, "POST"),
         "/v1/embeddings" | "/embeddings" => (Endpoint::Embeddings, "POST"),
         "/v1/responses" | "/responses" => (Endpoint::Responses, "POST"),
+        "/v1/messages" | "/messages" => (Endpoint::Messages, "POST"),
         "/v1/models" | "/models" => (Endpoint::Models, "GET"),
         "/healthz" => (Endpoint::Healthz, "GET"),
         _ => return Route::Unknown,
@@ -125,6 +142,14 @@ mod tests {
         assert_eq!(
             route(&Method::POST, "//v1//chat/completions/"),
             Route::Ok(Endpoint::ChatCompletions)
+        );
+        assert_eq!(
+            route(&Method::POST, "/v1/messages"),
+            Route::Ok(Endpoint::Messages)
+        );
+        assert_eq!(
+            route(&Method::POST, "/messages/"),
+            Route::Ok(Endpoint::Messages)
         );
         assert_eq!(
             route(&Method::GET, "/v1/models"),

@@ -66,13 +66,15 @@ pub async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u
         // [DONE]), so SDKs raise; any other body is cut short.
         let err = ctx.mid_stream_error.clone().unwrap_or(err);
         if matches!(ctx.meter, Meter::Stream(_)) {
+            // A Messages stream: its unsent events, translated, and its error event.
+            let anthropic = crate::proxy::messages::stream_error(ctx, &err);
             if let Some(unsent) = ctx.unsent.take() {
                 let _ = session.write_response_body(Some(unsent), false).await;
             }
-            let event = format!("data: {}\n\n", String::from_utf8_lossy(&err.body()));
-            let _ = session
-                .write_response_body(Some(bytes::Bytes::from(event)), true)
-                .await;
+            let event = anthropic.unwrap_or_else(|| {
+                format!("data: {}\n\n", String::from_utf8_lossy(&err.body())).into()
+            });
+            let _ = session.write_response_body(Some(event), true).await;
         }
         log::warn!(
             "request {}: stream broken after it started: {e}",
@@ -112,7 +114,12 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     let settled = settle(ctx);
     if let Some(r) = ctx.reservation.take() {
         match &settled {
-            Some(s) => r.settle(s.usage.prompt + s.usage.completion, s.cost_usd),
+            Some(s) => {
+                let (tokens, usd) = ctx
+                    .exp
+                    .charge(s.usage.prompt + s.usage.completion, s.cost_usd);
+                r.settle(tokens, usd)
+            }
             // Nothing was served: release what was reserved.
             None => drop(r),
         }
@@ -194,6 +201,8 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             cost_usd: settled.as_ref().and_then(|s| s.cost_usd),
             unpriced: settled.as_ref().is_some_and(|s| s.cost_usd.is_none()),
             partial: settled.as_ref().is_some_and(|s| s.partial),
+            hedge: ctx.exp.hedge,
+            shadow: ctx.exp.shadow,
         });
     }
     ctx.in_flight = None;

@@ -10,6 +10,7 @@ pub mod finish;
 pub mod gemini;
 pub mod header_guard;
 pub mod headers;
+pub mod messages;
 pub mod respond;
 pub mod response;
 pub mod rewound;
@@ -69,9 +70,14 @@ impl ProxyHttp for Gateway {
         ctx.request_id = headers::client_request_id(session.req_header())
             .unwrap_or_else(headers::new_request_id);
         ctx.in_flight = Some(ctx::InFlight::enter());
-        let admitted = AssertUnwindSafe(admit::request_filter(session, ctx))
-            .catch_unwind()
-            .await;
+        let admitted = AssertUnwindSafe(async {
+            match admit::request_filter(session, ctx).await? {
+                true => Ok(true),
+                false => crate::experiments::after_admit(session, ctx).await,
+            }
+        })
+        .catch_unwind()
+        .await;
         match admitted {
             Ok(r) => r,
             Err(_) => panicked(session, ctx).await,

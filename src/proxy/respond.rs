@@ -12,6 +12,8 @@ use std::time::Duration;
 pub struct Tags<'a> {
     pub request_id: &'a str,
     pub rate: &'a crate::governance::RateHeaders,
+    /// Errors go out in Anthropic's shape (the Messages endpoint).
+    pub anthropic: bool,
 }
 
 impl<'a> Tags<'a> {
@@ -19,6 +21,7 @@ impl<'a> Tags<'a> {
         Tags {
             request_id: &ctx.request_id,
             rate: &ctx.rate_headers,
+            anthropic: ctx.endpoint == Some(crate::proxy::endpoint::Endpoint::Messages),
         }
     }
 }
@@ -60,14 +63,18 @@ pub async fn json(
         .await
 }
 
-/// Writes an OpenAI-format error.
+/// Writes an error: OpenAI's format, or Anthropic's on the Messages endpoint.
 pub async fn error(
     session: &mut Session,
     err: &GatewayError,
     tags: &Tags<'_>,
 ) -> pingora::Result<()> {
     let mut resp = header(err.status(), "application/json", None, tags)?;
-    let body = err.body();
+    let body = if tags.anthropic {
+        crate::proxy::messages::error_body(err)
+    } else {
+        err.body()
+    };
     resp.remove_header(&http::header::TRANSFER_ENCODING);
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     if let GatewayError::MethodNotAllowed { allowed } = err {

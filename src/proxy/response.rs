@@ -71,7 +71,7 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
         }
     }
     if crate::proxy::translated::on_header(resp, ctx)? {
-        return Ok(());
+        return crate::proxy::messages::on_header(resp, ctx);
     }
     let ep = ctx
         .endpoint
@@ -87,7 +87,7 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
     } else {
         Meter::Body(BodyMeter::default())
     };
-    Ok(())
+    crate::proxy::messages::on_header(resp, ctx)
 }
 
 fn is_event_stream(resp: &ResponseHeader) -> bool {
@@ -130,5 +130,6 @@ pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pingora::
             }
         }
     }
+    crate::proxy::messages::on_chunk(body, eos, ctx);
     Ok(())
 }

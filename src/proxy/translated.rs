@@ -85,6 +85,9 @@ pub fn prepare(
 ) -> Result<Option<Bytes>, GatewayError> {
     let d = &route.dialect;
     d.supports(ep, &route.provider_name)?;
+    if let Some(body) = crate::proxy::messages::passthrough::prepare(ctx, route)? {
+        return Ok(Some(body));
+    }
     if !d.translates() {
         return Ok(None);
     }
@@ -149,6 +152,9 @@ pub fn patch_request(upstream: &mut RequestHeader, ctx: &Ctx) {
 /// `true` when it chose the meter (the caller then leaves it alone).
 pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<bool> {
     ctx.tr.mode = Mode::Off;
+    if crate::proxy::messages::passthrough::current(ctx) {
+        return Ok(false);
+    }
     let Some((kind, maps_errors, translates, model)) = ctx.current_route().map(|r| {
         (
             r.dialect.kind,

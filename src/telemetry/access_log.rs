@@ -39,6 +39,10 @@ pub struct Record<'a> {
     /// Usage known but the route has no price: the cost is unknown, not 0.
     pub unpriced: bool,
     pub partial: bool,
+    /// `fired` (a hedge started; the primary won) or `won` (the hedge won).
+    pub hedge: Option<&'static str>,
+    /// `sampled` (a shadow copy was sent) or `skipped` (over a shadow limit).
+    pub shadow: Option<&'static str>,
 }
 
 impl Record<'_> {
@@ -102,6 +106,8 @@ impl Record<'_> {
         }
         w.raw("unpriced", if self.unpriced { "true" } else { "false" });
         w.raw("partial", if self.partial { "true" } else { "false" });
+        w.str("hedge", Some(self.hedge.unwrap_or("none")));
+        w.str("shadow", self.shadow);
         w.out.push(b'}');
     }
 }
@@ -336,6 +342,8 @@ mod tests {
             cost_usd: Some(1.25e-6),
             unpriced: false,
             partial: true,
+            hedge: None,
+            shadow: None,
         }
     }
 
@@ -367,7 +375,7 @@ mod tests {
         assert_eq!(v["usage_source"], "reported");
         assert_eq!(v["cost_usd"].as_f64(), Some(1.25e-6));
         assert_eq!(v["partial"], true);
-        assert_eq!(v.as_object().map(|o| o.len()), Some(25));
+        assert_eq!(v.as_object().map(|o| o.len()), Some(27));
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! - a [`StreamTranslator`]: provider SSE events in, client SSE bytes out, one
 //!   event at a time, holding only the state of the current block.
 
+pub mod messages;
+
 use crate::accounting::Usage;
 use bytes::{Bytes, BytesMut};
 

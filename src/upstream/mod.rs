@@ -1,6 +1,7 @@
 //! Upstreams: per provider, a health-checked balancer over its backends, and
 //! everything needed to build a peer and its headers, prepared at config load.
 
+pub mod client;
 pub mod discovery;
 pub mod health;
 pub mod tls;

@@ -1,0 +1,291 @@
+//! Shadow traffic: a sampled copy of a request, rewritten for the shadow
+//! route's model, sent by a background task. Its response is read,
+//! metered and discarded; the client never waits for it and never sees its
+//! errors. A global cap bounds the copies in flight, and a team's budget
+//! (`shadow.budget`) can bound their rate and spend.
+
+use super::metrics;
+use super::ShadowPlan;
+use crate::accounting::meter::{BodyMeter, BodyUsage, StreamMeter};
+use crate::accounting::settle::{self, Observed, Settled};
+use crate::governance::{self, Ask};
+use crate::proxy::ctx::Ctx;
+use crate::proxy::endpoint::Endpoint;
+use crate::proxy::headers;
+use crate::rewrite::{self, Parsed};
+use crate::runtime::{ProviderRt, Runtime};
+use crate::upstream::client::{Exchange, Failure};
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Shadow requests in flight, all aliases together.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Holds one shadow slot until dropped.
+struct Slot;
+
+impl Slot {
+    fn take(max: usize) -> Option<Slot> {
+        IN_FLIGHT
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        if let Some(m) = metrics::get() {
+            m.shadow_in_flight.inc();
+        }
+        Some(Slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+        if let Some(m) = metrics::get() {
+            m.shadow_in_flight.dec();
+        }
+    }
+}
+
+/// A uniform draw in [0, 1) from a per-thread xorshift generator.
+fn draw() -> f64 {
+    use std::cell::Cell;
+    static SEED: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            (t ^ SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+/// Everything the background task needs, owned.
+struct Job {
+    rt: Arc<Runtime>,
+    alias: Arc<str>,
+    ep: Endpoint,
+    parsed: Parsed,
+    body: Bytes,
+    client: RequestHeader,
+    request_id: String,
+    slot: Slot,
+}
+
+/// Samples the request; when picked and under the cap, spawns its copy.
+pub fn maybe_send(client: &RequestHeader, ctx: &mut Ctx, rt: &Arc<Runtime>, plan: &ShadowPlan) {
+    if plan.sample <= 0.0 || draw() >= plan.sample {
+        return;
+    }
+    let (Some(alias), Some(ep), Some(parsed)) = (ctx.alias.clone(), ctx.endpoint, &ctx.parsed)
+    else {
+        return;
+    };
+    let Some(slot) = Slot::take(rt.experiments.shadow_max_concurrency) else {
+        skipped(&alias, "concurrency");
+        ctx.exp.shadow = Some("skipped");
+        return;
+    };
+    ctx.exp.shadow = Some("sampled");
+    let job = Job {
+        rt: rt.clone(),
+        alias,
+        ep,
+        parsed: parsed.clone(),
+        body: ctx.body.clone(),
+        client: client.clone(),
+        request_id: format!("{}-shadow", ctx.request_id),
+        slot,
+    };
+    tokio::spawn(run(job));
+}
+
+fn skipped(alias: &str, reason: &str) {
+    if let Some(m) = metrics::get() {
+        m.shadow_skipped.with_label_values(&[alias, reason]).inc();
+    }
+}
+
+async fn run(job: Job) {
+    let _slot = &job.slot;
+    let Some(plan) = job
+        .rt
+        .experiments
+        .of(&job.alias)
+        .and_then(|p| p.shadow.as_ref())
+    else {
+        return;
+    };
+    let route = &plan.route;
+    let ProviderRt::Http(up) = &*route.provider else {
+        return;
+    };
+    let rules = &job.rt.experiments.shadow_rules;
+    let reservation = if rules.is_empty() {
+        None
+    } else {
+        let prices: Vec<_> = route.price.into_iter().collect();
+        let output = job
+            .rt
+            .models
+            .get(&*job.alias)
+            .map_or(crate::config::DEFAULT_RESERVE_OUTPUT_TOKENS, |m| {
+                m.reserve_output_tokens
+            });
+        let ask = Ask::worst_case(&route.model, &prices, output, job.ep, &job.body);
+        match governance::admit(&[rules.as_slice()], ask).await {
+            Ok(a) => Some(a.reservation),
+            Err(_) => {
+                skipped(&job.alias, "budget");
+                return;
+            }
+        }
+    };
+    let picked = up
+        .select(job.request_id.as_bytes(), &[], false)
+        .or_else(|_| up.select(job.request_id.as_bytes(), &[], true));
+    let Ok((addr, _)) = picked else {
+        skipped(&job.alias, "no_backend");
+        return;
+    };
+    let usage_capable = matches!(job.ep, Endpoint::ChatCompletions | Endpoint::Completions);
+    let (body, injected) = rewrite::attempt_body(
+        &job.body,
+        &job.parsed,
+        &route.model_json,
+        usage_capable && up.stream_usage,
+    );
+    let Ok(req) = headers::upstream_request(&job.client, up, job.ep, body.len(), &job.request_id)
+    else {
+        return;
+    };
+    let start = Instant::now();
+    let (result, settled) = match Exchange::start(up, addr, route.limits, &req, &body).await {
+        Ok(ex) => read(ex, &job, route, injected).await,
+        Err(f) => (failure_label(f), None),
+    };
+    let labels = [&*job.alias, &*route.provider_name, &*route.model];
+    if let Some(m) = metrics::get() {
+        m.shadow_requests
+            .with_label_values(&[labels[0], labels[1], labels[2], result])
+            .inc();
+        m.shadow_duration
+            .with_label_values(&[labels[0], labels[1]])
+            .observe(start.elapsed().as_secs_f64());
+        if let Some(s) = &settled {
+            record_usage(m, &labels, s);
+        }
+    }
+    if result != "success" {
+        log::debug!(
+            "request {}: shadow copy ended with {result}",
+            job.request_id
+        );
+    }
+    if let Some(r) = reservation {
+        match &settled {
+            Some(s) => r.settle(s.usage.prompt + s.usage.completion, s.cost_usd),
+            None => drop(r),
+        }
+    }
+}
+
+fn failure_label(f: Failure) -> &'static str {
+    if f.is_timeout() {
+        "timeout"
+    } else {
+        "error"
+    }
+}
+
+/// Reads the whole response through the meter that fits it.
+async fn read(
+    mut ex: Exchange,
+    job: &Job,
+    route: &crate::runtime::RouteRt,
+    injected: bool,
+) -> (&'static str, Option<Settled>) {
+    let status = ex.header().status;
+    let sse = ex
+        .header()
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let mut stream = (status.is_success() && sse).then(|| StreamMeter::new(job.ep, injected));
+    let mut body = (status.is_success() && !sse).then(BodyMeter::default);
+    loop {
+        match ex.chunk().await {
+            Ok(Some(chunk)) => {
+                let mut c = Some(chunk);
+                if let Some(m) = &mut stream {
+                    if m.on_chunk(&mut c, false).is_err() {
+                        return ("error", None);
+                    }
+                }
+                if let Some(m) = &mut body {
+                    m.on_chunk(&c);
+                }
+            }
+            Ok(None) => break,
+            Err(f) => return (failure_label(f), None),
+        }
+    }
+    if let Some(m) = &mut stream {
+        let _ = m.on_chunk(&mut None, true);
+    }
+    ex.finish().await;
+    if !status.is_success() {
+        let label = if status.is_server_error() {
+            "status_5xx"
+        } else {
+            "status_4xx"
+        };
+        return (label, None);
+    }
+    let observed = match (&stream, &body) {
+        (Some(m), _) => Observed::Stream(m.seen()),
+        (None, Some(m)) => match m.usage() {
+            BodyUsage::Reported(u) => Observed::Known(u),
+            BodyUsage::Missing => Observed::Body(m.json()),
+            BodyUsage::Unreadable => return ("success", None),
+        },
+        (None, None) => return ("success", None),
+    };
+    let settled = settle::settle(
+        job.ep,
+        &route.model,
+        &job.body,
+        observed,
+        route.price.as_ref(),
+    );
+    ("success", settled)
+}
+
+fn record_usage(m: &metrics::Metrics, labels: &[&str; 3], s: &Settled) {
+    let source = s.source.label();
+    for (kind, n) in [
+        ("input", s.usage.prompt),
+        ("output", s.usage.completion),
+        ("cached_input", s.usage.cached),
+        ("reasoning", s.usage.reasoning),
+    ] {
+        m.shadow_tokens
+            .with_label_values(&[labels[0], labels[1], labels[2], kind, source])
+            .inc_by(n);
+    }
+    if let Some(c) = s.cost_usd {
+        m.shadow_cost.with_label_values(labels).inc_by(c);
+    }
+}
