@@ -47,6 +47,15 @@ pub enum GatewayError {
     QuotaExceeded { detail: String, retry_after: u64 },
     /// The shared limits store cannot be reached (`on_error: fail_closed`).
     LimitsUnavailable,
+    /// No route of the alias is open to this caller (its tier or regions).
+    RouteNotPermitted { message: String, code: &'static str },
+    /// No route of the alias can serve what the request uses (a capability,
+    /// or a prompt too long for every context window).
+    Unsupported {
+        message: String,
+        param: Option<&'static str>,
+        code: &'static str,
+    },
     /// A fault inside the gateway.
     Internal,
 }
@@ -61,9 +70,9 @@ impl GatewayError {
 
     pub fn status(&self) -> u16 {
         match self {
-            Self::InvalidRequest { .. } => 400,
+            Self::InvalidRequest { .. } | Self::Unsupported { .. } => 400,
             Self::InvalidApiKey => 401,
-            Self::ModelNotAllowed { .. } => 403,
+            Self::ModelNotAllowed { .. } | Self::RouteNotPermitted { .. } => 403,
             Self::ModelNotFound { .. } | Self::NotFound => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::RequestTimeout => 408,
@@ -84,6 +93,7 @@ impl GatewayError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::InvalidRequest { .. }
+            | Self::Unsupported { .. }
             | Self::ModelNotFound { .. }
             | Self::NotFound
             | Self::MethodNotAllowed { .. }
@@ -92,7 +102,7 @@ impl GatewayError {
             | Self::HeaderTooLarge
             | Self::PayloadTooLarge { .. } => "invalid_request_error",
             Self::InvalidApiKey => "authentication_error",
-            Self::ModelNotAllowed { .. } => "permission_error",
+            Self::ModelNotAllowed { .. } | Self::RouteNotPermitted { .. } => "permission_error",
             Self::UpstreamError
             | Self::UpstreamAuth
             | Self::UpstreamUnavailable { .. }
@@ -124,14 +134,17 @@ impl GatewayError {
             Self::UpstreamUnavailable { .. } => "upstream_unavailable",
             Self::LimitsUnavailable => "limits_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::RouteNotPermitted { code, .. } | Self::Unsupported { code, .. } => code,
             Self::Internal => "gateway_error",
         }
     }
 
     fn param(&self) -> Option<&'static str> {
         match self {
-            Self::InvalidRequest { param, .. } => *param,
-            Self::ModelNotAllowed { .. } | Self::ModelNotFound { .. } => Some("model"),
+            Self::InvalidRequest { param, .. } | Self::Unsupported { param, .. } => *param,
+            Self::ModelNotAllowed { .. }
+            | Self::ModelNotFound { .. }
+            | Self::RouteNotPermitted { .. } => Some("model"),
             _ => None,
         }
     }
@@ -167,7 +180,9 @@ impl GatewayError {
 impl fmt::Display for GatewayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::InvalidRequest { message, .. } => f.write_str(message),
+            Self::InvalidRequest { message, .. }
+            | Self::RouteNotPermitted { message, .. }
+            | Self::Unsupported { message, .. } => f.write_str(message),
             Self::InvalidApiKey => f.write_str(
                 "Invalid or missing API key. Send your Tollgate key as `Authorization: Bearer <key>`.",
             ),

@@ -4,6 +4,7 @@
 
 pub mod duration;
 pub mod env;
+pub mod routing;
 pub mod schema;
 pub mod url;
 pub mod validate;
