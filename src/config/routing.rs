@@ -317,3 +317,80 @@ fn check_split(
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse_str;
+    use std::path::Path;
+
+    const BASE: &str = r#"
+listen: "127.0.0.1:8080"
+providers:
+  a: { kind: mock }
+  b: { kind: mock }
+models:
+  chat:
+    strategy: weighted
+    routes:
+      - { provider: a, model: x, weight: 95, capabilities: [tools, vision], context_window: 128000, region: us, tiers: [premium], max_concurrency: 8 }
+      - { provider: b, model: y, weight: 5, region: eu, name: cheap }
+    split:
+      - { name: control, share: 0.5, routes: [a/x] }
+      - { name: treatment, share: 0.5, routes: [cheap, a/x] }
+keys:
+  - { name: app-eu, key: "tg-test-key-0001", tier: premium, regions: [eu] }
+teams:
+  t: { tier: standard, regions: [us, eu] }
+"#;
+
+    fn problems(edit: (&str, &str)) -> String {
+        let text = BASE.replacen(edit.0, edit.1, 1);
+        assert_ne!(text, BASE, "edit {edit:?} matched nothing");
+        match parse_str(&text, |_| None, Path::new(".")) {
+            Ok(_) => panic!("accepted: {edit:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn accepts_every_routing_field() {
+        let cfg = match parse_str(BASE, |_| None, Path::new(".")) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(cfg.models["chat"].split.len(), 2);
+        assert_eq!(
+            cfg.keys[0].regions.as_deref(),
+            Some(&["eu".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn every_routing_error_names_its_field_and_the_fix() {
+        for (edit, want) in [
+            (
+                ("strategy: weighted", "strategy: fastest"),
+                "models.chat.strategy: unknown variant `fastest`, expected one of `fallback`, `weighted`, `latency`, `least_busy`, `cost`",
+            ),
+            (("weight: 95", "weight: -1"), "models.chat.routes[0].weight: must be a number ≥ 0"),
+            (
+                ("strategy: weighted", "strategy: latency"),
+                "models.chat.strategy: routes set `weight` but the strategy is `latency`; set `strategy: weighted`",
+            ),
+            (("share: 0.5, routes: [a/x]", "share: 0.6, routes: [a/x]"), "models.chat.split: the shares add up to 1.1; they must add up to 1"),
+            (("routes: [cheap, a/x]", "routes: [cheep]"), "models.chat.split[1].routes[0]: no route of `chat` is named `cheep`; route names"),
+            (("capabilities: [tools, vision]", "capabilities: [tools, telepathy]"), "models.chat.routes[0].capabilities[1]: unknown variant `telepathy`"),
+            (("context_window: 128000", "context_window: 0"), "models.chat.routes[0].context_window: must be at least 1"),
+            (("max_concurrency: 8", "max_concurrency: 0"), "models.chat.routes[0].max_concurrency: must be at least 1"),
+            (("regions: [eu] }", "regions: [mars] }"), "keys[0].regions[0]: no route has region `mars`"),
+            (("regions: [us, eu]", "regions: []"), "teams.t.regions: is empty"),
+            (("tiers: [premium]", "tiers: []"), "models.chat.routes[0].tiers: is empty"),
+            (("name: cheap", "name: a/x"), "models.chat.routes[1].name: another route of `chat` is also named `a/x`"),
+            (("name: control", "name: treatment"), "models.chat.split[1].name: `treatment` names another variant too"),
+            (("region: us", "reigon: us"), "unknown field `reigon`"),
+        ] {
+            let got = problems(edit);
+            assert!(got.contains(want), "{edit:?}: {got}");
+        }
+    }
+}

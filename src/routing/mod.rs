@@ -28,6 +28,8 @@ use crate::config::routing::Strategy;
 use crate::error::GatewayError;
 use crate::proxy::endpoint::Endpoint;
 use crate::rewrite::Parsed;
+#[cfg(test)]
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What was decided for one request, for the access log.
@@ -103,3 +105,6 @@ pub fn candidate<'m, T>(order: &[usize], pos: usize, routes: &'m [T]) -> Option<
 pub fn p95_ttft(plan: &Plan, index: usize) -> Option<Duration> {
     plan.routes.get(index)?.stats.p95_ttft()
 }
+
+#[cfg(test)]
+mod tests;
