@@ -3,7 +3,7 @@
 
 use super::schema::{Config, Model, Route};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 
 /// How an alias orders its eligible routes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -95,22 +95,11 @@ pub fn route_name(r: &Route) -> String {
 /// Routing problems of the config, each `(field, what to fix)`.
 pub fn problems(cfg: &Config) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let mut regions_in_use = BTreeSet::new();
     for (alias, m) in &cfg.models {
         check_model(alias, m, &mut out);
-        regions_in_use.extend(m.routes.iter().filter_map(|r| r.region.clone()));
     }
-    let known = || {
-        if regions_in_use.is_empty() {
-            "(no route sets `region`)".to_string()
-        } else {
-            regions_in_use
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-    };
+    // A region no route has yet is allowed: such a key is refused (403)
+    // until a route in that region exists, never sent elsewhere.
     let mut access = |field: String, tier: &Option<String>, regions: &Option<Vec<String>>| {
         if let Some(t) = tier {
             if !is_label(t) {
@@ -125,14 +114,8 @@ pub fn problems(cfg: &Config) -> Vec<(String, String)> {
                 ));
             }
             for (i, r) in list.iter().enumerate() {
-                if !regions_in_use.contains(r) {
-                    out.push((
-                        format!("{field}.regions[{i}]"),
-                        format!(
-                            "no route has region `{r}`, so requests would be refused; regions in use: {}",
-                            known()
-                        ),
-                    ));
+                if !is_label(r) {
+                    out.push((format!("{field}.regions[{i}]"), LABEL_RULE.into()));
                 }
             }
         }
@@ -382,7 +365,7 @@ teams:
             (("capabilities: [tools, vision]", "capabilities: [tools, telepathy]"), "models.chat.routes[0].capabilities[1]: unknown variant `telepathy`"),
             (("context_window: 128000", "context_window: 0"), "models.chat.routes[0].context_window: must be at least 1"),
             (("max_concurrency: 8", "max_concurrency: 0"), "models.chat.routes[0].max_concurrency: must be at least 1"),
-            (("regions: [eu] }", "regions: [mars] }"), "keys[0].regions[0]: no route has region `mars`"),
+            (("regions: [eu] }", "regions: [\"e u\"] }"), "keys[0].regions[0]: use 1-64 characters"),
             (("regions: [us, eu]", "regions: []"), "teams.t.regions: is empty"),
             (("tiers: [premium]", "tiers: []"), "models.chat.routes[0].tiers: is empty"),
             (("name: cheap", "name: a/x"), "models.chat.routes[1].name: another route of `chat` is also named `a/x`"),
