@@ -98,7 +98,7 @@ impl RouteStats {
     pub fn observe_failure(&self, kind: Kind, took: Duration) -> Duration {
         let took = took.as_secs_f64() * 1e6;
         self.fold(kind, |old| {
-            took.max(2.0 * old).max(FAILURE_FLOOR_US).min(SLOWEST_US)
+            took.max(2.0 * old).clamp(FAILURE_FLOOR_US, SLOWEST_US)
         })
     }
 
