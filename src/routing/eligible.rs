@@ -46,7 +46,8 @@ impl Skip {
         }
     }
 
-    fn stage(self) -> u8 {
+    /// The filter that left the route out: 0 tier, 1 region, 2 capability, 3 context.
+    pub fn stage(self) -> u8 {
         match self {
             Skip::Tier => 0,
             Skip::Region => 1,

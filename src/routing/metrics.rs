@@ -95,6 +95,8 @@ pub struct RouteMetrics {
     pub ewma_ttft: Gauge,
     pub ewma_latency: Gauge,
     pub in_flight: IntGauge,
+    /// Indexed by [`super::Skip::stage`]: tier, region, capability, context_window.
+    pub skipped: [IntCounter; 4],
 }
 
 impl RouteMetrics {
@@ -108,6 +110,8 @@ impl RouteMetrics {
             ewma_ttft: f.ewma.with_label_values(&[alias, route, "ttft"]),
             ewma_latency: f.ewma.with_label_values(&[alias, route, "latency"]),
             in_flight: f.in_flight.with_label_values(&l),
+            skipped: ["tier", "region", "capability", "context_window"]
+                .map(|reason| f.skipped.with_label_values(&[alias, route, reason])),
         })
     }
 }

@@ -71,26 +71,44 @@ pub fn decide(
     };
     let mut prompt = eligible::Prompt::new(ep, body);
     let mut skipped = Vec::new();
-    let result = eligible::filter(plan, candidates, access, &needs, &mut prompt, &mut skipped);
+    let result = select(plan, candidates, access, &needs, &mut prompt, &mut skipped);
     if !skipped.is_empty() {
-        if let Some(m) = metrics::get() {
-            for (i, s) in &skipped {
-                if let Some(r) = plan.routes.get(*i) {
-                    m.skipped
-                        .with_label_values(&[&*plan.alias, &*r.name, s.reason()])
-                        .inc();
-                }
-            }
-        }
+        count_skipped(plan, &skipped);
     }
     state.decision = Some(Decision {
         strategy: plan.strategy,
         variant,
         skipped,
     });
-    let mut order = result?;
-    strategy::order(plan, &mut order, &needs, &prompt);
+    result
+}
+
+/// Eligibility, then the strategy: the candidates a request with `needs`
+/// may try, in order. Routes left out go to `skipped`.
+pub fn select(
+    plan: &Plan,
+    candidates: &[usize],
+    access: &Access,
+    needs: &needs::Needs,
+    prompt: &mut eligible::Prompt,
+    skipped: &mut Vec<(usize, Skip)>,
+) -> Result<Vec<usize>, GatewayError> {
+    let mut order = eligible::filter(plan, candidates, access, needs, prompt, skipped)?;
+    strategy::order(plan, &mut order, needs, prompt);
     Ok(order)
+}
+
+fn count_skipped(plan: &Plan, skipped: &[(usize, Skip)]) {
+    for (i, s) in skipped {
+        let counter = plan
+            .routes
+            .get(*i)
+            .and_then(|r| r.metrics.as_ref())
+            .and_then(|m| m.skipped.get(usize::from(s.stage())));
+        if let Some(c) = counter {
+            c.inc();
+        }
+    }
 }
 
 /// The route at position `pos` of `order`, with its index.
