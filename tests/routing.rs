@@ -629,3 +629,56 @@ async fn ab_split_is_sticky_and_its_variant_is_logged_and_counted() {
     assert!(line["variant"] == "a" || line["variant"] == "b", "{line}");
     assert_eq!(line["strategy"], "fallback");
 }
+
+// ---------------------------------------------------------------------------
+// Statistics across reloads
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn route_statistics_survive_a_reload() {
+    let a = MockUpstream::start(slow_json(Duration::from_millis(2000))).await;
+    let b = MockUpstream::start(Behavior::ChatEcho).await;
+    let models = r#"  chat:
+    strategy: least_busy
+    routes:
+      - { provider: a, model: slow }
+      - { provider: b, model: quick }
+"#;
+    let providers = [provider("a", a.port()), provider("b", b.port())];
+    let gw = Arc::new(Gateway::start(&config(&providers, models)).await);
+    // One request holds route a.
+    let held = {
+        let gw = gw.clone();
+        tokio::spawn(async move { post(&gw, "held", &chat("chat")).await })
+    };
+    assert!(a.wait_hits(1, QUICK).await, "route a got the first request");
+    // Reload with a change elsewhere: the in-flight count on `a` is kept by
+    // name, so the next request still sees it busy.
+    let reloads = |t: &str| prom::sum(t, "tollgate_config_reloads_total", &[("result", "success")]);
+    let before = reloads(&gw.metrics_text().await);
+    gw.write_config(&config(&providers, models).replace(
+        "keys:\n",
+        "keys:\n  - { name: extra, key: \"tg-routing-extra-key\" }\n",
+    ));
+    gw.sighup();
+    wait_metric(
+        &gw,
+        "tollgate_config_reloads_total",
+        &[("result", "success")],
+        before + 1.0,
+    )
+    .await;
+    let r = post(&gw, "after-reload", &chat("chat")).await;
+    assert_eq!(
+        r.route.as_deref(),
+        Some("b/quick"),
+        "a is still busy after the reload"
+    );
+    assert_eq!(held.await.expect("held").status, 200);
+    let text = gw.metrics_text().await;
+    assert_eq!(
+        prom::sample(&text, "tollgate_route_in_flight", &[("route", "a/slow")]),
+        Some(0.0),
+        "the held request left route a when it ended"
+    );
+}
