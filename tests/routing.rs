@@ -682,3 +682,48 @@ async fn route_statistics_survive_a_reload() {
         "the held request left route a when it ended"
     );
 }
+
+#[tokio::test]
+async fn streams_feed_the_time_to_first_token_average_of_their_route() {
+    let up = MockUpstream::start(Behavior::ChatEcho).await;
+    let gw = Gateway::start(&config(
+        &[provider("up", up.port())],
+        r#"  chat:
+    strategy: latency
+    routes:
+      - { provider: up, model: streamer }
+"#,
+    ))
+    .await;
+    let client = support::client();
+    for i in 0..5 {
+        let mut body = chat("chat");
+        body["stream"] = json!(true);
+        let r = post_as(&client, &gw, KEY, &format!("ttft-{i}"), &body).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.route.as_deref(), Some("up/streamer"));
+    }
+    wait_metric(
+        &gw,
+        "tollgate_route_ttft_seconds_count",
+        &[("request_model", "chat"), ("route", "up/streamer")],
+        5.0,
+    )
+    .await;
+    let text = gw.metrics_text().await;
+    let ewma = prom::sample(
+        &text,
+        "tollgate_route_ewma_seconds",
+        &[("route", "up/streamer"), ("kind", "ttft")],
+    )
+    .unwrap_or(0.0);
+    assert!(ewma > 0.0 && ewma < 1.0, "{ewma}");
+    assert_eq!(
+        prom::sample(
+            &text,
+            "tollgate_route_in_flight",
+            &[("route", "up/streamer")]
+        ),
+        Some(0.0)
+    );
+}
