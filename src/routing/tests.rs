@@ -312,3 +312,26 @@ split:
     let b = decide_for(&p, &Access::default(), "key-2", with_user).unwrap_or_default();
     assert_eq!(a, b);
 }
+
+#[test]
+fn key_settings_win_over_the_team_and_regions_narrow_each_other() {
+    let key: crate::config::Key =
+        serde_yaml::from_str("{ name: k, key: secret-123, regions: [eu, us] }")
+            .unwrap_or_else(|e| panic!("{e}"));
+    let team: crate::config::Team =
+        serde_yaml::from_str("{ tier: gold, regions: [eu, ap] }").unwrap_or_else(|e| panic!("{e}"));
+    let a = Access::of(&key, Some(&team));
+    assert_eq!(
+        a.tier.as_deref(),
+        Some("gold"),
+        "the team's tier when the key sets none"
+    );
+    assert_eq!(
+        a.regions,
+        Some(vec![Arc::from("eu")]),
+        "only regions both allow"
+    );
+    let a = Access::of(&key, None);
+    assert_eq!(a.tier, None);
+    assert_eq!(a.regions.map(|r| r.len()), Some(2));
+}
