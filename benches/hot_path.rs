@@ -467,6 +467,33 @@ fn routing(c: &mut Criterion) {
             },
         );
     }
+    // The same request without the image (the messages need no parse).
+    let text_body = serde_json::json!({
+        "model": "chat",
+        "messages": [
+            {"role": "system", "content": "You are a careful assistant."},
+            {"role": "user", "content": [{"type": "text", "text": "What is in this picture?"}]}
+        ],
+        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {}}}],
+        "max_tokens": 256,
+    })
+    .to_string();
+    let text_parsed = must(parse(text_body.as_bytes()).map_err(|e| e.message), "parse");
+    let plan = routing_plan("weighted");
+    g.bench_function("decide_10_routes_no_image/weighted", |b| {
+        b.iter(|| {
+            let mut state = RequestRouting::default();
+            black_box(routing::decide(
+                &mut state,
+                &plan,
+                &access,
+                "key-name",
+                tollgate::proxy::endpoint::Endpoint::ChatCompletions,
+                &text_parsed,
+                black_box(text_body.as_bytes()),
+            ))
+        })
+    });
     // Eligibility and strategy alone, the body's needs already read.
     let needs = tollgate::routing::needs::derive(
         tollgate::proxy::endpoint::Endpoint::ChatCompletions,

@@ -143,26 +143,64 @@ fn has_image(v: &[u8]) -> bool {
         return false;
     }
     #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Content<'a> {
-        Parts(#[serde(borrow)] Vec<Typed<'a>>),
-        Other(serde::de::IgnoredAny),
-    }
-    #[derive(Deserialize)]
     struct Item<'a> {
         #[serde(rename = "type", borrow)]
         kind: Option<std::borrow::Cow<'a, str>>,
-        #[serde(borrow)]
-        content: Option<Content<'a>>,
+        content: Option<HasImage>,
     }
-    let is_image = |k: &str| matches!(k, "image_url" | "input_image" | "image");
     match serde_json::from_slice::<Vec<Item>>(v) {
-        Ok(items) => items.iter().any(|i| {
-            i.kind.as_deref().is_some_and(is_image)
-                || matches!(&i.content, Some(Content::Parts(parts))
-                    if parts.iter().any(|p| p.kind.as_deref().is_some_and(is_image)))
-        }),
+        Ok(items) => items
+            .iter()
+            .any(|i| i.kind.as_deref().is_some_and(is_image) || i.content.is_some_and(|c| c.0)),
         Err(_) => false,
+    }
+}
+
+fn is_image(kind: &str) -> bool {
+    matches!(kind, "image_url" | "input_image" | "image")
+}
+
+/// A message's `content`: a string (no image), or a list of parts, any of
+/// which may be an image. Read without buffering the value.
+#[derive(Clone, Copy)]
+struct HasImage(bool);
+
+impl<'de> Deserialize<'de> for HasImage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = HasImage;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("message content")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<HasImage, E> {
+                Ok(HasImage(false))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<HasImage, E> {
+                Ok(HasImage(false))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<HasImage, A::Error> {
+                let mut found = false;
+                while let Some(part) = seq.next_element::<Typed<'de>>()? {
+                    found |= part.kind.as_deref().is_some_and(is_image);
+                }
+                Ok(HasImage(found))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<HasImage, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(HasImage(false))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
