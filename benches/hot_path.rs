@@ -22,6 +22,9 @@
 //!   `input_json_delta` through `translate::anthropic::ChatStream`, and a
 //!   whole SSE event through scanner + translator), and the request
 //!   translation of a 1 KiB chat body.
+//! * `routing`: `routing::decide` among ten routes with every eligibility
+//!   filter active (tier, region, capability from the body, context
+//!   window), for each strategy; and the p95 lookup hedging uses.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::fmt::Debug;
@@ -464,6 +467,151 @@ fn redis_round_trips(c: &mut Criterion, ask: tollgate::governance::Ask) {
     let _ = child.wait();
 }
 
+/// An alias with ten routes under `strategy`: capabilities, context
+/// windows, regions, tiers, weights, prices and concurrency caps all set,
+/// so every filter and the strategy do their work.
+fn routing_plan(strategy: &str) -> tollgate::routing::Plan {
+    let mut yaml = format!("strategy: {strategy}\nroutes:\n");
+    for i in 0..10 {
+        let caps = if i % 3 == 0 {
+            "[tools]"
+        } else {
+            "[tools, vision, json_schema]"
+        };
+        let region = if i % 2 == 0 { "eu" } else { "us" };
+        let weight = if strategy == "weighted" {
+            format!(", weight: {}", i + 1)
+        } else {
+            String::new()
+        };
+        yaml.push_str(&format!(
+            "  - {{ provider: p{i}, model: m{i}, capabilities: {caps}, context_window: {}, region: {region}, tiers: [gold, silver], max_concurrency: 100, price: {{ input: {}.5, output: 2 }}{weight} }}\n",
+            8000 * (i + 1),
+            i % 4
+        ));
+    }
+    let m: tollgate::config::Model = must(serde_yaml::from_str(&yaml), "bench model");
+    tollgate::routing::Plan::build(&format!("bench-{strategy}"), &m)
+}
+
+/// `routing::decide` among ten routes: read the body's needs (tools, an
+/// image), filter by tier, region, capability and context window, then
+/// order by the strategy. Plus the p95 lookup a hedge makes.
+fn routing(c: &mut Criterion) {
+    use tollgate::routing::{self, Access, RequestRouting};
+    let body = serde_json::json!({
+        "model": "chat",
+        "messages": [
+            {"role": "system", "content": "You are a careful assistant."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is in this picture?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+            ]}
+        ],
+        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {}}}],
+        "max_tokens": 256,
+    })
+    .to_string();
+    let parsed = must(parse(body.as_bytes()).map_err(|e| e.message), "parse");
+    let access = Access {
+        tier: Some("gold".into()),
+        regions: Some(vec!["eu".into()]),
+    };
+    let mut g = c.benchmark_group("routing");
+    for strategy in ["fallback", "weighted", "latency", "least_busy", "cost"] {
+        let plan = routing_plan(strategy);
+        for r in &plan.routes {
+            r.stats.observe(
+                tollgate::routing::stats::Kind::Latency,
+                Duration::from_millis(20 + r.name.len() as u64),
+            );
+        }
+        g.bench_with_input(
+            BenchmarkId::new("decide_10_routes", strategy),
+            &plan,
+            |b, plan| {
+                b.iter(|| {
+                    let mut state = RequestRouting::default();
+                    let order = routing::decide(
+                        &mut state,
+                        plan,
+                        &access,
+                        "key-name",
+                        tollgate::proxy::endpoint::Endpoint::ChatCompletions,
+                        &parsed,
+                        black_box(body.as_bytes()),
+                    );
+                    black_box(order)
+                })
+            },
+        );
+    }
+    // The same request without the image (the messages need no parse).
+    let text_body = serde_json::json!({
+        "model": "chat",
+        "messages": [
+            {"role": "system", "content": "You are a careful assistant."},
+            {"role": "user", "content": [{"type": "text", "text": "What is in this picture?"}]}
+        ],
+        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {}}}],
+        "max_tokens": 256,
+    })
+    .to_string();
+    let text_parsed = must(parse(text_body.as_bytes()).map_err(|e| e.message), "parse");
+    let plan = routing_plan("weighted");
+    g.bench_function("decide_10_routes_no_image/weighted", |b| {
+        b.iter(|| {
+            let mut state = RequestRouting::default();
+            black_box(routing::decide(
+                &mut state,
+                &plan,
+                &access,
+                "key-name",
+                tollgate::proxy::endpoint::Endpoint::ChatCompletions,
+                &text_parsed,
+                black_box(text_body.as_bytes()),
+            ))
+        })
+    });
+    // Eligibility and strategy alone, the body's needs already read.
+    let needs = tollgate::routing::needs::derive(
+        tollgate::proxy::endpoint::Endpoint::ChatCompletions,
+        body.as_bytes(),
+        false,
+        true,
+    );
+    for strategy in ["fallback", "weighted", "latency", "least_busy", "cost"] {
+        let plan = routing_plan(strategy);
+        g.bench_with_input(
+            BenchmarkId::new("select_10_routes", strategy),
+            &plan,
+            |b, plan| {
+                b.iter(|| {
+                    let mut prompt = tollgate::routing::eligible::Prompt::new(
+                        tollgate::proxy::endpoint::Endpoint::ChatCompletions,
+                        body.as_bytes(),
+                    );
+                    let mut skipped = Vec::new();
+                    let order = routing::select(
+                        plan,
+                        black_box(&plan.all),
+                        &access,
+                        black_box(&needs),
+                        &mut prompt,
+                        &mut skipped,
+                    );
+                    black_box((order, skipped))
+                })
+            },
+        );
+    }
+    let plan = routing_plan("latency");
+    g.bench_function("p95_ttft", |b| {
+        b.iter(|| black_box(routing::p95_ttft(&plan, black_box(3))))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     rewrite,
@@ -472,6 +620,7 @@ criterion_group!(
     metrics_record,
     sse_scan,
     translate,
-    governance
+    governance,
+    routing
 );
 criterion_main!(benches);

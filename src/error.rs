@@ -57,6 +57,15 @@ pub enum GatewayError {
     QuotaExceeded { detail: String, retry_after: u64 },
     /// The shared limits store cannot be reached (`on_error: fail_closed`).
     LimitsUnavailable,
+    /// No route of the alias is open to this caller (its tier or regions).
+    RouteNotPermitted { message: String, code: &'static str },
+    /// No route of the alias can serve what the request uses (a capability,
+    /// or a prompt too long for every context window).
+    Unsupported {
+        message: String,
+        param: Option<&'static str>,
+        code: &'static str,
+    },
     /// A fault inside the gateway.
     Internal,
 }
@@ -71,11 +80,11 @@ impl GatewayError {
 
     pub fn status(&self) -> u16 {
         match self {
-            Self::InvalidRequest { .. } => 400,
             Self::ProviderInvalid { status, .. } => *status,
             Self::UnsupportedParam { .. } => 400,
+            Self::InvalidRequest { .. } | Self::Unsupported { .. } => 400,
             Self::InvalidApiKey => 401,
-            Self::ModelNotAllowed { .. } => 403,
+            Self::ModelNotAllowed { .. } | Self::RouteNotPermitted { .. } => 403,
             Self::ModelNotFound { .. } | Self::NotFound => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::RequestTimeout => 408,
@@ -98,6 +107,7 @@ impl GatewayError {
             Self::InvalidRequest { .. }
             | Self::ProviderInvalid { .. }
             | Self::UnsupportedParam { .. }
+            | Self::Unsupported { .. }
             | Self::ModelNotFound { .. }
             | Self::NotFound
             | Self::MethodNotAllowed { .. }
@@ -106,7 +116,7 @@ impl GatewayError {
             | Self::HeaderTooLarge
             | Self::PayloadTooLarge { .. } => "invalid_request_error",
             Self::InvalidApiKey => "authentication_error",
-            Self::ModelNotAllowed { .. } => "permission_error",
+            Self::ModelNotAllowed { .. } | Self::RouteNotPermitted { .. } => "permission_error",
             Self::UpstreamError
             | Self::UpstreamAuth
             | Self::UpstreamUnavailable { .. }
@@ -140,15 +150,20 @@ impl GatewayError {
             Self::UpstreamUnavailable { .. } => "upstream_unavailable",
             Self::LimitsUnavailable => "limits_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::RouteNotPermitted { code, .. } | Self::Unsupported { code, .. } => code,
             Self::Internal => "gateway_error",
         }
     }
 
     fn param(&self) -> Option<&str> {
         match self {
-            Self::InvalidRequest { param, .. } | Self::ProviderInvalid { param, .. } => *param,
             Self::UnsupportedParam { param, .. } => Some(param.as_str()),
-            Self::ModelNotAllowed { .. } | Self::ModelNotFound { .. } => Some("model"),
+            Self::InvalidRequest { param, .. }
+            | Self::ProviderInvalid { param, .. }
+            | Self::Unsupported { param, .. } => *param,
+            Self::ModelNotAllowed { .. }
+            | Self::ModelNotFound { .. }
+            | Self::RouteNotPermitted { .. } => Some("model"),
             _ => None,
         }
     }
@@ -186,9 +201,9 @@ impl fmt::Display for GatewayError {
         match self {
             Self::InvalidRequest { message, .. }
             | Self::ProviderInvalid { message, .. }
-            | Self::UnsupportedParam { message, .. } => {
-                f.write_str(message)
-            }
+            | Self::UnsupportedParam { message, .. }
+            | Self::RouteNotPermitted { message, .. }
+            | Self::Unsupported { message, .. } => f.write_str(message),
             Self::InvalidApiKey => f.write_str(
                 "Invalid or missing API key. Send your Tollgate key as `Authorization: Bearer <key>`.",
             ),

@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod reload;
 pub mod resilience;
 pub mod rewrite;
+pub mod routing;
 pub mod runtime;
 pub mod server;
 pub mod sse;

@@ -75,6 +75,8 @@ pub struct ModelRt {
     pub prices: Vec<crate::config::Price>,
     /// Completion tokens reserved when the body sets no maximum.
     pub reserve_output_tokens: u64,
+    /// Strategy, eligibility data and live statistics of the routes.
+    pub routing: crate::routing::Plan,
 }
 
 /// A gateway key (never the secret).
@@ -88,6 +90,8 @@ pub struct KeyRt {
     pub team: Option<Arc<str>>,
     /// The key's limits and budgets, then its team's.
     pub rules: Vec<Rule>,
+    /// The tier and regions that decide which routes it reaches.
+    pub access: crate::routing::Access,
 }
 
 impl KeyRt {
@@ -166,6 +170,7 @@ impl Runtime {
                     rules: plan::compile(Level::Model, alias, &m.limits, &[]),
                     prices: m.routes.iter().filter_map(|r| r.price).collect(),
                     reserve_output_tokens: m.reserve_output_tokens,
+                    routing: crate::routing::Plan::build(alias, m),
                 },
             );
         }
@@ -210,6 +215,10 @@ impl Runtime {
                 models_body: models_list_body(&names),
                 team: k.team.as_deref().map(Arc::from),
                 rules,
+                access: crate::routing::Access::of(
+                    k,
+                    k.team.as_ref().and_then(|t| cfg.teams.get(t)),
+                ),
             });
         }
         let tls_cert = match &cfg.tls {

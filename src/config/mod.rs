@@ -5,6 +5,7 @@
 pub mod duration;
 pub mod env;
 pub mod experiments;
+pub mod routing;
 pub mod schema;
 pub mod url;
 pub mod validate;

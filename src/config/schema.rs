@@ -259,6 +259,12 @@ pub struct Team {
     pub limits: Limits,
     #[serde(default)]
     pub budgets: Vec<Budget>,
+    /// Routes listing this tier in `tiers` open up to this caller.
+    #[serde(default)]
+    pub tier: Option<String>,
+    /// Only routes whose `region` is listed are used (fallbacks included).
+    #[serde(default)]
+    pub regions: Option<Vec<String>>,
 }
 
 fn default_max_attempts() -> u32 {
@@ -662,8 +668,15 @@ impl Default for MockSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Model {
-    /// Tried in order: the first is the primary, the rest are fallbacks.
+    /// Tried in order: the first is the primary, the rest are fallbacks
+    /// (unless `strategy` orders them otherwise).
     pub routes: Vec<Route>,
+    /// How the eligible routes are ordered for each request.
+    #[serde(default)]
+    pub strategy: super::routing::Strategy,
+    /// An A/B split of the callers over named routes. Empty: no split.
+    #[serde(default)]
+    pub split: Vec<super::routing::SplitVariant>,
     /// A global cap on this alias, all callers together.
     #[serde(default)]
     pub limits: Limits,
@@ -710,6 +723,27 @@ pub struct Route {
     /// `kind: azure` with `api_version`: the deployment name. Default: `model`.
     #[serde(default)]
     pub deployment: Option<String>,
+    /// Shown in logs and metrics and named by `split`. Default `provider/model`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Share of first picks under `strategy: weighted` (0: fallback only). Default 1.
+    #[serde(default)]
+    pub weight: Option<f64>,
+    /// What the model can do. Absent: not declared, assumed capable.
+    #[serde(default)]
+    pub capabilities: Option<Vec<super::routing::Capability>>,
+    /// Prompt plus completion tokens the model takes. Absent: unknown, no check.
+    #[serde(default)]
+    pub context_window: Option<u64>,
+    /// Where the provider processes data (e.g. `eu`), matched by `regions`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Tiers this route is reserved for. Absent: open to every caller.
+    #[serde(default)]
+    pub tiers: Option<Vec<String>>,
+    /// Requests in flight on this route before it goes behind the others.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
 }
 
 /// A route's price, in USD per million tokens.
@@ -745,4 +779,10 @@ pub struct Key {
     pub limits: Limits,
     #[serde(default)]
     pub budgets: Vec<Budget>,
+    /// Routes listing this tier in `tiers` open up to this caller.
+    #[serde(default)]
+    pub tier: Option<String>,
+    /// Only routes whose `region` is listed are used (fallbacks included).
+    #[serde(default)]
+    pub regions: Option<Vec<String>>,
 }

@@ -74,6 +74,9 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     }
     check_keys(cfg, &mut v);
     check_governance(cfg, &mut v);
+    for (field, msg) in super::routing::problems(cfg) {
+        v.add(field, msg);
+    }
     v.finish()
 }
 

@@ -90,11 +90,9 @@ pub async fn serve(
     let primary = race.legs.first().map_or(0, |l| l.pick.route);
     let after = match plan.after {
         HedgeAfter::Fixed(d) => d.get(),
-        HedgeAfter::P95 => plan
-            .ttft
-            .get(primary)
-            .and_then(|h| h.p95())
-            .unwrap_or(P95_UNTIL_MEASURED),
+        HedgeAfter::P95 => {
+            crate::routing::p95_ttft(&model.routing, primary).unwrap_or(P95_UNTIL_MEASURED)
+        }
     };
     let hedge_timer = tokio::time::sleep(after);
     tokio::pin!(hedge_timer);
@@ -141,15 +139,15 @@ pub async fn serve(
     };
     // Dropping the other legs closes their connections: cancelled at once.
     race.running = FuturesUnordered::new();
-    for (i, leg) in race.legs.iter().enumerate() {
-        if let Some(h) = plan.ttft.get(leg.pick.route) {
-            if i == winner {
-                h.record(ex.started().elapsed());
-            } else if leg.running {
-                // A lower bound of the cancelled leg's time to first byte.
-                h.record(leg.started.elapsed());
-            }
-        }
+    // The winner is the request's attempt for the route statistics (its
+    // first byte feeds the p95 that `after: p95` reads).
+    if let Some(leg) = race.legs.get(winner) {
+        crate::routing::track::attempt_started_at(
+            &mut ctx.routing,
+            &model.routing,
+            leg.pick.route,
+            leg.started,
+        );
     }
     race.adopt(ctx, winner);
     if race.legs.get(winner).is_some_and(|l| l.hedge) {

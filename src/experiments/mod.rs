@@ -9,7 +9,6 @@ pub mod metrics;
 pub mod race;
 pub mod relay;
 pub mod shadow;
-pub mod ttft;
 
 use crate::config::{Config, HedgeAfter, HEDGE_BURST};
 use crate::governance::{plan, Level, Rule};
@@ -44,8 +43,6 @@ pub struct HedgePlan {
     pub after: HedgeAfter,
     pub max_share: f64,
     pub cap: Arc<cap::HedgeCap>,
-    /// Time to first byte of each of the alias's routes, by route index.
-    pub ttft: Vec<Arc<ttft::Ttft>>,
 }
 
 impl Plans {
@@ -148,11 +145,6 @@ pub fn build(
                 after: h.after,
                 max_share: h.max_share,
                 cap: cap::for_alias(alias, HEDGE_BURST),
-                ttft: m
-                    .routes
-                    .iter()
-                    .map(|r| ttft::for_route(alias, &r.provider, &r.model))
-                    .collect(),
             });
         }
         if p.shadow.is_some() || p.hedge.is_some() {

@@ -20,8 +20,12 @@ use std::time::Instant;
 /// plug a routing strategy's candidate order into (with the routing
 /// branch: the eligible, strategy-ordered `ctx.order`, so tier and region
 /// filters hold for hedges too).
-pub fn route_order(_ctx: &Ctx, model: &ModelRt) -> Vec<usize> {
-    (0..model.routes.len()).collect()
+pub fn route_order(ctx: &Ctx, model: &ModelRt) -> Vec<usize> {
+    if ctx.order.is_empty() {
+        (0..model.routes.len()).collect()
+    } else {
+        ctx.order.clone()
+    }
 }
 
 /// A backend chosen for a leg.

@@ -130,7 +130,17 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     }
     let (bytes, parsed) = crate::proxy::messages::admit(ctx, ep, model, bytes, parsed)?;
     ctx.alias = Some(model.name.clone());
-    let first = model.routes.first().ok_or(GatewayError::Internal)?;
+    ctx.order = crate::routing::decide(
+        &mut ctx.routing,
+        &model.routing,
+        &key_info.access,
+        &key_info.name,
+        ep,
+        &parsed,
+        &bytes,
+    )?;
+    let (first_index, first) =
+        crate::routing::candidate(&ctx.order, 0, &model.routes).ok_or(GatewayError::Internal)?;
     match governance::admit_request(key_info, model, ep, &bytes).await {
         Ok(Some(a)) => {
             ctx.reservation = Some(a.reservation);
@@ -145,6 +155,8 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     if let ProviderRt::Mock(settings) = &*first.provider {
         ctx.served_locally = true;
         ctx.attempts = 1;
+        ctx.attempt_route = Some(first_index);
+        crate::routing::attempt_started(&mut ctx.routing, &model.routing, first_index);
         if !settings.latency.get().is_zero() {
             tokio::time::sleep(settings.latency.get()).await;
         }

@@ -39,7 +39,8 @@ pub fn next_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>, GatewayError> {
     // Only Chat Completions and Completions take `stream_options`.
     let usage_capable = matches!(ep, Endpoint::ChatCompletions | Endpoint::Completions);
     loop {
-        let Some(route) = model.routes.get(ctx.route) else {
+        let Some((index, route)) = crate::routing::candidate(&ctx.order, ctx.route, &model.routes)
+        else {
             if ctx.attempts == 0 && !ctx.any_health {
                 // No route has a healthy backend. Health checks lag (a backend
                 // that just came up): try the unhealthy ones once.
@@ -70,7 +71,8 @@ pub fn next_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>, GatewayError> {
                         };
                         count_retry(ctx, &alias);
                         ctx.tried.push(addr);
-                        ctx.attempt_route = Some(ctx.route);
+                        ctx.attempt_route = Some(index);
+                        crate::routing::attempt_started(&mut ctx.routing, &model.routing, index);
                         ctx.backend = Some(addr);
                         ctx.backend_state = state;
                         ctx.attempts += 1;
@@ -196,6 +198,7 @@ pub fn record_failure(
     retry_after: Option<u64>,
     skip_provider: bool,
 ) {
+    crate::routing::attempt_failed(ctx);
     let up = current_upstream(ctx).ok();
     let now = breaker::now_ms();
     if let (Some(s), Some(up)) = (&ctx.backend_state, &up) {

@@ -23,8 +23,13 @@ pub struct Ctx {
     pub parsed: Option<Parsed>,
     /// The client's body, as received.
     pub body: Bytes,
-    /// Index of the route being tried.
+    /// The routes this request may try, in order (indices into the alias's
+    /// routes), decided at admission by `routing::decide`.
+    pub order: Vec<usize>,
+    /// Position in `order` of the route being tried.
     pub route: usize,
+    /// The routing decision and the attempt counted on its route.
+    pub routing: crate::routing::RequestRouting,
     /// Index of the route of the last attempt started (it stays when the
     /// search for a next candidate moves past the last route).
     pub attempt_route: Option<usize>,
@@ -144,7 +149,9 @@ impl Ctx {
             alias: None,
             parsed: None,
             body: Bytes::new(),
+            order: Vec::new(),
             route: 0,
+            routing: crate::routing::RequestRouting::default(),
             attempt_route: None,
             tried: Vec::new(),
             backend: None,
@@ -190,7 +197,9 @@ impl Ctx {
     pub fn current_route(&self) -> Option<&crate::runtime::RouteRt> {
         let rt = self.rt.as_ref()?;
         let alias = self.alias.as_deref()?;
-        let index = self.attempt_route.unwrap_or(self.route);
+        let index = self
+            .attempt_route
+            .or_else(|| self.order.get(self.route).copied())?;
         rt.models.get(alias)?.routes.get(index)
     }
 }

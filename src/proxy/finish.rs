@@ -111,6 +111,7 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             .unwrap_or(if e.is_some() { 499 } else { 0 });
     }
     ctx.watchdog = None;
+    crate::routing::finished(ctx);
     let settled = settle(ctx);
     if let Some(r) = ctx.reservation.take() {
         match &settled {
@@ -178,6 +179,12 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     }
     let enabled = rt.as_ref().is_none_or(|r| r.config.access_log.enabled);
     if enabled {
+        let plan = rt
+            .as_ref()
+            .zip(ctx.alias.as_deref())
+            .and_then(|(rt, a)| rt.models.get(a))
+            .map(|m| &m.routing);
+        let routing = crate::routing::track::log_fields(ctx, plan);
         access_log::write(&access_log::Record {
             ts: std::time::SystemTime::now(),
             request_id: &ctx.request_id,
@@ -203,6 +210,11 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             partial: settled.as_ref().is_some_and(|s| s.partial),
             hedge: ctx.exp.hedge,
             shadow: ctx.exp.shadow,
+            strategy: routing.strategy,
+            variant: routing.variant,
+            route: routing.route,
+            candidates: routing.candidates,
+            skipped: routing.skipped,
         });
     }
     ctx.in_flight = None;

@@ -43,6 +43,14 @@ pub struct Record<'a> {
     pub hedge: Option<&'static str>,
     /// `sampled` (a shadow copy was sent) or `skipped` (over a shadow limit).
     pub shadow: Option<&'static str>,
+    /// Routing: the alias's strategy, its A/B variant, the route that served
+    /// (or was tried last), the routes in the order they were to be tried,
+    /// and the routes left out as `name:reason`.
+    pub strategy: Option<&'a str>,
+    pub variant: Option<&'a str>,
+    pub route: Option<&'a str>,
+    pub candidates: Option<Vec<&'a str>>,
+    pub skipped: Option<Vec<String>>,
 }
 
 impl Record<'_> {
@@ -74,20 +82,7 @@ impl Record<'_> {
         w.ms("duration_ms", Some(self.duration));
         w.ms("upstream_ms", self.upstream);
         w.int("attempts", Some(u64::from(self.attempts)));
-        w.key("attempt_log");
-        match &self.attempt_log {
-            Some(list) => {
-                w.out.push(b'[');
-                for (i, a) in list.iter().enumerate() {
-                    if i > 0 {
-                        w.out.push(b',');
-                    }
-                    json_str(w.out, a);
-                }
-                w.out.push(b']');
-            }
-            None => w.out.extend_from_slice(b"null"),
-        }
+        w.list("attempt_log", self.attempt_log.as_deref());
         w.str("error", self.error);
         w.ms("ttft_ms", self.ttft);
         let u = self.usage.as_ref();
@@ -108,6 +103,11 @@ impl Record<'_> {
         w.raw("partial", if self.partial { "true" } else { "false" });
         w.str("hedge", Some(self.hedge.unwrap_or("none")));
         w.str("shadow", self.shadow);
+        w.str("strategy", self.strategy);
+        w.str("variant", self.variant);
+        w.str("route", self.route);
+        w.list("candidates", self.candidates.as_deref());
+        w.list("skipped", self.skipped.as_deref());
         w.out.push(b'}');
     }
 }
@@ -134,6 +134,22 @@ impl Line<'_> {
         self.key(k);
         match v {
             Some(v) => json_str(self.out, v),
+            None => self.out.extend_from_slice(b"null"),
+        }
+    }
+    fn list<S: AsRef<str>>(&mut self, k: &str, v: Option<&[S]>) {
+        self.key(k);
+        match v {
+            Some(list) => {
+                self.out.push(b'[');
+                for (i, a) in list.iter().enumerate() {
+                    if i > 0 {
+                        self.out.push(b',');
+                    }
+                    json_str(self.out, a.as_ref());
+                }
+                self.out.push(b']');
+            }
             None => self.out.extend_from_slice(b"null"),
         }
     }
@@ -344,6 +360,11 @@ mod tests {
             partial: true,
             hedge: None,
             shadow: None,
+            strategy: Some("weighted"),
+            variant: None,
+            route: Some("p/m"),
+            candidates: Some(vec!["p/m", "q/n"]),
+            skipped: Some(vec!["r/o:region".into()]),
         }
     }
 
@@ -375,7 +396,11 @@ mod tests {
         assert_eq!(v["usage_source"], "reported");
         assert_eq!(v["cost_usd"].as_f64(), Some(1.25e-6));
         assert_eq!(v["partial"], true);
-        assert_eq!(v.as_object().map(|o| o.len()), Some(27));
+        assert_eq!(v["strategy"], "weighted");
+        assert_eq!(v["variant"], Value::Null);
+        assert_eq!(v["candidates"][1], "q/n");
+        assert_eq!(v["skipped"][0], "r/o:region");
+        assert_eq!(v.as_object().map(|o| o.len()), Some(32));
     }
 
     #[test]

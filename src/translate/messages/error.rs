@@ -15,13 +15,14 @@ pub fn error_type(err: &GatewayError) -> &'static str {
         ProviderInvalid { status, .. } => type_for_status(*status),
         InvalidRequest { .. }
         | UnsupportedParam { .. }
+        | Unsupported { .. }
         | MethodNotAllowed { .. }
         | RequestTimeout
         | LengthRequired
         | HeaderTooLarge => "invalid_request_error",
         PayloadTooLarge { .. } => "request_too_large",
         InvalidApiKey => "authentication_error",
-        ModelNotAllowed { .. } => "permission_error",
+        ModelNotAllowed { .. } | RouteNotPermitted { .. } => "permission_error",
         ModelNotFound { .. } | NotFound => "not_found_error",
         RateLimited { .. } | LimitExceeded { .. } | QuotaExceeded { .. } => "rate_limit_error",
         UpstreamUnavailable { .. } => "overloaded_error",
