@@ -7,12 +7,6 @@ mod support;
 use std::time::Duration;
 use support::{sse_chat_events, Gateway, MockUpstream, Reply, CONFIG_HEAD};
 
-fn python() -> String {
-    std::env::var("TOLLGATE_PYTHON").unwrap_or_else(|_| {
-        panic!("TOLLGATE_PYTHON is not set: run the suite with `bash tests/run.sh`, which installs the openai SDK")
-    })
-}
-
 /// Answers like OpenAI: chat (JSON or SSE, with usage when asked) and embeddings.
 fn openai_like(r: &support::Recorded) -> Reply {
     let body = r.json();
@@ -54,20 +48,13 @@ keys:
         port = upstream.port()
     );
     let gw = Gateway::start(&config).await;
-    let out = tokio::process::Command::new(python())
-        .arg("tests/sdk/openai_client.py")
-        .env("TOLLGATE_BASE_URL", format!("{}/v1", gw.base_url()))
-        .env("TOLLGATE_KEY", "tg-sdk-key-123")
-        .output()
-        .await
-        .expect("run the SDK script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK checks failed:\n{stdout}\n{stderr}\ngateway log:\n{}",
-        gw.logs()
-    );
+    let stdout = support::sdk::run_script(
+        "tests/sdk/openai_client.py",
+        format!("{}/v1", gw.base_url()),
+        "tg-sdk-key-123",
+        &gw,
+    )
+    .await;
     assert!(stdout.contains("6 passed, 0 failed"), "{stdout}");
     // The SDK's requests really went through the upstream, with its model names.
     let models: Vec<String> = upstream
@@ -116,7 +103,7 @@ keys:
         .unwrap_or("0")
         .to_string();
     let run = |ca_file: &std::path::Path| {
-        tokio::process::Command::new(python())
+        tokio::process::Command::new(support::sdk::python())
             .arg("tests/sdk/openai_client.py")
             .env("TOLLGATE_BASE_URL", format!("https://localhost:{port}/v1"))
             .env("TOLLGATE_KEY", "tg-sdk-key-123")
@@ -182,17 +169,7 @@ keys:
 async fn openai_python_sdk_streams_tool_calls_from_an_anthropic_route() {
     let upstream = MockUpstream::start(support::Behavior::func(|r: &support::Recorded| {
         if r.json()["stream"] == true {
-            let sse = include_str!("fixtures/anthropic/stream_tools.sse");
-            let chunks = sse
-                .as_bytes()
-                .chunks(29)
-                .map(bytes::Bytes::copy_from_slice)
-                .collect();
-            Reply {
-                status: 200,
-                headers: vec![("content-type".into(), "text/event-stream".into())],
-                body: support::ReplyBody::Chunks(chunks, Duration::from_millis(1)),
-            }
+            Reply::sse_split(include_str!("fixtures/anthropic/stream_tools.sse"), 29)
         } else {
             Reply::json(200, include_str!("fixtures/anthropic/message_tools.json"))
         }
@@ -212,20 +189,13 @@ keys:
         port = upstream.port()
     );
     let gw = Gateway::start(&config).await;
-    let out = tokio::process::Command::new(python())
-        .arg("tests/sdk/openai_anthropic_tools.py")
-        .env("TOLLGATE_BASE_URL", format!("{}/v1", gw.base_url()))
-        .env("TOLLGATE_KEY", "tg-sdk-key-123")
-        .output()
-        .await
-        .expect("run the SDK script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK checks failed:\n{stdout}\n{stderr}\ngateway log:\n{}",
-        gw.logs()
-    );
+    let stdout = support::sdk::run_script(
+        "tests/sdk/openai_anthropic_tools.py",
+        format!("{}/v1", gw.base_url()),
+        "tg-sdk-key-123",
+        &gw,
+    )
+    .await;
     assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
     assert_eq!(upstream.hits(), 3);
     assert!(upstream.requests().iter().all(|r| r.path == "/v1/messages"));
@@ -239,17 +209,7 @@ async fn openai_python_sdk_works_against_a_gemini_route() {
     let upstream = MockUpstream::start(support::Behavior::func(|r: &support::Recorded| {
         let method = r.path.rsplit(':').next().unwrap_or_default();
         if method.starts_with("streamGenerateContent") {
-            let sse = include_str!("fixtures/gemini/stream_tools.sse");
-            let chunks = sse
-                .as_bytes()
-                .chunks(23)
-                .map(bytes::Bytes::copy_from_slice)
-                .collect();
-            Reply {
-                status: 200,
-                headers: vec![("content-type".into(), "text/event-stream".into())],
-                body: support::ReplyBody::Chunks(chunks, Duration::from_millis(1)),
-            }
+            Reply::sse_split(include_str!("fixtures/gemini/stream_tools.sse"), 23)
         } else if method.starts_with("batchEmbedContents") {
             Reply::json(200, include_str!("fixtures/gemini/embed_batch.json"))
         } else if method.starts_with("embedContent") {
@@ -275,20 +235,13 @@ keys:
         port = upstream.port()
     );
     let gw = Gateway::start(&config).await;
-    let out = tokio::process::Command::new(python())
-        .arg("tests/sdk/openai_gemini.py")
-        .env("TOLLGATE_BASE_URL", format!("{}/v1", gw.base_url()))
-        .env("TOLLGATE_KEY", "tg-sdk-key-123")
-        .output()
-        .await
-        .expect("run the SDK script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK checks failed:\n{stdout}\n{stderr}\ngateway log:\n{}",
-        gw.logs()
-    );
+    let stdout = support::sdk::run_script(
+        "tests/sdk/openai_gemini.py",
+        format!("{}/v1", gw.base_url()),
+        "tg-sdk-key-123",
+        &gw,
+    )
+    .await;
     assert!(stdout.contains("4 passed, 0 failed"), "{stdout}");
     assert_eq!(
         upstream.hits(),

@@ -14,12 +14,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use support::{Behavior, Gateway, MockUpstream, Recorded, Reply, ReplyBody, CONFIG_HEAD};
 
-fn python() -> String {
-    std::env::var("TOLLGATE_PYTHON").unwrap_or_else(|_| {
-        panic!("TOLLGATE_PYTHON is not set: run the suite with `bash tests/run.sh`, which installs the anthropic SDK")
-    })
-}
-
 fn fixture(name: &str) -> String {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/messages")
@@ -79,20 +73,13 @@ keys:
         port = upstream.port()
     );
     let gw = Gateway::start(&config).await;
-    let out = tokio::process::Command::new(python())
-        .arg("tests/sdk/anthropic_client.py")
-        .env("TOLLGATE_BASE_URL", gw.base_url())
-        .env("TOLLGATE_KEY", "tg-sdk-key-123")
-        .output()
-        .await
-        .expect("run the SDK script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK checks failed:\n{stdout}\n{stderr}\ngateway log:\n{}",
-        gw.logs()
-    );
+    let stdout = support::sdk::run_script(
+        "tests/sdk/anthropic_client.py",
+        gw.base_url(),
+        "tg-sdk-key-123",
+        &gw,
+    )
+    .await;
     println!("{stdout}");
     assert!(stdout.contains("4 passed, 0 failed"), "{stdout}");
 }

@@ -6,13 +6,10 @@
 
 mod support;
 
-use bytes::Bytes;
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::prom::{assert_sample, sample};
-use support::{
-    assert_error, Behavior, Gateway, MockUpstream, Recorded, Reply, ReplyBody, CONFIG_HEAD,
-};
+use support::{assert_error, Behavior, Gateway, MockUpstream, Recorded, Reply, CONFIG_HEAD};
 
 const KEY: &str = "tg-translate-key-1";
 const PROVIDER_KEY: &str = "sk-ant-provider-secret-0001";
@@ -23,25 +20,11 @@ macro_rules! fixture {
     };
 }
 
-/// `bytes` as a chunked reply split every `n` bytes (mid-event, mid-UTF-8).
-fn chunked_sse(bytes: &str, n: usize) -> Reply {
-    let chunks = bytes
-        .as_bytes()
-        .chunks(n)
-        .map(Bytes::copy_from_slice)
-        .collect();
-    Reply {
-        status: 200,
-        headers: vec![("content-type".into(), "text/event-stream".into())],
-        body: ReplyBody::Chunks(chunks, Duration::from_millis(1)),
-    }
-}
-
 /// An Anthropic mock: `json` for plain requests, `sse` for streams.
 fn anthropic(json: &'static str, sse: &'static str) -> Behavior {
     Behavior::func(move |r: &Recorded| {
         if r.json()["stream"] == true {
-            chunked_sse(sse, 37)
+            Reply::sse_split(sse, 37)
         } else {
             Reply::json(200, json)
         }
@@ -565,7 +548,10 @@ async fn azure_v1_path_without_api_version() {
 async fn a_stream_cut_before_message_stop_ends_with_an_error_event_and_is_still_counted() {
     let full = fixture!("stream_text.sse");
     let cut: &'static str = &full[..full.find("event: message_delta").unwrap()];
-    let up = MockUpstream::start(Behavior::func(move |_r: &Recorded| chunked_sse(cut, 50))).await;
+    let up = MockUpstream::start(Behavior::func(move |_r: &Recorded| {
+        Reply::sse_split(cut, 50)
+    }))
+    .await;
     let gw = Gateway::start(&config(up.port(), "", "", "")).await;
     let text = post(
         &gw,

@@ -6,12 +6,11 @@
 
 mod support;
 
-use bytes::Bytes;
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::prom::sample;
 use support::CONFIG_HEAD;
-use support::{assert_error, Behavior, Gateway, MockUpstream, Recorded, Reply, ReplyBody};
+use support::{assert_error, Behavior, Gateway, MockUpstream, Recorded, Reply};
 
 const KEY: &str = "tg-gemini-key-1";
 const PROVIDER_KEY: &str = "AIzaSyTestGeminiProviderKey0123456789abc";
@@ -23,26 +22,12 @@ macro_rules! fixture {
     };
 }
 
-/// `bytes` as a chunked SSE reply split every `n` bytes.
-fn chunked_sse(bytes: &str, n: usize) -> Reply {
-    let chunks = bytes
-        .as_bytes()
-        .chunks(n)
-        .map(Bytes::copy_from_slice)
-        .collect();
-    Reply {
-        status: 200,
-        headers: vec![("content-type".into(), "text/event-stream".into())],
-        body: ReplyBody::Chunks(chunks, Duration::from_millis(1)),
-    }
-}
-
 /// A Gemini mock: answers by method (the part of the path after `:`).
 fn gemini(json: &'static str, sse: &'static str) -> Behavior {
     Behavior::func(move |r: &Recorded| {
         let method = r.path.rsplit(':').next().unwrap_or_default();
         if method.starts_with("streamGenerateContent") {
-            chunked_sse(sse, 29)
+            Reply::sse_split(sse, 29)
         } else if method.starts_with("generateContent") {
             Reply::json(200, json)
         } else if method.starts_with("embedContent") {

@@ -45,6 +45,21 @@ fn n(v: &Value, path: &[&str]) -> u64 {
 }
 
 impl Usage {
+    /// The counts by the `kind` label of `tollgate_tokens_total`. Cache
+    /// writes (Anthropic) are listed only when there were some, so other
+    /// providers add no always-zero series.
+    pub fn by_kind(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        [
+            ("input", self.prompt),
+            ("output", self.completion),
+            ("cached_input", self.cached),
+            ("reasoning", self.reasoning),
+            ("cache_write", self.cache_write),
+        ]
+        .into_iter()
+        .filter(|&(kind, n)| kind != "cache_write" || n > 0)
+    }
+
     /// Reads a `usage` object in the Chat Completions, Completions,
     /// Embeddings or Responses shape. `None` if it is not an object.
     pub fn from_json(u: &Value) -> Option<Usage> {

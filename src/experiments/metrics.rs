@@ -94,15 +94,7 @@ static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
 
 /// The experiments' metrics, registered on first use.
 pub fn get() -> Option<&'static Metrics> {
-    METRICS
-        .get_or_init(|| match build() {
-            Ok(m) => Some(m),
-            Err(e) => {
-                log::error!("registering experiment metrics failed: {e}");
-                None
-            }
-        })
-        .as_ref()
+    crate::telemetry::metrics::registered(&METRICS, "experiment metrics", build)
 }
 
 /// Counts one hedge event of `alias`.

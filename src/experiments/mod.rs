@@ -175,7 +175,9 @@ pub async fn after_admit(session: &mut Session, ctx: &mut Ctx) -> pingora::Resul
         // The Messages endpoint answers in Anthropic's shape: the normal
         // path translates it back, the race relays OpenAI bytes as they are.
         Some(_) if ctx.front.is_some() => Ok(false),
-        Some(h) => hedge::serve(session, ctx, h).await,
+        // Boxed: the race's state is large, and unboxed it would be part of
+        // every request's future (copied when Pingora boxes it), hedged or not.
+        Some(h) => Box::pin(hedge::serve(session, ctx, h)).await,
         None => Ok(false),
     }
 }

@@ -275,12 +275,7 @@ async fn read(
 
 fn record_usage(m: &metrics::Metrics, labels: &[&str; 3], s: &Settled) {
     let source = s.source.label();
-    for (kind, n) in [
-        ("input", s.usage.prompt),
-        ("output", s.usage.completion),
-        ("cached_input", s.usage.cached),
-        ("reasoning", s.usage.reasoning),
-    ] {
+    for (kind, n) in s.usage.by_kind() {
         m.shadow_tokens
             .with_label_values(&[labels[0], labels[1], labels[2], kind, source])
             .inc_by(n);

@@ -296,16 +296,7 @@ fn settle(ctx: &Ctx) -> Option<Settled> {
 
 fn record_usage(m: &metrics::Metrics, route: &[&str; 4], s: &Settled) {
     let source = s.source.label();
-    for (kind, n) in [
-        ("input", s.usage.prompt),
-        ("output", s.usage.completion),
-        ("cached_input", s.usage.cached),
-        ("reasoning", s.usage.reasoning),
-        ("cache_write", s.usage.cache_write),
-    ] {
-        if kind == "cache_write" && n == 0 {
-            continue;
-        }
+    for (kind, n) in s.usage.by_kind() {
         let [model, provider, upstream_model, key] = *route;
         m.tokens
             .with_label_values(&[model, provider, upstream_model, key, kind, source])

@@ -75,15 +75,7 @@ static FAMILIES: OnceLock<Option<Families>> = OnceLock::new();
 /// The metric families, registered on first use (`None` if that failed,
 /// which is logged once).
 pub fn get() -> Option<&'static Families> {
-    FAMILIES
-        .get_or_init(|| match build() {
-            Ok(m) => Some(m),
-            Err(e) => {
-                log::error!("registering routing metrics failed: {e}");
-                None
-            }
-        })
-        .as_ref()
+    crate::telemetry::metrics::registered(&FAMILIES, "routing metrics", build)
 }
 
 /// One route's handles, bound to its labels.
@@ -97,6 +89,26 @@ pub struct RouteMetrics {
     pub in_flight: IntGauge,
     /// Indexed by [`super::Skip::stage`]: tier, region, capability, context_window.
     pub skipped: [IntCounter; 4],
+    /// `tollgate_route_requests_total` of requests outside any A/B variant,
+    /// by status class (see [`class_index`]), bound on first use so only
+    /// classes that occur appear.
+    pub requests: [std::sync::OnceLock<IntCounter>; 6],
+}
+
+/// The status classes of [`crate::telemetry::metrics::status_class`], in
+/// the order of [`RouteMetrics::requests`].
+pub const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// Position of `status`'s class in [`CLASSES`].
+pub fn class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        500..=599 => 4,
+        _ => 5,
+    }
 }
 
 impl RouteMetrics {
@@ -112,6 +124,7 @@ impl RouteMetrics {
             in_flight: f.in_flight.with_label_values(&l),
             skipped: ["tier", "region", "capability", "context_window"]
                 .map(|reason| f.skipped.with_label_values(&[alias, route, reason])),
+            requests: Default::default(),
         })
     }
 }

@@ -165,16 +165,27 @@ fn count_request(ctx: &Ctx) {
         .decision
         .as_ref()
         .and_then(|d| d.variant)
-        .and_then(|v| plan.variants.get(v))
-        .map_or(crate::telemetry::metrics::NONE, |v| &*v.name);
-    m.requests
-        .with_label_values(&[
-            alias,
-            &*route.name,
-            variant,
+        .and_then(|v| plan.variants.get(v));
+    let requests = |variant: &str, class: &str| {
+        m.requests
+            .with_label_values(&[alias, &*route.name, variant, class])
+    };
+    match (variant, route.metrics.as_ref()) {
+        // The common case: no A/B split; the counter is bound once per class.
+        (None, Some(rm)) => {
+            let i = super::metrics::class_index(ctx.status);
+            rm.requests[i]
+                .get_or_init(|| {
+                    requests(crate::telemetry::metrics::NONE, super::metrics::CLASSES[i])
+                })
+                .inc();
+        }
+        (v, _) => requests(
+            v.map_or(crate::telemetry::metrics::NONE, |v| &*v.name),
             crate::telemetry::metrics::status_class(ctx.status),
-        ])
-        .inc();
+        )
+        .inc(),
+    }
 }
 
 /// The route names and decision of a request, for its access-log line.

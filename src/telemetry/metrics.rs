@@ -194,15 +194,25 @@ static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
 /// The process-wide metrics, registered on first use. `None` only if
 /// registration failed, which is logged once; the gateway keeps serving.
 pub fn get() -> Option<&'static Metrics> {
-    METRICS
-        .get_or_init(|| match build() {
-            Ok(m) => Some(m),
-            Err(e) => {
-                log::error!("registering metrics failed: {e}");
-                None
-            }
-        })
-        .as_ref()
+    crate::telemetry::metrics::registered(&METRICS, "metrics", build)
+}
+
+/// A metric set registered on first use, kept in `cell`: `None` only if
+/// registration failed, which is logged once (naming `what`); the gateway
+/// keeps serving.
+pub fn registered<M>(
+    cell: &'static OnceLock<Option<M>>,
+    what: &str,
+    build: fn() -> prometheus::Result<M>,
+) -> Option<&'static M> {
+    cell.get_or_init(|| match build() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            log::error!("registering {what} failed: {e}");
+            None
+        }
+    })
+    .as_ref()
 }
 
 /// `2xx`, `4xx`…; a fixed set.

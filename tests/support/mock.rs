@@ -103,6 +103,21 @@ impl Reply {
         }
     }
 
+    /// A chunked `text/event-stream` reply of `bytes` cut every `n` bytes
+    /// (mid-event and mid-UTF-8), 1 ms apart.
+    pub fn sse_split(bytes: &str, n: usize) -> Reply {
+        let chunks = bytes
+            .as_bytes()
+            .chunks(n)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        Reply {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream".into())],
+            body: ReplyBody::Chunks(chunks, Duration::from_millis(1)),
+        }
+    }
+
     /// A chunked `text/event-stream` reply, one chunk per event.
     pub fn sse(events: Vec<String>, interval: Duration) -> Reply {
         Reply {

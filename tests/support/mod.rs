@@ -5,6 +5,7 @@
 //! - [`gateway`]: runs the real `tollgate` binary with a templated config,
 //! - [`tls`]: a throwaway CA issuing server certificates,
 //! - [`prom`]: a Prometheus text-format parser for `/metrics` assertions,
+//! - [`sdk`]: runs a Python SDK script against the gateway,
 //! - [`assert`]: the OpenAI-error assertion, body text and polling helpers.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code, unused_imports)]
 
@@ -12,6 +13,7 @@ pub mod assert;
 pub mod gateway;
 pub mod mock;
 pub mod prom;
+pub mod sdk;
 pub mod tls;
 
 pub use assert::{assert_error, assert_json_error, find, header, text, wait_until};
