@@ -317,6 +317,18 @@ async fn rejected_requests_get_anthropic_errors_and_never_reach_the_upstream() {
     .await;
     assert_anthropic_error(s, &t, 400, "invalid_request_error");
 
+    // The wrong method: 405 in Anthropic's shape, with `Allow`.
+    let resp = support::client()
+        .get(gw.url("/v1/messages"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(support::header(&resp, "allow").as_deref(), Some("POST"));
+    let s = resp.status().as_u16();
+    let t = resp.text().await.unwrap();
+    assert_anthropic_error(s, &t, 405, "invalid_request_error");
+
     assert_eq!(
         upstream.hits(),
         0,

@@ -47,8 +47,10 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     let req = session.req_header();
     let ep = match endpoint::route(&req.method, req.uri.path()) {
         endpoint::Route::Ok(ep) => ep,
-        endpoint::Route::WrongMethod(allowed) => {
-            return Err(GatewayError::MethodNotAllowed { allowed })
+        endpoint::Route::WrongMethod(ep, allowed) => {
+            // Known endpoint: its error shape (Anthropic's on /v1/messages).
+            ctx.endpoint = Some(ep);
+            return Err(GatewayError::MethodNotAllowed { allowed });
         }
         endpoint::Route::Unknown => return Err(GatewayError::NotFound),
     };

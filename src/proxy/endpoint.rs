@@ -18,7 +18,8 @@ pub enum Endpoint {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     Ok(Endpoint),
-    WrongMethod(&'static str),
+    /// The endpoint, and the method it takes.
+    WrongMethod(Endpoint, &'static str),
     Unknown,
 }
 
@@ -106,7 +107,7 @@ pub fn route(method: &http::Method, path: &str) -> Route {
     if ok {
         Route::Ok(ep)
     } else {
-        Route::WrongMethod(allowed)
+        Route::WrongMethod(ep, allowed)
     }
 }
 
@@ -157,7 +158,7 @@ mod tests {
         );
         assert_eq!(
             route(&Method::GET, "/v1/chat/completions"),
-            Route::WrongMethod("POST")
+            Route::WrongMethod(Endpoint::ChatCompletions, "POST")
         );
     }
 
