@@ -15,6 +15,13 @@ pub struct Event<'a> {
     pub end: u64,
 }
 
+/// Whether a response's `Content-Type` says it is an SSE stream.
+pub fn is_event_stream(resp: &pingora::http::ResponseHeader) -> bool {
+    resp.headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
 /// A line or event grew past the cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overflow;

@@ -218,11 +218,7 @@ async fn read(
     injected: bool,
 ) -> (&'static str, Option<Settled>) {
     let status = ex.header().status;
-    let sse = ex
-        .header()
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let sse = crate::sse::is_event_stream(ex.header());
     let mut stream = (status.is_success() && sse).then(|| StreamMeter::new(job.ep, injected));
     let mut body = (status.is_success() && !sse).then(BodyMeter::default);
     loop {

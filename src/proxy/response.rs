@@ -78,7 +78,7 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
         .unwrap_or(crate::proxy::endpoint::Endpoint::ChatCompletions);
     ctx.meter = if !resp.status.is_success() {
         Meter::None
-    } else if is_event_stream(resp) {
+    } else if crate::sse::is_event_stream(resp) {
         if ctx.usage_injected {
             // Bytes will be cut: the upstream's length would no longer hold.
             resp.remove_header(&http::header::CONTENT_LENGTH);
@@ -88,12 +88,6 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
         Meter::Body(BodyMeter::default())
     };
     crate::proxy::messages::on_header(resp, ctx)
-}
-
-fn is_event_stream(resp: &ResponseHeader) -> bool {
-    resp.headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
 /// Runs for each body chunk going to the client. An error aborts the

@@ -187,10 +187,7 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<bo
         return Ok(false);
     }
     let ep = ctx.endpoint.unwrap_or(Endpoint::ChatCompletions);
-    let is_sse = resp
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let is_sse = crate::sse::is_event_stream(resp);
     let parsed = ctx.parsed.as_ref();
     let fallback_id = format!("chatcmpl-{}", ctx.request_id);
     let opts = ResponseOpts {

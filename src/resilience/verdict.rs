@@ -45,10 +45,7 @@ pub fn judge(resp: &ResponseHeader, on_status: &[u16], expects_stream: bool) -> 
         };
     }
     if resp.status.is_success() && expects_stream {
-        let sse = resp
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let sse = crate::sse::is_event_stream(resp);
         if !sse {
             return Verdict::Fail {
                 error: GatewayError::UpstreamError,

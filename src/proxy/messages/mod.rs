@@ -21,9 +21,9 @@ use crate::proxy::ctx::Ctx;
 use crate::proxy::endpoint::Endpoint;
 use crate::rewrite::{self, Parsed};
 use crate::runtime::ModelRt;
-use crate::sse::Scanner;
 use crate::translate::messages::{self as tr, MessagesStream};
-use crate::translate::{RequestOpts, ResponseOpts, StreamTranslator};
+use crate::translate::pipe::Pipe;
+use crate::translate::{RequestOpts, ResponseOpts};
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use serde_json::Value;
@@ -49,7 +49,7 @@ enum Mode {
     /// No response header yet.
     Waiting,
     /// A 2xx event stream, translated event by event.
-    Stream(Box<(Scanner, MessagesStream)>),
+    Stream(Box<Pipe>),
     /// A 2xx JSON body, translated whole at its end.
     Message(BytesMut),
     /// A non-2xx body, re-shaped as an Anthropic error at its end.
@@ -144,10 +144,7 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
     let Some(front) = ctx.front.as_mut() else {
         return Ok(());
     };
-    let sse = resp
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let sse = crate::sse::is_event_stream(resp);
     if pass {
         front.mode = Mode::Pass(Box::new(passthrough::Watch::new(sse)));
         return Ok(());
@@ -157,7 +154,7 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
         Mode::Error(resp.status.as_u16(), BytesMut::new())
     } else if sse {
         let stream = MessagesStream::new(&response_opts(front, request_id));
-        Mode::Stream(Box::new((Scanner::new(MAX_EVENT_BYTES), stream)))
+        Mode::Stream(Box::new(Pipe::new(Box::new(stream), MAX_EVENT_BYTES)))
     } else {
         Mode::Message(BytesMut::new())
     };
@@ -188,12 +185,10 @@ pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) {
             *body = Some(chunk);
             return;
         }
-        Mode::Stream(s) => {
-            let (scanner, stream) = &mut **s;
-            let mut fed = scanner.feed(&chunk, |e| stream.event(e.data, &mut out));
+        Mode::Stream(pipe) => {
+            let mut fed = pipe.feed(&chunk, &mut out);
             if fed.is_ok() && eos {
-                fed = scanner.finish(|e| stream.event(e.data, &mut out));
-                stream.finish(&mut out);
+                fed = pipe.finish(&mut out);
             }
             if fed.is_err() {
                 out.extend_from_slice(&error_event(&GatewayError::UpstreamError));
@@ -238,9 +233,8 @@ pub fn stream_error(ctx: &mut Ctx, err: &GatewayError) -> Option<Bytes> {
     let mut out = BytesMut::new();
     if let Some(unsent) = ctx.unsent.take() {
         match &mut front.mode {
-            Mode::Stream(s) => {
-                let (scanner, stream) = &mut **s;
-                let _ = scanner.feed(&unsent, |e| stream.event(e.data, &mut out));
+            Mode::Stream(pipe) => {
+                let _ = pipe.feed(&unsent, &mut out);
             }
             Mode::Pass(_) => out.extend_from_slice(&unsent),
             _ => {}
@@ -264,16 +258,14 @@ pub fn local_reply(ctx: &Ctx, reply: mock::Reply) -> mock::Reply {
             Err(_) => error_body(&GatewayError::Internal),
         }),
         mock::Reply::Sse { events, interval } => {
-            let mut scanner = Scanner::new(MAX_EVENT_BYTES);
-            let mut stream = MessagesStream::new(&opts);
+            let mut pipe = Pipe::new(Box::new(MessagesStream::new(&opts)), MAX_EVENT_BYTES);
             let n = events.len();
             let mut translated = Vec::with_capacity(n + 1);
             for (i, ev) in events.iter().enumerate() {
                 let mut out = BytesMut::new();
-                let _ = scanner.feed(ev, |e| stream.event(e.data, &mut out));
+                let _ = pipe.feed(ev, &mut out);
                 if i + 1 == n {
-                    let _ = scanner.finish(|e| stream.event(e.data, &mut out));
-                    stream.finish(&mut out);
+                    let _ = pipe.finish(&mut out);
                 }
                 if !out.is_empty() {
                     translated.push(out.freeze());
