@@ -103,9 +103,7 @@ impl Candidates {
                             });
                         }
                         Err(Some(out)) => {
-                            let ms = ctx.out_for_ms.map_or(out.ms, |m| m.min(out.ms));
-                            ctx.out_for_ms = Some(ms);
-                            ctx.out_rate_limited |= out.rate_limited;
+                            ctx.note_out(&out);
                         }
                         Err(None) => {}
                     }

@@ -83,9 +83,7 @@ pub fn next_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>, GatewayError> {
                         return Ok(Box::new(up.peer(addr, &route.limits)));
                     }
                     Err(Some(out)) => {
-                        let ms = ctx.out_for_ms.map_or(out.ms, |m| m.min(out.ms));
-                        ctx.out_for_ms = Some(ms);
-                        ctx.out_rate_limited |= out.rate_limited;
+                        ctx.note_out(&out);
                     }
                     Err(None) => {}
                 }

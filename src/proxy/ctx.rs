@@ -193,6 +193,13 @@ impl Ctx {
         self.rt.as_ref().ok_or(GatewayError::Internal)
     }
 
+    /// A route's backends are all out (cooling or breaker open): keeps the
+    /// shortest wait, for the error answered if nothing else is left.
+    pub fn note_out(&mut self, out: &crate::upstream::Out) {
+        self.out_for_ms = Some(self.out_for_ms.map_or(out.ms, |m| m.min(out.ms)));
+        self.out_rate_limited |= out.rate_limited;
+    }
+
     /// The route of the current (or last) attempt.
     pub fn current_route(&self) -> Option<&crate::runtime::RouteRt> {
         let rt = self.rt.as_ref()?;
