@@ -7,7 +7,7 @@ use crate::error::GatewayError;
 use crate::providers::dialect::RouteDialect;
 use crate::proxy::endpoint::Endpoint;
 use crate::translate::gemini::{self, EmbedOutput};
-use crate::translate::{RequestOpts, ResponseOpts, Translated, Unsupported};
+use crate::translate::{RequestOpts, ResponseOpts, Translated};
 use bytes::Bytes;
 use http::Uri;
 use serde_json::Value;
@@ -39,22 +39,14 @@ pub fn request(
     dialect: &RouteDialect,
 ) -> Result<(Translated, Uri), GatewayError> {
     let (t, path) = if ep == Endpoint::Embeddings {
-        let (kind, t) = gemini::embed_request(client, opts).map_err(unsupported)?;
+        let (kind, t) = gemini::embed_request(client, opts).map_err(GatewayError::from)?;
         (t, kind.path(opts.model))
     } else {
-        let t = gemini::chat_request(client, opts).map_err(unsupported)?;
+        let t = gemini::chat_request(client, opts).map_err(GatewayError::from)?;
         (t, gemini::chat_path(opts.model, opts.stream))
     };
     let uri = dialect.uri(&path).ok_or(GatewayError::Internal)?;
     Ok((t, uri))
-}
-
-/// A request field Gemini cannot honour: a 400 naming it.
-pub fn unsupported(u: Unsupported) -> GatewayError {
-    GatewayError::UnsupportedParam {
-        message: u.message,
-        param: u.param,
-    }
 }
 
 /// A translated whole response, its usage, and whether that usage is an

@@ -115,7 +115,7 @@ pub fn prepare(
             (t, Some(uri))
         }
         _ => (
-            anthropic::chat_request(client, &opts).map_err(gem::unsupported)?,
+            anthropic::chat_request(client, &opts).map_err(GatewayError::from)?,
             None,
         ),
     };

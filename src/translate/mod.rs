@@ -52,6 +52,16 @@ pub struct Unsupported {
     pub message: String,
 }
 
+/// A field the provider cannot honour: a 400 that names it.
+impl From<Unsupported> for crate::error::GatewayError {
+    fn from(u: Unsupported) -> Self {
+        Self::UnsupportedParam {
+            message: u.message,
+            param: u.param,
+        }
+    }
+}
+
 /// What a response translation needs besides the provider's body.
 #[derive(Debug, Clone, Copy)]
 pub struct ResponseOpts<'a> {
