@@ -18,8 +18,9 @@ const USAGE_SCAN_DEPTH: usize = 128;
 pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 /// Streamed text kept for estimation; beyond it only bytes are counted.
 const MAX_TEXT_BYTES: usize = 1024 * 1024;
-/// Non-stream bodies larger than this are not parsed for usage.
-const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Largest non-stream response body read whole (for usage, or to be
+/// translated); larger ones are not parsed.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// What the events said.
 #[derive(Debug, Default)]

@@ -23,8 +23,6 @@ use crate::translate::{anthropic, errors, gemini, RequestOpts, ResponseOpts, Str
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 
-/// Largest non-stream provider body translated (over it: upstream error).
-const MAX_BODY: usize = 16 * 1024 * 1024;
 /// Largest provider error body read; the rest is ignored.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
@@ -249,7 +247,7 @@ pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pingora::
         }
         Mode::Json { buf, what } => {
             if let Some(b) = body.take() {
-                if buf.len() + b.len() > MAX_BODY {
+                if buf.len() + b.len() > crate::accounting::meter::MAX_BODY_BYTES {
                     return abort(ctx, "provider response over the translation limit");
                 }
                 buf.extend_from_slice(&b);

@@ -30,9 +30,6 @@ use serde_json::Value;
 
 pub use crate::translate::messages::{error_body, error_event};
 
-/// Largest non-stream upstream body translated (a larger one is an error).
-const MAX_BODY: usize = 16 * 1024 * 1024;
-
 /// State of one Messages request.
 pub struct Front {
     /// The model name the client asked for, reported back in responses.
@@ -196,7 +193,7 @@ pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) {
             }
         }
         Mode::Message(buf) | Mode::Error(_, buf) => {
-            if buf.len() + chunk.len() <= MAX_BODY {
+            if buf.len() + chunk.len() <= crate::accounting::meter::MAX_BODY_BYTES {
                 buf.extend_from_slice(&chunk);
             }
             if eos {

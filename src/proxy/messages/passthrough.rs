@@ -17,9 +17,6 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::RequestHeader;
 use serde_json::Value;
 
-/// Largest non-stream body read for its usage.
-const MAX_BODY: usize = 16 * 1024 * 1024;
-
 /// Whether `route` gets Messages requests as they are.
 pub fn applies(route: &RouteRt) -> bool {
     route.dialect.kind == ProviderKind::Anthropic
@@ -93,7 +90,7 @@ impl Watch {
                 tokens.map(|t| t.usage())
             }
             Watch::Body(buf) => {
-                if buf.len() + chunk.len() <= MAX_BODY {
+                if buf.len() + chunk.len() <= crate::accounting::meter::MAX_BODY_BYTES {
                     buf.extend_from_slice(chunk);
                 }
                 if !eos {
