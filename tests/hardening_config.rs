@@ -122,6 +122,10 @@ fn check(dir: &Path, yaml: &str, env: &[(&str, &str)]) -> (i32, String) {
     )
 }
 
+/// What a `--test` run is about, its file, its environment, and what its
+/// errors must say.
+type Case<'a> = (&'a str, String, &'a [(&'a str, &'a str)], Vec<&'a str>);
+
 #[test]
 fn config_errors_name_their_field_and_never_show_a_secret() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,7 +137,7 @@ fn config_errors_name_their_field_and_never_show_a_secret() {
         check(dir.path(), &ok, &[]).1
     );
 
-    let cases: Vec<(&str, String, &[(&str, &str)], Vec<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "an unset variable names it and its field",
             file("", "\"${TG_HC_UNSET_VAR}\""),
