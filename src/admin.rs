@@ -19,7 +19,7 @@ pub struct AdminApp {
     pub reloader: Reloader,
 }
 
-const REDACTED: &str = "[redacted]";
+const REDACTED: &str = crate::config::url::REDACTED;
 
 fn reply(status: u16, body: Value) -> Response<Vec<u8>> {
     let body = body.to_string().into_bytes();
@@ -180,9 +180,11 @@ async fn limits(rt: &crate::runtime::Runtime) -> Response<Vec<u8>> {
     reply(200, json!({"limits": rows}))
 }
 
-/// The config as JSON, with every secret replaced.
+/// The config as JSON, with every secret replaced: keys and headers
+/// wholly, and the credentials inside any URL (`limits_store.redis.url`).
 pub fn redacted_config(cfg: &crate::config::Config) -> Value {
     let mut v = serde_json::to_value(cfg).unwrap_or(Value::Null);
+    redact_urls(&mut v);
     let hide = |x: &mut Value| {
         if !x.is_null() {
             *x = Value::from(REDACTED);
@@ -211,4 +213,53 @@ pub fn redacted_config(cfg: &crate::config::Config) -> Value {
         }
     }
     v
+}
+
+/// Blanks the credentials of every URL-looking string in `v`.
+fn redact_urls(v: &mut Value) {
+    match v {
+        Value::String(s) if s.contains("://") => {
+            if let std::borrow::Cow::Owned(r) = crate::config::url::redact(s) {
+                *s = r;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_urls),
+        Value::Object(m) => m.values_mut().for_each(redact_urls),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_redis_password_is_not_shown() {
+        let yaml = r#"
+listen: "127.0.0.1:8080"
+admin_listen: "127.0.0.1:9092"
+admin_key: "admin-key-0123456789"
+limits_store: { redis: { url: "redis://:hunter2-redis@127.0.0.1:6379/0" } }
+providers:
+  up: { kind: openai, base_url: "http://127.0.0.1:1/v1", api_key: "sk-up-secret" }
+models:
+  m: { routes: [ { provider: up, model: x } ] }
+keys:
+  - { name: a, key: "tg-admin-test-key" }
+"#;
+        let cfg = crate::config::parse_str(yaml, |_| None, std::path::Path::new(".")).unwrap();
+        let shown = redacted_config(&cfg).to_string();
+        for secret in [
+            "hunter2-redis",
+            "sk-up-secret",
+            "tg-admin-test-key",
+            "admin-key-0123456789",
+        ] {
+            assert!(!shown.contains(secret), "{secret} shown: {shown}");
+        }
+        assert!(
+            shown.contains("redis://:[redacted]@127.0.0.1:6379/0"),
+            "{shown}"
+        );
+    }
 }

@@ -8,10 +8,29 @@ use subtle::ConstantTimeEq;
 /// Longest `Authorization` value we will hash. Longer ones are rejected as-is.
 pub const MAX_KEY_LEN: usize = 512;
 
+/// Why a configured key (gateway or admin) could never match what a client
+/// presents, or `None` when it can. [`presented_key`] yields 1 to
+/// [`MAX_KEY_LEN`] ASCII bytes with the spaces around them trimmed; config
+/// keys are held to visible ASCII (`!` to `~`): no spaces, tabs, control or
+/// non-ASCII characters, which clients and SDKs cannot send reliably.
+pub fn unpresentable(key: &str) -> Option<&'static str> {
+    if key.len() > MAX_KEY_LEN {
+        return Some("is longer than 512 characters, which clients cannot present");
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Some(
+            "may contain only visible ASCII characters (no spaces, tabs, line breaks or non-ASCII): no client could present it",
+        );
+    }
+    None
+}
+
+/// The SHA-256 digest keys are stored and looked up by.
 pub fn digest(secret: &[u8]) -> [u8; 32] {
     Sha256::digest(secret).into()
 }
 
+/// A `key_sha256` value (64 hex digits) as a digest.
 pub fn parse_hex_digest(text: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut out).ok()?;
@@ -98,6 +117,25 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn configured_keys_must_be_presentable() {
+        assert_eq!(unpresentable("tg-key_01~!#"), None);
+        assert_eq!(unpresentable(&"k".repeat(MAX_KEY_LEN)), None);
+        for bad in [
+            "tg key 01",
+            " tg-key-01",
+            "tg-key-01\t",
+            "tg-clé-01",
+            "tg-key\n01",
+            &"k".repeat(MAX_KEY_LEN + 1),
+        ] {
+            assert!(unpresentable(bad).is_some(), "{bad:?}");
+        }
+        // What is refused really can never match: a padded key is trimmed.
+        let h = headers(&[("authorization", "Bearer  tg-key-01 ")]);
+        assert_eq!(presented_key(&h), Some(&b"tg-key-01"[..]));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Configuration: the YAML schema, `${VAR}` expansion, and validation.
-//! Loading runs three steps: size check, `${VAR}` expansion and typed parsing
-//! (unknown fields rejected, errors carry the field path), then `validate`.
+//! Loading runs these steps: size check, YAML parsing into a generic value,
+//! `${VAR}` expansion inside its string values, typed parsing (unknown fields
+//! rejected, errors carry the field path), then `validate`.
 
 pub mod duration;
 pub mod env;
@@ -75,24 +76,81 @@ pub fn parse_str(
     lookup: impl Fn(&str) -> Option<String>,
     base: &Path,
 ) -> Result<Config, ConfigError> {
-    let expanded = env::expand(text, lookup).map_err(ConfigError::one)?;
-    // Typed maps keep the last of two equal keys; a generic YAML value
-    // refuses them, naming the key and its line.
-    serde_yaml::from_str::<serde_yaml::Value>(&expanded)
-        .map_err(|e| ConfigError::one(e.to_string()))?;
-    let de = serde_yaml::Deserializer::from_str(&expanded);
-    let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        if path == "." {
-            ConfigError::one(inner)
-        } else {
-            ConfigError::one(format!("{path}: {inner}"))
+    // A generic YAML value first: it refuses duplicate keys (typed maps
+    // would keep the last), naming the key and its line.
+    let mut doc = serde_yaml::from_str::<serde_yaml::Value>(text)
+        .map_err(|e| ConfigError::one(yaml_error(text, &e)))?;
+    let expanded = env::expand(&mut doc, &lookup).map_err(ConfigError::one)?;
+    let masked = |mut e: ConfigError| {
+        for p in &mut e.problems {
+            *p = expanded.mask(p);
         }
-    })?;
+        e
+    };
+    let mut cfg = typed(&doc, &expanded).map_err(masked)?;
     resolve_paths(&mut cfg, base);
-    validate::validate(&cfg)?;
+    validate::validate(&cfg).map_err(masked)?;
     Ok(cfg)
+}
+
+/// A YAML syntax error, with a hint when its line has an unquoted `${`
+/// (which YAML cannot read inside `{ }` or `[ ]`).
+fn yaml_error(text: &str, e: &serde_yaml::Error) -> String {
+    let line = e
+        .location()
+        .and_then(|l| text.lines().nth(l.line().saturating_sub(1)));
+    let unquoted = line.is_some_and(|l| {
+        l.match_indices("${")
+            .any(|(i, _)| !matches!(l[..i].chars().last(), Some('"' | '\'' | '$')))
+    });
+    if unquoted {
+        format!("{e} (quote `${{VAR}}` values inside `{{ }}` or `[ ]`: \"${{VAR}}\")")
+    } else {
+        e.to_string()
+    }
+}
+
+/// Deserializes the expanded document into `Config`, errors naming their
+/// field. It goes through YAML text again (`serde_yaml` writes every string
+/// so that it reads back as the same string): the text deserializer reads a
+/// plain scalar as a string wherever a string is wanted (`name: 42`,
+/// `X-Version: 2`), which the `Value` deserializer would refuse. Line
+/// numbers would point into that text, so they are left out.
+fn typed(doc: &serde_yaml::Value, expanded: &env::Expanded) -> Result<Config, ConfigError> {
+    let text = serde_yaml::to_string(doc).map_err(|e| ConfigError::one(e.to_string()))?;
+    let de = serde_yaml::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize::<_, Config>(de).map_err(|err| {
+        let at = env::FieldPath::of(err.path());
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let mut msg = without_location(&inner);
+        // serde_yaml may start with its own (shorter) path: ours is enough.
+        if let Some((head, rest)) = msg.split_once(": ") {
+            if !head.contains(' ') && path.starts_with(head) {
+                msg = rest.to_string();
+            }
+        }
+        if let Some(name) = at.as_ref().and_then(|a| expanded.variable_at(a)) {
+            msg = format!("{msg} (the value of `${{{name}}}`)");
+        }
+        if path == "." {
+            ConfigError::one(msg)
+        } else {
+            ConfigError::one(format!("{path}: {msg}"))
+        }
+    })
+}
+
+/// A `serde_yaml` error's message without its ` at line L column C`.
+fn without_location(e: &serde_yaml::Error) -> String {
+    let msg = e.to_string();
+    match msg
+        .rfind(" at line ")
+        .or_else(|| msg.rfind(" at position "))
+    {
+        Some(i) if e.location().is_some() => msg[..i].to_string(),
+        _ => msg,
+    }
 }
 
 fn resolve_paths(cfg: &mut Config, base: &Path) {
@@ -162,7 +220,7 @@ keys:
         for (edit, want) in [
             (
                 ("kind: openai", "kind: openai\n    colour: blue"),
-                "providers.up: unknown field `colour`",
+                "providers.up.colour: unknown field `colour`",
             ),
             (
                 ("provider: up,", "provider: nope,"),
@@ -282,6 +340,171 @@ keys:
             let got = problems(&text);
             assert!(got.contains(want), "{edit:?}: {got}");
         }
+    }
+
+    fn env_more(k: &str) -> Option<String> {
+        match k {
+            "NASTY" => Some("m\"x,y}z #c: d[e]\nf{g}'h".into()),
+            "BYTES" => Some("2048".into()),
+            "OFF" => Some("false".into()),
+            "NUMKEY" => Some("12345678".into()),
+            "SECRET_WORD" => Some("not-a-number-secret".into()),
+            _ => env(k),
+        }
+    }
+
+    #[test]
+    fn variables_keep_any_characters_verbatim() {
+        let text = GOOD
+            .replacen("model: m1,", "model: \"${NASTY}\",", 1)
+            .replacen("${TEAM_KEY}", "${NUMKEY}", 1);
+        let cfg = parse_str(&text, env_more, Path::new(".")).unwrap();
+        assert_eq!(
+            cfg.models["fast"].routes[0].model,
+            "m\"x,y}z #c: d[e]\nf{g}'h"
+        );
+        assert_eq!(cfg.models.len(), 1, "no structure was injected");
+        assert_eq!(
+            cfg.keys[0].key.as_deref(),
+            Some("12345678"),
+            "a string field stays a string"
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever a variable holds (quotes, `#`, `: `, brackets, line
+        /// breaks, leading spaces, any Unicode), the field gets exactly it.
+        #[test]
+        fn any_value_survives_expansion_and_typed_parsing(value in "(?s).{0,40}", pick in 0usize..8) {
+            let specials = ["\"", ",", "}", " #", ": ", "[", "\n", "\r\n"];
+            let value = format!("{value}{}{value}", specials[pick]);
+            #[derive(serde::Deserialize)]
+            struct One { v: String, n: u8 }
+            let mut doc: serde_yaml::Value = serde_yaml::from_str("v: \"${X}\"\nn: 1\n").unwrap();
+            let lookup = |_: &str| Some(value.clone());
+            let x = env::expand(&mut doc, &lookup).unwrap();
+            let text = serde_yaml::to_string(&doc).unwrap();
+            let one: One = serde_yaml::from_str(&text).unwrap();
+            proptest::prop_assert_eq!(one.v, value);
+            proptest::prop_assert_eq!(one.n, 1);
+            drop(x);
+        }
+    }
+
+    #[test]
+    fn an_unquoted_variable_in_a_flow_mapping_gets_a_hint() {
+        let text = GOOD.replacen("\"${TEAM_KEY}\"", "${TEAM_KEY}", 1);
+        let got = problems(&text);
+        assert!(
+            got.contains("line 14") && got.contains("quote `${VAR}`"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn a_whole_variable_fills_numbers_and_booleans() {
+        let text = GOOD.replacen(
+            "providers:",
+            "max_body_bytes: ${BYTES}\ndownstream: { max_header_bytes: \"${BYTES}\" }\nproviders:",
+            1,
+        );
+        let text = text.replacen("kind: openai", "kind: openai\n    stream_usage: ${OFF}", 1);
+        let cfg = parse_str(&text, env_more, Path::new(".")).unwrap();
+        assert_eq!(cfg.max_body_bytes, 2048);
+        assert_eq!(cfg.downstream.max_header_bytes, 2048);
+        assert!(!cfg.providers["up"].stream_usage);
+        // Not a number: the error names the field and the variable, and
+        // does not show the value.
+        let bad = GOOD.replacen(
+            "providers:",
+            "max_body_bytes: ${SECRET_WORD}\nproviders:",
+            1,
+        );
+        let got = match parse_str(&bad, env_more, Path::new(".")) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            got.contains("max_body_bytes") && got.contains("${SECRET_WORD}"),
+            "{got}"
+        );
+        assert!(!got.contains("not-a-number-secret"), "{got}");
+    }
+
+    #[test]
+    fn unset_variables_name_the_field() {
+        let got = problems(&GOOD.replacen("${UP_KEY}", "${NOT_SET}", 1));
+        assert!(
+            got.contains("providers.up.api_key") && got.contains("`NOT_SET` is not set"),
+            "{got}"
+        );
+        // A comment is not expanded: an unset variable there is harmless.
+        let commented = GOOD.replacen("models:", "# uses ${NOT_SET} later\nmodels:", 1);
+        parse_str(&commented, env, Path::new(".")).unwrap();
+    }
+
+    #[test]
+    fn keys_that_no_client_could_present_are_refused() {
+        for (key, why) in [
+            ("tg team a key", "visible ASCII"),
+            ("tg-clé-équipe-a", "visible ASCII"),
+            (" tg-team-a-key", "visible ASCII"),
+            (&"k".repeat(513), "longer than 512"),
+        ] {
+            let text = GOOD.replacen("\"${TEAM_KEY}\"", &format!("{key:?}"), 1);
+            let got = problems(&text);
+            assert!(
+                got.contains("keys[0].key: ") && got.contains(why),
+                "{key:?}: {got}"
+            );
+        }
+        let admin = |k: &str| {
+            GOOD.replacen(
+                "metrics_listen:",
+                &format!("admin_listen: \"127.0.0.1:9092\"\nadmin_key: {k:?}\nmetrics_listen:"),
+                1,
+            )
+        };
+        let got = problems(&admin("admin key with spaces 01"));
+        assert!(
+            got.contains("admin_key: may contain only visible ASCII"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn an_admin_key_equal_to_a_hashed_gateway_key_is_refused() {
+        let secret = "tg-shared-admin-and-gateway";
+        let hexed = hex::encode(crate::auth::digest(secret.as_bytes()));
+        let text = GOOD
+            .replacen(
+                "metrics_listen:",
+                &format!(
+                    "admin_listen: \"127.0.0.1:9092\"\nadmin_key: \"{secret}\"\nmetrics_listen:"
+                ),
+                1,
+            )
+            .replacen(
+                "key: \"${TEAM_KEY}\"",
+                &format!("key_sha256: \"{hexed}\""),
+                1,
+            );
+        let got = problems(&text);
+        assert!(
+            got.contains("admin_key: must differ from every gateway key (it equals keys[0])"),
+            "{got}"
+        );
+        // The same with a plain `key`.
+        let text = text.replacen(
+            &format!("key_sha256: \"{hexed}\""),
+            &format!("key: \"{secret}\""),
+            1,
+        );
+        assert!(
+            problems(&text).contains("admin_key: must differ"),
+            "{}",
+            problems(&text)
+        );
     }
 
     #[test]

@@ -1,4 +1,83 @@
-//! The small URL subset `base_url` accepts: `http(s)://host[:port][/prefix]`.
+//! The small URL subset `base_url` accepts: `http(s)://host[:port][/prefix]`,
+//! and [`redact`], which blanks the credentials in any URL shown to people.
+
+use std::borrow::Cow;
+
+/// What replaces a credential in a shown URL.
+pub const REDACTED: &str = "[redacted]";
+
+/// Query parameters whose values are credentials (`unix:///tmp/r.sock?pass=…`).
+const SECRET_PARAMS: &[&str] = &[
+    "pass",
+    "password",
+    "pwd",
+    "token",
+    "access_token",
+    "auth",
+    "key",
+    "api_key",
+    "apikey",
+    "secret",
+];
+
+/// `text` with its credentials blanked, for admin views, logs and errors:
+/// the password of a `scheme://user:password@host` URL (or the whole user
+/// info when it has no `:`, which is then usually a token), and the values
+/// of query parameters such as `pass` or `token`. Works on malformed URLs
+/// too; text without credentials is returned as it is.
+pub fn redact(text: &str) -> Cow<'_, str> {
+    let mut out = String::new();
+    let mut rest = text;
+    if let Some(i) = text.find("://") {
+        let start = i + 3;
+        let end = text[start..]
+            .find(['/', '?', '#'])
+            .map_or(text.len(), |j| start + j);
+        if let Some(at) = text[start..end].rfind('@') {
+            let userinfo = &text[start..start + at];
+            out.push_str(&text[..start]);
+            if let Some((user, _)) = userinfo.split_once(':') {
+                out.push_str(user);
+                out.push(':');
+            }
+            out.push_str(REDACTED);
+            rest = &text[start + at..];
+        }
+    }
+    let Some(q) = rest.find('?') else {
+        return if out.is_empty() {
+            Cow::Borrowed(text)
+        } else {
+            out.push_str(rest);
+            Cow::Owned(out)
+        };
+    };
+    out.push_str(&rest[..=q]);
+    let query = &rest[q + 1..];
+    let (query, fragment) = match query.find('#') {
+        Some(h) => (&query[..h], &query[h..]),
+        None => (query, ""),
+    };
+    for (n, pair) in query.split('&').enumerate() {
+        if n > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((k, _)) if SECRET_PARAMS.iter().any(|s| k.eq_ignore_ascii_case(s)) => {
+                out.push_str(k);
+                out.push('=');
+                out.push_str(REDACTED);
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    out.push_str(fragment);
+    if out == text {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(out)
+    }
+}
 
 /// A parsed `base_url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +120,8 @@ pub fn parse_base_url(text: &str) -> Result<BaseUrl, String> {
     };
     if rest.contains(['?', '#', '@', ' ']) {
         return Err(format!(
-            "`{text}` may not contain a query, fragment, user info or spaces"
+            "`{}` may not contain a query, fragment, user info or spaces",
+            redact(text)
         ));
     }
     let (authority, path) = match rest.find('/') {
@@ -116,6 +196,42 @@ mod tests {
         let u = parse_base_url("http://[::1]:9000").unwrap();
         assert_eq!((u.host.as_str(), u.prefix.as_str()), ("::1", ""));
         assert_eq!(u.host_header(), "[::1]:9000");
+    }
+
+    #[test]
+    fn redacts_credentials_in_any_url() {
+        for (url, want) in [
+            (
+                "redis://:s3cret@127.0.0.1:6379/0",
+                "redis://:[redacted]@127.0.0.1:6379/0",
+            ),
+            (
+                "rediss://user:s3cret@h:6380",
+                "rediss://user:[redacted]@h:6380",
+            ),
+            ("https://tok3n@h/v1", "https://[redacted]@h/v1"),
+            ("redis://:p@ss:w@rd@h", "redis://:[redacted]@h"),
+            (
+                "unix:///tmp/r.sock?db=1&pass=s3cret",
+                "unix:///tmp/r.sock?db=1&pass=[redacted]",
+            ),
+            (
+                "redis://h/?PASSWORD=x#frag",
+                "redis://h/?PASSWORD=[redacted]#frag",
+            ),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("not a url at all", "not a url at all"),
+            ("https://h/v1?model=x", "https://h/v1?model=x"),
+        ] {
+            assert_eq!(redact(url), want, "{url}");
+        }
+        assert!(matches!(redact("redis://h:1"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_base_url_error_does_not_echo_a_password() {
+        let e = parse_base_url("https://u:s3cret@h/v1").unwrap_err();
+        assert!(!e.contains("s3cret") && e.contains("user info"), "{e}");
     }
 
     #[test]

@@ -311,15 +311,17 @@ fn check_listeners(cfg: &Config, v: &mut Problems) {
                     "is required with admin_listen, e.g. \"${TOLLGATE_ADMIN_KEY}\"",
                 ),
                 Some(k) if k.len() < 16 => v.add("admin_key", "must be at least 16 characters"),
-                Some(k)
-                    if cfg
-                        .keys
-                        .iter()
-                        .any(|g| g.key.as_deref() == Some(k.as_str())) =>
-                {
-                    v.add("admin_key", "must differ from every gateway key")
+                Some(k) => {
+                    if let Some(why) = crate::auth::unpresentable(k) {
+                        v.add("admin_key", why);
+                    }
+                    if let Some(i) = gateway_key_equal_to(cfg, k) {
+                        v.add(
+                            "admin_key",
+                            format!("must differ from every gateway key (it equals keys[{i}])"),
+                        );
+                    }
                 }
-                Some(_) => {}
             }
         }
         (None, Some(_)) => v.add("admin_key", "is only used with admin_listen; set both"),
@@ -639,6 +641,19 @@ fn check_route_dialect(field: &str, r: &Route, p: Option<&Provider>, v: &mut Pro
     }
 }
 
+/// The index of the gateway key whose secret is `admin_key`, given as
+/// `key` or as `key_sha256`.
+fn gateway_key_equal_to(cfg: &Config, admin_key: &str) -> Option<usize> {
+    let digest = crate::auth::digest(admin_key.as_bytes());
+    cfg.keys.iter().position(|g| {
+        g.key.as_deref() == Some(admin_key)
+            || g.key_sha256
+                .as_deref()
+                .and_then(crate::auth::parse_hex_digest)
+                == Some(digest)
+    })
+}
+
 fn check_keys(cfg: &Config, v: &mut Problems) {
     let mut names = HashSet::new();
     let mut digests: HashMap<[u8; 32], &str> = HashMap::new();
@@ -666,6 +681,9 @@ fn check_keys(cfg: &Config, v: &mut Problems) {
             (Some(secret), None) => {
                 if secret.len() < 8 {
                     v.add(format!("{f}.key"), "must be at least 8 characters");
+                }
+                if let Some(why) = crate::auth::unpresentable(secret) {
+                    v.add(format!("{f}.key"), why);
                 }
                 Some(crate::auth::digest(secret.as_bytes()))
             }

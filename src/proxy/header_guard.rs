@@ -1,26 +1,43 @@
-//! Slow-header protection. Pingora's HTTP/1 reader times out each read, so a
+//! Slow-header protection on every request of every client connection.
+//!
+//! Pingora's HTTP/1 reader times out each read, not the whole header, so a
 //! client sending one header byte a second (slowloris) is never cut off, and
-//! it accepts headers up to 1 MiB. This wrapper reads each request's header
-//! itself, under a total deadline and a size cap, then puts the bytes back
-//! (`rewind`) and hands the connection to the proxy unchanged. HTTP/1.1
-//! over TLS is guarded the same way (the bytes are put back by `Rewound`);
-//! HTTP/2 has its own limits (h2 settings, checked again in `admit`).
+//! it accepts headers up to 1 MiB. So this wrapper runs the HTTP/1
+//! keep-alive loop itself instead of Pingora's `HttpServerApp` loop: before
+//! each request it reads that request's header under a total deadline and a
+//! size cap, puts the bytes back in front of the stream, and hands one
+//! session to the proxy (`process_new_http`). When the proxy gives the
+//! connection back for reuse, the next header is read the same way. So the
+//! limits hold for the first request, for every later request on a
+//! keep-alive connection, and after leading empty lines, on plaintext and
+//! on TLS alike.
+//!
+//! Pingora hands back a reusable connection only when it read nothing past
+//! the request's body (pipelining is off), so the next request's first byte
+//! is always read here. Enabling Pingora's pipelining would bypass this
+//! guard for pipelined requests.
+//!
+//! HTTP/2 (TLS with ALPN `h2`): the client preface and its first SETTINGS
+//! frame must arrive within `header_timeout`, else the connection is closed;
+//! after that the h2 settings cap each stream's header list (set at start-up
+//! in `server.rs`, measured again per request in `admit`).
 
 use crate::error::GatewayError;
 use crate::proxy::rewound::Rewound;
 use crate::runtime::Shared;
 use async_trait::async_trait;
-use bytes::BytesMut;
-use pingora::apps::ServerApp;
+use bytes::{Bytes, BytesMut};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::{Stream, ALPN};
+use pingora::protocols::{Stream, ALPN, IO};
 use pingora::server::ShutdownWatch;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Wraps a server app (the proxy) with header deadlines.
+/// Wraps the proxy with header deadlines and runs its HTTP/1 keep-alive loop.
 pub struct HeaderGuard<A> {
     pub inner: Arc<A>,
     pub shared: Arc<Shared>,
@@ -28,7 +45,7 @@ pub struct HeaderGuard<A> {
 
 /// What reading a header produced.
 enum Header {
-    /// Complete (or the client sent something we let the proxy judge).
+    /// Complete (or not HTTP/1 request text, which the proxy refuses at once).
     Ready(BytesMut),
     /// Closed, idle past keep-alive, or shutting down: just close.
     Close,
@@ -37,51 +54,108 @@ enum Header {
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
+    /// Serves one client connection (plain TCP, or TLS after the handshake)
+    /// to its end; never hands it back to Pingora.
     async fn process_new(
         self: &Arc<Self>,
         session: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let _busy = Busy::enter();
-        let rt = self.shared.load();
-        let limits = rt.header_limits;
-        if !session.as_any().is::<L4Stream>() {
-            if matches!(session.selected_alpn_proto(), Some(ALPN::H2)) {
-                return self.inner.process_new(session, shutdown).await;
-            }
-            // HTTP/1 over TLS.
-            let mut tls = session;
-            return match read_header(&mut tls, limits, shutdown).await {
-                Header::Ready(buf) => {
-                    let stream = Rewound::new(buf.freeze(), tls);
-                    self.inner.process_new(Box::new(stream), shutdown).await
-                }
-                Header::Close => None,
-                Header::Refuse(err) => {
-                    let _ = tls.write_all(&raw_error(&err)).await;
-                    let _ = tls.flush().await;
-                    None
-                }
-            };
+        if session.as_any().is::<L4Stream>() {
+            let l4 = session.into_any().downcast::<L4Stream>().ok()?;
+            self.serve_http1(l4, shutdown).await;
+            return None;
         }
-        let mut l4 = session.into_any().downcast::<L4Stream>().ok()?;
-        match read_header(&mut l4, limits, shutdown).await {
-            Header::Ready(buf) => {
-                l4.rewind(&buf);
-                self.inner.process_new(l4, shutdown).await
-            }
-            Header::Close => None,
-            Header::Refuse(err) => {
-                let _ = l4.write_all(&raw_error(&err)).await;
-                let _ = l4.flush().await;
-                None
-            }
+        if matches!(session.selected_alpn_proto(), Some(ALPN::H2)) {
+            return self.serve_h2(session, shutdown).await;
         }
+        let tls = Box::new(Rewound::new(Bytes::new(), session));
+        self.serve_http1(tls, shutdown).await;
+        None
     }
 
     async fn cleanup(&self) {
         self.inner.cleanup().await;
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> HeaderGuard<A> {
+    /// The HTTP/1 keep-alive loop: guard a header, serve that request, and
+    /// repeat while the proxy hands the connection back. The session setup
+    /// mirrors Pingora's own loop (`pingora-core` `apps/mod.rs`, 0.9.1).
+    async fn serve_http1<S: IO + PutBack + 'static>(
+        self: &Arc<Self>,
+        mut stream: Box<S>,
+        shutdown: &ShutdownWatch,
+    ) {
+        let mut settings: Option<HttpPersistentSettings> = None;
+        loop {
+            let limits = self.shared.load().header_limits;
+            match read_header(&mut *stream, limits, shutdown).await {
+                Header::Ready(buf) => stream.put_back(buf.freeze()),
+                Header::Close => return,
+                Header::Refuse(err) => {
+                    refuse(&mut *stream, &err).await;
+                    return;
+                }
+            }
+            let mut session = ServerSession::new_http1(stream);
+            match settings.take() {
+                Some(s) => s.apply_to_session(&mut session),
+                None => {
+                    // Pingora's defaults for a new connection; the proxy sets
+                    // our own keep-alive time per request (`admit`).
+                    session.set_keepalive((!*shutdown.borrow()).then_some(60));
+                    session.set_keepalive_reuses_remaining(
+                        self.inner
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            let Some(reused) = self.inner.process_new_http(session, shutdown).await else {
+                return;
+            };
+            let (next, next_settings) = reused.consume();
+            let Ok(next) = next.into_any().downcast::<S>() else {
+                return;
+            };
+            stream = next;
+            settings = next_settings;
+        }
+    }
+
+    /// HTTP/2: waits (up to `header_timeout`) for the client preface and
+    /// first SETTINGS frame, then hands the connection to Pingora's h2 loop.
+    async fn serve_h2(
+        self: &Arc<Self>,
+        mut tls: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let deadline = self.shared.load().header_limits.deadline;
+        let buf = read_h2_preface(&mut tls, deadline, shutdown).await?;
+        let stream = Rewound::new(buf.freeze(), tls);
+        self.inner.process_new(Box::new(stream), shutdown).await
+    }
+}
+
+/// A stream that can be given bytes back, to be read again before the rest.
+pub trait PutBack {
+    /// Puts `bytes` in front of whatever is still unread.
+    fn put_back(&mut self, bytes: Bytes);
+}
+
+impl PutBack for L4Stream {
+    fn put_back(&mut self, bytes: Bytes) {
+        self.rewind(&bytes);
+    }
+}
+
+impl PutBack for Rewound {
+    fn put_back(&mut self, bytes: Bytes) {
+        self.prepend(bytes);
     }
 }
 
@@ -90,7 +164,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
 pub struct HeaderLimits {
     /// Longest wait for the first byte of a request (keep-alive idle).
     pub idle: Duration,
-    /// From the first byte to the end of the header.
+    /// From the first byte to the end of the header; also the wait for an
+    /// HTTP/2 client's preface.
     pub deadline: Duration,
     pub max_bytes: usize,
 }
@@ -124,48 +199,56 @@ impl Drop for Busy {
     }
 }
 
-async fn read_header<S: tokio::io::AsyncRead + Unpin>(
+/// Reads into `buf` until the first bytes arrive, for at most `wait`. On
+/// shutdown a connection accepted just before the listener closed may not
+/// have sent its request yet: it gets a short last chance. `false` when
+/// nothing came (closed, timed out, shut down).
+async fn first_bytes<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+    wait: Duration,
+    shutdown: &ShutdownWatch,
+) -> bool {
+    let mut shutdown = shutdown.clone();
+    let last_chance = LAST_CHANCE.min(wait);
+    let read = if *shutdown.borrow() {
+        tokio::time::timeout(last_chance, s.read_buf(buf)).await
+    } else {
+        tokio::select! {
+            r = tokio::time::timeout(wait, s.read_buf(buf)) => r,
+            _ = shutdown.changed() => {
+                tokio::time::timeout(last_chance, s.read_buf(buf)).await
+            }
+        }
+    };
+    matches!(read, Ok(Ok(n)) if n > 0)
+}
+
+/// Reads one HTTP/1 request header: waits up to `idle` for its first byte,
+/// then up to `deadline` for its end, and at most `max_bytes` of it
+/// (leading empty lines included).
+async fn read_header<S: AsyncRead + Unpin>(
     s: &mut S,
     l: HeaderLimits,
     shutdown: &ShutdownWatch,
 ) -> Header {
     let mut buf = BytesMut::with_capacity(4096);
-    let mut shutdown = shutdown.clone();
-    // Wait for the first byte: keep-alive idle time. On shutdown, a
-    // connection accepted just before the listener closed may not have sent
-    // its request yet: it gets a short last chance, then closes.
-    let last_chance = LAST_CHANCE.min(l.idle);
-    let first = if *shutdown.borrow() {
-        tokio::time::timeout(last_chance, s.read_buf(&mut buf)).await
-    } else {
-        tokio::select! {
-            r = tokio::time::timeout(l.idle, s.read_buf(&mut buf)) => r,
-            _ = shutdown.changed() => {
-                tokio::time::timeout(last_chance, s.read_buf(&mut buf)).await
-            }
-        }
-    };
-    match first {
-        Ok(Ok(n)) if n > 0 => {}
-        _ => return Header::Close,
+    if !first_bytes(s, &mut buf, l.idle, shutdown).await {
+        return Header::Close;
     }
     let deadline = tokio::time::Instant::now() + l.deadline;
-    let mut scanned = 0;
+    let mut scan = HeadScan::default();
     loop {
-        if let Some(i) = memchr::memmem::find(&buf[scanned..], b"\r\n\r\n") {
-            if scanned + i + 4 > l.max_bytes {
-                return Header::Refuse(GatewayError::HeaderTooLarge);
+        match scan.feed(&buf) {
+            Scanned::End(end) if end > l.max_bytes => {
+                return Header::Refuse(GatewayError::HeaderTooLarge)
             }
-            return Header::Ready(buf);
-        }
-        // Anything that is not HTTP/1 request text is Pingora's to refuse.
-        if buf.len() >= 4 && !buf[..4].iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
-            return Header::Ready(buf);
+            Scanned::End(_) | Scanned::NotHttp => return Header::Ready(buf),
+            Scanned::More => {}
         }
         if buf.len() > l.max_bytes {
             return Header::Refuse(GatewayError::HeaderTooLarge);
         }
-        scanned = buf.len().saturating_sub(3);
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(buf.len().min(l.max_bytes));
         }
@@ -175,6 +258,127 @@ async fn read_header<S: tokio::io::AsyncRead + Unpin>(
             Err(_) => return Header::Refuse(GatewayError::RequestTimeout),
         }
     }
+}
+
+/// What scanning the bytes read so far found.
+#[derive(Debug, PartialEq, Eq)]
+enum Scanned {
+    /// The header ends just before this offset (after its empty line).
+    End(usize),
+    /// The first byte of the request line cannot start a method: not HTTP/1
+    /// request text (the proxy answers 400 without reading more).
+    NotHttp,
+    /// Not complete yet.
+    More,
+}
+
+/// Finds the end of a request header incrementally, the way HTTP/1 parsers
+/// (httparse) read it: empty lines (`\r\n` or `\n`) before the request line
+/// are skipped, lines end with `\n` or `\r\n`, and the header ends at the
+/// first empty line after the request line.
+#[derive(Debug, Default)]
+struct HeadScan {
+    /// Where to look next.
+    pos: usize,
+    /// Whether the request line has begun.
+    started: bool,
+}
+
+impl HeadScan {
+    /// Scans what `buf` (everything read so far) adds since the last call.
+    fn feed(&mut self, buf: &[u8]) -> Scanned {
+        if !self.started {
+            match buf[self.pos..]
+                .iter()
+                .position(|b| *b != b'\r' && *b != b'\n')
+            {
+                None => {
+                    self.pos = buf.len();
+                    return Scanned::More;
+                }
+                Some(i) => {
+                    self.pos += i;
+                    self.started = true;
+                    if !is_tchar(buf[self.pos]) {
+                        return Scanned::NotHttp;
+                    }
+                }
+            }
+        }
+        while let Some(i) = memchr::memchr(b'\n', &buf[self.pos..]) {
+            let nl = self.pos + i;
+            match (buf.get(nl + 1), buf.get(nl + 2)) {
+                (Some(b'\n'), _) => return Scanned::End(nl + 2),
+                (Some(b'\r'), Some(b'\n')) => return Scanned::End(nl + 3),
+                // Undecided until more arrives: look at this `\n` again.
+                (None, _) | (Some(b'\r'), None) => {
+                    self.pos = nl;
+                    return Scanned::More;
+                }
+                _ => self.pos = nl + 1,
+            }
+        }
+        self.pos = buf.len();
+        Scanned::More
+    }
+}
+
+/// RFC 9110 `tchar`: what a method name is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The HTTP/2 client connection preface (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Largest first SETTINGS frame waited for (the default maximum frame size;
+/// h2 refuses a larger one itself).
+const MAX_SETTINGS_FRAME: usize = 16_384;
+
+/// Reads an HTTP/2 client's preface and its first frame (SETTINGS) within
+/// `deadline`. `None` (close) when they do not arrive in time. Bytes that
+/// are not a preface and SETTINGS are handed on as soon as that is clear:
+/// h2 then refuses them without waiting.
+async fn read_h2_preface<S: AsyncRead + Unpin>(
+    s: &mut S,
+    deadline: Duration,
+    shutdown: &ShutdownWatch,
+) -> Option<BytesMut> {
+    let mut buf = BytesMut::with_capacity(128);
+    let until = tokio::time::Instant::now() + deadline;
+    if !first_bytes(s, &mut buf, deadline, shutdown).await {
+        return None;
+    }
+    loop {
+        if h2_preface_done(&buf) {
+            return Some(buf);
+        }
+        match tokio::time::timeout_at(until, s.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Whether `buf` holds the preface and a whole first frame, or bytes that
+/// cannot become them.
+fn h2_preface_done(buf: &[u8]) -> bool {
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] != H2_PREFACE[..n] {
+        return true;
+    }
+    let Some(frame) = buf.get(H2_PREFACE.len()..H2_PREFACE.len() + 9) else {
+        return false;
+    };
+    let len = usize::from(frame[0]) << 16 | usize::from(frame[1]) << 8 | usize::from(frame[2]);
+    let settings = frame[3] == 0x4;
+    !settings || len > MAX_SETTINGS_FRAME || buf.len() >= H2_PREFACE.len() + 9 + len
+}
+
+/// Writes `err` as a raw HTTP/1.1 response that closes the connection.
+async fn refuse<S: AsyncWrite + Unpin>(s: &mut S, err: &GatewayError) {
+    let _ = s.write_all(&raw_error(err)).await;
+    let _ = s.flush().await;
 }
 
 fn raw_error(err: &GatewayError) -> Vec<u8> {
@@ -192,4 +396,79 @@ fn raw_error(err: &GatewayError) -> Vec<u8> {
     .into_bytes();
     out.extend_from_slice(&body);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_all(input: &[u8]) -> Scanned {
+        HeadScan::default().feed(input)
+    }
+
+    /// Feeds `input` one byte at a time, as a dribbling client would.
+    fn scan_bytewise(input: &[u8]) -> Scanned {
+        let mut s = HeadScan::default();
+        for n in 1..=input.len() {
+            match s.feed(&input[..n]) {
+                Scanned::More => {}
+                done => return done,
+            }
+        }
+        Scanned::More
+    }
+
+    #[test]
+    fn finds_the_end_of_the_header_however_it_arrives() {
+        let cases: &[(&[u8], Scanned)] = &[
+            (b"GET / HTTP/1.1\r\nhost: a\r\n\r\nBODY", Scanned::End(27)),
+            (b"GET / HTTP/1.1\n\n", Scanned::End(16)),
+            (b"GET / HTTP/1.1\nhost: a\n\r\n", Scanned::End(25)),
+            (b"\r\n\r\nGET / HTTP/1.1\r\n\r\n", Scanned::End(22)),
+            (b"\n\n\nGET / HTTP/1.1\r\nx: y\r\n\r\n", Scanned::End(27)),
+            (b"\r\n\r\n", Scanned::More),
+            (b"GET / HTTP/1.1\r\nhost: a\r\n", Scanned::More),
+            (b"GET / HTTP/1.1\r\nhost: a\r\n\r", Scanned::More),
+            (b"\x16\x03\x01\x02\x00", Scanned::NotHttp),
+            (b"\r\n\x00GET", Scanned::NotHttp),
+        ];
+        for (input, want) in cases {
+            let shown = String::from_utf8_lossy(input);
+            assert_eq!(&scan_all(input), want, "whole: {shown:?}");
+            assert_eq!(&scan_bytewise(input), want, "bytewise: {shown:?}");
+        }
+    }
+
+    #[test]
+    fn leading_empty_lines_do_not_end_the_header() {
+        // The old guard took `\r\n\r\n` at the start for a whole header and
+        // let the rest through unguarded.
+        let big = format!("\r\n\r\nGET / HTTP/1.1\r\nx: {}\r\n", "a".repeat(1000));
+        assert_eq!(scan_all(big.as_bytes()), Scanned::More);
+    }
+
+    #[test]
+    fn an_h2_preface_is_complete_with_its_settings_frame() {
+        let mut b = H2_PREFACE.to_vec();
+        assert!(!h2_preface_done(&b[..10]));
+        assert!(!h2_preface_done(&b));
+        b.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0]);
+        assert!(!h2_preface_done(&b), "payload still missing");
+        b.extend_from_slice(&[0, 3, 0, 0, 0, 100]);
+        assert!(h2_preface_done(&b));
+        assert!(h2_preface_done(b"GET / HTTP/1.1\r\n"), "not a preface");
+        let mut ping = H2_PREFACE.to_vec();
+        ping.extend_from_slice(&[0, 0, 8, 6, 0, 0, 0, 0, 0]);
+        assert!(h2_preface_done(&ping), "first frame not SETTINGS");
+    }
+
+    #[test]
+    fn refusals_are_json_and_close() {
+        let out = String::from_utf8(raw_error(&GatewayError::HeaderTooLarge)).unwrap();
+        assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+        assert!(out.contains("Connection: close\r\n"), "{out}");
+        let body = out.split("\r\n\r\n").nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "request_header_too_large");
+    }
 }

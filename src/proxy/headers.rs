@@ -1,18 +1,57 @@
-//! The upstream request header, built fresh: only allow-listed client headers
-//! are copied, then the provider's own `Host`, key and extra headers are set.
-//! Nothing else the client sent (its key, cookies, proxy auth, hop-by-hop or
-//! upgrade headers) can reach a provider.
+//! Headers across the gateway, both ways through allow-lists.
+//!
+//! Upstream: the request header is built fresh: only allow-listed client
+//! headers are copied, then the provider's own `Host`, key and extra headers
+//! are set. Nothing else the client sent (its key, cookies, proxy auth,
+//! hop-by-hop or upgrade headers) can reach a provider.
+//!
+//! Downstream: of the provider's response header only the allow-listed
+//! fields reach the client; the gateway then adds its own.
 
 use crate::error::GatewayError;
 use crate::proxy::endpoint::Endpoint;
 use crate::upstream::Upstream;
 use http::header::{self, HeaderName};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 
 /// Client headers forwarded upstream. Everything else is dropped.
 /// (`accept-encoding` is not forwarded: responses stay uncompressed so the
 /// stream can be inspected.)
 const ALLOWED: &[HeaderName] = &[header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT];
+
+/// Provider response headers passed on to clients: what the body's bytes
+/// mean and how they are framed (the framing fields are adjusted later
+/// wherever the body is rewritten), caching, and the provider's retry hint
+/// on a passed-on 429/503. Everything else is dropped: account and project
+/// ids (`openai-organization`, `openai-project`), cookies, the provider's
+/// own rate-limit and request-id headers (which describe the gateway's
+/// account, not the client's), timing (`openai-processing-ms`), `server`,
+/// `alt-svc`, `keep-alive` and anything custom. The gateway adds its own
+/// `x-request-id`, `x-ratelimit-*` and route header after this filter.
+const RESPONSE_ALLOWED: &[HeaderName] = &[
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_ENCODING,
+    header::CACHE_CONTROL,
+    header::RETRY_AFTER,
+];
+
+/// OpenAI's millisecond `Retry-After`, allowed with it.
+const RETRY_AFTER_MS: &str = "retry-after-ms";
+
+/// Drops every provider response header that is not in the allow-list.
+pub fn client_response(resp: &mut ResponseHeader) {
+    let dropped: Vec<HeaderName> = resp
+        .headers
+        .keys()
+        .filter(|k| !RESPONSE_ALLOWED.contains(k) && k.as_str() != RETRY_AFTER_MS)
+        .cloned()
+        .collect();
+    for name in &dropped {
+        resp.remove_header(name);
+    }
+}
 
 /// Header carrying the request id, both ways.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -77,4 +116,55 @@ pub fn new_request_id() -> String {
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{:016x}{:08x}", seed, n as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_allow_listed_response_headers_remain() {
+        let mut r = ResponseHeader::build(429, None).unwrap();
+        for (k, v) in [
+            ("Content-Type", "application/json"),
+            ("content-length", "12"),
+            ("retry-after", "7"),
+            ("retry-after-ms", "7000"),
+            ("cache-control", "no-cache"),
+            ("openai-organization", "org-secret"),
+            ("openai-project", "proj_1"),
+            ("set-cookie", "__cf_bm=abc"),
+            ("set-cookie", "other=1"),
+            ("x-ratelimit-remaining-requests", "9"),
+            ("x-request-id", "req_upstream"),
+            ("openai-processing-ms", "12"),
+            ("server", "cloudflare"),
+            ("keep-alive", "timeout=5"),
+            ("x-custom", "1"),
+        ] {
+            r.append_header(k.to_string(), v).unwrap();
+        }
+        client_response(&mut r);
+        let mut left: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                "cache-control",
+                "content-length",
+                "content-type",
+                "retry-after",
+                "retry-after-ms"
+            ]
+        );
+        // The case-preserving name map agrees (it is what goes on the wire).
+        let mut wire = Vec::new();
+        r.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap().to_ascii_lowercase();
+        assert!(
+            !wire.contains("set-cookie") && !wire.contains("openai"),
+            "{wire}"
+        );
+        assert!(wire.contains("content-type: application/json"), "{wire}");
+    }
 }

@@ -12,8 +12,8 @@ use pingora::http::ResponseHeader;
 use std::time::Instant;
 
 /// Runs when the upstream's response header arrives: judges it (a failure
-/// is retried elsewhere or mapped to our own error), then tags it and picks
-/// how its body is metered.
+/// is retried elsewhere or mapped to our own error), then keeps only the
+/// allow-listed provider headers, tags it and picks how its body is metered.
 pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
     ctx.upstream_headers_at = Some(Instant::now());
     if let Some(w) = &ctx.watchdog {
@@ -60,6 +60,7 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
         ));
     }
     attempt::record_success(ctx);
+    crate::proxy::headers::client_response(resp);
     ctx.status = resp.status.as_u16();
     resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
     for (name, value) in ctx.rate_headers.pairs() {

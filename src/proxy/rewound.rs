@@ -1,8 +1,9 @@
 //! A stream with bytes put back in front of it: what the header guard read
 //! from a TLS stream (which, unlike Pingora's plain TCP stream, has no
 //! `rewind`) is served again to the proxy before the rest of the stream.
-//! Everything else (TLS and socket digests, ALPN, shutdown) is the inner
-//! stream's.
+//! One `Rewound` carries a connection through all its requests: the guard
+//! puts each request's header back with [`Rewound::prepend`]. Everything
+//! else (TLS and socket digests, ALPN, shutdown) is the inner stream's.
 
 use async_trait::async_trait;
 use bytes::{Buf, Bytes};
@@ -26,8 +27,21 @@ pub struct Rewound {
 }
 
 impl Rewound {
+    /// `inner`, with `prefix` read first.
     pub fn new(prefix: Bytes, inner: Stream) -> Self {
         Self { prefix, inner }
+    }
+
+    /// Puts `bytes` in front of whatever is still unread.
+    pub fn prepend(&mut self, bytes: Bytes) {
+        if self.prefix.is_empty() {
+            self.prefix = bytes;
+        } else {
+            let mut joined = bytes::BytesMut::with_capacity(bytes.len() + self.prefix.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.prefix);
+            self.prefix = joined.freeze();
+        }
     }
 }
 
@@ -155,5 +169,15 @@ mod tests {
         let mut out = Vec::new();
         s.read_to_end(&mut out).await.unwrap();
         assert_eq!(out, b"hello world");
+    }
+
+    #[tokio::test]
+    async fn prepended_bytes_come_before_what_is_left() {
+        let inner: Stream = Box::new(std::io::Cursor::new(b"!".to_vec()));
+        let mut s = Rewound::new(Bytes::from_static(b"world"), inner);
+        s.prepend(Bytes::from_static(b"hello "));
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"hello world!");
     }
 }
