@@ -34,6 +34,10 @@ pub fn run(cli: &Cli, cfg: Config, rt: Runtime) -> Result<(), String> {
         grace_period_seconds: Some(cfg.server.grace_period.get().as_secs()),
         graceful_shutdown_timeout_seconds: Some(cfg.server.shutdown_timeout.get().as_secs()),
         upstream_keepalive_pool_size: cfg.server.upstream_keepalive_pool,
+        // A daemon would otherwise move to `/`, and relative paths (the
+        // config file re-read on reload, `pid_file`, `access_log.path`,
+        // `state_file`) would no longer mean what they meant at start.
+        working_directory: std::env::current_dir().ok(),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);

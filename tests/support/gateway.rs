@@ -304,6 +304,79 @@ impl Gateway {
         assert_eq!(resp.status().as_u16(), 200, "metrics status");
         resp.text().await.expect("metrics body")
     }
+
+    /// Polls `/metrics` until the sum of `name`'s samples whose labels
+    /// include `labels` (0 when none) equals `want`; panics with the
+    /// metric's lines after [`ACCESS_LINE_TIMEOUT`]. Request counters are
+    /// updated in the logging phase, just after the client has its answer.
+    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], want: f64) {
+        let deadline = Instant::now() + ACCESS_LINE_TIMEOUT;
+        loop {
+            let text = self.metrics_text().await;
+            if super::prom::sum(&text, name, labels) == want {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(name)).collect();
+                panic!(
+                    "{name}{labels:?} never became {want}:\n{}",
+                    lines.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Like [`start_with_env`](Self::start_with_env), with the binary run
+    /// through `wrapper`: the command is `wrapper[0] wrapper[1..] TOLLGATE
+    /// --config FILE`. The wrapper must end by exec'ing its arguments in its
+    /// own process (`unshare -m sh -c '…; exec "$0" "$@"'`), so that
+    /// [`pid`](Self::pid) and the signals reach the gateway itself.
+    pub async fn start_wrapped(
+        yaml_template: &str,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Gateway {
+        let dir = tempfile::tempdir().expect("gateway tempdir");
+        let [listen, metrics, plain] = free_addrs3();
+        let config_path = dir.path().join("tollgate.yaml");
+        let log_path = dir.path().join("tollgate.log");
+        let config =
+            render(yaml_template, &listen, &metrics, dir.path()).replace("{PLAIN}", &plain);
+        std::fs::write(&config_path, config).expect("write config");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open gateway log");
+        let log2 = log.try_clone().expect("clone log handle");
+        let (program, args) = wrapper.split_first().expect("a wrapper command");
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .arg(env!("CARGO_BIN_EXE_tollgate"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn the wrapped tollgate");
+        let mut gw = Gateway {
+            child,
+            dir,
+            listen,
+            metrics,
+            plain,
+            tls: false,
+            config_path,
+            log_path,
+        };
+        gw.wait_ready(READY_TIMEOUT).await;
+        gw
+    }
 }
 
 impl Drop for Gateway {

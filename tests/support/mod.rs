@@ -7,12 +7,15 @@
 //! - [`prom`]: a Prometheus text-format parser for `/metrics` assertions,
 //! - [`sdk`]: runs a Python SDK script against the gateway,
 //! - [`assert`]: the OpenAI-error assertion, body text and polling helpers.
+//! - [`raw`]: raw TCP upstreams (silent, gated chunks, any loopback address)
+//!   and a port whose connects hang.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code, unused_imports)]
 
 pub mod assert;
 pub mod gateway;
 pub mod mock;
 pub mod prom;
+pub mod raw;
 pub mod sdk;
 pub mod tls;
 
