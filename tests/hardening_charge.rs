@@ -623,6 +623,67 @@ async fn an_anthropic_stream_cut_before_message_delta_is_charged_its_text() {
     );
 }
 
+/// A Gemini stream cut (connection closed) before its last chunk: Gemini's
+/// earlier chunks report the prompt only, so the output is the tokenizer's
+/// count of the text that passed, not 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gemini_stream_cut_before_its_last_chunk_is_charged_its_text() {
+    let pieces = [
+        "Zürich is ",
+        "cool today, twelve degrees ",
+        "with light rain",
+    ];
+    let events: Vec<String> = pieces
+        .iter()
+        .map(|p| {
+            let v = json!({"candidates": [{"content": {"parts": [{"text": p}], "role": "model"},
+                "index": 0}], "usageMetadata": {"promptTokenCount": 2051, "totalTokenCount": 2051},
+                "modelVersion": "gemini-2.5-flash"});
+            format!("data: {v}\r\n\r\n")
+        })
+        .collect();
+    let gemini = RawUpstream::start(move |_| Script {
+        pieces: sse_response(&events),
+        cut: true,
+    })
+    .await;
+    let models_extra = "  gem: { routes: [ { provider: gem, model: gemini-2.5-flash } ] }\n";
+    let [admin, _] = support::gateway::free_addrs();
+    let yaml = config(1, 1, &admin, models_extra).replace(
+        "  claude:\n    kind: anthropic",
+        &format!(
+            "  gem:\n    kind: gemini\n    base_url: \"http://127.0.0.1:{}/v1beta\"\n    \
+             api_key: \"AIzaSyChargeTestGeminiKey000000000000000\"\n    \
+             health_check: {{ enabled: false }}\n    retry: {{ attempts: 1 }}\n  \
+             claude:\n    kind: anthropic",
+            gemini.port
+        ),
+    );
+    let gw = Gateway::start(&yaml).await;
+    let resp = post(
+        &gw,
+        "cut-gemini",
+        chat_body("gem", true, "Weather in Zürich?"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "log:\n{}", gw.logs());
+    let got = resp.bytes().await.map(|b| text(&b)).unwrap_or_default();
+    assert!(
+        got.contains("light rain") && !got.contains("[DONE]"),
+        "{got}"
+    );
+
+    let line = gw.access_line("cut-gemini").await;
+    assert_eq!(line["usage_source"], "estimated", "{line}");
+    assert_eq!(line["partial"], true, "{line}");
+    assert_eq!(line["prompt_tokens"], 2051, "as reported: {line}");
+    assert_eq!(
+        line["completion_tokens"],
+        cl100k(&pieces.concat()),
+        "the streamed text, not 0: {line}"
+    );
+}
+
 /// A non-stream Anthropic answer over the 16 MiB translation limit (the
 /// client gets an error) and a non-stream body the provider cuts short:
 /// both charged their reservation.
