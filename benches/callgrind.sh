@@ -198,10 +198,10 @@ EOF
     wait_port "$port" 120 || die "tollgate did not start under valgrind (see $dir/tollgate.log)"
     log "[$i] $WARMUP warm-up requests"
     send "$port" "$WARMUP" || die "warm-up failed (see $dir/tollgate.log)"
-    callgrind_control -z "$pid" >/dev/null
+    callgrind_control -z "$pid" >/dev/null 2>&1
     log "[$i] $REQUESTS measured requests"
     send "$port" "$REQUESTS" || die "measured requests failed (see $dir/tollgate.log)"
-    callgrind_control -d "$pid" >/dev/null
+    callgrind_control -d "$pid" >/dev/null 2>&1
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     # The dump after zeroing holds the measured requests only. Its
