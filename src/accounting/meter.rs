@@ -9,6 +9,7 @@ use crate::sse::{Event, Overflow, Scanner};
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 use serde_json::Value;
+use std::collections::VecDeque;
 
 /// Nesting limit when scanning a response body for its usage (the same
 /// as serde_json's own recursion limit).
@@ -35,18 +36,33 @@ pub struct Seen {
     pub error_event: bool,
 }
 
+/// How a stream's events are shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// OpenAI chunks: usage in a `usage` object, the end is `[DONE]`.
+    OpenAi,
+    /// Anthropic Messages events, passed through: their counts are read by
+    /// the passthrough's own watch; the end is `message_stop`.
+    Anthropic,
+}
+
 struct Sink {
     seen: Seen,
     /// Cut the usage-only chunk (we injected `include_usage`).
     strip: bool,
     cuts: Vec<(u64, u64)>,
     patterns: &'static [&'static [u8]],
+    shape: Shape,
 }
 
 impl Sink {
     fn on_event(&mut self, e: Event<'_>) {
         self.seen.events += 1;
         let d = e.data;
+        if self.shape == Shape::Anthropic {
+            self.on_anthropic_event(d);
+            return;
+        }
         if d == b"[DONE]" {
             self.seen.done = true;
             return;
@@ -69,6 +85,24 @@ impl Sink {
                 let err = v.get("error").is_some_and(|x| !x.is_null())
                     || v.get("type").and_then(Value::as_str) == Some("error");
                 self.seen.error_event |= err;
+            }
+        }
+        for p in self.patterns {
+            collect_strings(d, p, &mut self.seen);
+        }
+    }
+
+    /// An Anthropic event: its text for estimates, its end and its errors.
+    /// Only the (tiny) events naming `message_stop` or `error` are parsed.
+    fn on_anthropic_event(&mut self, d: &[u8]) {
+        let stop = memmem::find(d, b"\"message_stop\"").is_some();
+        if stop || memmem::find(d, b"\"error\"").is_some() {
+            if let Ok(v) = serde_json::from_slice::<Value>(d) {
+                match v.get("type").and_then(Value::as_str) {
+                    Some("message_stop") => self.seen.done = true,
+                    Some("error") => self.seen.error_event = true,
+                    _ => {}
+                }
             }
         }
         for p in self.patterns {
@@ -137,6 +171,11 @@ fn output_keys(ep: Endpoint) -> &'static [&'static [u8]] {
     }
 }
 
+/// Keys whose string values are model output in Anthropic stream events
+/// (`text_delta`, `input_json_delta`, `thinking_delta`, and a block's
+/// opening text).
+const ANTHROPIC_OUTPUT_KEYS: &[&[u8]] = &[b"\"text\":", b"\"partial_json\":", b"\"thinking\":"];
+
 /// Watches an SSE response.
 pub struct StreamMeter {
     scanner: Scanner,
@@ -149,14 +188,29 @@ pub struct StreamMeter {
 }
 
 impl StreamMeter {
+    /// A meter for an OpenAI-shaped stream of endpoint `ep`; it cuts the
+    /// usage-only chunk when `strip_usage_chunk` (usage was asked for on the
+    /// client's behalf).
     pub fn new(ep: Endpoint, strip_usage_chunk: bool) -> Self {
+        Self::with(output_keys(ep), strip_usage_chunk, Shape::OpenAi)
+    }
+
+    /// A meter for an Anthropic Messages stream passed through as it is: it
+    /// reads the streamed text (for an estimate when the stream is cut) and
+    /// the stream's end, never changing a byte.
+    pub fn anthropic() -> Self {
+        Self::with(ANTHROPIC_OUTPUT_KEYS, false, Shape::Anthropic)
+    }
+
+    fn with(patterns: &'static [&'static [u8]], strip: bool, shape: Shape) -> Self {
         Self {
             scanner: Scanner::new(MAX_EVENT_BYTES),
             sink: Sink {
                 seen: Seen::default(),
-                strip: strip_usage_chunk,
+                strip,
                 cuts: Vec::new(),
-                patterns: output_keys(ep),
+                patterns,
+                shape,
             },
             held: BytesMut::new(),
             held_start: 0,
@@ -245,28 +299,59 @@ pub enum BodyUsage {
     Reported(Usage),
     /// JSON, but no usage in it: estimate.
     Missing,
-    /// Not JSON, or too big to read: nothing to charge.
+    /// Not JSON, cut short, or too big to read whole, and no usage found
+    /// near its end: the provider's counts are unknown.
     Unreadable,
 }
 
+/// Bytes kept from the end of a body too big to read whole, where its
+/// `usage` member is looked for (providers write it after the choices).
+const TAIL_BYTES: usize = 64 * 1024;
+
 /// Collects a non-stream response body (by reference) to read its usage.
+/// Memory: the body up to `MAX_BODY_BYTES`; past it, only its last
+/// `TAIL_BYTES` (plus one chunk).
 #[derive(Default)]
 pub struct BodyMeter {
     parts: Vec<Bytes>,
     len: usize,
     too_big: bool,
+    /// Past `MAX_BODY_BYTES`: the last chunks, at least `TAIL_BYTES` of them.
+    tail: VecDeque<Bytes>,
+    tail_len: usize,
 }
 
 impl BodyMeter {
+    /// Takes one chunk of the body on its way to the client.
     pub fn on_chunk(&mut self, body: &Option<Bytes>) {
-        if let Some(b) = body {
-            self.len += b.len();
-            if self.len > MAX_BODY_BYTES {
-                self.too_big = true;
-                self.parts.clear();
-            } else if !b.is_empty() {
-                self.parts.push(b.clone());
+        let Some(b) = body.as_ref().filter(|b| !b.is_empty()) else {
+            return;
+        };
+        self.len = self.len.saturating_add(b.len());
+        if !self.too_big && self.len > MAX_BODY_BYTES {
+            self.too_big = true;
+            for p in std::mem::take(&mut self.parts) {
+                self.keep_tail(p);
             }
+        }
+        if self.too_big {
+            self.keep_tail(b.clone());
+        } else {
+            self.parts.push(b.clone());
+        }
+    }
+
+    /// Keeps `b` at the end of the tail, dropping chunks from its front
+    /// while the rest still holds `TAIL_BYTES`.
+    fn keep_tail(&mut self, b: Bytes) {
+        self.tail_len += b.len();
+        self.tail.push_back(b);
+        while let Some(front) = self.tail.front() {
+            if self.tail_len - front.len() < TAIL_BYTES {
+                break;
+            }
+            self.tail_len -= front.len();
+            self.tail.pop_front();
         }
     }
 
@@ -283,10 +368,12 @@ impl BodyMeter {
 
     /// The reported usage, read without building the rest of the document:
     /// one validating pass finds the top-level `usage` member, and only that
-    /// member is parsed.
+    /// member is parsed. A body that is not one JSON document (too big, cut
+    /// short, or not JSON) is searched near its end for a `usage` object.
     pub fn usage(&self) -> BodyUsage {
         let Some(bytes) = self.bytes() else {
-            return BodyUsage::Unreadable;
+            let tail: Vec<u8> = self.tail.iter().flat_map(|b| b.iter().copied()).collect();
+            return usage_near_end(&tail).map_or(BodyUsage::Unreadable, BodyUsage::Reported);
         };
         let mut span = None;
         let scanned = crate::json_scan::scan(&bytes, USAGE_SCAN_DEPTH, |key, range| {
@@ -295,7 +382,8 @@ impl BodyMeter {
             }
         });
         if scanned.is_err() {
-            return BodyUsage::Unreadable;
+            let tail = &bytes[bytes.len().saturating_sub(TAIL_BYTES)..];
+            return usage_near_end(tail).map_or(BodyUsage::Unreadable, BodyUsage::Reported);
         }
         let usage = span
             .and_then(|r| bytes.get(r))
@@ -311,6 +399,27 @@ impl BodyMeter {
     pub fn json(&self) -> Option<Value> {
         serde_json::from_slice(&self.bytes()?).ok()
     }
+}
+
+/// The usage object of the last `"usage": {` in `d`, a piece of a JSON
+/// document that may start or end anywhere. In JSON text, `"usage"`
+/// followed by a colon can only be a key (a quote inside a string is
+/// escaped), so a string value that merely mentions usage never matches.
+/// Only that last candidate is parsed (one bounded parse, whatever `d`
+/// holds); it counts if it reads as a usage object.
+fn usage_near_end(d: &[u8]) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\"";
+    let pos = memmem::rfind_iter(d, KEY).find(|&p| {
+        let mut it = d[p + KEY.len()..]
+            .iter()
+            .skip_while(|b| b.is_ascii_whitespace());
+        it.next() == Some(&b':') && it.find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+    })?;
+    let rest = &d[pos + KEY.len()..];
+    let open = rest.iter().position(|&b| b == b'{')?;
+    let mut de = serde_json::Deserializer::from_slice(&rest[open..]);
+    let v = <Value as serde::Deserialize>::deserialize(&mut de).ok()?;
+    Usage::from_json(&v)
 }
 
 /// Model output text in a non-stream response, for estimation.
@@ -409,5 +518,84 @@ mod tests {
             assert_eq!(String::from_utf8(out).unwrap(), expected, "split at {a}");
             assert_eq!(m.seen().usage.map(|u| u.completion), Some(2));
         }
+    }
+
+    fn body_meter(chunks: &[&[u8]]) -> BodyMeter {
+        let mut m = BodyMeter::default();
+        for c in chunks {
+            m.on_chunk(&Some(Bytes::copy_from_slice(c)));
+        }
+        m
+    }
+
+    #[test]
+    fn usage_at_the_end_of_a_body_too_big_to_read_is_found() {
+        let head = br#"{"id":"x","choices":[{"message":{"content":""#;
+        let filler = vec![b'a'; 1024 * 1024];
+        let usage = br#""}}],"usage":{"prompt_tokens":12,"completion_tokens":4000000},"system_fingerprint":"fp"}"#;
+        let mut chunks: Vec<&[u8]> = vec![head];
+        chunks.extend(std::iter::repeat_n(&filler[..], 17));
+        chunks.push(usage);
+        let m = body_meter(&chunks);
+        match m.usage() {
+            BodyUsage::Reported(u) => assert_eq!((u.prompt, u.completion), (12, 4_000_000)),
+            other => panic!("{other:?}"),
+        }
+        assert!(m.tail_len < TAIL_BYTES + filler.len() + usage.len());
+        assert!(m.json().is_none(), "never parsed whole");
+        // Without usage at its end: unreadable, not "missing".
+        chunks.pop();
+        chunks.push(br#""}}]}"#);
+        assert_eq!(body_meter(&chunks).usage(), BodyUsage::Unreadable);
+    }
+
+    #[test]
+    fn a_cut_or_foreign_body_is_unreadable_unless_its_usage_passed() {
+        let whole = br#"{"choices":[{"message":{"content":"say \"usage\": {\"prompt_tokens\": 0}"}}],"usage":{"prompt_tokens":7,"completion_tokens":3}}"#;
+        let cut = &whole[..whole.len() - 30];
+        assert_eq!(
+            body_meter(&[cut]).usage(),
+            BodyUsage::Unreadable,
+            "the quoted usage is text"
+        );
+        let almost = &whole[..whole.len() - 1];
+        match body_meter(&[almost]).usage() {
+            BodyUsage::Reported(u) => assert_eq!((u.prompt, u.completion), (7, 3)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            body_meter(&[b"<html>busy</html>"]).usage(),
+            BodyUsage::Unreadable
+        );
+        assert_eq!(body_meter(&[]).usage(), BodyUsage::Unreadable);
+        match body_meter(&[&whole[..10], &whole[10..]]).usage() {
+            BodyUsage::Reported(u) => assert_eq!(u.prompt, 7),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_anthropic_stream_is_read_for_its_text_and_its_end() {
+        let events = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"content\":[],\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"message_stop is \\\"just\\\" text\"}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9}}\n\n",
+        );
+        let mut m = StreamMeter::anthropic();
+        let mut body = Some(Bytes::from_static(events.as_bytes()));
+        m.on_chunk(&mut body, false).unwrap();
+        assert_eq!(body.as_deref(), Some(events.as_bytes()), "bytes unchanged");
+        let s = m.seen();
+        assert_eq!(s.text, "message_stop is \"just\" text");
+        assert!(!s.done, "no message_stop event yet");
+        assert!(
+            s.usage.is_none(),
+            "Anthropic counts are the watch's to read"
+        );
+        let stop = "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let mut body = Some(Bytes::from_static(stop.as_bytes()));
+        m.on_chunk(&mut body, true).unwrap();
+        assert!(m.seen().done);
     }
 }

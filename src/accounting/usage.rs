@@ -7,15 +7,23 @@ use serde_json::Value;
 pub enum UsageSource {
     /// The upstream reported them.
     Reported,
-    /// Counted with the tokenizer because the upstream did not report them.
+    /// Counted with the tokenizer because the upstream did not report them
+    /// (or, for a stream cut short, not all of them: what it reported is
+    /// kept, the output is counted from the text that passed).
     Estimated,
+    /// Nothing could be counted (a non-stream answer too big, not JSON or
+    /// cut short; a request cut off before its answer): the worst case the
+    /// request allowed, as its reservation holds it.
+    Reserved,
 }
 
 impl UsageSource {
+    /// The `usage_source` value in the access log and on `/metrics`.
     pub fn label(self) -> &'static str {
         match self {
             UsageSource::Reported => "reported",
             UsageSource::Estimated => "estimated",
+            UsageSource::Reserved => "reserved",
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use super::race::{run_leg, Candidates, LegEnd, LegFailure, Pick};
 use super::{metrics as xmetrics, relay, HedgePlan};
-use crate::accounting::estimate;
+use crate::accounting::settle::{self, Observed};
 use crate::config::{HedgeAfter, HEDGE_BURST};
 use crate::proxy::ctx::{AttemptLog, Ctx};
 use crate::proxy::endpoint::Endpoint;
@@ -102,8 +102,11 @@ pub async fn serve(
         tokio::select! {
             gone = session.downstream_session.read_body_or_idle(true), if watch_client => {
                 if gone.is_err() {
-                    // The client left: dropping the legs cancels them upstream.
+                    // The client left: dropping the legs cancels them
+                    // upstream; those that were running are charged.
                     ctx.status = 499;
+                    race.running = FuturesUnordered::new();
+                    race.meter_cancelled(ctx, None);
                     return Ok(true);
                 }
                 watch_client = false;
@@ -156,7 +159,7 @@ pub async fn serve(
     }
     let served = relay::relay(session, ctx, ex, first).await;
     // After the response: estimating tokens may first load a tokenizer.
-    race.meter_losers(ctx, winner);
+    race.meter_cancelled(ctx, Some(winner));
     served
 }
 
@@ -248,10 +251,14 @@ impl Race<'_> {
         ctx.skip_provider = false;
     }
 
-    /// Meters the legs cut off by the winner: logged as `hedge_cancelled`,
-    /// their prompt tokens (estimated; the provider has read the prompt)
-    /// counted on their route and charged with the request.
-    fn meter_losers(&self, ctx: &mut Ctx, winner: usize) {
+    /// Meters the legs cut off by the winner (or by the client leaving):
+    /// logged as `hedge_cancelled`, counted on their route and charged with
+    /// the request, as any request cut off before its answer is
+    /// (`accounting::settle`): a stream leg its prompt (estimated; the
+    /// provider has read it, and a stream without a byte has generated
+    /// nothing), a non-stream leg its worst case (the provider may finish
+    /// the answer it started and bill it).
+    fn meter_cancelled(&self, ctx: &mut Ctx, winner: Option<usize>) {
         let Some(model) = self.rt.models.get(&*self.alias) else {
             return;
         };
@@ -261,39 +268,44 @@ impl Race<'_> {
             .map_or(metrics::NONE, |k| &*k.name)
             .to_string();
         for (i, leg) in self.legs.iter().enumerate() {
-            if i == winner || !leg.running {
+            if Some(i) == winner || !leg.running {
                 continue;
             }
             let Some(route) = model.routes.get(leg.pick.route) else {
                 continue;
             };
-            let prompt = estimate::prompt_tokens(&route.model, self.ep, &ctx.body);
-            let usage = crate::accounting::Usage {
-                prompt,
-                ..Default::default()
+            let req = settle::Request {
+                ep: self.ep,
+                model: &route.model,
+                body: &ctx.body,
+                default_output: model.reserve_output_tokens,
             };
-            let cost = route
-                .price
-                .as_ref()
-                .map(|p| crate::accounting::cost::cost_usd(&usage, p));
-            ctx.exp.extra_tokens += prompt;
-            ctx.exp.extra_usd += cost.unwrap_or(0.0);
+            let observed = Observed::Unanswered {
+                stream: self.stream,
+            };
+            let Some(s) = settle::settle(&req, observed, route.price.as_ref()) else {
+                continue;
+            };
+            ctx.exp.extra_tokens = ctx.exp.extra_tokens.saturating_add(s.tokens());
+            ctx.exp.extra_usd += s.cost_usd.unwrap_or(0.0);
             if let Some(m) = metrics::get() {
                 let labels = [&*self.alias, &*route.provider_name, &*route.model, &key];
                 m.attempts
                     .with_label_values(&[leg.pick.up.name.as_str(), "hedge_cancelled"])
                     .inc();
-                m.tokens
-                    .with_label_values(&[
-                        labels[0],
-                        labels[1],
-                        labels[2],
-                        labels[3],
-                        "input",
-                        "estimated",
-                    ])
-                    .inc_by(prompt);
-                if let Some(c) = cost {
+                for (kind, n) in s.usage.by_kind().filter(|&(_, n)| n > 0) {
+                    m.tokens
+                        .with_label_values(&[
+                            labels[0],
+                            labels[1],
+                            labels[2],
+                            labels[3],
+                            kind,
+                            s.source.label(),
+                        ])
+                        .inc_by(n);
+                }
+                if let Some(c) = s.cost_usd {
                     m.cost.with_label_values(&labels).inc_by(c);
                 }
             }

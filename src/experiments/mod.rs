@@ -71,7 +71,7 @@ impl Marks {
             None if self.extra_usd > 0.0 => Some(self.extra_usd),
             None => None,
         };
-        (tokens + self.extra_tokens, usd)
+        (tokens.saturating_add(self.extra_tokens), usd)
     }
 }
 

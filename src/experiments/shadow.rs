@@ -133,17 +133,17 @@ async fn run(job: Job) {
         return;
     };
     let rules = &job.rt.experiments.shadow_rules;
+    let output = job
+        .rt
+        .models
+        .get(&*job.alias)
+        .map_or(crate::config::DEFAULT_RESERVE_OUTPUT_TOKENS, |m| {
+            m.reserve_output_tokens
+        });
     let reservation = if rules.is_empty() {
         None
     } else {
         let prices: Vec<_> = route.price.into_iter().collect();
-        let output = job
-            .rt
-            .models
-            .get(&*job.alias)
-            .map_or(crate::config::DEFAULT_RESERVE_OUTPUT_TOKENS, |m| {
-                m.reserve_output_tokens
-            });
         let ask = Ask::worst_case(&route.model, &prices, output, job.ep, &job.body);
         match governance::admit(&[rules.as_slice()], ask).await {
             Ok(a) => Some(a.reservation),
@@ -173,7 +173,7 @@ async fn run(job: Job) {
     };
     let start = Instant::now();
     let (result, settled) = match Exchange::start(up, addr, route.limits, &req, &body).await {
-        Ok(ex) => read(ex, &job, route, injected).await,
+        Ok(ex) => read(ex, &job, route, injected, output).await,
         Err(f) => (failure_label(f), None),
     };
     let labels = [&*job.alias, &*route.provider_name, &*route.model];
@@ -196,7 +196,7 @@ async fn run(job: Job) {
     }
     if let Some(r) = reservation {
         match &settled {
-            Some(s) => r.settle(s.usage.prompt + s.usage.completion, s.cost_usd),
+            Some(s) => r.settle(s.tokens(), s.cost_usd),
             None => drop(r),
         }
     }
@@ -210,24 +210,29 @@ fn failure_label(f: Failure) -> &'static str {
     }
 }
 
-/// Reads the whole response through the meter that fits it.
+/// Reads the whole response through the meter that fits it, and settles
+/// it by the same rule as a client's request: a 2xx answer cut short (read
+/// error, timeout, an over-long event) is charged what is known of it.
 async fn read(
     mut ex: Exchange,
     job: &Job,
     route: &crate::runtime::RouteRt,
     injected: bool,
+    default_output: u64,
 ) -> (&'static str, Option<Settled>) {
     let status = ex.header().status;
     let sse = crate::sse::is_event_stream(ex.header());
     let mut stream = (status.is_success() && sse).then(|| StreamMeter::new(job.ep, injected));
     let mut body = (status.is_success() && !sse).then(BodyMeter::default);
+    let mut failed = None;
     loop {
         match ex.chunk().await {
             Ok(Some(chunk)) => {
                 let mut c = Some(chunk);
                 if let Some(m) = &mut stream {
                     if m.on_chunk(&mut c, false).is_err() {
-                        return ("error", None);
+                        failed = Some("error");
+                        break;
                     }
                 }
                 if let Some(m) = &mut body {
@@ -235,38 +240,47 @@ async fn read(
                 }
             }
             Ok(None) => break,
-            Err(f) => return (failure_label(f), None),
+            Err(f) => {
+                failed = Some(failure_label(f));
+                break;
+            }
         }
     }
-    if let Some(m) = &mut stream {
-        let _ = m.on_chunk(&mut None, true);
+    if failed.is_none() {
+        if let Some(m) = &mut stream {
+            let _ = m.on_chunk(&mut None, true);
+        }
+        ex.finish().await;
     }
-    ex.finish().await;
     if !status.is_success() {
         let label = if status.is_server_error() {
             "status_5xx"
         } else {
             "status_4xx"
         };
-        return (label, None);
+        return (failed.unwrap_or(label), None);
     }
+    let result = failed.unwrap_or("success");
     let observed = match (&stream, &body) {
-        (Some(m), _) => Observed::Stream(m.seen()),
+        (Some(m), _) => Observed::Stream {
+            seen: m.seen(),
+            counts: None,
+        },
         (None, Some(m)) => match m.usage() {
             BodyUsage::Reported(u) => Observed::Known(u),
             BodyUsage::Missing => Observed::Body(m.json()),
-            BodyUsage::Unreadable => return ("success", None),
+            BodyUsage::Unreadable => Observed::Unread,
         },
-        (None, None) => return ("success", None),
+        (None, None) => return (result, None),
     };
-    let settled = settle::settle(
-        job.ep,
-        &route.model,
-        &job.body,
-        observed,
-        route.price.as_ref(),
-    );
-    ("success", settled)
+    let req = settle::Request {
+        ep: job.ep,
+        model: &route.model,
+        body: &job.body,
+        default_output,
+    };
+    let settled = settle::settle(&req, observed, route.price.as_ref());
+    (result, settled)
 }
 
 fn record_usage(m: &metrics::Metrics, labels: &[&str; 3], s: &Settled) {

@@ -6,6 +6,7 @@ use crate::accounting::settle::{self, Observed, Settled};
 use crate::accounting::UsageSource;
 use crate::error::GatewayError;
 use crate::proxy::ctx::{Ctx, Meter};
+use crate::proxy::endpoint::Endpoint;
 use crate::proxy::respond;
 use crate::telemetry::{access_log, metrics};
 use pingora::proxy::Session;
@@ -114,15 +115,13 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     crate::routing::finished(ctx);
     let settled = settle(ctx);
     if let Some(r) = ctx.reservation.take() {
-        match &settled {
-            Some(s) => {
-                let (tokens, usd) = ctx
-                    .exp
-                    .charge(s.usage.prompt + s.usage.completion, s.cost_usd);
-                r.settle(tokens, usd)
-            }
-            // Nothing was served: release what was reserved.
-            None => drop(r),
+        let own = settled
+            .as_ref()
+            .map_or((0, None), |s| (s.tokens(), s.cost_usd));
+        match ctx.exp.charge(own.0, own.1) {
+            // Nothing reached a provider: release what was reserved.
+            (0, None) => drop(r),
+            (tokens, usd) => r.settle(tokens, usd),
         }
     }
     record_usage_ledger(ctx, settled.as_ref());
@@ -167,7 +166,7 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         }
         if let Some(s) = &settled {
             record_usage(m, &route_labels, s);
-            if s.source == UsageSource::Estimated {
+            if s.source != UsageSource::Reported {
                 m.estimated.with_label_values(&[model, provider]).inc();
             }
             if s.partial {
@@ -237,8 +236,9 @@ fn record_usage_ledger(ctx: &Ctx, settled: Option<&Settled>) {
     if refused {
         return;
     }
-    let tokens = settled.map_or(0, |s| s.usage.prompt + s.usage.completion);
-    let nanos = settled.and_then(|s| s.cost_usd).map_or(0, usd_to_nanos);
+    let own = settled.map_or((0, None), |s| (s.tokens(), s.cost_usd));
+    let (tokens, usd) = ctx.exp.charge(own.0, own.1);
+    let nanos = usd.map_or(0, usd_to_nanos);
     let mut who = vec![(Level::Key, &key.name), (Level::Model, alias)];
     if let Some(team) = &key.team {
         who.push((Level::Team, team));
@@ -270,28 +270,61 @@ fn attempt_log(ctx: &Ctx) -> Option<Vec<String>> {
     })
 }
 
-/// The request's usage and cost, from what its response showed.
+/// The request's usage and cost, from what its response showed (the rule
+/// is in `accounting::settle`).
 fn settle(ctx: &Ctx) -> Option<Settled> {
     let ep = ctx.endpoint?;
     let route = ctx.current_route()?;
-    let observed = if let Some(u) = ctx.local_usage {
+    let req = settle::Request {
+        ep,
+        model: &route.model,
+        body: &ctx.body,
+        default_output: ctx
+            .rt
+            .as_ref()
+            .zip(ctx.alias.as_deref())
+            .and_then(|(rt, a)| rt.models.get(a))
+            .map_or(crate::config::DEFAULT_RESERVE_OUTPUT_TOKENS, |m| {
+                m.reserve_output_tokens
+            }),
+    };
+    let local = ctx.local_usage.map(|u| {
         if ctx.local_usage_estimated {
             Observed::Estimated(u)
         } else {
             Observed::Known(u)
         }
-    } else {
-        match &ctx.meter {
-            Meter::None => return None,
-            Meter::Stream(m) => Observed::Stream(m.seen()),
-            Meter::Body(m) => match m.usage() {
-                BodyUsage::Reported(u) => Observed::Known(u),
-                BodyUsage::Missing => Observed::Body(m.json()),
-                BodyUsage::Unreadable => return None,
-            },
-        }
+    });
+    let observed = match (&ctx.meter, local) {
+        // A translator's (or passthrough watch's) counts are final only if
+        // the stream ended.
+        (Meter::Stream(m), _) => Observed::Stream {
+            seen: m.seen(),
+            counts: ctx.local_usage,
+        },
+        (_, Some(local)) => local,
+        (Meter::Body(m), None) => match m.usage() {
+            BodyUsage::Reported(u) => Observed::Known(u),
+            BodyUsage::Missing => Observed::Body(m.json()),
+            BodyUsage::Unreadable => Observed::Unread,
+        },
+        (Meter::None, None) if unanswered(ctx) => Observed::Unanswered {
+            stream: ctx.parsed.as_ref().is_some_and(|p| p.stream) && ep != Endpoint::Embeddings,
+        },
+        (Meter::None, None) => return None,
     };
-    settle::settle(ep, &route.model, &ctx.body, observed, route.price.as_ref())
+    settle::settle(&req, observed, route.price.as_ref())
+}
+
+/// Whether the last attempt's request reached the provider, which had not
+/// answered when the request ended: no response was accepted and the
+/// attempt did not fail (a failed attempt is logged; an error or a timeout
+/// is not charged), so the client left while the provider was working.
+fn unanswered(ctx: &Ctx) -> bool {
+    ctx.body_sent
+        && !ctx.response_started
+        && !ctx.served_locally
+        && ctx.attempt_log.len() < ctx.attempts as usize
 }
 
 fn record_usage(m: &metrics::Metrics, route: &[&str; 4], s: &Settled) {

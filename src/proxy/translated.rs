@@ -212,12 +212,11 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<bo
             buf: BytesMut::new(),
             what,
         };
-        // Gemini may leave out usage: the translated body is then metered
-        // (and its usage estimated) like an OpenAI one.
-        ctx.meter = match what {
-            Whole::Gemini(gem::Body::Chat) => Meter::Body(BodyMeter::default()),
-            _ => Meter::None,
-        };
+        // The translated body is metered like an OpenAI one: Gemini may
+        // leave out usage (then estimated from it), and a body that never
+        // translates (too big, unreadable, cut short) leaves the meter
+        // without a readable body, which is charged as unread.
+        ctx.meter = Meter::Body(BodyMeter::default());
     }
     Ok(true)
 }
