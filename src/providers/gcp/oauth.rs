@@ -219,7 +219,7 @@ pub fn parse_token_answer(
 enum Source {
     Fixed(AccessToken),
     ServiceAccount {
-        signer: Signer,
+        signer: Box<Signer>,
         client: TokenClient,
         refresh_before: Duration,
         cache: ArcSwapOption<AccessToken>,
@@ -260,7 +260,7 @@ impl TokenSource {
     /// Tokens from a service account through its token endpoint.
     pub fn service_account(signer: Signer, client: TokenClient, refresh_before: Duration) -> Self {
         Self(Arc::new(Source::ServiceAccount {
-            signer,
+            signer: Box::new(signer),
             client,
             refresh_before,
             cache: ArcSwapOption::empty(),
