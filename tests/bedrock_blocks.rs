@@ -102,20 +102,29 @@ fn ropts() -> ResponseOpts<'static> {
 
 /// Reads a ConverseStream response chunk by chunk through the pipe.
 async fn pipe_stream(resp: reqwest::Response) -> (Vec<Value>, EventPipe, bool, usize) {
+    let (events, pipe, failed_at, chunks) = pipe_stream_at(resp).await;
+    (events, pipe, failed_at.is_none(), chunks)
+}
+
+/// Like [`pipe_stream`], saying where decoding failed: `"feed"` (while the
+/// body was arriving) or `"finish"` (when it ended).
+async fn pipe_stream_at(
+    resp: reqwest::Response,
+) -> (Vec<Value>, EventPipe, Option<&'static str>, usize) {
     let mut pipe = EventPipe::new(ChatStream::new(&ropts()), DEFAULT_MAX_FRAME);
     let mut out = BytesMut::new();
-    let mut ok = true;
+    let mut failed_at = None;
     let mut chunks = 0;
     let mut resp = resp;
     while let Some(c) = resp.chunk().await.unwrap() {
         chunks += 1;
         if pipe.feed(&c, &mut out).is_err() {
-            ok = false;
+            failed_at = Some("feed");
             break;
         }
     }
-    if ok {
-        ok = pipe.finish(&mut out).is_ok();
+    if failed_at.is_none() && pipe.finish(&mut out).is_err() {
+        failed_at = Some("finish");
     }
     let events = std::str::from_utf8(&out)
         .unwrap()
@@ -133,7 +142,7 @@ async fn pipe_stream(resp: reqwest::Response) -> (Vec<Value>, EventPipe, bool, u
             }
         })
         .collect();
-    (events, pipe, ok, chunks)
+    (events, pipe, failed_at, chunks)
 }
 
 #[tokio::test]
@@ -291,10 +300,17 @@ async fn bad_crc_truncated_and_oversized_frames_end_in_an_error_event() {
     let mock = BedrockMock::start("", fixture!("stream_text.jsonl")).await;
     let creds = static_creds(None);
     mock.allow_key(&creds.access_key_id, creds.secret_access_key.expose(), None);
-    for fault in [Fault::BadCrc, Fault::Truncated, Fault::Oversized] {
+    // Bad CRC and oversized (the prelude announces 32 MiB) fail while the
+    // body arrives; a truncated frame when it ends.
+    for (fault, at) in [
+        (Fault::BadCrc, "feed"),
+        (Fault::Truncated, "finish"),
+        (Fault::Oversized, "feed"),
+    ] {
         mock.set_fault(fault);
-        let (events, _, ok, _) = pipe_stream(send(&mock, &creds, true, &body(), false).await).await;
-        assert!(!ok, "{fault:?}");
+        let (events, _, failed_at, _) =
+            pipe_stream_at(send(&mock, &creds, true, &body(), false).await).await;
+        assert_eq!(failed_at, Some(at), "{fault:?}");
         assert_error_end(&events);
         // What passed before the fault reached the client.
         assert!(
