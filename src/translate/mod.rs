@@ -89,5 +89,6 @@ pub trait StreamTranslator: Send {
 }
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod errors;
 pub mod pipe;

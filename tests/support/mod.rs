@@ -6,17 +6,23 @@
 //! - [`tls`]: a throwaway CA issuing server certificates,
 //! - [`prom`]: a Prometheus text-format parser for `/metrics` assertions,
 //! - [`sdk`]: runs a Python SDK script against the gateway,
-//! - [`assert`]: the OpenAI-error assertion, body text and polling helpers.
+//! - [`assert`]: the OpenAI-error assertion, body text and polling helpers,
 //! - [`raw`]: raw TCP upstreams (silent, gated chunks, any loopback address)
-//!   and a port whose connects hang.
+//!   and a port whose connects hang,
+//! - [`bedrock_mock`], [`sts_mock`], [`gcp_mock`]: Bedrock (SigV4-verifying,
+//!   event-stream), STS web identity, Google OAuth + Vertex, on [`mini_server`].
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code, unused_imports)]
 
 pub mod assert;
+pub mod bedrock_mock;
 pub mod gateway;
+pub mod gcp_mock;
+pub mod mini_server;
 pub mod mock;
 pub mod prom;
 pub mod raw;
 pub mod sdk;
+pub mod sts_mock;
 pub mod tls;
 
 pub use assert::{assert_error, assert_json_error, find, header, text, wait_until};
