@@ -16,7 +16,6 @@
 
 mod support;
 
-use std::net::TcpListener as StdListener;
 use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
@@ -80,10 +79,9 @@ keys:
     )
 }
 
-/// A loopback port nothing listens on: connecting to it is refused.
+/// A port that refuses connections (see [`support::refused_port`]).
 fn refused_port() -> u16 {
-    let l = StdListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    support::refused_port()
 }
 
 // ---------------------------------------------------------------------------

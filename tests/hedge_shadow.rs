@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::net::TcpListener as StdListener;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -55,9 +54,9 @@ keys:
     )
 }
 
+/// A port that refuses connections (see [`support::refused_port`]).
 fn refused_port() -> u16 {
-    let l = StdListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    support::refused_port()
 }
 
 fn chat(stream: bool) -> String {

@@ -12,7 +12,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::TcpListener as StdListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -146,9 +145,9 @@ fn slow_json(delay: Duration) -> Behavior {
     })
 }
 
+/// A port that refuses connections (see [`support::refused_port`]).
 fn refused_port() -> u16 {
-    let l = StdListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    support::refused_port()
 }
 
 fn strings(v: &Value) -> Vec<String> {
