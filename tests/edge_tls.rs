@@ -136,6 +136,17 @@ fn file_serial(path: &Path) -> String {
     c.raw_serial_as_string()
 }
 
+/// The notAfter (Unix seconds) of the first certificate in a PEM file.
+fn file_not_after(path: &Path) -> i64 {
+    let pem = std::fs::read(path).unwrap();
+    let der = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .unwrap()
+        .unwrap();
+    let (_, c) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    c.validity().not_after.timestamp()
+}
+
 /// The serial a fresh connection sees.
 async fn serial_now(gw: &Gateway, ca: &TestCa) -> String {
     let s = tls_connect(&gw.listen_addr(), ca, &[b"http/1.1"])
@@ -287,12 +298,13 @@ async fn https_with_the_test_ca_is_served_and_the_expiry_is_exported() {
         .unwrap();
     assert_eq!(plain.status(), 200);
 
-    // A plaintext request on the TLS port gets no HTTP answer.
+    // A plaintext request on the TLS port gets no HTTP answer: the
+    // handshake fails and the connection is closed.
     let refused = support::client()
         .get(format!("http://{}/healthz", gw.listen_addr()))
         .send()
         .await;
-    assert!(refused.is_err() || refused.unwrap().status() != 200);
+    assert!(refused.is_err(), "plaintext on the TLS port: {refused:?}");
 
     let pem = std::fs::read(&s.cert).unwrap();
     let der = rustls_pemfile::certs(&mut pem.as_slice())
@@ -307,14 +319,24 @@ async fn https_with_the_test_ca_is_served_and_the_expiry_is_exported() {
         &[],
         c.validity().not_after.timestamp() as f64,
     );
-    assert!(
+    // The readiness probe's and the HTTPS request's handshakes; the
+    // plaintext request's failed.
+    assert_eq!(
         prom::sample(
             &text,
             "tollgate_tls_handshakes_total",
             &[("result", "success")]
-        )
-        .unwrap_or(0.0)
-            >= 2.0,
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        prom::sample(
+            &text,
+            "tollgate_tls_handshakes_total",
+            &[("result", "failed")]
+        ),
+        Some(1.0),
         "{text}"
     );
     // Never the key: neither its PEM armour nor its body.
@@ -358,6 +380,13 @@ async fn rotation_under_load_ten_sighups_during_200_requests_drop_nothing() {
     let up = MockUpstream::start(Behavior::ChatEcho).await;
     let gw = start(&s.ca, &config(&s.cert, &s.key, &[up.port()], "", "")).await;
     assert_eq!(serial_now(&gw, &s.ca).await, file_serial(&s.cert));
+    let first_expiry = file_not_after(&s.cert);
+    prom::assert_sample(
+        &gw.metrics_text().await,
+        "tollgate_tls_cert_expiry_timestamp_seconds",
+        &[],
+        first_expiry as f64,
+    );
 
     // A connection opened before any rotation keeps its certificate.
     let early = tls_connect(&gw.listen_addr(), &s.ca, &[b"http/1.1"])
@@ -461,18 +490,17 @@ async fn rotation_under_load_ten_sighups_during_200_requests_drop_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // The expiry gauge follows the rotations: it shows the last leaf's
+    // notAfter, which differs from the first leaf's (each test leaf has its
+    // own validity period).
     let text = gw.metrics_text().await;
-    let pem = std::fs::read(&s.cert).unwrap();
-    let der = rustls_pemfile::certs(&mut pem.as_slice())
-        .next()
-        .unwrap()
-        .unwrap();
-    let (_, c) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    let last_expiry = file_not_after(&s.cert);
+    assert_ne!(last_expiry, first_expiry, "the leaves share a notAfter");
     prom::assert_sample(
         &text,
         "tollgate_tls_cert_expiry_timestamp_seconds",
         &[],
-        c.validity().not_after.timestamp() as f64,
+        last_expiry as f64,
     );
 }
 
@@ -801,7 +829,7 @@ async fn h2_100_concurrent_streams_on_one_connection_all_complete() {
         "tollgate_tls_handshakes_total",
         &[("result", "success")],
     );
-    assert!(hs.unwrap_or(0.0) <= 2.0, "{hs:?}");
+    assert_eq!(hs, Some(2.0), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,7 +153,8 @@ async fn read_header<S: tokio::io::AsyncRead + Unpin>(
     let mut scanned = 0;
     loop {
         if let Some(i) = memchr::memmem::find(&buf[scanned..], b"\r\n\r\n") {
-            if scanned + i + 4 > l.max_bytes {
+            let end = scanned + i + 4;
+            if end > l.max_bytes || header_lines(&buf[..end]) > MAX_HEADER_LINES {
                 return Header::Refuse(GatewayError::HeaderTooLarge);
             }
             return Header::Ready(buf);
@@ -177,6 +178,18 @@ async fn read_header<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
+/// Pingora's HTTP/1 reader parses at most this many header lines
+/// (`MAX_HEADERS` in pingora-core 0.9) and answers more with a bare 400, so
+/// the guard refuses them first with the 431 every oversized header gets.
+const MAX_HEADER_LINES: usize = 256;
+
+/// Header lines (fields) in a complete request header, `head` ending with
+/// the blank line: its line breaks less the request line's and the blank
+/// line's.
+fn header_lines(head: &[u8]) -> usize {
+    memchr::memchr_iter(b'\n', head).count().saturating_sub(2)
+}
+
 fn raw_error(err: &GatewayError) -> Vec<u8> {
     let body = err.body();
     let reason = match err.status() {
@@ -192,4 +205,20 @@ fn raw_error(err: &GatewayError) -> Vec<u8> {
     .into_bytes();
     out.extend_from_slice(&body);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_lines;
+
+    #[test]
+    fn header_lines_counts_fields_only() {
+        assert_eq!(header_lines(b"GET / HTTP/1.1\r\n\r\n"), 0);
+        assert_eq!(header_lines(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"), 1);
+        let many: String = (0..257).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(
+            header_lines(format!("POST / HTTP/1.1\r\n{many}\r\n").as_bytes()),
+            257
+        );
+    }
 }
