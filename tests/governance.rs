@@ -487,11 +487,15 @@ async fn model_tpm_caps_every_caller_together() {
         &format!("models:\n  m:\n    limits: {{ tpm: {} }}\n", 2 * r),
     );
     let gw = Gateway::start(&yaml).await;
-    // ChatEcho reports 8 tokens: after each settles, the minute holds 8.
+    // ChatEcho reports 8 tokens: after both settle, the minute holds 16
+    // (or, before they settle, their reservations: more).
     assert_eq!(post(&gw, KEY_A, &body(false)).await.status().as_u16(), 200);
     assert_eq!(post(&gw, KEY_B, &body(false)).await.status().as_u16(), 200);
+    // A request that fits the model's tpm alone (its reservation is 8 under
+    // it), but not on top of the two callers' 16 tokens.
     let mut big = body(false);
-    big["max_tokens"] = json!(2 * r);
+    big["max_tokens"] = json!(2 * r - 8 - prompt_estimate());
+    assert!(prompt_estimate() + (2 * r - 8 - prompt_estimate()) <= 2 * r);
     let resp = post(&gw, KEY_B, &big).await;
     assert_eq!(resp.status().as_u16(), 429);
     let retry: u64 = header(&resp, "retry-after").unwrap().parse().unwrap();
@@ -763,6 +767,38 @@ async fn usage_above_the_reservation_is_charged_in_full() {
     );
 }
 
+/// Waits (up to 10 s) until `state_file` was last written by process `pid`
+/// and holds `tokens` tokens for key alice.
+async fn wait_state(state_file: &std::path::Path, pid: u32, tokens: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Value = std::fs::read(state_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let held: i64 = v["counters"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .filter(|c| {
+                        c["level"] == "key" && c["name"] == "alice" && c["metric"] == "tokens"
+                    })
+                    .flat_map(|c| c["buckets"].as_array().cloned().unwrap_or_default())
+                    .map(|b| b[1].as_i64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0);
+        if v["writer_pid"] == pid && held == tokens as i64 {
+            return true;
+        }
+        if Instant::now() > deadline {
+            eprintln!("state file: {v}");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Kills the child on drop.
 struct Child(std::process::Child);
 
@@ -791,7 +827,11 @@ async fn spend_of_the_old_process_survives_a_graceful_upgrade() {
     );
     let mut old = Gateway::start(&config(mock.port(), &alice, "", &extra)).await;
     assert_eq!(post(&old, KEY_A, &body(false)).await.status, 200);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Wait until the state file holds that request (written every 200 ms).
+    assert!(
+        wait_state(&state_file, old.pid(), r).await,
+        "the old process never saved its first request"
+    );
     // The new process reads the state file now, with one request in it.
     let log = std::fs::File::create(old.tmp_dir().join("new.log")).unwrap();
     let _new = Child(
@@ -815,8 +855,12 @@ async fn spend_of_the_old_process_survives_a_graceful_upgrade() {
     assert_eq!(post(&old, KEY_A, &body(false)).await.status, 200);
     old.signal("-QUIT");
     assert!(old.wait_exit(Duration::from_secs(15)).await.is_some());
-    // The new process takes in what the old one saved last.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The new process takes in what the old one saved last, at its next
+    // write of the state file.
+    assert!(
+        wait_state(&state_file, _new.0.id(), 2 * r).await,
+        "the new process never took in the old one's second request"
+    );
     assert_eq!(
         post(&old, KEY_A, &body(false)).await.status,
         200,
