@@ -982,7 +982,16 @@ async fn random_models_keys_and_users_add_no_series() {
             loop {
                 let m = gw.metrics_text().await;
                 let probed = sample(&m, "tollgate_requests_total", &[("endpoint", "healthz")]);
-                if (total(&m) >= n && probed.is_some()) || Instant::now() >= deadline {
+                // The backend gauges are exported by a ticker (every 100 ms),
+                // not by requests: wait for them too, so they are in the
+                // baseline.
+                let backend = [
+                    "tollgate_breaker_state",
+                    "tollgate_upstream_backend_healthy",
+                ]
+                .iter()
+                .all(|g| sample(&m, g, &[("provider", "up")]).is_some());
+                if (total(&m) >= n && probed.is_some() && backend) || Instant::now() >= deadline {
                     return m;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -6,7 +6,8 @@
 #    `anthropic` Python SDKs used by the end-to-end SDK compatibility tests
 #    (tests/sdk/*.py), pytest, and every dependency of theirs. Exports
 #    TOLLGATE_PYTHON pointing at that venv's interpreter.
-# 2. Runs every Rust test target with `cargo test`, then prints one closing
+# 2. Runs every Rust test target with `cargo test --no-fail-fast` (so one
+#    failing target does not hide the others), then prints one closing
 #    line, `tests/run.sh: N passed, M failed`. It exits with cargo's status,
 #    and with 1 when no test ran at all (a filter that matches nothing is a
 #    mistake, not a pass).
@@ -49,7 +50,7 @@ echo "==== cargo test ===="
 OUT=$(mktemp)
 trap 'rm -f "$OUT"' EXIT
 status=0
-cargo test --locked --all-targets "$@" 2>&1 | tee "$OUT" || status=$?
+cargo test --locked --all-targets --no-fail-fast "$@" 2>&1 | tee "$OUT" || status=$?
 # One `test result:` line per test target.
 read -r passed failed < <(
     sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed;.*/\1 \2/p' "$OUT" |
