@@ -15,6 +15,8 @@ use tollgate::proxy::endpoint::Endpoint;
 
 const KEY_A: &str = "tg-key-alice-0001";
 const MAX_TOKENS: u64 = 40;
+/// Generous bound for anything that should be quick (2 shared cores).
+const QUICK: Duration = Duration::from_secs(20);
 
 /// A `redis-server` on a loopback port, without persistence; killed on drop.
 struct Redis {
@@ -409,11 +411,22 @@ async fn redis_down_fail_open_admits_counts_and_logs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrency_is_shared_across_instances_and_freed_at_the_end() {
     let redis = Redis::start();
-    let mock = MockUpstream::start(Behavior::sse(
-        support::sse_chat_events("m1", 10),
-        Duration::from_millis(100),
-    ))
-    .await;
+    // Each stream's events wait for the gate: the streams admitted stay in
+    // flight until the test opens it, however slow the machine.
+    let gate = support::Gate::new();
+    let held = |gate: &support::Gate| {
+        let gate = gate.clone();
+        let events: Vec<bytes::Bytes> = support::sse_chat_events("m1", 10)
+            .into_iter()
+            .map(bytes::Bytes::from)
+            .collect();
+        Behavior::func(move |_| support::Reply {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream".into())],
+            body: support::ReplyBody::Gated(events.clone(), gate.clone()),
+        })
+    };
+    let mock = MockUpstream::start(held(&gate)).await;
     let yaml = config(
         mock.port(),
         &redis.url(),
@@ -439,28 +452,46 @@ async fn concurrency_is_shared_across_instances_and_freed_at_the_end() {
             status
         })
     };
-    let tasks = [stream(&gws[0]), stream(&gws[1]), stream(&gws[0])];
-    let mut statuses = Vec::new();
-    for t in tasks {
-        statuses.push(t.await.unwrap());
-    }
-    statuses.sort();
+    let mut tasks = vec![stream(&gws[0]), stream(&gws[1]), stream(&gws[0])];
+    // Two are admitted and held upstream; the third is refused meanwhile.
+    assert!(mock.wait_hits(2, QUICK).await, "two streams never started");
+    let deadline = Instant::now() + QUICK;
+    let refused = loop {
+        if let Some(i) = tasks.iter().position(|t| t.is_finished()) {
+            break tasks.remove(i);
+        }
+        assert!(Instant::now() < deadline, "no stream was refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(
-        statuses,
-        vec![200, 200, 429],
+        refused.await.unwrap(),
+        429,
         "two slots across both instances"
     );
+    assert_eq!(mock.hits(), 2);
+    gate.open(1000);
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
     // The slots come back once the streams end (the settle is sent just
-    // after the response).
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // after the response): two new streams, held, are both admitted. A try
+    // that still finds a slot taken lets its streams end and tries again.
+    let deadline = Instant::now() + QUICK;
     loop {
-        let a = stream(&gws[0]);
-        let b = stream(&gws[1]);
+        // A fresh (closed) gate per try, so both streams are in flight at
+        // once whenever both were admitted.
+        let gate = support::Gate::new();
+        mock.set_behavior(held(&gate));
+        let hits = mock.hits();
+        let (a, b) = (stream(&gws[0]), stream(&gws[1]));
+        let both = mock.wait_hits(hits + 2, Duration::from_secs(2)).await;
+        gate.open(1000);
         let got = (a.await.unwrap(), b.await.unwrap());
-        if got == (200, 200) {
+        if both {
+            assert_eq!(got, (200, 200));
             break;
         }
         assert!(Instant::now() < deadline, "slots never freed: {got:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
