@@ -1029,7 +1029,12 @@ async fn http1_over_tls_gets_the_header_deadline_and_size_limit() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    for _ in 0..2 {
+    for i in 0..2 {
+        // hyper takes the next request only once the connection has
+        // finished the previous exchange.
+        send.ready()
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: connection closed: {e}"));
         let r = send
             .send_request(chat_request(chat_body(false)))
             .await
