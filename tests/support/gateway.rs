@@ -122,7 +122,8 @@ impl Gateway {
         }
     }
 
-    /// Polls `GET /healthz` every 50 ms until it answers 200; panics with
+    /// Polls `GET /healthz` every 50 ms until it answers 200 and the metrics
+    /// and admin listeners (when configured) accept connections; panics with
     /// the log on timeout or if the process exits first.
     pub async fn wait_ready(&mut self, timeout: Duration) {
         if let Err(e) = self.try_ready(timeout).await {
@@ -140,6 +141,15 @@ impl Gateway {
         } else {
             self.url("/healthz")
         };
+        // Each listener is bound by its own service thread: the metrics and
+        // admin ones may come up after the proxy's, so wait for those the
+        // config names too (a connection they accept is enough).
+        let config = std::fs::read_to_string(&self.config_path).unwrap_or_default();
+        let others: Vec<String> = [&self.metrics, &self.admin]
+            .into_iter()
+            .filter(|a| config.contains(a.as_str()))
+            .cloned()
+            .collect();
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(r) = client
@@ -148,7 +158,11 @@ impl Gateway {
                 .send()
                 .await
             {
-                if r.status().as_u16() == 200 {
+                let mut up = r.status().as_u16() == 200;
+                for addr in &others {
+                    up = up && tokio::net::TcpStream::connect(addr.as_str()).await.is_ok();
+                }
+                if up {
                     return Ok(());
                 }
             }
