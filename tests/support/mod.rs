@@ -5,6 +5,7 @@
 //! - [`gateway`]: runs the real `tollgate` binary with a templated config,
 //! - [`tls`]: a throwaway CA issuing server certificates,
 //! - [`prom`]: a Prometheus text-format parser for `/metrics` assertions,
+//! - [`prometheus`]: a real Prometheus server scraping the gateway, and promtool,
 //! - [`sdk`]: runs a Python SDK script against the gateway,
 //! - [`assert`]: the OpenAI-error assertion, body text and polling helpers,
 //! - [`raw`]: raw TCP upstreams (silent, gated chunks, any loopback address)
@@ -20,6 +21,7 @@ pub mod gcp_mock;
 pub mod mini_server;
 pub mod mock;
 pub mod prom;
+pub mod prometheus;
 pub mod raw;
 pub mod sdk;
 pub mod sts_mock;
