@@ -390,10 +390,7 @@ fn governance(c: &mut Criterion) {
             .build(),
         "tokio",
     );
-    let ask = Ask {
-        tokens: 300,
-        nanos: 500_000,
-    };
+    let ask = Ask::new(300, 500_000);
     let mut g = c.benchmark_group("governance");
     for (name, key, alias) in [
         ("memory_no_limits", 0, "open"),

@@ -169,7 +169,7 @@ async fn three_gateways_sharing_redis_admit_exactly_ten_of_200() {
     let redis = Redis::start();
     let mock = MockUpstream::start(exact_usage()).await;
     let r = prompt_estimate() + MAX_TOKENS;
-    let alice = format!(", budgets: [ {{ tokens: {}, window: day }} ]", 10 * r);
+    let alice = format!(", budgets: [ {{ tokens: {}, window: day }} ]", 13 * r);
     let yaml = config(mock.port(), &redis.url(), "fail_closed", &alice);
     let [admin, _] = support::gateway::free_addrs();
     let with_admin =
@@ -179,6 +179,12 @@ async fn three_gateways_sharing_redis_admit_exactly_ten_of_200() {
         Gateway::start(&yaml).await,
         Gateway::start(&yaml).await,
     ];
+    // One request on each instance first teaches its route the token ratio
+    // (1 here), so reservations are exact from then on.
+    for gw in &gws {
+        assert_eq!(post(gw).await.0, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let tasks: Vec<_> = (0..200)
         .map(|i| tokio::spawn(post_url(gws[i % 3].url("/v1/chat/completions"))))
         .collect();
@@ -192,7 +198,7 @@ async fn three_gateways_sharing_redis_admit_exactly_ten_of_200() {
         .filter(|(s, c)| *s == 429 && c == "insufficient_quota")
         .count();
     assert_eq!((ok, quota), (10, 190), "{results:?}");
-    assert_eq!(mock.hits(), 10);
+    assert_eq!(mock.hits(), 13);
     // Settled everywhere: the shared budget is exactly spent.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for gw in &gws {
@@ -210,7 +216,7 @@ async fn three_gateways_sharing_redis_admit_exactly_ten_of_200() {
         .unwrap();
     let row = &limits["limits"][0];
     assert_eq!(row["limit"], "budget_tokens", "{limits}");
-    assert_eq!(row["used"].as_f64(), Some((10 * r) as f64), "{limits}");
+    assert_eq!(row["used"].as_f64(), Some((13 * r) as f64), "{limits}");
     assert_eq!(row["remaining"].as_f64(), Some(0.0), "{limits}");
 }
 
