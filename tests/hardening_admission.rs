@@ -22,6 +22,7 @@ const RATE_KEY: &str = "tg-key-rate-00001";
 const BUDGET_KEY: &str = "tg-key-budget-0001";
 const SLOT_KEY: &str = "tg-key-slot-000001";
 const TPM_KEY: &str = "tg-key-tpm-000001";
+const BOTH_KEY: &str = "tg-key-both-00001";
 const ADMIN_KEY: &str = "tg-admin-secret-000001";
 const TPM: u64 = 10_000_000;
 /// `max_body_bytes`' default: the largest body a client may announce.
@@ -49,7 +50,12 @@ models:
   m:
     routes:
       - {{ provider: up, model: m1 }}
+  tight:
+    limits: {{ tpm: 10 }}
+    routes:
+      - {{ provider: up, model: m1 }}
 keys:
+  - {{ name: both, key: "{BOTH_KEY}", limits: {{ rpm: 2, concurrency: 1 }} }}
   - {{ name: rate, key: "{RATE_KEY}", limits: {{ rpm: 1 }} }}
   - {{ name: budget, key: "{BUDGET_KEY}", budgets: [ {{ tokens: 50, window: day }} ] }}
   - {{ name: slot, key: "{SLOT_KEY}", limits: {{ concurrency: 1 }} }}
@@ -327,4 +333,83 @@ async fn the_tokenizer_reads_the_prompt_up_to_the_cap_and_estimates_past_it() {
     assert_eq!(far, head + rest + framing);
     let full = estimate::count("m1", &text) + framing;
     assert!(far >= full, "{far} estimated vs {full} counted");
+}
+
+/// The key's `rpm` and `concurrency` as `/admin/limits` shows them.
+async fn both_used(admin: &str) -> (f64, f64) {
+    let v: Value = support::client()
+        .get(format!("http://{admin}/admin/limits"))
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let of = |limit: &str| {
+        v["limits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "both" && r["limit"] == limit)
+            .and_then(|r| r["used"].as_f64())
+            .unwrap()
+    };
+    (of("rpm"), of("concurrency"))
+}
+
+async fn second_step_refusal_gives_back_the_first_steps_count(store: &str) {
+    let mock = MockUpstream::start(exact_usage(Duration::from_millis(1))).await;
+    let [admin, _] = support::gateway::free_addrs();
+    let gw = Gateway::start(&config(mock.port(), store, &admin)).await;
+    // `tight` allows 10 tokens a minute: a request reserving more is
+    // refused by the alias after the key's rpm and slot were counted.
+    let mut over: Value = serde_json::from_str(&small_body()).unwrap();
+    over["model"] = json!("tight");
+    over["max_tokens"] = json!(100);
+    for _ in 0..3 {
+        let resp = post(&gw, BOTH_KEY, over.to_string()).await;
+        assert_eq!(resp.status(), 429);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("model"),
+            "{v}"
+        );
+    }
+    // Given back (with Redis, by a settle sent just after the answer).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while both_used(&admin).await != (0.0, 0.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            both_used(&admin).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // So the key's two requests of the minute are both still there.
+    for _ in 0..2 {
+        let resp = post(&gw, BOTH_KEY, small_body()).await;
+        assert_eq!(resp.status(), 200);
+        let _ = resp.bytes().await;
+    }
+    let resp = post(&gw, BOTH_KEY, small_body()).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(
+        mock.hits(),
+        2,
+        "refused requests never reached the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_after_the_body_holds_nothing_before_it_memory() {
+    second_step_refusal_gives_back_the_first_steps_count("memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_after_the_body_holds_nothing_before_it_redis() {
+    let redis = redis_server::Redis::start();
+    let store = format!("{{ redis: {{ url: \"{}\" }} }}", redis.url());
+    second_step_refusal_gives_back_the_first_steps_count(&store).await;
 }

@@ -94,9 +94,14 @@ impl Reservation {
     }
 
     /// Gives back everything, the `rpm` count included: a later limit
-    /// refused the request.
-    fn revoke(self) {
-        self.finish(0, 0, true);
+    /// refused the request. Waits for the store, so the refusal is
+    /// answered once the slot is back.
+    async fn revoke(mut self) {
+        match &mut self.hold {
+            Hold::Memory(r) => r.finish(0, 0, true),
+            Hold::Redis(r) => r.finish_now(0, 0, true).await,
+            Hold::None => {}
+        }
     }
 
     fn finish(mut self, tokens: i64, nanos: i64, revoke: bool) {
@@ -254,7 +259,7 @@ pub async fn admit_request(
             .filter(|r| !matches!(r.id.metric, Metric::Requests | Metric::Concurrency))
             .collect();
         if let Some(r) = memory::global().check(&cheap, &costly) {
-            return Err(refused(early, refusal(Refused::Limit(r))));
+            return Err(refused(early, refusal(Refused::Limit(r))).await);
         }
     }
     let mut learn = None;
@@ -316,13 +321,13 @@ pub async fn admit_request(
                 }
             }))
         }
-        Err(r) => Err(refused(early, refusal(r))),
+        Err(r) => Err(refused(early, refusal(r)).await),
     }
 }
 
 /// A refusal in the second step: gives back what the first took, and
 /// merges its rate headers (without this request, which no longer counts).
-fn refused(early: Option<Admitted>, (err, headers): Refusal) -> Refusal {
+async fn refused(early: Option<Admitted>, (err, headers): Refusal) -> Refusal {
     let Some(e) = early else {
         return (err, headers);
     };
@@ -330,7 +335,7 @@ fn refused(early: Option<Admitted>, (err, headers): Refusal) -> Refusal {
     if let Some(r) = &mut mine.requests {
         r.remaining = r.remaining.saturating_add(1).min(r.limit);
     }
-    e.reservation.revoke();
+    e.reservation.revoke().await;
     (err, RateHeaders::merge(headers, mine))
 }
 

@@ -610,13 +610,88 @@ fn offer(h: &mut RateHeaders, rule: &Rule, remaining: i64) {
     }
 }
 
+/// One settle script call, ready to send.
+struct Settle {
+    store: &'static RedisStore,
+    id: String,
+    inv: redis::ScriptInvocation<'static>,
+    gauges: Vec<Option<(prometheus::Gauge, Rule)>>,
+    counted: bool,
+}
+
+impl Settle {
+    /// Sends it; updates the gauges, or logs and counts a failure.
+    async fn send(self) {
+        let Settle {
+            store,
+            id,
+            inv,
+            gauges,
+            counted,
+        } = self;
+        let result: Result<Vec<i64>, _> = match store.conn() {
+            Ok(mut c) => inv.invoke_async(&mut c).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(used) => {
+                for (g, u) in gauges.iter().zip(used) {
+                    if let Some((g, rule)) = g {
+                        g.set(rule.natural(rule.limit.saturating_sub(u)));
+                    }
+                }
+            }
+            Err(e) => {
+                if let Some(m) = metrics::get() {
+                    m.limit_store_errors
+                        .with_label_values(&["redis", "settle"])
+                        .inc();
+                }
+                log::warn!(
+                    "limits store (redis): settling request {id} failed, its reservation stays (slots expire with their lease): {e}"
+                );
+            }
+        }
+        if counted {
+            if let Some(m) = metrics::get() {
+                m.reservations.dec();
+            }
+        }
+    }
+}
+
 impl RedisReservation {
     /// Settles to the real usage (or releases, with zeros) in one round
     /// trip, off the request path. With `revoke`, also gives back the
     /// `rpm` count (a later limit refused the request).
     pub fn finish(&mut self, tokens: i64, nanos: i64, revoke: bool) {
-        if self.done {
+        let Some(settle) = self.take(tokens, nanos, revoke) else {
             return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(settle.send());
+            }
+            Err(_) => log::error!(
+                "limits store (redis): no runtime to settle request {} on",
+                settle.id
+            ),
+        }
+    }
+
+    /// [`RedisReservation::finish`], waiting for the store's answer (a
+    /// refused request is answered once its slot is back).
+    pub async fn finish_now(&mut self, tokens: i64, nanos: i64, revoke: bool) {
+        if let Some(settle) = self.take(tokens, nanos, revoke) {
+            settle.send().await;
+        }
+    }
+
+    /// Marks the reservation done and builds its settle call; `None` when
+    /// nothing is left to send.
+    fn take(&mut self, tokens: i64, nanos: i64, revoke: bool) -> Option<Settle> {
+        if self.done {
+            return None;
         }
         self.done = true;
         let (tokens, nanos) = (tokens.clamp(0, COUNTER_MAX), nanos.clamp(0, COUNTER_MAX));
@@ -641,57 +716,28 @@ impl RedisReservation {
             })
             .collect();
         if sends.is_empty() {
-            drop(sends);
             if counted {
                 if let Some(m) = metrics::get() {
                     m.reservations.dec();
                 }
             }
-            return;
+            return None;
         }
-        let now = now_ms();
         let mut inv = store.settle.prepare_invoke();
-        inv.arg(now).arg(&id);
+        inv.arg(now_ms()).arg(&id);
         let mut gauges = Vec::new();
         for (h, delta) in sends {
             inv.key(&h.key);
             inv.arg(h.kind).arg(h.bucket).arg(delta).arg(h.param);
             gauges.push(h.rule.gauge.clone().map(|g| (g, h.rule.clone())));
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            log::error!("limits store (redis): no runtime to settle request {id} on");
-            return;
-        };
-        rt.spawn(async move {
-            let result: Result<Vec<i64>, _> = match store.conn() {
-                Ok(mut c) => inv.invoke_async(&mut c).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(used) => {
-                    for (g, u) in gauges.iter().zip(used) {
-                        if let Some((g, rule)) = g {
-                            g.set(rule.natural(rule.limit.saturating_sub(u)));
-                        }
-                    }
-                }
-                Err(e) => {
-                    if let Some(m) = metrics::get() {
-                        m.limit_store_errors
-                            .with_label_values(&["redis", "settle"])
-                            .inc();
-                    }
-                    log::warn!(
-                        "limits store (redis): settling request {id} failed, its reservation stays (slots expire with their lease): {e}"
-                    );
-                }
-            }
-            if counted {
-                if let Some(m) = metrics::get() {
-                    m.reservations.dec();
-                }
-            }
-        });
+        Some(Settle {
+            store,
+            id,
+            inv,
+            gauges,
+            counted,
+        })
     }
 
     /// Takes over what `other` (the same request's other admission step,
