@@ -185,6 +185,14 @@ async fn burst(gw: &Gateway, key: &str, n: usize, stream: bool) -> Vec<(u16, Str
     out
 }
 
+/// One request of alice's, settled, before a burst: the route learns its
+/// prompt-token ratio (a cold route reserves elastically, see
+/// `governance::ratio`).
+async fn warm_up(gw: &Gateway) {
+    assert_eq!(post(gw, KEY_A, &body(false)).await.status, 200);
+    assert_eq!(outstanding_after_settling(gw).await, 0.0);
+}
+
 /// `tollgate_limit_reservations_outstanding`, once the last requests'
 /// logging phase (which settles) has run.
 async fn outstanding_after_settling(gw: &Gateway) -> f64 {
@@ -215,8 +223,11 @@ async fn token_budget_for_ten_admits_exactly_ten_of_200_concurrent() {
         Duration::from_millis(50),
     ))
     .await;
-    let alice = format!(", budgets: [ {{ tokens: {}, window: day }} ]", 10 * r);
+    let alice = format!(", budgets: [ {{ tokens: {}, window: day }} ]", 11 * r);
     let gw = Gateway::start(&config(mock.port(), &alice, "", "")).await;
+    // One request first teaches the route its token ratio (1: the mock
+    // counts like the tokenizer), so reservations are exact from then on.
+    warm_up(&gw).await;
     let results = burst(&gw, KEY_A, 200, false).await;
     assert_eq!(count(&results, 200, ""), 10, "{results:?}");
     assert_eq!(
@@ -226,7 +237,7 @@ async fn token_budget_for_ten_admits_exactly_ten_of_200_concurrent() {
     );
     assert_eq!(
         mock.hits(),
-        10,
+        11,
         "rejected requests never reach the upstream"
     );
     let m = gw.metrics_text().await;
@@ -270,9 +281,10 @@ async fn spend_below_the_reservation_releases_the_rest_for_more_requests() {
         Duration::from_millis(1500),
     ))
     .await;
-    let budget_usd = 10.0 * r as f64 * 1e-3;
+    let budget_usd = (10 * r + used) as f64 * 1e-3;
     let alice = format!(", budgets: [ {{ usd: {budget_usd}, window: month }} ]");
     let gw = Gateway::start(&config(mock.port(), &alice, "", "")).await;
+    warm_up(&gw).await;
     // All 200 arrive while the first 10 are still running: 10 fit.
     let results = burst(&gw, KEY_A, 200, false).await;
     assert_eq!(count(&results, 200, ""), 10, "{results:?}");
@@ -285,7 +297,7 @@ async fn spend_below_the_reservation_releases_the_rest_for_more_requests() {
     // Now 10 * used is spent; one at a time, each fits while a whole
     // reservation does.
     let mut more = 0;
-    let mut spent = 10 * used;
+    let mut spent = 11 * used;
     loop {
         // Settled (in the logging phase, just after the response) first.
         assert_eq!(outstanding_after_settling(&gw).await, 0.0);
@@ -300,8 +312,8 @@ async fn spend_below_the_reservation_releases_the_rest_for_more_requests() {
         assert!(more < 100);
     }
     let mut expect_more = 0;
-    let mut s = 10 * used;
-    while s + r <= 10 * r {
+    let mut s = 11 * used;
+    while s + r <= 10 * r + used {
         expect_more += 1;
         s += used;
     }

@@ -246,7 +246,7 @@ async fn three_gateways_sharing_redis_admit_exactly_ten_of_200() {
     // the 200 requests interleave with the settlements.
     let mock = MockUpstream::start(exact_usage()).await;
     let r = prompt_estimate() + MAX_TOKENS;
-    let alice = format!(", budgets: [ {{ tokens: {}, window: day }} ]", 10 * r);
+    let alice = format!(", budgets: [ {{ tokens: {}, window: day }} ]", 13 * r);
     // bob's budget is far from spent: his requests show the settlement.
     let bob = format!(
         "  - {{ name: bob, key: \"{KEY_B}\", budgets: [ {{ tokens: {}, window: day }} ] }}\n",
@@ -259,6 +259,19 @@ async fn three_gateways_sharing_redis_admit_exactly_ten_of_200() {
         Gateway::start(&yaml).await,
         Gateway::start(&yaml).await,
     ];
+    // One request on each instance first teaches its route the token ratio
+    // (1 here), so reservations are exact from then on.
+    for gw in &gws {
+        assert_eq!(post(gw).await.0, 200);
+    }
+    // Their settlements are asynchronous: wait until all three are counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while limit_row(&gws[0], "alice", "budget_tokens").await["used"].as_f64()
+        != Some((3 * r) as f64)
+    {
+        assert!(Instant::now() < deadline, "the warm-up never settled");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let tasks: Vec<_> = (0..200)
         .map(|i| tokio::spawn(post_url(gws[i % 3].url("/v1/chat/completions"))))
         .collect();
@@ -272,7 +285,7 @@ async fn three_gateways_sharing_redis_admit_exactly_ten_of_200() {
         .filter(|(s, c)| *s == 429 && c == "insufficient_quota")
         .count();
     assert_eq!((ok, quota), (10, 190), "{results:?}");
-    assert_eq!(mock.hits(), 10);
+    assert_eq!(mock.hits(), 13);
     // The shared budget is exactly spent, on every instance.
     for gw in &gws {
         assert_eq!(post(gw).await, (429, "insufficient_quota".to_string()));
@@ -280,7 +293,7 @@ async fn three_gateways_sharing_redis_admit_exactly_ten_of_200() {
     // The admin API of each instance reads the shared counter.
     for gw in &gws {
         let row = limit_row(gw, "alice", "budget_tokens").await;
-        assert_eq!(row["used"].as_f64(), Some((10 * r) as f64), "{row}");
+        assert_eq!(row["used"].as_f64(), Some((13 * r) as f64), "{row}");
         assert_eq!(row["remaining"].as_f64(), Some(0.0), "{row}");
     }
 
@@ -295,7 +308,7 @@ async fn three_gateways_sharing_redis_admit_exactly_ten_of_200() {
     for gw in &gws {
         assert_eq!(post_as(gw.url("/v1/chat/completions"), KEY_B).await.0, 200);
     }
-    assert_eq!(mock.hits(), 13);
+    assert_eq!(mock.hits(), 16);
     let deadline = Instant::now() + Duration::from_secs(10);
     let row = loop {
         let row = limit_row(&gws[2], "bob", "budget_tokens").await;
