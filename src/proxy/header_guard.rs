@@ -486,7 +486,10 @@ mod tests {
     fn header_lines_counts_fields_only() {
         assert_eq!(header_lines(b"GET / HTTP/1.1\r\n\r\n"), 0);
         assert_eq!(header_lines(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"), 1);
-        assert_eq!(header_lines(b"\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n"), 1);
+        assert_eq!(
+            header_lines(b"\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n"),
+            1
+        );
         let many: String = (0..257).map(|i| format!("X-{i}: v\r\n")).collect();
         assert_eq!(
             header_lines(format!("POST / HTTP/1.1\r\n{many}\r\n").as_bytes()),
