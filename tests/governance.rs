@@ -274,7 +274,7 @@ async fn spend_below_the_reservation_releases_the_rest_for_more_requests() {
         half > prompt_estimate(),
         "the test needs MAX_TOKENS > prompt"
     );
-    let used = if r % 2 == 0 { half } else { half + 1 };
+    let used = if r.is_multiple_of(2) { half } else { half + 1 };
     let mock = MockUpstream::start(slow_usage(
         prompt_estimate(),
         used - prompt_estimate(),
