@@ -89,5 +89,6 @@ pub trait StreamTranslator: Send {
 }
 
 pub mod anthropic;
+pub mod bounds;
 pub mod errors;
 pub mod pipe;
