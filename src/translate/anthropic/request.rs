@@ -334,7 +334,7 @@ fn assistant(m: &Value, at: &str, b: &mut Builder) -> Result<Value, Unsupported>
             } else {
                 match b.values.parse(args.as_bytes()) {
                     Ok(v) => v,
-                    Err(ParseError::Invalid) => {
+                    Err(ParseError::Invalid(_)) => {
                         return Err(bad(&param, "must be a JSON object in a string"))
                     }
                     Err(ParseError::TooMany { .. }) => return Err(bounds::too_many_values(&param)),

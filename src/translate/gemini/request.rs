@@ -127,7 +127,7 @@ impl Builder {
     fn parse(&mut self, text: &str, param: &str) -> Result<Option<Value>, Unsupported> {
         match self.values.parse(text.as_bytes()) {
             Ok(v) => Ok(Some(v)),
-            Err(ParseError::Invalid) => Ok(None),
+            Err(ParseError::Invalid(_)) => Ok(None),
             Err(ParseError::TooMany { .. }) => Err(bounds::too_many_values(param)),
         }
     }
