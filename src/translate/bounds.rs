@@ -35,7 +35,7 @@ pub const MAX_EMBED_INPUTS: usize = 2048;
 
 /// Steps of the schema inliner per request: each subschema visited, each
 /// member of a subschema read, and each JSON value copied counts one.
-pub const MAX_SCHEMA_NODES: usize = 64 * 1024;
+pub const MAX_SCHEMA_NODES: usize = 32 * 1024;
 
 /// Bytes of names, strings and keys the schema inliner emits per request.
 pub const MAX_SCHEMA_BYTES: usize = 4 * 1024 * 1024;

@@ -10,6 +10,7 @@
 use crate::translate::bounds::{Exhausted, SchemaBudget};
 use crate::translate::Unsupported;
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 
 /// Keys copied as they are.
 const PLAIN: &[&str] = &[
@@ -47,6 +48,7 @@ pub fn clean(schema: &Value, budget: &mut SchemaBudget, param: &str) -> Result<V
     Cleaner {
         root: schema,
         budget,
+        targets: HashMap::new(),
     }
     .at(schema, 0, 0)
     .map_err(|Exhausted| SchemaBudget::refusal(param))
@@ -56,6 +58,8 @@ struct Cleaner<'a, 'b> {
     /// Where `#/…` references point.
     root: &'a Value,
     budget: &'b mut SchemaBudget,
+    /// Each reference resolved once (a JSON pointer lookup allocates).
+    targets: HashMap<&'a str, Option<&'a Value>>,
 }
 
 type Out = Result<Value, Exhausted>;
@@ -65,8 +69,8 @@ fn target<'a>(root: &'a Value, reference: &str) -> Option<&'a Value> {
     root.pointer(reference.strip_prefix('#')?)
 }
 
-impl Cleaner<'_, '_> {
-    fn at(&mut self, schema: &Value, depth: usize, refs: usize) -> Out {
+impl<'a> Cleaner<'a, '_> {
+    fn at(&mut self, schema: &'a Value, depth: usize, refs: usize) -> Out {
         self.budget.node()?;
         let Some(obj) = schema.as_object() else {
             return Ok(Value::Object(Map::new()));
@@ -75,7 +79,12 @@ impl Cleaner<'_, '_> {
             return Ok(Value::Object(Map::new()));
         }
         if let Some(reference) = obj.get("$ref").and_then(Value::as_str) {
-            let mut out = match target(self.root, reference) {
+            let root = self.root;
+            let found = *self
+                .targets
+                .entry(reference)
+                .or_insert_with(|| target(root, reference));
+            let mut out = match found {
                 Some(t) if refs < MAX_REFS => self.at(t, depth + 1, refs + 1)?,
                 _ => Value::Object(Map::new()),
             };
@@ -95,7 +104,7 @@ impl Cleaner<'_, '_> {
         Ok(v.clone())
     }
 
-    fn fields(&mut self, obj: &Map<String, Value>, depth: usize, refs: usize) -> Out {
+    fn fields(&mut self, obj: &'a Map<String, Value>, depth: usize, refs: usize) -> Out {
         let mut out = Map::new();
         for (k, v) in obj {
             // Reading a member is work even when it is dropped.
@@ -249,6 +258,21 @@ mod tests {
     fn schema_nodes_at_the_bound_and_one_past() {
         assert!(clean1(&wide(MAX_SCHEMA_NODES - 2)).is_ok());
         assert!(clean1(&wide(MAX_SCHEMA_NODES - 1)).is_err());
+    }
+
+    #[test]
+    fn the_largest_schema_openai_takes_fits() {
+        // OpenAI's structured outputs allow 5,000 properties in all.
+        let props: Map<String, Value> = (0..5000)
+            .map(|i| {
+                (
+                    format!("field_{i}"),
+                    json!({"type": "string", "description": "d"}),
+                )
+            })
+            .collect();
+        let s = json!({"type": "object", "properties": props, "required": ["field_0"]});
+        assert!(clean1(&s).is_ok());
     }
 
     #[test]
