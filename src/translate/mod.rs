@@ -90,5 +90,6 @@ pub trait StreamTranslator: Send {
 
 pub mod anthropic;
 pub mod bedrock;
+pub mod bounds;
 pub mod errors;
 pub mod pipe;
