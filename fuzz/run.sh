@@ -6,7 +6,9 @@
 #
 # SECONDS per target (default 30); TARGETs default to all of them
 # (`cargo fuzz list`). Set FUZZ_RUNS=N to stop each target after N
-# executions instead (SECONDS is then the time limit). Needs cargo-fuzz;
+# executions instead (SECONDS is then the time limit). FUZZ_SANITIZER
+# (default address) is passed to cargo fuzz build: `none` runs safe Rust two
+# to three times faster, for long offline runs. Needs cargo-fuzz;
 # the stable toolchain works with RUSTC_BOOTSTRAP=1 (set here).
 #
 # The committed corpus (fuzz/corpus/<target>/) seeds each run and is not
@@ -31,9 +33,9 @@ fi
 # 16 codegen units: a much faster build for a slightly slower fuzzer.
 SECONDS=0
 if ((${#targets[@]} == 1)); then
-    cargo fuzz build --codegen-units 16 "${targets[0]}"
+    cargo fuzz build --codegen-units 16 --sanitizer "${FUZZ_SANITIZER:-address}" "${targets[0]}"
 else
-    cargo fuzz build --codegen-units 16
+    cargo fuzz build --codegen-units 16 --sanitizer "${FUZZ_SANITIZER:-address}"
 fi
 build_secs=$SECONDS
 triple=$(rustc -vV | sed -n 's/^host: //p')
