@@ -528,8 +528,8 @@ async fn slow_primary_non_stream_loses_to_the_hedge() {
     assert_eq!(line["prompt_tokens"], 5);
 }
 
-/// The cancelled leg's prompt (the provider read it) is charged to the
-/// caller's budget with the winner's usage, not only metered.
+/// The cancelled leg is charged to the caller's budget with the winner's
+/// usage, not only metered: a non-stream leg its worst case.
 #[tokio::test]
 async fn a_cancelled_hedge_leg_is_charged_to_the_key_budget() {
     let primary = MockUpstream::start(held_json("primary-model", &Gate::new())).await;
@@ -560,9 +560,12 @@ async fn a_cancelled_hedge_leg_is_charged_to_the_key_budget() {
         "the primary was not cancelled"
     );
     assert_eq!(gw.access_line("charged-1").await["hedge"], "won");
-    // The winner reported 8 tokens (the echo's 5 + 3); the loser's prompt
-    // is estimated.
-    let loser = prompt_estimate("primary-model", false);
+    // The winner reported 8 tokens (the echo's 5 + 3). The loser is a
+    // non-stream answer cut short, charged its worst case (docs/config.md,
+    // "What is charged"): the provider generates a non-stream answer whole,
+    // so it may bill all of it. The body sets no max_tokens: the estimated
+    // prompt plus reserve_output_tokens' default, 1024.
+    let loser = prompt_estimate("primary-model", false) + 1024.0;
     let labels = [("level", "key"), ("name", "alice"), ("unit", "tokens")];
     assert_eq!(
         gw.wait_sample(
