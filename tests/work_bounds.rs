@@ -1,6 +1,7 @@
 //! The general work bounds of docs/config.md ("Work bounds"), each at its
 //! limit and one past, end to end: body bytes (`max_body_bytes`) and JSON
-//! nesting (128 levels, 127 on routes that translate the body). The
+//! nesting (128 levels, 127 on routes that translate the body), request
+//! header bytes (`downstream.max_header_bytes`, 431). The
 //! translation bounds are in `hardening_translate.rs`, the SSE event bound
 //! in `hardening_sse.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -152,4 +153,59 @@ async fn json_nesting_at_128_levels_passes_and_129_is_400() {
         "{v}"
     );
     assert_eq!(gem.hits(), 1);
+}
+
+/// A request whose header, from its first byte to the end of its empty line,
+/// is exactly `len` bytes (padded in `X-Pad`), with a small chat body.
+fn header_of(len: usize) -> Vec<u8> {
+    let body = r#"{"model":"plain","messages":[{"role":"user","content":"hi"}]}"#;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nX-Pad: ",
+        body.len()
+    );
+    let pad = len - head.len() - "\r\n\r\n".len();
+    let mut req = head.into_bytes();
+    req.resize(req.len() + pad, b'p');
+    req.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(req.len(), len);
+    req.extend_from_slice(body.as_bytes());
+    req
+}
+
+/// Sends `req` on a new connection; the status of the answer.
+async fn raw_status(gw: &Gateway, req: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.listen_addr()).await.unwrap();
+    s.write_all(req).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed without an answer: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&got).into_owned();
+    line.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn request_header_bytes_at_the_limit_and_one_past() {
+    let up = MockUpstream::start(Behavior::ChatEcho).await;
+    let gw = Gateway::start(&format!(
+        r#"{CONFIG_HEAD}downstream: {{ max_header_bytes: {LIMIT} }}
+providers:
+  oai: {{ kind: openai, base_url: "http://127.0.0.1:{}/v1", api_key: "sk-work-bounds", health_check: {{ enabled: false }} }}
+models:
+  plain: {{ routes: [ {{ provider: oai, model: gpt-4o-mini }} ] }}
+keys:
+  - {{ name: t, key: "{KEY}" }}
+"#,
+        up.port()
+    ))
+    .await;
+    assert_eq!(raw_status(&gw, &header_of(LIMIT)).await, 200);
+    assert_eq!(up.hits(), 1);
+    assert_eq!(raw_status(&gw, &header_of(LIMIT + 1)).await, 431);
+    assert_eq!(up.hits(), 1, "a refused header reached the upstream");
 }
