@@ -7,13 +7,17 @@
 //! - [`prom`]: a Prometheus text-format parser for `/metrics` assertions,
 //! - [`sdk`]: runs a Python SDK script against the gateway,
 //! - [`assert`]: the OpenAI-error assertion, body text and polling helpers.
+//! - [`postgres`]: a throwaway PostgreSQL server (key store tests),
+//! - [`keystore`]: key store test configs and an admin API client,
 //! - [`raw`]: raw TCP upstreams (silent, gated chunks, any loopback address)
 //!   and a port whose connects hang.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code, unused_imports)]
 
 pub mod assert;
 pub mod gateway;
+pub mod keystore;
 pub mod mock;
+pub mod postgres;
 pub mod prom;
 pub mod raw;
 pub mod sdk;
