@@ -339,13 +339,8 @@ async fn runtime_keys_teams_and_budget_usage_survive_a_restart() {
     for _ in 0..3 {
         assert_eq!(chat(&http, &gw, &key, "fast").await.0, 200);
     }
-    let (_, before) = admin.get("/admin/keys/durable/usage").await;
-    let used = |u: &Value, level: &str| -> f64 {
-        u["limits"].as_array().unwrap().iter().find(|l| l["level"] == level).unwrap()["used"].as_f64().unwrap()
-    };
-    let (key_used, team_used) = (used(&before, "key"), used(&before, "team"));
-    assert_eq!(key_used, 45.0, "3 × (10 prompt + 5 completion): {before}");
-    assert_eq!(team_used, 45.0);
+    // 3 × (10 prompt + 5 completion), once settled (after the answers).
+    wait_used(&admin, "durable", 45.0).await;
     // Stop gracefully (the state file is written), start again on the same
     // files.
     gw.sigterm();
@@ -355,9 +350,26 @@ async fn runtime_keys_teams_and_budget_usage_survive_a_restart() {
     assert_eq!(chat(&http, &again, &key, "fast").await.0, 200);
     let (s, t) = admin.get("/admin/teams/keepers").await;
     assert_eq!(s, 200, "{t}");
-    let (_, after) = admin.get("/admin/keys/durable/usage").await;
-    assert_eq!(used(&after, "key"), 60.0, "{after}");
-    assert_eq!(used(&after, "team"), 60.0, "{after}");
+    wait_used(&admin, "durable", 60.0).await;
+}
+
+/// Polls a key's usage view until its key and team limits both show `want`.
+async fn wait_used(admin: &Admin, key: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, u) = admin.get(&format!("/admin/keys/{key}/usage")).await;
+        let used: Vec<f64> = u["limits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["used"].as_f64().unwrap())
+            .collect();
+        if used == [want, want] {
+            return;
+        }
+        assert!(Instant::now() < deadline, "want {want} used: {u}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

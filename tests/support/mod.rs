@@ -20,6 +20,7 @@ pub mod mock;
 pub mod postgres;
 pub mod prom;
 pub mod raw;
+pub mod redis;
 pub mod sdk;
 pub mod tls;
 
