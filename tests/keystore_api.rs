@@ -309,6 +309,12 @@ async fn runtime_key_limits_hold_like_config_key_limits() {
         chat(&http, &gw, &b, "fast").await.0,
     ];
     assert_eq!(codes, [200, 200, 200, 429]);
+    // Raising the team's limit applies to its keys at once.
+    let (st, v) = admin
+        .call("PATCH", "/admin/teams/pair", Some(json!({"limits": {"rpm": 100}})))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(chat(&http, &gw, &b, "fast").await.0, 200);
     // A runtime key may join a config team (the config team's limit counts it).
     let c = admin.create_key(json!({"name": "in-cfg-team", "team": "cfg-team"})).await;
     assert_eq!(chat(&http, &gw, &c, "fast").await.0, 200);
@@ -444,4 +450,67 @@ fn config_test_checks_the_store_url_without_connecting() {
     assert!(!ok && out.contains("key_store.poll_interval"), "{out}");
     let (ok, out) = check(r#"{ sqlite: "/x.db", bogus: 1 }"#, &[]);
     assert!(!ok && out.contains("bogus"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_sqlite_file_converge_by_polling() {
+    let files = tempfile::tempdir().unwrap();
+    let store = format!(
+        "{{ sqlite: \"{}/shared.db\", poll_interval: 100ms }}",
+        files.path().display()
+    );
+    let a = Gateway::start(&config(&store, "")).await;
+    let b = Gateway::start(&config(&store, "")).await;
+    let http = support::client();
+    let key = Admin::of(&a).create_key(json!({"name": "polled"})).await;
+    let created = Instant::now();
+    while chat(&http, &b, &key, "fast").await.0 != 200 {
+        assert!(created.elapsed() < Duration::from_secs(5), "B polls the file");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("SQLite: created on A, admitted on B after {:?}", created.elapsed());
+    assert_eq!(Admin::of(&b).post("/admin/keys/polled/revoke", json!({})).await.0, 200);
+    let revoked = Instant::now();
+    while chat(&http, &a, &key, "fast").await.0 != 401 {
+        assert!(revoked.elapsed() < Duration::from_secs(5), "A polls the file");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_may_not_give_the_config_a_name_the_store_has() {
+    let template = config(sqlite(), "");
+    let gw = Gateway::start(&template).await;
+    let admin = Admin::of(&gw);
+    let http = support::client();
+    let key = admin.create_key(json!({"name": "store-only"})).await;
+    let clash = template.replace(
+        "keys:\n",
+        "keys:\n  - { name: store-only, key: \"tg-yaml-key-000001\" }\n",
+    );
+    gw.write_config(&clash);
+    let (s, v) = admin.post("/admin/reload", json!({})).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("store-only"), "{v}");
+    // The running config and the store key are unchanged.
+    assert_eq!(chat(&http, &gw, &key, "fast").await.0, 200);
+    assert_eq!(chat(&http, &gw, "tg-yaml-key-000001", "fast").await.0, 401);
+    // A reload that removes an alias: store keys are compiled again against
+    // it (their model list shrinks), without a restart.
+    gw.write_config(&template.replace(
+        "  slow: { routes: [ { provider: mock, model: m2 } ] }\n",
+        "",
+    ));
+    let (s, v) = admin.post("/admin/reload", json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    let models = http
+        .get(gw.url("/v1/models"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(models["data"].as_array().unwrap().len(), 1, "{models}");
 }
