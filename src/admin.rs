@@ -302,9 +302,9 @@ impl AdminApp {
                 }
             }
             Op::OpenApi => api::Reply::ok(crate::keystore::openapi::document()),
-            Op::ListKeys => api::list_keys(cfg, &query),
+            Op::ListKeys => api::list_keys(cfg, &query).await,
             Op::CreateKey => api::create_key(cfg, ACTOR, &body).await,
-            Op::GetKey => api::get_key(cfg, name),
+            Op::GetKey => api::get_key(cfg, name).await,
             Op::UpdateKey => api::update_key(cfg, ACTOR, name, &body).await,
             Op::RotateKey => api::rotate_key(cfg, ACTOR, name, &body).await,
             Op::RevokeKey => api::revoke_key(cfg, ACTOR, name).await,
@@ -351,13 +351,12 @@ fn usage(rt: &crate::runtime::Runtime, query: &str) -> Response<Vec<u8>> {
         .map(|k| k.name.to_string())
         .collect();
     if let (Some(t), Some(s)) = (team, crate::keystore::global()) {
-        let records = s.records();
         team_keys.extend(
-            records
-                .keys
-                .values()
-                .filter(|k| k.team.as_deref() == Some(t))
-                .map(|k| k.name.to_string()),
+            s.snapshot()
+                .keys()
+                .into_iter()
+                .filter(|(_, (team, _))| team.as_deref() == Some(t))
+                .map(|(name, _)| name.to_string()),
         );
     }
     let rows: Vec<Value> = ledger::global()

@@ -146,8 +146,8 @@ fn store_or_409() -> Result<&'static Arc<KeyStore>, Reply> {
 // Keys
 
 /// `GET /admin/keys?team=&after=&limit=`: config keys and store keys by
-/// name, a page at a time.
-pub fn list_keys(cfg: &Config, q: &str) -> Reply {
+/// name, a page at a time (store keys are read from the database).
+pub async fn list_keys(cfg: &Config, q: &str) -> Reply {
     let limit = match page_limit(q) {
         Ok(n) => n,
         Err(r) => return r,
@@ -165,14 +165,15 @@ pub fn list_keys(cfg: &Config, q: &str) -> Reply {
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     rows.truncate(limit + 1);
     if let Some(s) = global() {
-        let records = s.records();
-        let range = records
-            .keys
-            .range::<str, _>((std::ops::Bound::Excluded(after.as_str()), std::ops::Bound::Unbounded))
-            .map(|(_, k)| k)
-            .filter(|k| team.is_none() || k.team.as_deref() == team.as_deref())
-            .take(limit + 1);
-        rows.extend(range.map(|k| (k.name.to_string(), model::key_json(k, now))));
+        let (a, t) = (after.clone(), team.clone());
+        let n = i64::try_from(limit + 1).unwrap_or(1001);
+        match s
+            .run(move |c| store::list_keys(c, &a, t.as_deref(), n, now).map_err(WriteError::Sql))
+            .await
+        {
+            Ok(keys) => rows.extend(keys.iter().map(|k| (k.name.to_string(), model::key_json(k, now)))),
+            Err(e) => return write_err(e),
+        }
         rows.sort_by(|a, b| a.0.cmp(&b.0));
     }
     let more = rows.len() > limit;
@@ -181,14 +182,24 @@ pub fn list_keys(cfg: &Config, q: &str) -> Reply {
     Reply::ok(json!({"keys": rows.into_iter().map(|r| r.1).collect::<Vec<_>>(), "next": next}))
 }
 
+/// A stored key read from the database, or the error to answer.
+async fn stored_key(name: &str) -> Result<Option<KeyRec>, Reply> {
+    let Some(s) = global() else { return Ok(None) };
+    let n = name.to_string();
+    s.run(move |c| store::read_key_full(c, &n).map_err(WriteError::Sql))
+        .await
+        .map_err(write_err)
+}
+
 /// `GET /admin/keys/{name}`.
-pub fn get_key(cfg: &Config, name: &str) -> Reply {
+pub async fn get_key(cfg: &Config, name: &str) -> Reply {
     if let Some(k) = cfg.keys.iter().find(|k| k.name == name) {
         return Reply::ok(model::config_key_json(k));
     }
-    match global().and_then(|s| s.records().keys.get(name).map(|k| model::key_json(k, now_ms()))) {
-        Some(v) => Reply::ok(v),
-        None => err(404, "not_found", &format!("no key named `{}`", model::short(name)), None),
+    match stored_key(name).await {
+        Ok(Some(k)) => Reply::ok(model::key_json(&k, now_ms())),
+        Ok(None) => err(404, "not_found", &format!("no key named `{}`", model::short(name)), None),
+        Err(r) => r,
     }
 }
 
@@ -351,7 +362,7 @@ pub async fn update_key(cfg: &Config, actor: &str, name: &str, body: &[u8]) -> R
         })
         .await;
     match written {
-        Ok(_) => get_key(cfg, name),
+        Ok(_) => get_key(cfg, name).await,
         Err(e) => write_err(e),
     }
 }
@@ -390,7 +401,7 @@ pub async fn rotate_key(cfg: &Config, actor: &str, name: &str, body: &[u8]) -> R
         .await;
     match written {
         Ok(_) => {
-            let mut v = get_key(cfg, name).body;
+            let mut v = get_key(cfg, name).await.body;
             v["key"] = Value::from(secret);
             Reply::ok(v)
         }
@@ -413,7 +424,7 @@ pub async fn revoke_key(cfg: &Config, actor: &str, name: &str) -> Reply {
         .run(move |c| store::revoke_key(c, Who { actor: &actor, now }, &key))
         .await
     {
-        Ok(_) => get_key(cfg, name),
+        Ok(_) => get_key(cfg, name).await,
         Err(e) => write_err(e),
     }
 }
@@ -430,26 +441,28 @@ pub async fn key_usage(rt: &crate::runtime::Runtime, name: &str, q: &str) -> Rep
     let compiled: Option<Arc<crate::runtime::KeyRt>> =
         match rt.key_info.iter().find(|k| &*k.name == name) {
             Some(k) => Some(k.clone()),
-            None => global().and_then(|s| {
-                let records = s.records();
-                let k = records.keys.get(name)?;
-                let store_team = k
-                    .team
-                    .as_ref()
-                    .and_then(|t| records.teams.get(t))
-                    .map(TeamRec::as_config_team);
-                let team = match (&k.team, &store_team) {
-                    (Some(n), Some(t)) => Some((&**n, t)),
-                    (Some(n), None) => cfg.teams.get_key_value(&**n).map(|(a, b)| (a.as_str(), b)),
-                    _ => None,
-                };
-                Some(Arc::new(crate::runtime::KeyRt::compile(
-                    &k.as_config_key(),
-                    team,
-                    &cfg.models,
-                    &bytes::Bytes::new(),
-                )))
-            }),
+            None => match stored_key(name).await {
+                Err(r) => return r,
+                Ok(None) => None,
+                Ok(Some(k)) => {
+                    let snap = global().map(|s| s.snapshot());
+                    let store_team = k
+                        .team
+                        .as_ref()
+                        .and_then(|t| snap.as_ref()?.teams().get(t).map(TeamRec::as_config_team));
+                    let team = match (&k.team, &store_team) {
+                        (Some(n), Some(t)) => Some((&**n, t)),
+                        (Some(n), None) => cfg.teams.get_key_value(&**n).map(|(a, b)| (a.as_str(), b)),
+                        _ => None,
+                    };
+                    Some(Arc::new(crate::runtime::KeyRt::compile(
+                        &k.as_config_key(),
+                        team,
+                        &cfg.models,
+                        &bytes::Bytes::new(),
+                    )))
+                }
+            },
         };
     let Some(key) = compiled else {
         return err(404, "not_found", &format!("no key named `{}`", model::short(name)), None);
@@ -502,10 +515,9 @@ pub fn list_teams(cfg: &Config, q: &str) -> Reply {
         .map(|(n, t)| (n.clone(), model::config_team_json(n, t)))
         .collect();
     if let Some(s) = global() {
-        let records = s.records();
+        let snap = s.snapshot();
         rows.extend(
-            records
-                .teams
+            snap.teams()
                 .range::<str, _>((std::ops::Bound::Excluded(after.as_str()), std::ops::Bound::Unbounded))
                 .take(limit + 1)
                 .map(|(n, t)| (n.to_string(), model::team_json(t))),
@@ -523,7 +535,7 @@ pub fn get_team(cfg: &Config, name: &str) -> Reply {
     if let Some(t) = cfg.teams.get(name) {
         return Reply::ok(model::config_team_json(name, t));
     }
-    match global().and_then(|s| s.records().teams.get(name).map(model::team_json)) {
+    match global().and_then(|s| s.snapshot().teams().get(name).map(model::team_json)) {
         Some(v) => Reply::ok(v),
         None => err(404, "not_found", &format!("no team named `{}`", model::short(name)), None),
     }

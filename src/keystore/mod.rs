@@ -30,10 +30,9 @@ pub use snapshot::{Lookup, Snapshot};
 
 use crate::config::{Config, KeyStoreSection};
 use arc_swap::ArcSwap;
-use model::Records;
 use sql::{Conn, SqlError};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use store::WriteError;
 
@@ -50,10 +49,10 @@ pub struct KeyStore {
     poll: Duration,
     /// The connection admin requests use (the feed has its own).
     admin_conn: Mutex<Option<Box<dyn Conn>>>,
-    records: Mutex<Records>,
+    /// Held while a snapshot is built from the database (feed and admin
+    /// writes take turns), so changes are applied in order.
+    refresh: Mutex<()>,
     snapshot: ArcSwap<Snapshot>,
-    /// The config the snapshot was compiled against.
-    config: ArcSwap<Config>,
     up: AtomicBool,
     /// Set by a local write so the feed looks at once (SQLite).
     wake: (Mutex<bool>, std::sync::Condvar),
@@ -148,19 +147,20 @@ pub fn open(ks: &KeyStoreSection, cfg: Arc<Config>) -> Result<Arc<KeyStore>, Str
     if !applied.is_empty() {
         log::info!("key store: applied migrations {applied:?}");
     }
-    let mut records = Records::default();
-    if let Some(ch) = store::changes_since(&mut *conn, 0)
-        .map_err(|e| format!("key store: loading the records: {e}"))?
+    let mut snapshot = Snapshot::empty(cfg.clone());
+    if let Some((head, teams)) = store::changed_teams(&mut *conn, 0)
+        .map_err(|e| format!("key store: loading the teams: {e}"))?
     {
-        store::apply(&mut records, ch);
+        snapshot = snapshot.begin(head, teams);
+        store::changed_keys(&mut *conn, 0, head, &mut |k| snapshot.insert(k))
+            .map_err(|e| format!("key store: loading the keys: {e}"))?;
     }
-    conflicts(&records, &cfg).map_err(|e| format!("key store: {e}"))?;
-    let snapshot = Snapshot::build(&records, &cfg);
+    conflicts(&snapshot, &cfg).map_err(|e| format!("key store: {e}"))?;
     log::info!(
         "key store ({}): {} keys, {} teams, {} secrets loaded in {} ms",
         backend.label(),
-        records.keys.len(),
-        records.teams.len(),
+        snapshot.keys().len(),
+        snapshot.teams().len(),
         snapshot.len(),
         started.elapsed().as_millis()
     );
@@ -169,13 +169,13 @@ pub fn open(ks: &KeyStoreSection, cfg: Arc<Config>) -> Result<Arc<KeyStore>, Str
         poll: ks.poll_interval.get(),
         // Not kept: the process may fork into a daemon after this.
         admin_conn: Mutex::new(None),
-        records: Mutex::new(records),
+        refresh: Mutex::new(()),
         snapshot: ArcSwap::from_pointee(snapshot),
-        config: ArcSwap::new(cfg),
         up: AtomicBool::new(true),
         wake: (Mutex::new(false), std::sync::Condvar::new()),
     });
     drop(conn);
+    release_freed_memory();
     if let Some(m) = metrics::get() {
         m.up.set(1);
         m.keys.set(s.snapshot.load().len() as i64);
@@ -186,10 +186,11 @@ pub fn open(ks: &KeyStoreSection, cfg: Arc<Config>) -> Result<Arc<KeyStore>, Str
 
 /// Names that would mean two things: a key or team both in the config and
 /// in the store, or a store key whose team exists nowhere.
-fn conflicts(records: &Records, cfg: &Config) -> Result<(), String> {
+fn conflicts(snapshot: &Snapshot, cfg: &Config) -> Result<(), String> {
     let mut problems = Vec::new();
+    let keys = snapshot.keys();
     for (i, k) in cfg.keys.iter().enumerate() {
-        if records.keys.contains_key(k.name.as_str()) {
+        if keys.contains_key(k.name.as_str()) {
             problems.push(format!(
                 "keys[{i}].name: `{}` is also a key in the key store; a name may not be in both",
                 k.name
@@ -197,18 +198,17 @@ fn conflicts(records: &Records, cfg: &Config) -> Result<(), String> {
         }
     }
     for name in cfg.teams.keys() {
-        if records.teams.contains_key(name.as_str()) {
+        if snapshot.teams().contains_key(name.as_str()) {
             problems.push(format!(
                 "teams.{name}: `{name}` is also a team in the key store; a name may not be in both"
             ));
         }
     }
-    for k in records.keys.values().filter(|k| k.revoked_at.is_none()) {
-        if let Some(t) = &k.team {
-            if !records.teams.contains_key(t) && !cfg.teams.contains_key(&**t) {
+    for (name, (team, revoked)) in &keys {
+        if let (Some(t), false) = (team, revoked) {
+            if !snapshot.teams().contains_key(t) && !cfg.teams.contains_key(&**t) {
                 problems.push(format!(
-                    "teams: key store key `{}` uses team `{t}`, which is neither in the config nor in the store",
-                    k.name
+                    "teams: key store key `{name}` uses team `{t}`, which is neither in the config nor in the store"
                 ));
             }
         }
@@ -229,19 +229,14 @@ pub fn on_reload(cfg: &Arc<Config>) -> Result<(), String> {
         }
         return Ok(());
     };
-    let records = s.records();
-    conflicts(&records, cfg)?;
-    s.snapshot.store(Arc::new(Snapshot::build(&records, cfg)));
-    s.config.store(cfg.clone());
+    let _turn = s.refresh.lock().unwrap_or_else(|p| p.into_inner());
+    let cur = s.snapshot.load_full();
+    conflicts(&cur, cfg)?;
+    s.snapshot.store(Arc::new(cur.with_config(cfg.clone())));
     Ok(())
 }
 
 impl KeyStore {
-    /// The records (for the admin API's reads). Held briefly.
-    pub fn records(&self) -> MutexGuard<'_, Records> {
-        self.records.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
@@ -284,20 +279,21 @@ impl KeyStore {
         }
     }
 
-    /// Reads what changed since the records' cursor through `c` and
-    /// rebuilds the snapshot from it.
+    /// Reads what changed since the snapshot's change through `c` and
+    /// swaps in a snapshot with it.
     fn refresh_with(&self, c: &mut dyn Conn) -> Result<(), SqlError> {
-        let mut records = self.records();
-        let Some(ch) = store::changes_since(c, records.seq)? else {
+        let _turn = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.snapshot.load_full();
+        let Some((head, teams)) = store::changed_teams(c, cur.seq)? else {
             return Ok(());
         };
-        let dirty = store::apply(&mut records, ch);
-        let cfg = self.config.load();
-        let next = self.snapshot.load().update(&records, &cfg, &dirty);
+        let mut next = cur.begin(head, teams);
+        store::changed_keys(c, cur.seq, head, &mut |k| next.insert(k))?;
+        let n = next.len();
         self.snapshot.store(Arc::new(next));
         if let Some(m) = metrics::get() {
-            m.keys.set(self.snapshot.load().len() as i64);
-            m.seq.set(records.seq);
+            m.keys.set(n as i64);
+            m.seq.set(head);
         }
         Ok(())
     }
@@ -361,6 +357,18 @@ impl KeyStore {
         let (lock, cv) = &self.wake;
         *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
         cv.notify_all();
+    }
+}
+
+/// Hands the heap freed after the initial load (the rows as read, their
+/// parsed copies) back to the system: `main` keeps freed memory for reuse
+/// up to 128 MiB (`M_TRIM_THRESHOLD`), which would otherwise keep the
+/// load's peak resident.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the system.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -7,7 +7,6 @@
 use crate::config::{Budget, Config, Key, Limits, Team};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Largest `metadata` object, as JSON text.
@@ -400,16 +399,6 @@ pub fn team_json(t: &TeamRec) -> serde_json::Value {
         "metadata": metadata_json(&t.spec.metadata),
         "created_at": rfc3339(t.created_at), "updated_at": rfc3339(t.updated_at),
     })
-}
-
-/// Everything the store holds, in memory: the source of the snapshot and
-/// of the admin API's reads.
-#[derive(Debug, Default, Clone)]
-pub struct Records {
-    pub keys: BTreeMap<Arc<str>, KeyRec>,
-    pub teams: BTreeMap<Arc<str>, TeamRec>,
-    /// The change counter's value these records are complete up to.
-    pub seq: i64,
 }
 
 #[cfg(test)]

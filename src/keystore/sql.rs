@@ -80,7 +80,22 @@ pub trait Conn: Send {
     /// Runs a statement; returns the number of rows changed.
     fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, SqlError>;
     /// Runs a query; returns every row.
-    fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, SqlError>;
+    fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, SqlError> {
+        let mut out = Vec::new();
+        self.query_each(sql, params, &mut |r| {
+            out.push(r.to_vec());
+            Ok(())
+        })?;
+        Ok(out)
+    }
+    /// Runs a query, handing each row to `f` as it is read (nothing is
+    /// collected: a full load of 100,000 keys streams through).
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Val],
+        f: &mut dyn FnMut(&[Val]) -> Result<(), SqlError>,
+    ) -> Result<(), SqlError>;
     /// Runs several statements without parameters (migrations).
     fn batch(&mut self, sql: &str) -> Result<(), SqlError>;
     /// Starts a write transaction (SQLite takes the write lock at once).
@@ -188,7 +203,12 @@ impl Conn for Sqlite {
         Ok(n as u64)
     }
 
-    fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, SqlError> {
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Val],
+        f: &mut dyn FnMut(&[Val]) -> Result<(), SqlError>,
+    ) -> Result<(), SqlError> {
         use rusqlite::types::ValueRef;
         let mut st = self
             .conn
@@ -198,9 +218,9 @@ impl Conn for Sqlite {
         let mut rows = st
             .query(rusqlite::params_from_iter(params.iter()))
             .map_err(|e| sqlite_err(&e))?;
-        let mut out = Vec::new();
+        let mut row = Vec::with_capacity(cols);
         while let Some(r) = rows.next().map_err(|e| sqlite_err(&e))? {
-            let mut row = Vec::with_capacity(cols);
+            row.clear();
             for i in 0..cols {
                 row.push(match r.get_ref(i).map_err(|e| sqlite_err(&e))? {
                     ValueRef::Null => Val::Null,
@@ -210,9 +230,9 @@ impl Conn for Sqlite {
                     ValueRef::Blob(b) => Val::Text(hex::encode(b)),
                 });
             }
-            out.push(row);
+            f(&row)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn batch(&mut self, sql: &str) -> Result<(), SqlError> {
@@ -297,6 +317,7 @@ impl postgres::types::ToSql for Val {
 }
 
 fn pg_params(params: &[Val]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+    // (query_raw takes the values themselves; execute takes these.)
     params
         .iter()
         .map(|p| p as &(dyn postgres::types::ToSql + Sync))
@@ -310,15 +331,21 @@ impl Conn for Pg {
             .map_err(|e| pg_err(&e))
     }
 
-    fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, SqlError> {
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Val],
+        f: &mut dyn FnMut(&[Val]) -> Result<(), SqlError>,
+    ) -> Result<(), SqlError> {
+        use postgres::fallible_iterator::FallibleIterator;
         use postgres::types::Type;
-        let rows = self
+        let mut rows = self
             .client
-            .query(sql, &pg_params(params))
+            .query_raw(sql, params.iter())
             .map_err(|e| pg_err(&e))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let mut row = Vec::with_capacity(r.len());
+        let mut row = Vec::new();
+        while let Some(r) = rows.next().map_err(|e| pg_err(&e))? {
+            row.clear();
             for (i, col) in r.columns().iter().enumerate() {
                 let t = col.type_();
                 let v = if *t == Type::INT8 {
@@ -332,9 +359,9 @@ impl Conn for Pg {
                 };
                 row.push(v.map_err(|e| SqlError::Other(e.to_string()))?);
             }
-            out.push(row);
+            f(&row)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn batch(&mut self, sql: &str) -> Result<(), SqlError> {

@@ -7,9 +7,9 @@
 //! order and a reader that has seen counter value N has seen every write
 //! numbered N or less.
 
-use super::model::{KeyRec, KeySpec, Records, SecretRec, TeamRec, TeamSpec};
+use super::model::{KeyRec, KeySpec, SecretRec, TeamRec, TeamSpec};
+use super::snapshot::StoredKey;
 use super::sql::{in_tx, Conn, Dialect, Row, SqlError, Val};
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// Why a write was refused or failed.
@@ -449,113 +449,171 @@ pub fn head(c: &mut dyn Conn) -> Result<i64, SqlError> {
         .ok_or_else(|| SqlError::Other("change_counter row is missing".into()))
 }
 
-/// What changed since a cursor: applied to [`Records`] by [`apply`].
-#[derive(Debug, Default)]
-pub struct Changes {
-    pub head: i64,
-    pub teams: Vec<(TeamRec, bool)>,
-    pub keys: Vec<KeyRec>,
-    /// `(key name, secret)`.
-    pub secrets: Vec<(Arc<str>, SecretRec)>,
-}
-
-impl Changes {
-    pub fn is_empty(&self) -> bool {
-        self.teams.is_empty() && self.keys.is_empty() && self.secrets.is_empty()
-    }
-}
-
-/// Reads every row written after `since` and up to the counter's current
-/// value. `None` when nothing was written.
-pub fn changes_since(c: &mut dyn Conn, since: i64) -> Result<Option<Changes>, SqlError> {
+/// The change counter's head and the teams written after `since` (up to
+/// the head); `None` when nothing was written.
+pub fn changed_teams(
+    c: &mut dyn Conn,
+    since: i64,
+) -> Result<Option<(i64, Vec<(TeamRec, bool)>)>, SqlError> {
     let head = head(c)?;
     if head == since {
         return Ok(None);
     }
-    let range = [Val::Int(since), Val::Int(head)];
-    let mut out = Changes {
-        head,
-        ..Changes::default()
-    };
-    for r in c.query(
+    let mut teams = Vec::new();
+    c.query_each(
         "SELECT name, spec, created_at, updated_at, deleted FROM teams WHERE seq > $1 AND seq <= $2",
-        &range,
-    )? {
-        let text = |i: usize| r.get(i).and_then(Val::text);
-        let int = |i: usize| r.get(i).and_then(Val::int).unwrap_or(0);
-        out.teams.push((
-            TeamRec {
-                name: Arc::from(text(0).unwrap_or("")),
-                spec: parse_spec(text(1).unwrap_or("{}"))?,
-                created_at: int(2),
-                updated_at: int(3),
-            },
-            int(4) != 0,
-        ));
-    }
-    for r in c.query(
-        "SELECT name, team, spec, expires_at, revoked_at, created_at, updated_at, seq FROM keys WHERE seq > $1 AND seq <= $2",
-        &range,
-    )? {
-        out.keys.push(key_row(&r)?.0);
-    }
-    for r in c.query(
-        "SELECT digest, key_name, created_at, valid_until FROM key_secrets WHERE seq > $1 AND seq <= $2",
-        &range,
-    )? {
-        let Some(digest) = r.get(0).and_then(Val::text).and_then(crate::auth::parse_hex_digest)
-        else {
-            continue;
-        };
-        out.secrets.push((
-            Arc::from(r.get(1).and_then(Val::text).unwrap_or("")),
-            SecretRec {
-                digest,
-                created_at: r.get(2).and_then(Val::int).unwrap_or(0),
-                valid_until: r.get(3).and_then(Val::int),
-            },
-        ));
-    }
-    Ok(Some(out))
+        &[Val::Int(since), Val::Int(head)],
+        &mut |r| {
+            let text = |i: usize| r.get(i).and_then(Val::text);
+            let int = |i: usize| r.get(i).and_then(Val::int).unwrap_or(0);
+            teams.push((
+                TeamRec {
+                    name: Arc::from(text(0).unwrap_or("")),
+                    spec: parse_spec(text(1).unwrap_or("{}"))?,
+                    created_at: int(2),
+                    updated_at: int(3),
+                },
+                int(4) != 0,
+            ));
+            Ok(())
+        },
+    )?;
+    Ok(Some((head, teams)))
 }
 
-/// Applies changes to the records; returns the names of the keys whose
-/// compiled form must be rebuilt (changed keys, their secrets, and the keys
-/// of changed teams).
-pub fn apply(records: &mut Records, ch: Changes) -> BTreeSet<Arc<str>> {
-    let mut dirty: BTreeSet<Arc<str>> = BTreeSet::new();
-    let mut teams_changed: BTreeSet<Arc<str>> = BTreeSet::new();
-    for (t, deleted) in ch.teams {
-        teams_changed.insert(t.name.clone());
-        if deleted {
-            records.teams.remove(&t.name);
-        } else {
-            records.teams.insert(t.name.clone(), t);
-        }
-    }
-    for mut k in ch.keys {
-        if let Some(old) = records.keys.remove(&k.name) {
-            k.secrets = old.secrets;
-        }
-        dirty.insert(k.name.clone());
-        records.keys.insert(k.name.clone(), k);
-    }
-    for (name, s) in ch.secrets {
-        if let Some(k) = records.keys.get_mut(&name) {
-            match k.secrets.iter_mut().find(|x| x.digest == s.digest) {
-                Some(x) => *x = s,
-                None => k.secrets.push(s),
+/// Streams every key to rebuild after a change between `since` and
+/// `head`: keys written, keys whose secrets were written, and the keys of
+/// teams written; each with all its secrets. From 0: every key.
+pub fn changed_keys(
+    c: &mut dyn Conn,
+    since: i64,
+    head: i64,
+    f: &mut dyn FnMut(StoredKey),
+) -> Result<(), SqlError> {
+    let mut cur: Option<StoredKey> = None;
+    c.query_each(
+        "SELECT k.name, k.team, k.spec, k.expires_at, k.revoked_at, s.digest, s.valid_until \
+         FROM keys k JOIN key_secrets s ON s.key_name = k.name \
+         WHERE (k.seq > $1 AND k.seq <= $2) \
+            OR k.name IN (SELECT key_name FROM key_secrets WHERE seq > $1 AND seq <= $2) \
+            OR k.team IN (SELECT name FROM teams WHERE seq > $1 AND seq <= $2) \
+         ORDER BY k.name",
+        &[Val::Int(since), Val::Int(head)],
+        &mut |r| {
+            let text = |i: usize| r.get(i).and_then(Val::text);
+            let name = text(0).unwrap_or("");
+            if cur.as_ref().is_some_and(|k| k.name != name) {
+                if let Some(k) = cur.take() {
+                    f(k);
+                }
             }
-            dirty.insert(name);
-        }
+            let k = cur.get_or_insert_with(|| StoredKey {
+                name: name.to_string(),
+                team: text(1).map(String::from),
+                spec: text(2).unwrap_or("{}").to_string(),
+                expires_at: r.get(3).and_then(Val::int),
+                revoked: r.get(4).and_then(Val::int).is_some(),
+                secrets: Vec::new(),
+            });
+            if let Some(d) = text(5).and_then(crate::auth::parse_hex_digest) {
+                k.secrets.push((d, r.get(6).and_then(Val::int)));
+            }
+            Ok(())
+        },
+    )?;
+    if let Some(k) = cur.take() {
+        f(k);
     }
-    if !teams_changed.is_empty() {
-        for k in records.keys.values() {
-            if k.team.as_ref().is_some_and(|t| teams_changed.contains(t)) {
-                dirty.insert(k.name.clone());
+    Ok(())
+}
+
+/// A stored key with its secrets, for the admin API.
+pub fn read_key_full(c: &mut dyn Conn, name: &str) -> Result<Option<KeyRec>, SqlError> {
+    let Some(mut k) = read_key(c, name)? else {
+        return Ok(None);
+    };
+    k.secrets = secrets_of(c, name)?;
+    Ok(Some(k))
+}
+
+fn secrets_of(c: &mut dyn Conn, name: &str) -> Result<Vec<SecretRec>, SqlError> {
+    let mut out = Vec::new();
+    c.query_each(
+        "SELECT digest, created_at, valid_until FROM key_secrets WHERE key_name = $1",
+        &[name.into()],
+        &mut |r| {
+            if let Some(digest) = r.first().and_then(Val::text).and_then(crate::auth::parse_hex_digest) {
+                out.push(SecretRec {
+                    digest,
+                    created_at: r.get(1).and_then(Val::int).unwrap_or(0),
+                    valid_until: r.get(2).and_then(Val::int),
+                });
+            }
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
+/// A page of stored keys by name (after `after`, optionally of one team),
+/// each with the secrets still in a rotation grace period at `now`.
+pub fn list_keys(
+    c: &mut dyn Conn,
+    after: &str,
+    team: Option<&str>,
+    limit: i64,
+    now: i64,
+) -> Result<Vec<KeyRec>, SqlError> {
+    let cols = "name, team, spec, expires_at, revoked_at, created_at, updated_at, seq";
+    let rows = match team {
+        None => c.query(
+            &format!("SELECT {cols} FROM keys WHERE name > $1 ORDER BY name LIMIT $2"),
+            &[after.into(), Val::Int(limit)],
+        )?,
+        Some(t) => c.query(
+            &format!("SELECT {cols} FROM keys WHERE name > $1 AND team = $3 ORDER BY name LIMIT $2"),
+            &[after.into(), Val::Int(limit), t.into()],
+        )?,
+    };
+    let mut keys = Vec::with_capacity(rows.len());
+    for r in &rows {
+        keys.push(key_row(r)?.0);
+    }
+    if let (Some(first), Some(last)) = (keys.first(), keys.last()) {
+        let (lo, hi) = (first.name.to_string(), last.name.to_string());
+        let mut graced: std::collections::HashMap<String, Vec<SecretRec>> = Default::default();
+        c.query_each(
+            "SELECT key_name, digest, created_at, valid_until FROM key_secrets \
+             WHERE key_name >= $1 AND key_name <= $2 AND valid_until IS NOT NULL AND valid_until > $3",
+            &[lo.into(), hi.into(), Val::Int(now)],
+            &mut |r| {
+                let name = r.first().and_then(Val::text).unwrap_or("").to_string();
+                if let Some(digest) = r.get(1).and_then(Val::text).and_then(crate::auth::parse_hex_digest) {
+                    graced.entry(name).or_default().push(SecretRec {
+                        digest,
+                        created_at: r.get(2).and_then(Val::int).unwrap_or(0),
+                        valid_until: r.get(3).and_then(Val::int),
+                    });
+                }
+                Ok(())
+            },
+        )?;
+        for k in &mut keys {
+            if let Some(s) = graced.remove(&*k.name) {
+                k.secrets = s;
             }
         }
     }
-    records.seq = ch.head;
-    dirty
+    Ok(keys)
+}
+
+/// The names among `names` that are keys in the store.
+pub fn existing_keys(c: &mut dyn Conn, names: &[String]) -> Result<Vec<String>, SqlError> {
+    let mut out = Vec::new();
+    for n in names {
+        if read_key(c, n)?.is_some() {
+            out.push(n.clone());
+        }
+    }
+    Ok(out)
 }
