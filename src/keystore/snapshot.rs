@@ -274,6 +274,30 @@ impl Snapshot {
         }
     }
 
+    /// What the snapshot knows of key `name` (the admin API's answer while
+    /// the database is unreachable): its fields, not its timestamps.
+    pub fn key_view(&self, name: &str, now_ms: i64) -> Option<serde_json::Value> {
+        let e = self.by_digest.values().find(|e| &*e.key.name == name)?;
+        let k = &e.key;
+        let spec: KeySpec = serde_json::from_str(&k.spec).unwrap_or_default();
+        let status = if k.revoked {
+            "revoked"
+        } else if k.expires_at <= now_ms {
+            "expired"
+        } else {
+            "active"
+        };
+        Some(serde_json::json!({
+            "name": &*k.name, "source": "store", "team": k.team.as_deref(),
+            "models": spec.models, "limits": spec.limits, "budgets": spec.budgets,
+            "tier": spec.tier, "regions": spec.regions,
+            "metadata": super::model::metadata_json(&spec.metadata),
+            "status": status,
+            "expires_at": (k.expires_at != i64::MAX).then(|| super::model::rfc3339(k.expires_at)),
+            "from_snapshot": true,
+        }))
+    }
+
     /// The names of the store's keys that are not revoked and belong to
     /// one of `teams`.
     pub fn keys_of(&self, teams: &BTreeSet<&str>) -> BTreeSet<Arc<str>> {
