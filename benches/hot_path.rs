@@ -16,8 +16,10 @@
 //!   store, with no limits, with a key's rpm and concurrency, and with every
 //!   level set (key rpm/tpm/concurrency and a spend budget, the team's spend
 //!   and token budgets, the alias's tpm); the worst-case estimate of a 1 KiB
-//!   body (the tokenizer); and, when `redis-server` is installed, the same
-//!   admission and settle against a Redis on loopback (two round trips).
+//!   body (the tokenizer); both admission steps with the estimate
+//!   (`*_two_steps_1KiB`, as a request makes them); and, when
+//!   `redis-server` is installed, the same against a Redis on loopback (two
+//!   round trips for one step and its settle, three for two steps).
 //! * `translate`: Anthropic stream translation per event (`text_delta` and
 //!   `input_json_delta` through `translate::anthropic::ChatStream`, and a
 //!   whole SSE event through scanner + translator), and the request
@@ -369,6 +371,23 @@ keys:
     must(Runtime::build(cfg), "runtime")
 }
 
+/// Both admission steps and the settle, as `admit.rs` and `finish.rs` do
+/// them for a request of `body` (its estimate included).
+async fn two_steps(rt: &Runtime, key: usize, alias: &str, body: &bytes::Bytes) {
+    use tollgate::governance::{admit_early, admit_request};
+    let k = &rt.key_info[key];
+    let m = &rt.models[alias];
+    let early = admit_early(k)
+        .await
+        .unwrap_or_else(|_| panic!("refused before the body"));
+    let ep = tollgate::proxy::endpoint::Endpoint::ChatCompletions;
+    match admit_request(k, m, &[0], ep, body, early).await {
+        Ok(Some(a)) => a.reservation.settle(120, Some(0.0002)),
+        Ok(None) => panic!("no rule applied"),
+        Err(_) => panic!("refused"),
+    }
+}
+
 /// One admission and its settle, as `admit.rs` and `finish.rs` do them.
 async fn admit_settle(rt: &Runtime, key: usize, alias: &str, ask: tollgate::governance::Ask) {
     use tollgate::governance::{admit, Refused};
@@ -390,10 +409,7 @@ fn governance(c: &mut Criterion) {
             .build(),
         "tokio",
     );
-    let ask = Ask {
-        tokens: 300,
-        nanos: 500_000,
-    };
+    let ask = Ask::new(300, 500_000);
     let mut g = c.benchmark_group("governance");
     for (name, key, alias) in [
         ("memory_no_limits", 0, "open"),
@@ -416,6 +432,10 @@ fn governance(c: &mut Criterion) {
                 black_box(&body),
             )
         })
+    });
+    let body1k = chat_body(1024);
+    g.bench_function("memory_all_levels_two_steps_1KiB", |b| {
+        b.iter(|| tokio_rt.block_on(two_steps(&rt, 2, "capped", black_box(&body1k))))
     });
     g.finish();
     redis_round_trips(c, ask);
@@ -460,6 +480,10 @@ fn redis_round_trips(c: &mut Criterion, ask: tollgate::governance::Ask) {
         let mut g = c.benchmark_group("governance");
         g.bench_function("redis_all_levels", |b| {
             b.iter(|| tokio_rt.block_on(admit_settle(&rt, 2, "capped", black_box(ask))))
+        });
+        let body1k = chat_body(1024);
+        g.bench_function("redis_all_levels_two_steps_1KiB", |b| {
+            b.iter(|| tokio_rt.block_on(two_steps(&rt, 2, "capped", black_box(&body1k))))
         });
         g.finish();
     }

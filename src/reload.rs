@@ -54,6 +54,7 @@ impl Reloader {
             crate::upstream::health::export(up);
         }
         crate::tls::export(rt.tls_cert.as_deref());
+        metrics::export_config(&rt.config);
         if let Some(c) = &rt.tls_cert {
             log::info!(
                 "TLS certificate from {} (serial {}) serves new connections",

@@ -75,6 +75,8 @@ pub struct ModelRt {
     pub prices: Vec<crate::config::Price>,
     /// Completion tokens reserved when the body sets no maximum.
     pub reserve_output_tokens: u64,
+    /// The routes' learned prompt-token ratios, in route order.
+    pub ratios: crate::governance::ratio::Ratios,
     /// Strategy, eligibility data and live statistics of the routes.
     pub routing: crate::routing::Plan,
 }
@@ -214,6 +216,15 @@ impl Runtime {
                     rules: plan::compile(Level::Model, alias, &m.limits, &[]),
                     prices: m.routes.iter().filter_map(|r| r.price).collect(),
                     reserve_output_tokens: m.reserve_output_tokens,
+                    ratios: crate::governance::ratio::Ratios::build(
+                        alias,
+                        m.routes
+                            .iter()
+                            .map(crate::config::routing::route_name)
+                            .collect::<Vec<_>>()
+                            .iter()
+                            .map(String::as_str),
+                    ),
                     routing: crate::routing::Plan::build(alias, m),
                 },
             );

@@ -45,6 +45,7 @@ pub fn run(cli: &Cli, cfg: Config, rt: Runtime) -> Result<(), String> {
 
     let shared = Arc::new(Shared::new(rt));
     crate::tls::export(shared.load().tls_cert.as_deref());
+    crate::telemetry::metrics::export_config(&cfg);
     let server_conf = server.configuration.clone();
     let proxy_app = |shared: &Arc<Shared>| {
         let mut app = pingora::proxy::http_proxy(&server_conf, Gateway::new(shared.clone()));

@@ -22,7 +22,7 @@ pub fn is_event_stream(resp: &pingora::http::ResponseHeader) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
-/// A line or event grew past the cap.
+/// An event grew past the cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overflow;
 
@@ -44,7 +44,11 @@ pub struct Scanner {
 }
 
 impl Scanner {
-    /// A scanner that refuses lines or events longer than `max_event` bytes.
+    /// A scanner that refuses events longer than `max_event` bytes. An
+    /// event's bytes run from its first byte to the end of its last line
+    /// (not counting that line's ending or the blank line that ends the
+    /// event), whatever its lines are: `data:`, `event:`, `id:`, comments.
+    /// The result does not depend on how the stream is split into chunks.
     pub fn new(max_event: usize) -> Self {
         Self {
             line: Vec::new(),
@@ -67,6 +71,16 @@ impl Scanner {
         self.offset
     }
 
+    /// Overflow when the current event, up to stream offset `upto`, is
+    /// over the cap.
+    fn within(&self, upto: u64) -> Result<(), Overflow> {
+        if upto.saturating_sub(self.event_start) > self.max_event as u64 {
+            Err(Overflow)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Feeds one chunk; calls `on_event` for each event it completes.
     pub fn feed(
         &mut self,
@@ -82,16 +96,16 @@ impl Scanner {
                 i = 1;
             }
             let line = std::mem::take(&mut self.line);
-            let r = self.line_done(&line, base + i as u64, &mut on_event);
+            // Its content ended just before that CR, the previous chunk's
+            // last byte.
+            let r = self.line_done(&line, base - 1, base + i as u64, &mut on_event);
             self.line = line;
             self.line.clear();
             r?;
         }
         while i < chunk.len() {
             let Some(k) = memchr::memchr2(b'\n', b'\r', &chunk[i..]) else {
-                if self.line.len() + (chunk.len() - i) > self.max_event {
-                    return Err(Overflow);
-                }
+                self.within(base + chunk.len() as u64)?;
                 self.line.extend_from_slice(&chunk[i..]);
                 break;
             };
@@ -102,9 +116,10 @@ impl Scanner {
                     Some(_) => line_end + 1,
                     None => {
                         // CR at the very end: an LF may follow in the next
-                        // chunk. Hold the line until we know.
-                        if self.line.len() + k > self.max_event {
-                            return Err(Overflow);
+                        // chunk. Hold the line until we know (a blank one
+                        // adds nothing to the event).
+                        if !(self.line.is_empty() && line_end == i) {
+                            self.within(base + line_end as u64)?;
                         }
                         self.line.extend_from_slice(&chunk[i..line_end]);
                         self.after_cr = true;
@@ -114,16 +129,15 @@ impl Scanner {
             } else {
                 line_end + 1
             };
+            let content_end = base + line_end as u64;
             let end_abs = base + next as u64;
             if self.line.is_empty() {
-                self.line_done(&chunk[i..line_end], end_abs, &mut on_event)?;
+                self.line_done(&chunk[i..line_end], content_end, end_abs, &mut on_event)?;
             } else {
-                if self.line.len() + k > self.max_event {
-                    return Err(Overflow);
-                }
+                self.within(content_end)?;
                 let mut line = std::mem::take(&mut self.line);
                 line.extend_from_slice(&chunk[i..line_end]);
-                let r = self.line_done(&line, end_abs, &mut on_event);
+                let r = self.line_done(&line, content_end, end_abs, &mut on_event);
                 line.clear();
                 self.line = line;
                 r?;
@@ -139,14 +153,17 @@ impl Scanner {
         if self.after_cr {
             self.after_cr = false;
             let line = std::mem::take(&mut self.line);
-            self.line_done(&line, self.offset, &mut on_event)?;
+            self.line_done(&line, self.offset - 1, self.offset, &mut on_event)?;
         }
         Ok(())
     }
 
+    /// One complete line, whose content ends at stream offset
+    /// `content_end` and whose line ending at `end_abs`.
     fn line_done(
         &mut self,
         line: &[u8],
+        content_end: u64,
         end_abs: u64,
         on_event: &mut impl FnMut(Event<'_>),
     ) -> Result<(), Overflow> {
@@ -163,6 +180,9 @@ impl Scanner {
             self.event_start = end_abs;
             return Ok(());
         }
+        // Every line counts toward its event's size, comments and `id:`
+        // lines too: an event of endless comments is as long as any other.
+        self.within(content_end)?;
         let (field, value) = match memchr::memchr(b':', line) {
             Some(0) => return Ok(()), // a comment
             Some(c) => {
@@ -172,9 +192,6 @@ impl Scanner {
             None => (line, &b""[..]),
         };
         if field == b"data" {
-            if self.data.len() + value.len() + 1 > self.max_event {
-                return Err(Overflow);
-            }
             if self.has_data {
                 self.data.push(b'\n');
             }
@@ -239,5 +256,93 @@ mod tests {
     fn overflow_is_reported() {
         let mut s = Scanner::new(8);
         assert_eq!(s.feed(b"data: 0123456789", |_| {}), Err(Overflow));
+    }
+
+    /// The events' data and whether the scan overflowed, feeding `chunks`
+    /// to a scanner capped at `max`.
+    fn scan_capped(max: usize, chunks: &[&[u8]]) -> (Vec<String>, bool) {
+        let mut s = Scanner::new(max);
+        let mut out = Vec::new();
+        let mut push = |e: Event<'_>| out.push(String::from_utf8_lossy(e.data).into_owned());
+        for c in chunks {
+            if s.feed(c, &mut push).is_err() {
+                return (out, true);
+            }
+        }
+        let over = s.finish(&mut push).is_err();
+        (out, over)
+    }
+
+    #[test]
+    fn an_event_of_comment_or_id_lines_is_bounded_as_a_whole() {
+        for line in [": keep-alive", "id: 42", "event: ping", "retry: 1", ":"] {
+            for ending in ["\n", "\r\n", "\r"] {
+                // Ten such lines, then the data line that ends the event's
+                // bytes; a blank line ends the event.
+                let head = format!("{line}{ending}").repeat(10);
+                let size = head.len() + "data: x".len();
+                let stream = format!("data: a{ending}{ending}{head}data: x{ending}{ending}");
+                let bytes = stream.as_bytes();
+                for (max, over) in [(size, false), (size - 1, true)] {
+                    let want = if over {
+                        vec!["a".to_string()]
+                    } else {
+                        vec!["a".into(), "x".into()]
+                    };
+                    for a in 0..=bytes.len() {
+                        let got = scan_capped(max, &[&bytes[..a], &bytes[a..]]);
+                        assert_eq!(
+                            got,
+                            (want.clone(), over),
+                            "{line:?}{ending:?} max {max} split {a}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn endless_comments_overflow_with_bounded_memory() {
+        let mut s = Scanner::new(1024);
+        let mut fed = 0usize;
+        let result = loop {
+            if let Err(e) = s.feed(b": still here\nid: 7\n", |_| panic!("no event")) {
+                break e;
+            }
+            fed += 1;
+            assert!(fed < 1000, "never overflowed");
+        };
+        assert_eq!(result, Overflow);
+        assert!(s.line.capacity() <= 1024 && s.data.capacity() <= 1024);
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// However a stream is split, the scanner reports the same events,
+        /// and overflows exactly when fed whole overflows.
+        #[test]
+        fn splits_never_change_events_or_overflow(
+            lines in prop::collection::vec((0usize..8, 0usize..3), 0..40),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+            max in 0usize..80,
+        ) {
+            const LINES: [&str; 8] = ["data: x", "data:", ": c", "id: 1", "event: e", "", "dataxyz", "data: {\"é\":1}"];
+            const ENDINGS: [&str; 3] = ["\n", "\r\n", "\r"];
+            let stream: String = lines.iter().map(|&(l, e)| format!("{}{}", LINES[l], ENDINGS[e])).collect();
+            let bytes = stream.as_bytes();
+            let whole = scan_capped(max, &[bytes]);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+            points.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut prev = 0;
+            for p in points {
+                chunks.push(&bytes[prev..p]);
+                prev = p;
+            }
+            chunks.push(&bytes[prev..]);
+            prop_assert_eq!(scan_capped(max, &chunks), whole);
+        }
     }
 }

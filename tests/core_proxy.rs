@@ -753,15 +753,23 @@ async fn requests_are_balanced_over_both_backends() {
     );
     let models = "  fast:\n    routes: [ { provider: pool, model: pooled } ]";
     let gw = Gateway::start(&config(&providers, models, &all_keys())).await;
+    // Round-robin (README): one request at a time alternates the backends.
+    let mut order = Vec::new();
     for i in 0..20 {
         let (status, body) = post_chat(&gw, "fast").await;
         assert_eq!(status, 200, "request {i}: {}", text(&body));
+        order.push(if a.hits() > order.iter().filter(|&&x| x == 'a').count() {
+            'a'
+        } else {
+            'b'
+        });
     }
     let (ha, hb) = (a.hits(), b.hits());
     assert_eq!(ha + hb, 20, "one upstream request per client request");
+    assert_eq!((ha, hb), (10, 10), "round-robin over two backends");
     assert!(
-        ha >= 5 && hb >= 5,
-        "20 requests over two backends: {ha} and {hb}"
+        order.windows(2).all(|w| w[0] != w[1]),
+        "not alternating: {order:?}"
     );
     // Host (and path) come from base_url whichever backend serves.
     for r in a.requests().iter().chain(b.requests().iter()) {

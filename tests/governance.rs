@@ -185,6 +185,14 @@ async fn burst(gw: &Gateway, key: &str, n: usize, stream: bool) -> Vec<(u16, Str
     out
 }
 
+/// One request of alice's, settled, before a burst: the route learns its
+/// prompt-token ratio (a cold route reserves elastically, see
+/// `governance::ratio`).
+async fn warm_up(gw: &Gateway) {
+    assert_eq!(post(gw, KEY_A, &body(false)).await.status, 200);
+    assert_eq!(outstanding_after_settling(gw).await, 0.0);
+}
+
 /// `tollgate_limit_reservations_outstanding`, once the last requests'
 /// logging phase (which settles) has run.
 async fn outstanding_after_settling(gw: &Gateway) -> f64 {
@@ -215,8 +223,11 @@ async fn token_budget_for_ten_admits_exactly_ten_of_200_concurrent() {
         Duration::from_millis(50),
     ))
     .await;
-    let alice = format!(", budgets: [ {{ tokens: {}, window: day }} ]", 10 * r);
+    let alice = format!(", budgets: [ {{ tokens: {}, window: day }} ]", 11 * r);
     let gw = Gateway::start(&config(mock.port(), &alice, "", "")).await;
+    // One request first teaches the route its token ratio (1: the mock
+    // counts like the tokenizer), so reservations are exact from then on.
+    warm_up(&gw).await;
     let results = burst(&gw, KEY_A, 200, false).await;
     assert_eq!(count(&results, 200, ""), 10, "{results:?}");
     assert_eq!(
@@ -226,7 +237,7 @@ async fn token_budget_for_ten_admits_exactly_ten_of_200_concurrent() {
     );
     assert_eq!(
         mock.hits(),
-        10,
+        11,
         "rejected requests never reach the upstream"
     );
     let m = gw.metrics_text().await;
@@ -263,16 +274,17 @@ async fn spend_below_the_reservation_releases_the_rest_for_more_requests() {
         half > prompt_estimate(),
         "the test needs MAX_TOKENS > prompt"
     );
-    let used = if r % 2 == 0 { half } else { half + 1 };
+    let used = if r.is_multiple_of(2) { half } else { half + 1 };
     let mock = MockUpstream::start(slow_usage(
         prompt_estimate(),
         used - prompt_estimate(),
         Duration::from_millis(1500),
     ))
     .await;
-    let budget_usd = 10.0 * r as f64 * 1e-3;
+    let budget_usd = (10 * r + used) as f64 * 1e-3;
     let alice = format!(", budgets: [ {{ usd: {budget_usd}, window: month }} ]");
     let gw = Gateway::start(&config(mock.port(), &alice, "", "")).await;
+    warm_up(&gw).await;
     // All 200 arrive while the first 10 are still running: 10 fit.
     let results = burst(&gw, KEY_A, 200, false).await;
     assert_eq!(count(&results, 200, ""), 10, "{results:?}");
@@ -285,7 +297,7 @@ async fn spend_below_the_reservation_releases_the_rest_for_more_requests() {
     // Now 10 * used is spent; one at a time, each fits while a whole
     // reservation does.
     let mut more = 0;
-    let mut spent = 10 * used;
+    let mut spent = 11 * used;
     loop {
         // Settled (in the logging phase, just after the response) first.
         assert_eq!(outstanding_after_settling(&gw).await, 0.0);
@@ -300,8 +312,8 @@ async fn spend_below_the_reservation_releases_the_rest_for_more_requests() {
         assert!(more < 100);
     }
     let mut expect_more = 0;
-    let mut s = 10 * used;
-    while s + r <= 10 * r {
+    let mut s = 11 * used;
+    while s + r <= 10 * r + used {
         expect_more += 1;
         s += used;
     }
@@ -487,11 +499,15 @@ async fn model_tpm_caps_every_caller_together() {
         &format!("models:\n  m:\n    limits: {{ tpm: {} }}\n", 2 * r),
     );
     let gw = Gateway::start(&yaml).await;
-    // ChatEcho reports 8 tokens: after each settles, the minute holds 8.
+    // ChatEcho reports 8 tokens: after both settle, the minute holds 16
+    // (or, before they settle, their reservations: more).
     assert_eq!(post(&gw, KEY_A, &body(false)).await.status().as_u16(), 200);
     assert_eq!(post(&gw, KEY_B, &body(false)).await.status().as_u16(), 200);
+    // A request that fits the model's tpm alone (its reservation is 8 under
+    // it), but not on top of the two callers' 16 tokens.
     let mut big = body(false);
-    big["max_tokens"] = json!(2 * r);
+    big["max_tokens"] = json!(2 * r - 8 - prompt_estimate());
+    assert!(prompt_estimate() + (2 * r - 8 - prompt_estimate()) <= 2 * r);
     let resp = post(&gw, KEY_B, &big).await;
     assert_eq!(resp.status().as_u16(), 429);
     let retry: u64 = header(&resp, "retry-after").unwrap().parse().unwrap();
@@ -527,8 +543,7 @@ async fn spend_survives_a_graceful_restart_and_still_rejects() {
         "state_file: \"{}\"\nstate_interval: 10s\n",
         state_file.display()
     );
-    let [admin_addr, _] = support::gateway::free_addrs();
-    let yaml = with_admin(&config(mock.port(), &alice, "", &extra), &admin_addr);
+    let yaml = with_admin(&config(mock.port(), &alice, "", &extra), "{ADMIN}");
     let mut gw = Gateway::start(&yaml).await;
     for _ in 0..2 {
         assert_eq!(post(&gw, KEY_A, &body(false)).await.status().as_u16(), 200);
@@ -560,7 +575,7 @@ async fn spend_survives_a_graceful_restart_and_still_rejects() {
     assert_eq!(post(&gw, KEY_B, &body(false)).await.status().as_u16(), 200);
     // The admin API's usage came back with the budgets.
     let (status, u) = admin(
-        &admin_addr,
+        &gw.admin_addr(),
         "GET",
         "/admin/usage?key=alice&window=month",
         Some(ADMIN_KEY),
@@ -629,7 +644,6 @@ fn with_admin(yaml: &str, addr: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_needs_the_admin_key_and_redacts_secrets() {
     let mock = MockUpstream::start(Behavior::ChatEcho).await;
-    let [addr, _] = support::gateway::free_addrs();
     let yaml = with_admin(
         &config(
             mock.port(),
@@ -637,18 +651,24 @@ async fn admin_api_needs_the_admin_key_and_redacts_secrets() {
             "",
             "teams:\n  t:\n    budgets: [ { usd: 5, window: day } ]\n",
         ),
-        &addr,
+        "{ADMIN}",
     );
     let gw = Gateway::start(&yaml).await;
-    for path in ["/admin/usage", "/admin/limits", "/admin/config"] {
-        assert_eq!(admin(&addr, "GET", path, None).await.0, 401, "{path}");
-        assert_eq!(
-            admin(&addr, "GET", path, Some(KEY_A)).await.0,
-            401,
-            "{path}"
-        );
+    let addr = gw.admin_addr();
+    // docs/config.md: without the admin key every endpoint answers 401
+    // `invalid_admin_key`, and no gateway key opens it.
+    let refused = (401, "admin_error", "invalid_admin_key");
+    for (method, path) in [
+        ("GET", "/admin/usage"),
+        ("GET", "/admin/limits"),
+        ("GET", "/admin/config"),
+        ("POST", "/admin/reload"),
+    ] {
+        for key in [None, Some(KEY_A), Some(KEY_B)] {
+            let (status, v) = admin(&addr, method, path, key).await;
+            support::assert_error(status, v.to_string().as_bytes(), refused);
+        }
     }
-    assert_eq!(admin(&addr, "POST", "/admin/reload", None).await.0, 401);
     let (status, cfg) = admin(&addr, "GET", "/admin/config", Some(ADMIN_KEY)).await;
     assert_eq!(status, 200);
     let text = cfg.to_string();
@@ -759,6 +779,38 @@ async fn usage_above_the_reservation_is_charged_in_full() {
     );
 }
 
+/// Waits (up to 10 s) until `state_file` was last written by process `pid`
+/// and holds `tokens` tokens for key alice.
+async fn wait_state(state_file: &std::path::Path, pid: u32, tokens: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Value = std::fs::read(state_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let held: i64 = v["counters"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .filter(|c| {
+                        c["level"] == "key" && c["name"] == "alice" && c["metric"] == "tokens"
+                    })
+                    .flat_map(|c| c["buckets"].as_array().cloned().unwrap_or_default())
+                    .map(|b| b[1].as_i64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0);
+        if v["writer_pid"] == pid && held == tokens as i64 {
+            return true;
+        }
+        if Instant::now() > deadline {
+            eprintln!("state file: {v}");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Kills the child on drop.
 struct Child(std::process::Child);
 
@@ -787,7 +839,11 @@ async fn spend_of_the_old_process_survives_a_graceful_upgrade() {
     );
     let mut old = Gateway::start(&config(mock.port(), &alice, "", &extra)).await;
     assert_eq!(post(&old, KEY_A, &body(false)).await.status, 200);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Wait until the state file holds that request (written every 200 ms).
+    assert!(
+        wait_state(&state_file, old.pid(), r).await,
+        "the old process never saved its first request"
+    );
     // The new process reads the state file now, with one request in it.
     let log = std::fs::File::create(old.tmp_dir().join("new.log")).unwrap();
     let _new = Child(
@@ -811,8 +867,12 @@ async fn spend_of_the_old_process_survives_a_graceful_upgrade() {
     assert_eq!(post(&old, KEY_A, &body(false)).await.status, 200);
     old.signal("-QUIT");
     assert!(old.wait_exit(Duration::from_secs(15)).await.is_some());
-    // The new process takes in what the old one saved last.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The new process takes in what the old one saved last, at its next
+    // write of the state file.
+    assert!(
+        wait_state(&state_file, _new.0.id(), 2 * r).await,
+        "the new process never took in the old one's second request"
+    );
     assert_eq!(
         post(&old, KEY_A, &body(false)).await.status,
         200,

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The project's single test command (see README): bash tests/run.sh
 #
-# 1. Makes sure target/sdk-venv holds the pinned official `openai` and
-#    `anthropic` Python SDKs (used by the end-to-end SDK compatibility tests,
-#    tests/sdk/openai_client.py and tests/sdk/anthropic_client.py) and exports
+# 1. Makes sure target/sdk-venv holds exactly the packages pinned (with their
+#    hashes) in tests/sdk/requirements.lock: the official `openai` and
+#    `anthropic` Python SDKs used by the end-to-end SDK compatibility tests
+#    (tests/sdk/*.py), pytest, and every dependency of theirs. Exports
 #    TOLLGATE_PYTHON pointing at that venv's interpreter.
-# 2. Runs every Rust test target with plain `cargo test`, so its summary lines
-#    close the output, and exits with cargo's status.
+# 2. Runs every Rust test target with `cargo test --no-fail-fast` (so one
+#    failing target does not hide the others), then prints one closing
+#    line, `tests/run.sh: N passed, M failed`. It exits with cargo's status,
+#    and with 1 when no test ran at all (a filter that matches nothing is a
+#    mistake, not a pass).
 #
 # Extra arguments are passed on to cargo test, e.g. a test-name filter:
 #   bash tests/run.sh openai_sdk   or   bash tests/run.sh -- --nocapture
@@ -14,22 +18,20 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-OPENAI_VERSION="3.57.0"
-ANTHROPIC_VERSION="2.10.0"
+LOCK="$PWD/tests/sdk/requirements.lock"
 VENV="$PWD/target/sdk-venv"
 PY="$VENV/bin/python"
 HOST_PYTHON="${PYTHON:-python3}"
+LOCK_SUM=$(sha256sum "$LOCK" | cut -d' ' -f1)
 
+# Up to date: built from this very lock file, and its SDKs import.
 sdk_ok() {
-    [[ -x "$PY" ]] && "$PY" - "$OPENAI_VERSION" "$ANTHROPIC_VERSION" >/dev/null 2>&1 <<'PYEOF'
-import sys
-import anthropic, openai, pytest  # noqa: F401
-ok = openai.__version__ == sys.argv[1] and anthropic.__version__ == sys.argv[2]
-sys.exit(0 if ok else 1)
-PYEOF
+    [[ -x "$PY" && -f "$VENV/.lock-sha256" ]] &&
+        [[ "$(cat "$VENV/.lock-sha256")" == "$LOCK_SUM" ]] &&
+        "$PY" -c 'import anthropic, openai, pytest' >/dev/null 2>&1
 }
 
-echo "==== Python SDK venv ($VENV, openai==$OPENAI_VERSION, anthropic==$ANTHROPIC_VERSION) ===="
+echo "==== Python SDK venv ($VENV, from tests/sdk/requirements.lock) ===="
 if sdk_ok; then
     echo "up to date"
 else
@@ -37,11 +39,27 @@ else
     mkdir -p "$(dirname "$VENV")"
     "$HOST_PYTHON" -m venv "$VENV"
     "$PY" -m pip install --quiet --disable-pip-version-check \
-        "openai==$OPENAI_VERSION" "anthropic==$ANTHROPIC_VERSION" pytest
+        --require-hashes --no-deps -r "$LOCK"
+    echo "$LOCK_SUM" >"$VENV/.lock-sha256"
     sdk_ok || { echo "openai or anthropic SDK not importable from $VENV" >&2; exit 1; }
 fi
 "$PY" -c 'import anthropic, openai, sys; print("python", sys.version.split()[0], "openai", openai.__version__, "anthropic", anthropic.__version__)'
 export TOLLGATE_PYTHON="$PY"
 
 echo "==== cargo test ===="
-exec cargo test --locked --all-targets "$@"
+OUT=$(mktemp)
+trap 'rm -f "$OUT"' EXIT
+status=0
+cargo test --locked --all-targets --no-fail-fast "$@" 2>&1 | tee "$OUT" || status=$?
+# One `test result:` line per test target.
+read -r passed failed < <(
+    sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed;.*/\1 \2/p' "$OUT" |
+        awk '{p += $1; f += $2} END {print p + 0, f + 0}'
+)
+if ((status == 0 && passed + failed == 0)); then
+    echo "tests/run.sh: no test ran (does the filter match any test?)" >&2
+    echo "tests/run.sh: 0 passed, 0 failed"
+    exit 1
+fi
+echo "tests/run.sh: $passed passed, $failed failed"
+exit "$status"

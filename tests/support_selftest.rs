@@ -289,3 +289,51 @@ async fn tls_mock_is_trusted_via_test_ca() {
     let sn = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     assert!(connector.connect(sn, tcp).await.is_err());
 }
+
+#[tokio::test]
+async fn gated_reply_sends_each_chunk_only_when_let_through() {
+    use support::{Gate, ReplyBody};
+    let gate = Gate::new();
+    let g = gate.clone();
+    let events = ["data: 1\n\n", "data: 2\n\n", "data: [DONE]\n\n"];
+    let up = MockUpstream::start(Behavior::func(move |_| Reply {
+        status: 200,
+        headers: vec![("content-type".into(), "text/event-stream".into())],
+        body: ReplyBody::Gated(
+            events.iter().map(|e| bytes::Bytes::from(*e)).collect(),
+            g.clone(),
+        ),
+    }))
+    .await;
+    let (mut s, head, mut buf) = raw_request(
+        up.addr(),
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let mut tmp = [0u8; 4096];
+    for (i, want) in events.iter().enumerate() {
+        let got = loop {
+            if let Some(c) = take_chunk(&mut buf) {
+                break c;
+            }
+            let n = s.read(&mut tmp).await.unwrap();
+            assert!(n > 0, "EOF inside chunked body");
+            buf.extend_from_slice(&tmp[..n]);
+        };
+        assert_eq!(got, want.as_bytes(), "chunk {i}");
+        // Nothing more comes until the gate opens.
+        let more = tokio::time::timeout(Duration::from_millis(200), s.read(&mut tmp)).await;
+        assert!(more.is_err(), "chunk {} came before the gate opened", i + 1);
+        gate.open(1);
+    }
+}
+
+#[tokio::test]
+async fn refused_port_refuses_and_is_not_handed_out_again() {
+    let port = support::refused_port();
+    let err = TcpStream::connect(("127.0.0.1", port)).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    // The port stays reserved: binding it explicitly fails.
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_err());
+}

@@ -15,7 +15,8 @@ use std::collections::VecDeque;
 /// as serde_json's own recursion limit).
 const USAGE_SCAN_DEPTH: usize = 128;
 
-/// Largest SSE line or event the scanner holds (row 24: a 1 MiB line passes).
+/// Largest SSE event the scanner holds, all its lines counted (comments and
+/// `id:` lines too); row 24: a 1 MiB line passes.
 pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 /// Streamed text kept for estimation; beyond it only bytes are counted.
 const MAX_TEXT_BYTES: usize = 1024 * 1024;
@@ -183,7 +184,7 @@ pub struct StreamMeter {
     /// Bytes held back (strip mode only) until their event completes.
     held: BytesMut,
     held_start: u64,
-    /// The scanner gave up (over-long line): bytes still flow, unread.
+    /// The scanner gave up (over-long event): bytes still flow, unread.
     pub overflowed: bool,
 }
 

@@ -147,7 +147,14 @@ pub fn settle(req: &Request<'_>, observed: Observed<'_>, price: Option<&Price>) 
 /// `default_output`, times `n`), capped at [`MAX_RESERVED_COMPLETION`].
 fn reserved(req: &Request<'_>) -> Usage {
     let (prompt, completion) =
-        estimate::worst_case(req.model, req.ep, req.body, req.default_output);
+        match estimate::worst_case(req.model, req.ep, req.body, req.default_output) {
+            Ok(w) => (w.prompt, w.completion),
+            // A field no token rule checked (none applies): the default maximum.
+            Err(_) => (
+                estimate::prompt_tokens(req.model, req.ep, req.body),
+                req.default_output,
+            ),
+        };
     Usage {
         prompt: prompt.max(1),
         completion: completion.min(MAX_RESERVED_COMPLETION),

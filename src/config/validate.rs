@@ -108,17 +108,21 @@ fn check_budgets(field: &str, budgets: &[Budget], v: &mut Problems) {
                 continue;
             }
             (Some(usd), None) => {
-                if !usd.is_finite() || usd <= 0.0 || usd > 1e9 {
+                // Counters hold at most 2^53 - 1 nano-dollars (exact in Redis's Lua).
+                if !usd.is_finite() || usd <= 0.0 || usd > 9e6 {
                     v.add(
                         format!("{f}.usd"),
-                        "must be a dollar amount above 0 (at most 1e9)",
+                        "must be a dollar amount above 0 (at most 9000000)",
                     );
                 }
                 "usd"
             }
             (None, Some(t)) => {
-                if t == 0 || t > 1_000_000_000_000_000 {
-                    v.add(format!("{f}.tokens"), "must be between 1 and 1e18");
+                if t == 0 || t > 9_000_000_000_000_000 {
+                    v.add(
+                        format!("{f}.tokens"),
+                        "must be between 1 and 9000000000000000 (9e15)",
+                    );
                 }
                 "tokens"
             }

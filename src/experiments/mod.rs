@@ -186,8 +186,11 @@ pub async fn after_admit(session: &mut Session, ctx: &mut Ctx) -> pingora::Resul
 mod tests {
     use super::Marks;
 
+    /// The arithmetic only; `tests/hedge_shadow.rs`
+    /// (`a_cancelled_hedge_leg_is_charged_to_the_key_budget`) checks that a
+    /// cancelled leg really is charged.
     #[test]
-    fn a_cancelled_leg_is_charged_with_the_request() {
+    fn charge_adds_the_cancelled_legs_tokens_and_cost() {
         let m = Marks {
             extra_tokens: 12,
             extra_usd: 0.5,

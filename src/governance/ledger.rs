@@ -26,6 +26,18 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// Adds to every figure, saturating: tokens at `u64::MAX`, spend
+    /// within 0 and [`super::COUNTER_MAX`] nano-dollars (a state file
+    /// cannot make it negative either).
+    fn add(&mut self, requests: u64, tokens: u64, nanos: i64) {
+        self.requests = self.requests.saturating_add(requests);
+        self.tokens = self.tokens.saturating_add(tokens);
+        self.nanos = self
+            .nanos
+            .saturating_add(nanos.max(0))
+            .clamp(0, super::COUNTER_MAX);
+    }
+
     pub fn spend_usd(&self) -> f64 {
         self.nanos as f64 / super::NANOS
     }
@@ -43,7 +55,7 @@ impl Win {
         if self.id == id {
             return;
         }
-        self.previous = if self.id == id - 1 {
+        self.previous = if self.id == id.saturating_sub(1) {
             self.current
         } else {
             Tally::default()
@@ -76,9 +88,7 @@ impl Ledger {
             let wins = map.entry((*level, (*name).clone())).or_default();
             for (w, (_, span)) in wins.iter_mut().zip(WINDOWS) {
                 w.roll(span.bucket(now));
-                w.current.requests += 1;
-                w.current.tokens += tokens;
-                w.current.nanos += nanos;
+                w.current.add(1, tokens, nanos);
             }
         }
     }
@@ -102,9 +112,7 @@ impl Ledger {
                     for (mine, theirs) in
                         [(&mut w.current, s.current), (&mut w.previous, s.previous)]
                     {
-                        mine.requests += theirs.requests;
-                        mine.tokens += theirs.tokens;
-                        mine.nanos += theirs.nanos;
+                        mine.add(theirs.requests, theirs.tokens, theirs.nanos);
                     }
                 }
             }
@@ -115,17 +123,42 @@ impl Ledger {
     /// the names in `filter`.
     pub fn read(&self, window: usize) -> Vec<(Level, Arc<str>, Tally, Tally)> {
         let now = now_ms();
-        let (_, span) = WINDOWS[window.min(WINDOWS.len() - 1)];
+        let window = window.min(WINDOWS.len() - 1);
+        let (_, span) = WINDOWS[window];
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<_> = map
             .iter_mut()
             .map(|((level, name), wins)| {
-                let w = &mut wins[window.min(WINDOWS.len() - 1)];
+                let w = &mut wins[window];
                 w.roll(span.bucket(now));
                 (*level, name.clone(), w.current, w.previous)
             })
             .collect();
         out.sort_by(|a, b| (a.0.label(), &*a.1).cmp(&(b.0.label(), &*b.1)));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tallies_saturate_instead_of_wrapping() {
+        let ledger = Ledger::default();
+        let name: Arc<str> = Arc::from("k");
+        ledger.record(&[(Level::Key, &name)], u64::MAX, i64::MAX);
+        ledger.record(&[(Level::Key, &name)], u64::MAX, i64::MAX);
+        ledger.record(&[(Level::Key, &name)], 5, -7);
+        let rows = ledger.read(2);
+        let (_, _, cur, _) = &rows[0];
+        assert_eq!(cur.requests, 3);
+        assert_eq!(cur.tokens, u64::MAX);
+        assert_eq!(cur.nanos, super::super::COUNTER_MAX);
+        // A state file with absurd figures adds without wrapping either.
+        ledger.restore(ledger.dump());
+        let (_, _, cur, _) = &ledger.read(2)[0];
+        assert_eq!((cur.requests, cur.tokens), (6, u64::MAX));
+        assert!(cur.nanos >= 0);
     }
 }

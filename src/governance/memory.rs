@@ -1,7 +1,7 @@
 //! The in-process store: every counter behind one lock, so an admission
 //! checks all levels and then commits to all of them atomically.
 
-use super::plan::{Ask, CounterId, Rule};
+use super::plan::{Ask, CounterId, Rule, COUNTER_MAX};
 use super::window::{now_ms, Counter, Span};
 use super::{Level, Metric, RateHeaders, RateInfo};
 use crate::telemetry::metrics;
@@ -45,6 +45,9 @@ pub struct MemoryReservation {
     store: &'static MemoryStore,
     held: Vec<Held>,
     slots: Vec<CounterId>,
+    /// The `rpm` buckets this request counted in, given back only if a
+    /// later limit refuses it ([`MemoryReservation::revoke`]).
+    requests: Vec<(CounterId, i64)>,
     counted: bool,
     done: bool,
 }
@@ -60,56 +63,93 @@ impl MemoryStore {
         self.counters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Checks every rule of every level, then commits to all of them, or
-    /// to none.
-    pub fn admit(&'static self, levels: &[&[Rule]], ask: Ask) -> Result<Admitted, Rejected> {
+    /// Checks every rule, then commits to all of them, or to none. Rules
+    /// in `check_only` are checked (with an ask of 1) but not committed.
+    pub fn admit(&'static self, rules: &[&Rule], ask: Ask) -> Result<Admitted, Rejected> {
+        self.admit_with(rules, &[], ask)
+    }
+
+    /// [`MemoryStore::admit`], also checking `check_only` with an ask of
+    /// one unit without committing to them (a budget already spent
+    /// refuses before the body is read).
+    pub fn admit_with(
+        &'static self,
+        rules: &[&Rule],
+        check_only: &[&Rule],
+        ask: Ask,
+    ) -> Result<Admitted, Rejected> {
         let now = now_ms();
         let mut map = self.lock();
         let mut worst: Option<(i64, &Rule)> = None;
         let mut headers = RateHeaders::default();
-        for rule in levels.iter().flat_map(|l| l.iter()) {
+        let one = (1, 1);
+        let checks = rules
+            .iter()
+            .map(|r| (*r, r.amount(&ask)))
+            .chain(check_only.iter().map(|r| (*r, one)));
+        for (rule, (lo, _)) in checks {
             let span = rule.id.span;
             let current = span.bucket(now);
             let c = counter(&mut map, &rule.id);
             c.expire(span, current);
             let used = c.sum();
-            let amount = rule.amount(&ask);
-            if used + amount > rule.limit {
+            if used.saturating_add(lo) > rule.limit {
                 let wait = match span {
                     Span::Now => 1000,
                     _ => c
-                        .wait_ms(span, rule.limit, amount, now)
-                        .unwrap_or_else(|| span.expires_ms(current) - now),
+                        .wait_ms(span, rule.limit, lo, now)
+                        .unwrap_or_else(|| span.expires_ms(current).saturating_sub(now)),
                 };
                 if worst.is_none_or(|(w, _)| wait > w) {
                     worst = Some((wait, rule));
                 }
             }
-            offer_headers(&mut headers, rule, c, rule.limit - used, now);
+            offer_headers(&mut headers, rule, c, rule.limit.saturating_sub(used), now);
         }
         if let Some((wait_ms, rule)) = worst {
-            return Err(rejection(rule, wait_ms, headers));
+            let alone = rule.amount(&ask).0 > rule.limit;
+            return Err(rejection(rule, wait_ms, headers, alone));
         }
         let mut held = Vec::new();
         let mut slots = Vec::new();
-        let mut headers = RateHeaders::default();
-        for rule in levels.iter().flat_map(|l| l.iter()) {
+        let mut requests = Vec::new();
+        // The headers after this request: committed rules with it counted,
+        // checked ones as they are.
+        let mut headers_after = RateHeaders::default();
+        for rule in check_only {
+            let c = counter(&mut map, &rule.id);
+            let used = c.sum();
+            offer_headers(
+                &mut headers_after,
+                rule,
+                c,
+                rule.limit.saturating_sub(used),
+                now,
+            );
+        }
+        for rule in rules {
             let span = rule.id.span;
             let current = span.bucket(now);
-            let amount = rule.amount(&ask);
             let c = counter(&mut map, &rule.id);
+            let amount = rule.take(c.sum(), rule.amount(&ask));
             c.add(current, amount);
             let used = c.sum();
-            offer_headers(&mut headers, rule, c, rule.limit - used, now);
+            offer_headers(
+                &mut headers_after,
+                rule,
+                c,
+                rule.limit.saturating_sub(used),
+                now,
+            );
             match rule.id.metric {
-                Metric::Requests => {}
+                Metric::Requests => requests.push((rule.id.clone(), current)),
                 Metric::Concurrency => slots.push(rule.id.clone()),
                 Metric::Tokens | Metric::Usd => {
                     if let Some(g) = &rule.gauge {
-                        g.set(rule.natural(rule.limit - used));
+                        g.set(rule.natural(rule.limit.saturating_sub(used)));
                     }
                     held.push(Held {
-                        rule: rule.clone(),
+                        rule: (*rule).clone(),
                         bucket: current,
                         reserved: amount,
                     });
@@ -117,6 +157,7 @@ impl MemoryStore {
             }
         }
         drop(map);
+        let headers = headers_after;
         let counted = !held.is_empty();
         if counted {
             if let Some(m) = metrics::get() {
@@ -124,15 +165,48 @@ impl MemoryStore {
             }
         }
         Ok(Admitted {
-            reservation: super::Reservation::Memory(MemoryReservation {
+            reservation: super::Reservation::memory(MemoryReservation {
                 store: self,
                 held,
                 slots,
+                requests,
                 counted,
                 done: false,
             }),
             headers,
         })
+    }
+
+    /// Whether the store would refuse a request now: `cheap` rules for one
+    /// request, `costly` ones for one unit (a spent budget). Commits
+    /// nothing; the refusal is counted like any other.
+    pub fn check(&self, cheap: &[&Rule], costly: &[&Rule]) -> Option<Rejected> {
+        let now = now_ms();
+        let mut map = self.lock();
+        let mut worst: Option<(i64, &Rule)> = None;
+        let mut headers = RateHeaders::default();
+        for rule in cheap.iter().chain(costly) {
+            let span = rule.id.span;
+            let current = span.bucket(now);
+            let c = counter(&mut map, &rule.id);
+            c.expire(span, current);
+            let used = c.sum();
+            if used.saturating_add(1) > rule.limit {
+                let wait = match span {
+                    Span::Now => 1000,
+                    _ => c
+                        .wait_ms(span, rule.limit, 1, now)
+                        .unwrap_or_else(|| span.expires_ms(current).saturating_sub(now)),
+                };
+                if worst.is_none_or(|(w, _)| wait > w) {
+                    worst = Some((wait, rule));
+                }
+            }
+            offer_headers(&mut headers, rule, c, rule.limit.saturating_sub(used), now);
+        }
+        let (wait_ms, rule) = worst?;
+        drop(map);
+        Some(rejection(rule, wait_ms, headers, false))
     }
 
     /// Every counter, for snapshots and the admin API.
@@ -192,19 +266,28 @@ fn offer_headers(h: &mut RateHeaders, rule: &Rule, c: &Counter, remaining: i64, 
     }
 }
 
-/// A refusal by `rule`, counted in the rejections metric.
-pub fn rejection(rule: &Rule, wait_ms: i64, headers: RateHeaders) -> Rejected {
+/// A refusal by `rule`, counted in the rejections metric. `alone`: the
+/// request's own worst case is over the limit, so no wait helps.
+pub fn rejection(rule: &Rule, wait_ms: i64, headers: RateHeaders, alone: bool) -> Rejected {
     if let Some(m) = metrics::get() {
         m.limit_rejections
             .with_label_values(&[rule.id.level.label(), rule.reason()])
             .inc();
     }
+    let detail = if alone {
+        format!(
+            "{}: this request alone may use more than that (lower max_tokens, or send less)",
+            describe(rule)
+        )
+    } else {
+        describe(rule)
+    };
     Rejected {
         level: rule.id.level,
         reason: rule.reason(),
         quota: rule.is_budget(),
-        retry_after_s: ((wait_ms.max(1) + 999) / 1000) as u64,
-        detail: describe(rule),
+        retry_after_s: u64::try_from((wait_ms.clamp(1, COUNTER_MAX) + 999) / 1000).unwrap_or(1),
+        detail,
         headers,
     }
 }
@@ -229,19 +312,22 @@ fn describe(rule: &Rule) -> String {
 
 impl MemoryReservation {
     /// Charges `tokens` and `nanos` in place of the reservation (more than
-    /// reserved included), and frees the concurrency slots.
-    pub fn finish(&mut self, tokens: i64, nanos: i64) {
+    /// reserved included), and frees the concurrency slots. With `revoke`,
+    /// also gives back the `rpm` count (a later limit refused the request).
+    pub fn finish(&mut self, tokens: i64, nanos: i64, revoke: bool) {
         if self.done {
             return;
         }
         self.done = true;
         let now = now_ms();
+        let (tokens, nanos) = (tokens.clamp(0, COUNTER_MAX), nanos.clamp(0, COUNTER_MAX));
         let mut map = self.store.lock();
         for h in &self.held {
             let actual = match h.rule.id.metric {
                 Metric::Usd => nanos,
                 _ => tokens,
             };
+            // Both within 0 and COUNTER_MAX: no overflow.
             let delta = actual - h.reserved;
             let span = h.rule.id.span;
             let c = counter(&mut map, &h.rule.id);
@@ -254,11 +340,19 @@ impl MemoryReservation {
             }
             if let Some(g) = &h.rule.gauge {
                 c.expire(span, span.bucket(now));
-                g.set(h.rule.natural(h.rule.limit - c.sum()));
+                g.set(h.rule.natural(h.rule.limit.saturating_sub(c.sum())));
             }
         }
         for id in &self.slots {
             counter(&mut map, id).add(0, -1);
+        }
+        if revoke {
+            for (id, bucket) in &self.requests {
+                let c = counter(&mut map, id);
+                if c.has(*bucket) {
+                    c.add(*bucket, -1);
+                }
+            }
         }
         drop(map);
         if self.counted {
@@ -267,13 +361,29 @@ impl MemoryReservation {
             }
         }
     }
+
+    /// Takes over what `other` holds, so one settle covers both.
+    pub fn absorb(&mut self, mut other: MemoryReservation) {
+        self.held.append(&mut other.held);
+        self.slots.append(&mut other.slots);
+        self.requests.append(&mut other.requests);
+        if other.counted {
+            if self.counted {
+                if let Some(m) = metrics::get() {
+                    m.reservations.dec();
+                }
+            }
+            self.counted = true;
+        }
+        other.done = true;
+    }
 }
 
 impl Drop for MemoryReservation {
     /// Releases whatever was not settled: the request failed, the client
     /// left, or a hook panicked.
     fn drop(&mut self) {
-        self.finish(0, 0);
+        self.finish(0, 0, false);
     }
 }
 
@@ -298,7 +408,17 @@ mod tests {
     const ASK: Ask = Ask {
         tokens: 100,
         nanos: 0,
+        tokens_max: 100,
+        nanos_max: 0,
     };
+
+    fn refs(levels: &[&[Rule]]) -> Vec<&'static Rule> {
+        levels
+            .iter()
+            .flat_map(|l| l.iter())
+            .map(|r| &*Box::leak(Box::new(r.clone())))
+            .collect()
+    }
 
     #[test]
     fn a_refusal_at_one_level_holds_nothing_at_another() {
@@ -313,8 +433,8 @@ mod tests {
             },
             &[],
         );
-        let first = s.admit(&[&key, &team], ASK).ok().unwrap();
-        let refused = s.admit(&[&key, &team], ASK).err().unwrap();
+        let first = s.admit(&refs(&[&key, &team]), ASK).ok().unwrap();
+        let refused = s.admit(&refs(&[&key, &team]), ASK).err().unwrap();
         assert_eq!(
             (refused.level, refused.reason),
             (Level::Team, "concurrency")
@@ -330,21 +450,18 @@ mod tests {
     fn settle_charges_the_real_usage_even_above_the_reservation() {
         let s = store();
         let key = compile(Level::Key, "k", &Limits::default(), &tokens(1000));
-        let a = s.admit(&[&key], ASK).ok().unwrap();
+        let a = s.admit(&refs(&[&key]), ASK).ok().unwrap();
         a.reservation.settle(40, None);
         assert_eq!(s.used(&key[0].id), 40);
-        let a = s.admit(&[&key], ASK).ok().unwrap();
+        let a = s.admit(&refs(&[&key]), ASK).ok().unwrap();
         a.reservation.settle(700, None);
         assert_eq!(s.used(&key[0].id), 740);
         // 260 left: a 100-token reservation fits, a 300-token one does not.
-        let big = Ask {
-            tokens: 300,
-            nanos: 0,
-        };
-        let r = s.admit(&[&key], big).err().unwrap();
+        let big = Ask::new(300, 0);
+        let r = s.admit(&refs(&[&key]), big).err().unwrap();
         assert!(r.quota && r.reason == "budget_tokens");
         assert!(r.retry_after_s >= 1 && r.retry_after_s <= 86_400);
-        assert!(s.admit(&[&key], ASK).is_ok());
+        assert!(s.admit(&refs(&[&key]), ASK).is_ok());
     }
 
     #[test]
@@ -357,7 +474,7 @@ mod tests {
             for _ in 0..8 {
                 scope.spawn(|| {
                     for _ in 0..50 {
-                        if let Ok(a) = s.admit(&[&key], ASK) {
+                        if let Ok(a) = s.admit(&refs(&[&key]), ASK) {
                             admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             held.lock().unwrap().push(a.reservation);
                         }
@@ -367,5 +484,67 @@ mod tests {
         });
         assert_eq!(admitted.into_inner(), 10);
         assert_eq!(s.used(&key[0].id), 1000);
+    }
+
+    #[test]
+    fn a_worst_case_at_the_ceiling_is_refused_and_wraps_nothing() {
+        let s = store();
+        let key = compile(Level::Key, "k", &Limits::default(), &tokens(1000));
+        let rules = refs(&[&key]);
+        s.admit(&rules, ASK)
+            .ok()
+            .unwrap()
+            .reservation
+            .settle(100, None);
+        let huge = Ask::new(u64::MAX, u64::MAX);
+        assert_eq!(huge.tokens, COUNTER_MAX);
+        let r = s.admit(&rules, huge).err().unwrap();
+        assert!(
+            r.quota && r.detail.contains("this request alone"),
+            "{}",
+            r.detail
+        );
+        assert_eq!(s.used(&key[0].id), 100, "nothing wrapped to 0");
+        // Settling more than the ceiling (a provider billing absurd usage)
+        // saturates instead of wrapping.
+        let a = s.admit(&rules, ASK).ok().unwrap();
+        a.reservation.settle(u64::MAX, Some(f64::NAN));
+        assert_eq!(s.used(&key[0].id), COUNTER_MAX);
+        let again = s.admit(&rules, ASK).err().unwrap();
+        assert!(again.quota);
+        assert_eq!(s.used(&key[0].id), COUNTER_MAX);
+    }
+
+    #[test]
+    fn an_elastic_ask_takes_what_is_left_down_to_its_floor() {
+        let s = store();
+        let key = compile(Level::Key, "k", &Limits::default(), &tokens(1000));
+        let rules = refs(&[&key]);
+        let elastic = Ask {
+            tokens: 100,
+            nanos: 0,
+            tokens_max: 700,
+            nanos_max: 0,
+        };
+        let a = s.admit(&rules, elastic).ok().unwrap();
+        assert_eq!(s.used(&key[0].id), 700);
+        let b = s.admit(&rules, elastic).ok().unwrap();
+        assert_eq!(s.used(&key[0].id), 1000, "the rest, above the floor");
+        assert!(s.admit(&rules, elastic).is_err());
+        drop(b);
+        a.reservation.settle(250, None);
+        assert_eq!(s.used(&key[0].id), 250);
+    }
+
+    #[test]
+    fn counters_never_wrap_at_the_ceiling() {
+        let mut c = Counter::default();
+        c.add(1, COUNTER_MAX);
+        c.add(1, COUNTER_MAX);
+        c.add(2, i64::MAX);
+        assert_eq!(c.sum(), COUNTER_MAX);
+        c.add(1, i64::MIN);
+        assert_eq!(c.buckets[0], (1, 0));
+        assert!(c.wait_ms(Span::Rate, COUNTER_MAX, COUNTER_MAX, 0).is_some());
     }
 }

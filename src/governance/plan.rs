@@ -65,13 +65,31 @@ impl Rule {
         }
     }
 
-    /// How much of the ask this rule counts.
-    pub fn amount(&self, ask: &Ask) -> i64 {
-        match self.id.metric {
-            Metric::Requests | Metric::Concurrency => 1,
-            Metric::Tokens => ask.tokens,
-            Metric::Usd => ask.nanos,
-        }
+    /// How much of the ask this rule counts: at least the first, and up to
+    /// the second where the rule has room (see [`Ask`]).
+    pub fn amount(&self, ask: &Ask) -> (i64, i64) {
+        let (lo, hi) = match self.id.metric {
+            Metric::Requests | Metric::Concurrency => (1, 1),
+            Metric::Tokens => (ask.tokens, ask.tokens_max),
+            Metric::Usd => (ask.nanos, ask.nanos_max),
+        };
+        let lo = lo.clamp(0, COUNTER_MAX);
+        (lo, hi.clamp(lo, COUNTER_MAX))
+    }
+
+    /// What this rule reserves of an ask of `lo` to `hi` when `used` is
+    /// already counted: as much of `hi` as fits, never less than `lo`.
+    pub fn take(&self, used: i64, (lo, hi): (i64, i64)) -> i64 {
+        let room = self.limit.saturating_sub(used);
+        hi.min(room.max(lo))
+    }
+
+    /// Whether this rule is checked before the request's body is read: a
+    /// key's or team's rate of requests and concurrency (the alias is in
+    /// the body, and the other limits need the body's token estimate).
+    pub fn is_early(&self) -> bool {
+        self.id.level != Level::Model
+            && matches!(self.id.metric, Metric::Requests | Metric::Concurrency)
     }
 
     /// A limit in the rule's natural unit, for people (USD as dollars).
@@ -87,7 +105,7 @@ impl Rule {
 pub fn compile(level: Level, name: &str, limits: &Limits, budgets: &[Budget]) -> Vec<Rule> {
     let name: Arc<str> = Arc::from(name);
     let mut out = Vec::new();
-    let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let as_i64 = amount_of;
     if let Some(n) = limits.rpm {
         out.push(Rule::new(
             level,
@@ -133,7 +151,7 @@ pub fn compile(level: Level, name: &str, limits: &Limits, budgets: &[Budget]) ->
                 .ok()
         });
         if let Some(g) = &rule.gauge {
-            g.set(rule.natural(limit - super::memory::global().used(&rule.id)));
+            g.set(rule.natural(limit.saturating_sub(super::memory::global().used(&rule.id))));
         }
         out.push(rule);
     }
@@ -147,17 +165,57 @@ pub fn needs_estimate(rules: &[Rule]) -> bool {
         .any(|r| matches!(r.id.metric, Metric::Tokens | Metric::Usd))
 }
 
-/// What one request reserves.
+/// The largest value a counter, a limit or a reservation takes, in its unit
+/// (requests, tokens, nano-dollars): 2^53 − 1, the largest integer a Lua
+/// number (a double) holds exactly, so the memory and the Redis store count
+/// alike and no sum of two values can overflow an `i64`. Config limits stay
+/// below it (`config::validate`); a request's worst case above it is
+/// reserved at it, so it is refused by any limit.
+pub const COUNTER_MAX: i64 = (1 << 53) - 1;
+
+/// `n` as a counter amount: clamped to [`COUNTER_MAX`].
+pub fn amount_of(n: u64) -> i64 {
+    i64::try_from(n.min(COUNTER_MAX as u64)).unwrap_or(COUNTER_MAX)
+}
+
+/// What one request reserves, per unit: at least `tokens` / `nanos`, and,
+/// where a rule has room, up to `tokens_max` / `nanos_max` (an elastic
+/// reservation, used while the provider's token ratio is not yet learned:
+/// see [`super::ratio`]). Every field is within 0 and [`COUNTER_MAX`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ask {
     pub tokens: i64,
     /// Nano-dollars.
     pub nanos: i64,
+    pub tokens_max: i64,
+    pub nanos_max: i64,
+}
+
+/// A request's worst case, with what the ratio learning needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorstCase {
+    pub ask: Ask,
+    /// The prompt as the tokenizer counted it (before any ratio).
+    pub prompt: u64,
+    /// The whole prompt was tokenized (not extrapolated past the cap).
+    pub exact: bool,
 }
 
 impl Ask {
-    /// The worst case of a request to `model`: the estimated prompt plus the
-    /// completion it allows, priced at the dearest of the alias's routes.
+    /// A fixed ask of `tokens` and `nanos`, each clamped to [`COUNTER_MAX`].
+    pub fn new(tokens: u64, nanos: u64) -> Ask {
+        let (tokens, nanos) = (amount_of(tokens), amount_of(nanos));
+        Ask {
+            tokens,
+            nanos,
+            tokens_max: tokens,
+            nanos_max: nanos,
+        }
+    }
+
+    /// The worst case of a request to `model` with no ratio applied; a
+    /// body whose fields are invalid asks for [`COUNTER_MAX`] (refused by
+    /// any limit). For callers that cannot answer a 400 (shadow copies).
     pub fn worst_case(
         tokenizer_model: &str,
         prices: &[crate::config::Price],
@@ -165,19 +223,60 @@ impl Ask {
         ep: Endpoint,
         body: &[u8],
     ) -> Ask {
-        let (prompt, completion) = estimate::worst_case(tokenizer_model, ep, body, default_output);
+        match worst_case(
+            tokenizer_model,
+            prices,
+            default_output,
+            ep,
+            body,
+            super::ratio::Factor::ONE,
+        ) {
+            Ok(w) => w.ask,
+            Err(_) => Ask::new(u64::MAX, u64::MAX),
+        }
+    }
+}
+
+/// The worst case of a request to `model`: the estimated prompt times the
+/// route's learned ratio (`factor`), plus the completion it allows, priced
+/// at the dearest of the alias's routes. Every step saturates at
+/// [`COUNTER_MAX`]. `Err`: a field the reservation depends on is invalid
+/// (`max_tokens: -1`, `n: "2"`…), for a 400 naming it.
+pub fn worst_case(
+    tokenizer_model: &str,
+    prices: &[crate::config::Price],
+    default_output: u64,
+    ep: Endpoint,
+    body: &[u8],
+    factor: super::ratio::Factor,
+) -> Result<WorstCase, estimate::FieldError> {
+    let w = estimate::worst_case(tokenizer_model, ep, body, default_output)?;
+    let price = |prompt: u64| {
         let usage = Usage {
             prompt,
-            completion,
+            completion: w.completion,
             ..Usage::default()
         };
         let usd = prices
             .iter()
             .map(|p| cost_usd(&usage, p))
             .fold(0.0f64, f64::max);
-        Ask {
-            tokens: i64::try_from(prompt.saturating_add(completion)).unwrap_or(i64::MAX),
-            nanos: super::usd_to_nanos_ceil(usd),
-        }
-    }
+        (
+            amount_of(prompt.saturating_add(w.completion)),
+            super::usd_to_nanos_ceil(usd),
+        )
+    };
+    let (lo, hi) = factor.apply(w.prompt);
+    let (tokens, nanos) = price(lo);
+    let (tokens_max, nanos_max) = if hi > lo { price(hi) } else { (tokens, nanos) };
+    Ok(WorstCase {
+        ask: Ask {
+            tokens,
+            nanos,
+            tokens_max: tokens_max.max(tokens),
+            nanos_max: nanos_max.max(nanos),
+        },
+        prompt: w.prompt,
+        exact: w.exact,
+    })
 }

@@ -4,6 +4,7 @@
 //! - rolling budgets (`30d`): a sliding window of 60 buckets of `d / 60`;
 //! - calendar budgets (`minute` … `month`, UTC): one bucket, the current period.
 
+use super::plan::COUNTER_MAX;
 use serde::{Deserialize, Serialize};
 
 /// Buckets in a sliding window.
@@ -36,7 +37,8 @@ impl Span {
             W::Day => Span::Day,
             W::Month => Span::Month,
             W::Rolling(d) => Span::Rolling {
-                width_ms: (d.as_millis() as i64 / SLIDING_BUCKETS).max(1),
+                width_ms: (i64::try_from(d.as_millis()).unwrap_or(i64::MAX) / SLIDING_BUCKETS)
+                    .max(1),
             },
         }
     }
@@ -67,7 +69,7 @@ impl Span {
     /// Whether bucket `id` still counts when the current bucket is `current`.
     pub fn live(self, id: i64, current: i64) -> bool {
         match self {
-            Span::Rate | Span::Rolling { .. } => id > current - SLIDING_BUCKETS,
+            Span::Rate | Span::Rolling { .. } => id > current.saturating_sub(SLIDING_BUCKETS),
             Span::Now => true,
             _ => id == current,
         }
@@ -76,12 +78,12 @@ impl Span {
     /// When bucket `id` stops counting, in Unix milliseconds.
     pub fn expires_ms(self, id: i64) -> i64 {
         match self {
-            Span::Rate | Span::Rolling { .. } => {
-                (id + SLIDING_BUCKETS) * self.width_ms().unwrap_or(1000)
-            }
-            Span::Minute => (id + 1) * 60_000,
-            Span::Hour => (id + 1) * 3_600_000,
-            Span::Day => (id + 1) * 86_400_000,
+            Span::Rate | Span::Rolling { .. } => id
+                .saturating_add(SLIDING_BUCKETS)
+                .saturating_mul(self.width_ms().unwrap_or(1000)),
+            Span::Minute => id.saturating_add(1).saturating_mul(60_000),
+            Span::Hour => id.saturating_add(1).saturating_mul(3_600_000),
+            Span::Day => id.saturating_add(1).saturating_mul(86_400_000),
             Span::Month => {
                 let next = id + 1;
                 days_from_civil(next.div_euclid(12), next.rem_euclid(12) as u32 + 1, 1) * 86_400_000
@@ -114,18 +116,29 @@ impl Counter {
         }
     }
 
+    /// The live total, at most [`COUNTER_MAX`].
     pub fn sum(&self) -> i64 {
-        self.buckets.iter().map(|b| b.1).sum()
+        self.buckets
+            .iter()
+            .fold(0i64, |acc, b| acc.saturating_add(b.1))
+            .clamp(0, COUNTER_MAX)
     }
 
-    /// Adds `amount` to bucket `id` (kept in order), never going below 0.
+    /// Adds `amount` (negative to take back) to bucket `id` (kept in
+    /// order). A bucket stays within 0 and [`COUNTER_MAX`]: it never goes
+    /// negative and never wraps.
     pub fn add(&mut self, id: i64, amount: i64) {
         match self.buckets.iter().rposition(|b| b.0 <= id) {
             Some(i) if self.buckets[i].0 == id => {
-                self.buckets[i].1 = (self.buckets[i].1 + amount).max(0);
+                self.buckets[i].1 = self.buckets[i]
+                    .1
+                    .saturating_add(amount)
+                    .clamp(0, COUNTER_MAX);
             }
-            Some(i) => self.buckets.insert(i + 1, (id, amount.max(0))),
-            None => self.buckets.insert(0, (id, amount.max(0))),
+            Some(i) => self
+                .buckets
+                .insert(i + 1, (id, amount.clamp(0, COUNTER_MAX))),
+            None => self.buckets.insert(0, (id, amount.clamp(0, COUNTER_MAX))),
         }
     }
 
@@ -143,9 +156,9 @@ impl Counter {
         }
         let mut left = self.sum();
         for &(id, amount) in &self.buckets {
-            left -= amount;
-            if left + ask <= limit {
-                return Some((span.expires_ms(id) - now_ms).max(0));
+            left = left.saturating_sub(amount);
+            if left.saturating_add(ask) <= limit {
+                return Some(span.expires_ms(id).saturating_sub(now_ms).max(0));
             }
         }
         None
@@ -157,7 +170,7 @@ impl Counter {
             .iter()
             .rev()
             .find(|b| b.1 > 0)
-            .map_or(0, |b| (span.expires_ms(b.0) - now_ms).max(0))
+            .map_or(0, |b| span.expires_ms(b.0).saturating_sub(now_ms).max(0))
     }
 }
 

@@ -2,5 +2,9 @@
 //! `mock` answers locally; `dialect` holds what `anthropic` and `azure`
 //! speak differently.
 
+pub mod aws;
 pub mod dialect;
+pub mod gcp;
 pub mod mock;
+pub mod secret;
+pub mod token_client;

@@ -1,6 +1,7 @@
-//! `request_filter`'s work: route the path, authenticate, read and parse the
-//! body once, resolve the alias. Every rejection happens here, before any
-//! upstream is contacted.
+//! `request_filter`'s work: route the path, authenticate, count the key's
+//! rates (before the body), read and parse the body once, resolve the
+//! alias, then admit against the remaining limits. Every rejection happens
+//! here, before any upstream is contacted.
 
 use crate::auth;
 use crate::error::GatewayError;
@@ -113,7 +114,44 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         session.set_keepalive(Some(rt.keepalive_secs));
     }
     session.set_write_timeout(Some(rt.write_timeout));
-    let bytes = body::read_all(session, framing, rt.max_body_bytes, rt.body_idle_timeout).await?;
+    // The key's and team's rates and slots are counted before the body is
+    // read: a key over them gets its 429 without the gateway reading,
+    // parsing or tokenizing the body. With Redis the round trip overlaps
+    // the body's upload, unless the client waits for `100 Continue` (it
+    // must not be told to send a body that is then refused).
+    let overlap = governance::is_shared() && !body::expects_continue(session);
+    let (early, bytes) = {
+        let early = governance::admit_early(key_info);
+        let read = body::read_all(session, framing, rt.max_body_bytes, rt.body_idle_timeout);
+        tokio::pin!(early, read);
+        if overlap {
+            tokio::select! {
+                biased;
+                e = &mut early => match e {
+                    Ok(a) => (Ok(a), Some(read.await)),
+                    Err(refused) => (Err(refused), None),
+                },
+                b = &mut read => (early.await, Some(b)),
+            }
+        } else {
+            match early.await {
+                Ok(a) => (Ok(a), Some(read.await)),
+                Err(refused) => (Err(refused), None),
+            }
+        }
+    };
+    match early {
+        Ok(Some(a)) => {
+            ctx.rate_headers = a.headers;
+            ctx.reservation = Some(a.reservation);
+        }
+        Ok(None) => {}
+        Err((err, headers)) => {
+            ctx.rate_headers = headers;
+            return Err(err);
+        }
+    }
+    let bytes = bytes.ok_or(GatewayError::Internal)??;
     let parsed = rewrite::parse(&bytes).map_err(|e| GatewayError::InvalidRequest {
         message: e.message,
         param: e.param,
@@ -142,7 +180,14 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     )?;
     let (first_index, first) =
         crate::routing::candidate(&ctx.order, 0, &model.routes).ok_or(GatewayError::Internal)?;
-    match governance::admit_request(key_info, model, ep, &bytes).await {
+    let early = ctx
+        .reservation
+        .take()
+        .map(|reservation| governance::Admitted {
+            reservation,
+            headers: ctx.rate_headers,
+        });
+    match governance::admit_request(key_info, model, &ctx.order, ep, &bytes, early).await {
         Ok(Some(a)) => {
             ctx.reservation = Some(a.reservation);
             ctx.rate_headers = a.headers;

@@ -83,6 +83,16 @@ pub fn had_both_lengths(session: &Session) -> bool {
     !client_closes && matches!(req.version, http::Version::HTTP_11 | http::Version::HTTP_10)
 }
 
+/// Whether the client waits for `100 Continue` before it sends its body.
+/// HTTP/2 clients do not wait for a 100 (and Pingora's h2 session would
+/// take it as the final response header).
+pub fn expects_continue(session: &Session) -> bool {
+    !session.is_http2()
+        && session
+            .get_header(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
 /// Reads the whole body, up to `limit` bytes, pausing at most `idle` between
 /// reads. On success the retry buffer holds the body's tail (see module docs).
 pub async fn read_all(
@@ -99,13 +109,7 @@ pub async fn read_all(
             return Ok(Bytes::new());
         }
     }
-    // HTTP/2 clients do not wait for a 100 (and Pingora's h2 session would
-    // take it as the final response header).
-    if !session.is_http2()
-        && session
-            .get_header(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-    {
+    if expects_continue(session) {
         session
             .write_continue_response()
             .await

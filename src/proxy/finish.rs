@@ -114,6 +114,9 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     ctx.watchdog = None;
     crate::routing::finished(ctx);
     let settled = settle(ctx);
+    if let Some(r) = &ctx.reservation {
+        r.learn(ctx.attempt_route, settled.as_ref());
+    }
     if let Some(r) = ctx.reservation.take() {
         let own = settled
             .as_ref()

@@ -240,7 +240,9 @@ async fn read_header<S: AsyncRead + Unpin>(
     let mut scan = HeadScan::default();
     loop {
         match scan.feed(&buf) {
-            Scanned::End(end) if end > l.max_bytes => {
+            Scanned::End(end)
+                if end > l.max_bytes || header_lines(&buf[..end]) > MAX_HEADER_LINES =>
+            {
                 return Header::Refuse(GatewayError::HeaderTooLarge)
             }
             Scanned::End(_) | Scanned::NotHttp => return Header::Ready(buf),
@@ -381,6 +383,24 @@ async fn refuse<S: AsyncWrite + Unpin>(s: &mut S, err: &GatewayError) {
     let _ = s.flush().await;
 }
 
+/// Pingora's HTTP/1 reader parses at most this many header lines
+/// (`MAX_HEADERS` in pingora-core 0.9) and answers more with a bare 400, so
+/// the guard refuses them first with the 431 every oversized header gets.
+const MAX_HEADER_LINES: usize = 256;
+
+/// Header lines (fields) in a complete request header, `head` ending with
+/// the blank line: its line breaks less the request line's and the blank
+/// line's. Empty lines before the request line are not fields.
+fn header_lines(head: &[u8]) -> usize {
+    let start = head
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(head.len());
+    memchr::memchr_iter(b'\n', &head[start..])
+        .count()
+        .saturating_sub(2)
+}
+
 fn raw_error(err: &GatewayError) -> Vec<u8> {
     let body = err.body();
     let reason = match err.status() {
@@ -460,6 +480,21 @@ mod tests {
         let mut ping = H2_PREFACE.to_vec();
         ping.extend_from_slice(&[0, 0, 8, 6, 0, 0, 0, 0, 0]);
         assert!(h2_preface_done(&ping), "first frame not SETTINGS");
+    }
+
+    #[test]
+    fn header_lines_counts_fields_only() {
+        assert_eq!(header_lines(b"GET / HTTP/1.1\r\n\r\n"), 0);
+        assert_eq!(header_lines(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"), 1);
+        assert_eq!(
+            header_lines(b"\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n"),
+            1
+        );
+        let many: String = (0..257).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(
+            header_lines(format!("POST / HTTP/1.1\r\n{many}\r\n").as_bytes()),
+            257
+        );
     }
 
     #[test]

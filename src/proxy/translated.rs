@@ -96,9 +96,7 @@ pub fn prepare(
     }
     let stream = ctx.parsed.as_ref().is_some_and(|p| p.stream);
     if ctx.tr.client.is_none() {
-        let v = serde_json::from_slice(&ctx.body)
-            .map_err(|_| GatewayError::invalid("The request body is not valid JSON."))?;
-        ctx.tr.client = Some(v);
+        ctx.tr.client = Some(crate::translate::bounds::parse_body(&ctx.body)?);
     }
     let client = ctx.tr.client.as_ref().ok_or(GatewayError::Internal)?;
     let opts = RequestOpts {

@@ -144,7 +144,7 @@ impl RouteStats {
         let seen = n + 1;
         // Recomputed often while there are few samples, then every 8th:
         // reading the estimate is one atomic load.
-        if seen >= MIN_P95_SAMPLES && (seen < 2 * RING as u64 || seen % 8 == 0) {
+        if seen >= MIN_P95_SAMPLES && (seen < 2 * RING as u64 || seen.is_multiple_of(8)) {
             self.p95.store(self.percentile(0.95), Relaxed);
         }
     }

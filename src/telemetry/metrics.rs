@@ -43,6 +43,9 @@ pub struct Metrics {
     pub reservations: IntGauge,
     pub limit_store_errors: IntCounterVec,
     pub limit_fail_open: IntCounter,
+    pub key_info: IntGaugeVec,
+    pub route_info: IntGaugeVec,
+    pub budget_limit: prometheus::GaugeVec,
 }
 
 /// Request duration buckets for LLM calls: 5 ms to 5 minutes.
@@ -63,7 +66,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
             .chain(extra.iter().copied())
             .collect()
     };
-    Ok(Metrics {
+    let m = Metrics {
         requests: register_int_counter_vec!(
             "tollgate_requests_total",
             "Requests answered, by alias, provider, upstream model, key, endpoint and status class.",
@@ -186,7 +189,28 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "tollgate_limit_fail_open_admissions_total",
             "Requests admitted without checking limits because the shared store was unreachable (on_error: fail_open)."
         )?,
-    })
+        key_info: register_int_gauge_vec!(
+            "tollgate_key_info",
+            "1 for each configured key, with its team (\"-\" for none): join per-key series to teams.",
+            &["key", "team"]
+        )?,
+        route_info: register_int_gauge_vec!(
+            "tollgate_route_info",
+            "1 for each configured route of each alias, with its provider and the provider's kind: join per-provider health to aliases.",
+            &["request_model", "route", "provider", "kind"]
+        )?,
+        budget_limit: prometheus::register_gauge_vec!(
+            "tollgate_budget_limit",
+            "Each configured budget's size (USD or tokens), with the labels of tollgate_budget_remaining.",
+            &["level", "name", "unit", "window"]
+        )?,
+    };
+    // Both results exist from the start, so the first failed reload is an
+    // increase from 0 that rate() and increase() can see.
+    for result in ["success", "failed"] {
+        m.reloads.with_label_values(&[result]);
+    }
+    Ok(m)
 }
 
 static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
@@ -215,6 +239,66 @@ pub fn registered<M>(
     .as_ref()
 }
 
+/// Publishes what dashboards and alerts join other series with: `cfg`'s
+/// keys (`tollgate_key_info`) and routes (`tollgate_route_info`), each at 1,
+/// and the size of each key and team budget (`tollgate_budget_limit`),
+/// dropping those of the previous config. Called at start and after every
+/// successful reload.
+pub fn export_config(cfg: &crate::config::Config) {
+    use crate::governance::Level;
+    let Some(m) = get() else {
+        return;
+    };
+    m.key_info.reset();
+    for k in &cfg.keys {
+        let team = k.team.as_deref().unwrap_or(NONE);
+        m.key_info
+            .with_label_values(&[k.name.as_str(), team])
+            .set(1);
+    }
+    m.route_info.reset();
+    for (alias, model) in &cfg.models {
+        for r in &model.routes {
+            let kind = cfg
+                .providers
+                .get(&r.provider)
+                .map_or(NONE, |p| kind_label(p.kind));
+            let name = crate::config::routing::route_name(r);
+            m.route_info
+                .with_label_values(&[alias.as_str(), name.as_str(), r.provider.as_str(), kind])
+                .set(1);
+        }
+    }
+    m.budget_limit.reset();
+    let keys = cfg.keys.iter().map(|k| (Level::Key, &k.name, &k.budgets));
+    let teams = cfg.teams.iter().map(|(n, t)| (Level::Team, n, &t.budgets));
+    for (level, name, budgets) in keys.chain(teams) {
+        for b in budgets {
+            let (unit, size) = match (b.usd, b.tokens) {
+                (Some(usd), _) => ("usd", usd),
+                (None, Some(tokens)) => ("tokens", tokens as f64),
+                (None, None) => continue,
+            };
+            let window = b.window.to_string();
+            m.budget_limit
+                .with_label_values(&[level.label(), name.as_str(), unit, window.as_str()])
+                .set(size);
+        }
+    }
+}
+
+/// The `kind` label of a provider: its config spelling.
+fn kind_label(kind: crate::config::ProviderKind) -> &'static str {
+    use crate::config::ProviderKind;
+    match kind {
+        ProviderKind::Openai => "openai",
+        ProviderKind::Mock => "mock",
+        ProviderKind::Anthropic => "anthropic",
+        ProviderKind::Azure => "azure",
+        ProviderKind::Gemini => "gemini",
+    }
+}
+
 /// `2xx`, `4xx`…; a fixed set.
 pub fn status_class(status: u16) -> &'static str {
     match status {
@@ -224,5 +308,113 @@ pub fn status_class(status: u16) -> &'static str {
         400..=499 => "4xx",
         500..=599 => "5xx",
         _ => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use prometheus::core::Collector;
+
+    fn config(extra_key: &str) -> crate::config::Config {
+        let yaml = format!(
+            r#"
+listen: "127.0.0.1:1"
+providers:
+  m: {{ kind: mock }}
+  up: {{ kind: openai, base_url: "http://127.0.0.1:9/v1", api_key: "sk-test-export" }}
+models:
+  chat:
+    routes:
+      - {{ provider: m, model: mock-1 }}
+      - {{ provider: up, model: gpt-x, name: hosted }}
+teams:
+  research: {{ budgets: [ {{ usd: 12.5, window: day }}, {{ tokens: 1000, window: 30d }} ] }}
+keys:
+  - {{ name: alice, key: "tg-export-alice-1", team: research, budgets: [ {{ usd: 2, window: month }} ] }}
+{extra_key}"#
+        );
+        crate::config::parse_str(&yaml, |_| None, std::path::Path::new(".")).unwrap()
+    }
+
+    fn series(c: &impl Collector) -> Vec<(Vec<(String, String)>, f64)> {
+        let mut out = Vec::new();
+        for family in c.collect() {
+            for m in family.get_metric() {
+                let labels: Vec<(String, String)> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name().to_string(), l.value().to_string()))
+                    .collect();
+                out.push((labels, m.get_gauge().get_value()));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn export_config_publishes_keys_routes_and_budget_sizes_and_drops_stale_ones() {
+        let m = get().unwrap();
+        export_config(&config(r#"  - { name: bob, key: "tg-export-bob-22" }"#));
+        assert_eq!(
+            series(&m.key_info),
+            [
+                (labels(&[("key", "alice"), ("team", "research")]), 1.0),
+                (labels(&[("key", "bob"), ("team", "-")]), 1.0),
+            ]
+        );
+        assert_eq!(
+            series(&m.route_info),
+            [
+                (
+                    labels(&[
+                        ("kind", "mock"),
+                        ("provider", "m"),
+                        ("request_model", "chat"),
+                        ("route", "m/mock-1")
+                    ]),
+                    1.0
+                ),
+                (
+                    labels(&[
+                        ("kind", "openai"),
+                        ("provider", "up"),
+                        ("request_model", "chat"),
+                        ("route", "hosted")
+                    ]),
+                    1.0
+                ),
+            ]
+        );
+        let budgets = series(&m.budget_limit);
+        let size = |level: &str, name: &str, unit: &str, window: &str| {
+            let want = labels(&[
+                ("level", level),
+                ("name", name),
+                ("unit", unit),
+                ("window", window),
+            ]);
+            budgets.iter().find(|(l, _)| *l == want).map(|(_, v)| *v)
+        };
+        assert_eq!(size("key", "alice", "usd", "month"), Some(2.0));
+        assert_eq!(size("team", "research", "usd", "day"), Some(12.5));
+        assert_eq!(size("team", "research", "tokens", "30d"), Some(1000.0));
+        assert_eq!(budgets.len(), 3);
+
+        // A reload without bob: his series goes.
+        export_config(&config(""));
+        assert_eq!(
+            series(&m.key_info),
+            [(labels(&[("key", "alice"), ("team", "research")]), 1.0)]
+        );
     }
 }

@@ -89,5 +89,7 @@ pub trait StreamTranslator: Send {
 }
 
 pub mod anthropic;
+pub mod bedrock;
+pub mod bounds;
 pub mod errors;
 pub mod pipe;

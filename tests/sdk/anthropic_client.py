@@ -11,8 +11,11 @@ also usable by hand:
 The gateway must serve the alias TOLLGATE_MODEL (default `claude-sonnet-4-5`)
 from an upstream that streams text then a `get_weather` tool call whose
 arguments are {"location": "Paris, France", "unit": "celsius"} (the
-fixture tests/fixtures/messages/stream_tools.openai.sse), and must not know
-a model called `no-such-model`.
+fixture tests/fixtures/messages/stream_tools.openai.sse, or its Anthropic
+translation), answer non-stream requests with the two tool calls of
+response_tools.openai.json, and must not know a model called
+`no-such-model`. Text, tool inputs and usage are checked exactly against
+those fixtures.
 
 Prints one line per check, then `N passed, M failed`; exits 1 if any failed.
 """
@@ -45,6 +48,21 @@ TOOLS = [
 ]
 
 
+# What the fixtures hold: the streamed text, and the usage (2082 prompt
+# tokens of which 1920 cached, 46 out) in Anthropic's terms.
+EXPECT_TEXT = "Let me check both."
+EXPECT_USAGE = {"input_tokens": 162, "cache_read_input_tokens": 1920, "output_tokens": 46}
+
+
+def usage_of(u):
+    return {k: getattr(u, k) for k in EXPECT_USAGE}
+
+
+def error_type(exc):
+    body = exc.body if isinstance(exc.body, dict) else {}
+    return body.get("error", {}).get("type")
+
+
 def make_client(api_key):
     return Anthropic(base_url=BASE_URL, api_key=api_key, max_retries=0, timeout=TIMEOUT)
 
@@ -66,15 +84,19 @@ def check_stream(client):
     assert final.stop_reason == "tool_use", f"stop_reason {final.stop_reason!r}"
     kinds = [b.type for b in final.content]
     assert kinds[0] == "text" and "tool_use" in kinds, f"blocks {kinds}"
+    assert kinds == ["text", "tool_use", "tool_use"], f"blocks {kinds}"
     text = final.content[0].text
-    assert text and text == "".join(texts), f"text {text!r} vs streamed {texts!r}"
+    assert text == EXPECT_TEXT, f"text {text!r}"
+    assert "".join(texts) == EXPECT_TEXT, f"streamed {texts!r}"
     tools = [b for b in final.content if b.type == "tool_use"]
-    weather = tools[0]
+    weather, clock = tools
     assert weather.name == "get_weather", weather.name
     assert weather.id, "tool_use without id"
     assert weather.input == {"location": "Paris, France", "unit": "celsius"}, weather.input
+    assert clock.name == "get_time", clock.name
+    assert clock.input == {"timezone": "Europe/Paris"}, clock.input
     u = final.usage
-    assert u.output_tokens > 0 and u.input_tokens > 0, f"usage {u}"
+    assert usage_of(u) == EXPECT_USAGE, f"usage {u}"
     return (
         f"{len(texts)} text deltas, blocks {kinds}, input {weather.input}, "
         f"usage in={u.input_tokens} cached={u.cache_read_input_tokens} out={u.output_tokens}"
@@ -84,8 +106,14 @@ def check_stream(client):
 def check_create(client):
     msg = client.messages.create(model=MODEL, max_tokens=256, messages=MESSAGES, tools=TOOLS)
     assert msg.type == "message" and msg.role == "assistant", msg
-    assert msg.content, "empty content"
-    assert msg.usage.output_tokens > 0, f"usage {msg.usage}"
+    assert msg.model == MODEL, f"model {msg.model!r}"
+    assert msg.stop_reason == "tool_use", f"stop_reason {msg.stop_reason!r}"
+    calls = [(b.type, b.name, b.input) for b in msg.content]
+    assert calls == [
+        ("tool_use", "get_weather", {"location": "Boston, MA"}),
+        ("tool_use", "get_time", {"timezone": "America/New_York"}),
+    ], f"content {calls}"
+    assert usage_of(msg.usage) == EXPECT_USAGE, f"usage {msg.usage}"
     return f"{[b.type for b in msg.content]}, stop_reason {msg.stop_reason}"
 
 
@@ -94,8 +122,7 @@ def check_not_found(client):
         client.messages.create(model="no-such-model", max_tokens=16, messages=MESSAGES)
     except NotFoundError as e:
         assert e.status_code == 404, f"status {e.status_code}"
-        kind = e.body.get("error", {}).get("type") if isinstance(e.body, dict) else None
-        assert kind == "not_found_error", f"body {e.body!r}"
+        assert error_type(e) == "not_found_error", f"body {e.body!r}"
         return "404 not_found_error"
     raise AssertionError("no NotFoundError raised")
 
@@ -105,6 +132,7 @@ def check_bad_key(_client):
         make_client("wrong").messages.create(model=MODEL, max_tokens=16, messages=MESSAGES)
     except AuthenticationError as e:
         assert e.status_code == 401, f"status {e.status_code}"
+        assert error_type(e) == "authentication_error", f"body {e.body!r}"
         return "401 authentication_error"
     raise AssertionError("no AuthenticationError raised")
 

@@ -5,7 +5,14 @@
 //! - `{LISTEN}`  → `127.0.0.1:PORT` of the proxy listener,
 //! - `{METRICS}` → `127.0.0.1:PORT` of the metrics listener,
 //! - `{TMP}`     → the gateway's private temp directory (no trailing slash),
-//! - `{PLAIN}`   → `127.0.0.1:PORT` of a third free port (for `plain_listen`).
+//! - `{PLAIN}`   → `127.0.0.1:PORT` of a third free port (for `plain_listen`),
+//! - `{ADMIN}`   → `127.0.0.1:PORT` of a fourth free port (for `admin_listen`).
+//!
+//! The ports are found by binding port 0 and releasing it, so another
+//! process may take one before the gateway binds it. [`Gateway::start`]
+//! therefore starts again on fresh ports when the gateway reports an address
+//! in use (up to [`START_ATTEMPTS`] times), instead of waiting out Pingora's
+//! own 30 s of bind retries.
 //!
 //! When the config has `tls:` and `plain_listen: "{PLAIN}"`, readiness is
 //! polled over the plaintext listener.
@@ -18,6 +25,9 @@ use std::time::{Duration, Instant};
 
 /// How long [`Gateway::start`] waits for `/healthz` to answer 200.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How many times [`Gateway::start`] tries fresh ports when one is taken.
+pub const START_ATTEMPTS: usize = 5;
 
 /// How long [`Gateway::access_line`] waits for a request's line.
 pub const ACCESS_LINE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +47,7 @@ pub struct Gateway {
     listen: String,
     metrics: String,
     plain: String,
+    admin: String,
     tls: bool,
     config_path: PathBuf,
     log_path: PathBuf,
@@ -49,22 +60,46 @@ impl Gateway {
     }
 
     /// Like [`start`](Self::start), with extra environment variables
-    /// (applied after `RUST_LOG=info`, so they may override it).
+    /// (applied after `RUST_LOG=info`, so they may override it). When a
+    /// listener's port was taken in the meantime, starts again on fresh
+    /// ports (see the module docs).
     pub async fn start_with_env(yaml_template: &str, env: &[(&str, &str)]) -> Gateway {
-        let mut gw = Self::spawn_with_env(yaml_template, env);
-        gw.wait_ready(READY_TIMEOUT).await;
-        gw
+        Self::start_inner(yaml_template, env, &[]).await
+    }
+
+    /// Starts (retrying on a taken port) with the binary run through
+    /// `wrapper` (empty: run directly).
+    async fn start_inner(yaml_template: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Gateway {
+        for attempt in 1..=START_ATTEMPTS {
+            let mut gw = Self::spawn_inner(yaml_template, env, wrapper);
+            match gw.try_ready(READY_TIMEOUT).await {
+                Ok(()) => return gw,
+                Err(NotReady::PortInUse) if attempt < START_ATTEMPTS => {
+                    eprintln!(
+                        "tollgate start {attempt}: a port was taken ({}, {}, {}, {}); trying fresh ports",
+                        gw.listen, gw.metrics, gw.plain, gw.admin
+                    );
+                }
+                Err(e) => panic!("{}", e.message(&gw)),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     /// Spawns the gateway without waiting for readiness (e.g. to test
     /// that an invalid config makes it exit; see [`wait_exit`](Self::wait_exit)).
     pub fn spawn_with_env(yaml_template: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::spawn_inner(yaml_template, env, &[])
+    }
+
+    fn spawn_inner(yaml_template: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Gateway {
         let dir = tempfile::tempdir().expect("gateway tempdir");
-        let [listen, metrics, plain] = free_addrs3();
+        let [listen, metrics, plain, admin] = free_addrs4();
         let config_path = dir.path().join("tollgate.yaml");
         let log_path = dir.path().join("tollgate.log");
-        let config =
-            render(yaml_template, &listen, &metrics, dir.path()).replace("{PLAIN}", &plain);
+        let config = render(yaml_template, &listen, &metrics, dir.path())
+            .replace("{PLAIN}", &plain)
+            .replace("{ADMIN}", &admin);
         let tls = yaml_template.contains("\ntls:") && yaml_template.contains("{PLAIN}");
         std::fs::write(&config_path, config).expect("write config");
         let log = OpenOptions::new()
@@ -73,7 +108,14 @@ impl Gateway {
             .open(&log_path)
             .expect("open gateway log");
         let log2 = log.try_clone().expect("clone log handle");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_tollgate"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_tollgate")),
+        };
         cmd.arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "info")
@@ -90,21 +132,41 @@ impl Gateway {
             listen,
             metrics,
             plain,
+            admin,
             tls,
             config_path,
             log_path,
         }
     }
 
-    /// Polls `GET /healthz` every 50 ms until it answers 200; panics with
+    /// Polls `GET /healthz` every 50 ms until it answers 200 and the metrics
+    /// and admin listeners (when configured) accept connections; panics with
     /// the log on timeout or if the process exits first.
     pub async fn wait_ready(&mut self, timeout: Duration) {
+        if let Err(e) = self.try_ready(timeout).await {
+            panic!("{}", e.message(self));
+        }
+    }
+
+    /// [`wait_ready`](Self::wait_ready) without the panic. A listener that
+    /// cannot bind its port (Pingora logs `is in use` and retries for 30 s)
+    /// stops the child at once and answers [`NotReady::PortInUse`].
+    async fn try_ready(&mut self, timeout: Duration) -> Result<(), NotReady> {
         let client = client();
         let url = if self.tls {
             format!("http://{}/healthz", self.plain)
         } else {
             self.url("/healthz")
         };
+        // Each listener is bound by its own service thread: the metrics and
+        // admin ones may come up after the proxy's, so wait for those the
+        // config names too (a connection they accept is enough).
+        let config = std::fs::read_to_string(&self.config_path).unwrap_or_default();
+        let others: Vec<String> = [&self.metrics, &self.admin]
+            .into_iter()
+            .filter(|a| config.contains(a.as_str()))
+            .cloned()
+            .collect();
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(r) = client
@@ -113,21 +175,26 @@ impl Gateway {
                 .send()
                 .await
             {
-                if r.status().as_u16() == 200 {
-                    return;
+                let mut up = r.status().as_u16() == 200;
+                for addr in &others {
+                    up = up && tokio::net::TcpStream::connect(addr.as_str()).await.is_ok();
+                }
+                if up {
+                    return Ok(());
                 }
             }
+            let logs = self.logs();
+            if logs.contains("is in use, will try again") || logs.contains("Address already in use")
+            {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(NotReady::PortInUse);
+            }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "tollgate exited ({status}) before becoming ready; log:\n{}",
-                    self.logs()
-                );
+                return Err(NotReady::Exited(status));
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "tollgate not ready after {timeout:?} at {url}; log:\n{}",
-                    self.logs()
-                );
+                return Err(NotReady::Timeout(timeout, url));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -151,6 +218,11 @@ impl Gateway {
     /// The address `{PLAIN}` expands to, `127.0.0.1:PORT`.
     pub fn plain_addr(&self) -> String {
         self.plain.clone()
+    }
+
+    /// The address `{ADMIN}` expands to, `127.0.0.1:PORT`.
+    pub fn admin_addr(&self) -> String {
+        self.admin.clone()
     }
 
     /// The metrics listener address, `127.0.0.1:PORT`.
@@ -191,6 +263,7 @@ impl Gateway {
     pub fn render(&self, yaml_template: &str) -> String {
         render(yaml_template, &self.listen, &self.metrics, self.dir.path())
             .replace("{PLAIN}", &self.plain)
+            .replace("{ADMIN}", &self.admin)
     }
 
     /// The child's process id.
@@ -294,6 +367,27 @@ impl Gateway {
         client()
     }
 
+    /// Polls `/metrics` every 25 ms until the one sample of `metric` with
+    /// `labels` equals `want`, for up to `timeout`; returns the last value
+    /// seen (`None`: no such sample). Assert on the result, e.g.
+    /// `assert_eq!(gw.wait_sample(m, &[], 1.0, QUICK).await, Some(1.0))`.
+    pub async fn wait_sample(
+        &self,
+        metric: &str,
+        labels: &[(&str, &str)],
+        want: f64,
+        timeout: Duration,
+    ) -> Option<f64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = super::prom::sample(&self.metrics_text().await, metric, labels);
+            if got == Some(want) || Instant::now() >= deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// GET the metrics endpoint and return its body (panics on failure).
     pub async fn metrics_text(&self) -> String {
         let resp = client()
@@ -337,45 +431,39 @@ impl Gateway {
         env: &[(&str, &str)],
         wrapper: &[&str],
     ) -> Gateway {
-        let dir = tempfile::tempdir().expect("gateway tempdir");
-        let [listen, metrics, plain] = free_addrs3();
-        let config_path = dir.path().join("tollgate.yaml");
-        let log_path = dir.path().join("tollgate.log");
-        let config =
-            render(yaml_template, &listen, &metrics, dir.path()).replace("{PLAIN}", &plain);
-        std::fs::write(&config_path, config).expect("write config");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .expect("open gateway log");
-        let log2 = log.try_clone().expect("clone log handle");
-        let (program, args) = wrapper.split_first().expect("a wrapper command");
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .arg(env!("CARGO_BIN_EXE_tollgate"))
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2));
-        for (k, v) in env {
-            cmd.env(k, v);
+        assert!(!wrapper.is_empty(), "a wrapper command");
+        Self::start_inner(yaml_template, env, wrapper).await
+    }
+}
+
+/// Why [`Gateway::try_ready`] gave up.
+enum NotReady {
+    /// A listener's port was taken before the gateway could bind it.
+    PortInUse,
+    /// The process exited first.
+    Exited(ExitStatus),
+    /// `/healthz` did not answer 200 in time (the URL polled).
+    Timeout(Duration, String),
+}
+
+impl NotReady {
+    fn message(&self, gw: &Gateway) -> String {
+        match self {
+            NotReady::PortInUse => format!(
+                "tollgate could not bind its ports in {START_ATTEMPTS} attempts; log:\n{}",
+                gw.logs()
+            ),
+            NotReady::Exited(status) => format!(
+                "tollgate exited ({status}) before becoming ready; log:\n{}",
+                gw.logs()
+            ),
+            NotReady::Timeout(t, url) => {
+                format!(
+                    "tollgate not ready after {t:?} at {url}; log:\n{}",
+                    gw.logs()
+                )
+            }
         }
-        let child = cmd.spawn().expect("spawn the wrapped tollgate");
-        let mut gw = Gateway {
-            child,
-            dir,
-            listen,
-            metrics,
-            plain,
-            tls: false,
-            config_path,
-            log_path,
-        };
-        gw.wait_ready(READY_TIMEOUT).await;
-        gw
     }
 }
 
@@ -411,6 +499,29 @@ pub fn free_addrs3() -> [String; 3] {
         .collect();
     let a = |i: usize| format!("127.0.0.1:{}", l[i].local_addr().expect("addr").port());
     [a(0), a(1), a(2)]
+}
+
+/// Four distinct free loopback addresses (`127.0.0.1:PORT`).
+pub fn free_addrs4() -> [String; 4] {
+    let l: Vec<TcpListener> = (0..4)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind free port"))
+        .collect();
+    let a = |i: usize| format!("127.0.0.1:{}", l[i].local_addr().expect("addr").port());
+    [a(0), a(1), a(2), a(3)]
+}
+
+/// A loopback port that refuses connections for as long as the test process
+/// lives: a socket is bound to it but never listens, so nothing else (the
+/// kernel's port-0 picks, other tests' mocks, a gateway) can take it, and a
+/// connection to it is refused (RST) rather than accepted by a stranger.
+pub fn refused_port() -> u16 {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind a refused port");
+    let port = sock.local_addr().expect("addr").port();
+    // Kept bound (and unlistened) until the process exits.
+    std::mem::forget(sock);
+    port
 }
 
 /// Two distinct free loopback addresses (`127.0.0.1:PORT`).

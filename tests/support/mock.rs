@@ -71,6 +71,38 @@ pub enum ReplyBody {
     Full(Bytes),
     /// Chunks sent one by one (chunked transfer encoding) with a pause between them.
     Chunks(Vec<Bytes>, Duration),
+    /// Chunks sent one by one (chunked): the first at once, each later one
+    /// only when the test lets it through the [`Gate`]. No timing involved.
+    Gated(Vec<Bytes>, Gate),
+}
+
+/// Lets a [`ReplyBody::Gated`] reply send its chunks one at a time, when the
+/// test says so (say, once the client has seen the previous one).
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<tokio::sync::Semaphore>);
+
+impl Gate {
+    /// A closed gate: only the first chunk goes.
+    pub fn new() -> Gate {
+        Gate(Arc::new(tokio::sync::Semaphore::new(0)))
+    }
+
+    /// Lets `n` more chunks through.
+    pub fn open(&self, n: usize) {
+        self.0.add_permits(n);
+    }
+
+    async fn pass(&self) {
+        if let Ok(p) = self.0.acquire().await {
+            p.forget();
+        }
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate::new()
+    }
 }
 
 /// A response computed by a [`Behavior::Func`] closure.
@@ -483,7 +515,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
             200,
             &[("content-type", content_type.as_str())],
             events.into_iter().map(Bytes::from).collect(),
-            interval,
+            Pace::Every(interval),
             &state,
         ),
         Behavior::Hang => std::future::pending().await,
@@ -497,7 +529,10 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
             match reply.body {
                 ReplyBody::Full(b) => full(reply.status, &h, b),
                 ReplyBody::Chunks(chunks, interval) => {
-                    streamed(reply.status, &h, chunks, interval, &state)
+                    streamed(reply.status, &h, chunks, Pace::Every(interval), &state)
+                }
+                ReplyBody::Gated(chunks, gate) => {
+                    streamed(reply.status, &h, chunks, Pace::Gate(gate), &state)
                 }
             }
         }
@@ -519,7 +554,7 @@ fn chat_echo(rec: &Recorded, state: &Arc<State>) -> Response<Body> {
             200,
             &[("content-type", "text/event-stream")],
             events.into_iter().map(Bytes::from).collect(),
-            Duration::from_millis(5),
+            Pace::Every(Duration::from_millis(5)),
             state,
         );
     }
@@ -559,23 +594,38 @@ fn full(status: u16, headers: &[(&str, &str)], body: Bytes) -> Response<Body> {
         .expect("build response")
 }
 
+/// What a streamed reply waits for between two chunks.
+enum Pace {
+    /// A fixed pause.
+    Every(Duration),
+    /// The test opening the gate.
+    Gate(Gate),
+}
+
 /// A chunked response fed by a task that sends each chunk separately and
 /// counts a cancellation when the body is dropped before the last chunk.
 fn streamed(
     status: u16,
     headers: &[(&str, &str)],
     chunks: Vec<Bytes>,
-    interval: Duration,
+    pace: Pace,
     state: &Arc<State>,
 ) -> Response<Body> {
     let (tx, mut rx) = mpsc::channel::<Bytes>(1);
     let st = state.clone();
     tokio::spawn(async move {
         for (i, chunk) in chunks.into_iter().enumerate() {
-            if i > 0 && !interval.is_zero() {
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = tx.closed() => {}
+            if i > 0 {
+                match &pace {
+                    Pace::Every(interval) if interval.is_zero() => {}
+                    Pace::Every(interval) => tokio::select! {
+                        _ = tokio::time::sleep(*interval) => {}
+                        _ = tx.closed() => {}
+                    },
+                    Pace::Gate(gate) => tokio::select! {
+                        _ = gate.pass() => {}
+                        _ = tx.closed() => {}
+                    },
                 }
             }
             if tx.send(chunk).await.is_err() {

@@ -14,6 +14,15 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+/// Leaves issued so far by this process (each gets a distinct `not_after`).
+static LEAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A day ago: the latest `not_before` a leaf gets, so it is valid now
+/// (unless its `not_after` has passed).
+fn earliest() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() - time::Duration::days(1)
+}
+
 /// A self-signed test certificate authority.
 pub struct TestCa {
     cert: rcgen::Certificate,
@@ -69,8 +78,10 @@ impl TestCa {
     }
 
     /// Issues a server leaf certificate for `names` (DNS names, or IP
-    /// addresses when a name parses as one). Returns the chain (leaf only)
-    /// and its PKCS#8 private key.
+    /// addresses when a name parses as one), valid from a day ago until
+    /// about a year from now: each leaf a process issues expires an hour
+    /// after the one before. Returns the chain (leaf only) and its PKCS#8
+    /// private key.
     pub fn issue(&self, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let (cert, key) = self.leaf(names);
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
@@ -89,7 +100,8 @@ impl TestCa {
     }
 
     /// Like [`issue_files`](Self::issue_files), valid until `not_after`
-    /// (and from a day before it, or earlier).
+    /// (and from 30 days before it, or from a day ago when that is earlier,
+    /// so a leaf that expires soon is already valid).
     pub fn issue_files_until(
         &self,
         stem: &str,
@@ -115,10 +127,17 @@ impl TestCa {
     ) -> (rcgen::Certificate, KeyPair) {
         let key = KeyPair::generate().expect("generate leaf key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
-        if let Some(t) = not_after {
-            params.not_after = t;
-            params.not_before = t - time::Duration::days(30);
-        }
+        // Every leaf gets its own validity period, so a check that the
+        // gateway exports *this* leaf's expiry cannot pass on another's.
+        let not_after = not_after.unwrap_or_else(|| {
+            let n = LEAVES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) as i64;
+            let now = time::OffsetDateTime::now_utc()
+                .replace_nanosecond(0)
+                .expect("whole second");
+            now + time::Duration::days(365) + time::Duration::hours(n)
+        });
+        params.not_after = not_after;
+        params.not_before = (not_after - time::Duration::days(30)).min(earliest());
         params.subject_alt_names = names
             .iter()
             .map(|n| match n.parse::<IpAddr>() {

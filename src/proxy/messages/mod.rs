@@ -75,9 +75,9 @@ pub fn admit(
     if ep != Endpoint::Messages {
         return Ok((bytes, parsed));
     }
-    // `rewrite::parse` has validated the document already.
-    let doc: Value = serde_json::from_slice(&bytes)
-        .map_err(|_| GatewayError::invalid("The request body is not valid JSON."))?;
+    // `rewrite::parse` has validated the document already; this parse is
+    // bounded in the values it builds.
+    let doc: Value = crate::translate::bounds::parse_body(&bytes)?;
     let translated_route = model.routes.iter().find(|r| !passthrough::applies(r));
     let opts = RequestOpts {
         model: &parsed.model,

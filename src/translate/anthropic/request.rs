@@ -1,5 +1,6 @@
 //! OpenAI Chat Completions request → Anthropic Messages request.
 
+use crate::translate::bounds::{self, ParseError, Values};
 use crate::translate::{RequestOpts, Translated, Unsupported};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -14,6 +15,7 @@ pub fn chat_request(req: &Value, opts: &RequestOpts) -> Result<Translated, Unsup
         out: Map::new(),
         dropped: Vec::new(),
         drop_unsupported: opts.drop_unsupported,
+        values: Values::default(),
     };
     b.out.insert("model".into(), Value::from(opts.model));
     let (system, messages) = messages(obj.get("messages"), &mut b)?;
@@ -122,13 +124,15 @@ struct Builder {
     out: Map<String, Value>,
     dropped: Vec<String>,
     drop_unsupported: bool,
+    /// Values the JSON in tool-call arguments may build.
+    values: Values,
 }
 
 impl Builder {
     /// Refuses the field, or notes it as dropped.
     fn unsupported(&mut self, param: &str, message: &str) -> Result<(), Unsupported> {
         if self.drop_unsupported {
-            self.dropped.push(param.to_string());
+            bounds::note_dropped(&mut self.dropped, param);
             Ok(())
         } else {
             Err(Unsupported {
@@ -179,7 +183,7 @@ fn messages(
                 let content = user_content(m.get("content"), &at, b)?;
                 out.push(json!({"role": "user", "content": content}));
             }
-            "assistant" => out.push(assistant(m, &at)?),
+            "assistant" => out.push(assistant(m, &at, b)?),
             "tool" => {
                 let id = m
                     .get("tool_call_id")
@@ -300,7 +304,7 @@ fn image(url: &str, at: &str) -> Result<Value, Unsupported> {
 }
 
 /// An assistant message: its text, then a `tool_use` block per tool call.
-fn assistant(m: &Value, at: &str) -> Result<Value, Unsupported> {
+fn assistant(m: &Value, at: &str, b: &mut Builder) -> Result<Value, Unsupported> {
     let mut blocks = Vec::new();
     let text = text_only(m.get("content"), at)?;
     if !text.is_empty() {
@@ -324,15 +328,17 @@ fn assistant(m: &Value, at: &str) -> Result<Value, Unsupported> {
                 .pointer("/function/arguments")
                 .and_then(Value::as_str)
                 .unwrap_or("");
+            let param = format!("{here}.function.arguments");
             let input: Value = if args.trim().is_empty() {
                 json!({})
             } else {
-                serde_json::from_str(args).map_err(|_| {
-                    bad(
-                        &format!("{here}.function.arguments"),
-                        "must be a JSON object in a string",
-                    )
-                })?
+                match b.values.parse(args.as_bytes()) {
+                    Ok(v) => v,
+                    Err(ParseError::Invalid(_)) => {
+                        return Err(bad(&param, "must be a JSON object in a string"))
+                    }
+                    Err(ParseError::TooMany { .. }) => return Err(bounds::too_many_values(&param)),
+                }
             };
             blocks.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
         }
@@ -348,6 +354,7 @@ fn tools(v: &Value, b: &mut Builder) -> Result<Vec<Value>, Unsupported> {
     let list = v
         .as_array()
         .ok_or_else(|| bad("tools", "must be an array"))?;
+    bounds::tools(list.len())?;
     let mut out = Vec::with_capacity(list.len());
     for (i, t) in list.iter().enumerate() {
         if t.get("type").and_then(Value::as_str) != Some("function") {

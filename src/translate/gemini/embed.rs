@@ -9,6 +9,7 @@
 use super::request::unsupported;
 use crate::accounting::{Usage, UsageSource};
 use crate::error::GatewayError;
+use crate::translate::bounds::{self, MAX_EMBED_INPUTS};
 use crate::translate::{RequestOpts, ResponseOpts, Translated, Unsupported};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -65,7 +66,7 @@ pub fn embed_request(
             _ if value.is_null() => {}
             "encoding_format" if matches!(value.as_str(), Some("float" | "base64")) => {}
             "dimensions" if value.as_u64().is_some() => dims = Some(value.clone()),
-            other if opts.drop_unsupported => dropped.push(other.to_string()),
+            other if opts.drop_unsupported => bounds::note_dropped(&mut dropped, other),
             other => {
                 return Err(unsupported(
                     other,
@@ -86,6 +87,15 @@ pub fn embed_request(
     };
     let (kind, body) = match obj.get("input") {
         Some(Value::String(s)) => (EmbedKind::Single, one(s)),
+        Some(Value::Array(items)) if items.len() > MAX_EMBED_INPUTS => {
+            return Err(unsupported(
+                "input",
+                format!(
+                    "`input` holds {} strings; at most {MAX_EMBED_INPUTS} can be embedded in one request.",
+                    items.len()
+                ),
+            ))
+        }
         Some(Value::Array(items)) if !items.is_empty() => {
             let mut requests = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {

@@ -46,6 +46,16 @@ pub use request::chat_request;
 pub use response::chat_response;
 pub use stream::ChatStream;
 
+/// Fuzzing entry point: the schema inliner that `chat_request` runs on
+/// tool parameters and `response_format.json_schema.schema`, on its own.
+pub fn clean_schema(
+    schema: &serde_json::Value,
+    budget: &mut crate::translate::bounds::SchemaBudget,
+    param: &str,
+) -> Result<serde_json::Value, crate::translate::Unsupported> {
+    schema::clean(schema, budget, param)
+}
+
 /// The resource name of `model`: `models/<model>`, or the name as given
 /// when it already names a collection (`tunedModels/…`).
 pub fn resource(model: &str) -> String {

@@ -1,9 +1,11 @@
 //! Chat Completions request → `generateContent` request body.
 
 use super::schema;
+use crate::translate::bounds::{self, ParseError, SchemaBudget, Values};
 use crate::translate::{RequestOpts, Translated, Unsupported};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 
 /// Top-level fields read elsewhere or with no effect on Gemini's answer.
 const IGNORED: &[&str] = &["model", "stream", "stream_options", "user", "store"];
@@ -17,6 +19,8 @@ pub fn chat_request(req: &Value, opts: &RequestOpts) -> Result<Translated, Unsup
     let mut b = Builder {
         drop: opts.drop_unsupported,
         dropped: Vec::new(),
+        schemas: SchemaBudget::default(),
+        values: Values::default(),
     };
     let mut out = Map::new();
     let mut config = Map::new();
@@ -97,19 +101,34 @@ pub(super) fn unsupported(param: impl Into<String>, message: impl Into<String>) 
     }
 }
 
-/// Refuses or drops (with `drop_unsupported_params`) what Gemini cannot honour.
+/// Refuses or drops (with `drop_unsupported_params`) what Gemini cannot
+/// honour, and holds the request's work budgets.
 pub(super) struct Builder {
     pub drop: bool,
     pub dropped: Vec<String>,
+    /// What the schema inliner may still emit.
+    pub schemas: SchemaBudget,
+    /// Values the JSON in strings (tool arguments, tool results) may build.
+    pub values: Values,
 }
 
 impl Builder {
     pub fn refuse(&mut self, param: &str, message: &str) -> Result<(), Unsupported> {
         if self.drop {
-            self.dropped.push(param.to_string());
+            bounds::note_dropped(&mut self.dropped, param);
             Ok(())
         } else {
             Err(unsupported(param, message))
+        }
+    }
+
+    /// The JSON in the string at `param`, within the value budget: `None`
+    /// when it is not JSON.
+    fn parse(&mut self, text: &str, param: &str) -> Result<Option<Value>, Unsupported> {
+        match self.values.parse(text.as_bytes()) {
+            Ok(v) => Ok(Some(v)),
+            Err(ParseError::Invalid(_)) => Ok(None),
+            Err(ParseError::TooMany { .. }) => Err(bounds::too_many_values(param)),
         }
     }
 }
@@ -171,7 +190,8 @@ fn response_format(
         Some("json_schema") => {
             cfg.insert("responseMimeType".into(), "application/json".into());
             if let Some(s) = v.get("json_schema").and_then(|j| j.get("schema")) {
-                cfg.insert("responseSchema".into(), schema::clean(s));
+                let s = schema::clean(s, &mut b.schemas, "response_format.json_schema.schema")?;
+                cfg.insert("responseSchema".into(), s);
             }
         }
         _ => b.refuse(
@@ -187,6 +207,7 @@ fn function_declarations(v: &Value, b: &mut Builder) -> Result<Option<Value>, Un
     let tools = v
         .as_array()
         .ok_or_else(|| unsupported("tools", "`tools` must be an array."))?;
+    bounds::tools(tools.len())?;
     let mut decls = Vec::with_capacity(tools.len());
     for (i, t) in tools.iter().enumerate() {
         if t.get("type").and_then(Value::as_str) != Some("function") {
@@ -215,7 +236,8 @@ fn function_declarations(v: &Value, b: &mut Builder) -> Result<Option<Value>, Un
             d.insert("description".into(), desc.clone());
         }
         if let Some(p) = f.and_then(|f| f.get("parameters")).filter(|p| !p.is_null()) {
-            d.insert("parameters".into(), schema::clean(p));
+            let at = format!("tools[{i}].function.parameters");
+            d.insert("parameters".into(), schema::clean(p, &mut b.schemas, &at)?);
         }
         decls.push(Value::Object(d));
     }
@@ -270,8 +292,9 @@ fn conversation(
         .ok_or_else(|| unsupported("messages", "`messages` must be an array."))?;
     let mut system: Vec<Value> = Vec::new();
     let mut contents: Vec<Value> = Vec::new();
-    // Tool-call id → function name, from the assistant turns seen so far.
-    let mut call_names: Vec<(String, String)> = Vec::new();
+    // Tool-call id → function name, from the assistant turns seen so far
+    // (the latest call with an id wins).
+    let mut call_names: HashMap<String, String> = HashMap::new();
     for (i, m) in messages.iter().enumerate() {
         let at = format!("messages[{i}]");
         let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
@@ -281,8 +304,8 @@ fn conversation(
                 continue;
             }
             "user" => ("user", user_parts(m.get("content"), &at, b)?),
-            "assistant" => ("model", assistant_parts(m, &at, &mut call_names)?),
-            "tool" => ("user", vec![tool_result(m, &at, &call_names)?]),
+            "assistant" => ("model", assistant_parts(m, &at, &mut call_names, b)?),
+            "tool" => ("user", vec![tool_result(m, &at, &call_names, b)?]),
             _ => {
                 return Err(unsupported(
                     format!("{at}.role"),
@@ -471,7 +494,8 @@ fn data_url(url: &str, at: &str) -> Result<Value, Unsupported> {
 fn assistant_parts(
     m: &Value,
     at: &str,
-    call_names: &mut Vec<(String, String)>,
+    call_names: &mut HashMap<String, String>,
+    b: &mut Builder,
 ) -> Result<Vec<Value>, Unsupported> {
     let mut parts = text_parts(m.get("content"), at)?;
     parts.retain(|p| p.get("text").and_then(Value::as_str) != Some(""));
@@ -497,8 +521,8 @@ fn assistant_parts(
         let args = match f.and_then(|f| f.get("arguments")) {
             None | Some(Value::Null) => json!({}),
             Some(Value::String(s)) if s.trim().is_empty() => json!({}),
-            Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
-                Ok(v @ Value::Object(_)) => v,
+            Some(Value::String(s)) => match b.parse(s, &format!("{here}.function.arguments"))? {
+                Some(v @ Value::Object(_)) => v,
                 _ => {
                     return Err(unsupported(
                         format!("{here}.function.arguments"),
@@ -514,7 +538,7 @@ fn assistant_parts(
             }
         };
         if let Some(id) = c.get("id").and_then(Value::as_str) {
-            call_names.push((id.to_string(), name.to_string()));
+            call_names.insert(id.to_string(), name.to_string());
         }
         let mut part = json!({ "functionCall": { "name": name, "args": args } });
         // Gemini 3 refuses a conversation whose function calls lost their
@@ -531,11 +555,16 @@ fn assistant_parts(
 }
 
 /// A `tool` message → a `functionResponse` part, named after its call.
-fn tool_result(m: &Value, at: &str, call_names: &[(String, String)]) -> Result<Value, Unsupported> {
+fn tool_result(
+    m: &Value,
+    at: &str,
+    call_names: &HashMap<String, String>,
+    b: &mut Builder,
+) -> Result<Value, Unsupported> {
     let id = m.get("tool_call_id").and_then(Value::as_str);
     let name = id
-        .and_then(|id| call_names.iter().rev().find(|(c, _)| c == id))
-        .map(|(_, n)| n.as_str())
+        .and_then(|id| call_names.get(id))
+        .map(String::as_str)
         .or_else(|| m.get("name").and_then(Value::as_str))
         .ok_or_else(|| {
             unsupported(
@@ -550,8 +579,8 @@ fn tool_result(m: &Value, at: &str, call_names: &[(String, String)]) -> Result<V
             .filter_map(|p| p.get("text").and_then(Value::as_str))
             .collect(),
     };
-    let response = match serde_json::from_str::<Value>(&text) {
-        Ok(v @ Value::Object(_)) => v,
+    let response = match b.parse(&text, &format!("{at}.content"))? {
+        Some(v @ Value::Object(_)) => v,
         _ => json!({ "content": text }),
     };
     Ok(json!({ "functionResponse": { "name": name, "response": response } }))

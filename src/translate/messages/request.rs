@@ -18,6 +18,7 @@
 //!   documents, ...) is refused with [`Unsupported`] naming the field, or
 //!   dropped when the route says `drop_unsupported_params`.
 
+use crate::translate::bounds;
 use crate::translate::{RequestOpts, Translated, Unsupported};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -57,7 +58,7 @@ impl Translator {
     /// A field OpenAI cannot honour: refused, or dropped and noted.
     fn unsupported(&mut self, param: String, why: &str) -> Result<(), Unsupported> {
         if self.drop {
-            self.dropped.push(param);
+            bounds::note_dropped(&mut self.dropped, &param);
             Ok(())
         } else {
             let message =
@@ -317,6 +318,7 @@ impl Translator {
         let tools = value
             .as_array()
             .ok_or_else(|| invalid("tools", "`tools` must be an array."))?;
+        bounds::tools(tools.len())?;
         let mut out = Vec::with_capacity(tools.len());
         for (i, t) in tools.iter().enumerate() {
             let param = format!("tools[{i}]");

@@ -1,0 +1,183 @@
+//! A small HTTPS client for credential endpoints (AWS STS, Google's OAuth
+//! token endpoint): one form POST, one small answer. It uses Pingora's
+//! HTTP/1 connector (the platform's trust store, or a given CA list) with
+//! its own small pool, resolves the host off the request path with tokio,
+//! and bounds time (one deadline for the whole exchange) and the answer's
+//! size. It is not `upstream::client::Exchange` because that one is built
+//! from a configured provider's `Upstream` (balancer, breaker state), which
+//! a token endpoint is not.
+
+use crate::config::url::{parse_base_url, BaseUrl};
+use crate::upstream::tls::CaList;
+use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::v1::Connector;
+use pingora::connectors::ConnectorOptions;
+use pingora::http::RequestHeader;
+use pingora::upstreams::peer::HttpPeer;
+use std::fmt;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Largest answer read from a token endpoint (they are well under 8 KiB).
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Idle pooled connections kept for token endpoints.
+const POOL_SIZE: usize = 8;
+
+fn connector() -> &'static Connector {
+    static CONNECTOR: OnceLock<Connector> = OnceLock::new();
+    CONNECTOR.get_or_init(|| Connector::new(Some(ConnectorOptions::new(POOL_SIZE))))
+}
+
+/// Why a token request failed before an answer was read. Shown to
+/// operators only (logs); clients see a generic 502.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportError {
+    /// The endpoint URL is not an http(s) URL we can use.
+    BadUrl(String),
+    /// The host did not resolve.
+    Resolve,
+    /// Connecting (TCP or TLS) failed.
+    Connect,
+    /// The whole exchange did not finish in time.
+    Timeout,
+    /// The connection broke while sending or reading.
+    Io,
+    /// The answer was larger than [`MAX_RESPONSE_BYTES`].
+    TooLarge,
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadUrl(why) => write!(f, "bad token endpoint URL: {why}"),
+            Self::Resolve => f.write_str("token endpoint host did not resolve"),
+            Self::Connect => f.write_str("cannot connect to the token endpoint"),
+            Self::Timeout => f.write_str("token endpoint did not answer in time"),
+            Self::Io => f.write_str("token endpoint connection failed"),
+            Self::TooLarge => f.write_str("token endpoint answer too large"),
+        }
+    }
+}
+
+/// A token endpoint's answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// A client for one kind of credential endpoint.
+#[derive(Clone)]
+pub struct TokenClient {
+    timeout: Duration,
+    ca: Option<CaList>,
+}
+
+impl fmt::Debug for TokenClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenClient")
+            .field("timeout", &self.timeout)
+            .field("private_ca", &self.ca.is_some())
+            .finish()
+    }
+}
+
+impl TokenClient {
+    /// `timeout` bounds each exchange, connect to last byte; `ca` replaces
+    /// the platform trust store (tests, private endpoints).
+    pub fn new(timeout: Duration, ca: Option<CaList>) -> Self {
+        Self { timeout, ca }
+    }
+
+    /// POSTs `body` (`application/x-www-form-urlencoded`) to `url` and reads
+    /// the answer, whatever its status.
+    pub async fn post_form(&self, url: &str, body: &str) -> Result<Answer, TransportError> {
+        let base = parse_base_url(url).map_err(TransportError::BadUrl)?;
+        match tokio::time::timeout(self.timeout, self.exchange(&base, body)).await {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout),
+        }
+    }
+
+    async fn exchange(&self, base: &BaseUrl, body: &str) -> Result<Answer, TransportError> {
+        let addr = tokio::net::lookup_host((base.host.as_str(), base.port))
+            .await
+            .map_err(|_| TransportError::Resolve)?
+            .next()
+            .ok_or(TransportError::Resolve)?;
+        let sni = if base.tls {
+            base.host.clone()
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(addr, base.tls, sni);
+        peer.options.connection_timeout = Some(self.timeout);
+        peer.options.read_timeout = Some(self.timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(30));
+        if let Some(ca) = &self.ca {
+            peer.options.ca = Some(ca.clone());
+        }
+        let path = if base.prefix.is_empty() {
+            "/"
+        } else {
+            base.prefix.as_str()
+        };
+        let mut req =
+            RequestHeader::build("POST", path.as_bytes(), None).map_err(|_| TransportError::Io)?;
+        let host = base.host_header();
+        let len = body.len().to_string();
+        for (k, v) in [
+            ("host", host.as_str()),
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("accept", "application/json, text/xml"),
+            ("content-length", len.as_str()),
+        ] {
+            req.insert_header(k, v).map_err(|_| TransportError::Io)?;
+        }
+        let (mut session, _) = connector()
+            .get_http_session(&peer)
+            .await
+            .map_err(|_| TransportError::Connect)?;
+        session
+            .write_request_header(Box::new(req))
+            .await
+            .map_err(|_| TransportError::Io)?;
+        session
+            .write_body(body.as_bytes())
+            .await
+            .map_err(|_| TransportError::Io)?;
+        session
+            .finish_body()
+            .await
+            .map_err(|_| TransportError::Io)?;
+        session
+            .read_response()
+            .await
+            .map_err(|_| TransportError::Io)?;
+        let status = session
+            .resp_header()
+            .map(|h| h.status.as_u16())
+            .ok_or(TransportError::Io)?;
+        let mut out = BytesMut::new();
+        while let Some(chunk) = session
+            .read_body_bytes()
+            .await
+            .map_err(|_| TransportError::Io)?
+        {
+            if out.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(TransportError::TooLarge);
+            }
+            out.extend_from_slice(&chunk);
+        }
+        if session.is_body_done() {
+            connector()
+                .release_http_session(session, &peer, Some(Duration::from_secs(30)))
+                .await;
+        }
+        Ok(Answer {
+            status,
+            body: out.freeze(),
+        })
+    }
+}
