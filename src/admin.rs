@@ -115,7 +115,8 @@ const fn route(
     }
 }
 
-/// Every admin route.
+/// Every admin route (one line each: a table, kept as one).
+#[rustfmt::skip]
 pub const ROUTES: &[Route] = &[
     route("GET", "/admin/usage", Op::Usage, "Usage per key, team and model in a window (this instance's ledger).", None, 200, &["team", "key", "window"]),
     route("GET", "/admin/limits", Op::Limits, "Every configured limit with its current value.", None, 200, &[]),
@@ -195,7 +196,10 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, api::Reply> {
         api::err(
             413,
             "request_too_large",
-            &format!("The body is larger than the limit of {} bytes.", api::MAX_BODY_BYTES),
+            &format!(
+                "The body is larger than the limit of {} bytes.",
+                api::MAX_BODY_BYTES
+            ),
             None,
         )
     };
@@ -219,7 +223,12 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, api::Reply> {
             }
             Ok(None) => return Ok(body),
             Err(_) => {
-                return Err(api::err(400, "invalid_request", "The request body could not be read.", None))
+                return Err(api::err(
+                    400,
+                    "invalid_request",
+                    "The request body could not be read.",
+                    None,
+                ))
             }
         }
     }
@@ -229,8 +238,10 @@ fn to_response(r: api::Reply) -> Response<Vec<u8>> {
     let retry = r.status == 503;
     let mut resp = reply(r.status, r.body);
     if retry {
-        resp.headers_mut()
-            .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        resp.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
     }
     resp
 }

@@ -6,7 +6,7 @@ pub const USAGE: &str = "\
 tollgate: an OpenAI-compatible LLM API gateway
 
 Usage: tollgate --config FILE [--test] [-u|--upgrade] [-d|--daemon]
-       tollgate keys create --name NAME [--team T] [--models a,b] [--rpm N] [--tpm N]
+       tollgate keys create [--name NAME] [--team T] [--models a,b] [--rpm N] [--tpm N]
                             [--concurrency N] [--budget-usd X --budget-window W]
                             [--tier T] [--regions a,b] [--expires-at TIME]
        tollgate keys list [--team T] | get NAME | revoke NAME | rotate NAME [--grace 1h]
@@ -25,7 +25,8 @@ The keys and teams commands talk to a running gateway's admin API:
   --admin URL            its address (default $TOLLGATE_ADMIN_URL, else http://127.0.0.1:9092)
   --admin-key-file FILE  the admin key (default: $TOLLGATE_ADMIN_KEY)
 They print the API's JSON answer; `keys create` and `keys rotate` print the
-new secret, which is shown only once.";
+new secret, which is shown only once. `keys create` without --name names the
+key key-<12 random hex digits>.";
 
 /// Parsed arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +67,9 @@ fn enc(s: &str) -> String {
 /// Parses `keys ...` / `teams ...` (the words after the program name).
 fn parse_admin(kind: &str, args: Vec<String>) -> Result<Action, String> {
     let mut it = args.into_iter();
-    let verb = it.next().ok_or(format!("`{kind}` needs a command: create, list, get, ..."))?;
+    let verb = it
+        .next()
+        .ok_or(format!("`{kind}` needs a command: create, list, get, ..."))?;
     let mut admin = std::env::var("TOLLGATE_ADMIN_URL")
         .ok()
         .filter(|u| !u.is_empty())
@@ -78,7 +81,9 @@ fn parse_admin(kind: &str, args: Vec<String>) -> Result<Action, String> {
         match a.as_str() {
             "--admin" => admin = it.next().ok_or("--admin needs a URL")?,
             "--admin-key-file" => {
-                key_file = Some(PathBuf::from(it.next().ok_or("--admin-key-file needs a file")?))
+                key_file = Some(PathBuf::from(
+                    it.next().ok_or("--admin-key-file needs a file")?,
+                ))
             }
             s if s.starts_with("--") => {
                 let v = it.next().ok_or(format!("{s} needs a value"))?;
@@ -120,7 +125,10 @@ fn parse_admin(kind: &str, args: Vec<String>) -> Result<Action, String> {
         match (opts.get("budget-usd"), opts.get("budget-tokens")) {
             (None, None) => {}
             (usd, tokens) => {
-                let window = opts.get("budget-window").cloned().unwrap_or_else(|| "month".into());
+                let window = opts
+                    .get("budget-window")
+                    .cloned()
+                    .unwrap_or_else(|| "month".into());
                 let mut b = serde_json::Map::new();
                 if let Some(u) = usd {
                     let f: f64 = u.parse().map_err(|_| "--budget-usd must be a number")?;
@@ -149,7 +157,33 @@ fn parse_admin(kind: &str, args: Vec<String>) -> Result<Action, String> {
             _ => Err(format!("`{kind} {what}` needs exactly one NAME")),
         }
     };
-    let base = if kind == "keys" { "/admin/keys" } else { "/admin/teams" };
+    let base = if kind == "keys" {
+        "/admin/keys"
+    } else {
+        "/admin/teams"
+    };
+    // Every option must mean something to this command: a misspelt
+    // `--modles` must not create a key that may use every model.
+    const GOVERNANCE: &[&str] = &[
+        "rpm",
+        "tpm",
+        "concurrency",
+        "budget-usd",
+        "budget-tokens",
+        "budget-window",
+        "tier",
+        "regions",
+    ];
+    let known: Vec<&str> = match (kind, verb.as_str()) {
+        ("keys", "create") => [&["name", "team", "models", "expires-at"][..], GOVERNANCE].concat(),
+        ("teams", "create") => [&["name"][..], GOVERNANCE].concat(),
+        ("keys", "list") => vec!["team"],
+        ("keys", "rotate") => vec!["grace"],
+        _ => Vec::new(),
+    };
+    if let Some(bad) = opts.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(format!("`{kind} {verb}` has no option --{bad}"));
+    }
     let (method, path, body) = match verb.as_str() {
         "list" => {
             let mut q = String::from("?limit=1000");
@@ -159,18 +193,34 @@ fn parse_admin(kind: &str, args: Vec<String>) -> Result<Action, String> {
             ("GET", format!("{base}{q}"), None)
         }
         "get" => ("GET", format!("{base}/{}", enc(&one("get")?)), None),
-        "revoke" if kind == "keys" => ("POST", format!("{base}/{}/revoke", enc(&one("revoke")?)), None),
+        "revoke" if kind == "keys" => (
+            "POST",
+            format!("{base}/{}/revoke", enc(&one("revoke")?)),
+            None,
+        ),
         "rotate" if kind == "keys" => {
             let mut b = serde_json::Map::new();
             if let Some(g) = opts.get("grace") {
                 b.insert("grace".into(), g.clone().into());
             }
-            ("POST", format!("{base}/{}/rotate", enc(&one("rotate")?)), Some(b.into()))
+            (
+                "POST",
+                format!("{base}/{}/rotate", enc(&one("rotate")?)),
+                Some(b.into()),
+            )
         }
         "delete" if kind == "teams" => ("DELETE", format!("{base}/{}", enc(&one("delete")?)), None),
         "create" => {
-            let name = opts.get("name").cloned().or_else(|| positional.first().cloned());
-            let name = name.ok_or(format!("`{kind} create` needs --name NAME"))?;
+            let name = opts
+                .get("name")
+                .cloned()
+                .or_else(|| positional.first().cloned());
+            let name = match name {
+                Some(n) => n,
+                // `keys create --team T --models a,b`: a fresh name.
+                None if kind == "keys" => crate::keystore::new_key_name()?,
+                None => return Err(format!("`{kind} create` needs --name NAME")),
+            };
             let mut b = serde_json::Map::new();
             b.insert("name".into(), name.into());
             if kind == "keys" {
@@ -263,7 +313,10 @@ mod tests {
         )) else {
             panic!()
         };
-        assert_eq!((c.method, c.path.as_str(), c.admin.as_str()), ("POST", "/admin/keys", "http://h:1"));
+        assert_eq!(
+            (c.method, c.path.as_str(), c.admin.as_str()),
+            ("POST", "/admin/keys", "http://h:1")
+        );
         let body = c.body.unwrap();
         assert_eq!(body["name"], "a/b");
         assert_eq!(body["models"], serde_json::json!(["x", "y"]));
@@ -271,9 +324,32 @@ mod tests {
         let Ok(Action::Admin(c)) = parse(args("keys revoke a/b")) else {
             panic!()
         };
-        assert_eq!((c.method, c.path.as_str()), ("POST", "/admin/keys/a%2Fb/revoke"));
+        assert_eq!(
+            (c.method, c.path.as_str()),
+            ("POST", "/admin/keys/a%2Fb/revoke")
+        );
         assert!(parse(args("keys revoke")).is_err());
         assert!(parse(args("keys explode x")).is_err());
         assert!(parse(args("keys create --rpm many --name a")).is_err());
+        // The issue's own example: no name, one is made up.
+        let Ok(Action::Admin(c)) = parse(args("keys create --team T --models a,b")) else {
+            panic!()
+        };
+        let body = c.body.unwrap();
+        let name = body["name"].as_str().unwrap();
+        assert!(name.starts_with("key-") && name.len() == 16, "{name}");
+        assert_eq!(body["team"], "T");
+        // A misspelt or misplaced option is refused, not ignored.
+        for bad in [
+            "keys create --name a --modles x",
+            "keys revoke a --grace 1h",
+            "keys list --limit 5",
+            "teams create --name t --models x",
+        ] {
+            let e = parse(args(bad)).unwrap_err();
+            assert!(e.contains("has no option --"), "{bad}: {e}");
+        }
+        assert!(parse(args("keys rotate a --grace 1h")).is_ok());
+        assert!(parse(args("keys list --team t")).is_ok());
     }
 }

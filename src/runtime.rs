@@ -296,7 +296,11 @@ impl Runtime {
         use crate::error::GatewayError;
         let digest = auth::digest(presented);
         if let Some(slot) = self.keys.lookup_digest(&digest) {
-            return self.key_info.get(slot).cloned().ok_or(GatewayError::Internal);
+            return self
+                .key_info
+                .get(slot)
+                .cloned()
+                .ok_or(GatewayError::Internal);
         }
         match crate::keystore::lookup(&digest) {
             crate::keystore::Lookup::Found(k) => Ok(k),

@@ -22,13 +22,16 @@ async fn gateway(pg: &Postgres, extra: &str) -> Gateway {
     Gateway::start_with_env(&config(&store(pg), extra), &pg.env()).await
 }
 
+/// When each request of a load was sent, and its status (0: no answer).
+type Seen = Arc<Mutex<Vec<(Instant, u16)>>>;
+
 /// Sends requests with `key` from 4 tasks until `stop`; records when each
 /// was sent and its status.
 fn load(
     gw: &Gateway,
     key: &str,
     stop: Arc<AtomicBool>,
-) -> (Arc<Mutex<Vec<(Instant, u16)>>>, Vec<tokio::task::JoinHandle<()>>) {
+) -> (Seen, Vec<tokio::task::JoinHandle<()>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let url = gw.url("/v1/chat/completions");
     let tasks = (0..4)
@@ -67,24 +70,63 @@ async fn admin_api_on_postgres_never_shows_the_password() {
     let gw = gateway(&pg, "").await;
     let admin = Admin::of(&gw);
     let http = support::client();
-    let (s, _) = admin.post("/admin/teams", json!({"name": "pg-team", "limits": {"rpm": 100}})).await;
+    let (s, _) = admin
+        .post(
+            "/admin/teams",
+            json!({"name": "pg-team", "limits": {"rpm": 100}}),
+        )
+        .await;
     assert_eq!(s, 201);
-    let key = admin.create_key(json!({"name": "pg-key", "team": "pg-team", "models": ["fast"]})).await;
+    let key = admin
+        .create_key(json!({"name": "pg-key", "team": "pg-team", "models": ["fast"]}))
+        .await;
     assert_eq!(chat(&http, &gw, &key, "fast").await.0, 200);
-    assert_eq!(admin.post("/admin/keys", json!({"name": "pg-key"})).await.0, 409);
-    let (s, r) = admin.post("/admin/keys/pg-key/rotate", json!({"grace": "0s"})).await;
+    assert_eq!(
+        admin.post("/admin/keys", json!({"name": "pg-key"})).await.0,
+        409
+    );
+    let (s, r) = admin
+        .post("/admin/keys/pg-key/rotate", json!({"grace": "0s"}))
+        .await;
     assert_eq!(s, 200, "{r}");
     let new = r["key"].as_str().unwrap().to_string();
     let (s, v) = chat(&http, &gw, &key, "fast").await;
-    assert_eq!(s, 401, "rotated with no grace: the old secret stops at once: {v}");
+    assert_eq!(
+        s, 401,
+        "rotated with no grace: the old secret stops at once: {v}"
+    );
     assert_eq!(chat(&http, &gw, &new, "fast").await.0, 200);
-    assert_eq!(admin.call("DELETE", "/admin/teams/pg-team", None).await.0, 409);
-    assert_eq!(admin.post("/admin/keys/pg-key/revoke", json!({})).await.0, 200);
+    assert_eq!(
+        admin.call("DELETE", "/admin/teams/pg-team", None).await.0,
+        409
+    );
+    assert_eq!(
+        admin.post("/admin/keys/pg-key/revoke", json!({})).await.0,
+        200
+    );
     assert_eq!(chat(&http, &gw, &new, "fast").await.0, 401);
-    assert_eq!(admin.call("DELETE", "/admin/teams/pg-team", None).await.0, 200);
+    assert_eq!(
+        admin.call("DELETE", "/admin/teams/pg-team", None).await.0,
+        200
+    );
     let (_, a) = admin.get("/admin/audit").await;
-    let actions: Vec<&str> = a["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["team.delete", "key.revoke", "key.rotate", "key.create", "team.create"], "{a}");
+    let actions: Vec<&str> = a["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "team.delete",
+            "key.revoke",
+            "key.rotate",
+            "key.create",
+            "team.create"
+        ],
+        "{a}"
+    );
     // The password: not in /admin/config, not in the log, not in errors.
     let (_, cfg) = admin.get("/admin/config").await;
     let shown = cfg.to_string();
@@ -134,9 +176,15 @@ async fn two_gateways_on_one_postgres_converge_within_a_second_under_load() {
     let deadline = revoked + Duration::from_secs(1);
     let before = seen.iter().filter(|(t, _)| *t < asked).count();
     let late: Vec<_> = seen.iter().filter(|(t, _)| *t >= deadline).collect();
-    assert!(before > 10 && late.len() > 10, "load ran: {before} before, {} after", late.len());
     assert!(
-        seen.iter().filter(|(t, _)| *t < asked).all(|(_, s)| *s == 200),
+        before > 10 && late.len() > 10,
+        "load ran: {before} before, {} after",
+        late.len()
+    );
+    assert!(
+        seen.iter()
+            .filter(|(t, _)| *t < asked)
+            .all(|(_, s)| *s == 200),
         "before the revocation every request was admitted"
     );
     let admitted_late = late.iter().filter(|(_, s)| *s != 401).count();
@@ -169,16 +217,27 @@ async fn postgres_stopped_and_restarted_under_load() {
 
     pg.stop();
     // Admin writes get 503 (on both instances), reads still answer.
-    let (s, v) = admin_a.post("/admin/keys", json!({"name": "during-outage"})).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (503, Some("key_store_unavailable")), "{v}");
-    let (s, v) = admin_b.post("/admin/teams", json!({"name": "t-outage"})).await;
+    let (s, v) = admin_a
+        .post("/admin/keys", json!({"name": "during-outage"}))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("key_store_unavailable")),
+        "{v}"
+    );
+    let (s, v) = admin_b
+        .post("/admin/teams", json!({"name": "t-outage"}))
+        .await;
     assert_eq!(s, 503, "{v}");
     let (s, v) = admin_b.get("/admin/keys/steady").await;
     assert_eq!((s, &v["from_snapshot"]), (200, &json!(true)), "{v}");
     // The metric and a log line say so.
     for gw in [&a, &b] {
         gw.wait_metric("tollgate_key_store_up", &[], 0.0).await;
-        assert!(gw.wait_log("key store (postgres) unreachable", Duration::from_secs(10)).await);
+        assert!(
+            gw.wait_log("key store (postgres) unreachable", Duration::from_secs(10))
+                .await
+        );
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
@@ -187,12 +246,17 @@ async fn postgres_stopped_and_restarted_under_load() {
     // is back, and reaches B.
     let back = Instant::now();
     let fresh = loop {
-        let (s, v) = admin_a.post("/admin/keys", json!({"name": "after-outage"})).await;
+        let (s, v) = admin_a
+            .post("/admin/keys", json!({"name": "after-outage"}))
+            .await;
         if s == 201 {
             break v["key"].as_str().unwrap().to_string();
         }
         assert_eq!(s, 503, "{v}");
-        assert!(back.elapsed() < Duration::from_secs(30), "the store came back");
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "the store came back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -202,7 +266,10 @@ async fn postgres_stopped_and_restarted_under_load() {
     }
     for gw in [&a, &b] {
         gw.wait_metric("tollgate_key_store_up", &[], 1.0).await;
-        assert!(gw.wait_log("reachable again", Duration::from_secs(10)).await);
+        assert!(
+            gw.wait_log("reachable again", Duration::from_secs(10))
+                .await
+        );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
@@ -213,7 +280,12 @@ async fn postgres_stopped_and_restarted_under_load() {
         let seen = seen.lock().unwrap();
         let failed = seen.iter().filter(|(_, s)| *s != 200).count();
         assert!(seen.len() > 50, "{name}: load ran ({})", seen.len());
-        assert_eq!(failed, 0, "{name}: {failed} of {} requests failed", seen.len());
+        assert_eq!(
+            failed,
+            0,
+            "{name}: {failed} of {} requests failed",
+            seen.len()
+        );
     }
 }
 
@@ -221,12 +293,18 @@ async fn postgres_stopped_and_restarted_under_load() {
 async fn runtime_keys_and_redis_budgets_survive_a_gateway_restart() {
     let pg = Postgres::start();
     let redis = support::redis::Redis::start();
-    let extra = format!("limits_store: {{ redis: {{ url: \"{}\" }} }}\n", redis.url());
+    let extra = format!(
+        "limits_store: {{ redis: {{ url: \"{}\" }} }}\n",
+        redis.url()
+    );
     let gw = gateway(&pg, &extra).await;
     let admin = Admin::of(&gw);
     let http = support::client();
     admin
-        .post("/admin/teams", json!({"name": "r-team", "budgets": [{"tokens": 10000, "window": "month"}]}))
+        .post(
+            "/admin/teams",
+            json!({"name": "r-team", "budgets": [{"tokens": 10000, "window": "month"}]}),
+        )
         .await;
     let key = admin
         .create_key(json!({"name": "r-key", "team": "r-team", "budgets": [{"tokens": 10000, "window": "day"}]}))
@@ -249,7 +327,12 @@ async fn runtime_keys_and_redis_budgets_survive_a_gateway_restart() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|l| (l["level"].as_str().unwrap().to_string(), l["used"].as_f64().unwrap()))
+            .map(|l| {
+                (
+                    l["level"].as_str().unwrap().to_string(),
+                    l["used"].as_f64().unwrap(),
+                )
+            })
             .collect();
         if used == want {
             break;

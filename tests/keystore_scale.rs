@@ -67,7 +67,10 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn load_ms(logs: &str) -> u64 {
-    let line = logs.lines().find(|l| l.contains("loaded in")).expect("the load line");
+    let line = logs
+        .lines()
+        .find(|l| l.contains("loaded in"))
+        .expect("the load line");
     let after = line.split("loaded in ").nth(1).unwrap();
     after.split_whitespace().next().unwrap().parse().unwrap()
 }
@@ -94,6 +97,10 @@ async fn a_hundred_thousand_runtime_keys_load_fast_and_small() {
     // Debug builds are several times slower than release: the 2 s target
     // is for release (docs/keys.md has the release figure); a debug build
     // is held to 10 s.
-    let limit = if cfg!(debug_assertions) { 10_000 } else { 2_000 };
+    let limit = if cfg!(debug_assertions) {
+        10_000
+    } else {
+        2_000
+    };
     assert!(ms < limit, "{ms} ms");
 }

@@ -129,7 +129,8 @@ pub fn access_problems(
         if list.is_empty() {
             out.push((
                 format!("{field}.regions"),
-                "is empty, so no route would be allowed; list at least one region or leave it out".into(),
+                "is empty, so no route would be allowed; list at least one region or leave it out"
+                    .into(),
             ));
         }
         for (i, r) in list.iter().enumerate() {

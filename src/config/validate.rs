@@ -207,9 +207,10 @@ fn check_governance(cfg: &Config, v: &mut Problems) {
 fn check_key_store(cfg: &Config, v: &mut Problems) {
     let Some(ks) = &cfg.key_store else { return };
     match (&ks.sqlite, &ks.postgres) {
-        (Some(_), Some(_)) | (None, None) => {
-            v.add("key_store", "set exactly one of `sqlite` (a file) and `postgres` (a URL)")
-        }
+        (Some(_), Some(_)) | (None, None) => v.add(
+            "key_store",
+            "set exactly one of `sqlite` (a file) and `postgres` (a URL)",
+        ),
         (Some(path), None) => {
             if path.trim().is_empty() {
                 v.add("key_store.sqlite", "is empty; name the database file");
@@ -285,14 +286,13 @@ pub fn governance_problems(
     let mut v = Problems::default();
     check_limits(field, limits, &mut v);
     check_budgets(field, budgets, &mut v);
-    let mut out: Vec<(String, String)> = v
-        .0
-        .iter()
-        .map(|p| match p.split_once(": ") {
-            Some((f, m)) => (f.to_string(), m.to_string()),
-            None => (field.to_string(), p.clone()),
-        })
-        .collect();
+    let mut out: Vec<(String, String)> =
+        v.0.iter()
+            .map(|p| match p.split_once(": ") {
+                Some((f, m)) => (f.to_string(), m.to_string()),
+                None => (field.to_string(), p.clone()),
+            })
+            .collect();
     out.extend(super::routing::access_problems(field, tier, regions));
     out
 }

@@ -45,7 +45,12 @@ pub fn err(status: u16, code: &str, message: &str, param: Option<&str>) -> Reply
 }
 
 fn invalid(i: Invalid) -> Reply {
-    err(400, "invalid_request", &format!("{}: {}", i.param, i.message), Some(&i.param))
+    err(
+        400,
+        "invalid_request",
+        &format!("{}: {}", i.param, i.message),
+        Some(&i.param),
+    )
 }
 
 fn write_err(e: WriteError) -> Reply {
@@ -56,7 +61,12 @@ fn write_err(e: WriteError) -> Reply {
         WriteError::Sql(SqlError::Unavailable(_)) => unavailable(),
         WriteError::Sql(e) => {
             log::error!("key store write failed: {e}");
-            err(500, "key_store_error", "The key store failed to apply the change; nothing was written.", None)
+            err(
+                500,
+                "key_store_error",
+                "The key store failed to apply the change; nothing was written.",
+                None,
+            )
         }
     }
 }
@@ -83,7 +93,9 @@ fn read_only(what: &str, name: &str) -> Reply {
     err(
         409,
         "read_only",
-        &format!("{what} `{name}` is defined in the config file and is read-only here; change it there"),
+        &format!(
+            "{what} `{name}` is defined in the config file and is read-only here; change it there"
+        ),
         None,
     )
 }
@@ -93,24 +105,48 @@ fn read_only(what: &str, name: &str) -> Reply {
 pub fn parse<T: DeserializeOwned>(body: &[u8], empty_ok: bool) -> Result<(T, Value), Reply> {
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         if !empty_ok {
-            return Err(err(400, "invalid_request", "The request needs a JSON object body.", None));
+            return Err(err(
+                400,
+                "invalid_request",
+                "The request needs a JSON object body.",
+                None,
+            ));
         }
         b"{}"
     } else {
         body
     };
     let value: Value = serde_json::from_slice(body).map_err(|e| {
-        err(400, "invalid_request", &format!("The body is not valid JSON: {e}"), None)
+        err(
+            400,
+            "invalid_request",
+            &format!("The body is not valid JSON: {e}"),
+            None,
+        )
     })?;
     if !value.is_object() {
-        return Err(err(400, "invalid_request", "The body must be a JSON object.", None));
+        return Err(err(
+            400,
+            "invalid_request",
+            "The body must be a JSON object.",
+            None,
+        ));
     }
     let typed = serde_path_to_error::deserialize::<_, T>(&value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
         let msg = e.into_inner().to_string();
-        let shown = if path.is_empty() { msg.clone() } else { format!("{path}: {msg}") };
-        err(400, "invalid_request", &shown, (!path.is_empty()).then_some(path.as_str()))
+        let shown = if path.is_empty() {
+            msg.clone()
+        } else {
+            format!("{path}: {msg}")
+        };
+        err(
+            400,
+            "invalid_request",
+            &shown,
+            (!path.is_empty()).then_some(path.as_str()),
+        )
     })?;
     Ok((typed, value))
 }
@@ -133,7 +169,10 @@ fn page_limit(q: &str) -> Result<usize, Reply> {
         None | Some("") => Ok(100),
         Some(v) => match v.parse::<usize>() {
             Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-            _ => Err(invalid(Invalid::new("limit", format!("must be 1 to {MAX_PAGE}")))),
+            _ => Err(invalid(Invalid::new(
+                "limit",
+                format!("must be 1 to {MAX_PAGE}"),
+            ))),
         },
     }
 }
@@ -171,7 +210,10 @@ pub async fn list_keys(cfg: &Config, q: &str) -> Reply {
             .run(move |c| store::list_keys(c, &a, t.as_deref(), n, now).map_err(WriteError::Sql))
             .await
         {
-            Ok(keys) => rows.extend(keys.iter().map(|k| (k.name.to_string(), model::key_json(k, now)))),
+            Ok(keys) => rows.extend(
+                keys.iter()
+                    .map(|k| (k.name.to_string(), model::key_json(k, now))),
+            ),
             Err(e) => return write_err(e),
         }
         rows.sort_by(|a, b| a.0.cmp(&b.0));
@@ -198,7 +240,12 @@ pub async fn get_key(cfg: &Config, name: &str) -> Reply {
     }
     match stored_key(name).await {
         Ok(Some(k)) => Reply::ok(model::key_json(&k, now_ms())),
-        Ok(None) => err(404, "not_found", &format!("no key named `{}`", model::short(name)), None),
+        Ok(None) => err(
+            404,
+            "not_found",
+            &format!("no key named `{}`", model::short(name)),
+            None,
+        ),
         // The database is down: what this instance serves from.
         Err(r) if r.status == 503 => global()
             .and_then(|s| s.snapshot().key_view(name, now_ms()))
@@ -220,7 +267,11 @@ pub async fn create_key(cfg: &Config, actor: &str, body: &[u8]) -> Reply {
     };
     let now = now_ms();
     let checks = model::check_name("name", &req.name)
-        .and_then(|()| req.team.as_deref().map_or(Ok(()), |t| model::check_name("team", t)))
+        .and_then(|()| {
+            req.team
+                .as_deref()
+                .map_or(Ok(()), |t| model::check_name("team", t))
+        })
         .and_then(|()| model::check_models(req.models.as_ref(), cfg))
         .and_then(|()| {
             model::check_governance(
@@ -242,7 +293,10 @@ pub async fn create_key(cfg: &Config, actor: &str, body: &[u8]) -> Reply {
         return err(
             409,
             "conflict",
-            &format!("a key named `{}` already exists (in the config file)", req.name),
+            &format!(
+                "a key named `{}` already exists (in the config file)",
+                req.name
+            ),
             None,
         );
     }
@@ -290,7 +344,10 @@ pub async fn create_key(cfg: &Config, actor: &str, body: &[u8]) -> Reply {
         Ok(rec) => {
             let mut v = model::key_json(&rec, now);
             v["key"] = Value::from(secret);
-            Reply { status: 201, body: v }
+            Reply {
+                status: 201,
+                body: v,
+            }
         }
         Err(e) => write_err(e),
     }
@@ -362,7 +419,14 @@ pub async fn update_key(cfg: &Config, actor: &str, name: &str, body: &[u8]) -> R
                 Ok(())
             };
             let in_config = |t: &str| config_teams.contains(t);
-            store::update_key(c, Who { actor: &actor, now }, &key, &in_config, &apply, &changes)
+            store::update_key(
+                c,
+                Who { actor: &actor, now },
+                &key,
+                &in_config,
+                &apply,
+                &changes,
+            )
         })
         .await;
     match written {
@@ -456,7 +520,9 @@ pub async fn key_usage(rt: &crate::runtime::Runtime, name: &str, q: &str) -> Rep
                         .and_then(|t| snap.as_ref()?.teams().get(t).map(TeamRec::as_config_team));
                     let team = match (&k.team, &store_team) {
                         (Some(n), Some(t)) => Some((&**n, t)),
-                        (Some(n), None) => cfg.teams.get_key_value(&**n).map(|(a, b)| (a.as_str(), b)),
+                        (Some(n), None) => {
+                            cfg.teams.get_key_value(&**n).map(|(a, b)| (a.as_str(), b))
+                        }
                         _ => None,
                     };
                     Some(Arc::new(crate::runtime::KeyRt::compile(
@@ -469,22 +535,33 @@ pub async fn key_usage(rt: &crate::runtime::Runtime, name: &str, q: &str) -> Rep
             },
         };
     let Some(key) = compiled else {
-        return err(404, "not_found", &format!("no key named `{}`", model::short(name)), None);
+        return err(
+            404,
+            "not_found",
+            &format!("no key named `{}`", model::short(name)),
+            None,
+        );
     };
     let tally = |t: &ledger::Tally| json!({"requests": t.requests, "tokens": t.tokens, "spend_usd": t.spend_usd()});
     let usage = ledger::global()
         .read(index)
         .into_iter()
         .find(|(level, n, _, _)| *level == crate::governance::Level::Key && &**n == name)
-        .map_or(json!({"current": tally(&Default::default()), "previous": tally(&Default::default())}), |(_, _, cur, prev)| {
-            json!({"current": tally(&cur), "previous": tally(&prev)})
-        });
+        .map_or(
+            json!({"current": tally(&Default::default()), "previous": tally(&Default::default())}),
+            |(_, _, cur, prev)| json!({"current": tally(&cur), "previous": tally(&prev)}),
+        );
     let rules: Vec<&crate::governance::Rule> = key.rules.iter().collect();
     let used = match crate::governance::used(&rules).await {
         Ok(u) => u,
         Err(e) => {
             log::warn!("admin: reading the limits store failed: {e}");
-            return err(503, "limits_unavailable", "The limits store cannot be read.", None);
+            return err(
+                503,
+                "limits_unavailable",
+                "The limits store cannot be read.",
+                None,
+            );
         }
     };
     let limits: Vec<Value> = rules
@@ -522,7 +599,10 @@ pub fn list_teams(cfg: &Config, q: &str) -> Reply {
         let snap = s.snapshot();
         rows.extend(
             snap.teams()
-                .range::<str, _>((std::ops::Bound::Excluded(after.as_str()), std::ops::Bound::Unbounded))
+                .range::<str, _>((
+                    std::ops::Bound::Excluded(after.as_str()),
+                    std::ops::Bound::Unbounded,
+                ))
                 .take(limit + 1)
                 .map(|(n, t)| (n.to_string(), model::team_json(t))),
         );
@@ -541,7 +621,12 @@ pub fn get_team(cfg: &Config, name: &str) -> Reply {
     }
     match global().and_then(|s| s.snapshot().teams().get(name).map(model::team_json)) {
         Some(v) => Reply::ok(v),
-        None => err(404, "not_found", &format!("no team named `{}`", model::short(name)), None),
+        None => err(
+            404,
+            "not_found",
+            &format!("no team named `{}`", model::short(name)),
+            None,
+        ),
     }
 }
 
@@ -571,7 +656,10 @@ pub async fn create_team(cfg: &Config, actor: &str, body: &[u8]) -> Reply {
         return err(
             409,
             "conflict",
-            &format!("a team named `{}` already exists (in the config file)", req.name),
+            &format!(
+                "a team named `{}` already exists (in the config file)",
+                req.name
+            ),
             None,
         );
     }
@@ -695,7 +783,12 @@ pub async fn audit(q: &str) -> Reply {
         None | Some("") => None,
         Some(v) => match v.parse::<i64>() {
             Ok(n) if n > 0 => Some(n),
-            _ => return invalid(Invalid::new("before", "must be an audit id (a positive integer)")),
+            _ => {
+                return invalid(Invalid::new(
+                    "before",
+                    "must be an audit id (a positive integer)",
+                ))
+            }
         },
     };
     let limit = i64::try_from(limit).unwrap_or(100);
@@ -704,7 +797,9 @@ pub async fn audit(q: &str) -> Reply {
         .await
     {
         Ok(rows) => {
-            let next = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id)).flatten();
+            let next = (rows.len() as i64 == limit)
+                .then(|| rows.last().map(|r| r.id))
+                .flatten();
             let entries: Vec<Value> = rows
                 .into_iter()
                 .map(|r| {

@@ -40,8 +40,10 @@ pub fn call(c: &AdminCall, key: &str) -> Result<(u16, String), String> {
     let timeout = Duration::from_secs(30);
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| format!("cannot reach the admin API at {authority}: {e}"))?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     let body = c.body.as_ref().map(|b| b.to_string()).unwrap_or_default();
     let head = format!(
         "{} {} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -67,9 +69,10 @@ pub fn call(c: &AdminCall, key: &str) -> Result<(u16, String), String> {
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or("the admin API's answer has no status")?;
     let mut body = raw[split + 4..].to_vec();
-    let chunked = header
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked"));
+    let chunked = header.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
     if chunked {
         body = dechunk(&body);
     }

@@ -27,7 +27,10 @@ pub fn latest() -> i64 {
 pub enum MigrateError {
     Sql(SqlError),
     /// The database was migrated by a newer Tollgate.
-    TooNew { found: i64, known: i64 },
+    TooNew {
+        found: i64,
+        known: i64,
+    },
 }
 
 impl From<SqlError> for MigrateError {

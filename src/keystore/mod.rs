@@ -20,8 +20,8 @@ pub mod client;
 pub mod feed;
 pub mod metrics;
 pub mod migrate;
-pub mod openapi;
 pub mod model;
+pub mod openapi;
 pub mod snapshot;
 pub mod sql;
 pub mod store;
@@ -69,7 +69,7 @@ pub fn global() -> Option<&'static Arc<KeyStore>> {
 pub fn lookup(d: &[u8; 32]) -> Lookup {
     match STORE.get() {
         None => Lookup::Unknown,
-        Some(s) => s.snapshot.load().lookup(d, now_ms()),
+        Some(s) => s.snapshot.load().lookup_at(d, now_ms),
     }
 }
 
@@ -142,8 +142,7 @@ pub fn open(ks: &KeyStoreSection, cfg: Arc<Config>) -> Result<Arc<KeyStore>, Str
     let mut conn = backend
         .connect()
         .map_err(|e| format!("key store ({}): {e}", backend.label()))?;
-    let applied =
-        migrate::run(&mut *conn).map_err(|e| format!("key store migrations: {e}"))?;
+    let applied = migrate::run(&mut *conn).map_err(|e| format!("key store migrations: {e}"))?;
     if !applied.is_empty() {
         log::info!("key store: applied migrations {applied:?}");
     }
@@ -312,20 +311,21 @@ impl KeyStore {
                 Err(e) => {
                     let r = Err(e);
                     self.mark(&r);
-                    return Err(WriteError::Sql(r.err().unwrap_or(SqlError::Unavailable(
-                        "no connection".into(),
-                    ))));
+                    return Err(WriteError::Sql(
+                        r.err()
+                            .unwrap_or(SqlError::Unavailable("no connection".into())),
+                    ));
                 }
             }
         }
         let Some(conn) = slot.as_mut() else {
-            return Err(WriteError::Sql(SqlError::Unavailable("no connection".into())));
+            return Err(WriteError::Sql(SqlError::Unavailable(
+                "no connection".into(),
+            )));
         };
         let out = f(&mut **conn);
         let refreshed = match &out {
-            Err(WriteError::Sql(SqlError::Unavailable(m))) => {
-                Err(SqlError::Unavailable(m.clone()))
-            }
+            Err(WriteError::Sql(SqlError::Unavailable(m))) => Err(SqlError::Unavailable(m.clone())),
             _ => self.refresh_with(&mut **conn),
         };
         if matches!(refreshed, Err(SqlError::Unavailable(_))) {
@@ -382,6 +382,14 @@ pub fn new_secret() -> Result<String, String> {
         "tg-{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     ))
+}
+
+/// A fresh key name, `key-` and 12 random hex digits (for `tollgate keys
+/// create` without `--name`).
+pub fn new_key_name() -> Result<String, String> {
+    let mut bytes = [0u8; 6];
+    getrandom::getrandom(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(format!("key-{}", hex::encode(bytes)))
 }
 
 #[cfg(test)]

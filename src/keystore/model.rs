@@ -129,11 +129,9 @@ impl<'de> Deserialize<'de> for Timestamp {
             Raw::Secs(s) if (0..=253_402_300_799).contains(&s) => Ok(Timestamp(s * 1000)),
             Raw::Secs(_) => Err(bad()),
             Raw::Text(t) => {
-                let at = time::OffsetDateTime::parse(
-                    &t,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .map_err(|_| bad())?;
+                let at =
+                    time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                        .map_err(|_| bad())?;
                 let ms = at.unix_timestamp_nanos() / 1_000_000;
                 i64::try_from(ms).map(Timestamp).map_err(|_| bad())
             }
@@ -154,7 +152,9 @@ pub fn rfc3339(ms: i64) -> String {
 }
 
 /// Reads a field that may be absent (keep), `null` (clear) or a value (set).
-fn double<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+fn double<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -287,10 +287,12 @@ pub fn check_governance(
         ));
     }
     if regions.is_some_and(|r| r.len() > MAX_LIST) {
-        return Err(Invalid::new("regions", format!("at most {MAX_LIST} regions")));
+        return Err(Invalid::new(
+            "regions",
+            format!("at most {MAX_LIST} regions"),
+        ));
     }
-    let problems =
-        crate::config::validate::governance_problems("", limits, budgets, tier, regions);
+    let problems = crate::config::validate::governance_problems("", limits, budgets, tier, regions);
     if let Some((field, msg)) = problems.into_iter().next() {
         return Err(Invalid::new(field.trim_start_matches('.'), msg));
     }

@@ -40,12 +40,18 @@ fn common(nullable: bool) -> Map<String, Value> {
         }
     };
     let mut m = Map::new();
-    m.insert("limits".into(), json!({"$ref": "#/components/schemas/Limits"}));
+    m.insert(
+        "limits".into(),
+        json!({"$ref": "#/components/schemas/Limits"}),
+    );
     m.insert(
         "budgets".into(),
         json!({"type": "array", "maxItems": 256, "items": {"$ref": "#/components/schemas/Budget"}}),
     );
-    m.insert("tier".into(), opt(json!({"type": "string", "maxLength": 64})));
+    m.insert(
+        "tier".into(),
+        opt(json!({"type": "string", "maxLength": 64})),
+    );
     m.insert(
         "regions".into(),
         opt(json!({"type": "array", "minItems": 1, "maxItems": 256, "items": {"type": "string", "maxLength": 64}})),
@@ -65,7 +71,10 @@ fn key_fields(nullable: bool) -> Map<String, Value> {
         }
         v
     };
-    m.insert("team".into(), opt(json!({"type": "string", "maxLength": 128})));
+    m.insert(
+        "team".into(),
+        opt(json!({"type": "string", "maxLength": 128})),
+    );
     m.insert(
         "models".into(),
         opt(json!({"type": "array", "maxItems": 256, "items": {"type": "string"}, "description": "Aliases the key may use; absent: all."})),
@@ -121,7 +130,9 @@ pub fn document() -> Value {
             params.push(json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}));
         }
         for q in r.query {
-            params.push(json!({"name": q, "in": "query", "required": false, "schema": {"type": "string"}}));
+            params.push(
+                json!({"name": q, "in": "query", "required": false, "schema": {"type": "string"}}),
+            );
         }
         let mut responses = Map::new();
         responses.insert(
@@ -129,14 +140,25 @@ pub fn document() -> Value {
             json!({"description": "Success", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Any"}}}}),
         );
         responses.insert("401".into(), error_response("No or a wrong admin key"));
-        responses.insert("400".into(), error_response("A field is invalid (param names it)"));
+        responses.insert(
+            "400".into(),
+            error_response("A field is invalid (param names it)"),
+        );
         if r.path.contains("{name}") {
             responses.insert("404".into(), error_response("No such key or team"));
         }
         if r.method != "GET" {
-            responses.insert("409".into(), error_response("A duplicate name, a config (read-only) key or team, or a team still in use"));
+            responses.insert(
+                "409".into(),
+                error_response(
+                    "A duplicate name, a config (read-only) key or team, or a team still in use",
+                ),
+            );
             responses.insert("413".into(), error_response("The body is over 1 MiB"));
-            responses.insert("503".into(), error_response("The key store's database is unreachable"));
+            responses.insert(
+                "503".into(),
+                error_response("The key store's database is unreachable"),
+            );
         }
         let mut op = json!({
             "operationId": format!("{:?}", r.op),

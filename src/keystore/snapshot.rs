@@ -94,6 +94,12 @@ impl Snapshot {
 
     /// The key that digest `d` opens at `now_ms`, or why it does not.
     pub fn lookup(&self, d: &[u8; 32], now_ms: i64) -> Lookup {
+        self.lookup_at(d, || now_ms)
+    }
+
+    /// [`lookup`](Self::lookup), reading the clock (`now`, Unix ms) only
+    /// for a secret with an end (an expiry or a rotation's grace period).
+    pub fn lookup_at(&self, d: &[u8; 32], now: impl FnOnce() -> i64) -> Lookup {
         let Some((known, e)) = self.by_digest.get_key_value(d) else {
             return Lookup::Unknown;
         };
@@ -102,14 +108,19 @@ impl Snapshot {
         }
         let k = &e.key;
         if k.revoked {
-            Lookup::Refused(KeyRefusal::Revoked)
-        } else if now_ms >= e.valid_until {
-            Lookup::Refused(KeyRefusal::RotatedOut)
-        } else if now_ms >= k.expires_at {
-            Lookup::Refused(KeyRefusal::Expired)
-        } else {
-            Lookup::Found(k.compiled.get_or_init(|| self.compile(k)).clone())
+            return Lookup::Refused(KeyRefusal::Revoked);
         }
+        let ends = e.valid_until.min(k.expires_at);
+        if ends != i64::MAX {
+            let now_ms = now();
+            if now_ms >= e.valid_until {
+                return Lookup::Refused(KeyRefusal::RotatedOut);
+            }
+            if now_ms >= k.expires_at {
+                return Lookup::Refused(KeyRefusal::Expired);
+            }
+        }
+        Lookup::Found(k.compiled.get_or_init(|| self.compile(k)).clone())
     }
 
     /// How many secrets it knows.
@@ -394,12 +405,21 @@ teams: { cfg-team: { limits: { rpm: 7 } } }
         assert_eq!(&*got.name, "k1");
         assert!(got.allows("a") && !got.allows("b"));
         // Its key rule and its config team's rule, compiled as for config keys.
-        let rules: Vec<(Level, &str, i64)> =
-            got.rules.iter().map(|r| (r.id.level, &*r.id.name, r.limit)).collect();
+        let rules: Vec<(Level, &str, i64)> = got
+            .rules
+            .iter()
+            .map(|r| (r.id.level, &*r.id.name, r.limit))
+            .collect();
         assert_eq!(rules, [(Level::Key, "k1", 5), (Level::Team, "cfg-team", 7)]);
-        assert_eq!(refused(s.lookup(&d("old"), 1_000)), Some(KeyRefusal::RotatedOut));
+        assert_eq!(
+            refused(s.lookup(&d("old"), 1_000)),
+            Some(KeyRefusal::RotatedOut)
+        );
         assert!(found(s.lookup(&d("new"), 4_999)).is_some());
-        assert_eq!(refused(s.lookup(&d("new"), 5_000)), Some(KeyRefusal::Expired));
+        assert_eq!(
+            refused(s.lookup(&d("new"), 5_000)),
+            Some(KeyRefusal::Expired)
+        );
         assert!(matches!(s.lookup(&d("other"), 0), Lookup::Unknown));
 
         let mut s2 = s.begin(2, vec![]);
@@ -420,7 +440,10 @@ teams: { cfg-team: { limits: { rpm: 7 } } }
         let b = found(s.lookup(&d("s"), 0)).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         let unrelated = s.begin(2, vec![]);
-        assert!(Arc::ptr_eq(&a, &found(unrelated.lookup(&d("s"), 0)).unwrap()));
+        assert!(Arc::ptr_eq(
+            &a,
+            &found(unrelated.lookup(&d("s"), 0)).unwrap()
+        ));
         let again = s.with_config(cfg());
         assert!(!Arc::ptr_eq(&a, &found(again.lookup(&d("s"), 0)).unwrap()));
     }
@@ -452,12 +475,21 @@ listen: "127.0.0.1:8080"
 providers: { m: { kind: mock } }
 models: { fast: { routes: [ { provider: m, model: x } ] } }
 "#;
-        let cfg = Arc::new(crate::config::parse_str(yaml, |_| None, std::path::Path::new(".")).unwrap());
+        let cfg =
+            Arc::new(crate::config::parse_str(yaml, |_| None, std::path::Path::new(".")).unwrap());
         let teams: Vec<(TeamRec, bool)> = (0..100)
             .map(|t| {
                 let name: Arc<str> = Arc::from(format!("team-{t}"));
                 let spec = serde_json::from_str(r#"{"limits":{"rpm":100000}}"#).unwrap();
-                (TeamRec { name, spec, created_at: 0, updated_at: 0 }, false)
+                (
+                    TeamRec {
+                        name,
+                        spec,
+                        created_at: 0,
+                        updated_at: 0,
+                    },
+                    false,
+                )
             })
             .collect();
         let r0 = rss();

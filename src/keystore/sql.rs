@@ -282,11 +282,7 @@ pub fn pg_err(e: &postgres::Error) -> SqlError {
             "23505" => SqlError::Conflict(db.message().to_string()),
             // Connection exceptions, shutdown, too many connections,
             // cannot connect now, read-only (a standby).
-            c if c.starts_with("08")
-                || c.starts_with("57P")
-                || c == "53300"
-                || c == "25006" =>
-            {
+            c if c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "25006" => {
                 SqlError::Unavailable(db.message().to_string())
             }
             _ => SqlError::Other(format!("{} ({code})", db.message())),
@@ -310,7 +306,8 @@ impl postgres::types::ToSql for Val {
     }
 
     fn accepts(ty: &postgres::types::Type) -> bool {
-        <i64 as postgres::types::ToSql>::accepts(ty) || <&str as postgres::types::ToSql>::accepts(ty)
+        <i64 as postgres::types::ToSql>::accepts(ty)
+            || <&str as postgres::types::ToSql>::accepts(ty)
     }
 
     postgres::types::to_sql_checked!();

@@ -21,7 +21,10 @@ pub enum WriteError {
     /// A duplicate, or a change that the current state forbids (409).
     Conflict(String),
     /// A request field refers to something that does not exist (400).
-    Invalid { param: String, message: String },
+    Invalid {
+        param: String,
+        message: String,
+    },
 }
 
 impl From<SqlError> for WriteError {
@@ -383,7 +386,13 @@ pub fn delete_team(c: &mut dyn Conn, who: Who<'_>, name: &str) -> Result<i64, Wr
             "UPDATE teams SET deleted = 1, updated_at = $2, seq = $3 WHERE name = $1",
             &[name.into(), Val::Int(who.now), Val::Int(seq)],
         )?;
-        audit(c, who, "team.delete", name, &serde_json::json!({"deleted": true}))?;
+        audit(
+            c,
+            who,
+            "team.delete",
+            name,
+            &serde_json::json!({"deleted": true}),
+        )?;
         notify(c, seq)?;
         Ok(seq)
     })
@@ -449,12 +458,16 @@ pub fn head(c: &mut dyn Conn) -> Result<i64, SqlError> {
         .ok_or_else(|| SqlError::Other("change_counter row is missing".into()))
 }
 
+/// The teams written in a range of changes, each with whether it was
+/// deleted.
+pub type ChangedTeams = Vec<(TeamRec, bool)>;
+
 /// The change counter's head and the teams written after `since` (up to
 /// the head); `None` when nothing was written.
 pub fn changed_teams(
     c: &mut dyn Conn,
     since: i64,
-) -> Result<Option<(i64, Vec<(TeamRec, bool)>)>, SqlError> {
+) -> Result<Option<(i64, ChangedTeams)>, SqlError> {
     let head = head(c)?;
     if head == since {
         return Ok(None);
@@ -542,7 +555,11 @@ fn secrets_of(c: &mut dyn Conn, name: &str) -> Result<Vec<SecretRec>, SqlError> 
         "SELECT digest, created_at, valid_until FROM key_secrets WHERE key_name = $1",
         &[name.into()],
         &mut |r| {
-            if let Some(digest) = r.first().and_then(Val::text).and_then(crate::auth::parse_hex_digest) {
+            if let Some(digest) = r
+                .first()
+                .and_then(Val::text)
+                .and_then(crate::auth::parse_hex_digest)
+            {
                 out.push(SecretRec {
                     digest,
                     created_at: r.get(1).and_then(Val::int).unwrap_or(0),
@@ -571,7 +588,9 @@ pub fn list_keys(
             &[after.into(), Val::Int(limit)],
         )?,
         Some(t) => c.query(
-            &format!("SELECT {cols} FROM keys WHERE name > $1 AND team = $3 ORDER BY name LIMIT $2"),
+            &format!(
+                "SELECT {cols} FROM keys WHERE name > $1 AND team = $3 ORDER BY name LIMIT $2"
+            ),
             &[after.into(), Val::Int(limit), t.into()],
         )?,
     };

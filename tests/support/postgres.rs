@@ -35,7 +35,10 @@ fn bin_dir() -> PathBuf {
         })
         .collect();
     found.sort();
-    found.pop().expect("no /usr/lib/postgresql/N/bin/postgres").1
+    found
+        .pop()
+        .expect("no /usr/lib/postgresql/N/bin/postgres")
+        .1
 }
 
 /// The `postgres` user's ids, read from /etc/passwd.
@@ -86,7 +89,14 @@ impl Postgres {
             .cmd("initdb")
             .arg("-D")
             .arg(pg.data())
-            .args(["-U", "tollgate", "--auth=scram-sha-256", "-E", "UTF8", "--no-sync"])
+            .args([
+                "-U",
+                "tollgate",
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .output()
             .expect("run initdb");
@@ -99,7 +109,15 @@ impl Postgres {
         pg.restart();
         let out = pg
             .cmd("createdb")
-            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "tollgate", "tollgate"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "tollgate",
+                "tollgate",
+            ])
             .env("PGPASSWORD", PASSWORD)
             .output()
             .expect("run createdb");
@@ -141,9 +159,12 @@ impl Postgres {
     /// until it accepts connections.
     pub fn restart(&mut self) {
         self.starts += 1;
-        let log =
-            std::fs::File::create(self.dir.path().join(format!("postgres-{}.log", self.starts)))
-                .unwrap();
+        let log = std::fs::File::create(
+            self.dir
+                .path()
+                .join(format!("postgres-{}.log", self.starts)),
+        )
+        .unwrap();
         if let Some((uid, gid)) = self.user {
             let _ = std::os::unix::fs::chown(self.dir.path(), Some(uid), Some(gid));
         }
@@ -170,7 +191,11 @@ impl Postgres {
             if ok {
                 return;
             }
-            assert!(Instant::now() < deadline, "postgres did not start: {}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not start: {}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
