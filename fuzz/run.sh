@@ -8,7 +8,10 @@
 # (`cargo fuzz list`). Set FUZZ_RUNS=N to stop each target after N
 # executions instead (SECONDS is then the time limit). FUZZ_SANITIZER
 # (default address) is passed to cargo fuzz build: `none` runs safe Rust two
-# to three times faster, for long offline runs. Needs cargo-fuzz;
+# to three times faster, for long offline runs. FUZZ_TIMEOUT (seconds,
+# default 1) is libFuzzer's per-input limit: on a machine busy with other
+# work, a 1 ms input can be starved past 1 s, so long runs beside other jobs
+# use a larger one and re-time their slowest inputs alone. Needs cargo-fuzz;
 # the stable toolchain works with RUSTC_BOOTSTRAP=1 (set here).
 #
 # The committed corpus (fuzz/corpus/<target>/) seeds each run and is not
@@ -58,7 +61,7 @@ for t in "${targets[@]}"; do
     mkdir -p "artifacts/$t" "corpus/$t"
     work=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-fuzz-$t.XXXXXX")
     log="$work.log"
-    args=(-max_total_time="$secs" -timeout=1 -rss_limit_mb=2048 -max_len=16384
+    args=(-max_total_time="$secs" -timeout="${FUZZ_TIMEOUT:-1}" -rss_limit_mb=2048 -max_len=16384
         -artifact_prefix="artifacts/$t/" -print_final_stats=1)
     if [[ -n "${FUZZ_RUNS:-}" ]]; then args+=(-runs="$FUZZ_RUNS"); fi
     dict=$(dict_for "$t")

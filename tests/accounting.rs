@@ -1227,7 +1227,17 @@ keys:
         let got = statuses.iter().find(|(n, _)| n == name).unwrap().1;
         assert_eq!(got, *status, "{name}: {}", transcript.join("\n----\n"));
     }
-    // The provider refusing our key is a generic 502 (RELIABILITY row 18).
+    // The provider refusing our key is a generic 502 (RELIABILITY row 18),
+    // with `Connection: close` (docs/config.md: the connection is not reused
+    // after a failed proxy attempt, and a pooled client must know it).
+    let refused_head = transcript
+        .iter()
+        .find(|t| t.starts_with("refused "))
+        .unwrap();
+    assert!(
+        refused_head.contains("\nconnection: close\n"),
+        "the 502 does not say the connection closes:\n{refused_head}"
+    );
     let refused = &bodies.iter().find(|(n, _)| *n == "refused").unwrap().1;
     support::assert_error(502, refused, (502, "api_error", "upstream_auth_error"));
     // Every request that was logged is in the log file before we read it.

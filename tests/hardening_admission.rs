@@ -27,13 +27,13 @@ const TPM: u64 = 10_000_000;
 /// `max_body_bytes`' default: the largest body a client may announce.
 const BIG: u64 = 32 * 1024 * 1024;
 
-fn config(port: u16, store: &str, admin: &str) -> String {
+fn config(port: u16, store: &str) -> String {
     format!(
         r#"
 listen: "{{LISTEN}}"
 metrics_listen: "{{METRICS}}"
 server: {{ pid_file: "{{TMP}}/t.pid", upgrade_sock: "{{TMP}}/u.sock" }}
-admin_listen: "{admin}"
+admin_listen: "{{ADMIN}}"
 admin_key: "{ADMIN_KEY}"
 limits_store: {store}
 downstream: {{ body_idle_timeout: 5s }}
@@ -170,8 +170,7 @@ async fn header_only(gw: &Gateway, key: &str, extra: &str) -> (u16, String, Valu
 
 async fn key_over_its_limits_is_refused_before_its_body(store: &str) {
     let mock = MockUpstream::start(exact_usage(Duration::from_millis(300))).await;
-    let [admin, _] = support::gateway::free_addrs();
-    let gw = Gateway::start(&config(mock.port(), store, &admin)).await;
+    let gw = Gateway::start(&config(mock.port(), store)).await;
 
     // rpm: the one request of the minute is used; the 32 MiB one is refused
     // from its header alone, with or without `Expect: 100-continue`.
@@ -294,8 +293,8 @@ async fn tpm_used(admin: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tokenizer_reads_the_prompt_up_to_the_cap_and_estimates_past_it() {
     let mock = MockUpstream::start(exact_usage(Duration::from_millis(1))).await;
-    let [admin, _] = support::gateway::free_addrs();
-    let gw = Gateway::start(&config(mock.port(), "memory", &admin)).await;
+    let gw = Gateway::start(&config(mock.port(), "memory")).await;
+    let admin = gw.admin_addr();
     // One request teaches the route its ratio (1: the mock counts like
     // our tokenizer), so reservations are exactly the estimate.
     let warm = post(&gw, TPM_KEY, small_body()).await;
@@ -359,8 +358,8 @@ async fn both_used(admin: &str) -> (f64, f64) {
 
 async fn second_step_refusal_gives_back_the_first_steps_count(store: &str) {
     let mock = MockUpstream::start(exact_usage(Duration::from_millis(1))).await;
-    let [admin, _] = support::gateway::free_addrs();
-    let gw = Gateway::start(&config(mock.port(), store, &admin)).await;
+    let gw = Gateway::start(&config(mock.port(), store)).await;
+    let admin = gw.admin_addr();
     // `tight` allows 10 tokens a minute: a request reserving more is
     // refused by the alias after the key's rpm and slot were counted.
     let mut over: Value = serde_json::from_str(&small_body()).unwrap();

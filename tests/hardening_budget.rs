@@ -21,13 +21,13 @@ const MAX_TOKENS: u64 = 40;
 const PROMPT: u64 = 30;
 const COMPLETION: u64 = 20;
 
-fn config(port: u16, store: &str, admin: &str) -> String {
+fn config(port: u16, store: &str) -> String {
     format!(
         r#"
 listen: "{{LISTEN}}"
 metrics_listen: "{{METRICS}}"
 server: {{ pid_file: "{{TMP}}/t.pid", upgrade_sock: "{{TMP}}/u.sock" }}
-admin_listen: "{admin}"
+admin_listen: "{{ADMIN}}"
 admin_key: "{ADMIN_KEY}"
 limits_store: {store}
 providers:
@@ -133,8 +133,8 @@ async fn settled(admin: &str, want: &[(String, f64)]) -> Vec<(String, f64)> {
 
 async fn absurd_values_never_wrap_a_counter(store: &str) {
     let mock = MockUpstream::start(usage_reply()).await;
-    let [admin, _] = support::gateway::free_addrs();
-    let gw = Gateway::start(&config(mock.port(), store, &admin)).await;
+    let gw = Gateway::start(&config(mock.port(), store)).await;
+    let admin = gw.admin_addr();
     let normal = || body_with("max_tokens", &MAX_TOKENS.to_string());
     assert_eq!(post(&gw, normal()).await.0, 200);
     let real = (PROMPT + COMPLETION) as f64;

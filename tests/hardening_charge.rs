@@ -54,7 +54,7 @@ const PIECES: [&str; 4] = [
 /// `chat` → `up`/gpt-4o and `claude` → `claude`/claude-sonnet-4-5, both
 /// priced; key alice with a token budget; the admin API on `admin`.
 /// `models_extra` is more YAML under `models:` (indented two spaces).
-fn config(openai_port: u16, anthropic_port: u16, admin: &str, models_extra: &str) -> String {
+fn config(openai_port: u16, anthropic_port: u16, models_extra: &str) -> String {
     format!(
         r#"{CONFIG_HEAD}providers:
   up:
@@ -74,7 +74,7 @@ models:
   claude: {{ routes: [ {{ provider: claude, model: claude-sonnet-4-5, price: {{ input: 3.0, output: 15.0 }} }} ] }}
 {models_extra}keys:
   - {{ name: alice, key: "{KEY}", budgets: [ {{ tokens: 1000000000, window: day }} ] }}
-admin_listen: "{admin}"
+admin_listen: "{{ADMIN}}"
 admin_key: "{ADMIN_KEY}"
 "#
     )
@@ -201,8 +201,8 @@ async fn tokens(gw: &Gateway, labels: &[(&str, &str)]) -> f64 {
 }
 
 async fn start(openai_port: u16, anthropic_port: u16, models_extra: &str) -> (Gateway, String) {
-    let [admin, _] = support::gateway::free_addrs();
-    let gw = Gateway::start(&config(openai_port, anthropic_port, &admin, models_extra)).await;
+    let gw = Gateway::start(&config(openai_port, anthropic_port, models_extra)).await;
+    let admin = gw.admin_addr();
     (gw, admin)
 }
 
@@ -648,8 +648,7 @@ async fn a_gemini_stream_cut_before_its_last_chunk_is_charged_its_text() {
     })
     .await;
     let models_extra = "  gem: { routes: [ { provider: gem, model: gemini-2.5-flash } ] }\n";
-    let [admin, _] = support::gateway::free_addrs();
-    let yaml = config(1, 1, &admin, models_extra).replace(
+    let yaml = config(1, 1, models_extra).replace(
         "  claude:\n    kind: anthropic",
         &format!(
             "  gem:\n    kind: gemini\n    base_url: \"http://127.0.0.1:{}/v1beta\"\n    \
@@ -740,8 +739,7 @@ async fn a_hedged_request_the_client_leaves_charges_both_legs() {
       - { provider: up2, model: gpt-4o-mini, price: { input: 1.0, output: 2.0 } }
     hedge: { after: 100ms, max_share: 1.0 }
 "#;
-    let [admin, _] = support::gateway::free_addrs();
-    let yaml = config(slow.port, 1, &admin, hedge).replace(
+    let yaml = config(slow.port, 1, hedge).replace(
         "  claude:\n    kind: anthropic",
         &format!(
             "  up2:\n    kind: openai\n    base_url: \"http://127.0.0.1:{}/v1\"\n    \
@@ -751,6 +749,7 @@ async fn a_hedged_request_the_client_leaves_charges_both_legs() {
         ),
     );
     let gw = Gateway::start(&yaml).await;
+    let admin = gw.admin_addr();
 
     let req = raw_post(
         "/v1/chat/completions",
@@ -797,8 +796,7 @@ async fn a_shadow_copy_too_big_to_read_is_counted() {
     .await;
     let models_extra = "  shadowed:\n    routes: [ { provider: up, model: gpt-4o } ]\n    \
         shadow: { route: { provider: sh, model: gpt-4o-mini }, sample: 1 }\n";
-    let [admin, _] = support::gateway::free_addrs();
-    let yaml = config(primary.port(), 1, &admin, models_extra).replace(
+    let yaml = config(primary.port(), 1, models_extra).replace(
         "  claude:\n    kind: anthropic",
         &format!(
             "  sh:\n    kind: openai\n    base_url: \"http://127.0.0.1:{}/v1\"\n    \

@@ -946,9 +946,10 @@ async fn row31_idle_gateway_exits_promptly_on_sigterm() {
         .unwrap_or_else(|| panic!("idle gateway still running; log:\n{}", gw.logs()));
     let took = t.elapsed();
     assert_eq!(status.code(), Some(0), "log:\n{}", gw.logs());
-    // The grace period is 10 s: an idle stop must not wait for it.
+    // The grace period is 10 s: an idle stop must not wait for it (5 s
+    // leaves a loaded machine room and still tells the two apart).
     assert!(
-        took < Duration::from_millis(1500),
+        took < Duration::from_secs(5),
         "idle gateway took {took:?} to exit after SIGTERM"
     );
 }

@@ -239,11 +239,7 @@ impl Upstreams {
         });
         let mut cut = sse_chat_events("cut-up", 2);
         cut.pop(); // no [DONE]: the stream ends early
-        let refused = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let refused = support::gateway::refused_port();
         Upstreams {
             good: MockUpstream::start(Behavior::ChatEcho).await,
             bad: MockUpstream::start(Behavior::json(

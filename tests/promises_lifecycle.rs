@@ -135,14 +135,16 @@ async fn keepalive_closes_a_connection_silently_after_that_long_without_a_reques
         let mut buf = Vec::new();
         let t0 = Instant::now();
         let mut served = 0;
+        let mut last_served = Duration::ZERO;
         while t0.elapsed() < Duration::from_secs(4) {
             s.write_all(&raw_chat(&chat_body(false))).await.unwrap();
             let resp = read_response(&mut s, &mut buf).await;
             assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
             served += 1;
+            last_served = t0.elapsed();
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        served
+        (served, last_served)
     };
     let ((quiet, t_first), (extra, t_after), served) = tokio::join!(first, after_one, busy);
     for (what, bytes, took) in [("first", quiet, t_first), ("next", extra, t_after)] {
@@ -156,7 +158,12 @@ async fn keepalive_closes_a_connection_silently_after_that_long_without_a_reques
             "{what} request: closed after {took:?}, before the 3 s keepalive"
         );
     }
-    assert!(served >= 10, "{served} requests on the busy connection");
+    // Served past the 3 s, on one connection (a closed one fails the loop).
+    let (served, last_served) = served;
+    assert!(
+        served >= 2 && last_served >= Duration::from_secs(3),
+        "{served} requests on the busy connection, the last at {last_served:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------

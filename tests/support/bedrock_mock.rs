@@ -9,7 +9,7 @@
 
 use super::mini_server::{MiniBody, MiniReply, MiniRequest, MiniServer};
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
