@@ -4,7 +4,7 @@
 # wall-clock time is not.
 #
 #   benches/callgrind.sh [--requests N] [--warmup N] [--body FILE] [--no-build]
-#                        [--keep] [--binary PATH]...
+#                        [--keep] [--key-store] [--binary PATH]...
 #
 # For each binary (default target/release/tollgate) it starts the bench mock
 # upstream (benches/mock_upstream.rs) and the gateway under
@@ -17,6 +17,9 @@
 # prints the user-space instructions (Ir) per measured request, all threads
 # of the process together. With several binaries it prints each one's ratio
 # to the first (e.g. a build with a setting changed, same commit otherwise).
+# --key-store runs each binary three times: without a key store, with a
+# SQLite `key_store` (and `admin_listen`) sending the same config key, and
+# with it sending a runtime key created through the admin API.
 # The body is benches/load.sh's 1,213-byte chat request (its throughput
 # body), or --body FILE (a chat request for the alias `fast`).
 #
@@ -26,13 +29,14 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 REQUESTS=2000
 WARMUP=200
 BUILD=1
 KEEP=0
+KEY_STORE=0
 BODY=""
 declare -a BINARIES=()
 while (($#)); do
@@ -43,6 +47,7 @@ while (($#)); do
         --body) BODY=${2:?--body needs FILE}; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --keep) KEEP=1; shift ;;
+        --key-store) KEY_STORE=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -131,10 +136,10 @@ PY
 fi
 BODY_BYTES=$(stat -c %s "$TMP/chat.json")
 
-# Sends N requests of the body on one keep-alive connection; fails on any
-# status but 200 or a closed connection.
-send() { # port n
-    python3 - "$1" "$2" "$TMP/chat.json" "$KEY" <<'PY'
+# Sends N requests of the body on one keep-alive connection, with KEY (or
+# the one given); fails on any status but 200 or a closed connection.
+send() { # port n [key]
+    python3 - "$1" "$2" "$TMP/chat.json" "${3:-$KEY}" <<'PY'
 import http.client, sys
 port, n, path, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 body = open(path, "rb").read()
@@ -155,12 +160,28 @@ log "starting the mock upstream on :$P_MOCK"
 STARTED+=($!)
 wait_port "$P_MOCK" 10 || die "mock upstream did not start (see $TMP/mock.log)"
 
+# Creates a runtime key through the admin API on PORT; prints its secret.
+create_key() { # admin-port
+    python3 - "$1" <<'PY'
+import http.client, json, sys
+conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=120)
+conn.request("POST", "/admin/keys", json.dumps({"name": "bench-runtime"}),
+             {"Authorization": "Bearer admin-bench-0123456789", "Content-Type": "application/json"})
+r = conn.getresponse()
+body = r.read()
+if r.status != 201:
+    sys.exit(f"creating the runtime key: {r.status} {body[:200]!r}")
+print(json.loads(body)["key"])
+PY
+}
+
 declare -a NAMES=() IRS=()
-run_one() { # binary index
-    local bin=$1 i=$2 port metrics dir pid
+run_one() { # binary index [store|runtime]
+    local bin=$1 i=$2 variant=${3:-} port metrics dir pid admin key=$KEY
     port=$(free_port)
     metrics=$(free_port)
-    dir="$TMP/run$i"
+    admin=$(free_port)
+    dir="$TMP/run$i${variant:+-$variant}"
     mkdir -p "$dir"
     cat >"$dir/tollgate.yaml" <<EOF
 listen: "127.0.0.1:$port"
@@ -190,17 +211,28 @@ keys:
   - name: bench
     key: $KEY
 EOF
+    if [[ -n $variant ]]; then
+        cat >>"$dir/tollgate.yaml" <<EOF
+admin_listen: "127.0.0.1:$admin"
+admin_key: admin-bench-0123456789
+key_store: { sqlite: "$dir/keys.db" }
+EOF
+    fi
     log "[$i] $bin under callgrind on :$port"
     valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
         "$bin" --config "$dir/tollgate.yaml" >"$dir/tollgate.log" 2>&1 &
     pid=$!
     STARTED+=("$pid")
     wait_port "$port" 120 || die "tollgate did not start under valgrind (see $dir/tollgate.log)"
-    log "[$i] $WARMUP warm-up requests"
-    send "$port" "$WARMUP" || die "warm-up failed (see $dir/tollgate.log)"
+    if [[ $variant == runtime ]]; then
+        wait_port "$admin" 120 || die "no admin API (see $dir/tollgate.log)"
+        key=$(create_key "$admin") || die "no runtime key (see $dir/tollgate.log)"
+    fi
+    log "[$i${variant:+ $variant}] $WARMUP warm-up requests"
+    send "$port" "$WARMUP" "$key" || die "warm-up failed (see $dir/tollgate.log)"
     callgrind_control -z "$pid" >/dev/null 2>&1
-    log "[$i] $REQUESTS measured requests"
-    send "$port" "$REQUESTS" || die "measured requests failed (see $dir/tollgate.log)"
+    log "[$i${variant:+ $variant}] $REQUESTS measured requests"
+    send "$port" "$REQUESTS" "$key" || die "measured requests failed (see $dir/tollgate.log)"
     callgrind_control -d "$pid" >/dev/null 2>&1
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
@@ -211,12 +243,20 @@ EOF
     [[ -n $dump ]] || die "no callgrind dump in $dir"
     ir=$(awk '$1 == "summary:" || $1 == "totals:" {print $2; exit}' "$dump")
     [[ -n $ir ]] || die "no instruction count in $dump"
-    NAMES+=("$bin")
+    case $variant in
+        store) NAMES+=("$bin+key_store") ;;
+        runtime) NAMES+=("$bin+key_store,runtime_key") ;;
+        *) NAMES+=("$bin") ;;
+    esac
     IRS+=("$ir")
 }
 
 for i in "${!BINARIES[@]}"; do
     run_one "${BINARIES[$i]}" "$i"
+    if ((KEY_STORE)); then
+        run_one "${BINARIES[$i]}" "$i" store
+        run_one "${BINARIES[$i]}" "$i" runtime
+    fi
 done
 
 printf '\n%s requests of the %s-byte chat body after %s warm-up, keep-alive, one connection:\n\n' \

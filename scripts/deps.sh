@@ -6,14 +6,15 @@
 #                                toolchain if there is no `cc`
 #   sh scripts/deps.sh --tests   also what `bash tests/run.sh` uses:
 #                                redis-server, prometheus (and promtool),
-#                                curl, python3-venv
+#                                curl, postgresql (the key store tests),
+#                                python3-venv
 #   sh scripts/deps.sh --ci      also what .ci/run uses: nginx and wrk (the
 #                                load bench), systemd (systemd-analyze)
 #
-# Services these packages ship (redis, prometheus, nginx) are not started:
-# the tests start their own on loopback ports. A root shell on a fresh
-# machine (a container, a CI runner) has no sudo and may have no package
-# lists yet: both are handled.
+# Services these packages ship (redis, prometheus, postgresql, nginx) are
+# not started: the tests start their own on loopback ports. A root shell on
+# a fresh machine (a container, a CI runner) has no sudo and may have no
+# package lists yet: both are handled.
 set -eu
 
 level=build
@@ -30,7 +31,7 @@ esac
 want="cmake"
 command -v cc >/dev/null 2>&1 || want="$want build-essential"
 if [ "$level" != build ]; then
-    want="$want redis-server prometheus curl"
+    want="$want redis-server prometheus curl postgresql"
     # Debian's python3 needs python3-venv for `python3 -m venv`; another
     # python3 (pyenv, a venv) may have it built in.
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || want="$want python3 python3-venv"

@@ -1,7 +1,10 @@
 //! The admin API on its own listener (`admin_listen`), behind `admin_key`:
-//! usage, limits, the running config (secrets redacted) and reload.
+//! usage, limits, the running config (secrets redacted), reload, and the
+//! key store's keys, teams and audit log. One route table ([`ROUTES`])
+//! drives both the dispatch and the OpenAPI document.
 
 use crate::governance::{ledger, Level, Metric};
+use crate::keystore::api;
 use crate::reload::Reloader;
 use crate::runtime::Shared;
 use async_trait::async_trait;
@@ -52,9 +55,214 @@ fn authorized(headers: &http::HeaderMap, admin_key: Option<&str>) -> bool {
     a.ct_eq(&b).into()
 }
 
+/// What an admin route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Usage,
+    Limits,
+    Config,
+    Reload,
+    OpenApi,
+    ListKeys,
+    CreateKey,
+    GetKey,
+    UpdateKey,
+    RotateKey,
+    RevokeKey,
+    KeyUsage,
+    ListTeams,
+    CreateTeam,
+    GetTeam,
+    UpdateTeam,
+    DeleteTeam,
+    Audit,
+}
+
+/// One admin route. The dispatcher and the OpenAPI document both read
+/// [`ROUTES`], so the document cannot miss a route.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub method: &'static str,
+    /// Segments in braces (`{name}`) match one percent-encoded segment.
+    pub path: &'static str,
+    pub op: Op,
+    pub summary: &'static str,
+    /// The request body's schema in the document, if it takes one.
+    pub body: Option<&'static str>,
+    /// The success status.
+    pub ok: u16,
+    /// Query parameters it reads.
+    pub query: &'static [&'static str],
+}
+
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    op: Op,
+    summary: &'static str,
+    body: Option<&'static str>,
+    ok: u16,
+    query: &'static [&'static str],
+) -> Route {
+    Route {
+        method,
+        path,
+        op,
+        summary,
+        body,
+        ok,
+        query,
+    }
+}
+
+/// Every admin route (one line each: a table, kept as one).
+#[rustfmt::skip]
+pub const ROUTES: &[Route] = &[
+    route("GET", "/admin/usage", Op::Usage, "Usage per key, team and model in a window (this instance's ledger).", None, 200, &["team", "key", "window"]),
+    route("GET", "/admin/limits", Op::Limits, "Every configured limit with its current value.", None, 200, &[]),
+    route("GET", "/admin/config", Op::Config, "The running config, secrets redacted.", None, 200, &[]),
+    route("POST", "/admin/reload", Op::Reload, "Reload the config file.", None, 200, &[]),
+    route("GET", "/admin/openapi.json", Op::OpenApi, "This document.", None, 200, &[]),
+    route("GET", "/admin/keys", Op::ListKeys, "List keys (config and store), by name, a page at a time.", None, 200, &["team", "after", "limit"]),
+    route("POST", "/admin/keys", Op::CreateKey, "Create a key; the answer holds its secret, shown once.", Some("CreateKey"), 201, &[]),
+    route("GET", "/admin/keys/{name}", Op::GetKey, "A key (never its secret).", None, 200, &[]),
+    route("PATCH", "/admin/keys/{name}", Op::UpdateKey, "Change a store key's fields (null clears an optional one).", Some("UpdateKey"), 200, &[]),
+    route("POST", "/admin/keys/{name}/rotate", Op::RotateKey, "Give a store key a new secret; the old one works for `grace`.", Some("RotateKey"), 200, &[]),
+    route("POST", "/admin/keys/{name}/revoke", Op::RevokeKey, "Revoke a store key, effective at once.", None, 200, &[]),
+    route("GET", "/admin/keys/{name}/usage", Op::KeyUsage, "A key's usage and its limits' current values.", None, 200, &["window"]),
+    route("GET", "/admin/teams", Op::ListTeams, "List teams (config and store).", None, 200, &["after", "limit"]),
+    route("POST", "/admin/teams", Op::CreateTeam, "Create a team.", Some("CreateTeam"), 201, &[]),
+    route("GET", "/admin/teams/{name}", Op::GetTeam, "A team.", None, 200, &[]),
+    route("PATCH", "/admin/teams/{name}", Op::UpdateTeam, "Change a store team's limits, budgets, tier, regions or metadata.", Some("UpdateTeam"), 200, &[]),
+    route("DELETE", "/admin/teams/{name}", Op::DeleteTeam, "Delete a store team (409 while a key that is not revoked uses it).", None, 200, &[]),
+    route("GET", "/admin/audit", Op::Audit, "Admin writes, newest first.", None, 200, &["before", "limit"]),
+];
+
+/// How a path matched the table.
+pub enum Matched {
+    Found(&'static Route, Option<String>),
+    /// The path exists for these methods only.
+    WrongMethod(Vec<&'static str>),
+    Unknown,
+}
+
+/// Finds the route of `method` and `path`; the `{name}` segment comes back
+/// percent-decoded.
+pub fn find(method: &str, path: &str) -> Matched {
+    let mut allowed = Vec::new();
+    for r in ROUTES {
+        if let Some(param) = path_matches(r.path, path) {
+            if r.method == method {
+                return Matched::Found(r, param);
+            }
+            allowed.push(r.method);
+        }
+    }
+    if allowed.is_empty() {
+        Matched::Unknown
+    } else {
+        Matched::WrongMethod(allowed)
+    }
+}
+
+/// `Some(param)` when `path` fits `pattern`.
+fn path_matches(pattern: &str, path: &str) -> Option<Option<String>> {
+    let mut want = pattern.split('/');
+    let mut got = path.split('/');
+    let mut param = None;
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return Some(param),
+            (Some(w), Some(g)) if w.starts_with('{') => {
+                if g.is_empty() {
+                    return None;
+                }
+                param = Some(
+                    percent_encoding::percent_decode_str(g)
+                        .decode_utf8()
+                        .ok()?
+                        .into_owned(),
+                );
+            }
+            (Some(w), Some(g)) if w == g => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Reads the request body, up to [`api::MAX_BODY_BYTES`] (413 past it).
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, api::Reply> {
+    let too_large = || {
+        api::err(
+            413,
+            "request_too_large",
+            &format!(
+                "The body is larger than the limit of {} bytes.",
+                api::MAX_BODY_BYTES
+            ),
+            None,
+        )
+    };
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > api::MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > api::MAX_BODY_BYTES {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => {
+                return Err(api::err(
+                    400,
+                    "invalid_request",
+                    "The request body could not be read.",
+                    None,
+                ))
+            }
+        }
+    }
+}
+
+fn to_response(r: api::Reply) -> Response<Vec<u8>> {
+    let retry = r.status == 503;
+    let mut resp = reply(r.status, r.body);
+    if retry {
+        resp.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    resp
+}
+
+/// Who made an admin call, for the audit log: the one admin credential.
+const ACTOR: &str = "admin_key";
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let resp = self.handle(session).await;
+        if !session.is_body_done() {
+            // Unread body bytes must not be read as the next request.
+            session.set_keepalive(None);
+        }
+        resp
+    }
+}
+
+impl AdminApp {
+    async fn handle(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let rt = self.shared.load();
         let req = session.req_header();
         if !authorized(&req.headers, rt.config.admin_key.as_deref()) {
@@ -67,24 +275,59 @@ impl ServeHttp for AdminApp {
         let path = req.uri.path().to_string();
         let query = req.uri.query().unwrap_or("").to_string();
         let method = req.method.clone();
-        match (path.as_str(), method) {
-            ("/admin/usage", Method::GET) => usage(&rt, &query),
-            ("/admin/limits", Method::GET) => limits(&rt).await,
-            ("/admin/config", Method::GET) => reply(200, redacted_config(&rt.config)),
-            ("/admin/reload", Method::POST) => match self.reloader.reload_and_record().await {
-                Ok(()) => reply(200, json!({"reloaded": true})),
-                Err(e) => reply(422, json!({"reloaded": false, "error": e})),
-            },
-            ("/admin/usage" | "/admin/limits" | "/admin/config", _) => {
-                error(405, "method_not_allowed", "Use GET.")
+        let (route, param) = match find(method.as_str(), &path) {
+            Matched::Found(r, p) => (r, p.unwrap_or_default()),
+            Matched::WrongMethod(allowed) => {
+                return error(
+                    405,
+                    "method_not_allowed",
+                    &format!("Use {}.", allowed.join(" or ")),
+                )
             }
-            ("/admin/reload", _) => error(405, "method_not_allowed", "Use POST."),
-            _ => error(
-                404,
-                "unknown_url",
-                "Unknown admin endpoint: /admin/usage, /admin/limits, /admin/config, /admin/reload.",
-            ),
-        }
+            Matched::Unknown => {
+                return error(
+                    404,
+                    "unknown_url",
+                    "Unknown admin endpoint; GET /admin/openapi.json lists them.",
+                )
+            }
+        };
+        let body = if route.body.is_some() || method == Method::POST || method == Method::PATCH {
+            match read_body(session).await {
+                Ok(b) => b,
+                Err(r) => return to_response(r),
+            }
+        } else {
+            Vec::new()
+        };
+        let cfg = &rt.config;
+        let name = param.as_str();
+        let r = match route.op {
+            Op::Usage => return usage(&rt, &query),
+            Op::Limits => return limits(&rt).await,
+            Op::Config => return reply(200, redacted_config(cfg)),
+            Op::Reload => {
+                return match self.reloader.reload_and_record().await {
+                    Ok(()) => reply(200, json!({"reloaded": true})),
+                    Err(e) => reply(422, json!({"reloaded": false, "error": e})),
+                }
+            }
+            Op::OpenApi => api::Reply::ok(crate::keystore::openapi::document()),
+            Op::ListKeys => api::list_keys(cfg, &query).await,
+            Op::CreateKey => api::create_key(cfg, ACTOR, &body).await,
+            Op::GetKey => api::get_key(cfg, name).await,
+            Op::UpdateKey => api::update_key(cfg, ACTOR, name, &body).await,
+            Op::RotateKey => api::rotate_key(cfg, ACTOR, name, &body).await,
+            Op::RevokeKey => api::revoke_key(cfg, ACTOR, name).await,
+            Op::KeyUsage => api::key_usage(&rt, name, &query).await,
+            Op::ListTeams => api::list_teams(cfg, &query),
+            Op::CreateTeam => api::create_team(cfg, ACTOR, &body).await,
+            Op::GetTeam => api::get_team(cfg, name),
+            Op::UpdateTeam => api::update_team(cfg, ACTOR, name, &body).await,
+            Op::DeleteTeam => api::delete_team(cfg, ACTOR, name).await,
+            Op::Audit => api::audit(&query).await,
+        };
+        to_response(r)
     }
 }
 
@@ -112,12 +355,21 @@ fn usage(rt: &crate::runtime::Runtime, query: &str) -> Response<Vec<u8>> {
     };
     let team = query_param(query, "team").filter(|t| !t.is_empty());
     let key = query_param(query, "key").filter(|k| !k.is_empty());
-    let team_keys: HashSet<&str> = rt
+    let mut team_keys: HashSet<String> = rt
         .key_info
         .iter()
         .filter(|k| team.is_some() && k.team.as_deref() == team)
-        .map(|k| &*k.name)
+        .map(|k| k.name.to_string())
         .collect();
+    if let (Some(t), Some(s)) = (team, crate::keystore::global()) {
+        team_keys.extend(
+            s.snapshot()
+                .keys()
+                .into_iter()
+                .filter(|(_, (team, _))| team.as_deref() == Some(t))
+                .map(|(name, _)| name.to_string()),
+        );
+    }
     let rows: Vec<Value> = ledger::global()
         .read(index)
         .into_iter()

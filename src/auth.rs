@@ -60,9 +60,13 @@ impl KeyIndex {
 
     /// The slot of the key whose digest matches `presented`'s, if any.
     pub fn lookup(&self, presented: &[u8]) -> Option<usize> {
-        let d = digest(presented);
-        let (known, &slot) = self.slots.get_key_value(&d)?;
-        bool::from(known.ct_eq(&d)).then_some(slot)
+        self.lookup_digest(&digest(presented))
+    }
+
+    /// The slot of the key with digest `d`, if any.
+    pub fn lookup_digest(&self, d: &[u8; 32]) -> Option<usize> {
+        let (known, &slot) = self.slots.get_key_value(d)?;
+        bool::from(known.ct_eq(d)).then_some(slot)
     }
 }
 

@@ -15,6 +15,8 @@ pub enum GatewayError {
     },
     /// No key, or a key we do not know.
     InvalidApiKey,
+    /// A runtime key that was revoked, has expired or was rotated out.
+    KeyRefused { why: KeyRefusal },
     /// The key may not use this model.
     ModelNotAllowed { model: String },
     /// No such model alias.
@@ -70,6 +72,16 @@ pub enum GatewayError {
     Internal,
 }
 
+/// Why a known key is refused (the 401's message says which; it says
+/// nothing about any other key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefusal {
+    Revoked,
+    Expired,
+    /// An old secret whose rotation grace period has ended.
+    RotatedOut,
+}
+
 impl GatewayError {
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::InvalidRequest {
@@ -83,7 +95,7 @@ impl GatewayError {
             Self::ProviderInvalid { status, .. } => *status,
             Self::UnsupportedParam { .. } => 400,
             Self::InvalidRequest { .. } | Self::Unsupported { .. } => 400,
-            Self::InvalidApiKey => 401,
+            Self::InvalidApiKey | Self::KeyRefused { .. } => 401,
             Self::ModelNotAllowed { .. } | Self::RouteNotPermitted { .. } => 403,
             Self::ModelNotFound { .. } | Self::NotFound => 404,
             Self::MethodNotAllowed { .. } => 405,
@@ -115,7 +127,7 @@ impl GatewayError {
             | Self::LengthRequired
             | Self::HeaderTooLarge
             | Self::PayloadTooLarge { .. } => "invalid_request_error",
-            Self::InvalidApiKey => "authentication_error",
+            Self::InvalidApiKey | Self::KeyRefused { .. } => "authentication_error",
             Self::ModelNotAllowed { .. } | Self::RouteNotPermitted { .. } => "permission_error",
             Self::UpstreamError
             | Self::UpstreamAuth
@@ -134,7 +146,7 @@ impl GatewayError {
             Self::InvalidRequest { .. } => "invalid_request",
             Self::ProviderInvalid { code, .. } => code,
             Self::UnsupportedParam { .. } => "unsupported_parameter",
-            Self::InvalidApiKey => "invalid_api_key",
+            Self::InvalidApiKey | Self::KeyRefused { .. } => "invalid_api_key",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::ModelNotFound { .. } => "model_not_found",
             Self::NotFound => "unknown_url",
@@ -207,6 +219,13 @@ impl fmt::Display for GatewayError {
             Self::InvalidApiKey => f.write_str(
                 "Invalid or missing API key. Send your Tollgate key as `Authorization: Bearer <key>`.",
             ),
+            Self::KeyRefused { why } => f.write_str(match why {
+                KeyRefusal::Revoked => "This API key has been revoked.",
+                KeyRefusal::Expired => "This API key has expired.",
+                KeyRefusal::RotatedOut => {
+                    "This API key was rotated and this secret is no longer valid; use the new secret."
+                }
+            }),
             Self::ModelNotAllowed { model } => {
                 write!(f, "This key is not allowed to use the model `{model}`.")
             }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod experiments;
 pub mod governance;
 pub mod json_scan;
+pub mod keystore;
 pub mod lifecycle;
 pub mod providers;
 pub mod proxy;

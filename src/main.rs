@@ -1,4 +1,5 @@
-//! `tollgate --config FILE [--test]`: validate the config, or run the gateway.
+//! `tollgate --config FILE [--test]`: validate the config, or run the
+//! gateway. `tollgate keys|teams ...`: call a running gateway's admin API.
 
 use std::process::ExitCode;
 use tollgate::cli::{self, Action};
@@ -9,6 +10,16 @@ fn main() -> ExitCode {
     init_logging();
     let cli = match cli::parse(std::env::args().skip(1)) {
         Ok(Action::Run(c)) => c,
+        Ok(Action::Admin(call)) => {
+            return match tollgate::keystore::client::run(&call) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Ok(Action::Help) => {
             println!("{}", cli::USAGE);
             return ExitCode::SUCCESS;
@@ -47,6 +58,12 @@ fn main() -> ExitCode {
             }
         }
     }
+    if let (Some(ks), false) = (&cfg.key_store, cli.test) {
+        if let Err(e) = tollgate::keystore::open(ks, std::sync::Arc::new(cfg.clone())) {
+            eprintln!("start-up failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let rt = match Runtime::build(cfg.clone()) {
         Ok(rt) => rt,
         Err(e) => {
@@ -76,7 +93,9 @@ fn main() -> ExitCode {
         .iter()
         .map(|k| &k.rules)
         .chain(rt.models.values().map(|m| &m.rules))
-        .any(|r| tollgate::governance::plan::needs_estimate(r));
+        .any(|r| tollgate::governance::plan::needs_estimate(r))
+        // Runtime keys may gain token or spend limits at any time.
+        || cfg.key_store.is_some();
     if estimates {
         // Token and spend limits estimate every prompt: load the tokenizers
         // before taking traffic.

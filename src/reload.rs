@@ -45,6 +45,7 @@ impl Reloader {
         let cfg = config::load_file(&self.path).map_err(|e| e.to_string())?;
         check_fixed_fields(&self.shared.load().config, &cfg)?;
         let rt = Runtime::build(cfg).map_err(|e| e.to_string())?;
+        crate::keystore::on_reload(&rt.config)?;
         rt.warm_up().await;
         if let Some(m) = metrics::get() {
             m.backend_healthy.reset();
@@ -109,6 +110,9 @@ fn check_fixed_fields(old: &Config, new: &Config) -> Result<(), String> {
     }
     if old.limits_store != new.limits_store {
         changed.push("limits_store");
+    }
+    if old.key_store != new.key_store {
+        changed.push("key_store");
     }
     if old.state_file != new.state_file || old.state_interval != new.state_interval {
         changed.push("state_file/state_interval");

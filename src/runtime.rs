@@ -97,6 +97,50 @@ pub struct KeyRt {
 }
 
 impl KeyRt {
+    /// Compiles one key (from the config or the key store) with its team:
+    /// the key's rules then its team's, its `GET /v1/models` body (only
+    /// the aliases `models` defines) and its routing access.
+    pub fn compile(
+        k: &crate::config::Key,
+        team: Option<(&str, &crate::config::Team)>,
+        models: &BTreeMap<String, crate::config::Model>,
+        all_models: &Bytes,
+    ) -> KeyRt {
+        let allowed: Option<Vec<Arc<str>>> = k
+            .models
+            .as_ref()
+            .map(|v| v.iter().map(|s| Arc::from(s.as_str())).collect());
+        let models_body = match &k.models {
+            Some(v) => {
+                let names: Vec<&str> = v
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|m| models.contains_key(*m))
+                    .collect();
+                models_list_body(&names)
+            }
+            None => all_models.clone(),
+        };
+        let mut rules = plan::compile(Level::Key, &k.name, &k.limits, &k.budgets);
+        if let Some((name, t)) = team {
+            rules.extend(plan::compile(Level::Team, name, &t.limits, &t.budgets));
+        }
+        KeyRt {
+            name: Arc::from(k.name.as_str()),
+            models: allowed,
+            models_body,
+            team: k.team.as_deref().map(Arc::from),
+            rules,
+            access: crate::routing::Access::of(k, team.map(|t| t.1)),
+        }
+    }
+
+    /// The `GET /v1/models` body of a key that may use every alias.
+    pub fn all_models_body(models: &BTreeMap<String, crate::config::Model>) -> Bytes {
+        let names: Vec<&str> = models.keys().map(String::as_str).collect();
+        models_list_body(&names)
+    }
+
     pub fn allows(&self, alias: &str) -> bool {
         self.models
             .as_ref()
@@ -108,7 +152,7 @@ impl KeyRt {
 pub struct Runtime {
     pub config: Arc<Config>,
     pub keys: KeyIndex,
-    pub key_info: Vec<KeyRt>,
+    pub key_info: Vec<Arc<KeyRt>>,
     pub models: HashMap<String, ModelRt>,
     pub upstreams: BTreeMap<String, UpstreamRef>,
     pub max_body_bytes: u64,
@@ -187,6 +231,7 @@ impl Runtime {
         }
         let mut digests = Vec::new();
         let mut key_info = Vec::new();
+        let all_models = KeyRt::all_models_body(&cfg.models);
         for (i, k) in cfg.keys.iter().enumerate() {
             let d = match (&k.key, &k.key_sha256) {
                 (Some(s), _) => auth::digest(s.as_bytes()),
@@ -203,34 +248,9 @@ impl Runtime {
                 }
             };
             digests.push(d);
-            let allowed: Option<Vec<Arc<str>>> = k
-                .models
-                .as_ref()
-                .map(|v| v.iter().map(|s| Arc::from(s.as_str())).collect());
-            let names: Vec<&str> = match &k.models {
-                Some(v) => v.iter().map(String::as_str).collect(),
-                None => cfg.models.keys().map(String::as_str).collect(),
-            };
-            let mut rules = plan::compile(Level::Key, &k.name, &k.limits, &k.budgets);
-            if let Some(team) = k.team.as_ref().and_then(|t| cfg.teams.get_key_value(t)) {
-                rules.extend(plan::compile(
-                    Level::Team,
-                    team.0,
-                    &team.1.limits,
-                    &team.1.budgets,
-                ));
-            }
-            key_info.push(KeyRt {
-                name: Arc::from(k.name.as_str()),
-                models: allowed,
-                models_body: models_list_body(&names),
-                team: k.team.as_deref().map(Arc::from),
-                rules,
-                access: crate::routing::Access::of(
-                    k,
-                    k.team.as_ref().and_then(|t| cfg.teams.get(t)),
-                ),
-            });
+            let team = k.team.as_ref().and_then(|t| cfg.teams.get_key_value(t));
+            let team = team.map(|(n, t)| (n.as_str(), t));
+            key_info.push(Arc::new(KeyRt::compile(k, team, &cfg.models, &all_models)));
         }
         let tls_cert = match &cfg.tls {
             Some(t) => match crate::tls::ServerCert::load(t, crate::reload::now_secs()) {
@@ -267,6 +287,26 @@ impl Runtime {
             models,
             upstreams,
         })
+    }
+
+    /// The key a client presented: a config key, else a runtime key from
+    /// the key store's snapshot (never waiting for its database). The one
+    /// place where a request's key is looked up.
+    pub fn lookup_key(&self, presented: &[u8]) -> Result<Arc<KeyRt>, crate::error::GatewayError> {
+        use crate::error::GatewayError;
+        let digest = auth::digest(presented);
+        if let Some(slot) = self.keys.lookup_digest(&digest) {
+            return self
+                .key_info
+                .get(slot)
+                .cloned()
+                .ok_or(GatewayError::Internal);
+        }
+        match crate::keystore::lookup(&digest) {
+            crate::keystore::Lookup::Found(k) => Ok(k),
+            crate::keystore::Lookup::Refused(why) => Err(GatewayError::KeyRefused { why }),
+            crate::keystore::Lookup::Unknown => Err(GatewayError::InvalidApiKey),
+        }
     }
 
     /// Resolves and health-checks every upstream once, concurrently.

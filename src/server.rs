@@ -118,6 +118,14 @@ pub fn run(cli: &Cli, cfg: Config, rt: Runtime) -> Result<(), String> {
         },
     ));
     server.add_service(background_service("health", HealthTicker { shared }));
+    if let Some(store) = crate::keystore::global() {
+        server.add_service(background_service(
+            "key store feed",
+            crate::keystore::feed::Feed {
+                store: store.clone(),
+            },
+        ));
+    }
     let state_file = cfg.state_file.as_ref().map(std::path::PathBuf::from);
     if let Some(path) = &state_file {
         server.add_service(background_service(

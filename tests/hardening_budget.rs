@@ -7,9 +7,8 @@
 //! a spent budget still refuses a normal request (RELIABILITY row 36).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/redis.rs"]
-mod redis_server;
 mod support;
+use support::redis as redis_server;
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

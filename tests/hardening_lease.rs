@@ -5,9 +5,8 @@
 //! so "longer than a lease" takes seconds, not 15 minutes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/redis.rs"]
-mod redis_server;
 mod support;
+use support::redis as redis_server;
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

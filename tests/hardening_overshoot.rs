@@ -10,9 +10,8 @@
 //! `--nocapture` to see them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/redis.rs"]
-mod redis_server;
 mod support;
+use support::redis as redis_server;
 
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};

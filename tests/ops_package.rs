@@ -242,8 +242,8 @@ fn deps_script_as_a_user_goes_through_sudo() {
         [
             "sudo env DEBIAN_FRONTEND=noninteractive apt-get update",
             "apt-get update",
-            "sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cmake redis-server prometheus curl",
-            "apt-get install -y --no-install-recommends cmake redis-server prometheus curl",
+            "sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cmake redis-server prometheus curl postgresql",
+            "apt-get install -y --no-install-recommends cmake redis-server prometheus curl postgresql",
         ]
     );
     // The machine's own policy stays as it was.

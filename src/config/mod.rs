@@ -161,6 +161,11 @@ fn resolve_paths(cfg: &mut Config, base: &Path) {
             }
         }
     }
+    if let Some(path) = cfg.key_store.as_mut().and_then(|k| k.sqlite.as_mut()) {
+        if !path.is_empty() && path != ":memory:" && Path::new(path.as_str()).is_relative() {
+            *path = base.join(&*path).to_string_lossy().into_owned();
+        }
+    }
     for p in cfg.providers.values_mut() {
         if let Some(f) = &p.ca_file {
             if Path::new(f).is_relative() {

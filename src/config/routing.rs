@@ -101,30 +101,43 @@ pub fn problems(cfg: &Config) -> Vec<(String, String)> {
     // A region no route has yet is allowed: such a key is refused (403)
     // until a route in that region exists, never sent elsewhere.
     let mut access = |field: String, tier: &Option<String>, regions: &Option<Vec<String>>| {
-        if let Some(t) = tier {
-            if !is_label(t) {
-                out.push((format!("{field}.tier"), LABEL_RULE.into()));
-            }
-        }
-        if let Some(list) = regions {
-            if list.is_empty() {
-                out.push((
-                    format!("{field}.regions"),
-                    "is empty, so no route would be allowed; list at least one region or leave it out".into(),
-                ));
-            }
-            for (i, r) in list.iter().enumerate() {
-                if !is_label(r) {
-                    out.push((format!("{field}.regions[{i}]"), LABEL_RULE.into()));
-                }
-            }
-        }
+        out.extend(access_problems(&field, tier.as_ref(), regions.as_ref()));
     };
     for (i, k) in cfg.keys.iter().enumerate() {
         access(format!("keys[{i}]"), &k.tier, &k.regions);
     }
     for (name, t) in &cfg.teams {
         access(format!("teams.{name}"), &t.tier, &t.regions);
+    }
+    out
+}
+
+/// The problems of a key's or team's `tier` and `regions` (also used for
+/// the key store's keys and teams).
+pub fn access_problems(
+    field: &str,
+    tier: Option<&String>,
+    regions: Option<&Vec<String>>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(t) = tier {
+        if !is_label(t) {
+            out.push((format!("{field}.tier"), LABEL_RULE.into()));
+        }
+    }
+    if let Some(list) = regions {
+        if list.is_empty() {
+            out.push((
+                format!("{field}.regions"),
+                "is empty, so no route would be allowed; list at least one region or leave it out"
+                    .into(),
+            ));
+        }
+        for (i, r) in list.iter().enumerate() {
+            if !is_label(r) {
+                out.push((format!("{field}.regions[{i}]"), LABEL_RULE.into()));
+            }
+        }
     }
     out
 }

@@ -71,6 +71,40 @@ pub struct Config {
     /// Limits on shadow traffic, all aliases together.
     #[serde(default)]
     pub shadow: super::experiments::ShadowSection,
+    /// The runtime key store: keys and teams managed through the admin API
+    /// (`/admin/keys`, `/admin/teams`). Absent: keys come from this file only.
+    #[serde(default)]
+    pub key_store: Option<KeyStoreSection>,
+}
+
+/// Where runtime keys and teams are stored: one of `sqlite` (a file,
+/// created and migrated on start) or `postgres` (a URL, for several
+/// instances).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyStoreSection {
+    /// SQLite database file (relative paths are relative to this file).
+    #[serde(default)]
+    pub sqlite: Option<String>,
+    /// `postgres://user:${PGPASSWORD}@host:5432/db`.
+    #[serde(default)]
+    pub postgres: Option<String>,
+    /// How often the store is polled for changes made elsewhere (on
+    /// PostgreSQL `LISTEN/NOTIFY` brings them sooner).
+    #[serde(default = "default_key_store_poll")]
+    pub poll_interval: HumanDuration,
+    /// Longest wait for a connection or a statement before the store counts
+    /// as down.
+    #[serde(default = "default_key_store_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_key_store_poll() -> HumanDuration {
+    HumanDuration::from_millis(500)
+}
+
+fn default_key_store_timeout() -> HumanDuration {
+    HumanDuration::from_secs(3)
 }
 
 fn default_state_interval() -> HumanDuration {

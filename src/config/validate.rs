@@ -74,6 +74,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     }
     check_keys(cfg, &mut v);
     check_governance(cfg, &mut v);
+    check_key_store(cfg, &mut v);
     for (field, msg) in super::routing::problems(cfg) {
         v.add(field, msg);
     }
@@ -200,6 +201,37 @@ fn check_governance(cfg: &Config, v: &mut Problems) {
     }
 }
 
+/// `key_store`: exactly one database, its URL's syntax (no connection is
+/// made, so `--test` works offline), sane intervals. Messages never echo
+/// the URL, which holds the password.
+fn check_key_store(cfg: &Config, v: &mut Problems) {
+    let Some(ks) = &cfg.key_store else { return };
+    match (&ks.sqlite, &ks.postgres) {
+        (Some(_), Some(_)) | (None, None) => v.add(
+            "key_store",
+            "set exactly one of `sqlite` (a file) and `postgres` (a URL)",
+        ),
+        (Some(path), None) => {
+            if path.trim().is_empty() {
+                v.add("key_store.sqlite", "is empty; name the database file");
+            }
+        }
+        (None, Some(url)) => {
+            if let Err(m) = crate::keystore::check_postgres_url(url) {
+                v.add("key_store.postgres", m);
+            }
+        }
+    }
+    let poll = ks.poll_interval.get();
+    if poll < std::time::Duration::from_millis(50) || poll > std::time::Duration::from_secs(60) {
+        v.add("key_store.poll_interval", "must be between 50ms and 60s");
+    }
+    let t = ks.timeout.get();
+    if t < std::time::Duration::from_millis(100) || t > std::time::Duration::from_secs(60) {
+        v.add("key_store.timeout", "must be between 100ms and 60s");
+    }
+}
+
 #[derive(Default)]
 struct Problems(Vec<String>);
 
@@ -226,17 +258,43 @@ fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
 }
 
 fn check_name(field: &str, name: &str, v: &mut Problems) {
+    if let Some(m) = name_problem(name) {
+        v.add(field, m);
+    }
+}
+
+/// What is wrong with a key, team or alias name, if anything.
+pub fn name_problem(name: &str) -> Option<&'static str> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.:/@".contains(c));
-    if !ok {
-        v.add(
-            field,
-            "names use 1-128 characters from letters, digits and - _ . : / @",
-        );
-    }
+    (!ok).then_some("names use 1-128 characters from letters, digits and - _ . : / @")
+}
+
+/// The config's checks of one key's or team's limits, budgets, tier and
+/// regions, each `(field under `field`, what to fix)`: the key store's
+/// admin API holds its keys and teams to the same rules.
+pub fn governance_problems(
+    field: &str,
+    limits: &Limits,
+    budgets: &[Budget],
+    tier: Option<&String>,
+    regions: Option<&Vec<String>>,
+) -> Vec<(String, String)> {
+    let mut v = Problems::default();
+    check_limits(field, limits, &mut v);
+    check_budgets(field, budgets, &mut v);
+    let mut out: Vec<(String, String)> =
+        v.0.iter()
+            .map(|p| match p.split_once(": ") {
+                Some((f, m)) => (f.to_string(), m.to_string()),
+                None => (field.to_string(), p.clone()),
+            })
+            .collect();
+    out.extend(super::routing::access_problems(field, tier, regions));
+    out
 }
 
 fn check_listeners(cfg: &Config, v: &mut Problems) {

@@ -264,7 +264,7 @@ impl Race<'_> {
         };
         let key = ctx
             .key
-            .and_then(|k| self.rt.key_info.get(k))
+            .as_deref()
             .map_or(metrics::NONE, |k| &*k.name)
             .to_string();
         for (i, leg) in self.legs.iter().enumerate() {

@@ -70,11 +70,10 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
             "Protocol upgrades are not supported.",
         ));
     }
-    let key = auth::presented_key(&req.headers)
-        .and_then(|k| rt.keys.lookup(k))
-        .ok_or(GatewayError::InvalidApiKey)?;
-    ctx.key = Some(key);
-    let key_info = rt.key_info.get(key).ok_or(GatewayError::Internal)?;
+    let presented = auth::presented_key(&req.headers).ok_or(GatewayError::InvalidApiKey)?;
+    let key = rt.lookup_key(presented)?;
+    ctx.key = Some(key.clone());
+    let key_info = &*key;
     if ep == Endpoint::Models {
         let body = key_info.models_body.clone();
         return written(

@@ -16,8 +16,8 @@ pub struct Ctx {
     pub start: Instant,
     pub request_id: String,
     pub endpoint: Option<Endpoint>,
-    /// Index into `rt.key_info`.
-    pub key: Option<usize>,
+    /// The admitted key (a config key or a key-store key).
+    pub key: Option<Arc<crate::runtime::KeyRt>>,
     /// The model alias, once resolved.
     pub alias: Option<Arc<str>>,
     pub parsed: Option<Parsed>,

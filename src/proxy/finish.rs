@@ -129,12 +129,7 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     }
     record_usage_ledger(ctx, settled.as_ref());
     let rt = ctx.rt.clone();
-    let key = or_none(
-        rt.as_ref()
-            .zip(ctx.key)
-            .and_then(|(rt, k)| rt.key_info.get(k))
-            .map(|k| &*k.name),
-    );
+    let key = or_none(ctx.key.as_deref().map(|k| &*k.name));
     let route = ctx.current_route();
     let served = ctx.served_locally || ctx.backend.is_some();
     let provider = or_none(route.filter(|_| served).map(|r| &*r.provider_name));
@@ -230,10 +225,7 @@ fn record_usage_ledger(ctx: &Ctx, settled: Option<&Settled>) {
         ctx.error,
         Some(GatewayError::LimitExceeded { .. } | GatewayError::QuotaExceeded { .. })
     );
-    let (Some(rt), Some(k), Some(alias)) = (ctx.rt.as_ref(), ctx.key, ctx.alias.as_ref()) else {
-        return;
-    };
-    let Some(key) = rt.key_info.get(k) else {
+    let (Some(key), Some(alias)) = (ctx.key.as_deref(), ctx.alias.as_ref()) else {
         return;
     };
     if refused {

@@ -8,6 +8,10 @@
 //! - [`prometheus`]: a real Prometheus server scraping the gateway, and promtool,
 //! - [`sdk`]: runs a Python SDK script against the gateway,
 //! - [`assert`]: the OpenAI-error assertion, body text and polling helpers,
+//! - [`postgres`]: a throwaway PostgreSQL server (key store tests),
+//! - [`redis`]: a throwaway `redis-server` (also included on its own by
+//!   tests that do not need the rest of this module),
+//! - [`keystore`]: key store test configs and an admin API client,
 //! - [`raw`]: raw TCP upstreams (silent, gated chunks, any loopback address)
 //!   and a port whose connects hang,
 //! - [`bedrock_mock`], [`sts_mock`], [`gcp_mock`]: Bedrock (SigV4-verifying,
@@ -18,11 +22,14 @@ pub mod assert;
 pub mod bedrock_mock;
 pub mod gateway;
 pub mod gcp_mock;
+pub mod keystore;
 pub mod mini_server;
 pub mod mock;
+pub mod postgres;
 pub mod prom;
 pub mod prometheus;
 pub mod raw;
+pub mod redis;
 pub mod sdk;
 pub mod sts_mock;
 pub mod tls;

@@ -1,5 +1,6 @@
 //! A real `redis-server` for tests: started on a free loopback port
-//! without persistence, killed on drop. Include it with
+//! without persistence, killed on drop. Tests with `mod support;` use
+//! `support::redis::Redis`; others include this file alone with
 //! `#[path = "support/redis.rs"] mod redis_server;`.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 

@@ -21,7 +21,7 @@ pub fn error_type(err: &GatewayError) -> &'static str {
         | LengthRequired
         | HeaderTooLarge => "invalid_request_error",
         PayloadTooLarge { .. } => "request_too_large",
-        InvalidApiKey => "authentication_error",
+        InvalidApiKey | KeyRefused { .. } => "authentication_error",
         ModelNotAllowed { .. } | RouteNotPermitted { .. } => "permission_error",
         ModelNotFound { .. } | NotFound => "not_found_error",
         RateLimited { .. } | LimitExceeded { .. } | QuotaExceeded { .. } => "rate_limit_error",
