@@ -176,13 +176,19 @@ fn header_of(len: usize) -> Vec<u8> {
 /// Sends `req` on a new connection; the status of the answer.
 async fn raw_status(gw: &Gateway, req: &[u8]) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(gw.listen_addr()).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(gw.listen_addr())
+        .await
+        .unwrap();
     s.write_all(req).await.unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while !got.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = s.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed without an answer: {:?}", String::from_utf8_lossy(&got));
+        assert!(
+            n > 0,
+            "closed without an answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
         got.extend_from_slice(&buf[..n]);
     }
     let line = String::from_utf8_lossy(&got).into_owned();
