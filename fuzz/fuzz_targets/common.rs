@@ -166,3 +166,55 @@ pub fn assert_json_events(out: &[u8]) {
         }
     }
 }
+
+/// Largest event the stream targets' pipe takes (small, so the cap is
+/// exercised).
+pub const MAX_EVENT: usize = 4096;
+
+/// One stream translator behind the scanner (`translate::pipe::Pipe`) on
+/// `chunks`: what it wrote (with `created` scrubbed), whether an event went
+/// past [`MAX_EVENT`], and the usage it reported.
+pub fn run_stream(
+    make: &dyn Fn(&tollgate::translate::ResponseOpts) -> Box<dyn tollgate::translate::StreamTranslator>,
+    include_usage: bool,
+    chunks: &[&[u8]],
+) -> (Vec<u8>, bool, Option<tollgate::accounting::Usage>) {
+    let opts = tollgate::translate::ResponseOpts {
+        model: "alias",
+        request_id: "req-fuzz",
+        include_usage,
+    };
+    let mut pipe = tollgate::translate::pipe::Pipe::new(make(&opts), MAX_EVENT);
+    let mut out = bytes::BytesMut::new();
+    let mut overflow = false;
+    for c in chunks {
+        if pipe.feed(c, &mut out).is_err() {
+            overflow = true;
+            break;
+        }
+    }
+    if !overflow {
+        overflow = pipe.finish(&mut out).is_err();
+    }
+    let usage = pipe.usage();
+    (scrub_created(&out), overflow, usage)
+}
+
+/// The stream targets' properties on one input: the whole stream writes
+/// only whole JSON events (or `[DONE]`), and any split of it writes the same
+/// bytes and reports the same usage.
+pub fn check_stream(
+    data: &[u8],
+    make: &dyn Fn(&tollgate::translate::ResponseOpts) -> Box<dyn tollgate::translate::StreamTranslator>,
+) {
+    let (a, rest) = take_byte(data);
+    let (b, stream) = take_byte(rest);
+    let include_usage = a & 1 != 0;
+    let whole = run_stream(make, include_usage, &[stream]);
+    if !whole.1 {
+        assert_json_events(&whole.0);
+    }
+    let mut rng = Rng::new(u64::from(a) << 8 | u64::from(b));
+    let chunks = split(stream, &mut rng);
+    assert_eq!(run_stream(make, include_usage, &chunks), whole);
+}
