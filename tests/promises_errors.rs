@@ -483,11 +483,16 @@ async fn tls_handshake_that_stalls_is_closed_at_header_timeout() {
             "closed after {took:?}, before the 1 s header_timeout ({opening:?})"
         );
     }
-    let timeouts = sample(
-        &gw.metrics_text().await,
-        "tollgate_tls_handshakes_total",
-        &[("result", "timeout")],
-    );
+    // Counted once the handshake task ends, which may be just after the
+    // client saw the close: polled.
+    let timeouts = gw
+        .wait_sample(
+            "tollgate_tls_handshakes_total",
+            &[("result", "timeout")],
+            2.0,
+            QUICK,
+        )
+        .await;
     assert_eq!(timeouts, Some(2.0));
     // A real client still gets in.
     let mut ok = tls_connect(&gw.listen_addr(), &t.ca, &[b"http/1.1"])
