@@ -91,20 +91,24 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BodyError> {
         Some(b"true") => true,
         Some(_) => return Err(err("`stream` must be a boolean.", Some("stream"))),
     };
-    let include_usage = match &stream_options {
-        None => false,
-        Some(span) => {
-            let opts: Option<serde_json::Map<String, serde_json::Value>> =
-                serde_json::from_slice(&body[span.clone()]).map_err(|_| {
-                    err(
-                        "`stream_options` must be an object.",
-                        Some("stream_options"),
-                    )
-                })?;
-            opts.as_ref()
-                .and_then(|o| o.get("include_usage"))
-                .and_then(serde_json::Value::as_bool)
-                .unwrap_or(false)
+    let include_usage = match stream_options.clone().map(|r| &body[r]) {
+        None | Some(b"null") => false,
+        Some(opts) if opts.starts_with(b"{") => {
+            // Already validated as part of the body; the last duplicate wins,
+            // as in serde_json.
+            let mut flag = false;
+            let _ = json_scan::scan(opts, MAX_DEPTH, |key, value| {
+                if &*key == "include_usage" {
+                    flag = &opts[value] == b"true";
+                }
+            });
+            flag
+        }
+        Some(_) => {
+            return Err(err(
+                "`stream_options` must be an object.",
+                Some("stream_options"),
+            ))
         }
     };
     Ok(Parsed {
@@ -119,35 +123,49 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BodyError> {
 /// Builds one attempt's body: the route's model spliced in and, when
 /// `ask_usage` is set for a stream whose client did not ask for usage,
 /// `stream_options.include_usage: true` added. Returns the body and whether
-/// usage was added on the client's behalf. One allocation at most.
+/// usage was added on the client's behalf. The body is copied once at most,
+/// and every byte not edited is the client's.
 pub fn attempt_body(body: &Bytes, p: &Parsed, model_json: &[u8], ask_usage: bool) -> (Bytes, bool) {
     if !(ask_usage && p.stream && !p.include_usage) {
         return (splice(body, &p.model_span, model_json), false);
     }
-    let (range, value): (Range<usize>, Vec<u8>) = match &p.stream_options_span {
-        Some(span) => {
-            let mut opts = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(
-                &body[span.clone()],
-            )
-            .unwrap_or_default();
-            opts.insert("include_usage".into(), serde_json::Value::Bool(true));
-            let v =
-                serde_json::to_vec(&opts).unwrap_or_else(|_| b"{\"include_usage\":true}".to_vec());
-            (span.clone(), v)
+    let mut edits: Vec<(Range<usize>, &[u8])> = vec![(p.model_span.clone(), model_json)];
+    match &p.stream_options_span {
+        Some(span) if body[span.clone()].starts_with(b"{") => {
+            // Edit the object's bytes in place, so every other member keeps
+            // the client's exact text (a number re-serialized through
+            // serde_json can lose digits). `parse` checked it is an object.
+            let opts = &body[span.clone()];
+            let mut present = false;
+            let _ = json_scan::scan(opts, MAX_DEPTH, |key, value| {
+                if &*key == "include_usage" {
+                    present = true;
+                    let at = span.start + value.start..span.start + value.end;
+                    edits.push((at, b"true"));
+                }
+            });
+            if !present {
+                let at = span.start + 1;
+                let empty = opts[1..]
+                    .iter()
+                    .find(|b| !b.is_ascii_whitespace())
+                    .is_some_and(|b| *b == b'}');
+                let member: &[u8] = if empty {
+                    br#""include_usage":true"#
+                } else {
+                    br#""include_usage":true,"#
+                };
+                edits.push((at..at, member));
+            }
         }
+        // `null` (the only other value `parse` accepts).
+        Some(span) => edits.push((span.clone(), br#"{"include_usage":true}"#)),
         None => {
             // Insert as the first member, right after the opening brace.
             let at = body.iter().position(|b| *b == b'{').map_or(0, |i| i + 1);
-            (
-                at..at,
-                br#""stream_options":{"include_usage":true},"#.to_vec(),
-            )
+            edits.push((at..at, br#""stream_options":{"include_usage":true},"#));
         }
-    };
-    let mut edits = [
-        (p.model_span.clone(), model_json),
-        (range, value.as_slice()),
-    ];
+    }
     edits.sort_by_key(|e| e.0.start);
     (splice_many(body, &edits), true)
 }
@@ -187,6 +205,39 @@ pub fn splice(body: &Bytes, span: &Range<usize>, new_model_json: &[u8]) -> Bytes
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_usage(b: &[u8]) -> String {
+        let body = Bytes::copy_from_slice(b);
+        let p = parse(&body).unwrap();
+        let (out, added) = attempt_body(&body, &p, br#""m2""#, true);
+        assert!(added);
+        let again = parse(&out).unwrap();
+        assert!(again.include_usage && again.model == "m2");
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn include_usage_is_spliced_into_the_clients_bytes() {
+        // Found by fuzzing: a re-serialized `stream_options` changed the
+        // last digits of a long number.
+        assert_eq!(
+            with_usage(br#"{"model":"m","stream":true,"stream_options":{"x":1.00000000000000000000001e300}}"#),
+            r#"{"model":"m2","stream":true,"stream_options":{"include_usage":true,"x":1.00000000000000000000001e300}}"#
+        );
+        assert_eq!(
+            with_usage(br#"{"model":"m","stream":true,"stream_options":{ }}"#),
+            r#"{"model":"m2","stream":true,"stream_options":{"include_usage":true }}"#
+        );
+        assert_eq!(
+            with_usage(br#"{"stream_options":null,"model":"m","stream":true}"#),
+            r#"{"stream_options":{"include_usage":true},"model":"m2","stream":true}"#
+        );
+        // A false (or duplicated) flag is overwritten where it stands.
+        assert_eq!(
+            with_usage(br#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"a":[],"include_usage":0}}"#),
+            r#"{"model":"m2","stream":true,"stream_options":{"include_usage":true,"a":[],"include_usage":true}}"#
+        );
+    }
 
     #[test]
     fn finds_model_and_stream() {

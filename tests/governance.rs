@@ -399,7 +399,12 @@ async fn rpm_admits_the_limit_then_429_with_retry_after_and_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrency_three_gives_one_429_to_four_slow_streams() {
     let mock = MockUpstream::start(slow_stream(10, Duration::from_millis(150))).await;
-    let gw = Gateway::start(&config(mock.port(), ", limits: { concurrency: 3 }", "", "")).await;
+    let gw = Gateway::start(&with_admin(
+        &config(mock.port(), ", limits: { concurrency: 3 }", "", ""),
+        "{ADMIN}",
+    ))
+    .await;
+    let addr = gw.admin_addr();
     let results = burst(&gw, KEY_A, 4, true).await;
     assert_eq!(count(&results, 200, ""), 3, "{results:?}");
     assert_eq!(
@@ -407,7 +412,21 @@ async fn concurrency_three_gives_one_429_to_four_slow_streams() {
         1,
         "{results:?}"
     );
-    // All slots are back: three more fit.
+    // All slots are back (a slot is released as the request is logged,
+    // which can be just after the client read the last byte): three more fit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, l) = admin(&addr, "GET", "/admin/limits", Some(ADMIN_KEY)).await;
+        let used = l["limits"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["limit"] == "concurrency"))
+            .and_then(|r| r["used"].as_f64());
+        if used == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots still held: {l}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let results = burst(&gw, KEY_A, 3, true).await;
     assert_eq!(count(&results, 200, ""), 3, "{results:?}");
 }
