@@ -234,7 +234,7 @@ fn sse_chunk(i: usize) -> bytes::Bytes {
 
 fn sse_scan(c: &mut Criterion) {
     use tollgate::accounting::meter::StreamMeter;
-    use tollgate::proxy::endpoint::Endpoint;
+    use tollgate::base::endpoint::Endpoint;
     use tollgate::sse::Scanner;
     let chunks: Vec<bytes::Bytes> = (0..64).map(sse_chunk).collect();
     let mut g = c.benchmark_group("sse");
@@ -377,11 +377,11 @@ async fn two_steps(rt: &Runtime, key: usize, alias: &str, body: &bytes::Bytes) {
     use tollgate::governance::{admit_early, admit_request};
     let k = &rt.key_info[key];
     let m = &rt.models[alias];
-    let early = admit_early(k)
+    let early = admit_early(&k.rules)
         .await
         .unwrap_or_else(|_| panic!("refused before the body"));
-    let ep = tollgate::proxy::endpoint::Endpoint::ChatCompletions;
-    match admit_request(k, m, &[0], ep, body, early).await {
+    let ep = tollgate::base::endpoint::Endpoint::ChatCompletions;
+    match admit_request(&k.rules, m.limits(), &[0], ep, body, early).await {
         Ok(Some(a)) => a.reservation.settle(120, Some(0.0002)),
         Ok(None) => panic!("no rule applied"),
         Err(_) => panic!("refused"),
@@ -428,7 +428,7 @@ fn governance(c: &mut Criterion) {
                 "gpt-4o",
                 &prices,
                 1024,
-                tollgate::proxy::endpoint::Endpoint::ChatCompletions,
+                tollgate::base::endpoint::Endpoint::ChatCompletions,
                 black_box(&body),
             )
         })
@@ -561,7 +561,7 @@ fn routing(c: &mut Criterion) {
                         plan,
                         &access,
                         "key-name",
-                        tollgate::proxy::endpoint::Endpoint::ChatCompletions,
+                        tollgate::base::endpoint::Endpoint::ChatCompletions,
                         &parsed,
                         black_box(body.as_bytes()),
                     );
@@ -591,7 +591,7 @@ fn routing(c: &mut Criterion) {
                 &plan,
                 &access,
                 "key-name",
-                tollgate::proxy::endpoint::Endpoint::ChatCompletions,
+                tollgate::base::endpoint::Endpoint::ChatCompletions,
                 &text_parsed,
                 black_box(text_body.as_bytes()),
             ))
@@ -599,7 +599,7 @@ fn routing(c: &mut Criterion) {
     });
     // Eligibility and strategy alone, the body's needs already read.
     let needs = tollgate::routing::needs::derive(
-        tollgate::proxy::endpoint::Endpoint::ChatCompletions,
+        tollgate::base::endpoint::Endpoint::ChatCompletions,
         body.as_bytes(),
         false,
         true,
@@ -612,7 +612,7 @@ fn routing(c: &mut Criterion) {
             |b, plan| {
                 b.iter(|| {
                     let mut prompt = tollgate::routing::eligible::Prompt::new(
-                        tollgate::proxy::endpoint::Endpoint::ChatCompletions,
+                        tollgate::base::endpoint::Endpoint::ChatCompletions,
                         body.as_bytes(),
                     );
                     let mut skipped = Vec::new();

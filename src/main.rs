@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     let cli = match cli::parse(std::env::args().skip(1)) {
         Ok(Action::Run(c)) => c,
         Ok(Action::Admin(call)) => {
-            return match tollgate::keystore::client::run(&call) {
+            return match tollgate::cli::client::run(&call) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
         if let Some(w) = rt
             .tls_cert
             .as_ref()
-            .and_then(|c| c.expiry_warning(tollgate::reload::now_secs()))
+            .and_then(|c| c.expiry_warning(tollgate::base::clock::unix_secs()))
         {
             eprintln!("warning: {w}");
         }
@@ -107,7 +107,7 @@ fn main() -> ExitCode {
     }
     telemetry::access_log::init(cfg.access_log.path.clone());
     if let Some(m) = telemetry::metrics::get() {
-        m.config_loaded.set(tollgate::reload::now_secs());
+        m.config_loaded.set(tollgate::base::clock::unix_secs());
     }
     match server::run(&cli, cfg, rt) {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,8 @@
 //! bad file leaves the running config in place.
 
 use crate::config::{self, Config};
-use crate::runtime::{Runtime, Shared};
+use crate::live::Shared;
+use crate::runtime::Runtime;
 use crate::telemetry::metrics;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -28,7 +29,7 @@ impl Reloader {
         if let Some(m) = metrics::get() {
             m.reloads.with_label_values(&[label]).inc();
             if result.is_ok() {
-                m.config_loaded.set(now_secs());
+                m.config_loaded.set(crate::base::clock::unix_secs());
             }
         }
         match &result {
@@ -146,13 +147,6 @@ impl BackgroundService for Reloader {
             let _ = self.reload_and_record().await;
         }
     }
-}
-
-pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

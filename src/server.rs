@@ -3,10 +3,11 @@
 
 use crate::cli::Cli;
 use crate::config::Config;
+use crate::live::Shared;
 use crate::proxy::header_guard::HeaderGuard;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
-use crate::runtime::{Runtime, Shared};
+use crate::runtime::Runtime;
 use crate::telemetry::endpoint::MetricsApp;
 use crate::upstream::health::HealthTicker;
 use pingora::listeners::ListenerConfig;
@@ -69,7 +70,7 @@ pub fn run(cli: &Cli, cfg: Config, rt: Runtime) -> Result<(), String> {
                 acceptor: pingora::listeners::tls::Acceptor::from_server_config(Arc::new(
                     tls_config,
                 )),
-                shared: shared.clone(),
+                source: shared.clone(),
             };
             let mut tls = Service::new("tollgate tls".to_string(), edge);
             tls.add_tcp(&cfg.listen);
@@ -117,7 +118,10 @@ pub fn run(cli: &Cli, cfg: Config, rt: Runtime) -> Result<(), String> {
             path: cli.config.clone(),
         },
     ));
-    server.add_service(background_service("health", HealthTicker { shared }));
+    server.add_service(background_service(
+        "health",
+        HealthTicker { source: shared },
+    ));
     if let Some(store) = crate::keystore::global() {
         server.add_service(background_service(
             "key store feed",

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use support::bedrock_mock::{BedrockMock, Fault};
 use support::sts_mock::StsMock;
+use tollgate::eventstream::DEFAULT_MAX_FRAME;
 use tollgate::providers::aws::credentials::{Credentials, Provider, WebIdentity};
-use tollgate::providers::aws::eventstream::DEFAULT_MAX_FRAME;
 use tollgate::providers::aws::sigv4::{self, Payload, Request, Scope, BEDROCK};
 use tollgate::providers::secret::Secret;
 use tollgate::providers::token_client::TokenClient;
@@ -423,7 +423,7 @@ async fn web_identity_refreshes_before_expiry_one_caller_at_a_time() {
     // ...and with nothing cached, fails as a generic 502.
     let fresh = web_identity(&sts, &file, Duration::from_secs(300));
     let e = fresh.credentials().await.unwrap_err();
-    let g: tollgate::error::GatewayError = e.into();
+    let g: tollgate::base::error::GatewayError = e.into();
     assert_eq!(g.status(), 502);
     // A wrong token is refused by STS (its message never surfaces).
     sts.set_fail(false);

@@ -2,7 +2,7 @@
 //! which `headers` covers): the real gateway binary in front of mock
 //! upstreams. Each test checks the status, the OpenAI error body
 //! `{"error":{"message","type","param","code"}}` with the `type`/`code` from
-//! `src/error.rs`, and that no rejected request reached any upstream.
+//! `src/base/error.rs`, and that no rejected request reached any upstream.
 //!
 //! Framing rows (chunked bodies, stalls, slowloris, huge headers, smuggling,
 //! upgrades, pipelining, odd request targets) use a raw TCP client so the

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::prom::{sample, sum};
 use support::{Behavior, Gateway, MockUpstream, Reply, ReplyBody};
-use tollgate::proxy::endpoint::Endpoint;
+use tollgate::base::endpoint::Endpoint;
 
 const KEY_A: &str = "tg-key-alice-0001";
 const KEY_B: &str = "tg-key-bob-00002";

@@ -15,7 +15,7 @@ use std::time::Duration;
 use support::{Behavior, Gateway, MockUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate::accounting::estimate::{self, MAX_TOKENIZED_BYTES};
-use tollgate::proxy::endpoint::Endpoint;
+use tollgate::base::endpoint::Endpoint;
 
 const RATE_KEY: &str = "tg-key-rate-00001";
 const BUDGET_KEY: &str = "tg-key-budget-0001";

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::{Gateway, MockUpstream, Reply, ReplyBody};
-use tollgate::proxy::endpoint::Endpoint;
+use tollgate::base::endpoint::Endpoint;
 
 const KEY: &str = "tg-key-overshoot-01";
 const BUDGET: u64 = 4000;

@@ -19,7 +19,7 @@ use support::{
     wait_until, Behavior, Gateway, MockUpstream, Recorded, Reply, ReplyBody, CONFIG_HEAD,
 };
 use tollgate::accounting::meter::{StreamMeter, MAX_EVENT_BYTES};
-use tollgate::proxy::endpoint::Endpoint;
+use tollgate::base::endpoint::Endpoint;
 
 const KEY: &str = "tg-hardening-sse-0001";
 const MIB: usize = 1024 * 1024;

@@ -148,7 +148,7 @@ fn held_sse(model: &str, gate: &Gate) -> Behavior {
 fn prompt_estimate(model: &str, stream: bool) -> f64 {
     tollgate::accounting::estimate::prompt_tokens(
         model,
-        tollgate::proxy::endpoint::Endpoint::ChatCompletions,
+        tollgate::base::endpoint::Endpoint::ChatCompletions,
         chat(stream).as_bytes(),
     ) as f64
 }

@@ -96,7 +96,7 @@ fn registered_metrics() -> BTreeSet<String> {
     for file in [
         "src/telemetry/metrics.rs",
         "src/routing/metrics.rs",
-        "src/experiments/metrics.rs",
+        "src/proxy/experiments/metrics.rs",
     ] {
         let text = std::fs::read_to_string(repo(file)).unwrap();
         for part in text.split('"').skip(1).step_by(2) {

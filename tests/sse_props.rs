@@ -15,7 +15,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use tollgate::accounting::meter::{StreamMeter, MAX_EVENT_BYTES};
 use tollgate::accounting::Usage;
-use tollgate::proxy::endpoint::Endpoint;
+use tollgate::base::endpoint::Endpoint;
 use tollgate::sse::Scanner;
 
 /// The usage the recorded stream reports.

@@ -194,7 +194,7 @@ async fn a_jwt_signed_by_another_key_and_endpoint_failures_are_generic_502s() {
     let e = source(&mock, &other, "5m").token().await.unwrap_err();
     assert_eq!(mock.rejected(), ["bad signature"]);
     assert!(e.to_string().contains("invalid_grant"), "{e}");
-    let g: tollgate::error::GatewayError = e.into();
+    let g: tollgate::base::error::GatewayError = e.into();
     assert_eq!(g.status(), 502);
     assert_eq!(g.code(), "upstream_error");
     // The endpoint failing, or unreachable.

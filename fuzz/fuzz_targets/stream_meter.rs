@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::{split, Rng};
 use libfuzzer_sys::fuzz_target;
 use tollgate::accounting::meter::StreamMeter;
-use tollgate::proxy::endpoint::Endpoint;
+use tollgate::base::endpoint::Endpoint;
 
 #[derive(Debug, PartialEq)]
 struct Run {

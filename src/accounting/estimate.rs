@@ -2,7 +2,7 @@
 //! usage. o200k for the GPT-4o / o-series / GPT-4.1+ families, cl100k
 //! otherwise. The tokenizer loads on first use only.
 
-use crate::proxy::endpoint::Endpoint;
+use crate::base::endpoint::Endpoint;
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
 

@@ -4,7 +4,7 @@
 //! forwarded as the same `Bytes` unless a cut is needed.
 
 use super::Usage;
-use crate::proxy::endpoint::Endpoint;
+use crate::base::endpoint::Endpoint;
 use crate::sse::{Event, Overflow, Scanner};
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;

@@ -20,8 +20,8 @@
 
 use super::meter::{output_text, Seen};
 use super::{cost::cost_usd, estimate, Usage, UsageSource};
+use crate::base::endpoint::Endpoint;
 use crate::config::Price;
-use crate::proxy::endpoint::Endpoint;
 use serde_json::Value;
 
 /// Most completion tokens charged for an answer nobody could count (the

@@ -174,6 +174,35 @@ pub fn split_host_port(authority: &str) -> Option<(String, Option<u16>)> {
     Some((host.to_ascii_lowercase(), port))
 }
 
+/// Checks a `key_store.postgres` URL's syntax without connecting. The
+/// message never repeats the URL (it holds the password).
+pub fn check_postgres_url(url: &str) -> Result<(), String> {
+    let shape = "must be a URL such as postgres://user:${PGPASSWORD}@host:5432/tollgate";
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(format!("{shape} (it must start with postgres://)"));
+    }
+    let cfg: postgres::Config = url.parse().map_err(|_| shape.to_string())?;
+    if cfg.get_hosts().is_empty() {
+        return Err(format!("{shape} (no host)"));
+    }
+    if cfg.get_dbname().is_none() {
+        return Err(format!("{shape} (no database name)"));
+    }
+    Ok(())
+}
+
+/// Whether a route's model can go in a Gemini path as it is: no character
+/// that would need escaping, no empty or dot segment.
+pub fn gemini_model_ok(model: &str) -> bool {
+    !model.is_empty()
+        && model
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._/".contains(&b))
+        && model
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +275,28 @@ mod tests {
             "https://h/../v1",
         ] {
             assert!(parse_base_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn gemini_models_fit_a_path() {
+        assert!(gemini_model_ok("tunedModels/my-model-1"));
+        for bad in ["", "a b", "models/../x", "x?key=1", "a//b", "ü"] {
+            assert!(!gemini_model_ok(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn postgres_urls_are_checked_without_echoing_them() {
+        assert!(check_postgres_url("postgres://u:pw@127.0.0.1:5432/db").is_ok());
+        for bad in [
+            "host=x password=hunter2",
+            "postgres://u:hunter2@/db",
+            "mysql://u:hunter2@h/db",
+            "postgres://u:hunter2@h:notaport/db",
+        ] {
+            let e = check_postgres_url(bad).unwrap_err();
+            assert!(!e.contains("hunter2"), "{e}");
         }
     }
 }

@@ -217,7 +217,7 @@ fn check_key_store(cfg: &Config, v: &mut Problems) {
             }
         }
         (None, Some(url)) => {
-            if let Err(m) = crate::keystore::check_postgres_url(url) {
+            if let Err(m) = super::url::check_postgres_url(url) {
                 v.add("key_store.postgres", m);
             }
         }
@@ -519,7 +519,7 @@ fn check_provider(name: &str, p: &Provider, v: &mut Problems) {
                         "is only used with an https:// base_url",
                     );
                 }
-                if let Err(e) = crate::upstream::tls::load_ca_file(ca).map(|_| ()) {
+                if let Err(e) = crate::ca_file::load_ca_file(ca).map(|_| ()) {
                     v.add(format!("{f}.ca_file"), e);
                 }
             }
@@ -689,7 +689,7 @@ fn check_route_dialect(field: &str, r: &Route, p: Option<&Provider>, v: &mut Pro
             "only applies to a `kind: azure` provider with `api_version`; remove it",
         );
     }
-    if p.kind == ProviderKind::Gemini && !crate::providers::dialect::gemini_model_ok(&r.model) {
+    if p.kind == ProviderKind::Gemini && !super::url::gemini_model_ok(&r.model) {
         v.add(
             format!("{field}.model"),
             "must be a Gemini model name such as gemini-2.5-flash (letters, digits, `.`, `-`, `_`, and `/` for tunedModels/…)",

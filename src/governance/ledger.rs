@@ -2,8 +2,9 @@
 //! and spend in the current and the previous calendar minute, hour, day and
 //! month (UTC). Kept in memory; counted whether or not a limit is set.
 
-use super::window::{now_ms, Span};
+use super::window::Span;
 use super::Level;
+use crate::base::clock::unix_ms as now_ms;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};

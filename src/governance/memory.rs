@@ -2,8 +2,9 @@
 //! checks all levels and then commits to all of them atomically.
 
 use super::plan::{Ask, CounterId, Rule, COUNTER_MAX};
-use super::window::{now_ms, Counter, Span};
+use super::window::{Counter, Span};
 use super::{Level, Metric, RateHeaders, RateInfo};
+use crate::base::clock::unix_ms as now_ms;
 use crate::telemetry::metrics;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, OnceLock};

@@ -35,7 +35,7 @@ pub use memory::{Admitted, Rejected};
 pub use plan::{Ask, Rule, COUNTER_MAX};
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// What an admitted request holds until it is settled or dropped.
 pub struct Reservation {
@@ -186,18 +186,18 @@ pub async fn used(rules: &[&Rule]) -> Result<Vec<i64>, String> {
     }
 }
 
-type Refusal = (crate::error::GatewayError, RateHeaders);
+type Refusal = (crate::base::error::GatewayError, RateHeaders);
 
 /// The first admission step, before the body is read: counts the key's
 /// and team's `rpm` and `concurrency`, and checks their token and spend
 /// limits for one unit (with Redis, only along with rates or slots, so it
 /// costs no round trip of its own). `Ok(None)`: nothing was taken.
-pub async fn admit_early(key: &crate::runtime::KeyRt) -> Result<Option<Admitted>, Refusal> {
-    if key.rules.is_empty() {
+pub async fn admit_early(key_rules: &[Rule]) -> Result<Option<Admitted>, Refusal> {
+    if key_rules.is_empty() {
         return Ok(None);
     }
-    let early: Vec<&Rule> = key.rules.iter().filter(|r| r.is_early()).collect();
-    let check: Vec<&Rule> = key.rules.iter().filter(|r| !r.is_early()).collect();
+    let early: Vec<&Rule> = key_rules.iter().filter(|r| r.is_early()).collect();
+    let check: Vec<&Rule> = key_rules.iter().filter(|r| !r.is_early()).collect();
     if early.is_empty() {
         if !is_shared() {
             if let Some(r) = memory::global().check(&[], &check) {
@@ -217,7 +217,22 @@ pub async fn admit_early(key: &crate::runtime::KeyRt) -> Result<Option<Admitted>
 /// event loop (parsing and tokenizing them can take milliseconds).
 pub const INLINE_ESTIMATE_BYTES: usize = 16 * 1024;
 
-/// The second admission step: admits a request of `key` to `model`, that
+/// What the second admission step needs to know of an alias.
+pub struct AliasLimits<'a> {
+    /// The alias's own limits (all callers together).
+    pub rules: &'a [Rule],
+    /// The model whose tokenizer estimates the prompt (the first route's).
+    pub tokenizer: Option<&'a Arc<str>>,
+    /// The routes' prices: a reservation is priced at the dearest.
+    pub prices: &'a [crate::config::Price],
+    /// Completion tokens reserved when the body sets no maximum.
+    pub reserve_output_tokens: u64,
+    /// The routes' learned prompt-token ratios.
+    pub ratios: &'a ratio::Ratios,
+}
+
+/// The second admission step: admits a request of a key (`key_rules`) to an
+/// alias (`model`), that
 /// will try the routes of `order`, against the key's and team's token and
 /// spend limits and every limit of the alias: estimates the worst case
 /// when a token or spend rule needs it, then checks and commits. `early`
@@ -225,16 +240,15 @@ pub const INLINE_ESTIMATE_BYTES: usize = 16 * 1024;
 /// back on a refusal. `Ok(None)`: no rule applies. A refusal comes with
 /// the rate headers to send.
 pub async fn admit_request(
-    key: &crate::runtime::KeyRt,
-    model: &crate::runtime::ModelRt,
+    key_rules: &[Rule],
+    model: AliasLimits<'_>,
     order: &[usize],
-    ep: crate::proxy::endpoint::Endpoint,
+    ep: crate::base::endpoint::Endpoint,
     body: &bytes::Bytes,
     early: Option<Admitted>,
 ) -> Result<Option<Admitted>, Refusal> {
-    use crate::error::GatewayError;
-    let rules: Vec<&Rule> = key
-        .rules
+    use crate::base::error::GatewayError;
+    let rules: Vec<&Rule> = key_rules
         .iter()
         .filter(|r| !r.is_early())
         .chain(model.rules.iter())
@@ -263,11 +277,11 @@ pub async fn admit_request(
         }
     }
     let mut learn = None;
-    let ask = match model.routes.first() {
-        Some(first) if needs => {
+    let ask = match model.tokenizer {
+        Some(tokenizer) if needs => {
             let factor = model.ratios.factor(order);
-            let tokenizer = first.model.clone();
-            let prices = model.prices.clone();
+            let tokenizer = tokenizer.clone();
+            let prices = model.prices.to_vec();
             let output = model.reserve_output_tokens;
             let worst =
                 move |body: &[u8]| plan::worst_case(&tokenizer, &prices, output, ep, body, factor);
@@ -341,7 +355,7 @@ async fn refused(early: Option<Admitted>, (err, headers): Refusal) -> Refusal {
 
 /// The error and headers of a refusal.
 fn refusal(r: Refused) -> Refusal {
-    use crate::error::GatewayError;
+    use crate::base::error::GatewayError;
     match r {
         Refused::Unavailable => (GatewayError::LimitsUnavailable, RateHeaders::default()),
         Refused::Limit(r) => {
@@ -400,7 +414,7 @@ fn lease_id() -> String {
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u32(std::process::id());
-        h.write_i64(window::now_ms());
+        h.write_i64(crate::base::clock::unix_ms());
         h.finish()
     });
     format!("{prefix:016x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))

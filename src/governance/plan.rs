@@ -3,8 +3,8 @@
 use super::window::Span;
 use super::{Level, Metric};
 use crate::accounting::{cost::cost_usd, estimate, Usage};
+use crate::base::endpoint::Endpoint;
 use crate::config::{Budget, Limits};
-use crate::proxy::endpoint::Endpoint;
 use std::sync::Arc;
 
 /// What a counter is, by config names: the same after a reload.

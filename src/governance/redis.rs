@@ -8,8 +8,9 @@
 //!   gateway that dies holding slots frees them when the lease runs out.
 
 use super::plan::{Ask, Rule, COUNTER_MAX};
-use super::window::{now_ms, Span};
+use super::window::Span;
 use super::{Admitted, Metric, RateHeaders, RateInfo, Rejected};
+use crate::base::clock::unix_ms as now_ms;
 use crate::config::OnError;
 use crate::telemetry::metrics;
 use redis::aio::ConnectionManager;

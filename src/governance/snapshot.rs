@@ -32,7 +32,7 @@ struct File {
 /// When this process started, for [`File::writer_started_ms`].
 fn started_ms() -> i64 {
     static T: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *T.get_or_init(super::window::now_ms)
+    *T.get_or_init(crate::base::clock::unix_ms)
 }
 
 /// Amounts by counter and bucket.

@@ -15,13 +15,10 @@
 //! an `ArcSwap`. A write applies to the writing instance before its answer,
 //! and reaches the others on their next notification or poll.
 
-pub mod api;
-pub mod client;
 pub mod feed;
 pub mod metrics;
 pub mod migrate;
 pub mod model;
-pub mod openapi;
 pub mod snapshot;
 pub mod sql;
 pub mod store;
@@ -69,37 +66,15 @@ pub fn global() -> Option<&'static Arc<KeyStore>> {
 pub fn lookup(d: &[u8; 32]) -> Lookup {
     match STORE.get() {
         None => Lookup::Unknown,
-        Some(s) => s.snapshot.load().lookup_at(d, now_ms),
+        Some(s) => s.snapshot.load().lookup_at(d, crate::base::clock::unix_ms),
     }
-}
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    crate::governance::window::now_ms()
-}
-
-/// Checks a `key_store.postgres` URL's syntax without connecting. The
-/// message never repeats the URL (it holds the password).
-pub fn check_postgres_url(url: &str) -> Result<(), String> {
-    let shape = "must be a URL such as postgres://user:${PGPASSWORD}@host:5432/tollgate";
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(format!("{shape} (it must start with postgres://)"));
-    }
-    let cfg: postgres::Config = url.parse().map_err(|_| shape.to_string())?;
-    if cfg.get_hosts().is_empty() {
-        return Err(format!("{shape} (no host)"));
-    }
-    if cfg.get_dbname().is_none() {
-        return Err(format!("{shape} (no database name)"));
-    }
-    Ok(())
 }
 
 fn backend(ks: &KeyStoreSection) -> Result<Backend, String> {
     match (&ks.sqlite, &ks.postgres) {
         (Some(path), None) => Ok(Backend::Sqlite(path.clone())),
         (None, Some(url)) => {
-            check_postgres_url(url)?;
+            crate::config::url::check_postgres_url(url)?;
             let mut c: postgres::Config = url
                 .parse()
                 .map_err(|_| "key_store.postgres: not a URL".to_string())?;
@@ -403,19 +378,5 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 46);
         assert!(crate::auth::unpresentable(&a).is_none());
-    }
-
-    #[test]
-    fn postgres_urls_are_checked_without_echoing_them() {
-        assert!(check_postgres_url("postgres://u:pw@127.0.0.1:5432/db").is_ok());
-        for bad in [
-            "host=x password=hunter2",
-            "postgres://u:hunter2@/db",
-            "mysql://u:hunter2@h/db",
-            "postgres://u:hunter2@h:notaport/db",
-        ] {
-            let e = check_postgres_url(bad).unwrap_err();
-            assert!(!e.contains("hunter2"), "{e}");
-        }
     }
 }

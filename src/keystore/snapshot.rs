@@ -11,10 +11,10 @@
 //!   fresh entry, compiled again on their next request.
 
 use super::model::{KeySpec, TeamRec};
+use crate::base::error::KeyRefusal;
 use crate::config::Config;
-use crate::error::KeyRefusal;
 use crate::governance::Level;
-use crate::runtime::KeyRt;
+use crate::keys::KeyRt;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -2,9 +2,9 @@
 //! its paths, and which endpoints it serves. Built once per provider and per
 //! route at config load; the request path only reads it.
 
+use crate::base::endpoint::Endpoint;
+use crate::base::error::GatewayError;
 use crate::config::{Provider, ProviderKind, Route};
-use crate::error::GatewayError;
-use crate::proxy::endpoint::Endpoint;
 use http::{HeaderName, HeaderValue, Uri};
 
 /// `kind: anthropic`'s `base_url` when none is given.
@@ -25,18 +25,6 @@ pub fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
         ProviderKind::Gemini => Some(GEMINI_BASE_URL),
         _ => None,
     }
-}
-
-/// Whether a route's model can go in a Gemini path as it is: no character
-/// that would need escaping, no empty or dot segment.
-pub fn gemini_model_ok(model: &str) -> bool {
-    !model.is_empty()
-        && model
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._/".contains(&b))
-        && model
-            .split('/')
-            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
 }
 
 /// The header that carries the provider key, and its value.
@@ -399,10 +387,6 @@ mod tests {
             default_base_url(ProviderKind::Gemini),
             Some(GEMINI_BASE_URL)
         );
-        assert!(gemini_model_ok("tunedModels/my-model-1"));
-        for bad in ["", "a b", "models/../x", "x?key=1", "a//b", "ü"] {
-            assert!(!gemini_model_ok(bad), "{bad}");
-        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! `kind: mock`: OpenAI-shaped answers made locally, with configurable
 //! latency, chunk count and usage. Used by the demo config and for load tests.
 
+use crate::base::endpoint::Endpoint;
 use crate::config::MockSettings;
-use crate::proxy::endpoint::Endpoint;
 use crate::rewrite::Parsed;
 use bytes::Bytes;
 use serde::Deserialize;

@@ -7,8 +7,8 @@
 //! from a configured provider's `Upstream` (balancer, breaker state), which
 //! a token endpoint is not.
 
+use crate::ca_file::CaList;
 use crate::config::url::{parse_base_url, BaseUrl};
-use crate::upstream::tls::CaList;
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::v1::Connector;
 use pingora::connectors::ConnectorOptions;

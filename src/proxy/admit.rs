@@ -4,12 +4,12 @@
 //! here, before any upstream is contacted.
 
 use crate::auth;
-use crate::error::GatewayError;
+use crate::base::endpoint::{self, Endpoint};
+use crate::base::error::GatewayError;
 use crate::governance;
 use crate::providers::mock;
 use crate::proxy::body;
 use crate::proxy::ctx::Ctx;
-use crate::proxy::endpoint::{self, Endpoint};
 use crate::proxy::respond;
 use crate::rewrite;
 use crate::runtime::ProviderRt;
@@ -121,7 +121,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     // must not be told to send a body that is then refused).
     let overlap = governance::is_shared() && !body::expects_continue(session);
     let (early, bytes) = {
-        let early = governance::admit_early(key_info);
+        let early = governance::admit_early(&key_info.rules);
         let read = body::read_all(session, framing, rt.max_body_bytes, rt.body_idle_timeout);
         tokio::pin!(early, read);
         if overlap {
@@ -187,7 +187,16 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
             reservation,
             headers: ctx.rate_headers,
         });
-    match governance::admit_request(key_info, model, &ctx.order, ep, &bytes, early).await {
+    match governance::admit_request(
+        &key_info.rules,
+        model.limits(),
+        &ctx.order,
+        ep,
+        &bytes,
+        early,
+    )
+    .await
+    {
         Ok(Some(a)) => {
             ctx.reservation = Some(a.reservation);
             ctx.rate_headers = a.headers;

@@ -4,11 +4,10 @@
 //! then to the next route, with the body rewritten for that route's model.
 //! Nothing is retried once a response byte has reached the client.
 
-use crate::error::GatewayError;
+use crate::base::endpoint::Endpoint;
+use crate::base::error::GatewayError;
 use crate::proxy::ctx::{AttemptLog, Ctx};
-use crate::proxy::endpoint::Endpoint;
 use crate::proxy::headers;
-use crate::resilience::breaker;
 use crate::resilience::watchdog::Watchdog;
 use crate::rewrite;
 use crate::runtime::ProviderRt;
@@ -196,9 +195,12 @@ pub fn record_failure(
     retry_after: Option<u64>,
     skip_provider: bool,
 ) {
-    crate::routing::attempt_failed(ctx);
+    let plan =
+        crate::proxy::ctx::alias_model(ctx.rt.as_ref(), ctx.alias.as_deref()).map(|m| &m.routing);
+    let stream = ctx.parsed.as_ref().is_some_and(|p| p.stream);
+    crate::routing::attempt_failed(&mut ctx.routing, plan, stream);
     let up = current_upstream(ctx).ok();
-    let now = breaker::now_ms();
+    let now = crate::base::clock::monotonic_ms();
     if let (Some(s), Some(up)) = (&ctx.backend_state, &up) {
         s.record(false, now, &up.breaker);
         if let Some(secs) = retry_after {
@@ -224,7 +226,7 @@ pub fn record_failure(
 pub fn record_success(ctx: &mut Ctx) {
     let up = current_upstream(ctx).ok();
     if let (Some(s), Some(up)) = (&ctx.backend_state, &up) {
-        s.record(true, breaker::now_ms(), &up.breaker);
+        s.record(true, crate::base::clock::monotonic_ms(), &up.breaker);
     }
     if let (Some(m), Some(up)) = (metrics::get(), &up) {
         m.attempts

@@ -8,7 +8,7 @@
 //! `request_body_filter` once with that tail and end-of-stream, and we emit the
 //! full rewritten body there instead. Guarded by the 64 KiB + 1 and 8 MiB tests.
 
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::proxy::Session;

@@ -1,7 +1,7 @@
 //! Per-request state shared by the hooks.
 
-use crate::error::GatewayError;
-use crate::proxy::endpoint::Endpoint;
+use crate::base::endpoint::Endpoint;
+use crate::base::error::GatewayError;
 use crate::rewrite::Parsed;
 use crate::runtime::Runtime;
 use bytes::Bytes;
@@ -17,7 +17,7 @@ pub struct Ctx {
     pub request_id: String,
     pub endpoint: Option<Endpoint>,
     /// The admitted key (a config key or a key-store key).
-    pub key: Option<Arc<crate::runtime::KeyRt>>,
+    pub key: Option<Arc<crate::keys::KeyRt>>,
     /// The model alias, once resolved.
     pub alias: Option<Arc<str>>,
     pub parsed: Option<Parsed>,
@@ -98,7 +98,7 @@ pub struct Ctx {
     /// A Messages (Anthropic) request: its translation state.
     pub front: Option<Box<crate::proxy::messages::Front>>,
     /// What shadow traffic and hedging did to this request.
-    pub exp: crate::experiments::Marks,
+    pub exp: crate::proxy::experiments::Marks,
 }
 
 /// Holds one unit of the in-flight gauge.
@@ -185,7 +185,7 @@ impl Ctx {
             rate_headers: crate::governance::RateHeaders::default(),
             tr: Default::default(),
             front: None,
-            exp: crate::experiments::Marks::default(),
+            exp: crate::proxy::experiments::Marks::default(),
         }
     }
 
@@ -215,4 +215,12 @@ impl Default for Ctx {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The compiled alias `alias` in `rt`, when both are known.
+pub fn alias_model<'a>(
+    rt: Option<&'a Arc<Runtime>>,
+    alias: Option<&str>,
+) -> Option<&'a crate::runtime::ModelRt> {
+    rt.zip(alias).and_then(|(rt, a)| rt.models.get(a))
 }

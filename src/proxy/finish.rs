@@ -4,9 +4,9 @@
 use crate::accounting::meter::BodyUsage;
 use crate::accounting::settle::{self, Observed, Settled};
 use crate::accounting::UsageSource;
-use crate::error::GatewayError;
+use crate::base::endpoint::Endpoint;
+use crate::base::error::GatewayError;
 use crate::proxy::ctx::{Ctx, Meter};
-use crate::proxy::endpoint::Endpoint;
 use crate::proxy::respond;
 use crate::telemetry::{access_log, metrics};
 use pingora::proxy::Session;
@@ -112,7 +112,21 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             .unwrap_or(if e.is_some() { 499 } else { 0 });
     }
     ctx.watchdog = None;
-    crate::routing::finished(ctx);
+    {
+        let plan = crate::proxy::ctx::alias_model(ctx.rt.as_ref(), ctx.alias.as_deref())
+            .map(|m| &m.routing);
+        let end = crate::routing::track::Ending {
+            alias: ctx.alias.as_deref().unwrap_or_default(),
+            stream: ctx.parsed.as_ref().is_some_and(|p| p.stream),
+            served: ctx.served_locally || ctx.response_started,
+            cut: ctx.mid_stream_error.is_some(),
+            status: ctx.status,
+            route: ctx.attempt_route,
+            first_byte_at: ctx.first_byte_at,
+            upstream_headers_at: ctx.upstream_headers_at,
+        };
+        crate::routing::finished(&mut ctx.routing, plan, &end);
+    }
     let settled = settle(ctx);
     if let Some(r) = &ctx.reservation {
         r.learn(ctx.attempt_route, settled.as_ref());
@@ -176,12 +190,10 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     }
     let enabled = rt.as_ref().is_none_or(|r| r.config.access_log.enabled);
     if enabled {
-        let plan = rt
-            .as_ref()
-            .zip(ctx.alias.as_deref())
-            .and_then(|(rt, a)| rt.models.get(a))
-            .map(|m| &m.routing);
-        let routing = crate::routing::track::log_fields(ctx, plan);
+        let plan =
+            crate::proxy::ctx::alias_model(rt.as_ref(), ctx.alias.as_deref()).map(|m| &m.routing);
+        let routing =
+            crate::routing::track::log_fields(&ctx.routing, plan, &ctx.order, ctx.attempt_route);
         access_log::write(&access_log::Record {
             ts: std::time::SystemTime::now(),
             request_id: &ctx.request_id,
@@ -274,11 +286,7 @@ fn settle(ctx: &Ctx) -> Option<Settled> {
         ep,
         model: &route.model,
         body: &ctx.body,
-        default_output: ctx
-            .rt
-            .as_ref()
-            .zip(ctx.alias.as_deref())
-            .and_then(|(rt, a)| rt.models.get(a))
+        default_output: crate::proxy::ctx::alias_model(ctx.rt.as_ref(), ctx.alias.as_deref())
             .map_or(crate::config::DEFAULT_RESERVE_OUTPUT_TOKENS, |m| {
                 m.reserve_output_tokens
             }),

@@ -3,9 +3,9 @@
 //! how its non-stream response is read back.
 
 use crate::accounting::estimate;
-use crate::error::GatewayError;
+use crate::base::endpoint::Endpoint;
+use crate::base::error::GatewayError;
 use crate::providers::dialect::RouteDialect;
-use crate::proxy::endpoint::Endpoint;
 use crate::translate::gemini::{self, EmbedOutput};
 use crate::translate::{RequestOpts, ResponseOpts, Translated};
 use bytes::Bytes;

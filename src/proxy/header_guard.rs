@@ -22,9 +22,9 @@
 //! after that the h2 settings cap each stream's header list (set at start-up
 //! in `server.rs`, measured again per request in `admit`).
 
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
+use crate::live::Shared;
 use crate::proxy::rewound::Rewound;
-use crate::runtime::Shared;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
@@ -159,17 +159,6 @@ impl PutBack for Rewound {
     }
 }
 
-/// Header limits toward clients.
-#[derive(Debug, Clone, Copy)]
-pub struct HeaderLimits {
-    /// Longest wait for the first byte of a request (keep-alive idle).
-    pub idle: Duration,
-    /// From the first byte to the end of the header; also the wait for an
-    /// HTTP/2 client's preface.
-    pub deadline: Duration,
-    pub max_bytes: usize,
-}
-
 /// How long a connection with no request yet is kept open once shutdown
 /// has begun.
 const LAST_CHANCE: Duration = Duration::from_secs(1);
@@ -229,7 +218,7 @@ async fn first_bytes<S: AsyncRead + Unpin>(
 /// (leading empty lines included).
 async fn read_header<S: AsyncRead + Unpin>(
     s: &mut S,
-    l: HeaderLimits,
+    l: crate::runtime::HeaderLimits,
     shutdown: &ShutdownWatch,
 ) -> Header {
     let mut buf = BytesMut::with_capacity(4096);

@@ -8,8 +8,8 @@
 //! Downstream: of the provider's response header only the allow-listed
 //! fields reach the client; the gateway then adds its own.
 
-use crate::error::GatewayError;
-use crate::proxy::endpoint::Endpoint;
+use crate::base::endpoint::Endpoint;
+use crate::base::error::GatewayError;
 use crate::upstream::Upstream;
 use http::header::{self, HeaderName};
 use pingora::http::{RequestHeader, ResponseHeader};

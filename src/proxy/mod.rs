@@ -5,7 +5,7 @@ pub mod admit;
 pub mod attempt;
 pub mod body;
 pub mod ctx;
-pub mod endpoint;
+pub mod experiments;
 pub mod finish;
 pub mod gemini;
 pub mod header_guard;
@@ -16,7 +16,7 @@ pub mod response;
 pub mod rewound;
 pub mod translated;
 
-use crate::runtime::Shared;
+use crate::live::Shared;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::Ctx;
@@ -33,7 +33,7 @@ use std::time::Instant;
 /// process (and every other request) running.
 async fn panicked(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
     log::error!("request {}: internal panic; answering 500", ctx.request_id);
-    let err = crate::error::GatewayError::Internal;
+    let err = crate::base::error::GatewayError::Internal;
     if session.response_written().is_none() {
         session.set_keepalive(None);
         respond::error(session, &err, &respond::Tags::of(ctx)).await?;
@@ -73,7 +73,7 @@ impl ProxyHttp for Gateway {
         let admitted = AssertUnwindSafe(async {
             match admit::request_filter(session, ctx).await? {
                 true => Ok(true),
-                false => crate::experiments::after_admit(session, ctx).await,
+                false => crate::proxy::experiments::after_admit(session, ctx).await,
             }
         })
         .catch_unwind()

@@ -1,6 +1,6 @@
 //! Responses the gateway writes itself: errors, local JSON, local SSE.
 
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use crate::proxy::headers::REQUEST_ID;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -21,7 +21,7 @@ impl<'a> Tags<'a> {
         Tags {
             request_id: &ctx.request_id,
             rate: &ctx.rate_headers,
-            anthropic: ctx.endpoint == Some(crate::proxy::endpoint::Endpoint::Messages),
+            anthropic: ctx.endpoint == Some(crate::base::endpoint::Endpoint::Messages),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! pass each chunk through the meter.
 
 use crate::accounting::meter::{BodyMeter, StreamMeter};
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use crate::proxy::attempt;
 use crate::proxy::ctx::{Ctx, Meter};
 use crate::proxy::headers::REQUEST_ID;
@@ -21,7 +21,7 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
     }
     // Embeddings never stream, whatever the body says.
     let stream = ctx.parsed.as_ref().is_some_and(|p| p.stream)
-        && ctx.endpoint != Some(crate::proxy::endpoint::Endpoint::Embeddings);
+        && ctx.endpoint != Some(crate::base::endpoint::Endpoint::Embeddings);
     let verdict = match attempt::current_upstream(ctx) {
         Ok(up) => judge(resp, &up.retry.on_status, stream),
         Err(_) => Verdict::Accept,
@@ -76,7 +76,7 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
     }
     let ep = ctx
         .endpoint
-        .unwrap_or(crate::proxy::endpoint::Endpoint::ChatCompletions);
+        .unwrap_or(crate::base::endpoint::Endpoint::ChatCompletions);
     ctx.meter = if !resp.status.is_success() {
         Meter::None
     } else if crate::sse::is_event_stream(resp) {

@@ -12,10 +12,10 @@
 //!   our OpenAI-format error.
 
 use crate::accounting::meter::{BodyMeter, StreamMeter, MAX_EVENT_BYTES};
+use crate::base::endpoint::Endpoint;
+use crate::base::error::GatewayError;
 use crate::config::ProviderKind;
-use crate::error::GatewayError;
 use crate::proxy::ctx::{Ctx, Meter};
-use crate::proxy::endpoint::Endpoint;
 use crate::proxy::gemini as gem;
 use crate::runtime::RouteRt;
 use crate::translate::pipe::Pipe;

@@ -10,13 +10,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
-
-/// Milliseconds since the process's first use of this module.
-pub fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
 
 /// Breaker state, as exported (`tollgate_breaker_state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

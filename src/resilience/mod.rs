@@ -2,6 +2,7 @@
 //! the verdict on each upstream response.
 
 pub mod breaker;
+pub mod hedge_cap;
 pub mod verdict;
 pub mod watchdog;
 

@@ -1,7 +1,7 @@
 //! What an upstream response means for the request: pass it on, or count it
 //! as a failure (and maybe try elsewhere).
 
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use pingora::http::ResponseHeader;
 
 /// The decision on one response header.

@@ -22,7 +22,7 @@ pub enum Fired {
     Total = 3,
 }
 
-struct Shared {
+struct Watched {
     fd: OwnedFd,
     start: Instant,
     /// Microseconds after `start` of the last upstream activity.
@@ -36,7 +36,7 @@ struct Shared {
 
 /// Arms on connect; disarms when dropped.
 pub struct Watchdog {
-    shared: Arc<Shared>,
+    shared: Arc<Watched>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -46,7 +46,7 @@ impl Watchdog {
         // SAFETY: `fd` is Pingora's open upstream socket for this attempt; it
         // outlives this call, which only duplicates it.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Watched {
             fd,
             start: Instant::now(),
             last: AtomicU64::new(0),
@@ -88,7 +88,7 @@ impl Drop for Watchdog {
     }
 }
 
-async fn watch(s: Arc<Shared>, limits: Limits) {
+async fn watch(s: Arc<Watched>, limits: Limits) {
     loop {
         let elapsed = s.start.elapsed();
         let headers = s.headers.load(Relaxed);

@@ -7,9 +7,9 @@
 
 use super::needs::Needs;
 use super::plan::{Access, Plan, RouteMeta};
+use crate::base::endpoint::Endpoint;
+use crate::base::error::GatewayError;
 use crate::config::routing::Capability;
-use crate::error::GatewayError;
-use crate::proxy::endpoint::Endpoint;
 
 /// Why a route was left out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,9 +24,9 @@ pub use plan::{Access, Plan, RouteMeta};
 pub use stats::RouteStats;
 pub use track::{attempt_failed, attempt_started, finished, RequestRouting};
 
+use crate::base::endpoint::Endpoint;
+use crate::base::error::GatewayError;
 use crate::config::routing::Strategy;
-use crate::error::GatewayError;
-use crate::proxy::endpoint::Endpoint;
 use crate::rewrite::Parsed;
 #[cfg(test)]
 use std::sync::Arc;

@@ -4,9 +4,9 @@
 //! and the caller's `user`. One pass over the top-level members; messages
 //! are only looked into when some route lacks vision.
 
+use crate::base::endpoint::Endpoint;
 use crate::config::routing::Capability;
 use crate::json_scan;
-use crate::proxy::endpoint::Endpoint;
 use crate::rewrite::MAX_DEPTH;
 use serde::Deserialize;
 use std::ops::Range;

@@ -1,12 +1,11 @@
 //! Keeps route statistics and metrics current as a request's attempts
-//! start, fail and finish. Called from a line each in `proxy/attempt.rs`
-//! and `proxy/finish.rs`.
+//! start, fail and finish. Told what happened in plain values; it knows
+//! nothing of the proxy's request state.
 
 use super::metrics::RouteMetrics;
 use super::plan::Plan;
 use super::stats::{Kind, RouteStats};
 use super::Decision;
-use crate::proxy::ctx::Ctx;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -67,18 +66,16 @@ pub fn attempt_started_at(state: &mut RequestRouting, plan: &Plan, index: usize,
     });
 }
 
-fn kind(ctx: &Ctx) -> Kind {
-    if ctx.parsed.as_ref().is_some_and(|p| p.stream) {
+fn kind(stream: bool) -> Kind {
+    if stream {
         Kind::Ttft
     } else {
         Kind::Latency
     }
 }
 
-fn route_metrics(ctx: &Ctx, index: usize) -> Option<&RouteMetrics> {
-    let rt = ctx.rt.as_ref()?;
-    let model = rt.models.get(ctx.alias.as_deref()?)?;
-    model.routing.routes.get(index)?.metrics.as_ref()
+fn route_metrics(plan: Option<&Plan>, index: usize) -> Option<&RouteMetrics> {
+    plan?.routes.get(index)?.metrics.as_ref()
 }
 
 fn set_ewma(m: Option<&RouteMetrics>, kind: Kind, secs: f64) {
@@ -91,37 +88,52 @@ fn set_ewma(m: Option<&RouteMetrics>, kind: Kind, secs: f64) {
 }
 
 /// The current attempt failed: it counts as a slow sample and an error.
-pub fn attempt_failed(ctx: &mut Ctx) {
-    let Some(a) = ctx.routing.attempt.take() else {
+/// `plan` is the alias's, `stream` whether the request streams.
+pub fn attempt_failed(state: &mut RequestRouting, plan: Option<&Plan>, stream: bool) {
+    let Some(a) = state.attempt.take() else {
         return;
     };
-    let kind = kind(ctx);
+    let kind = kind(stream);
     let ewma = a.stats.observe_failure(kind, a.started.elapsed());
-    let m = route_metrics(ctx, a.route);
+    let m = route_metrics(plan, a.route);
     set_ewma(m, kind, ewma.as_secs_f64());
     if let Some(m) = m {
         m.errors.inc();
     }
 }
 
+/// How a request ended, as routing statistics need it.
+pub struct Ending<'a> {
+    pub alias: &'a str,
+    pub stream: bool,
+    /// Something was answered (by the gateway or an upstream).
+    pub served: bool,
+    /// A stream was cut after it started.
+    pub cut: bool,
+    pub status: u16,
+    /// The route that served (or was tried last).
+    pub route: Option<usize>,
+    pub first_byte_at: Option<Instant>,
+    pub upstream_headers_at: Option<Instant>,
+}
+
 /// The request is over: a served attempt feeds its route's averages, and
 /// the request is counted by route and variant.
-pub fn finished(ctx: &mut Ctx) {
-    let attempt = ctx.routing.attempt.take();
-    let served = ctx.served_locally || ctx.response_started;
-    if let (Some(a), true) = (&attempt, served) {
-        let kind = kind(ctx);
-        let m = route_metrics(ctx, a.route);
-        if ctx.mid_stream_error.is_some() {
+pub fn finished(state: &mut RequestRouting, plan: Option<&Plan>, end: &Ending<'_>) {
+    let attempt = state.attempt.take();
+    if let (Some(a), true) = (&attempt, end.served) {
+        let kind = kind(end.stream);
+        let m = route_metrics(plan, a.route);
+        if end.cut {
             let ewma = a.stats.observe_failure(kind, a.started.elapsed());
             set_ewma(m, kind, ewma.as_secs_f64());
             if let Some(m) = m {
                 m.errors.inc();
             }
-        } else if (200..400).contains(&ctx.status) {
+        } else if (200..400).contains(&end.status) {
             let since = |t: Option<Instant>| t.and_then(|t| t.checked_duration_since(a.started));
             let took = match kind {
-                Kind::Ttft => since(ctx.first_byte_at),
+                Kind::Ttft => since(end.first_byte_at),
                 Kind::Latency => Some(a.started.elapsed()),
             };
             if let Some(took) = took {
@@ -136,32 +148,28 @@ pub fn finished(ctx: &mut Ctx) {
             }
             let first_byte = match kind {
                 Kind::Ttft => took,
-                Kind::Latency => since(ctx.upstream_headers_at).or(took),
+                Kind::Latency => since(end.upstream_headers_at).or(took),
             };
             if let Some(fb) = first_byte {
                 a.stats.observe_first_byte(fb);
             }
         }
     }
-    count_request(ctx);
+    if let Some(plan) = plan {
+        count_request(state, plan, end);
+    }
     drop(attempt);
 }
 
-fn count_request(ctx: &Ctx) {
-    let (Some(rt), Some(alias), Some(index)) =
-        (ctx.rt.as_ref(), ctx.alias.as_deref(), ctx.attempt_route)
-    else {
+fn count_request(state: &RequestRouting, plan: &Plan, end: &Ending<'_>) {
+    let (Some(index), Some(m)) = (end.route, super::metrics::get()) else {
         return;
     };
-    let (Some(model), Some(m)) = (rt.models.get(alias), super::metrics::get()) else {
-        return;
-    };
-    let plan = &model.routing;
     let Some(route) = plan.routes.get(index) else {
         return;
     };
-    let variant = ctx
-        .routing
+    let alias = end.alias;
+    let variant = state
         .decision
         .as_ref()
         .and_then(|d| d.variant)
@@ -173,7 +181,7 @@ fn count_request(ctx: &Ctx) {
     match (variant, route.metrics.as_ref()) {
         // The common case: no A/B split; the counter is bound once per class.
         (None, Some(rm)) => {
-            let i = super::metrics::class_index(ctx.status);
+            let i = super::metrics::class_index(end.status);
             rm.requests[i]
                 .get_or_init(|| {
                     requests(crate::telemetry::metrics::NONE, super::metrics::CLASSES[i])
@@ -182,7 +190,7 @@ fn count_request(ctx: &Ctx) {
         }
         (v, _) => requests(
             v.map_or(crate::telemetry::metrics::NONE, |v| &*v.name),
-            crate::telemetry::metrics::status_class(ctx.status),
+            crate::telemetry::metrics::status_class(end.status),
         )
         .inc(),
     }
@@ -199,9 +207,15 @@ pub struct LogFields<'a> {
     pub skipped: Option<Vec<String>>,
 }
 
-/// The access-log fields of `ctx`, with names from `plan`.
-pub fn log_fields<'a>(ctx: &Ctx, plan: Option<&'a Plan>) -> LogFields<'a> {
-    let (Some(plan), Some(d)) = (plan, ctx.routing.decision.as_ref()) else {
+/// The access-log fields of a request that tried the routes of `order`
+/// and was served by (or last tried) `route`, with names from `plan`.
+pub fn log_fields<'a>(
+    state: &RequestRouting,
+    plan: Option<&'a Plan>,
+    order: &[usize],
+    route: Option<usize>,
+) -> LogFields<'a> {
+    let (Some(plan), Some(d)) = (plan, state.decision.as_ref()) else {
         return LogFields {
             strategy: None,
             variant: None,
@@ -217,8 +231,8 @@ pub fn log_fields<'a>(ctx: &Ctx, plan: Option<&'a Plan>) -> LogFields<'a> {
             .variant
             .and_then(|v| plan.variants.get(v))
             .map(|v| &*v.name),
-        route: ctx.attempt_route.and_then(name),
-        candidates: Some(ctx.order.iter().filter_map(|&i| name(i)).collect()),
+        route: route.and_then(name),
+        candidates: Some(order.iter().filter_map(|&i| name(i)).collect()),
         skipped: (!d.skipped.is_empty()).then(|| {
             d.skipped
                 .iter()

@@ -245,7 +245,6 @@ pub fn registered<M>(
 /// dropping those of the previous config. Called at start and after every
 /// successful reload.
 pub fn export_config(cfg: &crate::config::Config) {
-    use crate::governance::Level;
     let Some(m) = get() else {
         return;
     };
@@ -270,8 +269,8 @@ pub fn export_config(cfg: &crate::config::Config) {
         }
     }
     m.budget_limit.reset();
-    let keys = cfg.keys.iter().map(|k| (Level::Key, &k.name, &k.budgets));
-    let teams = cfg.teams.iter().map(|(n, t)| (Level::Team, n, &t.budgets));
+    let keys = cfg.keys.iter().map(|k| ("key", &k.name, &k.budgets));
+    let teams = cfg.teams.iter().map(|(n, t)| ("team", n, &t.budgets));
     for (level, name, budgets) in keys.chain(teams) {
         for b in budgets {
             let (unit, size) = match (b.usd, b.tokens) {
@@ -281,7 +280,7 @@ pub fn export_config(cfg: &crate::config::Config) {
             };
             let window = b.window.to_string();
             m.budget_limit
-                .with_label_values(&[level.label(), name.as_str(), unit, window.as_str()])
+                .with_label_values(&[level, name.as_str(), unit, window.as_str()])
                 .set(size);
         }
     }

@@ -16,7 +16,6 @@
 pub mod cert;
 
 use crate::config::{TlsSection, TlsVersion};
-use crate::runtime::Shared;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
@@ -29,9 +28,17 @@ use std::sync::Arc;
 
 pub use cert::ServerCert;
 
-/// Hands rustls the certificate of the current runtime snapshot.
+/// What the TLS edge reads of the current config, at each handshake.
+pub trait TlsSource: Send + Sync + 'static {
+    /// The certificate to present.
+    fn certificate(&self) -> Option<Arc<CertifiedKey>>;
+    /// How long a client may take over its handshake.
+    fn handshake_deadline(&self) -> std::time::Duration;
+}
+
+/// Hands rustls the certificate of the current config.
 pub struct SnapshotResolver {
-    shared: Arc<Shared>,
+    source: Arc<dyn TlsSource>,
 }
 
 impl std::fmt::Debug for SnapshotResolver {
@@ -41,14 +48,14 @@ impl std::fmt::Debug for SnapshotResolver {
 }
 
 impl SnapshotResolver {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub fn new(source: Arc<dyn TlsSource>) -> Self {
+        Self { source }
     }
 }
 
 impl ResolvesServerCert for SnapshotResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.shared.load().tls_cert.as_ref().map(|c| c.key.clone())
+        self.source.certificate()
     }
 }
 
@@ -79,7 +86,7 @@ pub fn server_config(
 pub struct TlsEdge<A> {
     pub inner: Arc<A>,
     pub acceptor: Acceptor,
-    pub shared: Arc<Shared>,
+    pub source: Arc<dyn TlsSource>,
 }
 
 #[async_trait]
@@ -92,7 +99,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for TlsEdge<A> {
         let l4 = session.into_any().downcast::<L4Stream>().ok()?;
         // A client that stalls its handshake is cut off like one that stalls
         // its request header.
-        let deadline = self.shared.load().header_limits.deadline;
+        let deadline = self.source.handshake_deadline();
         match tokio::time::timeout(deadline, self.acceptor.tls_handshake(*l4)).await {
             Ok(Ok(tls)) => {
                 count_handshake("success");
@@ -127,7 +134,7 @@ pub fn export(cert: Option<&ServerCert>) {
     if let Some(m) = crate::telemetry::metrics::get() {
         m.tls_cert_expiry.set(cert.not_after);
     }
-    if let Some(w) = cert.expiry_warning(crate::reload::now_secs()) {
+    if let Some(w) = cert.expiry_warning(crate::base::clock::unix_secs()) {
         log::warn!("{w}");
     }
 }

@@ -16,7 +16,7 @@
 //!   for one request, over all its schemas (inlining `$ref`s can expand a
 //!   schema exponentially).
 
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use crate::translate::Unsupported;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};

@@ -5,7 +5,7 @@
 //! anything that looks like a credential blanked out. Auth failures never
 //! carry provider text.
 
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use serde_json::Value;
 
 /// Longest provider message passed on.

@@ -53,7 +53,7 @@ pub struct Unsupported {
 }
 
 /// A field the provider cannot honour: a 400 that names it.
-impl From<Unsupported> for crate::error::GatewayError {
+impl From<Unsupported> for crate::base::error::GatewayError {
     fn from(u: Unsupported) -> Self {
         Self::UnsupportedParam {
             message: u.message,

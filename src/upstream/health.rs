@@ -2,7 +2,6 @@
 //! health checks and DNS refreshes follow reloads. Each provider runs on its
 //! own interval; a slow check never delays another provider's.
 
-use crate::runtime::Shared;
 use crate::telemetry::metrics;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -14,9 +13,15 @@ use std::time::{Duration, Instant};
 
 const TICK: Duration = Duration::from_millis(100);
 
+/// Where the ticker finds the upstreams of the current config.
+pub trait UpstreamSource: Send + Sync + 'static {
+    /// The current upstreams.
+    fn upstreams(&self) -> Vec<Arc<crate::upstream::Upstream>>;
+}
+
 /// The health and DNS background service.
 pub struct HealthTicker {
-    pub shared: Arc<Shared>,
+    pub source: Arc<dyn UpstreamSource>,
 }
 
 struct Due {
@@ -34,10 +39,10 @@ impl BackgroundService for HealthTicker {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(TICK) => {}
             }
-            let rt = self.shared.load();
+            let upstreams = self.source.upstreams();
             let now = Instant::now();
-            let mut live = Vec::with_capacity(rt.upstreams.len());
-            for up in rt.upstreams.values() {
+            let mut live = Vec::with_capacity(upstreams.len());
+            for up in &upstreams {
                 let id = Arc::as_ptr(up) as usize;
                 live.push(id);
                 let d = due.entry(id).or_insert_with(|| Due {

@@ -4,12 +4,11 @@
 pub mod client;
 pub mod discovery;
 pub mod health;
-pub mod tls;
 
+use crate::base::endpoint::Endpoint;
 use crate::config::url::{parse_base_url, split_host_port, BaseUrl};
 use crate::config::{BreakerPolicy, HealthCheck as HealthConf, Provider, RetryPolicy, Timeouts};
 use crate::providers::dialect;
-use crate::proxy::endpoint::Endpoint;
 use crate::resilience::breaker::{self, BackendState};
 use crate::resilience::Limits;
 use arc_swap::ArcSwap;
@@ -44,7 +43,7 @@ pub struct Upstream {
     pub breaker: BreakerPolicy,
     /// Passive-health state of each current backend (shared across reloads).
     states: ArcSwap<HashMap<SocketAddr, Arc<BackendState>>>,
-    pub ca: Option<tls::CaList>,
+    pub ca: Option<crate::ca_file::CaList>,
     /// Pool key of the trust settings: connections verified against one CA
     /// are never reused by a provider that trusts another (Pingora's pool
     /// key covers the address and SNI, not the CA).
@@ -88,7 +87,7 @@ impl Upstream {
         let mut balancer = LoadBalancer::<RoundRobin>::from_backends(backends);
         let (ca, trust_key) = match &p.ca_file {
             Some(f) => {
-                let (ca, key) = tls::load_ca_file(f)?;
+                let (ca, key) = crate::ca_file::load_ca_file(f)?;
                 (Some(ca), key)
             }
             None => (None, 0),
@@ -202,7 +201,7 @@ impl Upstream {
         any_health: bool,
     ) -> Result<(SocketAddr, Option<Arc<BackendState>>), Option<Out>> {
         let states = self.states.load();
-        let now = breaker::now_ms();
+        let now = crate::base::clock::monotonic_ms();
         let out_for = std::cell::Cell::new(None::<u64>);
         let limited = std::cell::Cell::new(false);
         let picked = self.balancer.select_with(key, 256, |b, healthy| {
@@ -269,7 +268,7 @@ impl Upstream {
     pub fn backend_health(&self) -> Vec<(String, bool, breaker::State)> {
         let backends = self.balancer.backends();
         let states = self.states.load();
-        let now = breaker::now_ms();
+        let now = crate::base::clock::monotonic_ms();
         backends
             .get_backend()
             .iter()
@@ -288,7 +287,7 @@ impl Upstream {
 fn health_check(
     base: &BaseUrl,
     hc: &HealthConf,
-    ca: Option<tls::CaList>,
+    ca: Option<crate::ca_file::CaList>,
     headers: Vec<(HeaderName, HeaderValue)>,
 ) -> Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync> {
     match &hc.path {

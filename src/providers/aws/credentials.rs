@@ -3,7 +3,7 @@
 //! cached and refreshed before it expires, one refresh at a time).
 
 use super::sts;
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use crate::providers::secret::Secret;
 use crate::providers::token_client::TokenClient;
 use arc_swap::ArcSwapOption;

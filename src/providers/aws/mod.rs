@@ -4,6 +4,5 @@
 
 pub mod config;
 pub mod credentials;
-pub mod eventstream;
 pub mod sigv4;
 pub mod sts;

@@ -5,7 +5,7 @@
 //! one caller while the others wait. Or a fixed token (from `${VAR}`).
 //! Tokens and keys are [`Secret`]s and never printed.
 
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use crate::providers::secret::Secret;
 use crate::providers::token_client::TokenClient;
 use arc_swap::ArcSwapOption;

@@ -15,10 +15,10 @@
 pub mod passthrough;
 
 use crate::accounting::meter::{StreamMeter, MAX_EVENT_BYTES};
-use crate::error::GatewayError;
+use crate::base::endpoint::Endpoint;
+use crate::base::error::GatewayError;
 use crate::providers::mock;
 use crate::proxy::ctx::{Ctx, Meter};
-use crate::proxy::endpoint::Endpoint;
 use crate::rewrite::{self, Parsed};
 use crate::runtime::ModelRt;
 use crate::translate::messages::{self as tr, MessagesStream};

@@ -7,8 +7,8 @@
 
 use crate::accounting::meter::MAX_EVENT_BYTES;
 use crate::accounting::Usage;
+use crate::base::error::GatewayError;
 use crate::config::ProviderKind;
-use crate::error::GatewayError;
 use crate::proxy::ctx::Ctx;
 use crate::runtime::RouteRt;
 use crate::sse::Scanner;

@@ -12,7 +12,7 @@ pub use stream::ChatStream;
 pub use usage::Tokens;
 
 /// Maps an Anthropic error response (shared with the other kinds).
-pub fn error(status: u16, body: &[u8]) -> crate::error::GatewayError {
+pub fn error(status: u16, body: &[u8]) -> crate::base::error::GatewayError {
     crate::translate::errors::provider_error(status, body)
 }
 

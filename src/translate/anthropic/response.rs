@@ -2,7 +2,7 @@
 
 use super::usage::Tokens;
 use crate::accounting::Usage;
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use crate::translate::ResponseOpts;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -16,13 +16,6 @@ pub fn finish_reason(stop: &str) -> &'static str {
         // end_turn, stop_sequence, pause_turn
         _ => "stop",
     }
-}
-
-/// Seconds since the epoch, for `created`.
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Translates a non-stream Messages response. An unreadable body is an
@@ -85,7 +78,7 @@ pub fn chat_response(body: &[u8], opts: &ResponseOpts) -> Result<(Bytes, Usage),
     let out = json!({
         "id": doc.get("id").and_then(Value::as_str).unwrap_or(opts.request_id),
         "object": "chat.completion",
-        "created": now_secs(),
+        "created": crate::base::clock::unix_secs(),
         "model": opts.model,
         "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
         "usage": tokens.openai_json(),

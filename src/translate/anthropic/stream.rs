@@ -3,9 +3,10 @@
 //! response id and model (the chunk prefix), the current block, the tool-call
 //! count, the stop reason and the token counters.
 
-use super::response::{finish_reason, now_secs};
+use super::response::finish_reason;
 use super::usage::{Partial, Tokens};
 use crate::accounting::Usage;
+use crate::base::clock::unix_secs;
 use crate::translate::errors::anthropic_error_type;
 use crate::translate::{ResponseOpts, StreamTranslator};
 use bytes::{BufMut, BytesMut};
@@ -117,7 +118,7 @@ impl ChatStream {
         p.extend_from_slice(b"data: {\"id\":");
         json_str(&mut p, id);
         p.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-        p.extend_from_slice(itoa::Buffer::new().format(now_secs()).as_bytes());
+        p.extend_from_slice(itoa::Buffer::new().format(unix_secs()).as_bytes());
         p.extend_from_slice(b",\"model\":");
         json_str(&mut p, &self.model);
         p.extend_from_slice(b",\"choices\":[");

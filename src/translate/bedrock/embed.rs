@@ -4,7 +4,7 @@
 
 use super::limits::MAX_COHERE_TEXTS;
 use crate::accounting::Usage;
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use crate::translate::Unsupported;
 use bytes::Bytes;
 use serde_json::{json, Value};

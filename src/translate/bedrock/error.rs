@@ -16,7 +16,7 @@
 //! | `ServiceUnavailableException` | 503 |
 //! | `InternalServerException`, `ModelErrorException`, `ModelStreamErrorException`, anything else | 502 generic |
 
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use crate::translate::errors::{provider_error, redact};
 use serde_json::Value;
 

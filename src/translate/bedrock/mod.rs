@@ -7,7 +7,7 @@
 //! - [`chat_response`]: a whole `Converse` response → a `chat.completion`.
 //! - [`ChatStream`]: ConverseStream events → `chat.completion.chunk`
 //!   events; [`EventPipe`] runs the binary event-stream decoder
-//!   (`providers::aws::eventstream`) and the translator chunk by chunk.
+//!   (`eventstream`) and the translator chunk by chunk.
 //! - [`embed_request`] / [`embed_response`]: Embeddings ↔ Titan / Cohere
 //!   `InvokeModel` bodies.
 //! - [`error`] / [`exception`]: Bedrock error responses and stream

@@ -2,7 +2,7 @@
 //! token counts.
 
 use crate::accounting::Usage;
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use crate::translate::ResponseOpts;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -60,13 +60,6 @@ impl Tokens {
             "completion_tokens_details": {"reasoning_tokens": 0},
         })
     }
-}
-
-/// Seconds since the epoch, for `created`.
-pub(super) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Translates a non-stream Converse response. An unreadable body, or one
@@ -128,7 +121,7 @@ pub fn chat_response(body: &[u8], opts: &ResponseOpts) -> Result<(Bytes, Usage),
     let out = json!({
         "id": opts.request_id,
         "object": "chat.completion",
-        "created": now_secs(),
+        "created": crate::base::clock::unix_secs(),
         "model": opts.model,
         "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
         "usage": tokens.openai_json(),

@@ -8,10 +8,11 @@
 //! `messageStop` and then `metadata` (the usage) last.
 
 use super::error::exception;
-use super::response::{finish_reason, now_secs, Tokens};
+use super::response::{finish_reason, Tokens};
 use crate::accounting::Usage;
-use crate::error::GatewayError;
-use crate::providers::aws::eventstream::{DecodeError, Decoder, Frame};
+use crate::base::clock::unix_secs;
+use crate::base::error::GatewayError;
+use crate::eventstream::{DecodeError, Decoder, Frame};
 use crate::translate::{ResponseOpts, StreamTranslator};
 use bytes::{BufMut, BytesMut};
 use serde::Deserialize;
@@ -94,7 +95,7 @@ impl ChatStream {
         p.extend_from_slice(b"data: {\"id\":");
         json_str(&mut p, opts.request_id);
         p.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-        p.extend_from_slice(itoa::Buffer::new().format(now_secs()).as_bytes());
+        p.extend_from_slice(itoa::Buffer::new().format(unix_secs()).as_bytes());
         p.extend_from_slice(b",\"model\":");
         json_str(&mut p, opts.model);
         p.extend_from_slice(b",\"choices\":[");
@@ -290,7 +291,7 @@ pub struct EventPipe {
 
 impl EventPipe {
     /// `max_frame`: the largest frame accepted (see
-    /// `providers::aws::eventstream::DEFAULT_MAX_FRAME`).
+    /// `eventstream::DEFAULT_MAX_FRAME`).
     pub fn new(translator: ChatStream, max_frame: usize) -> Self {
         Self {
             decoder: Decoder::new(max_frame),

@@ -2,8 +2,8 @@
 //! translation's bounds and refusals.
 
 use super::*;
-use crate::error::GatewayError;
-use crate::providers::aws::eventstream::{encode, DEFAULT_MAX_FRAME};
+use crate::base::error::GatewayError;
+use crate::eventstream::{encode, DEFAULT_MAX_FRAME};
 use crate::translate::{RequestOpts, ResponseOpts, StreamTranslator};
 use bytes::BytesMut;
 use serde_json::{json, Value};

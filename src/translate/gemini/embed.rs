@@ -8,7 +8,7 @@
 
 use super::request::unsupported;
 use crate::accounting::{Usage, UsageSource};
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use crate::translate::bounds::{self, MAX_EMBED_INPUTS};
 use crate::translate::{RequestOpts, ResponseOpts, Translated, Unsupported};
 use bytes::Bytes;

@@ -23,7 +23,7 @@
 //! and 5xx by default) are judged before their body is read, like for any
 //! kind, so they can be retried elsewhere.
 
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use crate::translate::errors::provider_error;
 use serde_json::Value;
 

@@ -3,7 +3,7 @@
 
 use super::wire::UsageMetadata;
 use crate::accounting::Usage;
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use crate::translate::ResponseOpts;
 use bytes::Bytes;
 use serde::Deserialize;

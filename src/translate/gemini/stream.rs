@@ -14,7 +14,7 @@ use super::error::{error, http_status};
 use super::response::{call_id, completion_id, finish_reason, now, usage_json};
 use super::wire::{self, Candidate};
 use crate::accounting::Usage;
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use crate::translate::{ResponseOpts, StreamTranslator};
 use bytes::{BufMut, BytesMut};
 use serde_json::Value;

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::accounting::{Usage, UsageSource};
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use crate::sse::Scanner;
 use crate::translate::{RequestOpts, ResponseOpts, StreamTranslator};
 use bytes::BytesMut;

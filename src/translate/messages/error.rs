@@ -2,7 +2,7 @@
 //! endpoint: `{"type":"error","error":{"type":…,"message":…}}`, with the
 //! status the gateway error carries.
 
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 

@@ -241,7 +241,7 @@ impl StreamTranslator for MessagesStream {
             // Finished, only `[DONE]` is missing.
             self.close(out);
         } else {
-            let e = crate::error::GatewayError::UpstreamError;
+            let e = crate::base::error::GatewayError::UpstreamError;
             let v = json!({"type": "error", "error": {"type": "api_error",
                 "message": format!("{e} The stream ended before the message was complete.")}});
             self.fail(&v, out);

@@ -8,13 +8,14 @@
 //! candidate, as the proxy would. Both legs are metered.
 
 use super::race::{run_leg, Candidates, LegEnd, LegFailure, Pick};
-use super::{metrics as xmetrics, relay, HedgePlan};
+use super::{metrics as xmetrics, relay};
 use crate::accounting::settle::{self, Observed};
+use crate::base::endpoint::Endpoint;
 use crate::config::{HedgeAfter, HEDGE_BURST};
 use crate::proxy::ctx::{AttemptLog, Ctx};
-use crate::proxy::endpoint::Endpoint;
 use crate::proxy::{attempt, headers};
 use crate::rewrite;
+use crate::runtime::experiments::HedgePlan;
 use crate::runtime::Runtime;
 use crate::telemetry::metrics;
 use bytes::Bytes;

@@ -5,14 +5,14 @@
 //! (`shadow.budget`) can bound their rate and spend.
 
 use super::metrics;
-use super::ShadowPlan;
 use crate::accounting::meter::{BodyMeter, BodyUsage, StreamMeter};
 use crate::accounting::settle::{self, Observed, Settled};
+use crate::base::endpoint::Endpoint;
 use crate::governance::{self, Ask};
 use crate::proxy::ctx::Ctx;
-use crate::proxy::endpoint::Endpoint;
 use crate::proxy::headers;
 use crate::rewrite::{self, Parsed};
+use crate::runtime::experiments::ShadowPlan;
 use crate::runtime::{ProviderRt, Runtime};
 use crate::upstream::client::{Exchange, Failure};
 use bytes::Bytes;

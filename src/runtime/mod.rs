@@ -1,12 +1,15 @@
-//! `Runtime`: the config compiled for the request path, and the `ArcSwap`
-//! holder that reload swaps. A request loads one snapshot and keeps it.
+//! `Runtime`: the config compiled for the request path. Building one is
+//! pure: it reads the config and returns values (the holder that reload
+//! swaps is `live::Shared`, above this layer).
+
+pub mod experiments;
 
 use crate::auth::{self, KeyIndex};
 use crate::config::{Config, ConfigError, MockSettings, ProviderKind};
 use crate::governance::{plan, Level, Rule};
+use crate::keys::KeyRt;
 use crate::rewrite::json_string;
 use crate::upstream::{Upstream, UpstreamRef};
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -81,70 +84,16 @@ pub struct ModelRt {
     pub routing: crate::routing::Plan,
 }
 
-/// A gateway key (never the secret).
-pub struct KeyRt {
-    pub name: Arc<str>,
-    /// Allowed aliases; `None` means all.
-    pub models: Option<Vec<Arc<str>>>,
-    /// Prebuilt `GET /v1/models` body for this key.
-    pub models_body: Bytes,
-    /// The key's team, if any.
-    pub team: Option<Arc<str>>,
-    /// The key's limits and budgets, then its team's.
-    pub rules: Vec<Rule>,
-    /// The tier and regions that decide which routes it reaches.
-    pub access: crate::routing::Access,
-}
-
-impl KeyRt {
-    /// Compiles one key (from the config or the key store) with its team:
-    /// the key's rules then its team's, its `GET /v1/models` body (only
-    /// the aliases `models` defines) and its routing access.
-    pub fn compile(
-        k: &crate::config::Key,
-        team: Option<(&str, &crate::config::Team)>,
-        models: &BTreeMap<String, crate::config::Model>,
-        all_models: &Bytes,
-    ) -> KeyRt {
-        let allowed: Option<Vec<Arc<str>>> = k
-            .models
-            .as_ref()
-            .map(|v| v.iter().map(|s| Arc::from(s.as_str())).collect());
-        let models_body = match &k.models {
-            Some(v) => {
-                let names: Vec<&str> = v
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|m| models.contains_key(*m))
-                    .collect();
-                models_list_body(&names)
-            }
-            None => all_models.clone(),
-        };
-        let mut rules = plan::compile(Level::Key, &k.name, &k.limits, &k.budgets);
-        if let Some((name, t)) = team {
-            rules.extend(plan::compile(Level::Team, name, &t.limits, &t.budgets));
+impl ModelRt {
+    /// What governance's second admission step needs of this alias.
+    pub fn limits(&self) -> crate::governance::AliasLimits<'_> {
+        crate::governance::AliasLimits {
+            rules: &self.rules,
+            tokenizer: self.routes.first().map(|r| &r.model),
+            prices: &self.prices,
+            reserve_output_tokens: self.reserve_output_tokens,
+            ratios: &self.ratios,
         }
-        KeyRt {
-            name: Arc::from(k.name.as_str()),
-            models: allowed,
-            models_body,
-            team: k.team.as_deref().map(Arc::from),
-            rules,
-            access: crate::routing::Access::of(k, team.map(|t| t.1)),
-        }
-    }
-
-    /// The `GET /v1/models` body of a key that may use every alias.
-    pub fn all_models_body(models: &BTreeMap<String, crate::config::Model>) -> Bytes {
-        let names: Vec<&str> = models.keys().map(String::as_str).collect();
-        models_list_body(&names)
-    }
-
-    pub fn allows(&self, alias: &str) -> bool {
-        self.models
-            .as_ref()
-            .is_none_or(|m| m.iter().any(|a| &**a == alias))
     }
 }
 
@@ -159,7 +108,7 @@ pub struct Runtime {
     pub body_idle_timeout: Duration,
     pub keepalive_secs: u64,
     pub write_timeout: Duration,
-    pub header_limits: crate::proxy::header_guard::HeaderLimits,
+    pub header_limits: HeaderLimits,
     pub max_attempts: u32,
     pub request_deadline: Duration,
     /// Name of the route response header, if enabled.
@@ -167,7 +116,7 @@ pub struct Runtime {
     /// The certificate served on `listen` when `tls` is set.
     pub tls_cert: Option<Arc<crate::tls::ServerCert>>,
     /// Shadow traffic and hedging, per alias.
-    pub experiments: crate::experiments::Plans,
+    pub experiments: experiments::Plans,
 }
 
 impl Runtime {
@@ -253,7 +202,7 @@ impl Runtime {
             key_info.push(Arc::new(KeyRt::compile(k, team, &cfg.models, &all_models)));
         }
         let tls_cert = match &cfg.tls {
-            Some(t) => match crate::tls::ServerCert::load(t, crate::reload::now_secs()) {
+            Some(t) => match crate::tls::ServerCert::load(t, crate::base::clock::unix_secs()) {
                 Ok(c) => Some(Arc::new(c)),
                 Err(p) => {
                     problems.extend(p);
@@ -262,7 +211,7 @@ impl Runtime {
             },
             None => None,
         };
-        let experiments = crate::experiments::build(&cfg, &providers, &mut problems);
+        let experiments = experiments::build(&cfg, &providers, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -273,7 +222,7 @@ impl Runtime {
             body_idle_timeout: cfg.downstream.body_idle_timeout.get(),
             keepalive_secs: cfg.downstream.keepalive.get().as_secs(),
             write_timeout: cfg.downstream.write_timeout.get(),
-            header_limits: crate::proxy::header_guard::HeaderLimits {
+            header_limits: HeaderLimits {
                 idle: cfg.downstream.keepalive.get(),
                 deadline: cfg.downstream.header_timeout.get(),
                 max_bytes: cfg.downstream.max_header_bytes,
@@ -292,8 +241,11 @@ impl Runtime {
     /// The key a client presented: a config key, else a runtime key from
     /// the key store's snapshot (never waiting for its database). The one
     /// place where a request's key is looked up.
-    pub fn lookup_key(&self, presented: &[u8]) -> Result<Arc<KeyRt>, crate::error::GatewayError> {
-        use crate::error::GatewayError;
+    pub fn lookup_key(
+        &self,
+        presented: &[u8],
+    ) -> Result<Arc<KeyRt>, crate::base::error::GatewayError> {
+        use crate::base::error::GatewayError;
         let digest = auth::digest(presented);
         if let Some(slot) = self.keys.lookup_digest(&digest) {
             return self
@@ -325,34 +277,13 @@ impl Runtime {
     }
 }
 
-fn models_list_body(names: &[&str]) -> Bytes {
-    let data: Vec<serde_json::Value> = names
-        .iter()
-        .map(|n| {
-            serde_json::json!({"id": n, "object": "model", "created": 0, "owned_by": "tollgate"})
-        })
-        .collect();
-    Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
-}
-
-/// The swappable current runtime.
-pub struct Shared {
-    current: ArcSwap<Runtime>,
-}
-
-impl Shared {
-    pub fn new(rt: Runtime) -> Self {
-        Self {
-            current: ArcSwap::from_pointee(rt),
-        }
-    }
-
-    /// The snapshot a request keeps from start to end.
-    pub fn load(&self) -> Arc<Runtime> {
-        self.current.load_full()
-    }
-
-    pub fn swap(&self, rt: Runtime) {
-        self.current.store(Arc::new(rt));
-    }
+/// Header limits toward clients.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderLimits {
+    /// Longest wait for the first byte of a request (keep-alive idle).
+    pub idle: std::time::Duration,
+    /// From the first byte to the end of the header; also the wait for an
+    /// HTTP/2 client's preface.
+    pub deadline: std::time::Duration,
+    pub max_bytes: usize,
 }

@@ -1,7 +1,7 @@
 //! The legs of a hedged request: which backend each one uses (in the
 //! alias's route order), and one leg run to its first response byte.
 
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use crate::proxy::ctx::Ctx;
 use crate::resilience::breaker::BackendState;
 use crate::resilience::verdict::{judge, Verdict};

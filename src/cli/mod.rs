@@ -1,5 +1,7 @@
 //! Command-line arguments.
 
+pub mod client;
+
 use std::path::PathBuf;
 
 pub const USAGE: &str = "\

@@ -2,7 +2,7 @@
 //! tagged and metered like a proxied response, or the OpenAI-format error
 //! when no leg won.
 
-use crate::error::GatewayError;
+use crate::base::error::GatewayError;
 use crate::proxy::ctx::Ctx;
 use crate::proxy::{attempt, finish, response};
 use crate::upstream::client::Exchange;

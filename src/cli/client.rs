@@ -2,7 +2,7 @@
 //! ...`: one plain-HTTP/1.1 request to `admin_listen` (which serves plain
 //! HTTP), so an operator needs no curl.
 
-use crate::cli::AdminCall;
+use super::AdminCall;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;

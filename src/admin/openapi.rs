@@ -3,7 +3,7 @@
 //! ([`crate::admin::ROUTES`]), with hand-written schemas of the request
 //! bodies.
 
-use crate::admin::ROUTES;
+use super::ROUTES;
 use serde_json::{json, Map, Value};
 
 fn limits() -> Value {

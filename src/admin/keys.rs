@@ -4,12 +4,13 @@
 //! (always available); writes go to the database as one transaction each
 //! and get 503 while it is unreachable.
 
-use super::model::{self, Invalid, KeyRec, SecretRec, TeamRec};
-use super::sql::SqlError;
-use super::store::{self, TeamRef, Who, WriteError};
-use super::{global, now_ms, KeyStore};
+use crate::base::clock::unix_ms as now_ms;
 use crate::config::Config;
 use crate::governance::ledger;
+use crate::keystore::model::{self, Invalid, KeyRec, SecretRec, TeamRec};
+use crate::keystore::sql::SqlError;
+use crate::keystore::store::{self, TeamRef, Who, WriteError};
+use crate::keystore::{global, KeyStore};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -300,7 +301,7 @@ pub async fn create_key(cfg: &Config, actor: &str, body: &[u8]) -> Reply {
             None,
         );
     }
-    let secret = match super::new_secret() {
+    let secret = match crate::keystore::new_secret() {
         Ok(s) => s,
         Err(e) => {
             log::error!("key store: {e}");
@@ -453,7 +454,7 @@ pub async fn rotate_key(cfg: &Config, actor: &str, name: &str, body: &[u8]) -> R
     if grace > model::MAX_GRACE {
         return invalid(Invalid::new("grace", "must be at most 30d"));
     }
-    let secret = match super::new_secret() {
+    let secret = match crate::keystore::new_secret() {
         Ok(s) => s,
         Err(e) => {
             log::error!("key store: {e}");
@@ -506,7 +507,7 @@ pub async fn key_usage(rt: &crate::runtime::Runtime, name: &str, q: &str) -> Rep
     let Some(index) = ledger::WINDOWS.iter().position(|(n, _)| *n == window) else {
         return invalid(Invalid::new("window", "must be minute, hour, day or month"));
     };
-    let compiled: Option<Arc<crate::runtime::KeyRt>> =
+    let compiled: Option<Arc<crate::keys::KeyRt>> =
         match rt.key_info.iter().find(|k| &*k.name == name) {
             Some(k) => Some(k.clone()),
             None => match stored_key(name).await {
@@ -525,7 +526,7 @@ pub async fn key_usage(rt: &crate::runtime::Runtime, name: &str, q: &str) -> Rep
                         }
                         _ => None,
                     };
-                    Some(Arc::new(crate::runtime::KeyRt::compile(
+                    Some(Arc::new(crate::keys::KeyRt::compile(
                         &k.as_config_key(),
                         team,
                         &cfg.models,

@@ -4,9 +4,11 @@
 //! drives both the dispatch and the OpenAPI document.
 
 use crate::governance::{ledger, Level, Metric};
-use crate::keystore::api;
+pub mod keys;
+pub mod openapi;
+
+use crate::live::Shared;
 use crate::reload::Reloader;
-use crate::runtime::Shared;
 use async_trait::async_trait;
 use http::{Method, Response};
 use pingora::apps::http_app::ServeHttp;
@@ -190,15 +192,15 @@ fn path_matches(pattern: &str, path: &str) -> Option<Option<String>> {
     }
 }
 
-/// Reads the request body, up to [`api::MAX_BODY_BYTES`] (413 past it).
-async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, api::Reply> {
+/// Reads the request body, up to [`keys::MAX_BODY_BYTES`] (413 past it).
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, keys::Reply> {
     let too_large = || {
-        api::err(
+        keys::err(
             413,
             "request_too_large",
             &format!(
                 "The body is larger than the limit of {} bytes.",
-                api::MAX_BODY_BYTES
+                keys::MAX_BODY_BYTES
             ),
             None,
         )
@@ -209,21 +211,21 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, api::Reply> {
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > api::MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|n| n > keys::MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
     let mut body = Vec::new();
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > api::MAX_BODY_BYTES {
+                if body.len() + chunk.len() > keys::MAX_BODY_BYTES {
                     return Err(too_large());
                 }
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body),
             Err(_) => {
-                return Err(api::err(
+                return Err(keys::err(
                     400,
                     "invalid_request",
                     "The request body could not be read.",
@@ -234,7 +236,7 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, api::Reply> {
     }
 }
 
-fn to_response(r: api::Reply) -> Response<Vec<u8>> {
+fn to_response(r: keys::Reply) -> Response<Vec<u8>> {
     let retry = r.status == 503;
     let mut resp = reply(r.status, r.body);
     if retry {
@@ -312,20 +314,20 @@ impl AdminApp {
                     Err(e) => reply(422, json!({"reloaded": false, "error": e})),
                 }
             }
-            Op::OpenApi => api::Reply::ok(crate::keystore::openapi::document()),
-            Op::ListKeys => api::list_keys(cfg, &query).await,
-            Op::CreateKey => api::create_key(cfg, ACTOR, &body).await,
-            Op::GetKey => api::get_key(cfg, name).await,
-            Op::UpdateKey => api::update_key(cfg, ACTOR, name, &body).await,
-            Op::RotateKey => api::rotate_key(cfg, ACTOR, name, &body).await,
-            Op::RevokeKey => api::revoke_key(cfg, ACTOR, name).await,
-            Op::KeyUsage => api::key_usage(&rt, name, &query).await,
-            Op::ListTeams => api::list_teams(cfg, &query),
-            Op::CreateTeam => api::create_team(cfg, ACTOR, &body).await,
-            Op::GetTeam => api::get_team(cfg, name),
-            Op::UpdateTeam => api::update_team(cfg, ACTOR, name, &body).await,
-            Op::DeleteTeam => api::delete_team(cfg, ACTOR, name).await,
-            Op::Audit => api::audit(&query).await,
+            Op::OpenApi => keys::Reply::ok(openapi::document()),
+            Op::ListKeys => keys::list_keys(cfg, &query).await,
+            Op::CreateKey => keys::create_key(cfg, ACTOR, &body).await,
+            Op::GetKey => keys::get_key(cfg, name).await,
+            Op::UpdateKey => keys::update_key(cfg, ACTOR, name, &body).await,
+            Op::RotateKey => keys::rotate_key(cfg, ACTOR, name, &body).await,
+            Op::RevokeKey => keys::revoke_key(cfg, ACTOR, name).await,
+            Op::KeyUsage => keys::key_usage(&rt, name, &query).await,
+            Op::ListTeams => keys::list_teams(cfg, &query),
+            Op::CreateTeam => keys::create_team(cfg, ACTOR, &body).await,
+            Op::GetTeam => keys::get_team(cfg, name),
+            Op::UpdateTeam => keys::update_team(cfg, ACTOR, name, &body).await,
+            Op::DeleteTeam => keys::delete_team(cfg, ACTOR, name).await,
+            Op::Audit => keys::audit(&query).await,
         };
         to_response(r)
     }
