@@ -7,6 +7,7 @@ pub mod base;
 pub mod ca_file;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod eventstream;
 pub mod governance;
 pub mod json_scan;

@@ -1199,3 +1199,33 @@ async fn request_id_is_echoed_or_created_and_sent_upstream() {
         "a rejected request never reaches the upstream"
     );
 }
+
+/// Embeddings never stream, whatever the body says (decided once, at
+/// admission): an embeddings request with `"stream": true` is answered,
+/// logged and counted as a plain JSON request, with no time to first token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_with_stream_true_is_not_a_stream() {
+    const UP_BODY: &str = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5]}],"model":"e","usage":{"prompt_tokens":3,"total_tokens":3}}"#;
+    let up = MockUpstream::start(Behavior::json(200, UP_BODY)).await;
+    let gw = Gateway::start(&config(
+        &provider("up", up.port(), "/v1", PROVIDER_KEY),
+        "  emb:\n    routes: [ { provider: up, model: e } ]",
+        &all_keys(),
+    ))
+    .await;
+    let resp = support::client()
+        .post(gw.url("/v1/embeddings"))
+        .bearer_auth(KEY)
+        .header("x-request-id", "emb-stream-1")
+        .header("content-type", "application/json")
+        .body(r#"{"model":"emb","input":"hi","stream":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), UP_BODY);
+    let line = gw.access_line("emb-stream-1").await;
+    assert_eq!(line["stream"], Value::Bool(false), "{line}");
+    assert_eq!(line["ttft_ms"], Value::Null, "{line}");
+    assert_eq!(line["prompt_tokens"], 3, "{line}");
+}

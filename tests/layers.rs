@@ -45,6 +45,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("runtime", &["runtime"]),
+    ("engine", &["engine"]),
     (
         "server",
         &[

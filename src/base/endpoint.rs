@@ -32,6 +32,12 @@ impl Endpoint {
         Endpoint::Responses,
     ];
 
+    /// Whether the endpoint takes `stream_options` (so the gateway may ask
+    /// a stream for usage): Chat Completions and Completions only.
+    pub fn usage_capable(self) -> bool {
+        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
+    }
+
     /// Position in [`Endpoint::PROXIED`]; Messages maps to Chat Completions
     /// (its OpenAI-kind upstream path), non-proxied endpoints to 0.
     pub fn index(self) -> usize {

@@ -152,10 +152,15 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         }
     }
     let bytes = bytes.ok_or(GatewayError::Internal)??;
-    let parsed = rewrite::parse(&bytes).map_err(|e| GatewayError::InvalidRequest {
+    let mut parsed = rewrite::parse(&bytes).map_err(|e| GatewayError::InvalidRequest {
         message: e.message,
         param: e.param,
     })?;
+    // Embeddings never stream, whatever the body says. Decided here, once:
+    // every later "is this a stream?" reads `Ctx::streams`.
+    if ep == Endpoint::Embeddings {
+        parsed.stream = false;
+    }
     let model = rt
         .models
         .get(&parsed.model)
@@ -169,7 +174,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     }
     let (bytes, parsed) = crate::proxy::messages::admit(ctx, ep, model, bytes, parsed)?;
     ctx.alias = Some(model.name.clone());
-    ctx.order = crate::routing::decide(
+    let order = crate::routing::decide(
         &mut ctx.routing,
         &model.routing,
         &key_info.access,
@@ -178,8 +183,9 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         &parsed,
         &bytes,
     )?;
-    let (first_index, first) =
-        crate::routing::candidate(&ctx.order, 0, &model.routes).ok_or(GatewayError::Internal)?;
+    ctx.attempts = crate::engine::attempts::Attempts::new(order);
+    let (first_index, first) = crate::routing::candidate(ctx.attempts.order(), 0, &model.routes)
+        .ok_or(GatewayError::Internal)?;
     let early = ctx
         .reservation
         .take()
@@ -190,7 +196,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     match governance::admit_request(
         &key_info.rules,
         model.limits(),
-        &ctx.order,
+        ctx.attempts.order(),
         ep,
         &bytes,
         early,
@@ -209,8 +215,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     }
     if let ProviderRt::Mock(settings) = &*first.provider {
         ctx.served_locally = true;
-        ctx.attempts = 1;
-        ctx.attempt_route = Some(first_index);
+        ctx.attempts.served_locally(first_index);
         crate::routing::attempt_started(&mut ctx.routing, &model.routing, first_index);
         if !settings.latency.get().is_zero() {
             tokio::time::sleep(settings.latency.get()).await;

@@ -4,14 +4,11 @@
 //! then to the next route, with the body rewritten for that route's model.
 //! Nothing is retried once a response byte has reached the client.
 
-use crate::base::endpoint::Endpoint;
 use crate::base::error::GatewayError;
-use crate::proxy::ctx::{AttemptLog, Ctx};
+use crate::engine::attempts::Failure;
+use crate::proxy::ctx::Ctx;
 use crate::proxy::headers;
 use crate::resilience::watchdog::Watchdog;
-use crate::rewrite;
-use crate::runtime::ProviderRt;
-use crate::telemetry::metrics;
 use crate::upstream::UpstreamRef;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
@@ -29,108 +26,46 @@ pub fn fail(ctx: &mut Ctx, err: GatewayError) -> Box<Error> {
 pub fn next_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>, GatewayError> {
     ctx.watchdog = None;
     let rt = ctx.runtime()?.clone();
-    if ctx.attempts >= rt.max_attempts || ctx.start.elapsed() >= rt.request_deadline {
-        return Err(exhausted(ctx));
-    }
     let alias = ctx.alias.clone().ok_or(GatewayError::Internal)?;
     let model = rt.models.get(&*alias).ok_or(GatewayError::Internal)?;
     let ep = ctx.endpoint.ok_or(GatewayError::Internal)?;
-    // Only Chat Completions and Completions take `stream_options`.
-    let usage_capable = matches!(ep, Endpoint::ChatCompletions | Endpoint::Completions);
-    loop {
-        let Some((index, route)) = crate::routing::candidate(&ctx.order, ctx.route, &model.routes)
-        else {
-            if ctx.attempts == 0 && !ctx.any_health {
-                // No route has a healthy backend. Health checks lag (a backend
-                // that just came up): try the unhealthy ones once.
-                ctx.any_health = true;
-                ctx.route = 0;
-                ctx.tried.clear();
-                ctx.route_attempts = 0;
-                continue;
-            }
-            return Err(exhausted(ctx));
-        };
-        let translated = crate::proxy::translated::prepare(ctx, ctx.route, route, ep);
-        if let Err(e) = &translated {
-            ctx.last_failure = Some(e.clone());
-        }
-        if let (ProviderRt::Http(up), Ok(translated)) = (&*route.provider, translated) {
-            let provider_done = ctx.skip_provider || ctx.route_attempts >= up.retry.attempts;
-            if !provider_done {
-                match up.select(ctx.request_id.as_bytes(), &ctx.tried, ctx.any_health) {
-                    Ok((addr, state)) => {
-                        let ask = usage_capable && up.stream_usage;
-                        let parsed = ctx.parsed.as_ref().ok_or(GatewayError::Internal)?;
-                        let (body, injected) = match translated {
-                            Some(body) => (body, false),
-                            None => {
-                                rewrite::attempt_body(&ctx.body, parsed, &route.model_json, ask)
-                            }
-                        };
-                        count_retry(ctx, &alias);
-                        ctx.tried.push(addr);
-                        ctx.attempt_route = Some(index);
-                        crate::routing::attempt_started(&mut ctx.routing, &model.routing, index);
-                        ctx.backend = Some(addr);
-                        ctx.backend_state = state;
-                        ctx.attempts += 1;
-                        ctx.route_attempts += 1;
-                        ctx.attempt_body = body;
-                        ctx.usage_injected = injected;
-                        ctx.body_sent = false;
-                        return Ok(Box::new(up.peer(addr, &route.limits)));
-                    }
-                    Err(Some(out)) => {
-                        ctx.note_out(&out);
-                    }
-                    Err(None) => {}
-                }
-            }
-        }
-        ctx.route += 1;
-        ctx.tried.clear();
-        ctx.route_attempts = 0;
-        ctx.skip_provider = false;
-    }
-}
-
-fn count_retry(ctx: &Ctx, alias: &str) {
-    if ctx.attempts == 0 {
-        return;
-    }
-    let kind = if ctx.route_attempts == 0 {
-        "fallback"
-    } else {
-        "retry"
-    };
-    if let Some(m) = metrics::get() {
-        m.retries.with_label_values(&[alias, kind]).inc();
-    }
+    let caps = ctx.caps(&rt);
+    // The walker and the request id leave `ctx` for the walk, which lets
+    // `prepare` (a translated route's body, cached in `ctx`) borrow it.
+    let mut walk = std::mem::take(&mut ctx.attempts);
+    let request_id = std::mem::take(&mut ctx.request_id);
+    let pick = walk.next(
+        model,
+        &alias,
+        request_id.as_bytes(),
+        &caps,
+        false,
+        |index, route| crate::proxy::translated::prepare(ctx, index, route, ep),
+    );
+    ctx.request_id = request_id;
+    ctx.attempts = walk;
+    let pick = pick?;
+    let route = model.routes.get(pick.route).ok_or(GatewayError::Internal)?;
+    let parsed = ctx.parsed.as_ref().ok_or(GatewayError::Internal)?;
+    let attempt = pick.into_attempt(route, &ctx.body, parsed, ep.usage_capable());
+    crate::routing::attempt_started(&mut ctx.routing, &model.routing, attempt.route);
+    let peer = attempt.up.peer(attempt.addr, &route.limits);
+    ctx.attempt = Some(attempt);
+    ctx.body_sent = false;
+    Ok(Box::new(peer))
 }
 
 /// What to answer when nothing is left to try.
 pub fn exhausted(ctx: &Ctx) -> GatewayError {
-    match (&ctx.last_failure, ctx.out_for_ms) {
-        (Some(e), _) => e.clone(),
-        (None, Some(ms)) => {
-            let retry_after = Some(ms.div_ceil(1000).max(1));
-            if ctx.out_rate_limited {
-                GatewayError::RateLimited { retry_after }
-            } else {
-                GatewayError::UpstreamUnavailable { retry_after }
-            }
-        }
-        (None, None) => GatewayError::UpstreamError,
-    }
+    ctx.attempts.exhausted()
 }
 
 /// The provider of the current attempt.
 pub fn current_upstream(ctx: &Ctx) -> Result<UpstreamRef, GatewayError> {
-    match ctx.current_route().map(|r| &*r.provider) {
-        Some(ProviderRt::Http(up)) => Ok(up.clone()),
-        _ => Err(GatewayError::Internal),
-    }
+    ctx.attempt
+        .as_ref()
+        .map(|a| a.up.clone())
+        .ok_or(GatewayError::Internal)
 }
 
 /// Replaces the client's header with the one for this attempt's provider.
@@ -141,8 +76,8 @@ pub fn upstream_request(
 ) -> Result<(), GatewayError> {
     let up = current_upstream(ctx)?;
     let ep = ctx.endpoint.ok_or(GatewayError::Internal)?;
-    *upstream =
-        headers::upstream_request(client, &up, ep, ctx.attempt_body.len(), &ctx.request_id)?;
+    let len = ctx.attempt.as_ref().map_or(0, |a| a.body.len());
+    *upstream = headers::upstream_request(client, &up, ep, len, &ctx.request_id)?;
     crate::proxy::translated::patch_request(upstream, ctx);
     crate::proxy::messages::passthrough::patch_request(client, upstream, ctx);
     Ok(())
@@ -155,7 +90,12 @@ pub fn body_chunk(body: &mut Option<bytes::Bytes>, ctx: &mut Ctx) {
         // Never forward client bytes directly: the body was already sent whole.
         *body = Some(bytes::Bytes::new());
     } else {
-        *body = Some(ctx.attempt_body.clone());
+        *body = Some(
+            ctx.attempt
+                .as_ref()
+                .map(|a| a.body.clone())
+                .unwrap_or_default(),
+        );
         ctx.body_sent = true;
     }
 }
@@ -181,63 +121,27 @@ pub fn may_retry(ctx: &Ctx) -> bool {
     let Some(rt) = ctx.rt.as_ref() else {
         return false;
     };
-    !ctx.response_started
-        && ctx.attempts < rt.max_attempts
-        && ctx.start.elapsed() < rt.request_deadline
+    !ctx.response_started && ctx.attempts.may_retry(&ctx.caps(rt))
 }
 
-/// Records a failed attempt: breaker, cooldown, metrics, the attempt log, and
-/// the error to answer if nothing else works.
-pub fn record_failure(
-    ctx: &mut Ctx,
-    outcome: &'static str,
-    error: GatewayError,
-    retry_after: Option<u64>,
-    skip_provider: bool,
-) {
+/// Records a failed attempt: route statistics, then the walker's breaker,
+/// cooldown, metrics, attempt log and the error to answer if nothing else
+/// works.
+pub fn record_failure(ctx: &mut Ctx, f: Failure) {
     let plan =
         crate::proxy::ctx::alias_model(ctx.rt.as_ref(), ctx.alias.as_deref()).map(|m| &m.routing);
-    let stream = ctx.parsed.as_ref().is_some_and(|p| p.stream);
+    let stream = ctx.streams();
     crate::routing::attempt_failed(&mut ctx.routing, plan, stream);
-    let up = current_upstream(ctx).ok();
-    let now = crate::base::clock::monotonic_ms();
-    if let (Some(s), Some(up)) = (&ctx.backend_state, &up) {
-        s.record(false, now, &up.breaker);
-        if let Some(secs) = retry_after {
-            let rate_limit = matches!(error, GatewayError::RateLimited { .. });
-            s.cool_for(secs.saturating_mul(1000), now, rate_limit);
-        }
+    if let Some(a) = &ctx.attempt {
+        ctx.attempts.failed(a, f);
     }
-    if let (Some(m), Some(up)) = (metrics::get(), &up) {
-        m.attempts
-            .with_label_values(&[up.name.as_str(), outcome])
-            .inc();
-    }
-    ctx.attempt_log.push(AttemptLog {
-        provider: up,
-        backend: ctx.backend,
-        outcome,
-    });
-    ctx.last_failure = Some(error);
-    ctx.skip_provider |= skip_provider;
 }
 
 /// Records a successful attempt (the response is going to the client).
 pub fn record_success(ctx: &mut Ctx) {
-    let up = current_upstream(ctx).ok();
-    if let (Some(s), Some(up)) = (&ctx.backend_state, &up) {
-        s.record(true, crate::base::clock::monotonic_ms(), &up.breaker);
+    if let Some(a) = &ctx.attempt {
+        ctx.attempts.succeeded(a);
     }
-    if let (Some(m), Some(up)) = (metrics::get(), &up) {
-        m.attempts
-            .with_label_values(&[up.name.as_str(), "success"])
-            .inc();
-    }
-    ctx.attempt_log.push(AttemptLog {
-        provider: up,
-        backend: ctx.backend,
-        outcome: "success",
-    });
     ctx.response_started = true;
 }
 
@@ -247,19 +151,14 @@ pub fn on_connect_failure(ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
         e.etype(),
         ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout
     );
-    let (outcome, err) = if timeout {
-        ("connect_timeout", GatewayError::UpstreamTimeout)
-    } else {
-        ("connect_error", GatewayError::UpstreamError)
-    };
-    if let Some(addr) = ctx.backend {
+    if let Some(addr) = ctx.attempt.as_ref().map(|a| a.addr) {
         log::warn!(
             "request {}: connecting to {addr} failed: {:?}",
             ctx.request_id,
             e.etype()
         );
     }
-    record_failure(ctx, outcome, err, None, false);
+    record_failure(ctx, Failure::connect(timeout));
     e.set_retry(may_retry(ctx));
     e
 }
@@ -298,11 +197,6 @@ pub fn on_proxy_error(ctx: &mut Ctx, e: &mut Error) {
         e.set_retry(false);
         return;
     }
-    let (outcome, err) = if timeout {
-        ("timeout", GatewayError::UpstreamTimeout)
-    } else {
-        ("read_error", GatewayError::UpstreamError)
-    };
-    record_failure(ctx, outcome, err, None, false);
+    record_failure(ctx, Failure::transfer(timeout));
     e.set_retry(may_retry(ctx));
 }

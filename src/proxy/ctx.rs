@@ -2,10 +2,10 @@
 
 use crate::base::endpoint::Endpoint;
 use crate::base::error::GatewayError;
+use crate::engine::attempts::{Attempt, Attempts, Caps};
 use crate::rewrite::Parsed;
 use crate::runtime::Runtime;
 use bytes::Bytes;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,47 +23,22 @@ pub struct Ctx {
     pub parsed: Option<Parsed>,
     /// The client's body, as received.
     pub body: Bytes,
-    /// The routes this request may try, in order (indices into the alias's
-    /// routes), decided at admission by `routing::decide`.
-    pub order: Vec<usize>,
-    /// Position in `order` of the route being tried.
-    pub route: usize,
     /// The routing decision and the attempt counted on its route.
     pub routing: crate::routing::RequestRouting,
-    /// Index of the route of the last attempt started (it stays when the
-    /// search for a next candidate moves past the last route).
-    pub attempt_route: Option<usize>,
-    /// Backends tried on the current route.
-    pub tried: Vec<SocketAddr>,
-    /// The backend of the current attempt.
-    pub backend: Option<SocketAddr>,
-    /// This attempt's body, with the route's model spliced in.
-    pub attempt_body: Bytes,
+    /// The walk over routes and backends, and the attempt log.
+    pub attempts: Attempts,
+    /// The current (or last) attempt: its backend, body and state.
+    pub attempt: Option<Attempt>,
     /// Whether this attempt's body was already emitted.
     pub body_sent: bool,
-    pub attempts: u32,
     /// Answered locally by a mock provider.
     pub served_locally: bool,
     pub status: u16,
     pub upstream_headers_at: Option<Instant>,
     pub error: Option<GatewayError>,
-    /// Why the last attempt failed, answered if nothing is left to try.
-    pub last_failure: Option<GatewayError>,
     /// Counts this request in `tollgate_requests_in_flight` until dropped,
     /// however the request ends (a panic included).
     pub in_flight: Option<InFlight>,
-    /// No healthy backend was left anywhere: unhealthy ones may be tried.
-    pub any_health: bool,
-    /// Passive-health state of the current backend.
-    pub backend_state: Option<std::sync::Arc<crate::resilience::breaker::BackendState>>,
-    /// Attempts made on the current route.
-    pub route_attempts: usize,
-    /// Move to the next route without trying more of this provider's backends.
-    pub skip_provider: bool,
-    /// The shortest wait until a skipped (cooling or open) backend is back.
-    pub out_for_ms: Option<u64>,
-    /// One of the skipped backends is waiting out a 429.
-    pub out_rate_limited: bool,
     /// A response was accepted for the client: no more retries.
     pub response_started: bool,
     /// Retry decision made by the response verdict, applied in `error_while_proxy`.
@@ -75,10 +50,6 @@ pub struct Ctx {
     pub unsent: Option<bytes::Bytes>,
     /// Enforces first-byte/idle/total limits for this attempt.
     pub watchdog: Option<crate::resilience::watchdog::Watchdog>,
-    /// Each attempt and how it ended, for the access log.
-    pub attempt_log: Vec<AttemptLog>,
-    /// This attempt asked the upstream for stream usage on the client's behalf.
-    pub usage_injected: bool,
     /// Watches the response body for usage.
     pub meter: Meter,
     /// First response body byte sent to the client.
@@ -121,14 +92,6 @@ impl Drop for InFlight {
     }
 }
 
-/// One upstream attempt, as logged.
-#[derive(Clone)]
-pub struct AttemptLog {
-    pub provider: Option<crate::upstream::UpstreamRef>,
-    pub backend: Option<SocketAddr>,
-    pub outcome: &'static str,
-}
-
 /// How the response body is watched.
 #[derive(Default)]
 pub enum Meter {
@@ -149,34 +112,20 @@ impl Ctx {
             alias: None,
             parsed: None,
             body: Bytes::new(),
-            order: Vec::new(),
-            route: 0,
             routing: crate::routing::RequestRouting::default(),
-            attempt_route: None,
-            tried: Vec::new(),
-            backend: None,
-            attempt_body: Bytes::new(),
+            attempts: Attempts::default(),
+            attempt: None,
             body_sent: false,
-            attempts: 0,
             served_locally: false,
             status: 0,
             upstream_headers_at: None,
             error: None,
-            last_failure: None,
             in_flight: None,
-            any_health: false,
-            backend_state: None,
-            route_attempts: 0,
-            skip_provider: false,
-            out_for_ms: None,
-            out_rate_limited: false,
             response_started: false,
             verdict_retry: None,
             mid_stream_error: None,
             unsent: None,
             watchdog: None,
-            attempt_log: Vec::new(),
-            usage_injected: false,
             meter: Meter::None,
             first_byte_at: None,
             local_usage: None,
@@ -193,20 +142,26 @@ impl Ctx {
         self.rt.as_ref().ok_or(GatewayError::Internal)
     }
 
-    /// A route's backends are all out (cooling or breaker open): keeps the
-    /// shortest wait, for the error answered if nothing else is left.
-    pub fn note_out(&mut self, out: &crate::upstream::Out) {
-        self.out_for_ms = Some(self.out_for_ms.map_or(out.ms, |m| m.min(out.ms)));
-        self.out_rate_limited |= out.rate_limited;
+    /// Whether the response streams (never for embeddings; see
+    /// `admit::request_filter`).
+    pub fn streams(&self) -> bool {
+        self.parsed.as_ref().is_some_and(|p| p.stream)
+    }
+
+    /// The caps on this request's attempts.
+    pub fn caps(&self, rt: &Runtime) -> Caps {
+        Caps {
+            max_attempts: rt.max_attempts,
+            start: self.start,
+            deadline: rt.request_deadline,
+        }
     }
 
     /// The route of the current (or last) attempt.
     pub fn current_route(&self) -> Option<&crate::runtime::RouteRt> {
         let rt = self.rt.as_ref()?;
         let alias = self.alias.as_deref()?;
-        let index = self
-            .attempt_route
-            .or_else(|| self.order.get(self.route).copied())?;
+        let index = self.attempts.route()?;
         rt.models.get(alias)?.routes.get(index)
     }
 }
@@ -223,4 +178,17 @@ pub fn alias_model<'a>(
     alias: Option<&str>,
 ) -> Option<&'a crate::runtime::ModelRt> {
     rt.zip(alias).and_then(|(rt, a)| rt.models.get(a))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every request's future holds a `Ctx`: its size is a per-request
+    /// cost (docs/benchmarks.md gives it before and after each change).
+    #[test]
+    fn ctx_stays_small() {
+        let size = std::mem::size_of::<super::Ctx>();
+        println!("size_of::<Ctx>() = {size} bytes");
+        // 1,344 bytes before the attempt walker (engine::attempts), 1,384 after.
+        assert!(size <= 1408, "Ctx grew to {size} bytes");
+    }
 }

@@ -4,7 +4,6 @@
 use crate::accounting::meter::BodyUsage;
 use crate::accounting::settle::{self, Observed, Settled};
 use crate::accounting::UsageSource;
-use crate::base::endpoint::Endpoint;
 use crate::base::error::GatewayError;
 use crate::proxy::ctx::{Ctx, Meter};
 use crate::proxy::respond;
@@ -53,8 +52,9 @@ pub async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u
         // An upstream failure was already judged by the attempt that saw it
         // (say, a timeout the watchdog turned into a reset): answer that.
         Some(GatewayError::UpstreamError | GatewayError::UpstreamTimeout) => ctx
-            .last_failure
-            .clone()
+            .attempts
+            .last_failure()
+            .cloned()
             .or(Some(GatewayError::UpstreamError)),
         other => other,
     });
@@ -117,11 +117,11 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             .map(|m| &m.routing);
         let end = crate::routing::track::Ending {
             alias: ctx.alias.as_deref().unwrap_or_default(),
-            stream: ctx.parsed.as_ref().is_some_and(|p| p.stream),
+            stream: ctx.streams(),
             served: ctx.served_locally || ctx.response_started,
             cut: ctx.mid_stream_error.is_some(),
             status: ctx.status,
-            route: ctx.attempt_route,
+            route: ctx.attempts.last_route(),
             first_byte_at: ctx.first_byte_at,
             upstream_headers_at: ctx.upstream_headers_at,
         };
@@ -129,7 +129,7 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     }
     let settled = settle(ctx);
     if let Some(r) = &ctx.reservation {
-        r.learn(ctx.attempt_route, settled.as_ref());
+        r.learn(ctx.attempts.last_route(), settled.as_ref());
     }
     if let Some(r) = ctx.reservation.take() {
         let own = settled
@@ -145,14 +145,14 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     let rt = ctx.rt.clone();
     let key = or_none(ctx.key.as_deref().map(|k| &*k.name));
     let route = ctx.current_route();
-    let served = ctx.served_locally || ctx.backend.is_some();
+    let served = ctx.served_locally || ctx.attempt.is_some();
     let provider = or_none(route.filter(|_| served).map(|r| &*r.provider_name));
     let upstream_model = or_none(route.filter(|_| served).map(|r| &*r.model));
     let model = or_none(ctx.alias.as_deref());
     let endpoint = ctx.endpoint.map_or(metrics::NONE, |e| e.label());
     let duration = ctx.start.elapsed();
     let upstream = ctx.upstream_headers_at.map(|t| t - ctx.start);
-    let stream = ctx.parsed.as_ref().is_some_and(|p| p.stream);
+    let stream = ctx.streams();
     let ttft = ctx.first_byte_at.filter(|_| stream).map(|t| t - ctx.start);
     if let Some(m) = metrics::get() {
         let route_labels = [model, provider, upstream_model, key];
@@ -192,8 +192,12 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     if enabled {
         let plan =
             crate::proxy::ctx::alias_model(rt.as_ref(), ctx.alias.as_deref()).map(|m| &m.routing);
-        let routing =
-            crate::routing::track::log_fields(&ctx.routing, plan, &ctx.order, ctx.attempt_route);
+        let routing = crate::routing::track::log_fields(
+            &ctx.routing,
+            plan,
+            ctx.attempts.order(),
+            ctx.attempts.last_route(),
+        );
         access_log::write(&access_log::Record {
             ts: std::time::SystemTime::now(),
             request_id: &ctx.request_id,
@@ -203,12 +207,12 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             model,
             provider,
             upstream_model,
-            backend: ctx.backend,
+            backend: ctx.attempt.as_ref().map(|a| a.addr),
             stream,
             status: ctx.status,
             duration,
             upstream,
-            attempts: ctx.attempts,
+            attempts: ctx.attempts.started(),
             attempt_log: attempt_log(ctx),
             error: ctx.error.as_ref().map(|e| e.code()),
             ttft,
@@ -260,9 +264,9 @@ fn or_none(v: Option<&str>) -> &str {
 
 /// `provider@backend:outcome` for each attempt, when there was more than one.
 fn attempt_log(ctx: &Ctx) -> Option<Vec<String>> {
-    (ctx.attempt_log.len() > 1).then(|| {
-        ctx.attempt_log
-            .iter()
+    let log = ctx.attempts.log();
+    (log.len() > 1).then(|| {
+        log.iter()
             .map(|a| {
                 let p = a
                     .provider
@@ -312,7 +316,7 @@ fn settle(ctx: &Ctx) -> Option<Settled> {
             BodyUsage::Unreadable => Observed::Unread,
         },
         (Meter::None, None) if unanswered(ctx) => Observed::Unanswered {
-            stream: ctx.parsed.as_ref().is_some_and(|p| p.stream) && ep != Endpoint::Embeddings,
+            stream: ctx.streams(),
         },
         (Meter::None, None) => return None,
     };
@@ -324,10 +328,7 @@ fn settle(ctx: &Ctx) -> Option<Settled> {
 /// attempt did not fail (a failed attempt is logged; an error or a timeout
 /// is not charged), so the client left while the provider was working.
 fn unanswered(ctx: &Ctx) -> bool {
-    ctx.body_sent
-        && !ctx.response_started
-        && !ctx.served_locally
-        && ctx.attempt_log.len() < ctx.attempts as usize
+    ctx.body_sent && !ctx.response_started && !ctx.served_locally && ctx.attempts.last_is_open()
 }
 
 fn record_usage(m: &metrics::Metrics, route: &[&str; 4], s: &Settled) {

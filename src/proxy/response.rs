@@ -3,6 +3,7 @@
 
 use crate::accounting::meter::{BodyMeter, StreamMeter};
 use crate::base::error::GatewayError;
+use crate::engine::attempts::Failure;
 use crate::proxy::attempt;
 use crate::proxy::ctx::{Ctx, Meter};
 use crate::proxy::headers::REQUEST_ID;
@@ -19,9 +20,7 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
     if let Some(w) = &ctx.watchdog {
         w.headers();
     }
-    // Embeddings never stream, whatever the body says.
-    let stream = ctx.parsed.as_ref().is_some_and(|p| p.stream)
-        && ctx.endpoint != Some(crate::base::endpoint::Endpoint::Embeddings);
+    let stream = ctx.streams();
     let verdict = match attempt::current_upstream(ctx) {
         Ok(up) => judge(resp, &up.retry.on_status, stream),
         Err(_) => Verdict::Accept,
@@ -32,23 +31,13 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
         retry_after,
     } = verdict
     {
-        let status = resp.status.as_u16();
-        let outcome = match status {
-            429 => "status_429",
-            401 | 403 => "auth_error",
-            s if s >= 500 => "status_5xx",
-            _ => "bad_response",
-        };
-        if status == 401 || status == 403 {
-            if let Ok(up) = attempt::current_upstream(ctx) {
-                log::error!(
-                    "provider {} refused the gateway's key (HTTP {status}); check providers.{}.api_key",
-                    up.name,
-                    up.name
-                );
-            }
-        }
-        attempt::record_failure(ctx, outcome, error.clone(), retry_after, skip_provider);
+        let failure = Failure::status(
+            resp.status.as_u16(),
+            error.clone(),
+            retry_after,
+            skip_provider,
+        );
+        attempt::record_failure(ctx, failure);
         let retry = attempt::may_retry(ctx);
         ctx.verdict_retry = Some(retry);
         if !retry {
@@ -80,11 +69,14 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
     ctx.meter = if !resp.status.is_success() {
         Meter::None
     } else if crate::sse::is_event_stream(resp) {
-        if ctx.usage_injected {
+        if ctx.attempt.as_ref().is_some_and(|a| a.injected) {
             // Bytes will be cut: the upstream's length would no longer hold.
             resp.remove_header(&http::header::CONTENT_LENGTH);
         }
-        Meter::Stream(Box::new(StreamMeter::new(ep, ctx.usage_injected)))
+        Meter::Stream(Box::new(StreamMeter::new(
+            ep,
+            ctx.attempt.as_ref().is_some_and(|a| a.injected),
+        )))
     } else {
         Meter::Body(BodyMeter::default())
     };

@@ -94,7 +94,7 @@ pub fn prepare(
             return Ok(Some(b.clone()));
         }
     }
-    let stream = ctx.parsed.as_ref().is_some_and(|p| p.stream);
+    let stream = ctx.streams();
     if ctx.tr.client.is_none() {
         ctx.tr.client = Some(crate::translate::bounds::parse_body(&ctx.body)?);
     }
@@ -131,7 +131,7 @@ pub fn prepare(
 /// Sets the route's own upstream path, where it has one.
 pub fn patch_request(upstream: &mut RequestHeader, ctx: &Ctx) {
     if let Some((i, uri)) = &ctx.tr.path {
-        if ctx.attempt_route == Some(*i) {
+        if ctx.attempt.as_ref().map(|a| a.route) == Some(*i) {
             upstream.set_uri(uri.clone());
             return;
         }
@@ -192,7 +192,9 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<bo
         include_usage: parsed.is_some_and(|p| p.include_usage),
     };
     resp.remove_header(&http::header::CONTENT_LENGTH);
-    ctx.usage_injected = false;
+    if let Some(a) = ctx.attempt.as_mut() {
+        a.injected = false;
+    }
     if is_sse {
         let t: Box<dyn StreamTranslator> = match kind {
             ProviderKind::Gemini => Box::new(gemini::ChatStream::new(&opts)),

@@ -42,16 +42,6 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// The attempt outcome label.
-    pub fn outcome(self) -> &'static str {
-        match self {
-            Failure::ConnectError => "connect_error",
-            Failure::ConnectTimeout => "connect_timeout",
-            Failure::Timeout => "timeout",
-            Failure::ReadError => "read_error",
-        }
-    }
-
     pub fn is_timeout(self) -> bool {
         matches!(self, Failure::ConnectTimeout | Failure::Timeout)
     }

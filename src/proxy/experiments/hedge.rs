@@ -7,25 +7,24 @@
 //! connection. A leg that fails before any byte falls back to the next
 //! candidate, as the proxy would. Both legs are metered.
 
-use super::race::{run_leg, Candidates, LegEnd, LegFailure, Pick};
+use super::race::{run_leg, LegEnd};
 use super::{metrics as xmetrics, relay};
 use crate::accounting::settle::{self, Observed};
 use crate::base::endpoint::Endpoint;
 use crate::config::{HedgeAfter, HEDGE_BURST};
-use crate::proxy::ctx::{AttemptLog, Ctx};
-use crate::proxy::{attempt, headers};
-use crate::rewrite;
+use crate::engine::attempts::{Attempt, Failure};
+use crate::proxy::ctx::Ctx;
+use crate::proxy::headers;
 use crate::runtime::experiments::HedgePlan;
 use crate::runtime::Runtime;
 use crate::telemetry::metrics;
-use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `after: p95` before the primary route has enough samples.
 const P95_UNTIL_MEASURED: Duration = Duration::from_secs(1);
@@ -34,11 +33,8 @@ type LegFuture = Pin<Box<dyn Future<Output = (usize, LegEnd)> + Send>>;
 
 /// A leg started, as remembered by the race.
 struct Leg {
-    pick: Pick,
+    attempt: Attempt,
     hedge: bool,
-    body: Bytes,
-    injected: bool,
-    started: Instant,
     running: bool,
 }
 
@@ -69,7 +65,7 @@ pub async fn serve(
     ) else {
         return Ok(false);
     };
-    let stream = parsed.stream && ep != Endpoint::Embeddings;
+    let stream = parsed.stream;
     let Some(model) = rt.models.get(&*alias) else {
         return Ok(false);
     };
@@ -84,11 +80,10 @@ pub async fn serve(
         legs: Vec::new(),
         running: FuturesUnordered::new(),
     };
-    let mut cands = Candidates::new(ctx, model);
-    if !race.start_next(ctx, &mut cands, false) {
+    if !race.start_next(ctx, false) {
         return relay::answer_error(session, ctx).await;
     }
-    let primary = race.legs.first().map_or(0, |l| l.pick.route);
+    let primary = race.legs.first().map_or(0, |l| l.attempt.route);
     let after = match plan.after {
         HedgeAfter::Fixed(d) => d.get(),
         HedgeAfter::P95 => {
@@ -107,7 +102,7 @@ pub async fn serve(
                     // upstream; those that were running are charged.
                     ctx.status = 499;
                     race.running = FuturesUnordered::new();
-                    race.meter_cancelled(ctx, None);
+                    race.meter_cancelled(ctx);
                     return Ok(true);
                 }
                 watch_client = false;
@@ -116,17 +111,17 @@ pub async fn serve(
                 LegEnd::Ready { ex, first } => break Some((i, *ex, first)),
                 LegEnd::Failed(f) => {
                     race.failed(ctx, i, f);
-                    if race.running.is_empty() && !race.start_next(ctx, &mut cands, false) {
+                    if race.running.is_empty() && !race.start_next(ctx, false) {
                         break None;
                     }
                 }
             },
             _ = &mut hedge_timer, if armed => {
                 armed = false;
-                if race.running.len() == 1 && cands.has_next_route() {
+                if race.running.len() == 1 && ctx.attempts.has_next_route() {
                     if plan.cap.try_take() {
-                        cands.skip_route();
-                        if race.start_next(ctx, &mut cands, true) {
+                        ctx.attempts.skip_route();
+                        if race.start_next(ctx, true) {
                             ctx.exp.hedge = Some("fired");
                             xmetrics::hedge(&alias, "fired");
                         }
@@ -143,113 +138,87 @@ pub async fn serve(
     };
     // Dropping the other legs closes their connections: cancelled at once.
     race.running = FuturesUnordered::new();
-    // The winner is the request's attempt for the route statistics (its
-    // first byte feeds the p95 that `after: p95` reads).
-    if let Some(leg) = race.legs.get(winner) {
+    // The winner becomes the request's attempt: for the route statistics
+    // (its first byte feeds the p95 that `after: p95` reads), the breaker,
+    // the attempt log and the meters.
+    if winner < race.legs.len() {
+        let leg = race.legs.remove(winner);
         crate::routing::track::attempt_started_at(
             &mut ctx.routing,
             &model.routing,
-            leg.pick.route,
-            leg.started,
+            leg.attempt.route,
+            leg.attempt.started,
         );
-    }
-    race.adopt(ctx, winner);
-    if race.legs.get(winner).is_some_and(|l| l.hedge) {
-        ctx.exp.hedge = Some("won");
-        xmetrics::hedge(&alias, "won");
+        if leg.hedge {
+            ctx.exp.hedge = Some("won");
+            xmetrics::hedge(&alias, "won");
+        }
+        ctx.attempt = Some(leg.attempt);
     }
     let served = relay::relay(session, ctx, ex, first).await;
     // After the response: estimating tokens may first load a tokenizer.
-    race.meter_cancelled(ctx, Some(winner));
+    race.meter_cancelled(ctx);
     served
 }
 
 impl Race<'_> {
-    /// Starts a leg on the next candidate; `false` when none is left or no
-    /// attempt may start (attempt cap, request deadline).
-    fn start_next(&mut self, ctx: &mut Ctx, cands: &mut Candidates, hedge: bool) -> bool {
-        if ctx.attempts >= self.rt.max_attempts || ctx.start.elapsed() >= self.rt.request_deadline {
-            return false;
-        }
+    /// Starts a leg on the walker's next attempt; `false` when none is
+    /// left or no attempt may start (attempt cap, request deadline).
+    fn start_next(&mut self, ctx: &mut Ctx, hedge: bool) -> bool {
         let Some(model) = self.rt.models.get(&*self.alias) else {
             return false;
         };
-        let Some(pick) = cands.next(ctx, model) else {
+        let caps = ctx.caps(&self.rt);
+        // Hedged aliases have OpenAI-kind routes only: no route body.
+        let Ok(pick) = ctx.attempts.next(
+            model,
+            &self.alias,
+            ctx.request_id.as_bytes(),
+            &caps,
+            hedge,
+            |_, _| Ok(None),
+        ) else {
             return false;
         };
-        let Some(parsed) = ctx.parsed.as_ref() else {
-            return false;
-        };
-        let Some(route) = model.routes.get(pick.route) else {
-            return false;
-        };
-        let usage_capable = matches!(self.ep, Endpoint::ChatCompletions | Endpoint::Completions);
-        let (body, injected) = rewrite::attempt_body(
-            &ctx.body,
-            parsed,
-            &route.model_json,
-            usage_capable && pick.up.stream_usage,
-        );
-        let Ok(req) =
-            headers::upstream_request(self.client, &pick.up, self.ep, body.len(), &ctx.request_id)
+        let (Some(parsed), Some(route)) = (ctx.parsed.as_ref(), model.routes.get(pick.route))
         else {
             return false;
         };
-        if let (Some(last), false) = (self.legs.last(), hedge) {
-            // Same route, another backend: a retry; another route: a fallback.
-            let kind = if last.pick.route == pick.route {
-                "retry"
-            } else {
-                "fallback"
-            };
-            if let Some(m) = metrics::get() {
-                m.retries.with_label_values(&[&self.alias, kind]).inc();
-            }
-        }
-        ctx.attempts += 1;
+        let attempt = pick.into_attempt(route, &ctx.body, parsed, self.ep.usage_capable());
+        let Ok(req) = headers::upstream_request(
+            self.client,
+            &attempt.up,
+            self.ep,
+            attempt.body.len(),
+            &ctx.request_id,
+        ) else {
+            return false;
+        };
         let index = self.legs.len();
         let fut = run_leg(
-            pick.up.clone(),
-            pick.addr,
+            attempt.up.clone(),
+            attempt.addr,
             route.limits,
             req,
-            body.clone(),
+            attempt.body.clone(),
             self.stream,
         );
         self.running
             .push(Box::pin(async move { (index, fut.await) }));
         self.legs.push(Leg {
-            pick,
+            attempt,
             hedge,
-            body,
-            injected,
-            started: Instant::now(),
             running: true,
         });
         true
     }
 
-    /// Points the context at leg `i`, so the proxy's bookkeeping (breaker,
-    /// attempt log, meters, route header) applies to it.
-    fn adopt(&self, ctx: &mut Ctx, i: usize) {
-        let Some(leg) = self.legs.get(i) else {
-            return;
-        };
-        ctx.attempt_route = Some(leg.pick.route);
-        ctx.backend = Some(leg.pick.addr);
-        ctx.backend_state = leg.pick.state.clone();
-        ctx.attempt_body = leg.body.clone();
-        ctx.usage_injected = leg.injected;
-    }
-
     /// Records a leg that failed before any byte reached the client.
-    fn failed(&mut self, ctx: &mut Ctx, i: usize, f: LegFailure) {
-        self.adopt(ctx, i);
+    fn failed(&mut self, ctx: &mut Ctx, i: usize, f: Failure) {
         if let Some(leg) = self.legs.get_mut(i) {
             leg.running = false;
+            ctx.attempts.failed(&leg.attempt, f);
         }
-        attempt::record_failure(ctx, f.outcome, f.error, f.retry_after, f.skip_provider);
-        ctx.skip_provider = false;
     }
 
     /// Meters the legs cut off by the winner (or by the client leaving):
@@ -259,7 +228,7 @@ impl Race<'_> {
     /// provider has read it, and a stream without a byte has generated
     /// nothing), a non-stream leg its worst case (the provider may finish
     /// the answer it started and bill it).
-    fn meter_cancelled(&self, ctx: &mut Ctx, winner: Option<usize>) {
+    fn meter_cancelled(&self, ctx: &mut Ctx) {
         let Some(model) = self.rt.models.get(&*self.alias) else {
             return;
         };
@@ -268,11 +237,9 @@ impl Race<'_> {
             .as_deref()
             .map_or(metrics::NONE, |k| &*k.name)
             .to_string();
-        for (i, leg) in self.legs.iter().enumerate() {
-            if Some(i) == winner || !leg.running {
-                continue;
-            }
-            let Some(route) = model.routes.get(leg.pick.route) else {
+        for leg in self.legs.iter().filter(|l| l.running) {
+            ctx.attempts.cancelled(&leg.attempt);
+            let Some(route) = model.routes.get(leg.attempt.route) else {
                 continue;
             };
             let req = settle::Request {
@@ -291,9 +258,6 @@ impl Race<'_> {
             ctx.exp.extra_usd += s.cost_usd.unwrap_or(0.0);
             if let Some(m) = metrics::get() {
                 let labels = [&*self.alias, &*route.provider_name, &*route.model, &key];
-                m.attempts
-                    .with_label_values(&[leg.pick.up.name.as_str(), "hedge_cancelled"])
-                    .inc();
                 for (kind, n) in s.usage.by_kind().filter(|&(_, n)| n > 0) {
                     m.tokens
                         .with_label_values(&[
@@ -310,11 +274,6 @@ impl Race<'_> {
                     m.cost.with_label_values(&labels).inc_by(c);
                 }
             }
-            ctx.attempt_log.push(AttemptLog {
-                provider: Some(leg.pick.up.clone()),
-                backend: Some(leg.pick.addr),
-                outcome: "hedge_cancelled",
-            });
         }
     }
 }

@@ -1,118 +1,14 @@
-//! The legs of a hedged request: which backend each one uses (in the
-//! alias's route order), and one leg run to its first response byte.
+//! One leg of a hedged request, run to its first response byte. Which
+//! backend each leg uses is the attempt walker's (`engine::attempts`).
 
-use crate::base::error::GatewayError;
-use crate::proxy::ctx::Ctx;
-use crate::resilience::breaker::BackendState;
+use crate::engine::attempts::Failure;
 use crate::resilience::verdict::{judge, Verdict};
-use crate::runtime::{ModelRt, ProviderRt};
-use crate::upstream::client::{Exchange, Failure};
+use crate::upstream::client::Exchange;
 use crate::upstream::UpstreamRef;
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
-
-/// The order in which the alias's routes are tried: the primary first,
-/// then the next eligible route (the hedge's), then fallbacks. Today the
-/// config order, as the proxy's own attempts use. This is the one place to
-/// plug a routing strategy's candidate order into (with the routing
-/// branch: the eligible, strategy-ordered `ctx.order`, so tier and region
-/// filters hold for hedges too).
-pub fn route_order(ctx: &Ctx, model: &ModelRt) -> Vec<usize> {
-    if ctx.order.is_empty() {
-        (0..model.routes.len()).collect()
-    } else {
-        ctx.order.clone()
-    }
-}
-
-/// A backend chosen for a leg.
-pub struct Pick {
-    pub route: usize,
-    pub addr: SocketAddr,
-    pub state: Option<Arc<BackendState>>,
-    pub up: UpstreamRef,
-}
-
-/// Walks the routes in [`route_order`]: other backends of the same
-/// provider first (up to its `retry.attempts`), then the next route.
-pub struct Candidates {
-    order: Vec<usize>,
-    pos: usize,
-    tried: Vec<SocketAddr>,
-    route_attempts: usize,
-    any_health: bool,
-    started: bool,
-}
-
-impl Candidates {
-    pub fn new(ctx: &Ctx, model: &ModelRt) -> Self {
-        Self {
-            order: route_order(ctx, model),
-            pos: 0,
-            tried: Vec::new(),
-            route_attempts: 0,
-            any_health: false,
-            started: false,
-        }
-    }
-
-    /// Moves past the current route (the hedge goes to another route, and a
-    /// provider that refused the key is not tried again).
-    pub fn skip_route(&mut self) {
-        self.pos += 1;
-        self.tried.clear();
-        self.route_attempts = 0;
-    }
-
-    /// Whether a route follows the current one (a hedge has somewhere to go).
-    pub fn has_next_route(&self) -> bool {
-        self.pos + 1 < self.order.len()
-    }
-
-    /// The next backend to try, noting cooling backends in `ctx` for the
-    /// error answered when nothing is left.
-    pub fn next(&mut self, ctx: &mut Ctx, model: &ModelRt) -> Option<Pick> {
-        loop {
-            let Some(&index) = self.order.get(self.pos) else {
-                if !self.started && !self.any_health {
-                    // No route has a healthy backend: try the unhealthy once.
-                    self.any_health = true;
-                    self.pos = 0;
-                    self.tried.clear();
-                    self.route_attempts = 0;
-                    continue;
-                }
-                return None;
-            };
-            let route = model.routes.get(index)?;
-            if let ProviderRt::Http(up) = &*route.provider {
-                if self.route_attempts < up.retry.attempts {
-                    match up.select(ctx.request_id.as_bytes(), &self.tried, self.any_health) {
-                        Ok((addr, state)) => {
-                            self.tried.push(addr);
-                            self.route_attempts += 1;
-                            self.started = true;
-                            return Some(Pick {
-                                route: index,
-                                addr,
-                                state,
-                                up: up.clone(),
-                            });
-                        }
-                        Err(Some(out)) => {
-                            ctx.note_out(&out);
-                        }
-                        Err(None) => {}
-                    }
-                }
-            }
-            self.skip_route();
-        }
-    }
-}
 
 /// How a leg ended before any byte went to the client.
 pub enum LegEnd {
@@ -122,29 +18,7 @@ pub enum LegEnd {
         ex: Box<Exchange>,
         first: Option<Bytes>,
     },
-    Failed(LegFailure),
-}
-
-pub struct LegFailure {
-    pub outcome: &'static str,
-    pub error: GatewayError,
-    pub retry_after: Option<u64>,
-    pub skip_provider: bool,
-}
-
-impl From<Failure> for LegFailure {
-    fn from(f: Failure) -> Self {
-        LegFailure {
-            outcome: f.outcome(),
-            error: if f.is_timeout() {
-                GatewayError::UpstreamTimeout
-            } else {
-                GatewayError::UpstreamError
-            },
-            retry_after: None,
-            skip_provider: false,
-        }
-    }
+    Failed(Failure),
 }
 
 /// Runs one leg: connect, send, judge the header like the proxy does, then
@@ -161,7 +35,7 @@ pub async fn run_leg(
     let started = Instant::now();
     let mut ex = match Exchange::start(&pick_up, addr, limits, &req, &body).await {
         Ok(ex) => ex,
-        Err(f) => return LegEnd::Failed(f.into()),
+        Err(f) => return LegEnd::Failed(Failure::from(f)),
     };
     if let Verdict::Fail {
         error,
@@ -170,19 +44,7 @@ pub async fn run_leg(
     } = judge(ex.header(), &pick_up.retry.on_status, stream)
     {
         let status = ex.header().status.as_u16();
-        if status == 401 || status == 403 {
-            log::error!(
-                "provider {} refused the gateway's key (HTTP {status}); check providers.{}.api_key",
-                pick_up.name,
-                pick_up.name
-            );
-        }
-        return LegEnd::Failed(LegFailure {
-            outcome: status_outcome(status),
-            error,
-            retry_after,
-            skip_provider,
-        });
+        return LegEnd::Failed(Failure::status(status, error, retry_after, skip_provider));
     }
     if !ex.header().status.is_success() {
         return LegEnd::Ready {
@@ -200,17 +62,7 @@ pub async fn run_leg(
                     first,
                 }
             }
-            Err(f) => return LegEnd::Failed(f.into()),
+            Err(f) => return LegEnd::Failed(Failure::from(f)),
         }
-    }
-}
-
-/// The attempt outcome label of a failing status, as the proxy names it.
-fn status_outcome(status: u16) -> &'static str {
-    match status {
-        429 => "status_429",
-        401 | 403 => "auth_error",
-        s if s >= 500 => "status_5xx",
-        _ => "bad_response",
     }
 }

@@ -160,7 +160,7 @@ async fn run(job: Job) {
         skipped(&job.alias, "no_backend");
         return;
     };
-    let usage_capable = matches!(job.ep, Endpoint::ChatCompletions | Endpoint::Completions);
+    let usage_capable = job.ep.usage_capable();
     let (body, injected) = rewrite::attempt_body(
         &job.body,
         &job.parsed,

@@ -1,0 +1,498 @@
+//! The one attempt walker. Both ways a request reaches upstreams use it:
+//! the proxy's attempts, one at a time through Pingora's hooks, and the
+//! hedge race's legs, several at once. It owns where the walk is (the
+//! routes in order, the backends tried on the current one, the second pass
+//! over unhealthy backends), the caps (attempts, the request deadline, each
+//! provider's `retry.attempts`), the retry-versus-fallback count, the
+//! failure verdict's outcome labels and the attempt log.
+//!
+//! It hands out [`Attempt`] values, owned by the caller (the proxy keeps
+//! its current one; the race one per leg), and is told back how each ended
+//! ([`Attempts::failed`], [`Attempts::succeeded`], [`Attempts::cancelled`]).
+
+use crate::base::error::GatewayError;
+use crate::resilience::breaker::BackendState;
+use crate::rewrite::{self, Parsed};
+use crate::runtime::{ModelRt, ProviderRt, RouteRt};
+use crate::telemetry::metrics;
+use crate::upstream::UpstreamRef;
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The limits on how many attempts a request makes, and until when.
+#[derive(Clone, Copy)]
+pub struct Caps {
+    pub max_attempts: u32,
+    /// When the request started, and how long it may try for.
+    pub start: Instant,
+    pub deadline: Duration,
+}
+
+impl Caps {
+    fn reached(&self, started: u32) -> bool {
+        started >= self.max_attempts || self.start.elapsed() >= self.deadline
+    }
+}
+
+/// A backend chosen for an attempt, before its body is built.
+pub struct Pick {
+    /// The route's index among the alias's routes.
+    pub route: usize,
+    pub up: UpstreamRef,
+    pub addr: SocketAddr,
+    pub state: Option<Arc<BackendState>>,
+    /// The route's own body (a translated provider's), when it has one.
+    pub prepared: Option<Bytes>,
+}
+
+/// One attempt in flight: where it goes and what it sends.
+pub struct Attempt {
+    pub route: usize,
+    pub up: UpstreamRef,
+    pub addr: SocketAddr,
+    /// The backend's passive-health state.
+    pub state: Option<Arc<BackendState>>,
+    /// The body sent, with the route's model spliced in.
+    pub body: Bytes,
+    /// The body asks for stream usage on the client's behalf.
+    pub injected: bool,
+    pub started: Instant,
+}
+
+impl Pick {
+    /// The attempt, with its body: the route's prepared body, or the
+    /// client's with the route's model spliced in (and `include_usage`
+    /// added when the provider should report stream usage).
+    pub fn into_attempt(
+        self,
+        route: &RouteRt,
+        client_body: &Bytes,
+        parsed: &Parsed,
+        usage_capable: bool,
+    ) -> Attempt {
+        let (body, injected) = match self.prepared {
+            Some(b) => (b, false),
+            None => {
+                let ask = usage_capable && self.up.stream_usage;
+                rewrite::attempt_body(client_body, parsed, &route.model_json, ask)
+            }
+        };
+        Attempt {
+            route: self.route,
+            up: self.up,
+            addr: self.addr,
+            state: self.state,
+            body,
+            injected,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// How an attempt failed: its outcome label (one set for every caller),
+/// the error answered if nothing else works, and what it means for the
+/// walk.
+pub struct Failure {
+    pub outcome: &'static str,
+    pub error: GatewayError,
+    /// The backend is cooled for this long (a 429's or 503's `Retry-After`).
+    pub retry_after: Option<u64>,
+    /// Move to the next route without trying more of this provider.
+    pub skip_provider: bool,
+    /// The response status, when the upstream answered.
+    pub status: Option<u16>,
+}
+
+impl Failure {
+    /// A response status the verdict counted as a failure.
+    pub fn status(
+        status: u16,
+        error: GatewayError,
+        retry_after: Option<u64>,
+        skip_provider: bool,
+    ) -> Self {
+        let outcome = match status {
+            429 => "status_429",
+            401 | 403 => "auth_error",
+            s if s >= 500 => "status_5xx",
+            _ => "bad_response",
+        };
+        Failure {
+            outcome,
+            error,
+            retry_after,
+            skip_provider,
+            status: Some(status),
+        }
+    }
+
+    /// Connecting failed (or timed out).
+    pub fn connect(timed_out: bool) -> Self {
+        Self::io(
+            if timed_out {
+                "connect_timeout"
+            } else {
+                "connect_error"
+            },
+            timed_out,
+        )
+    }
+
+    /// Reading or writing failed (or timed out) before any response.
+    pub fn transfer(timed_out: bool) -> Self {
+        Self::io(if timed_out { "timeout" } else { "read_error" }, timed_out)
+    }
+
+    fn io(outcome: &'static str, timed_out: bool) -> Self {
+        Failure {
+            outcome,
+            error: if timed_out {
+                GatewayError::UpstreamTimeout
+            } else {
+                GatewayError::UpstreamError
+            },
+            retry_after: None,
+            skip_provider: false,
+            status: None,
+        }
+    }
+}
+
+impl From<crate::upstream::client::Failure> for Failure {
+    fn from(f: crate::upstream::client::Failure) -> Self {
+        use crate::upstream::client::Failure as F;
+        match f {
+            F::ConnectError => Failure::connect(false),
+            F::ConnectTimeout => Failure::connect(true),
+            F::Timeout => Failure::transfer(true),
+            F::ReadError => Failure::transfer(false),
+        }
+    }
+}
+
+/// One attempt, as the access log shows it.
+#[derive(Clone)]
+pub struct AttemptLog {
+    pub provider: Option<UpstreamRef>,
+    pub backend: Option<SocketAddr>,
+    pub outcome: &'static str,
+}
+
+/// Where a request's walk over routes and backends stands.
+#[derive(Default)]
+pub struct Attempts {
+    /// The routes this request may try, in order (indices into the
+    /// alias's routes), decided at admission.
+    order: Vec<usize>,
+    /// Position in `order` of the route being tried.
+    pos: usize,
+    /// Backends tried on the current route.
+    tried: Vec<SocketAddr>,
+    /// Attempts started on the current route.
+    route_attempts: usize,
+    /// No route had a healthy backend: unhealthy ones may be tried.
+    any_health: bool,
+    skip_provider: bool,
+    /// Attempts started (a locally served request counts one).
+    started: u32,
+    /// The route of the last attempt started.
+    last_route: Option<usize>,
+    /// The shortest wait until a skipped (cooling or open) backend is
+    /// back, and whether one of them waits out a 429.
+    out_for_ms: Option<u64>,
+    out_rate_limited: bool,
+    last_failure: Option<GatewayError>,
+    log: Vec<AttemptLog>,
+}
+
+impl Attempts {
+    pub fn new(order: Vec<usize>) -> Self {
+        Attempts {
+            order,
+            ..Attempts::default()
+        }
+    }
+
+    /// The routes in the order they are tried.
+    pub fn order(&self) -> &[usize] {
+        &self.order
+    }
+
+    /// Attempts started so far.
+    pub fn started(&self) -> u32 {
+        self.started
+    }
+
+    /// The route of the last attempt started or, before any, the first
+    /// route to try.
+    pub fn route(&self) -> Option<usize> {
+        self.last_route
+            .or_else(|| self.order.get(self.pos).copied())
+    }
+
+    /// The route of the last attempt started.
+    pub fn last_route(&self) -> Option<usize> {
+        self.last_route
+    }
+
+    /// Each attempt that ended, in order.
+    pub fn log(&self) -> &[AttemptLog] {
+        &self.log
+    }
+
+    /// Why the last failed attempt failed.
+    pub fn last_failure(&self) -> Option<&GatewayError> {
+        self.last_failure.as_ref()
+    }
+
+    /// The last attempt started has not ended (no outcome was recorded).
+    pub fn last_is_open(&self) -> bool {
+        self.log.len() < self.started as usize
+    }
+
+    /// A route with a local (mock) provider answered: one attempt, on it.
+    pub fn served_locally(&mut self, route: usize) {
+        self.started = self.started.saturating_add(1);
+        self.last_route = Some(route);
+    }
+
+    /// Whether another attempt may start.
+    pub fn may_retry(&self, caps: &Caps) -> bool {
+        !caps.reached(self.started)
+    }
+
+    /// Whether a route follows the current one (a hedge has somewhere to go).
+    pub fn has_next_route(&self) -> bool {
+        self.pos + 1 < self.order.len()
+    }
+
+    /// Moves past the current route (a hedge goes to another route).
+    pub fn skip_route(&mut self) {
+        self.pos += 1;
+        self.tried.clear();
+        self.route_attempts = 0;
+        self.skip_provider = false;
+    }
+
+    /// Chooses the next backend: other backends of the current route's
+    /// provider first (up to its `retry.attempts`, unless it refused the
+    /// key), then the next route; when no route has a healthy backend
+    /// before the first attempt, the unhealthy ones once. `prepare` checks
+    /// that a route can take the request and builds its own body if it
+    /// needs one; a route it refuses is passed over, its error kept for the
+    /// answer. A `hedge` attempt is not counted as a retry or fallback.
+    /// `Err`: nothing is left to try, or a cap is reached; the error to
+    /// answer.
+    pub fn next(
+        &mut self,
+        model: &ModelRt,
+        alias: &str,
+        request_key: &[u8],
+        caps: &Caps,
+        hedge: bool,
+        mut prepare: impl FnMut(usize, &RouteRt) -> Result<Option<Bytes>, GatewayError>,
+    ) -> Result<Pick, GatewayError> {
+        if caps.reached(self.started) {
+            return Err(self.exhausted());
+        }
+        loop {
+            let Some((index, route)) =
+                crate::routing::candidate(&self.order, self.pos, &model.routes)
+            else {
+                if self.started == 0 && !self.any_health {
+                    // Health checks lag (a backend that just came up): try
+                    // the unhealthy ones once.
+                    self.any_health = true;
+                    self.pos = 0;
+                    self.tried.clear();
+                    self.route_attempts = 0;
+                    continue;
+                }
+                return Err(self.exhausted());
+            };
+            let prepared = prepare(index, route);
+            if let Err(e) = &prepared {
+                self.last_failure = Some(e.clone());
+            }
+            if let (ProviderRt::Http(up), Ok(prepared)) = (&*route.provider, prepared) {
+                let provider_done = self.skip_provider || self.route_attempts >= up.retry.attempts;
+                if !provider_done {
+                    match up.select(request_key, &self.tried, self.any_health) {
+                        Ok((addr, state)) => {
+                            if self.started > 0 && !hedge {
+                                self.count_retry(alias, index);
+                            }
+                            self.tried.push(addr);
+                            self.route_attempts += 1;
+                            self.started = self.started.saturating_add(1);
+                            self.last_route = Some(index);
+                            return Ok(Pick {
+                                route: index,
+                                up: up.clone(),
+                                addr,
+                                state,
+                                prepared,
+                            });
+                        }
+                        Err(Some(out)) => {
+                            self.out_for_ms =
+                                Some(self.out_for_ms.map_or(out.ms, |m| m.min(out.ms)));
+                            self.out_rate_limited |= out.rate_limited;
+                        }
+                        Err(None) => {}
+                    }
+                }
+            }
+            self.skip_route();
+        }
+    }
+
+    /// Same route as the last attempt: a retry; another route: a fallback.
+    fn count_retry(&self, alias: &str, route: usize) {
+        let kind = if self.last_route == Some(route) {
+            "retry"
+        } else {
+            "fallback"
+        };
+        if let Some(m) = metrics::get() {
+            m.retries.with_label_values(&[alias, kind]).inc();
+        }
+    }
+
+    /// What to answer when nothing is left to try.
+    pub fn exhausted(&self) -> GatewayError {
+        match (&self.last_failure, self.out_for_ms) {
+            (Some(e), _) => e.clone(),
+            (None, Some(ms)) => {
+                let retry_after = Some(ms.div_ceil(1000).max(1));
+                if self.out_rate_limited {
+                    GatewayError::RateLimited { retry_after }
+                } else {
+                    GatewayError::UpstreamUnavailable { retry_after }
+                }
+            }
+            (None, None) => GatewayError::UpstreamError,
+        }
+    }
+
+    /// An attempt failed before any byte reached the client: its backend's
+    /// breaker and cooldown, the attempt metric and log, and the error to
+    /// answer if nothing else works.
+    pub fn failed(&mut self, a: &Attempt, f: Failure) {
+        let now = crate::base::clock::monotonic_ms();
+        if let Some(s) = &a.state {
+            s.record(false, now, &a.up.breaker);
+            if let Some(secs) = f.retry_after {
+                let rate_limit = matches!(f.error, GatewayError::RateLimited { .. });
+                s.cool_for(secs.saturating_mul(1000), now, rate_limit);
+            }
+        }
+        if let (Some(status @ (401 | 403)), "auth_error") = (f.status, f.outcome) {
+            log::error!(
+                "provider {} refused the gateway's key (HTTP {status}); check providers.{}.api_key",
+                a.up.name,
+                a.up.name
+            );
+        }
+        self.record(a, f.outcome);
+        self.last_failure = Some(f.error);
+        self.skip_provider |= f.skip_provider;
+    }
+
+    /// An attempt's response is going to the client.
+    pub fn succeeded(&mut self, a: &Attempt) {
+        if let Some(s) = &a.state {
+            s.record(true, crate::base::clock::monotonic_ms(), &a.up.breaker);
+        }
+        self.record(a, "success");
+    }
+
+    /// A hedge leg was cut off by the winner or by the client leaving.
+    pub fn cancelled(&mut self, a: &Attempt) {
+        self.record(a, "hedge_cancelled");
+    }
+
+    fn record(&mut self, a: &Attempt, outcome: &'static str) {
+        if let Some(m) = metrics::get() {
+            m.attempts
+                .with_label_values(&[a.up.name.as_str(), outcome])
+                .inc();
+        }
+        self.log.push(AttemptLog {
+            provider: Some(a.up.clone()),
+            backend: Some(a.addr),
+            outcome,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_labels_are_one_set() {
+        let f = |s| Failure::status(s, GatewayError::UpstreamError, None, false).outcome;
+        assert_eq!(
+            [f(429), f(401), f(403), f(500), f(503), f(404)],
+            [
+                "status_429",
+                "auth_error",
+                "auth_error",
+                "status_5xx",
+                "status_5xx",
+                "bad_response"
+            ]
+        );
+        assert_eq!(Failure::connect(true).outcome, "connect_timeout");
+        assert_eq!(Failure::connect(false).outcome, "connect_error");
+        assert_eq!(Failure::transfer(true).outcome, "timeout");
+        assert_eq!(Failure::transfer(false).outcome, "read_error");
+        assert_eq!(Failure::transfer(true).error, GatewayError::UpstreamTimeout);
+    }
+
+    #[test]
+    fn exhausted_answers_the_last_failure_then_the_wait() {
+        let mut a = Attempts::new(vec![0]);
+        assert_eq!(a.exhausted(), GatewayError::UpstreamError);
+        a.out_for_ms = Some(1500);
+        assert_eq!(
+            a.exhausted(),
+            GatewayError::UpstreamUnavailable {
+                retry_after: Some(2)
+            }
+        );
+        a.out_rate_limited = true;
+        assert_eq!(
+            a.exhausted(),
+            GatewayError::RateLimited {
+                retry_after: Some(2)
+            }
+        );
+        a.last_failure = Some(GatewayError::UpstreamTimeout);
+        assert_eq!(a.exhausted(), GatewayError::UpstreamTimeout);
+    }
+
+    #[test]
+    fn caps_stop_the_walk() {
+        let caps = Caps {
+            max_attempts: 2,
+            start: Instant::now(),
+            deadline: Duration::from_secs(60),
+        };
+        let mut a = Attempts::new(vec![0, 1]);
+        assert!(a.may_retry(&caps));
+        a.served_locally(1);
+        assert_eq!((a.started(), a.route()), (1, Some(1)));
+        assert!(a.last_is_open() && a.may_retry(&caps));
+        a.served_locally(1);
+        assert!(!a.may_retry(&caps));
+        let late = Caps {
+            deadline: Duration::ZERO,
+            ..caps
+        };
+        assert!(!Attempts::new(vec![0]).may_retry(&late));
+    }
+}
