@@ -513,6 +513,29 @@ keys:
     }
 
     #[test]
+    fn experiment_errors_name_their_field() {
+        let yaml = GOOD.replace(
+            "      - { provider: up, model: m1, timeouts: { first_byte: 500ms } }\n",
+            "      - { provider: g, model: m1 }\n    shadow: { route: { provider: g, model: m2 }, sample: 1.5 }\n    hedge: { after: 1s, max_share: 2 }\n  solo:\n    routes: [ { provider: up, model: m1 } ]\n    hedge: { after: 1s }\n",
+        )
+        .replace(
+            "models:\n",
+            "  g:\n    kind: gemini\n    api_key: \"k\"\nshadow: { budget: nobody }\nmodels:\n",
+        );
+        let p = problems(&yaml);
+        for want in [
+            "shadow.budget: `nobody` is not a team under teams",
+            "models.fast.shadow.sample: must be between 0 and 1",
+            "models.fast.shadow.route.provider: `g` must be an OpenAI-kind provider",
+            "models.fast.hedge: routes[0] uses provider `g`, which is not OpenAI-kind",
+            "models.fast.hedge.max_share: must be between 0 and 1",
+            "models.solo.hedge: needs at least two routes",
+        ] {
+            assert!(p.contains(want), "{want}\nin:\n{p}");
+        }
+    }
+
+    #[test]
     fn all_problems_are_reported_at_once() {
         let text = GOOD
             .replacen("provider: up,", "provider: nope,", 1)

@@ -75,6 +75,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     check_keys(cfg, &mut v);
     check_governance(cfg, &mut v);
     check_key_store(cfg, &mut v);
+    check_experiments(cfg, &mut v);
     for (field, msg) in super::routing::problems(cfg) {
         v.add(field, msg);
     }
@@ -204,6 +205,65 @@ fn check_governance(cfg: &Config, v: &mut Problems) {
 /// `key_store`: exactly one database, its URL's syntax (no connection is
 /// made, so `--test` works offline), sane intervals. Messages never echo
 /// the URL, which holds the password.
+/// `shadow` and `hedge`: what they point at exists and can take them.
+fn check_experiments(cfg: &Config, v: &mut Problems) {
+    use super::ProviderKind;
+    if let Some(team) = &cfg.shadow.budget {
+        if !cfg.teams.contains_key(team) {
+            v.add(
+                "shadow.budget",
+                format!("`{team}` is not a team under teams"),
+            );
+        }
+    }
+    let kind = |name: &str| cfg.providers.get(name).map(|p| p.kind);
+    for (alias, m) in &cfg.models {
+        if let Some(s) = &m.shadow {
+            let field = format!("models.{alias}.shadow");
+            if !(0.0..=1.0).contains(&s.sample) {
+                v.add(format!("{field}.sample"), "must be between 0 and 1");
+            }
+            match kind(&s.route.provider) {
+                Some(ProviderKind::Openai) => {}
+                Some(_) => v.add(
+                    format!("{field}.route.provider"),
+                    format!(
+                        "`{}` must be an OpenAI-kind provider (not a mock, and not a translated kind such as anthropic, gemini or azure)",
+                        s.route.provider
+                    ),
+                ),
+                None => v.add(
+                    format!("{field}.route.provider"),
+                    format!("`{}` is not available", s.route.provider),
+                ),
+            }
+        }
+        if let Some(h) = &m.hedge {
+            let field = format!("models.{alias}.hedge");
+            for (i, r) in m.routes.iter().enumerate() {
+                if kind(&r.provider).is_some_and(|k| k != ProviderKind::Openai) {
+                    v.add(
+                        &field,
+                        format!(
+                            "routes[{i}] uses provider `{}`, which is not OpenAI-kind; hedging races OpenAI-kind routes only: remove `hedge` or the route",
+                            r.provider
+                        ),
+                    );
+                }
+            }
+            if !(0.0..=1.0).contains(&h.max_share) {
+                v.add(format!("{field}.max_share"), "must be between 0 and 1");
+            }
+            if m.routes.len() < 2 {
+                v.add(
+                    &field,
+                    "needs at least two routes (the hedge goes to the next one)",
+                );
+            }
+        }
+    }
+}
+
 fn check_key_store(cfg: &Config, v: &mut Problems) {
     let Some(ks) = &cfg.key_store else { return };
     match (&ks.sqlite, &ks.postgres) {

@@ -211,7 +211,7 @@ impl Runtime {
             },
             None => None,
         };
-        let experiments = experiments::build(&cfg, &providers, &mut problems);
+        let experiments = experiments::build(&cfg, &providers);
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
