@@ -13,7 +13,6 @@ pub mod eligible;
 pub mod metrics;
 pub mod needs;
 pub mod plan;
-pub mod rng;
 pub mod split;
 pub mod stats;
 pub mod strategy;

@@ -4,7 +4,19 @@
 //! and needs no state, so every gateway instance agrees.
 
 use super::plan::Variant;
-use super::rng;
+
+/// The SplitMix64 finalizer: scrambles a 64-bit value so nearby inputs
+/// give unrelated outputs (a hash step, not a random source).
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Maps a 64-bit value to `[0, 1)` using its top 53 bits.
+fn to_unit(x: u64) -> f64 {
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
 
 /// FNV-1a over `bytes`, then scrambled.
 fn hash(alias: &str, caller: &[u8]) -> u64 {
@@ -13,7 +25,7 @@ fn hash(alias: &str, caller: &[u8]) -> u64 {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    rng::mix(h)
+    mix(h)
 }
 
 /// The index of the variant `caller` belongs to.
@@ -21,7 +33,7 @@ pub fn pick(alias: &str, caller: &[u8], variants: &[Variant]) -> Option<usize> {
     if variants.is_empty() {
         return None;
     }
-    let u = rng::to_unit(hash(alias, caller));
+    let u = to_unit(hash(alias, caller));
     Some(
         variants
             .iter()

@@ -6,7 +6,6 @@
 use super::eligible::Prompt;
 use super::needs::Needs;
 use super::plan::Plan;
-use super::rng;
 use super::stats::Kind;
 use crate::config::routing::Strategy;
 
@@ -19,8 +18,8 @@ pub fn order(plan: &Plan, routes: &mut Vec<usize>, needs: &Needs, prompt: &Promp
     if routes.len() > 1 {
         match plan.strategy {
             Strategy::Fallback => {}
-            Strategy::Weighted => weighted(plan, routes, rng::unit()),
-            Strategy::Latency => latency(plan, routes, needs, rng::unit(), rng::unit()),
+            Strategy::Weighted => weighted(plan, routes, fastrand::f64()),
+            Strategy::Latency => latency(plan, routes, needs, fastrand::f64(), fastrand::f64()),
             Strategy::LeastBusy => by_score(routes, |i| busy(plan, i)),
             Strategy::Cost => by_score(routes, |i| cost(plan, i, needs, prompt)),
         }
