@@ -48,6 +48,7 @@ impl Reloader {
         let rt = Runtime::build(cfg).map_err(|e| e.to_string())?;
         crate::keystore::on_reload(&rt.config)?;
         rt.warm_up().await;
+        crate::governance::export_remaining(&rt.rules()).await;
         if let Some(m) = metrics::get() {
             m.backend_healthy.reset();
         }
@@ -132,6 +133,8 @@ fn check_fixed_fields(old: &Config, new: &Config) -> Result<(), String> {
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         use tokio::signal::unix::{signal, SignalKind};
+        // The start's export step (a reload runs its own).
+        crate::governance::export_remaining(&self.shared.load().rules()).await;
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => s,
             Err(e) => {

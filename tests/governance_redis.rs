@@ -508,3 +508,50 @@ async fn concurrency_is_shared_across_instances_and_freed_at_the_end() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// The export step reads the active store: a gateway that starts on a
+/// Redis whose budget another instance has spent shows the spent budget in
+/// `tollgate_budget_remaining` at once, before serving anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_gauge_of_a_new_instance_reads_redis() {
+    let redis = Redis::start();
+    let mock = MockUpstream::start(exact_usage()).await;
+    let r = prompt_estimate() + MAX_TOKENS;
+    let alice = format!(", budgets: [ {{ tokens: {}, window: day }} ]", 100 * r);
+    let yaml = config(mock.port(), &redis.url(), "fail_closed", &alice);
+    let first = Gateway::start(&yaml).await;
+    assert_eq!(post(&first).await.0, 200);
+    let labels = [
+        ("level", "key"),
+        ("name", "alice"),
+        ("unit", "tokens"),
+        ("window", "day"),
+    ];
+    let left = (99 * r) as f64;
+    assert_eq!(
+        first
+            .wait_sample(
+                "tollgate_budget_remaining",
+                &labels,
+                left,
+                Duration::from_secs(10)
+            )
+            .await,
+        Some(left)
+    );
+    let second = Gateway::start(&yaml).await;
+    assert_eq!(
+        second
+            .wait_sample(
+                "tollgate_budget_remaining",
+                &labels,
+                left,
+                Duration::from_secs(10)
+            )
+            .await,
+        Some(left),
+        "{}",
+        second.metrics_text().await
+    );
+    assert_eq!(mock.hits(), 1, "the second instance served nothing");
+}

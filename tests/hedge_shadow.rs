@@ -967,3 +967,36 @@ async fn legs_honour_first_byte_timeouts_and_answer_504() {
     assert_eq!(line["hedge"], "fired");
     assert_eq!(line["status"], 504);
 }
+
+/// The race walks routes like the proxy does: a provider that refuses the
+/// gateway's key (401) is not tried on its other backend, however many
+/// `retry.attempts` it allows; the next route answers.
+#[tokio::test]
+async fn a_provider_refusing_the_key_is_skipped_by_the_race_too() {
+    let a = MockUpstream::start(Behavior::json(401, r#"{"error":{"message":"bad key"}}"#)).await;
+    let b = MockUpstream::start(Behavior::json(401, r#"{"error":{"message":"bad key"}}"#)).await;
+    let good = MockUpstream::start(Behavior::ChatEcho).await;
+    let refusing = format!(
+        "  refusing:\n    kind: openai\n    base_url: \"http://127.0.0.1:{}/v1\"\n    backends: [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n    api_key: \"{PROVIDER_KEY}\"\n    health_check: {{ enabled: false }}\n    retry: {{ attempts: 2 }}\n",
+        a.port(),
+        a.port(),
+        b.port()
+    );
+    let gw = Gateway::start(&config(
+        "",
+        &[refusing, provider("fast", good.port())],
+        &[("refusing", "primary-model"), ("fast", "hedge-model")],
+        &hedge_block("20s", 0.1),
+    ))
+    .await;
+    let r = post(&gw, "auth-skip-1", false).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.route.as_deref(), Some("fast/hedge-model"));
+    assert_eq!(
+        a.hits() + b.hits(),
+        1,
+        "the refusing provider's second backend was tried"
+    );
+    let line = gw.access_line("auth-skip-1").await;
+    assert_eq!(line["attempts"], 2, "{line}");
+}

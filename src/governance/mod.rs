@@ -177,6 +177,45 @@ pub fn is_shared() -> bool {
     REDIS.get().is_some()
 }
 
+/// Sets `tollgate_budget_remaining` of every budget among `rules` from
+/// the active store (memory or Redis): the export step after a runtime is
+/// built, at start and after each reload (compiling rules reads no store).
+/// A store that cannot be read leaves the gauges as they were.
+pub async fn export_remaining(rules: &[&Rule]) {
+    let budgets: Vec<&Rule> = rules
+        .iter()
+        .copied()
+        .filter(|r| r.gauge.is_some())
+        .collect();
+    if budgets.is_empty() {
+        return;
+    }
+    match used(&budgets).await {
+        Ok(used) => {
+            for (r, u) in budgets.iter().zip(used) {
+                if let Some(g) = &r.gauge {
+                    g.set(r.natural(r.limit.saturating_sub(u)));
+                }
+            }
+        }
+        Err(e) => log::warn!("reading the limits store for tollgate_budget_remaining failed: {e}"),
+    }
+}
+
+/// [`export_remaining`] for callers on a plain thread (the key store's
+/// snapshot builder), from the memory store. With Redis it does nothing:
+/// those keys' gauges are set by their first settlement.
+pub fn export_remaining_local(rules: &[Rule]) {
+    if is_shared() {
+        return;
+    }
+    for r in rules {
+        if let Some(g) = &r.gauge {
+            g.set(r.natural(r.limit.saturating_sub(memory::global().used(&r.id))));
+        }
+    }
+}
+
 /// The current value of each rule's counter (reservations in flight
 /// included).
 pub async fn used(rules: &[&Rule]) -> Result<Vec<i64>, String> {

@@ -150,9 +150,6 @@ pub fn compile(level: Level, name: &str, limits: &Limits, budgets: &[Budget]) ->
                 .get_metric_with_label_values(&[level.label(), &name, unit, &window])
                 .ok()
         });
-        if let Some(g) = &rule.gauge {
-            g.set(rule.natural(limit.saturating_sub(super::memory::global().used(&rule.id))));
-        }
         out.push(rule);
     }
     out

@@ -215,6 +215,7 @@ impl Snapshot {
                 _ => {}
             }
         }
+        crate::governance::export_remaining_local(&rt.rules);
         if let Some(models) = &key.models {
             let mut bodies = ctx.bodies.lock().unwrap_or_else(|p| p.into_inner());
             match bodies.get(models) {

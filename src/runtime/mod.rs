@@ -121,6 +121,17 @@ pub struct Runtime {
 
 impl Runtime {
     /// Compiles a validated config. Does no network I/O.
+    /// Every rule of the config: keys' and teams', aliases', and the
+    /// shadow budget's.
+    pub fn rules(&self) -> Vec<&Rule> {
+        self.key_info
+            .iter()
+            .flat_map(|k| k.rules.iter())
+            .chain(self.models.values().flat_map(|m| m.rules.iter()))
+            .chain(self.experiments.shadow_rules.iter())
+            .collect()
+    }
+
     pub fn build(cfg: Config) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
         let mut providers: HashMap<String, Arc<ProviderRt>> = HashMap::new();
