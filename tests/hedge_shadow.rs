@@ -14,7 +14,8 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use support::prom;
 use support::{
-    sse_chat_events, Behavior, Gate, Gateway, MockUpstream, Reply, ReplyBody, TestCa, CONFIG_HEAD,
+    sse_chat_events, wait_until, Behavior, Gate, Gateway, MockUpstream, Reply, ReplyBody, TestCa,
+    CONFIG_HEAD,
 };
 
 const KEY: &str = "tg-hedge-shadow-key-0001";
@@ -999,4 +1000,53 @@ async fn a_provider_refusing_the_key_is_skipped_by_the_race_too() {
     );
     let line = gw.access_line("auth-skip-1").await;
     assert_eq!(line["attempts"], 2, "{line}");
+}
+
+/// The hedge fires, then the primary answers first: the primary is the
+/// request's attempt (its route header, access-log route and provider, its
+/// tokens), not the hedge leg that started last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_winning_after_the_hedge_fired_is_the_requests_route() {
+    let primary_gate = Gate::new();
+    let primary = MockUpstream::start(held_json("primary-model", &primary_gate)).await;
+    let hedge = MockUpstream::start(held_json("hedge-model", &Gate::new())).await;
+    let gw = hedge_gateway(&primary, &hedge, &hedge_block("100ms", 1.0)).await;
+    let url = gw.url("/v1/chat/completions");
+    let sent = tokio::spawn(async move {
+        support::client()
+            .post(url)
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("content-type", "application/json")
+            .header("x-request-id", "primary-wins-1")
+            .body(chat(false))
+            .send()
+            .await
+    });
+    assert!(
+        wait_until(QUICK, || hedge.hits() == 1).await,
+        "the hedge never fired"
+    );
+    primary_gate.open(1);
+    let resp = sent.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let route = resp
+        .headers()
+        .get("x-tollgate-route")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(route.as_deref(), Some("slow/primary-model"));
+    assert!(resp.text().await.unwrap().contains("primary-model"));
+    let line = gw.access_line("primary-wins-1").await;
+    assert_eq!(line["hedge"], "fired", "{line}");
+    assert_eq!(line["provider"], "slow", "{line}");
+    assert_eq!(line["upstream_model"], "primary-model", "{line}");
+    assert_eq!(line["route"], "slow/primary-model", "{line}");
+    let reported = [
+        ("provider", "slow"),
+        ("token_type", "output"),
+        ("usage_source", "reported"),
+    ];
+    assert_eq!(
+        wait_metric(&gw, "tollgate_tokens_total", &reported, 4.0).await,
+        4.0
+    );
 }

@@ -157,11 +157,21 @@ impl Ctx {
         }
     }
 
+    /// The route index of the attempt that answered or was tried last: the
+    /// current attempt's (a hedge race's winner once it is adopted), else
+    /// the walker's last one (a locally served request).
+    pub fn attempt_route(&self) -> Option<usize> {
+        self.attempt
+            .as_ref()
+            .map(|a| a.route)
+            .or_else(|| self.attempts.last_route())
+    }
+
     /// The route of the current (or last) attempt.
     pub fn current_route(&self) -> Option<&crate::runtime::RouteRt> {
         let rt = self.rt.as_ref()?;
         let alias = self.alias.as_deref()?;
-        let index = self.attempts.route()?;
+        let index = self.attempt_route().or_else(|| self.attempts.route())?;
         rt.models.get(alias)?.routes.get(index)
     }
 }

@@ -121,7 +121,7 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             served: ctx.served_locally || ctx.response_started,
             cut: ctx.mid_stream_error.is_some(),
             status: ctx.status,
-            route: ctx.attempts.last_route(),
+            route: ctx.attempt_route(),
             first_byte_at: ctx.first_byte_at,
             upstream_headers_at: ctx.upstream_headers_at,
         };
@@ -129,7 +129,7 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     }
     let settled = settle(ctx);
     if let Some(r) = &ctx.reservation {
-        r.learn(ctx.attempts.last_route(), settled.as_ref());
+        r.learn(ctx.attempt_route(), settled.as_ref());
     }
     if let Some(r) = ctx.reservation.take() {
         let own = settled
@@ -196,7 +196,7 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             &ctx.routing,
             plan,
             ctx.attempts.order(),
-            ctx.attempts.last_route(),
+            ctx.attempt_route(),
         );
         access_log::write(&access_log::Record {
             ts: std::time::SystemTime::now(),
