@@ -138,7 +138,7 @@ fn runtime_with(backends: usize) -> Runtime {
         tollgate::config::parse_str(&yaml, |_| None, Path::new(".")),
         "config",
     );
-    let rt = must(Runtime::build(cfg), "runtime");
+    let rt = must(Runtime::build(cfg, &Default::default()), "runtime");
     // `select` reads the balancer, which is empty until discovery has run.
     let tokio_rt = must(
         tokio::runtime::Builder::new_current_thread()
@@ -368,7 +368,7 @@ keys:
         "config",
     );
     must(tollgate::governance::configure(&cfg.limits_store), "store");
-    must(Runtime::build(cfg), "runtime")
+    must(Runtime::build(cfg, &Default::default()), "runtime")
 }
 
 /// Both admission steps and the settle, as `admit.rs` and `finish.rs` do
@@ -515,7 +515,7 @@ fn routing_plan(strategy: &str) -> tollgate::routing::Plan {
         ));
     }
     let m: tollgate::config::Model = must(serde_yaml::from_str(&yaml), "bench model");
-    tollgate::routing::Plan::build(&format!("bench-{strategy}"), &m)
+    tollgate::routing::Plan::build(&Default::default(), &format!("bench-{strategy}"), &m)
 }
 
 /// `routing::decide` among ten routes: read the body's needs (tools, an

@@ -54,7 +54,7 @@ fn lookup(c: &mut Criterion) {
     let cfg = tollgate::config::parse_str(&yaml, |_| None, Path::new(".")).unwrap();
     let ks = cfg.key_store.clone().unwrap();
     tollgate::keystore::open(&ks, std::sync::Arc::new(cfg.clone())).unwrap();
-    let rt = Runtime::build(cfg).unwrap();
+    let rt = Runtime::build(cfg, &Default::default()).unwrap();
     let config_key = format!("sk-bench-config-{:08}", CONFIG_KEYS / 2).into_bytes();
     let runtime_key = secret(RUNTIME_KEYS / 2).into_bytes();
     assert!(rt.lookup_key(&config_key).is_ok() && rt.lookup_key(&runtime_key).is_ok());

@@ -64,7 +64,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let rt = match Runtime::build(cfg.clone()) {
+    // The state that outlives reloads: one owner for the process.
+    let durable = std::sync::Arc::new(tollgate::runtime::durable::Durable::default());
+    let rt = match Runtime::build(cfg.clone(), &durable) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("invalid configuration:\n{e}");

@@ -45,7 +45,8 @@ impl Reloader {
     pub async fn reload(&self) -> Result<(), String> {
         let cfg = config::load_file(&self.path).map_err(|e| e.to_string())?;
         check_fixed_fields(&self.shared.load().config, &cfg)?;
-        let rt = Runtime::build(cfg).map_err(|e| e.to_string())?;
+        let durable = self.shared.load().durable.clone();
+        let rt = Runtime::build(cfg, &durable).map_err(|e| e.to_string())?;
         crate::keystore::on_reload(&rt.config)?;
         rt.warm_up().await;
         crate::governance::export_remaining(&rt.rules()).await;

@@ -1331,3 +1331,50 @@ async fn max_attempts_caps_the_chain() {
         0.0
     );
 }
+
+/// A backend's breaker is state that outlives a reload (`runtime::Durable`):
+/// opened before a SIGHUP, it is still open after it, and the backend is
+/// still skipped without being contacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_stays_open_across_a_reload() {
+    let m1 = MockUpstream::start(Behavior::json(503, r#"{"error":"down"}"#)).await;
+    let m2 = MockUpstream::start(Behavior::ChatEcho).await;
+    let gw = Gateway::start(&config(
+        "",
+        &[
+            provider(
+                "p1",
+                &[m1.port()],
+                "breaker: { consecutive_failures: 2, cooldown: 60s }",
+            ),
+            provider("p2", &[m2.port()], ""),
+        ],
+        &[route("p1", "model-one", ""), route("p2", "model-two", "")],
+    ))
+    .await;
+    for rid in ["fb-rl-1", "fb-rl-2"] {
+        assert_served_by(&post(&gw, rid, chat()).await, "p2", "model-two");
+    }
+    assert_eq!(m1.hits(), 2);
+    let p1 = m1.port();
+    assert!(
+        breaker_state_becomes(&gw, "p1", p1, 1.0, Instant::now() + QUICK).await,
+        "p1 never showed open"
+    );
+    let reloaded = |t: &str| {
+        prom::sample(t, "tollgate_config_reloads_total", &[("result", "success")]).unwrap_or(0.0)
+    };
+    gw.sighup();
+    let deadline = Instant::now() + QUICK;
+    while reloaded(&gw.metrics_text().await) < 1.0 {
+        assert!(Instant::now() < deadline, "the reload never finished");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let r = post(&gw, "fb-rl-after", chat()).await;
+    assert_served_by(&r, "p2", "model-two");
+    assert_eq!(m1.hits(), 2, "the reload forgot p1's open breaker");
+    assert!(
+        breaker_state_becomes(&gw, "p1", p1, 1.0, Instant::now() + QUICK).await,
+        "p1 is not shown open after the reload"
+    );
+}

@@ -6,3 +6,4 @@
 pub mod clock;
 pub mod endpoint;
 pub mod error;
+pub mod keyed;

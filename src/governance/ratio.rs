@@ -26,9 +26,9 @@
 //!   [`MAX_RATIO`]: when a limit is nearly used up, the request takes what
 //!   is left and the next one waits for it to settle.
 
-use std::collections::HashMap;
+use crate::base::keyed::Keyed;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 /// The smallest ratio used: a provider that counts fewer tokens than the
 /// estimate is reserved at the estimate.
@@ -129,26 +129,19 @@ impl Factor {
 #[derive(Clone, Default)]
 pub struct Ratios(Arc<[Arc<PromptRatio>]>);
 
-type Registry = Mutex<HashMap<(String, String), Arc<PromptRatio>>>;
-
-fn registry() -> &'static Registry {
-    static R: OnceLock<Registry> = OnceLock::new();
-    R.get_or_init(Default::default)
-}
-
 impl Ratios {
-    /// The ratios of alias `alias`'s routes named `routes`, created on
-    /// first use. Called when a `Runtime` is built, never per request.
-    pub fn build<'a>(alias: &str, routes: impl IntoIterator<Item = &'a str>) -> Ratios {
-        let mut map = registry().lock().unwrap_or_else(|p| p.into_inner());
+    /// The ratios of alias `alias`'s routes named `routes`, from `store`
+    /// (created on first use). Called when a `Runtime` is built, never per
+    /// request.
+    pub fn build<'a>(
+        store: &Keyed<(String, String), PromptRatio>,
+        alias: &str,
+        routes: impl IntoIterator<Item = &'a str>,
+    ) -> Ratios {
         Ratios(
             routes
                 .into_iter()
-                .map(|r| {
-                    map.entry((alias.to_string(), r.to_string()))
-                        .or_default()
-                        .clone()
-                })
+                .map(|r| store.get_or_default((alias.to_string(), r.to_string())))
                 .collect(),
         )
     }
@@ -210,7 +203,8 @@ mod tests {
 
     #[test]
     fn cold_routes_reserve_elastically_and_learned_ones_with_the_margin() {
-        let ratios = Ratios::build("ratio-test", ["a", "b"]);
+        let store = Keyed::default();
+        let ratios = Ratios::build(&store, "ratio-test", ["a", "b"]);
         assert_eq!(ratios.factor(&[0, 1]), Factor::COLD);
         ratios.observe(1, 100, 300);
         // The first route is still cold: elastic, its floor from route b
@@ -220,12 +214,12 @@ mod tests {
         let f = ratios.factor(&[1, 0]);
         assert!((f.lo - 3.5).abs() < 1e-9 && f.hi == f.lo, "{f:?}");
         // Exactly the tokenizer's count: reserved exactly.
-        let exact = Ratios::build("ratio-test-exact", ["a"]);
+        let exact = Ratios::build(&store, "ratio-test-exact", ["a"]);
         exact.observe(0, 100, 100);
         assert_eq!(exact.factor(&[0]), Factor::ONE);
         assert_eq!(Factor::for_ratio(100.0), MAX_RATIO);
         // Same names after a "reload": same numbers.
-        let again = Ratios::build("ratio-test", ["b"]);
+        let again = Ratios::build(&store, "ratio-test", ["b"]);
         assert_eq!(again.factor(&[0]), f);
         assert_eq!(
             Factor { lo: 8.0, hi: 8.0 }.apply(u64::MAX),

@@ -272,7 +272,7 @@ mod tests {
         .unwrap();
         let r = &cfg.models["m"].routes[0];
         assert_eq!((r.max_tokens, r.drop_unsupported_params), (Some(512), true));
-        let rt = crate::runtime::Runtime::build(cfg).unwrap();
+        let rt = crate::runtime::Runtime::build(cfg, &Default::default()).unwrap();
         let up = &rt.upstreams["p"];
         assert_eq!(up.auth_name, "x-api-key");
         assert!(up.retry.on_status.contains(&529));
@@ -340,7 +340,7 @@ mod tests {
     #[test]
     fn gemini_config_defaults_and_errors() {
         let cfg = load("  p: { kind: gemini, api_key: AIzaK }", "").unwrap();
-        let rt = crate::runtime::Runtime::build(cfg).unwrap();
+        let rt = crate::runtime::Runtime::build(cfg, &Default::default()).unwrap();
         let up = &rt.upstreams["p"];
         assert_eq!(up.auth_name, "x-goog-api-key");
         assert_eq!(up.host, "generativelanguage.googleapis.com");

@@ -6,10 +6,7 @@
 //! address, so it survives config reloads.
 
 use crate::config::BreakerPolicy;
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
 
 /// Breaker state, as exported (`tollgate_breaker_state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,20 +124,6 @@ impl BackendState {
         let until = cool.max(if open > now { open } else { 0 });
         (until > now).then(|| until - now)
     }
-}
-
-type Registry = Mutex<HashMap<(String, SocketAddr), Arc<BackendState>>>;
-
-fn registry() -> &'static Registry {
-    static R: OnceLock<Registry> = OnceLock::new();
-    R.get_or_init(Default::default)
-}
-
-/// The state of `provider`'s backend `addr`, created on first use. Not on the
-/// request path: upstreams fetch their states when their backends change.
-pub fn state_for(provider: &str, addr: SocketAddr) -> Arc<BackendState> {
-    let mut map = registry().lock().unwrap_or_else(|p| p.into_inner());
-    map.entry((provider.to_string(), addr)).or_default().clone()
 }
 
 #[cfg(test)]

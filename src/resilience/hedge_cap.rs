@@ -4,9 +4,9 @@
 //! hedges fire, however many run at once. Buckets live in a store keyed by
 //! alias (they survive reloads), looked up when the runtime is built.
 
-use std::collections::HashMap;
+use crate::base::keyed::Keyed;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 /// Fixed-point unit of one hedge.
 const ONE: u64 = 1_000_000;
@@ -46,17 +46,9 @@ fn units(x: f64) -> u64 {
     (x.clamp(0.0, 1e6) * ONE as f64) as u64
 }
 
-/// The bucket of `alias` (created full on first use).
-pub fn for_alias(alias: &str, burst: f64) -> Arc<HedgeCap> {
-    static STORE: OnceLock<Mutex<HashMap<String, Arc<HedgeCap>>>> = OnceLock::new();
-    let store = STORE.get_or_init(Default::default);
-    let mut map = match store.lock() {
-        Ok(m) => m,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    map.entry(alias.to_string())
-        .or_insert_with(|| Arc::new(HedgeCap::new(burst)))
-        .clone()
+/// The bucket of `alias` in `store` (created full on first use).
+pub fn for_alias(store: &Keyed<String, HedgeCap>, alias: &str, burst: f64) -> Arc<HedgeCap> {
+    store.get_or_insert_with(alias.to_string(), || HedgeCap::new(burst))
 }
 
 #[cfg(test)]

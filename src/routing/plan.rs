@@ -3,7 +3,8 @@
 //! Built with the `Runtime`, read without locks.
 
 use super::metrics::RouteMetrics;
-use super::stats::{stats_for, RouteStats};
+use super::stats::RouteStats;
+use crate::base::keyed::Keyed;
 use crate::config::routing::{route_name, Strategy};
 use crate::config::{Key, Model, Price, Team};
 use std::sync::Arc;
@@ -55,7 +56,7 @@ pub struct Plan {
 
 impl Plan {
     /// Compiles `m`'s routing. Route indices follow `m.routes`.
-    pub fn build(alias: &str, m: &Model) -> Plan {
+    pub fn build(stats: &Keyed<(String, String), RouteStats>, alias: &str, m: &Model) -> Plan {
         let routes: Vec<RouteMeta> = m
             .routes
             .iter()
@@ -75,7 +76,7 @@ impl Plan {
                     weight: r.weight.unwrap_or(1.0).max(0.0),
                     max_concurrency: r.max_concurrency,
                     price: r.price,
-                    stats: stats_for(alias, &name),
+                    stats: stats.get_or_default((alias.to_string(), name.clone())),
                     metrics: RouteMetrics::bind(alias, &name),
                     name: Arc::from(name.as_str()),
                 }

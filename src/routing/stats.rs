@@ -7,9 +7,7 @@
 //! is only locked at build time, so the numbers survive reloads and no lock
 //! is taken on the request path.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Weight of a new sample in the moving averages.
@@ -175,22 +173,6 @@ impl RouteStats {
     }
 }
 
-type Registry = Mutex<HashMap<(String, String), Arc<RouteStats>>>;
-
-fn registry() -> &'static Registry {
-    static R: OnceLock<Registry> = OnceLock::new();
-    R.get_or_init(Default::default)
-}
-
-/// The statistics of route `route` of alias `alias`, created on first use.
-/// Called when a `Runtime` is built, never per request.
-pub fn stats_for(alias: &str, route: &str) -> Arc<RouteStats> {
-    let mut map = registry().lock().unwrap_or_else(|p| p.into_inner());
-    map.entry((alias.to_string(), route.to_string()))
-        .or_default()
-        .clone()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,13 +215,15 @@ mod tests {
 
     #[test]
     fn in_flight_never_underflows_and_registry_survives() {
-        let a = stats_for("alias-x", "route-y");
+        let store: crate::base::keyed::Keyed<(String, String), RouteStats> = Default::default();
+        let key = || ("alias-x".to_string(), "route-y".to_string());
+        let a = store.get_or_default(key());
         a.enter();
         a.leave();
         a.leave();
         assert_eq!(a.in_flight(), 0);
         a.enter();
-        let b = stats_for("alias-x", "route-y");
+        let b = store.get_or_default(key());
         assert_eq!(b.in_flight(), 1, "same names, same numbers");
         b.leave();
     }

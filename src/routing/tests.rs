@@ -9,7 +9,7 @@ fn plan(alias: &str, yaml: &str) -> Plan {
         Ok(m) => m,
         Err(e) => panic!("bad test model: {e}"),
     };
-    Plan::build(alias, &m)
+    Plan::build(&Default::default(), alias, &m)
 }
 
 fn decide_for(

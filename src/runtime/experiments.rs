@@ -45,7 +45,11 @@ impl Plans {
 /// Compiles the `shadow` and `hedge` settings of every alias, validated
 /// by `config::validate` (a shadow route whose provider is missing is
 /// left out).
-pub fn build(cfg: &Config, providers: &HashMap<String, Arc<ProviderRt>>) -> Plans {
+pub fn build(
+    cfg: &Config,
+    providers: &HashMap<String, Arc<ProviderRt>>,
+    durable: &super::durable::Durable,
+) -> Plans {
     let mut plans = Plans {
         shadow_max_concurrency: cfg.shadow.max_concurrency,
         ..Plans::default()
@@ -72,7 +76,7 @@ pub fn build(cfg: &Config, providers: &HashMap<String, Arc<ProviderRt>>) -> Plan
             p.hedge = Some(HedgePlan {
                 after: h.after,
                 max_share: h.max_share,
-                cap: hedge_cap::for_alias(alias, HEDGE_BURST),
+                cap: hedge_cap::for_alias(&durable.hedge_caps, alias, HEDGE_BURST),
             });
         }
         if p.shadow.is_some() || p.hedge.is_some() {

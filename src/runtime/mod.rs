@@ -2,6 +2,7 @@
 //! pure: it reads the config and returns values (the holder that reload
 //! swaps is `live::Shared`, above this layer).
 
+pub mod durable;
 pub mod experiments;
 
 use crate::auth::{self, KeyIndex};
@@ -100,6 +101,8 @@ impl ModelRt {
 /// Everything the request path reads.
 pub struct Runtime {
     pub config: Arc<Config>,
+    /// The state that outlives reloads; the next runtime is built with it.
+    pub durable: Arc<durable::Durable>,
     pub keys: KeyIndex,
     pub key_info: Vec<Arc<KeyRt>>,
     pub models: HashMap<String, ModelRt>,
@@ -120,7 +123,6 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Compiles a validated config. Does no network I/O.
     /// Every rule of the config: keys' and teams', aliases', and the
     /// shadow budget's.
     pub fn rules(&self) -> Vec<&Rule> {
@@ -132,7 +134,9 @@ impl Runtime {
             .collect()
     }
 
-    pub fn build(cfg: Config) -> Result<Self, ConfigError> {
+    /// Compiles a validated config, with the state that outlives reloads
+    /// from `durable`. Does no network I/O.
+    pub fn build(cfg: Config, durable: &Arc<durable::Durable>) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
         let mut providers: HashMap<String, Arc<ProviderRt>> = HashMap::new();
         let mut upstreams = BTreeMap::new();
@@ -142,17 +146,19 @@ impl Runtime {
                 ProviderKind::Openai
                 | ProviderKind::Anthropic
                 | ProviderKind::Azure
-                | ProviderKind::Gemini => match Upstream::build(name, p) {
-                    Ok(u) => {
-                        let u = Arc::new(u);
-                        upstreams.insert(name.clone(), u.clone());
-                        ProviderRt::Http(u)
+                | ProviderKind::Gemini => {
+                    match Upstream::build(name, p, durable.breakers.clone()) {
+                        Ok(u) => {
+                            let u = Arc::new(u);
+                            upstreams.insert(name.clone(), u.clone());
+                            ProviderRt::Http(u)
+                        }
+                        Err(e) => {
+                            problems.push(format!("providers.{name}: {e}"));
+                            continue;
+                        }
                     }
-                    Err(e) => {
-                        problems.push(format!("providers.{name}: {e}"));
-                        continue;
-                    }
-                },
+                }
             };
             providers.insert(name.clone(), Arc::new(rt));
         }
@@ -177,6 +183,7 @@ impl Runtime {
                     prices: m.routes.iter().filter_map(|r| r.price).collect(),
                     reserve_output_tokens: m.reserve_output_tokens,
                     ratios: crate::governance::ratio::Ratios::build(
+                        &durable.ratios,
                         alias,
                         m.routes
                             .iter()
@@ -185,7 +192,7 @@ impl Runtime {
                             .iter()
                             .map(String::as_str),
                     ),
-                    routing: crate::routing::Plan::build(alias, m),
+                    routing: crate::routing::Plan::build(&durable.routes, alias, m),
                 },
             );
         }
@@ -222,11 +229,12 @@ impl Runtime {
             },
             None => None,
         };
-        let experiments = experiments::build(&cfg, &providers);
+        let experiments = experiments::build(&cfg, &providers, durable);
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
         Ok(Self {
+            durable: durable.clone(),
             tls_cert,
             experiments,
             max_body_bytes: cfg.max_body_bytes,

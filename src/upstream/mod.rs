@@ -43,6 +43,8 @@ pub struct Upstream {
     pub breaker: BreakerPolicy,
     /// Passive-health state of each current backend (shared across reloads).
     states: ArcSwap<HashMap<SocketAddr, Arc<BackendState>>>,
+    /// Where the states live across reloads (`runtime::Durable`).
+    breakers: Arc<crate::base::keyed::Keyed<(String, SocketAddr), BackendState>>,
     pub ca: Option<crate::ca_file::CaList>,
     /// Pool key of the trust settings: connections verified against one CA
     /// are never reused by a provider that trusts another (Pingora's pool
@@ -59,7 +61,11 @@ pub struct Upstream {
 impl Upstream {
     /// Builds the balancer and prepared values. No network I/O happens here:
     /// call [`Upstream::refresh`] to resolve and check before first use.
-    pub fn build(name: &str, p: &Provider) -> Result<Self, String> {
+    pub fn build(
+        name: &str,
+        p: &Provider,
+        breakers: Arc<crate::base::keyed::Keyed<(String, SocketAddr), BackendState>>,
+    ) -> Result<Self, String> {
         let url = p
             .base_url
             .as_deref()
@@ -142,6 +148,7 @@ impl Upstream {
             retry,
             breaker: p.breaker.clone(),
             states: ArcSwap::from_pointee(HashMap::new()),
+            breakers,
             ca,
             trust_key,
             health: p.health_check.clone(),
@@ -167,7 +174,7 @@ impl Upstream {
             let map = current
                 .iter()
                 .filter_map(|b| b.addr.as_inet().copied())
-                .map(|a| (a, breaker::state_for(&self.name, a)))
+                .map(|a| (a, self.breakers.get_or_default((self.name.clone(), a))))
                 .collect();
             self.states.store(Arc::new(map));
         }
