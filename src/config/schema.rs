@@ -820,3 +820,15 @@ pub struct Key {
     #[serde(default)]
     pub regions: Option<Vec<String>>,
 }
+
+impl Key {
+    /// The SHA-256 digest that identifies the key: of `key`, or `key_sha256`
+    /// decoded. `None` when neither is usable (validation reports why).
+    pub fn digest(&self) -> Option<[u8; 32]> {
+        match (&self.key, &self.key_sha256) {
+            (Some(secret), _) => Some(crate::auth::digest(secret.as_bytes())),
+            (None, Some(hexed)) => crate::auth::parse_hex_digest(hexed),
+            (None, None) => None,
+        }
+    }
+}

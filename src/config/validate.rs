@@ -767,13 +767,7 @@ fn check_route_dialect(field: &str, r: &Route, p: Option<&Provider>, v: &mut Pro
 /// `key` or as `key_sha256`.
 fn gateway_key_equal_to(cfg: &Config, admin_key: &str) -> Option<usize> {
     let digest = crate::auth::digest(admin_key.as_bytes());
-    cfg.keys.iter().position(|g| {
-        g.key.as_deref() == Some(admin_key)
-            || g.key_sha256
-                .as_deref()
-                .and_then(crate::auth::parse_hex_digest)
-                == Some(digest)
-    })
+    cfg.keys.iter().position(|g| g.digest() == Some(digest))
 }
 
 fn check_keys(cfg: &Config, v: &mut Problems) {

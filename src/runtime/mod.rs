@@ -199,20 +199,10 @@ impl Runtime {
         let mut digests = Vec::new();
         let mut key_info = Vec::new();
         let all_models = KeyRt::all_models_body(&cfg.models);
-        for (i, k) in cfg.keys.iter().enumerate() {
-            let d = match (&k.key, &k.key_sha256) {
-                (Some(s), _) => auth::digest(s.as_bytes()),
-                (None, Some(h)) => match auth::parse_hex_digest(h) {
-                    Some(d) => d,
-                    None => {
-                        problems.push(format!("keys[{i}].key_sha256: not 64 hex characters"));
-                        continue;
-                    }
-                },
-                (None, None) => {
-                    problems.push(format!("keys[{i}]: no key"));
-                    continue;
-                }
+        for k in &cfg.keys {
+            // Validated (`config::validate`): every key has its digest.
+            let Some(d) = k.digest() else {
+                continue;
             };
             digests.push(d);
             let team = k.team.as_ref().and_then(|t| cfg.teams.get_key_value(t));
