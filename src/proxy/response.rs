@@ -60,27 +60,37 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()
             resp.insert_header(name.clone(), route.route_label.clone())?;
         }
     }
-    if crate::proxy::translated::on_header(resp, ctx)? {
-        return crate::proxy::messages::on_header(resp, ctx);
+    // The response pipeline, decided once: the provider's dialect (a
+    // translated route's mode), then the meter, then the front's (Messages).
+    crate::proxy::translated::on_header(resp, ctx)?;
+    ctx.meter = meter_for(resp, ctx);
+    if matches!(ctx.meter, Meter::Stream(_)) && ctx.attempt.as_ref().is_some_and(|a| a.injected) {
+        // Bytes will be cut: the upstream's length would no longer hold.
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+    }
+    crate::proxy::messages::on_header(resp, ctx)
+}
+
+/// How the body of an accepted response is metered: the one place the
+/// meter is chosen. Called once the provider's translation has fixed the
+/// status and content type the client sees.
+fn meter_for(resp: &ResponseHeader, ctx: &Ctx) -> Meter {
+    if !resp.status.is_success() {
+        // Errors carry no usage (a mapped provider error included).
+        return Meter::None;
+    }
+    if !crate::sse::is_event_stream(resp) {
+        return Meter::Body(BodyMeter::default());
+    }
+    if ctx.front.is_some() && crate::proxy::messages::passthrough::current(ctx) {
+        // Anthropic's own events, passed through to a Messages client.
+        return Meter::Stream(Box::new(StreamMeter::anthropic()));
     }
     let ep = ctx
         .endpoint
         .unwrap_or(crate::base::endpoint::Endpoint::ChatCompletions);
-    ctx.meter = if !resp.status.is_success() {
-        Meter::None
-    } else if crate::sse::is_event_stream(resp) {
-        if ctx.attempt.as_ref().is_some_and(|a| a.injected) {
-            // Bytes will be cut: the upstream's length would no longer hold.
-            resp.remove_header(&http::header::CONTENT_LENGTH);
-        }
-        Meter::Stream(Box::new(StreamMeter::new(
-            ep,
-            ctx.attempt.as_ref().is_some_and(|a| a.injected),
-        )))
-    } else {
-        Meter::Body(BodyMeter::default())
-    };
-    crate::proxy::messages::on_header(resp, ctx)
+    let injected = ctx.attempt.as_ref().is_some_and(|a| a.injected);
+    Meter::Stream(Box::new(StreamMeter::new(ep, injected)))
 }
 
 /// Runs for each body chunk going to the client. An error aborts the

@@ -11,11 +11,11 @@
 //!   event, a whole body once buffered (bounded), and a provider error into
 //!   our OpenAI-format error.
 
-use crate::accounting::meter::{BodyMeter, StreamMeter, MAX_EVENT_BYTES};
+use crate::accounting::meter::MAX_EVENT_BYTES;
 use crate::base::endpoint::Endpoint;
 use crate::base::error::GatewayError;
 use crate::config::ProviderKind;
-use crate::proxy::ctx::{Ctx, Meter};
+use crate::proxy::ctx::Ctx;
 use crate::proxy::gemini as gem;
 use crate::runtime::RouteRt;
 use crate::translate::pipe::Pipe;
@@ -144,12 +144,13 @@ pub fn patch_request(upstream: &mut RequestHeader, ctx: &Ctx) {
     }
 }
 
-/// Picks how an accepted response is translated, after the verdict. Returns
-/// `true` when it chose the meter (the caller then leaves it alone).
-pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<bool> {
+/// Picks how an accepted response is translated, after the verdict: the
+/// status and content type the client sees (the meter follows from them,
+/// in `response::on_header`).
+pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
     ctx.tr.mode = Mode::Off;
     if crate::proxy::messages::passthrough::current(ctx) {
-        return Ok(false);
+        return Ok(());
     }
     let Some((kind, maps_errors, translates, model)) = ctx.current_route().map(|r| {
         (
@@ -159,10 +160,10 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<bo
             r.model.clone(),
         )
     }) else {
-        return Ok(false);
+        return Ok(());
     };
     if !maps_errors {
-        return Ok(false);
+        return Ok(());
     }
     let status = resp.status.as_u16();
     if !resp.status.is_success() {
@@ -176,11 +177,10 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<bo
             status,
             buf: BytesMut::new(),
         };
-        ctx.meter = Meter::None;
-        return Ok(true);
+        return Ok(());
     }
     if !translates {
-        return Ok(false);
+        return Ok(());
     }
     let ep = ctx.endpoint.unwrap_or(Endpoint::ChatCompletions);
     let is_sse = crate::sse::is_event_stream(resp);
@@ -201,7 +201,6 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<bo
             _ => Box::new(anthropic::ChatStream::new(&opts)),
         };
         ctx.tr.mode = Mode::Stream(Box::new(Pipe::new(t, MAX_EVENT_BYTES)));
-        ctx.meter = Meter::Stream(Box::new(StreamMeter::new(ep, false)));
     } else {
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         let what = match kind {
@@ -216,9 +215,8 @@ pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<bo
         // leave out usage (then estimated from it), and a body that never
         // translates (too big, unreadable, cut short) leaves the meter
         // without a readable body, which is charged as unread.
-        ctx.meter = Meter::Body(BodyMeter::default());
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Translates one response chunk in place. An error aborts the response.

@@ -14,11 +14,11 @@
 
 pub mod passthrough;
 
-use crate::accounting::meter::{StreamMeter, MAX_EVENT_BYTES};
+use crate::accounting::meter::MAX_EVENT_BYTES;
 use crate::base::endpoint::Endpoint;
 use crate::base::error::GatewayError;
 use crate::providers::mock;
-use crate::proxy::ctx::{Ctx, Meter};
+use crate::proxy::ctx::Ctx;
 use crate::rewrite::{self, Parsed};
 use crate::runtime::ModelRt;
 use crate::translate::messages::{self as tr, MessagesStream};
@@ -138,10 +138,6 @@ fn response_opts<'a>(front: &'a Front, request_id: &'a str) -> ResponseOpts<'a> 
 /// the upstream's).
 pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
     let pass = passthrough::current(ctx);
-    if pass && ctx.front.is_some() && matches!(ctx.meter, Meter::Stream(_)) {
-        // Anthropic's own events: the meter reads their text and end.
-        ctx.meter = Meter::Stream(Box::new(StreamMeter::anthropic()));
-    }
     let Some(front) = ctx.front.as_mut() else {
         return Ok(());
     };
