@@ -7,14 +7,41 @@ use crate::telemetry::metrics;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
+
+/// The `state_file` saved when the process exits.
+static ON_EXIT: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+/// Saves the budgets to `state_file` and flushes the access log whenever
+/// the process exits through `exit` (the drain below, Pingora's fast stop
+/// on SIGINT, a start-up error after the server was built), so no exit
+/// loses the spend since the last `state_interval` tick or the lines still
+/// queued. Registered once, at start.
+pub fn save_on_exit(state_file: Option<PathBuf>) {
+    if ON_EXIT.set(state_file).is_ok() {
+        // SAFETY: `atexit` only records a function pointer; `at_exit` is
+        // `extern "C"` and never unwinds.
+        unsafe {
+            libc::atexit(at_exit);
+        }
+    }
+}
+
+extern "C" fn at_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(Some(path)) = ON_EXIT.get() {
+            crate::governance::snapshot::save_now(path);
+        }
+        crate::telemetry::access_log::flush();
+    });
+}
 
 /// Watches for SIGTERM and exits once drained.
 pub struct DrainOnTerm {
     /// Let the accept loops close before counting in-flight requests.
     pub settle: Duration,
-    /// Budgets are saved here once drained, before the exit.
-    pub state_file: Option<std::path::PathBuf>,
 }
 
 #[async_trait]
@@ -36,10 +63,8 @@ impl BackgroundService for DrainOnTerm {
             let in_flight = metrics::get().map_or(0, |m| m.in_flight.get());
             if in_flight <= 0 && crate::proxy::header_guard::busy_connections() == 0 {
                 log::info!("drained; exiting");
-                if let Some(path) = &self.state_file {
-                    crate::governance::snapshot::save_now(path);
-                }
-                crate::telemetry::access_log::flush();
+                // The budgets and the access log are saved on the way out
+                // (`save_on_exit`).
                 std::process::exit(0);
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -144,9 +144,9 @@ pub fn run(cli: &Cli, cfg: Config, rt: Runtime) -> Result<(), String> {
         "drain",
         crate::lifecycle::DrainOnTerm {
             settle: std::time::Duration::from_millis(200),
-            state_file,
         },
     ));
+    crate::lifecycle::save_on_exit(state_file);
     match (&cfg.tls, &cfg.plain_listen) {
         (Some(t), _) => log::info!(
             "tollgate listening on {} (TLS {}+{})",

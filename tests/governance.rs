@@ -612,6 +612,48 @@ async fn spend_survives_a_graceful_restart_and_still_rejects() {
     assert_eq!(row["current"]["tokens"], 2 * r, "{u}");
 }
 
+/// SIGINT stops at once (streams in flight are cut), but the spend since
+/// the last `state_interval` tick is still saved on the way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_survives_a_fast_stop_on_sigint() {
+    let r = reservation();
+    let state = tempfile::tempdir().unwrap();
+    let state_file = state.path().join("budgets.json");
+    let mock = MockUpstream::start(slow_usage(
+        prompt_estimate(),
+        MAX_TOKENS,
+        Duration::from_millis(1),
+    ))
+    .await;
+    let alice = format!(
+        ", budgets: [ {{ usd: {}, window: month }} ]",
+        2.0 * r as f64 * 1e-3
+    );
+    // The interval's first save is at start, the next in an hour: only
+    // the exit can save the two requests.
+    let extra = format!(
+        "state_file: \"{}\"\nstate_interval: 1h\n",
+        state_file.display()
+    );
+    let yaml = config(mock.port(), &alice, "", &extra);
+    let mut gw = Gateway::start(&yaml).await;
+    for _ in 0..2 {
+        assert_eq!(post(&gw, KEY_A, &body(false)).await.status().as_u16(), 200);
+    }
+    assert_eq!(outstanding_after_settling(&gw).await, 0.0);
+    gw.sigint();
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("stopped");
+    assert!(status.success(), "{status:?}");
+    drop(gw);
+    let gw = Gateway::start(&yaml).await;
+    let resp = post(&gw, KEY_A, &body(false)).await;
+    assert_eq!(resp.status().as_u16(), 429, "the spend was lost at SIGINT");
+    assert_eq!(error_code(resp).await, "insufficient_quota");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_survive_a_reload_for_keys_that_still_exist() {
     let mock = MockUpstream::start(Behavior::ChatEcho).await;
