@@ -146,9 +146,7 @@ impl MemoryStore {
                 Metric::Requests => requests.push((rule.id.clone(), current)),
                 Metric::Concurrency => slots.push(rule.id.clone()),
                 Metric::Tokens | Metric::Usd => {
-                    if let Some(g) = &rule.gauge {
-                        g.set(rule.natural(rule.limit.saturating_sub(used)));
-                    }
+                    rule.show_remaining(used);
                     held.push(Held {
                         rule: (*rule).clone(),
                         bucket: current,
@@ -339,9 +337,9 @@ impl MemoryReservation {
                 // excess now.
                 c.add(span.bucket(now), delta);
             }
-            if let Some(g) = &h.rule.gauge {
+            if h.rule.gauge.is_some() {
                 c.expire(span, span.bucket(now));
-                g.set(h.rule.natural(h.rule.limit.saturating_sub(c.sum())));
+                h.rule.show_remaining(c.sum());
             }
         }
         for id in &self.slots {

@@ -193,9 +193,7 @@ pub async fn export_remaining(rules: &[&Rule]) {
     match used(&budgets).await {
         Ok(used) => {
             for (r, u) in budgets.iter().zip(used) {
-                if let Some(g) = &r.gauge {
-                    g.set(r.natural(r.limit.saturating_sub(u)));
-                }
+                r.show_remaining(u);
             }
         }
         Err(e) => log::warn!("reading the limits store for tollgate_budget_remaining failed: {e}"),
@@ -209,10 +207,8 @@ pub fn export_remaining_local(rules: &[Rule]) {
     if is_shared() {
         return;
     }
-    for r in rules {
-        if let Some(g) = &r.gauge {
-            g.set(r.natural(r.limit.saturating_sub(memory::global().used(&r.id))));
-        }
+    for r in rules.iter().filter(|r| r.gauge.is_some()) {
+        r.show_remaining(memory::global().used(&r.id));
     }
 }
 

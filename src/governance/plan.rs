@@ -92,6 +92,14 @@ impl Rule {
             && matches!(self.id.metric, Metric::Requests | Metric::Concurrency)
     }
 
+    /// Shows `limit − used` on the rule's `tollgate_budget_remaining`
+    /// gauge, when it has one (budgets only).
+    pub fn show_remaining(&self, used: i64) {
+        if let Some(g) = &self.gauge {
+            g.set(self.natural(self.limit.saturating_sub(used)));
+        }
+    }
+
     /// A limit in the rule's natural unit, for people (USD as dollars).
     pub fn natural(&self, amount: i64) -> f64 {
         match self.id.metric {

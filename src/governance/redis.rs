@@ -473,9 +473,7 @@ impl RedisStore {
             if !commit {
                 continue;
             }
-            if let Some(g) = &rule.gauge {
-                g.set(rule.natural(rule.limit.saturating_sub(*after)));
-            }
+            rule.show_remaining(*after);
             if rule.id.metric == Metric::Concurrency {
                 leases.push(key.clone());
             }
@@ -616,7 +614,7 @@ struct Settle {
     store: &'static RedisStore,
     id: String,
     inv: redis::ScriptInvocation<'static>,
-    gauges: Vec<Option<(prometheus::Gauge, Rule)>>,
+    gauges: Vec<Option<Rule>>,
     counted: bool,
 }
 
@@ -636,9 +634,9 @@ impl Settle {
         };
         match result {
             Ok(used) => {
-                for (g, u) in gauges.iter().zip(used) {
-                    if let Some((g, rule)) = g {
-                        g.set(rule.natural(rule.limit.saturating_sub(u)));
+                for (rule, u) in gauges.iter().zip(used) {
+                    if let Some(rule) = rule {
+                        rule.show_remaining(u);
                     }
                 }
             }
@@ -730,7 +728,7 @@ impl RedisReservation {
         for (h, delta) in sends {
             inv.key(&h.key);
             inv.arg(h.kind).arg(h.bucket).arg(delta).arg(h.param);
-            gauges.push(h.rule.gauge.clone().map(|g| (g, h.rule.clone())));
+            gauges.push(h.rule.gauge.is_some().then(|| h.rule.clone()));
         }
         Some(Settle {
             store,
