@@ -175,8 +175,8 @@ impl From<crate::upstream::client::Failure> for Failure {
 /// One attempt, as the access log shows it.
 #[derive(Clone)]
 pub struct AttemptLog {
-    pub provider: Option<UpstreamRef>,
-    pub backend: Option<SocketAddr>,
+    pub provider: UpstreamRef,
+    pub backend: SocketAddr,
     pub outcome: &'static str,
 }
 
@@ -389,7 +389,7 @@ impl Attempts {
                 s.cool_for(secs.saturating_mul(1000), now, rate_limit);
             }
         }
-        if let (Some(status @ (401 | 403)), "auth_error") = (f.status, f.outcome) {
+        if let Some(status @ (401 | 403)) = f.status {
             log::error!(
                 "provider {} refused the gateway's key (HTTP {status}); check providers.{}.api_key",
                 a.up.name,
@@ -421,8 +421,8 @@ impl Attempts {
                 .inc();
         }
         self.log.push(AttemptLog {
-            provider: Some(a.up.clone()),
-            backend: Some(a.addr),
+            provider: a.up.clone(),
+            backend: a.addr,
             outcome,
         });
     }

@@ -267,16 +267,7 @@ fn attempt_log(ctx: &Ctx) -> Option<Vec<String>> {
     let log = ctx.attempts.log();
     (log.len() > 1).then(|| {
         log.iter()
-            .map(|a| {
-                let p = a
-                    .provider
-                    .as_ref()
-                    .map_or(metrics::NONE, |u| u.name.as_str());
-                match a.backend {
-                    Some(b) => format!("{p}@{b}:{}", a.outcome),
-                    None => format!("{p}:{}", a.outcome),
-                }
-            })
+            .map(|a| format!("{}@{}:{}", a.provider.name, a.backend, a.outcome))
             .collect()
     })
 }
