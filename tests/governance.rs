@@ -554,21 +554,8 @@ async fn spend_survives_a_graceful_restart_and_still_rejects() {
     let r = reservation();
     let state = tempfile::tempdir().unwrap();
     let state_file = state.path().join("budgets.json");
-    let mock = MockUpstream::start(slow_usage(
-        prompt_estimate(),
-        MAX_TOKENS,
-        Duration::from_millis(1),
-    ))
-    .await;
-    let alice = format!(
-        ", budgets: [ {{ usd: {}, window: month }} ]",
-        2.0 * r as f64 * 1e-3
-    );
-    let extra = format!(
-        "state_file: \"{}\"\nstate_interval: 10s\n",
-        state_file.display()
-    );
-    let yaml = with_admin(&config(mock.port(), &alice, "", &extra), "{ADMIN}");
+    let (_mock, yaml) = two_request_budget(&state_file, "10s").await;
+    let yaml = with_admin(&yaml, "{ADMIN}");
     let mut gw = Gateway::start(&yaml).await;
     for _ in 0..2 {
         assert_eq!(post(&gw, KEY_A, &body(false)).await.status().as_u16(), 200);
@@ -612,13 +599,13 @@ async fn spend_survives_a_graceful_restart_and_still_rejects() {
     assert_eq!(row["current"]["tokens"], 2 * r, "{u}");
 }
 
-/// SIGINT stops at once (streams in flight are cut), but the spend since
-/// the last `state_interval` tick is still saved on the way out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spend_survives_a_fast_stop_on_sigint() {
-    let r = reservation();
-    let state = tempfile::tempdir().unwrap();
-    let state_file = state.path().join("budgets.json");
+/// An upstream reporting exactly the reservation, and a config whose key
+/// alice has a monthly spend budget of two requests, saved to `state_file`
+/// every `interval`.
+async fn two_request_budget(
+    state_file: &std::path::Path,
+    interval: &str,
+) -> (MockUpstream, String) {
     let mock = MockUpstream::start(slow_usage(
         prompt_estimate(),
         MAX_TOKENS,
@@ -627,15 +614,25 @@ async fn spend_survives_a_fast_stop_on_sigint() {
     .await;
     let alice = format!(
         ", budgets: [ {{ usd: {}, window: month }} ]",
-        2.0 * r as f64 * 1e-3
+        2.0 * reservation() as f64 * 1e-3
     );
-    // The interval's first save is at start, the next in an hour: only
-    // the exit can save the two requests.
     let extra = format!(
-        "state_file: \"{}\"\nstate_interval: 1h\n",
+        "state_file: \"{}\"\nstate_interval: {interval}\n",
         state_file.display()
     );
     let yaml = config(mock.port(), &alice, "", &extra);
+    (mock, yaml)
+}
+
+/// SIGINT stops at once (streams in flight are cut), but the spend since
+/// the last `state_interval` tick is still saved on the way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_survives_a_fast_stop_on_sigint() {
+    let state = tempfile::tempdir().unwrap();
+    let state_file = state.path().join("budgets.json");
+    // The interval's first save is at start, the next in an hour: only
+    // the exit can save the two requests.
+    let (_mock, yaml) = two_request_budget(&state_file, "1h").await;
     let mut gw = Gateway::start(&yaml).await;
     for _ in 0..2 {
         assert_eq!(post(&gw, KEY_A, &body(false)).await.status().as_u16(), 200);
