@@ -4,12 +4,12 @@ use pingora::utils::tls::{parse_x509, WrappedX509};
 use std::sync::Arc;
 
 /// Certificates trusted for one provider, in the form Pingora's peer wants.
-pub type CaList = Arc<[WrappedX509]>;
+pub(crate) type CaList = Arc<[WrappedX509]>;
 
 /// Reads a PEM file of CA certificates, and gives them with a non-zero key
 /// that differs between different sets of certificates (to keep pooled
 /// connections apart by trust). Errors say what is wrong with the file.
-pub fn load_ca_file(path: &str) -> Result<(CaList, u64), String> {
+pub(crate) fn load_ca_file(path: &str) -> Result<(CaList, u64), String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
     let mut reader = pem.as_slice();
     let mut certs = Vec::new();

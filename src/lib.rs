@@ -1,30 +1,31 @@
 //! Tollgate: an OpenAI-compatible LLM API gateway on Pingora.
+#![warn(unreachable_pub)]
 
 pub mod accounting;
 pub mod admin;
 pub mod auth;
 pub mod base;
-pub mod ca_file;
+pub(crate) mod ca_file;
 pub mod cli;
 pub mod config;
-pub mod engine;
+pub(crate) mod engine;
 pub mod eventstream;
 pub mod governance;
 pub mod json_scan;
-pub mod keys;
+pub(crate) mod keys;
 pub mod keystore;
-pub mod lifecycle;
-pub mod live;
+pub(crate) mod lifecycle;
+pub(crate) mod live;
 pub mod providers;
-pub mod proxy;
-pub mod reload;
-pub mod resilience;
+pub(crate) mod proxy;
+pub(crate) mod reload;
+pub(crate) mod resilience;
 pub mod rewrite;
 pub mod routing;
 pub mod runtime;
 pub mod server;
 pub mod sse;
 pub mod telemetry;
-pub mod tls;
+pub(crate) mod tls;
 pub mod translate;
-pub mod upstream;
+pub(crate) mod upstream;

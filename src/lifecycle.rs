@@ -19,7 +19,7 @@ static ON_EXIT: OnceLock<Option<PathBuf>> = OnceLock::new();
 /// on SIGINT, a start-up error after the server was built), so no exit
 /// loses the spend since the last `state_interval` tick or the lines still
 /// queued. Registered once, at start.
-pub fn save_on_exit(state_file: Option<PathBuf>) {
+pub(crate) fn save_on_exit(state_file: Option<PathBuf>) {
     if ON_EXIT.set(state_file).is_ok() {
         // SAFETY: `atexit` only records a function pointer; `at_exit` is
         // `extern "C"` and never unwinds.
@@ -39,9 +39,9 @@ extern "C" fn at_exit() {
 }
 
 /// Watches for SIGTERM and exits once drained.
-pub struct DrainOnTerm {
+pub(crate) struct DrainOnTerm {
     /// Let the accept loops close before counting in-flight requests.
-    pub settle: Duration,
+    pub(crate) settle: Duration,
 }
 
 #[async_trait]

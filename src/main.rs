@@ -90,14 +90,8 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
-    let estimates = rt
-        .key_info
-        .iter()
-        .map(|k| &k.rules)
-        .chain(rt.models.values().map(|m| &m.rules))
-        .any(|r| tollgate::governance::plan::needs_estimate(r))
-        // Runtime keys may gain token or spend limits at any time.
-        || cfg.key_store.is_some();
+    // Runtime keys may gain token or spend limits at any time.
+    let estimates = rt.estimates() || cfg.key_store.is_some();
     if estimates {
         // Token and spend limits estimate every prompt: load the tokenizers
         // before taking traffic.

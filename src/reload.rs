@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 /// The SIGHUP background service.
 pub struct Reloader {
-    pub shared: Arc<Shared>,
-    pub path: PathBuf,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) path: PathBuf,
 }
 
 impl Reloader {

@@ -299,7 +299,11 @@ fn every_module_declared_in_lib_has_a_layer() {
         .expect("src/lib.rs");
     let declared: Vec<&str> = lib
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("pub mod "))
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("pub mod ")
+                .or_else(|| l.strip_prefix("pub(crate) mod "))
+        })
         .map(|m| m.trim_end_matches(';'))
         .collect();
     assert!(declared.len() > 20, "{declared:?}");

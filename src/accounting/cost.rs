@@ -8,7 +8,7 @@ use crate::config::Price;
 /// a price that is not (config validation forbids it) counts as 0, and a
 /// product too large for an `f64` is `f64::MAX` (the stores clamp it to
 /// their ceiling), so nothing billed is ever priced NaN or negative.
-pub fn cost_usd(u: &Usage, p: &Price) -> f64 {
+pub(crate) fn cost_usd(u: &Usage, p: &Price) -> f64 {
     let price = |x: f64| if x.is_finite() && x > 0.0 { x } else { 0.0 };
     let cached = u.cached.min(u.prompt);
     let fresh = u.prompt - cached;

@@ -27,17 +27,17 @@ use serde_json::Value;
 /// Most completion tokens charged for an answer nobody could count (the
 /// largest `reserve_output_tokens` a config may set): bounds what a client
 /// that sends a huge `max_tokens` and leaves can add to the counters.
-pub const MAX_RESERVED_COMPLETION: u64 = 10_000_000;
+pub(crate) const MAX_RESERVED_COMPLETION: u64 = 10_000_000;
 
 /// The accounting outcome of one request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settled {
-    pub usage: Usage,
-    pub source: UsageSource,
+    pub(crate) usage: Usage,
+    pub(crate) source: UsageSource,
     /// `None`: the route has no price.
-    pub cost_usd: Option<f64>,
+    pub(crate) cost_usd: Option<f64>,
     /// A stream that ended without its end marker.
-    pub partial: bool,
+    pub(crate) partial: bool,
 }
 
 impl Settled {
@@ -49,19 +49,19 @@ impl Settled {
 
 /// The request being settled, as far as estimates need it.
 #[derive(Debug, Clone, Copy)]
-pub struct Request<'a> {
-    pub ep: Endpoint,
+pub(crate) struct Request<'a> {
+    pub(crate) ep: Endpoint,
     /// The upstream model: it picks the tokenizer.
-    pub model: &'a str,
+    pub(crate) model: &'a str,
     /// The body the gateway admitted (the prompt is counted from it).
-    pub body: &'a [u8],
+    pub(crate) body: &'a [u8],
     /// Completion tokens assumed when the body sets no maximum (the alias's
     /// `reserve_output_tokens`, as the reservation assumed).
-    pub default_output: u64,
+    pub(crate) default_output: u64,
 }
 
 /// What the response showed.
-pub enum Observed<'a> {
+pub(crate) enum Observed<'a> {
     /// Usage known up front (local mock, or read by a translator).
     Known(Usage),
     /// Usage a translator had to estimate (the provider reported none).
@@ -85,7 +85,11 @@ pub enum Observed<'a> {
 
 /// Usage as reported, or estimated when it was not. `None` when nothing was
 /// served (an error before any output), which is never charged.
-pub fn settle(req: &Request<'_>, observed: Observed<'_>, price: Option<&Price>) -> Option<Settled> {
+pub(crate) fn settle(
+    req: &Request<'_>,
+    observed: Observed<'_>,
+    price: Option<&Price>,
+) -> Option<Settled> {
     let prompt = || estimate::prompt_tokens(req.model, req.ep, req.body);
     let (usage, source, partial) = match observed {
         Observed::Known(u) => (u, UsageSource::Reported, false),

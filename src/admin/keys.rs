@@ -16,24 +16,24 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// Largest admin request body.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Most items one list request returns (`limit`); the default is 100.
-pub const MAX_PAGE: usize = 1000;
+pub(crate) const MAX_PAGE: usize = 1000;
 
 /// A handler's answer.
-pub struct Reply {
-    pub status: u16,
-    pub body: Value,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
 }
 
 impl Reply {
-    pub fn ok(body: Value) -> Reply {
+    pub(crate) fn ok(body: Value) -> Reply {
         Reply { status: 200, body }
     }
 }
 
 /// An error in OpenAI's shape.
-pub fn err(status: u16, code: &str, message: &str, param: Option<&str>) -> Reply {
+pub(crate) fn err(status: u16, code: &str, message: &str, param: Option<&str>) -> Reply {
     let kind = match status {
         400 | 404 | 405 | 409 | 413 => "invalid_request_error",
         401 => "authentication_error",
@@ -103,7 +103,7 @@ fn read_only(what: &str, name: &str) -> Reply {
 
 /// Parses a JSON body into `T`, naming the field at fault. An empty body
 /// reads as `{}` where `empty_ok`.
-pub fn parse<T: DeserializeOwned>(body: &[u8], empty_ok: bool) -> Result<(T, Value), Reply> {
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8], empty_ok: bool) -> Result<(T, Value), Reply> {
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         if !empty_ok {
             return Err(err(
@@ -187,7 +187,7 @@ fn store_or_409() -> Result<&'static Arc<KeyStore>, Reply> {
 
 /// `GET /admin/keys?team=&after=&limit=`: config keys and store keys by
 /// name, a page at a time (store keys are read from the database).
-pub async fn list_keys(cfg: &Config, q: &str) -> Reply {
+pub(crate) async fn list_keys(cfg: &Config, q: &str) -> Reply {
     let limit = match page_limit(q) {
         Ok(n) => n,
         Err(r) => return r,
@@ -235,7 +235,7 @@ async fn stored_key(name: &str) -> Result<Option<KeyRec>, Reply> {
 }
 
 /// `GET /admin/keys/{name}`.
-pub async fn get_key(cfg: &Config, name: &str) -> Reply {
+pub(crate) async fn get_key(cfg: &Config, name: &str) -> Reply {
     if let Some(k) = cfg.keys.iter().find(|k| k.name == name) {
         return Reply::ok(model::config_key_json(k));
     }
@@ -257,7 +257,7 @@ pub async fn get_key(cfg: &Config, name: &str) -> Reply {
 
 /// `POST /admin/keys`: creates a key; the answer holds its secret, shown
 /// this once.
-pub async fn create_key(cfg: &Config, actor: &str, body: &[u8]) -> Reply {
+pub(crate) async fn create_key(cfg: &Config, actor: &str, body: &[u8]) -> Reply {
     let s = match store_or_409() {
         Ok(s) => s,
         Err(r) => return r,
@@ -355,7 +355,7 @@ pub async fn create_key(cfg: &Config, actor: &str, body: &[u8]) -> Reply {
 }
 
 /// `PATCH /admin/keys/{name}`.
-pub async fn update_key(cfg: &Config, actor: &str, name: &str, body: &[u8]) -> Reply {
+pub(crate) async fn update_key(cfg: &Config, actor: &str, name: &str, body: &[u8]) -> Reply {
     if cfg.keys.iter().any(|k| k.name == name) {
         return read_only("key", name);
     }
@@ -438,7 +438,7 @@ pub async fn update_key(cfg: &Config, actor: &str, name: &str, body: &[u8]) -> R
 
 /// `POST /admin/keys/{name}/rotate`: a new secret (shown once); the old
 /// ones keep working for `grace`.
-pub async fn rotate_key(cfg: &Config, actor: &str, name: &str, body: &[u8]) -> Reply {
+pub(crate) async fn rotate_key(cfg: &Config, actor: &str, name: &str, body: &[u8]) -> Reply {
     if cfg.keys.iter().any(|k| k.name == name) {
         return read_only("key", name);
     }
@@ -479,7 +479,7 @@ pub async fn rotate_key(cfg: &Config, actor: &str, name: &str, body: &[u8]) -> R
 }
 
 /// `POST /admin/keys/{name}/revoke`: refused from the next request on.
-pub async fn revoke_key(cfg: &Config, actor: &str, name: &str) -> Reply {
+pub(crate) async fn revoke_key(cfg: &Config, actor: &str, name: &str) -> Reply {
     if cfg.keys.iter().any(|k| k.name == name) {
         return read_only("key", name);
     }
@@ -501,7 +501,7 @@ pub async fn revoke_key(cfg: &Config, actor: &str, name: &str) -> Reply {
 /// `GET /admin/keys/{name}/usage?window=`: the key's usage (the ledger:
 /// this instance's count) and its limits with their current values (the
 /// limits store: every instance's count).
-pub async fn key_usage(rt: &crate::runtime::Runtime, name: &str, q: &str) -> Reply {
+pub(crate) async fn key_usage(rt: &crate::runtime::Runtime, name: &str, q: &str) -> Reply {
     let cfg = &rt.config;
     let window = query(q, "window").unwrap_or("day");
     let Some(index) = ledger::WINDOWS.iter().position(|(n, _)| *n == window) else {
@@ -583,7 +583,7 @@ pub async fn key_usage(rt: &crate::runtime::Runtime, name: &str, q: &str) -> Rep
 // Teams
 
 /// `GET /admin/teams?after=&limit=`.
-pub fn list_teams(cfg: &Config, q: &str) -> Reply {
+pub(crate) fn list_teams(cfg: &Config, q: &str) -> Reply {
     let limit = match page_limit(q) {
         Ok(n) => n,
         Err(r) => return r,
@@ -616,7 +616,7 @@ pub fn list_teams(cfg: &Config, q: &str) -> Reply {
 }
 
 /// `GET /admin/teams/{name}`.
-pub fn get_team(cfg: &Config, name: &str) -> Reply {
+pub(crate) fn get_team(cfg: &Config, name: &str) -> Reply {
     if let Some(t) = cfg.teams.get(name) {
         return Reply::ok(model::config_team_json(name, t));
     }
@@ -632,7 +632,7 @@ pub fn get_team(cfg: &Config, name: &str) -> Reply {
 }
 
 /// `POST /admin/teams`.
-pub async fn create_team(cfg: &Config, actor: &str, body: &[u8]) -> Reply {
+pub(crate) async fn create_team(cfg: &Config, actor: &str, body: &[u8]) -> Reply {
     let s = match store_or_409() {
         Ok(s) => s,
         Err(r) => return r,
@@ -694,7 +694,7 @@ pub async fn create_team(cfg: &Config, actor: &str, body: &[u8]) -> Reply {
 }
 
 /// `PATCH /admin/teams/{name}`.
-pub async fn update_team(cfg: &Config, actor: &str, name: &str, body: &[u8]) -> Reply {
+pub(crate) async fn update_team(cfg: &Config, actor: &str, name: &str, body: &[u8]) -> Reply {
     if cfg.teams.contains_key(name) {
         return read_only("team", name);
     }
@@ -748,7 +748,7 @@ pub async fn update_team(cfg: &Config, actor: &str, name: &str, body: &[u8]) -> 
 
 /// `DELETE /admin/teams/{name}`: refused (409) while a key that is not
 /// revoked names it.
-pub async fn delete_team(cfg: &Config, actor: &str, name: &str) -> Reply {
+pub(crate) async fn delete_team(cfg: &Config, actor: &str, name: &str) -> Reply {
     if cfg.teams.contains_key(name) {
         return read_only("team", name);
     }
@@ -771,7 +771,7 @@ pub async fn delete_team(cfg: &Config, actor: &str, name: &str) -> Reply {
 // Audit
 
 /// `GET /admin/audit?before=&limit=`: admin writes, newest first.
-pub async fn audit(q: &str) -> Reply {
+pub(crate) async fn audit(q: &str) -> Reply {
     let s = match store_or_409() {
         Ok(s) => s,
         Err(r) => return r,

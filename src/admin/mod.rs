@@ -4,8 +4,8 @@
 //! drives both the dispatch and the OpenAPI document.
 
 use crate::governance::{ledger, Level, Metric};
-pub mod keys;
-pub mod openapi;
+pub(crate) mod keys;
+pub(crate) mod openapi;
 
 use crate::live::Shared;
 use crate::reload::Reloader;
@@ -395,10 +395,7 @@ fn usage(rt: &crate::runtime::Runtime, query: &str) -> Response<Vec<u8>> {
 async fn limits(rt: &crate::runtime::Runtime) -> Response<Vec<u8>> {
     let mut seen = HashSet::new();
     let rules: Vec<_> = rt
-        .key_info
-        .iter()
-        .flat_map(|k| k.rules.iter())
-        .chain(rt.models.values().flat_map(|m| m.rules.iter()))
+        .client_rules()
         .filter(|r| seen.insert(r.id.clone()))
         .collect();
     let used = match crate::governance::used(&rules).await {

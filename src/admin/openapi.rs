@@ -122,7 +122,7 @@ fn error_response(what: &str) -> Value {
 }
 
 /// The document.
-pub fn document() -> Value {
+pub(crate) fn document() -> Value {
     let mut paths = Map::new();
     for r in ROUTES {
         let mut params: Vec<Value> = Vec::new();

@@ -6,4 +6,4 @@
 pub mod clock;
 pub mod endpoint;
 pub mod error;
-pub mod keyed;
+pub(crate) mod keyed;

@@ -32,7 +32,7 @@ impl fmt::Display for HumanDuration {
 }
 
 /// Parses `<number><unit>` with unit one of `ms`, `s`, `m`, `h`, `d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')

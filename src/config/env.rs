@@ -14,14 +14,14 @@ use std::fmt;
 
 /// One step of a field path, as `serde_path_to_error` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     Key(String),
     Index(usize),
 }
 
 /// A field path: `providers.up.api_key`, `keys[0].key`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct FieldPath(Vec<Step>);
+pub(crate) struct FieldPath(Vec<Step>);
 
 impl fmt::Display for FieldPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -42,7 +42,7 @@ impl fmt::Display for FieldPath {
 impl FieldPath {
     /// The same path as `serde_path_to_error` gives it; `None` when it has
     /// a step that cannot be followed in the document.
-    pub fn of(path: &serde_path_to_error::Path) -> Option<FieldPath> {
+    pub(crate) fn of(path: &serde_path_to_error::Path) -> Option<FieldPath> {
         use serde_path_to_error::Segment;
         path.iter()
             .map(|s| match s {
@@ -69,7 +69,7 @@ const MASK_MIN: usize = 8;
 
 /// What expansion did, for [`Expanded::retype`] and error messages.
 #[derive(Default)]
-pub struct Expanded {
+pub(crate) struct Expanded {
     wholes: Vec<Whole>,
     /// `(name, value)` of every variable used, values of [`MASK_MIN`] or
     /// more characters only.
@@ -88,7 +88,7 @@ impl fmt::Debug for Expanded {
 impl Expanded {
     /// `msg` with every variable's value written as `${NAME}` instead: a
     /// config error must not show a secret that came from the environment.
-    pub fn mask(&self, msg: &str) -> String {
+    pub(crate) fn mask(&self, msg: &str) -> String {
         let mut out = msg.to_string();
         for (name, value) in &self.values {
             if out.contains(value.as_str()) {
@@ -99,7 +99,7 @@ impl Expanded {
     }
 
     /// The variable whose value is the whole of the field at `path`.
-    pub fn variable_at(&self, path: &FieldPath) -> Option<&str> {
+    pub(crate) fn variable_at(&self, path: &FieldPath) -> Option<&str> {
         self.wholes
             .iter()
             .find(|w| &w.path == path)
@@ -110,7 +110,7 @@ impl Expanded {
 /// Replaces every `${NAME}` inside the string values of `doc` with the
 /// variable's value from `lookup`; `$${` writes a literal `${`. Errors name
 /// the field and the variable.
-pub fn expand(
+pub(crate) fn expand(
     doc: &mut Value,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Expanded, String> {

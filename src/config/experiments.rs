@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct Shadow {
     /// Where the copy goes (`provider`, `model`, optional `price`, `timeouts`).
-    pub route: Route,
+    pub(crate) route: Route,
     /// Share of admitted requests copied, 0 to 1.
-    pub sample: f64,
+    pub(crate) sample: f64,
 }
 
 /// `models.<alias>.hedge`: when the primary has produced no first byte
@@ -23,11 +23,11 @@ pub struct Shadow {
 #[serde(deny_unknown_fields)]
 pub struct Hedge {
     /// `p95` (the primary route's measured time to first byte) or a duration.
-    pub after: HedgeAfter,
+    pub(crate) after: HedgeAfter,
     /// Most hedges as a share of the alias's requests (plus a burst of
     /// [`HEDGE_BURST`]). Default 0.1.
     #[serde(default = "default_max_share")]
-    pub max_share: f64,
+    pub(crate) max_share: f64,
 }
 
 /// Hedges allowed at once above `max_share` (the bucket's depth).
@@ -72,10 +72,10 @@ impl<'de> Deserialize<'de> for HedgeAfter {
 pub struct ShadowSection {
     /// Shadow requests in flight at once, all aliases together; a sampled
     /// request over it is skipped (and counted). Default 16.
-    pub max_concurrency: usize,
+    pub(crate) max_concurrency: usize,
     /// A team under `teams` whose limits and budgets all shadow traffic is
     /// admitted against and charged to. Absent: no budget.
-    pub budget: Option<String>,
+    pub(crate) budget: Option<String>,
 }
 
 impl Default for ShadowSection {

@@ -3,13 +3,13 @@
 //! `${VAR}` expansion inside its string values, typed parsing (unknown fields
 //! rejected, errors carry the field path), then `validate`.
 
-pub mod duration;
-pub mod env;
-pub mod experiments;
-pub mod routing;
-pub mod schema;
-pub mod url;
-pub mod validate;
+pub(crate) mod duration;
+pub(crate) mod env;
+pub(crate) mod experiments;
+pub(crate) mod routing;
+pub(crate) mod schema;
+pub(crate) mod url;
+pub(crate) mod validate;
 
 pub use experiments::{Hedge, HedgeAfter, Shadow, ShadowSection, HEDGE_BURST};
 pub use schema::*;

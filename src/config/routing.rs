@@ -77,15 +77,15 @@ impl Capability {
 #[serde(deny_unknown_fields)]
 pub struct SplitVariant {
     /// Shown in the access log and the metrics' `variant` label.
-    pub name: String,
+    pub(crate) name: String,
     /// Fraction of callers, above 0; the shares of a split add up to 1.
-    pub share: f64,
+    pub(crate) share: f64,
     /// Names of the alias's routes this arm uses, in fallback order.
-    pub routes: Vec<String>,
+    pub(crate) routes: Vec<String>,
 }
 
 /// A route's name: its `name`, else `provider/model`.
-pub fn route_name(r: &Route) -> String {
+pub(crate) fn route_name(r: &Route) -> String {
     match &r.name {
         Some(n) => n.clone(),
         None => format!("{}/{}", r.provider, r.model),
@@ -93,7 +93,7 @@ pub fn route_name(r: &Route) -> String {
 }
 
 /// Routing problems of the config, each `(field, what to fix)`.
-pub fn problems(cfg: &Config) -> Vec<(String, String)> {
+pub(crate) fn problems(cfg: &Config) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (alias, m) in &cfg.models {
         check_model(alias, m, &mut out);
@@ -114,7 +114,7 @@ pub fn problems(cfg: &Config) -> Vec<(String, String)> {
 
 /// The problems of a key's or team's `tier` and `regions` (also used for
 /// the key store's keys and teams).
-pub fn access_problems(
+pub(crate) fn access_problems(
     field: &str,
     tier: Option<&String>,
     regions: Option<&Vec<String>>,

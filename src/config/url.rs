@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 /// What replaces a credential in a shown URL.
-pub const REDACTED: &str = "[redacted]";
+pub(crate) const REDACTED: &str = "[redacted]";
 
 /// Query parameters whose values are credentials (`unix:///tmp/r.sock?pass=…`).
 const SECRET_PARAMS: &[&str] = &[
@@ -25,7 +25,7 @@ const SECRET_PARAMS: &[&str] = &[
 /// info when it has no `:`, which is then usually a token), and the values
 /// of query parameters such as `pass` or `token`. Works on malformed URLs
 /// too; text without credentials is returned as it is.
-pub fn redact(text: &str) -> Cow<'_, str> {
+pub(crate) fn redact(text: &str) -> Cow<'_, str> {
     let mut out = String::new();
     let mut rest = text;
     if let Some(i) = text.find("://") {
@@ -81,18 +81,18 @@ pub fn redact(text: &str) -> Cow<'_, str> {
 
 /// A parsed `base_url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BaseUrl {
-    pub tls: bool,
+pub(crate) struct BaseUrl {
+    pub(crate) tls: bool,
     /// Host name or IP literal, without brackets.
-    pub host: String,
-    pub port: u16,
+    pub(crate) host: String,
+    pub(crate) port: u16,
     /// Path prefix without a trailing slash (`/openai/v1`), or empty.
-    pub prefix: String,
+    pub(crate) prefix: String,
 }
 
 impl BaseUrl {
     /// The `Host` header value: the port is left out when it is the scheme's default.
-    pub fn host_header(&self) -> String {
+    pub(crate) fn host_header(&self) -> String {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
@@ -108,7 +108,7 @@ impl BaseUrl {
 }
 
 /// Parses a base URL; the error says what to write instead.
-pub fn parse_base_url(text: &str) -> Result<BaseUrl, String> {
+pub(crate) fn parse_base_url(text: &str) -> Result<BaseUrl, String> {
     let (tls, rest) = if let Some(r) = text.strip_prefix("https://") {
         (true, r)
     } else if let Some(r) = text.strip_prefix("http://") {
@@ -144,7 +144,7 @@ pub fn parse_base_url(text: &str) -> Result<BaseUrl, String> {
 }
 
 /// Splits `host`, `host:port`, `[v6]` or `[v6]:port`. `None` when malformed.
-pub fn split_host_port(authority: &str) -> Option<(String, Option<u16>)> {
+pub(crate) fn split_host_port(authority: &str) -> Option<(String, Option<u16>)> {
     if authority.is_empty() {
         return None;
     }
@@ -176,7 +176,7 @@ pub fn split_host_port(authority: &str) -> Option<(String, Option<u16>)> {
 
 /// Checks a `key_store.postgres` URL's syntax without connecting. The
 /// message never repeats the URL (it holds the password).
-pub fn check_postgres_url(url: &str) -> Result<(), String> {
+pub(crate) fn check_postgres_url(url: &str) -> Result<(), String> {
     let shape = "must be a URL such as postgres://user:${PGPASSWORD}@host:5432/tollgate";
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(format!("{shape} (it must start with postgres://)"));
@@ -193,7 +193,7 @@ pub fn check_postgres_url(url: &str) -> Result<(), String> {
 
 /// Whether a route's model can go in a Gemini path as it is: no character
 /// that would need escaping, no empty or dot segment.
-pub fn gemini_model_ok(model: &str) -> bool {
+pub(crate) fn gemini_model_ok(model: &str) -> bool {
     !model.is_empty()
         && model
             .bytes()

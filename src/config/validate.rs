@@ -19,7 +19,7 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 /// Checks everything serde cannot: addresses, URLs, references, files, duplicates.
-pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
+pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     let mut v = Problems::default();
     check_listeners(cfg, &mut v);
     for (name, p) in &cfg.providers {
@@ -324,7 +324,7 @@ fn check_name(field: &str, name: &str, v: &mut Problems) {
 }
 
 /// What is wrong with a key, team or alias name, if anything.
-pub fn name_problem(name: &str) -> Option<&'static str> {
+pub(crate) fn name_problem(name: &str) -> Option<&'static str> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name
@@ -336,7 +336,7 @@ pub fn name_problem(name: &str) -> Option<&'static str> {
 /// The config's checks of one key's or team's limits, budgets, tier and
 /// regions, each `(field under `field`, what to fix)`: the key store's
 /// admin API holds its keys and teams to the same rules.
-pub fn governance_problems(
+pub(crate) fn governance_problems(
     field: &str,
     limits: &Limits,
     budgets: &[Budget],

@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 
 /// The limits on how many attempts a request makes, and until when.
 #[derive(Clone, Copy)]
-pub struct Caps {
-    pub max_attempts: u32,
+pub(crate) struct Caps {
+    pub(crate) max_attempts: u32,
     /// When the request started, and how long it may try for.
-    pub start: Instant,
-    pub deadline: Duration,
+    pub(crate) start: Instant,
+    pub(crate) deadline: Duration,
 }
 
 impl Caps {
@@ -37,35 +37,35 @@ impl Caps {
 }
 
 /// A backend chosen for an attempt, before its body is built.
-pub struct Pick {
+pub(crate) struct Pick {
     /// The route's index among the alias's routes.
-    pub route: usize,
-    pub up: UpstreamRef,
-    pub addr: SocketAddr,
-    pub state: Option<Arc<BackendState>>,
+    pub(crate) route: usize,
+    pub(crate) up: UpstreamRef,
+    pub(crate) addr: SocketAddr,
+    pub(crate) state: Option<Arc<BackendState>>,
     /// The route's own body (a translated provider's), when it has one.
-    pub prepared: Option<Bytes>,
+    pub(crate) prepared: Option<Bytes>,
 }
 
 /// One attempt in flight: where it goes and what it sends.
-pub struct Attempt {
-    pub route: usize,
-    pub up: UpstreamRef,
-    pub addr: SocketAddr,
+pub(crate) struct Attempt {
+    pub(crate) route: usize,
+    pub(crate) up: UpstreamRef,
+    pub(crate) addr: SocketAddr,
     /// The backend's passive-health state.
-    pub state: Option<Arc<BackendState>>,
+    pub(crate) state: Option<Arc<BackendState>>,
     /// The body sent, with the route's model spliced in.
-    pub body: Bytes,
+    pub(crate) body: Bytes,
     /// The body asks for stream usage on the client's behalf.
-    pub injected: bool,
-    pub started: Instant,
+    pub(crate) injected: bool,
+    pub(crate) started: Instant,
 }
 
 impl Pick {
     /// The attempt, with its body: the route's prepared body, or the
     /// client's with the route's model spliced in (and `include_usage`
     /// added when the provider should report stream usage).
-    pub fn into_attempt(
+    pub(crate) fn into_attempt(
         self,
         route: &RouteRt,
         client_body: &Bytes,
@@ -94,20 +94,20 @@ impl Pick {
 /// How an attempt failed: its outcome label (one set for every caller),
 /// the error answered if nothing else works, and what it means for the
 /// walk.
-pub struct Failure {
-    pub outcome: &'static str,
-    pub error: GatewayError,
+pub(crate) struct Failure {
+    pub(crate) outcome: &'static str,
+    pub(crate) error: GatewayError,
     /// The backend is cooled for this long (a 429's or 503's `Retry-After`).
-    pub retry_after: Option<u64>,
+    pub(crate) retry_after: Option<u64>,
     /// Move to the next route without trying more of this provider.
-    pub skip_provider: bool,
+    pub(crate) skip_provider: bool,
     /// The response status, when the upstream answered.
-    pub status: Option<u16>,
+    pub(crate) status: Option<u16>,
 }
 
 impl Failure {
     /// A response status the verdict counted as a failure.
-    pub fn status(
+    pub(crate) fn status(
         status: u16,
         error: GatewayError,
         retry_after: Option<u64>,
@@ -129,7 +129,7 @@ impl Failure {
     }
 
     /// Connecting failed (or timed out).
-    pub fn connect(timed_out: bool) -> Self {
+    pub(crate) fn connect(timed_out: bool) -> Self {
         Self::io(
             if timed_out {
                 "connect_timeout"
@@ -141,7 +141,7 @@ impl Failure {
     }
 
     /// Reading or writing failed (or timed out) before any response.
-    pub fn transfer(timed_out: bool) -> Self {
+    pub(crate) fn transfer(timed_out: bool) -> Self {
         Self::io(if timed_out { "timeout" } else { "read_error" }, timed_out)
     }
 
@@ -174,15 +174,15 @@ impl From<crate::upstream::client::Failure> for Failure {
 
 /// One attempt, as the access log shows it.
 #[derive(Clone)]
-pub struct AttemptLog {
-    pub provider: UpstreamRef,
-    pub backend: SocketAddr,
-    pub outcome: &'static str,
+pub(crate) struct AttemptLog {
+    pub(crate) provider: UpstreamRef,
+    pub(crate) backend: SocketAddr,
+    pub(crate) outcome: &'static str,
 }
 
 /// Where a request's walk over routes and backends stands.
 #[derive(Default)]
-pub struct Attempts {
+pub(crate) struct Attempts {
     /// The routes this request may try, in order (indices into the
     /// alias's routes), decided at admission.
     order: Vec<usize>,
@@ -208,7 +208,7 @@ pub struct Attempts {
 }
 
 impl Attempts {
-    pub fn new(order: Vec<usize>) -> Self {
+    pub(crate) fn new(order: Vec<usize>) -> Self {
         Attempts {
             order,
             ..Attempts::default()
@@ -216,60 +216,60 @@ impl Attempts {
     }
 
     /// The routes in the order they are tried.
-    pub fn order(&self) -> &[usize] {
+    pub(crate) fn order(&self) -> &[usize] {
         &self.order
     }
 
     /// Attempts started so far.
-    pub fn started(&self) -> u32 {
+    pub(crate) fn started(&self) -> u32 {
         self.started
     }
 
     /// The route of the last attempt started or, before any, the first
     /// route to try.
-    pub fn route(&self) -> Option<usize> {
+    pub(crate) fn route(&self) -> Option<usize> {
         self.last_route
             .or_else(|| self.order.get(self.pos).copied())
     }
 
     /// The route of the last attempt started.
-    pub fn last_route(&self) -> Option<usize> {
+    pub(crate) fn last_route(&self) -> Option<usize> {
         self.last_route
     }
 
     /// Each attempt that ended, in order.
-    pub fn log(&self) -> &[AttemptLog] {
+    pub(crate) fn log(&self) -> &[AttemptLog] {
         &self.log
     }
 
     /// Why the last failed attempt failed.
-    pub fn last_failure(&self) -> Option<&GatewayError> {
+    pub(crate) fn last_failure(&self) -> Option<&GatewayError> {
         self.last_failure.as_ref()
     }
 
     /// The last attempt started has not ended (no outcome was recorded).
-    pub fn last_is_open(&self) -> bool {
+    pub(crate) fn last_is_open(&self) -> bool {
         self.log.len() < self.started as usize
     }
 
     /// A route with a local (mock) provider answered: one attempt, on it.
-    pub fn served_locally(&mut self, route: usize) {
+    pub(crate) fn served_locally(&mut self, route: usize) {
         self.started = self.started.saturating_add(1);
         self.last_route = Some(route);
     }
 
     /// Whether another attempt may start.
-    pub fn may_retry(&self, caps: &Caps) -> bool {
+    pub(crate) fn may_retry(&self, caps: &Caps) -> bool {
         !caps.reached(self.started)
     }
 
     /// Whether a route follows the current one (a hedge has somewhere to go).
-    pub fn has_next_route(&self) -> bool {
+    pub(crate) fn has_next_route(&self) -> bool {
         self.pos + 1 < self.order.len()
     }
 
     /// Moves past the current route (a hedge goes to another route).
-    pub fn skip_route(&mut self) {
+    pub(crate) fn skip_route(&mut self) {
         self.pos += 1;
         self.tried.clear();
         self.route_attempts = 0;
@@ -285,7 +285,7 @@ impl Attempts {
     /// answer. A `hedge` attempt is not counted as a retry or fallback.
     /// `Err`: nothing is left to try, or a cap is reached; the error to
     /// answer.
-    pub fn next(
+    pub(crate) fn next(
         &mut self,
         model: &ModelRt,
         alias: &str,
@@ -362,7 +362,7 @@ impl Attempts {
     }
 
     /// What to answer when nothing is left to try.
-    pub fn exhausted(&self) -> GatewayError {
+    pub(crate) fn exhausted(&self) -> GatewayError {
         match (&self.last_failure, self.out_for_ms) {
             (Some(e), _) => e.clone(),
             (None, Some(ms)) => {
@@ -380,7 +380,7 @@ impl Attempts {
     /// An attempt failed before any byte reached the client: its backend's
     /// breaker and cooldown, the attempt metric and log, and the error to
     /// answer if nothing else works.
-    pub fn failed(&mut self, a: &Attempt, f: Failure) {
+    pub(crate) fn failed(&mut self, a: &Attempt, f: Failure) {
         let now = crate::base::clock::monotonic_ms();
         if let Some(s) = &a.state {
             s.record(false, now, &a.up.breaker);
@@ -402,7 +402,7 @@ impl Attempts {
     }
 
     /// An attempt's response is going to the client.
-    pub fn succeeded(&mut self, a: &Attempt) {
+    pub(crate) fn succeeded(&mut self, a: &Attempt) {
         if let Some(s) = &a.state {
             s.record(true, crate::base::clock::monotonic_ms(), &a.up.breaker);
         }
@@ -410,7 +410,7 @@ impl Attempts {
     }
 
     /// A hedge leg was cut off by the winner or by the client leaving.
-    pub fn cancelled(&mut self, a: &Attempt) {
+    pub(crate) fn cancelled(&mut self, a: &Attempt) {
         self.record(a, "hedge_cancelled");
     }
 

@@ -2,4 +2,4 @@
 //! hooks. It never names the proxy's `Ctx` or Pingora's `Session`
 //! (`tests/layers.rs` checks), so the proxy and the hedge race share it.
 
-pub mod attempts;
+pub(crate) mod attempts;

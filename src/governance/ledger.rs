@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// The windows the ledger keeps.
-pub const WINDOWS: [(&str, Span); 4] = [
+pub(crate) const WINDOWS: [(&str, Span); 4] = [
     ("minute", Span::Minute),
     ("hour", Span::Hour),
     ("day", Span::Day),
@@ -19,11 +19,11 @@ pub const WINDOWS: [(&str, Span); 4] = [
 
 /// What was used in one window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tally {
-    pub requests: u64,
-    pub tokens: u64,
+pub(crate) struct Tally {
+    pub(crate) requests: u64,
+    pub(crate) tokens: u64,
     /// Nano-dollars, so sums are exact.
-    pub nanos: i64,
+    pub(crate) nanos: i64,
 }
 
 impl Tally {
@@ -39,13 +39,13 @@ impl Tally {
             .clamp(0, super::COUNTER_MAX);
     }
 
-    pub fn spend_usd(&self) -> f64 {
+    pub(crate) fn spend_usd(&self) -> f64 {
         self.nanos as f64 / super::NANOS
     }
 }
 
 #[derive(Default, Clone, Copy, Serialize, Deserialize)]
-pub struct Win {
+pub(crate) struct Win {
     id: i64,
     current: Tally,
     previous: Tally,
@@ -71,18 +71,18 @@ type Entries = HashMap<(Level, Arc<str>), [Win; 4]>;
 
 /// The process's usage ledger.
 #[derive(Default)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     map: Mutex<Entries>,
 }
 
-pub fn global() -> &'static Ledger {
+pub(crate) fn global() -> &'static Ledger {
     static LEDGER: OnceLock<Ledger> = OnceLock::new();
     LEDGER.get_or_init(Ledger::default)
 }
 
 impl Ledger {
     /// Counts one finished request against each `(level, name)`.
-    pub fn record(&self, who: &[(Level, &Arc<str>)], tokens: u64, nanos: i64) {
+    pub(crate) fn record(&self, who: &[(Level, &Arc<str>)], tokens: u64, nanos: i64) {
         let now = now_ms();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         for (level, name) in who {
@@ -95,7 +95,7 @@ impl Ledger {
     }
 
     /// Every entry, for the state file.
-    pub fn dump(&self) -> Vec<(Level, String, [Win; 4])> {
+    pub(crate) fn dump(&self) -> Vec<(Level, String, [Win; 4])> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.iter()
             .map(|((level, name), wins)| (*level, name.to_string(), *wins))
@@ -103,7 +103,7 @@ impl Ledger {
     }
 
     /// Adds entries read from the state file to the live ones.
-    pub fn restore(&self, entries: Vec<(Level, String, [Win; 4])>) {
+    pub(crate) fn restore(&self, entries: Vec<(Level, String, [Win; 4])>) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         for (level, name, saved) in entries {
             let wins = map.entry((level, Arc::from(name.as_str()))).or_default();
@@ -122,7 +122,7 @@ impl Ledger {
 
     /// `(level, name, current, previous)` for `window`, optionally only
     /// the names in `filter`.
-    pub fn read(&self, window: usize) -> Vec<(Level, Arc<str>, Tally, Tally)> {
+    pub(crate) fn read(&self, window: usize) -> Vec<(Level, Arc<str>, Tally, Tally)> {
         let now = now_ms();
         let window = window.min(WINDOWS.len() - 1);
         let (_, span) = WINDOWS[window];

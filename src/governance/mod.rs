@@ -23,13 +23,13 @@
 //! - Every amount is within 0 and [`plan::COUNTER_MAX`]; all arithmetic on
 //!   counters, reservations and costs saturates there.
 
-pub mod ledger;
+pub(crate) mod ledger;
 pub mod memory;
 pub mod plan;
-pub mod ratio;
+pub(crate) mod ratio;
 pub mod redis;
 pub mod snapshot;
-pub mod window;
+pub(crate) mod window;
 
 pub use memory::{Admitted, Rejected};
 pub use plan::{Ask, Rule, COUNTER_MAX};

@@ -164,10 +164,8 @@ pub fn compile(level: Level, name: &str, limits: &Limits, budgets: &[Budget]) ->
 }
 
 /// Whether any rule needs the token and cost estimate.
-pub fn needs_estimate(rules: &[Rule]) -> bool {
-    rules
-        .iter()
-        .any(|r| matches!(r.id.metric, Metric::Tokens | Metric::Usd))
+pub fn needs_estimate(rule: &Rule) -> bool {
+    matches!(rule.id.metric, Metric::Tokens | Metric::Usd)
 }
 
 /// The largest value a counter, a limit or a reservation takes, in its unit

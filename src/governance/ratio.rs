@@ -32,18 +32,18 @@ use std::sync::Arc;
 
 /// The smallest ratio used: a provider that counts fewer tokens than the
 /// estimate is reserved at the estimate.
-pub const MIN_RATIO: f64 = 1.0;
+pub(crate) const MIN_RATIO: f64 = 1.0;
 /// The largest ratio learned or reserved.
-pub const MAX_RATIO: f64 = 8.0;
+pub(crate) const MAX_RATIO: f64 = 8.0;
 /// Safety margin on the learned excess over the tokenizer's count.
-pub const MARGIN: f64 = 0.25;
+pub(crate) const MARGIN: f64 = 0.25;
 /// Share of the way a higher sample moves the ratio.
-pub const RISE: f64 = 0.5;
+pub(crate) const RISE: f64 = 0.5;
 /// Share of the way a lower sample moves the ratio.
-pub const FALL: f64 = 0.1;
+pub(crate) const FALL: f64 = 0.1;
 /// A sample of a prompt estimated at fewer tokens than this moves the
 /// ratio proportionally less.
-pub const FULL_WEIGHT_TOKENS: u64 = 256;
+pub(crate) const FULL_WEIGHT_TOKENS: u64 = 256;
 
 /// One route's learned ratio. Atomics, so settling never takes a lock.
 #[derive(Default)]
@@ -92,8 +92,8 @@ impl PromptRatio {
 /// to `hi` where a limit has room.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Factor {
-    pub lo: f64,
-    pub hi: f64,
+    pub(crate) lo: f64,
+    pub(crate) hi: f64,
 }
 
 impl Factor {

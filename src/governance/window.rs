@@ -8,7 +8,7 @@ use super::plan::COUNTER_MAX;
 use serde::{Deserialize, Serialize};
 
 /// Buckets in a sliding window.
-pub const SLIDING_BUCKETS: i64 = 60;
+pub(crate) const SLIDING_BUCKETS: i64 = 60;
 
 /// How a counter's window moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -101,7 +101,7 @@ impl Span {
 /// One counter: its live buckets, oldest first.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Counter {
-    pub buckets: Vec<(i64, i64)>,
+    pub(crate) buckets: Vec<(i64, i64)>,
 }
 
 impl Counter {
@@ -175,7 +175,7 @@ impl Counter {
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -189,7 +189,7 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// (year, month, day) to days since 1970-01-01.
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);

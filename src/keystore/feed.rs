@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The Pingora background service that runs the feed thread.
-pub struct Feed {
-    pub store: Arc<KeyStore>,
+pub(crate) struct Feed {
+    pub(crate) store: Arc<KeyStore>,
 }
 
 #[async_trait]

@@ -4,15 +4,15 @@
 use prometheus::{register_int_counter, register_int_gauge, IntCounter, IntGauge};
 use std::sync::OnceLock;
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// 1 while the last database call succeeded, 0 while it is unreachable.
-    pub up: IntGauge,
+    pub(crate) up: IntGauge,
     /// Secrets (digests) in the snapshot the request path reads.
-    pub keys: IntGauge,
+    pub(crate) keys: IntGauge,
     /// The change counter value the snapshot reflects.
-    pub seq: IntGauge,
+    pub(crate) seq: IntGauge,
     /// Database calls that failed because the database was unreachable.
-    pub errors: IntCounter,
+    pub(crate) errors: IntCounter,
 }
 
 fn build() -> prometheus::Result<Metrics> {
@@ -39,6 +39,6 @@ fn build() -> prometheus::Result<Metrics> {
 static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
 
 /// The key store's metrics, registered on first use.
-pub fn get() -> Option<&'static Metrics> {
+pub(crate) fn get() -> Option<&'static Metrics> {
     crate::telemetry::metrics::registered(&METRICS, "key store metrics", build)
 }

@@ -15,13 +15,13 @@
 //! an `ArcSwap`. A write applies to the writing instance before its answer,
 //! and reaches the others on their next notification or poll.
 
-pub mod feed;
-pub mod metrics;
+pub(crate) mod feed;
+pub(crate) mod metrics;
 pub mod migrate;
-pub mod model;
-pub mod snapshot;
+pub(crate) mod model;
+pub(crate) mod snapshot;
 pub mod sql;
-pub mod store;
+pub(crate) mod store;
 
 pub use snapshot::{Lookup, Snapshot};
 

@@ -10,70 +10,70 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 
 /// Largest `metadata` object, as JSON text.
-pub const MAX_METADATA_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_METADATA_BYTES: usize = 8 * 1024;
 /// Longest rotation grace period.
-pub const MAX_GRACE: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+pub(crate) const MAX_GRACE: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 /// Most models in one key's allow-list, budgets per key or team, regions.
-pub const MAX_LIST: usize = 256;
+pub(crate) const MAX_LIST: usize = 256;
 
 /// The fields of a key besides its name, team and lifecycle (stored as JSON).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct KeySpec {
+pub(crate) struct KeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub models: Option<Vec<String>>,
+    pub(crate) models: Option<Vec<String>>,
     #[serde(default)]
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     #[serde(default)]
-    pub budgets: Vec<Budget>,
+    pub(crate) budgets: Vec<Budget>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tier: Option<String>,
+    pub(crate) tier: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regions: Option<Vec<String>>,
+    pub(crate) regions: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Box<RawValue>>,
+    pub(crate) metadata: Option<Box<RawValue>>,
 }
 
 /// The fields of a team besides its name (stored as JSON).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct TeamSpec {
+pub(crate) struct TeamSpec {
     #[serde(default)]
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     #[serde(default)]
-    pub budgets: Vec<Budget>,
+    pub(crate) budgets: Vec<Budget>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tier: Option<String>,
+    pub(crate) tier: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regions: Option<Vec<String>>,
+    pub(crate) regions: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Box<RawValue>>,
+    pub(crate) metadata: Option<Box<RawValue>>,
 }
 
 /// One secret of a key: its SHA-256 digest only.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretRec {
-    pub digest: [u8; 32],
-    pub created_at: i64,
+pub(crate) struct SecretRec {
+    pub(crate) digest: [u8; 32],
+    pub(crate) created_at: i64,
     /// Unix ms after which it no longer opens the key (rotated out).
-    pub valid_until: Option<i64>,
+    pub(crate) valid_until: Option<i64>,
 }
 
 /// A runtime key as stored.
 #[derive(Debug, Clone)]
-pub struct KeyRec {
-    pub name: Arc<str>,
-    pub team: Option<Arc<str>>,
-    pub spec: KeySpec,
+pub(crate) struct KeyRec {
+    pub(crate) name: Arc<str>,
+    pub(crate) team: Option<Arc<str>>,
+    pub(crate) spec: KeySpec,
     /// Unix ms.
-    pub expires_at: Option<i64>,
-    pub revoked_at: Option<i64>,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub secrets: Vec<SecretRec>,
+    pub(crate) expires_at: Option<i64>,
+    pub(crate) revoked_at: Option<i64>,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+    pub(crate) secrets: Vec<SecretRec>,
 }
 
 impl KeyRec {
     /// The key as the config schema spells it, to compile it the same way.
-    pub fn as_config_key(&self) -> Key {
+    pub(crate) fn as_config_key(&self) -> Key {
         Key {
             name: self.name.to_string(),
             key: None,
@@ -91,10 +91,10 @@ impl KeyRec {
 /// A runtime team as stored.
 #[derive(Debug, Clone)]
 pub struct TeamRec {
-    pub name: Arc<str>,
-    pub spec: TeamSpec,
-    pub created_at: i64,
-    pub updated_at: i64,
+    pub(crate) name: Arc<str>,
+    pub(crate) spec: TeamSpec,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
 }
 
 impl TeamRec {
@@ -110,7 +110,7 @@ impl TeamRec {
 
 /// A point in time: RFC 3339 text (`2027-01-31T00:00:00Z`) or Unix seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timestamp(pub i64);
+pub(crate) struct Timestamp(pub i64);
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -140,7 +140,7 @@ impl<'de> Deserialize<'de> for Timestamp {
 }
 
 /// Unix ms as RFC 3339 text (UTC, milliseconds).
-pub fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     let nanos = i128::from(ms) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
@@ -161,100 +161,100 @@ fn double<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
 /// `POST /admin/keys`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateKey {
-    pub name: String,
+pub(crate) struct CreateKey {
+    pub(crate) name: String,
     #[serde(default)]
-    pub team: Option<String>,
+    pub(crate) team: Option<String>,
     #[serde(default)]
-    pub models: Option<Vec<String>>,
+    pub(crate) models: Option<Vec<String>>,
     #[serde(default)]
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     #[serde(default)]
-    pub budgets: Vec<Budget>,
+    pub(crate) budgets: Vec<Budget>,
     #[serde(default)]
-    pub tier: Option<String>,
+    pub(crate) tier: Option<String>,
     #[serde(default)]
-    pub regions: Option<Vec<String>>,
+    pub(crate) regions: Option<Vec<String>>,
     #[serde(default)]
-    pub metadata: Option<Box<RawValue>>,
+    pub(crate) metadata: Option<Box<RawValue>>,
     #[serde(default)]
-    pub expires_at: Option<Timestamp>,
+    pub(crate) expires_at: Option<Timestamp>,
 }
 
 /// `PATCH /admin/keys/{name}`: each field given replaces the stored one;
 /// `null` clears an optional one.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpdateKey {
+pub(crate) struct UpdateKey {
     #[serde(default, deserialize_with = "double")]
-    pub team: Option<Option<String>>,
+    pub(crate) team: Option<Option<String>>,
     #[serde(default, deserialize_with = "double")]
-    pub models: Option<Option<Vec<String>>>,
+    pub(crate) models: Option<Option<Vec<String>>>,
     #[serde(default)]
-    pub limits: Option<Limits>,
+    pub(crate) limits: Option<Limits>,
     #[serde(default)]
-    pub budgets: Option<Vec<Budget>>,
+    pub(crate) budgets: Option<Vec<Budget>>,
     #[serde(default, deserialize_with = "double")]
-    pub tier: Option<Option<String>>,
+    pub(crate) tier: Option<Option<String>>,
     #[serde(default, deserialize_with = "double")]
-    pub regions: Option<Option<Vec<String>>>,
+    pub(crate) regions: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "double")]
-    pub metadata: Option<Option<Box<RawValue>>>,
+    pub(crate) metadata: Option<Option<Box<RawValue>>>,
     #[serde(default, deserialize_with = "double")]
-    pub expires_at: Option<Option<Timestamp>>,
+    pub(crate) expires_at: Option<Option<Timestamp>>,
 }
 
 /// `POST /admin/keys/{name}/rotate`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RotateKey {
+pub(crate) struct RotateKey {
     /// How long the old secret keeps working (`0s` to `30d`; default `0s`).
     #[serde(default)]
-    pub grace: Option<crate::config::duration::HumanDuration>,
+    pub(crate) grace: Option<crate::config::duration::HumanDuration>,
 }
 
 /// `POST /admin/teams`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateTeam {
-    pub name: String,
+pub(crate) struct CreateTeam {
+    pub(crate) name: String,
     #[serde(default)]
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     #[serde(default)]
-    pub budgets: Vec<Budget>,
+    pub(crate) budgets: Vec<Budget>,
     #[serde(default)]
-    pub tier: Option<String>,
+    pub(crate) tier: Option<String>,
     #[serde(default)]
-    pub regions: Option<Vec<String>>,
+    pub(crate) regions: Option<Vec<String>>,
     #[serde(default)]
-    pub metadata: Option<Box<RawValue>>,
+    pub(crate) metadata: Option<Box<RawValue>>,
 }
 
 /// `PATCH /admin/teams/{name}`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpdateTeam {
+pub(crate) struct UpdateTeam {
     #[serde(default)]
-    pub limits: Option<Limits>,
+    pub(crate) limits: Option<Limits>,
     #[serde(default)]
-    pub budgets: Option<Vec<Budget>>,
+    pub(crate) budgets: Option<Vec<Budget>>,
     #[serde(default, deserialize_with = "double")]
-    pub tier: Option<Option<String>>,
+    pub(crate) tier: Option<Option<String>>,
     #[serde(default, deserialize_with = "double")]
-    pub regions: Option<Option<Vec<String>>>,
+    pub(crate) regions: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "double")]
-    pub metadata: Option<Option<Box<RawValue>>>,
+    pub(crate) metadata: Option<Option<Box<RawValue>>>,
 }
 
 /// A 400: the field at fault and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    pub param: String,
-    pub message: String,
+pub(crate) struct Invalid {
+    pub(crate) param: String,
+    pub(crate) message: String,
 }
 
 impl Invalid {
-    pub fn new(param: impl Into<String>, message: impl Into<String>) -> Invalid {
+    pub(crate) fn new(param: impl Into<String>, message: impl Into<String>) -> Invalid {
         Invalid {
             param: param.into(),
             message: message.into(),
@@ -264,7 +264,7 @@ impl Invalid {
 
 /// The config's rules for a name (1-128 of letters, digits, `- _ . : /
 /// @`), for a key or team name given to the API.
-pub fn check_name(field: &str, name: &str) -> Result<(), Invalid> {
+pub(crate) fn check_name(field: &str, name: &str) -> Result<(), Invalid> {
     match crate::config::validate::name_problem(name) {
         None => Ok(()),
         Some(m) => Err(Invalid::new(field, m)),
@@ -273,7 +273,7 @@ pub fn check_name(field: &str, name: &str) -> Result<(), Invalid> {
 
 /// The checks the config applies to a key's or team's limits, budgets,
 /// tier and regions, plus the API's own bounds on lists and metadata.
-pub fn check_governance(
+pub(crate) fn check_governance(
     limits: &Limits,
     budgets: &[Budget],
     tier: Option<&String>,
@@ -311,7 +311,7 @@ pub fn check_governance(
 }
 
 /// Checks a key's allow-list against the running config's aliases.
-pub fn check_models(models: Option<&Vec<String>>, cfg: &Config) -> Result<(), Invalid> {
+pub(crate) fn check_models(models: Option<&Vec<String>>, cfg: &Config) -> Result<(), Invalid> {
     let Some(list) = models else { return Ok(()) };
     if list.len() > MAX_LIST {
         return Err(Invalid::new("models", format!("at most {MAX_LIST} models")));
@@ -328,7 +328,7 @@ pub fn check_models(models: Option<&Vec<String>>, cfg: &Config) -> Result<(), In
 }
 
 /// Client text echoed in a message is cut to a sane length.
-pub fn short(s: &str) -> String {
+pub(crate) fn short(s: &str) -> String {
     if s.len() <= 64 {
         return s.to_string();
     }
@@ -340,14 +340,14 @@ pub fn short(s: &str) -> String {
 }
 
 /// The JSON of a spec's metadata, or `null`.
-pub fn metadata_json(m: &Option<Box<RawValue>>) -> serde_json::Value {
+pub(crate) fn metadata_json(m: &Option<Box<RawValue>>) -> serde_json::Value {
     m.as_ref()
         .and_then(|r| serde_json::from_str(r.get()).ok())
         .unwrap_or(serde_json::Value::Null)
 }
 
 /// A config key as the API shows it (never its secret).
-pub fn config_key_json(k: &Key) -> serde_json::Value {
+pub(crate) fn config_key_json(k: &Key) -> serde_json::Value {
     serde_json::json!({
         "name": k.name, "source": "config", "team": k.team, "models": k.models,
         "limits": k.limits, "budgets": k.budgets, "tier": k.tier, "regions": k.regions,
@@ -356,7 +356,7 @@ pub fn config_key_json(k: &Key) -> serde_json::Value {
 }
 
 /// A stored key as the API shows it (never a secret, nor its digest).
-pub fn key_json(k: &KeyRec, now_ms: i64) -> serde_json::Value {
+pub(crate) fn key_json(k: &KeyRec, now_ms: i64) -> serde_json::Value {
     let status = if k.revoked_at.is_some() {
         "revoked"
     } else if k.expires_at.is_some_and(|e| e <= now_ms) {
@@ -386,7 +386,7 @@ pub fn key_json(k: &KeyRec, now_ms: i64) -> serde_json::Value {
 }
 
 /// A config team as the API shows it.
-pub fn config_team_json(name: &str, t: &Team) -> serde_json::Value {
+pub(crate) fn config_team_json(name: &str, t: &Team) -> serde_json::Value {
     serde_json::json!({
         "name": name, "source": "config", "limits": t.limits, "budgets": t.budgets,
         "tier": t.tier, "regions": t.regions, "metadata": null,
@@ -394,7 +394,7 @@ pub fn config_team_json(name: &str, t: &Team) -> serde_json::Value {
 }
 
 /// A stored team as the API shows it.
-pub fn team_json(t: &TeamRec) -> serde_json::Value {
+pub(crate) fn team_json(t: &TeamRec) -> serde_json::Value {
     serde_json::json!({
         "name": &*t.name, "source": "store", "limits": t.spec.limits,
         "budgets": t.spec.budgets, "tier": t.spec.tier, "regions": t.spec.regions,

@@ -103,7 +103,7 @@ pub struct Snapshot {
     by_digest: DigestMap,
     ctx: Arc<Context>,
     /// The change counter value it reflects.
-    pub seq: i64,
+    pub(crate) seq: i64,
 }
 
 impl Snapshot {
@@ -348,13 +348,13 @@ impl Snapshot {
 /// A key as the change feed reads it: its spec still as stored (JSON).
 #[derive(Debug, Default)]
 pub struct StoredKey {
-    pub name: String,
-    pub team: Option<String>,
-    pub spec: String,
-    pub expires_at: Option<i64>,
-    pub revoked: bool,
+    pub(crate) name: String,
+    pub(crate) team: Option<String>,
+    pub(crate) spec: String,
+    pub(crate) expires_at: Option<i64>,
+    pub(crate) revoked: bool,
     /// Every secret: digest and the end of its rotation grace, if any.
-    pub secrets: Vec<([u8; 32], Option<i64>)>,
+    pub(crate) secrets: Vec<([u8; 32], Option<i64>)>,
 }
 
 impl Context {

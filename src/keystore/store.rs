@@ -38,20 +38,20 @@ impl From<SqlError> for WriteError {
 
 /// An audit row.
 #[derive(Debug, Clone)]
-pub struct Audit {
-    pub id: i64,
-    pub at: i64,
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    pub changes: String,
+pub(crate) struct Audit {
+    pub(crate) id: i64,
+    pub(crate) at: i64,
+    pub(crate) actor: String,
+    pub(crate) action: String,
+    pub(crate) target: String,
+    pub(crate) changes: String,
 }
 
 /// Who writes, and when (Unix ms).
 #[derive(Debug, Clone, Copy)]
-pub struct Who<'a> {
-    pub actor: &'a str,
-    pub now: i64,
+pub(crate) struct Who<'a> {
+    pub(crate) actor: &'a str,
+    pub(crate) now: i64,
 }
 
 fn next_seq(c: &mut dyn Conn) -> Result<i64, SqlError> {
@@ -120,9 +120,9 @@ fn read_key(c: &mut dyn Conn, name: &str) -> Result<Option<KeyRec>, SqlError> {
 
 /// Where a new key's team is: `Some(true)` a config team, `Some(false)`
 /// one to check in the store, `None` no team.
-pub struct TeamRef<'a> {
-    pub name: Option<&'a str>,
-    pub in_config: bool,
+pub(crate) struct TeamRef<'a> {
+    pub(crate) name: Option<&'a str>,
+    pub(crate) in_config: bool,
 }
 
 fn check_team(c: &mut dyn Conn, team: &TeamRef<'_>) -> Result<(), WriteError> {
@@ -138,7 +138,7 @@ fn check_team(c: &mut dyn Conn, team: &TeamRef<'_>) -> Result<(), WriteError> {
 }
 
 /// Creates a key with one secret (its digest).
-pub fn create_key(
+pub(crate) fn create_key(
     c: &mut dyn Conn,
     who: Who<'_>,
     rec: &KeyRec,
@@ -183,7 +183,7 @@ pub fn create_key(
 }
 
 /// Replaces a key's fields: `apply` edits the stored key (and may refuse).
-pub fn update_key(
+pub(crate) fn update_key(
     c: &mut dyn Conn,
     who: Who<'_>,
     name: &str,
@@ -232,7 +232,7 @@ pub fn update_key(
 
 /// Adds a new secret to a key; its current secrets stop `grace_ms` from now
 /// (at once for 0), or earlier if they were already due to.
-pub fn rotate_key(
+pub(crate) fn rotate_key(
     c: &mut dyn Conn,
     who: Who<'_>,
     name: &str,
@@ -278,7 +278,7 @@ pub fn rotate_key(
 
 /// Revokes a key at once (a revoked key stays revoked; revoking it again
 /// changes nothing and is not an error).
-pub fn revoke_key(c: &mut dyn Conn, who: Who<'_>, name: &str) -> Result<i64, WriteError> {
+pub(crate) fn revoke_key(c: &mut dyn Conn, who: Who<'_>, name: &str) -> Result<i64, WriteError> {
     in_tx(c, |c| {
         let seq = next_seq(c)?;
         let rec = read_key(c, name)?
@@ -298,7 +298,7 @@ pub fn revoke_key(c: &mut dyn Conn, who: Who<'_>, name: &str) -> Result<i64, Wri
 }
 
 /// Creates a team (a deleted team's name may be used again).
-pub fn create_team(
+pub(crate) fn create_team(
     c: &mut dyn Conn,
     who: Who<'_>,
     rec: &TeamRec,
@@ -329,7 +329,7 @@ pub fn create_team(
 }
 
 /// Replaces a team's fields.
-pub fn update_team(
+pub(crate) fn update_team(
     c: &mut dyn Conn,
     who: Who<'_>,
     name: &str,
@@ -365,7 +365,7 @@ pub fn update_team(
 }
 
 /// Deletes a team, unless a key that is not revoked still names it.
-pub fn delete_team(c: &mut dyn Conn, who: Who<'_>, name: &str) -> Result<i64, WriteError> {
+pub(crate) fn delete_team(c: &mut dyn Conn, who: Who<'_>, name: &str) -> Result<i64, WriteError> {
     in_tx(c, |c| {
         let seq = next_seq(c)?;
         if !team_exists(c, name)? {
@@ -399,7 +399,7 @@ pub fn delete_team(c: &mut dyn Conn, who: Who<'_>, name: &str) -> Result<i64, Wr
 }
 
 /// The newest audit rows, newest first: at most `limit`, below id `before`.
-pub fn audit_rows(
+pub(crate) fn audit_rows(
     c: &mut dyn Conn,
     before: Option<i64>,
     limit: i64,
@@ -450,7 +450,7 @@ fn key_row(r: &Row) -> Result<(KeyRec, i64), SqlError> {
 }
 
 /// The current value of the change counter.
-pub fn head(c: &mut dyn Conn) -> Result<i64, SqlError> {
+pub(crate) fn head(c: &mut dyn Conn) -> Result<i64, SqlError> {
     c.query("SELECT seq FROM change_counter WHERE id = 1", &[])?
         .first()
         .and_then(|r| r.first())
@@ -460,11 +460,11 @@ pub fn head(c: &mut dyn Conn) -> Result<i64, SqlError> {
 
 /// The teams written in a range of changes, each with whether it was
 /// deleted.
-pub type ChangedTeams = Vec<(TeamRec, bool)>;
+pub(crate) type ChangedTeams = Vec<(TeamRec, bool)>;
 
 /// The change counter's head and the teams written after `since` (up to
 /// the head); `None` when nothing was written.
-pub fn changed_teams(
+pub(crate) fn changed_teams(
     c: &mut dyn Conn,
     since: i64,
 ) -> Result<Option<(i64, ChangedTeams)>, SqlError> {
@@ -497,7 +497,7 @@ pub fn changed_teams(
 /// Streams every key to rebuild after a change between `since` and
 /// `head`: keys written, keys whose secrets were written, and the keys of
 /// teams written; each with all its secrets. From 0: every key.
-pub fn changed_keys(
+pub(crate) fn changed_keys(
     c: &mut dyn Conn,
     since: i64,
     head: i64,
@@ -541,7 +541,7 @@ pub fn changed_keys(
 }
 
 /// A stored key with its secrets, for the admin API.
-pub fn read_key_full(c: &mut dyn Conn, name: &str) -> Result<Option<KeyRec>, SqlError> {
+pub(crate) fn read_key_full(c: &mut dyn Conn, name: &str) -> Result<Option<KeyRec>, SqlError> {
     let Some(mut k) = read_key(c, name)? else {
         return Ok(None);
     };
@@ -574,7 +574,7 @@ fn secrets_of(c: &mut dyn Conn, name: &str) -> Result<Vec<SecretRec>, SqlError> 
 
 /// A page of stored keys by name (after `after`, optionally of one team),
 /// each with the secrets still in a rotation grace period at `now`.
-pub fn list_keys(
+pub(crate) fn list_keys(
     c: &mut dyn Conn,
     after: &str,
     team: Option<&str>,
@@ -624,15 +624,4 @@ pub fn list_keys(
         }
     }
     Ok(keys)
-}
-
-/// The names among `names` that are keys in the store.
-pub fn existing_keys(c: &mut dyn Conn, names: &[String]) -> Result<Vec<String>, SqlError> {
-    let mut out = Vec::new();
-    for n in names {
-        if read_key(c, n)?.is_some() {
-            out.push(n.clone());
-        }
-    }
-    Ok(out)
 }

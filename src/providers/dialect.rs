@@ -8,18 +8,18 @@ use crate::config::{Provider, ProviderKind, Route};
 use http::{HeaderName, HeaderValue, Uri};
 
 /// `kind: anthropic`'s `base_url` when none is given.
-pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com/v1";
+pub(crate) const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com/v1";
 /// `kind: anthropic`'s `anthropic-version` when none is given.
-pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Anthropic's "overloaded" status: retried and counted for fallback.
-pub const ANTHROPIC_OVERLOADED: u16 = 529;
+pub(crate) const ANTHROPIC_OVERLOADED: u16 = 529;
 
 /// `kind: gemini`'s `base_url` when none is given (the v1beta API, which
 /// has `systemInstruction`, tools and thinking budgets).
-pub const GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
+pub(crate) const GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
 
 /// The `base_url` a kind uses when the config gives none.
-pub fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
+pub(crate) fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
     match kind {
         ProviderKind::Anthropic => Some(ANTHROPIC_BASE_URL),
         ProviderKind::Gemini => Some(GEMINI_BASE_URL),
@@ -28,7 +28,10 @@ pub fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
 }
 
 /// The header that carries the provider key, and its value.
-pub fn auth_header(kind: ProviderKind, key: &str) -> Result<(HeaderName, HeaderValue), String> {
+pub(crate) fn auth_header(
+    kind: ProviderKind,
+    key: &str,
+) -> Result<(HeaderName, HeaderValue), String> {
     let (name, value) = match kind {
         ProviderKind::Anthropic => (HeaderName::from_static("x-api-key"), key.to_string()),
         ProviderKind::Azure => (HeaderName::from_static("api-key"), key.to_string()),
@@ -43,7 +46,7 @@ pub fn auth_header(kind: ProviderKind, key: &str) -> Result<(HeaderName, HeaderV
 }
 
 /// Headers a kind sends on every request (besides the key).
-pub fn fixed_headers(p: &Provider) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+pub(crate) fn fixed_headers(p: &Provider) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
     if p.kind != ProviderKind::Anthropic {
         return Ok(Vec::new());
     }
@@ -65,10 +68,10 @@ pub fn fixed_headers(p: &Provider) -> Result<Vec<(HeaderName, HeaderValue)>, Str
 /// How one route talks to its provider.
 #[derive(Debug, Clone)]
 pub struct RouteDialect {
-    pub kind: ProviderKind,
+    pub(crate) kind: ProviderKind,
     /// The route's `max_tokens`.
-    pub default_max_tokens: Option<u64>,
-    pub drop_unsupported: bool,
+    pub(crate) default_max_tokens: Option<u64>,
+    pub(crate) drop_unsupported: bool,
     /// The upstream path (and query) per proxied endpoint, `None` where the
     /// kind has no such endpoint. Unset for OpenAI-kind routes, which use
     /// the provider's paths.

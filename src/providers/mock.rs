@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 /// What the mock sends.
-pub enum Reply {
+pub(crate) enum Reply {
     Json(Bytes),
     /// SSE events (each a complete `data: …\n\n`), paced by `interval`.
     Sse {
@@ -21,7 +21,7 @@ pub enum Reply {
 }
 
 /// Builds the reply for one request.
-pub fn reply(
+pub(crate) fn reply(
     ep: Endpoint,
     s: &MockSettings,
     model: &str,
@@ -64,7 +64,7 @@ pub fn reply(
 }
 
 /// The usage the mock reports for a request to `ep`.
-pub fn usage_of(ep: Endpoint, s: &MockSettings) -> crate::accounting::Usage {
+pub(crate) fn usage_of(ep: Endpoint, s: &MockSettings) -> crate::accounting::Usage {
     crate::accounting::Usage {
         prompt: s.prompt_tokens,
         completion: if ep == Endpoint::Embeddings {

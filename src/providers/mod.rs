@@ -3,8 +3,8 @@
 //! speak differently.
 
 pub mod aws;
-pub mod dialect;
+pub(crate) mod dialect;
 pub mod gcp;
-pub mod mock;
+pub(crate) mod mock;
 pub mod secret;
 pub mod token_client;

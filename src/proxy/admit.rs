@@ -9,15 +9,16 @@ use crate::base::error::GatewayError;
 use crate::governance;
 use crate::providers::mock;
 use crate::proxy::body;
-use crate::proxy::ctx::Ctx;
-use crate::proxy::respond;
+use crate::proxy::ctx::{Admitted, Ctx, Served};
+use crate::proxy::pipeline::Pipeline;
+use crate::proxy::write;
 use crate::rewrite;
 use crate::runtime::ProviderRt;
 use bytes::Bytes;
 use pingora::proxy::Session;
 
 /// What the proxy does after admission.
-pub enum Next {
+pub(crate) enum Next {
     /// Go upstream.
     Proxy,
     /// A response was already written.
@@ -26,44 +27,40 @@ pub enum Next {
 
 /// Admits the request, or writes its error. Returns `Ok(true)` when a
 /// response was sent (Pingora's `request_filter` convention).
-pub async fn request_filter(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+pub(crate) async fn request_filter(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
     match admit(session, ctx).await {
         Ok(Next::Proxy) => Ok(false),
         Ok(Next::Done) => Ok(true),
         Err(err) => {
-            ctx.status = err.status();
             if !session.is_body_done() {
                 // Unread body bytes must not be parsed as the next request.
                 session.set_keepalive(None);
             }
-            respond::error(session, &err, &respond::Tags::of(ctx)).await?;
-            ctx.error = Some(err);
-            Ok(true)
+            let written = write::error(session, &err, &ctx.tags()).await;
+            ctx.out.answered(err);
+            written.map(|()| true)
         }
     }
 }
 
 async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayError> {
-    let rt = ctx.runtime()?.clone();
+    let rt = ctx.head.rt.clone();
     let req = session.req_header();
     let ep = match endpoint::route(&req.method, req.uri.path()) {
         endpoint::Route::Ok(ep) => ep,
         endpoint::Route::WrongMethod(ep, allowed) => {
             // Known endpoint: its error shape (Anthropic's on /v1/messages).
-            ctx.endpoint = Some(ep);
+            ctx.head.endpoint = Some(ep);
             return Err(GatewayError::MethodNotAllowed { allowed });
         }
         endpoint::Route::Unknown => return Err(GatewayError::NotFound),
     };
-    ctx.endpoint = Some(ep);
+    ctx.head.endpoint = Some(ep);
     #[cfg(debug_assertions)]
     fault_injection::maybe_panic(session);
     if ep == Endpoint::Healthz {
         let body = Bytes::from_static(br#"{"status":"ok"}"#);
-        return written(
-            respond::json(session, 200, body, &respond::Tags::of(ctx)).await,
-            ctx,
-        );
+        return written(write::json(session, 200, body, &ctx.tags()).await, ctx);
     }
     if req.headers.contains_key(http::header::UPGRADE) {
         return Err(GatewayError::invalid(
@@ -72,14 +69,11 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     }
     let presented = auth::presented_key(&req.headers).ok_or(GatewayError::InvalidApiKey)?;
     let key = rt.lookup_key(presented)?;
-    ctx.key = Some(key.clone());
+    ctx.head.key = Some(key.clone());
     let key_info = &*key;
     if ep == Endpoint::Models {
         let body = key_info.models_body.clone();
-        return written(
-            respond::json(session, 200, body, &respond::Tags::of(ctx)).await,
-            ctx,
-        );
+        return written(write::json(session, 200, body, &ctx.tags()).await, ctx);
     }
     let over_tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     if session.is_http2() || over_tls {
@@ -140,16 +134,16 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
             }
         }
     };
-    match early {
-        Ok(Some(a)) => {
-            ctx.rate_headers = a.headers;
-            ctx.reservation = Some(a.reservation);
-        }
-        Ok(None) => {}
+    let early = match early {
+        Ok(a) => a,
         Err((err, headers)) => {
-            ctx.rate_headers = headers;
+            ctx.out.limits(None, headers);
             return Err(err);
         }
+    };
+    if let Some(a) = &early {
+        // The early headers answer a refusal before the full admission.
+        ctx.out.limits(None, a.headers);
     }
     let bytes = bytes.ok_or(GatewayError::Internal)??;
     let mut parsed = rewrite::parse(&bytes).map_err(|e| GatewayError::InvalidRequest {
@@ -172,76 +166,73 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
             model: model.name.to_string(),
         });
     }
-    let (bytes, parsed) = crate::proxy::messages::admit(ctx, ep, model, bytes, parsed)?;
-    ctx.alias = Some(model.name.clone());
+    let (body, parsed, messages) =
+        crate::proxy::messages::admit(&ctx.head.request_id, ep, model, bytes, parsed)?;
+    let req = ctx.admit(Admitted {
+        endpoint: ep,
+        model: model.clone(),
+        parsed,
+        body,
+        messages,
+    });
     let order = crate::routing::decide(
         &mut ctx.routing,
         &model.routing,
         &key_info.access,
         &key_info.name,
         ep,
-        &parsed,
-        &bytes,
+        &req.parsed,
+        &req.body,
     )?;
     ctx.attempts = crate::engine::attempts::Attempts::new(order);
     let (first_index, first) = crate::routing::candidate(ctx.attempts.order(), 0, &model.routes)
         .ok_or(GatewayError::Internal)?;
-    let early = ctx
-        .reservation
-        .take()
-        .map(|reservation| governance::Admitted {
-            reservation,
-            headers: ctx.rate_headers,
-        });
     match governance::admit_request(
         &key_info.rules,
         model.limits(),
         ctx.attempts.order(),
         ep,
-        &bytes,
+        &req.body,
         early,
     )
     .await
     {
-        Ok(Some(a)) => {
-            ctx.reservation = Some(a.reservation);
-            ctx.rate_headers = a.headers;
-        }
+        Ok(Some(a)) => ctx.out.limits(Some(a.reservation), a.headers),
         Ok(None) => {}
         Err((err, headers)) => {
-            ctx.rate_headers = headers;
+            ctx.out.limits(None, headers);
             return Err(err);
         }
     }
     if let ProviderRt::Mock(settings) = &*first.provider {
-        ctx.served_locally = true;
+        ctx.out.serve(Served::Locally);
         ctx.attempts.served_locally(first_index);
         crate::routing::attempt_started(&mut ctx.routing, &model.routing, first_index);
         if !settings.latency.get().is_zero() {
             tokio::time::sleep(settings.latency.get()).await;
         }
-        let (oa, id) = (ep.as_openai(), &ctx.request_id);
-        let reply = mock::reply(oa, settings, &first.model, &parsed, &bytes, id);
-        let reply = crate::proxy::messages::local_reply(ctx, reply);
-        ctx.local_usage = Some(mock::usage_of(oa, settings));
-        ctx.parsed = Some(parsed);
+        let (oa, id) = (ep.as_openai(), &ctx.head.request_id);
+        let reply = mock::reply(oa, settings, &first.model, &req.parsed, &req.body, id);
+        let reply = crate::proxy::messages::local_reply(&req, id, reply);
+        ctx.resp = Pipeline::local(mock::usage_of(oa, settings));
         let sent = match reply {
-            mock::Reply::Json(b) => respond::json(session, 200, b, &respond::Tags::of(ctx)).await,
+            mock::Reply::Json(b) => write::json(session, 200, b, &ctx.tags()).await,
             mock::Reply::Sse { events, interval } => {
-                respond::sse(session, events, interval, &respond::Tags::of(ctx)).await
+                write::sse(session, events, interval, &ctx.tags()).await
             }
         };
         return written(sent, ctx);
     }
-    ctx.body = bytes;
-    ctx.parsed = Some(parsed);
     Ok(Next::Proxy)
 }
 
 /// Records the outcome of a locally written 200 response.
 fn written(result: pingora::Result<()>, ctx: &mut Ctx) -> Result<Next, GatewayError> {
-    // A write error means the client went away: nothing more to send.
-    ctx.status = if result.is_ok() { 200 } else { 499 };
+    match result {
+        Ok(()) => ctx.out.sent(200),
+        // A write error means the client went away: nothing more to send.
+        Err(_) => ctx.out.gone(),
+    }
     Ok(Next::Done)
 }
 
@@ -264,7 +255,7 @@ fn shorten(s: &str) -> String {
 mod fault_injection {
     use std::sync::OnceLock;
 
-    pub fn maybe_panic(session: &pingora::proxy::Session) {
+    pub(super) fn maybe_panic(session: &pingora::proxy::Session) {
         static ON: OnceLock<bool> = OnceLock::new();
         let on =
             *ON.get_or_init(|| std::env::var("TOLLGATE_FAULT_INJECTION").is_ok_and(|v| v == "1"));

@@ -1,160 +1,223 @@
-//! Upstream attempts: pick the route and backend, build the peer, header and
-//! body, and decide after each failure whether to try again. A failure first
-//! moves to another backend of the same provider (up to its `retry.attempts`),
-//! then to the next route, with the body rewritten for that route's model.
+//! Upstream attempts through Pingora's hooks: pick the route and backend
+//! (the walker, `engine::attempts`), build the peer, header and body, and
+//! decide after each failure whether to try again. A failure first moves to
+//! another backend of the same provider (up to its `retry.attempts`), then
+//! to the next route, with the body rewritten for that route's model.
 //! Nothing is retried once a response byte has reached the client.
 
 use crate::base::error::GatewayError;
-use crate::engine::attempts::Failure;
-use crate::proxy::ctx::Ctx;
+use crate::engine::attempts::{Attempt, Failure};
+use crate::proxy::ctx::{Ctx, Served};
 use crate::proxy::headers;
 use crate::resilience::watchdog::Watchdog;
-use crate::upstream::UpstreamRef;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
+/// The proxy's current attempt and what belongs to it alone: whether its
+/// body went out, its timeout watchdog, and the verdict its response got.
+/// A new attempt replaces all of it at once ([`Current::start`]).
+#[derive(Default)]
+pub(crate) struct Current {
+    attempt: Option<Attempt>,
+    body_sent: bool,
+    /// Enforces first-byte/idle/total limits for this attempt.
+    watchdog: Option<Watchdog>,
+    /// Retry decision made by the response verdict, applied in
+    /// `error_while_proxy`.
+    verdict_retry: Option<bool>,
+}
+
+impl Current {
+    /// `a` is the attempt now; the last one's state is dropped with it
+    /// (its watchdog disarmed).
+    pub(crate) fn start(&mut self, a: Attempt) {
+        *self = Current {
+            attempt: Some(a),
+            ..Current::default()
+        };
+    }
+
+    pub(crate) fn get(&self) -> Option<&Attempt> {
+        self.attempt.as_ref()
+    }
+
+    /// The current attempt's route index.
+    pub(crate) fn route(&self) -> Option<usize> {
+        self.attempt.as_ref().map(|a| a.route)
+    }
+
+    /// The body chunk Pingora sends for this attempt: the whole body the
+    /// first time, nothing after.
+    fn body_chunk(&mut self) -> bytes::Bytes {
+        if self.body_sent {
+            return bytes::Bytes::new();
+        }
+        self.body_sent = true;
+        self.attempt
+            .as_ref()
+            .map(|a| a.body.clone())
+            .unwrap_or_default()
+    }
+
+    /// The attempt's body went out (its request reached the provider).
+    pub(crate) fn body_sent(&self) -> bool {
+        self.body_sent
+    }
+
+    /// Stops the watchdog (the attempt ended, or its connection may go back
+    /// to the pool).
+    pub(crate) fn disarm(&mut self) {
+        self.watchdog = None;
+    }
+
+    /// The response header arrived.
+    pub(crate) fn headers_arrived(&self) {
+        if let Some(w) = &self.watchdog {
+            w.headers();
+        }
+    }
+
+    /// A body chunk arrived.
+    pub(crate) fn activity(&self) {
+        if let Some(w) = &self.watchdog {
+            w.activity();
+        }
+    }
+
+    fn verdict(&mut self, retry: bool) {
+        self.verdict_retry = Some(retry);
+    }
+}
+
 /// Turns a gateway error into the Pingora error that carries it out of a hook.
-pub fn fail(ctx: &mut Ctx, err: GatewayError) -> Box<Error> {
+pub(crate) fn fail(ctx: &mut Ctx, err: GatewayError) -> Box<Error> {
     let status = err.status();
     let msg = err.code();
-    ctx.error = Some(err);
+    ctx.out.fail(err);
     Error::explain(ErrorType::HTTPStatus(status), msg)
 }
 
 /// Chooses the next backend to try and prepares this attempt's body.
-pub fn next_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>, GatewayError> {
-    ctx.watchdog = None;
-    let rt = ctx.runtime()?.clone();
-    let alias = ctx.alias.clone().ok_or(GatewayError::Internal)?;
-    let model = rt.models.get(&*alias).ok_or(GatewayError::Internal)?;
-    let ep = ctx.endpoint.ok_or(GatewayError::Internal)?;
-    let caps = ctx.caps(&rt);
-    // The walker and the request id leave `ctx` for the walk, which lets
-    // `prepare` (a translated route's body, cached in `ctx`) borrow it.
-    let mut walk = std::mem::take(&mut ctx.attempts);
-    let request_id = std::mem::take(&mut ctx.request_id);
-    let pick = walk.next(
-        model,
-        &alias,
-        request_id.as_bytes(),
+pub(crate) fn next_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>, GatewayError> {
+    ctx.current.disarm();
+    let req = ctx.admitted()?.clone();
+    let caps = ctx.caps();
+    let head = &ctx.head;
+    let bodies = &mut ctx.bodies;
+    let pick = ctx.attempts.next(
+        &req.model,
+        req.alias(),
+        head.request_id.as_bytes(),
         &caps,
         false,
-        |index, route| crate::proxy::translated::prepare(ctx, index, route, ep),
-    );
-    ctx.request_id = request_id;
-    ctx.attempts = walk;
-    let pick = pick?;
-    let route = model.routes.get(pick.route).ok_or(GatewayError::Internal)?;
-    let parsed = ctx.parsed.as_ref().ok_or(GatewayError::Internal)?;
-    let attempt = pick.into_attempt(route, &ctx.body, parsed, ep.usage_capable());
-    crate::routing::attempt_started(&mut ctx.routing, &model.routing, attempt.route);
+        |index, route| bodies.prepare(&req, &head.request_id, index, route),
+    )?;
+    let route = req.route(pick.route).ok_or(GatewayError::Internal)?;
+    let attempt = pick.into_attempt(route, &req.body, &req.parsed, req.endpoint.usage_capable());
+    crate::routing::attempt_started(&mut ctx.routing, &req.model.routing, attempt.route);
     let peer = attempt.up.peer(attempt.addr, &route.limits);
-    ctx.attempt = Some(attempt);
-    ctx.body_sent = false;
+    ctx.current.start(attempt);
     Ok(Box::new(peer))
 }
 
-/// What to answer when nothing is left to try.
-pub fn exhausted(ctx: &Ctx) -> GatewayError {
-    ctx.attempts.exhausted()
-}
-
-/// The provider of the current attempt.
-pub fn current_upstream(ctx: &Ctx) -> Result<UpstreamRef, GatewayError> {
-    ctx.attempt
-        .as_ref()
-        .map(|a| a.up.clone())
-        .ok_or(GatewayError::Internal)
-}
-
 /// Replaces the client's header with the one for this attempt's provider.
-pub fn upstream_request(
+pub(crate) fn upstream_request(
     client: &RequestHeader,
     upstream: &mut RequestHeader,
     ctx: &Ctx,
 ) -> Result<(), GatewayError> {
-    let up = current_upstream(ctx)?;
-    let ep = ctx.endpoint.ok_or(GatewayError::Internal)?;
-    let len = ctx.attempt.as_ref().map_or(0, |a| a.body.len());
-    *upstream = headers::upstream_request(client, &up, ep, len, &ctx.request_id)?;
-    crate::proxy::translated::patch_request(upstream, ctx);
-    crate::proxy::messages::passthrough::patch_request(client, upstream, ctx);
+    let a = ctx.current.get().ok_or(GatewayError::Internal)?;
+    let req = ctx.admitted()?;
+    *upstream = headers::upstream_request(
+        client,
+        &a.up,
+        req.endpoint,
+        a.body.len(),
+        &ctx.head.request_id,
+    )?;
+    if let Some(route) = req.route(a.route) {
+        ctx.bodies
+            .patch_request(upstream, req.endpoint, a.route, route);
+        crate::proxy::messages::passthrough::patch_request(client, upstream, req, route);
+    }
     Ok(())
 }
 
 /// Emits this attempt's body. Pingora calls this once per attempt with the
-/// retry buffer's tail; we send the whole rewritten body in its place.
-pub fn body_chunk(body: &mut Option<bytes::Bytes>, ctx: &mut Ctx) {
-    if ctx.body_sent {
-        // Never forward client bytes directly: the body was already sent whole.
-        *body = Some(bytes::Bytes::new());
-    } else {
-        *body = Some(
-            ctx.attempt
-                .as_ref()
-                .map(|a| a.body.clone())
-                .unwrap_or_default(),
-        );
-        ctx.body_sent = true;
-    }
+/// retry buffer's tail; we send the whole rewritten body in its place (and
+/// never the client's bytes directly).
+pub(crate) fn body_chunk(body: &mut Option<bytes::Bytes>, ctx: &mut Ctx) {
+    *body = Some(ctx.current.body_chunk());
 }
 
 /// Starts the timeout watchdog for this attempt when its limits need one.
-pub fn on_connected(ctx: &mut Ctx, fd: std::os::fd::RawFd) {
+pub(crate) fn on_connected(ctx: &mut Ctx, fd: std::os::fd::RawFd) {
     let Some(limits) = ctx.current_route().map(|r| r.limits) else {
         return;
     };
     if limits.needs_watchdog() {
         match Watchdog::arm(fd, limits) {
-            Ok(w) => ctx.watchdog = Some(w),
+            Ok(w) => ctx.current.watchdog = Some(w),
             Err(e) => log::warn!(
                 "request {}: cannot arm the timeout watchdog: {e}",
-                ctx.request_id
+                ctx.head.request_id
             ),
         }
     }
 }
 
 /// Whether another attempt may start.
-pub fn may_retry(ctx: &Ctx) -> bool {
-    let Some(rt) = ctx.rt.as_ref() else {
-        return false;
-    };
-    !ctx.response_started && ctx.attempts.may_retry(&ctx.caps(rt))
+pub(crate) fn may_retry(ctx: &Ctx) -> bool {
+    ctx.out.served() == Served::No && ctx.attempts.may_retry(&ctx.caps())
 }
 
 /// Records a failed attempt: route statistics, then the walker's breaker,
 /// cooldown, metrics, attempt log and the error to answer if nothing else
 /// works.
-pub fn record_failure(ctx: &mut Ctx, f: Failure) {
-    let plan =
-        crate::proxy::ctx::alias_model(ctx.rt.as_ref(), ctx.alias.as_deref()).map(|m| &m.routing);
+fn record_failure(ctx: &mut Ctx, f: Failure) {
     let stream = ctx.streams();
+    let req = ctx.req().cloned();
+    let plan = req.as_ref().map(|r| &r.model.routing);
     crate::routing::attempt_failed(&mut ctx.routing, plan, stream);
-    if let Some(a) = &ctx.attempt {
+    if let Some(a) = ctx.current.get() {
         ctx.attempts.failed(a, f);
     }
 }
 
-/// Records a successful attempt (the response is going to the client).
-pub fn record_success(ctx: &mut Ctx) {
-    if let Some(a) = &ctx.attempt {
+/// The current attempt's response was judged a failure (`retry_after`,
+/// `skip_provider` from the verdict): recorded, and whether another
+/// attempt follows is kept for `error_while_proxy`. When none does, its
+/// error is the answer.
+pub(crate) fn response_failed(ctx: &mut Ctx, f: Failure) {
+    let error = f.error.clone();
+    record_failure(ctx, f);
+    let retry = may_retry(ctx);
+    ctx.current.verdict(retry);
+    if !retry {
+        ctx.out.fail(error);
+    }
+}
+
+/// The current attempt's response is going to the client.
+pub(crate) fn response_accepted(ctx: &mut Ctx) {
+    if let Some(a) = ctx.current.get() {
         ctx.attempts.succeeded(a);
     }
-    ctx.response_started = true;
+    ctx.out.serve(Served::Upstream);
 }
 
 /// Decides whether a connect failure is retried (on another backend or route).
-pub fn on_connect_failure(ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+pub(crate) fn on_connect_failure(ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
     let timeout = matches!(
         e.etype(),
         ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout
     );
-    if let Some(addr) = ctx.attempt.as_ref().map(|a| a.addr) {
+    if let Some(a) = ctx.current.get() {
         log::warn!(
-            "request {}: connecting to {addr} failed: {:?}",
-            ctx.request_id,
+            "request {}: connecting to {} failed: {:?}",
+            ctx.head.request_id,
+            a.addr,
             e.etype()
         );
     }
@@ -166,12 +229,12 @@ pub fn on_connect_failure(ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
 /// Decides whether an error while proxying is retried. Our own verdicts
 /// (bad status) carry their decision; an I/O error or timeout before any
 /// response reached the client is retried when attempts remain.
-pub fn on_proxy_error(ctx: &mut Ctx, e: &mut Error) {
-    if let Some(retry) = ctx.verdict_retry.take() {
+pub(crate) fn on_proxy_error(ctx: &mut Ctx, e: &mut Error) {
+    if let Some(retry) = ctx.current.verdict_retry.take() {
         e.set_retry(retry);
         return;
     }
-    let fired = ctx.watchdog.as_ref().and_then(|w| w.fired());
+    let fired = ctx.current.watchdog.as_ref().and_then(|w| w.fired());
     let timeout = fired.is_some()
         || (matches!(
             e.etype(),
@@ -183,9 +246,9 @@ pub fn on_proxy_error(ctx: &mut Ctx, e: &mut Error) {
         e.set_retry(false);
         return;
     }
-    if ctx.response_started {
+    if ctx.out.served() != Served::No {
         // Mid-stream: nothing can be retried; the stream ends with an error event.
-        ctx.mid_stream_error = Some(if timeout {
+        ctx.out.broke(if timeout {
             GatewayError::UpstreamTimeout
         } else {
             GatewayError::UpstreamError

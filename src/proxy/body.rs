@@ -15,18 +15,18 @@ use pingora::proxy::Session;
 use std::time::Duration;
 
 /// Pingora's retry buffer size (`BODY_BUF_LIMIT` in pingora-core 0.9.1).
-pub const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
+pub(crate) const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
 
 /// How the client framed its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     Length(u64),
     Chunked,
 }
 
 /// Checks framing headers before anything is read. Conflicting or malformed
 /// framing is refused outright (request smuggling).
-pub fn framing(headers: &http::HeaderMap) -> Result<Framing, GatewayError> {
+pub(crate) fn framing(headers: &http::HeaderMap) -> Result<Framing, GatewayError> {
     let te: Vec<_> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
     let cl: Vec<_> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
     if !te.is_empty() {
@@ -58,7 +58,7 @@ pub fn framing(headers: &http::HeaderMap) -> Result<Framing, GatewayError> {
 /// turns keep-alive off (RFC 9112 section 6.1), so the conflict shows only as
 /// a chunked HTTP/1 request whose keep-alive is off for no reason the client
 /// gave (`Connection: close`, HTTP/1.0) nor a shutdown.
-pub fn had_both_lengths(session: &Session) -> bool {
+pub(crate) fn had_both_lengths(session: &Session) -> bool {
     let req = session.req_header();
     if !req.headers.contains_key(header::TRANSFER_ENCODING)
         || session.get_keepalive().is_some()
@@ -86,7 +86,7 @@ pub fn had_both_lengths(session: &Session) -> bool {
 /// Whether the client waits for `100 Continue` before it sends its body.
 /// HTTP/2 clients do not wait for a 100 (and Pingora's h2 session would
 /// take it as the final response header).
-pub fn expects_continue(session: &Session) -> bool {
+pub(crate) fn expects_continue(session: &Session) -> bool {
     !session.is_http2()
         && session
             .get_header(header::EXPECT)
@@ -95,7 +95,7 @@ pub fn expects_continue(session: &Session) -> bool {
 
 /// Reads the whole body, up to `limit` bytes, pausing at most `idle` between
 /// reads. On success the retry buffer holds the body's tail (see module docs).
-pub async fn read_all(
+pub(crate) async fn read_all(
     session: &mut Session,
     framing: Framing,
     limit: u64,

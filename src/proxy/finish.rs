@@ -1,19 +1,18 @@
 //! The end of a request: the error answer when proxying failed, then metrics
 //! and the access-log line.
 
-use crate::accounting::meter::BodyUsage;
 use crate::accounting::settle::{self, Observed, Settled};
-use crate::accounting::UsageSource;
 use crate::base::error::GatewayError;
-use crate::proxy::ctx::{Ctx, Meter};
-use crate::proxy::respond;
+use crate::proxy::ctx::{Ctx, Served};
+use crate::proxy::write;
+use crate::telemetry::record::Record;
 use crate::telemetry::{access_log, metrics};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
 /// Maps a Pingora error to what the client is told. `None`: the client is
 /// gone, nothing can be sent.
-pub fn classify(e: &Error) -> Option<GatewayError> {
+pub(crate) fn classify(e: &Error) -> Option<GatewayError> {
     use ErrorType::*;
     match e.etype() {
         HTTPStatus(code) => Some(match code {
@@ -47,8 +46,8 @@ pub fn classify(e: &Error) -> Option<GatewayError> {
 
 /// Writes the OpenAI-format error if nothing was sent yet. Returns the status
 /// for the log (0 when nothing could be sent).
-pub async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u16 {
-    let err = ctx.error.clone().or_else(|| match classify(e) {
+pub(crate) async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u16 {
+    let err = ctx.out.error().cloned().or_else(|| match classify(e) {
         // An upstream failure was already judged by the attempt that saw it
         // (say, a timeout the watchdog turned into a reset): answer that.
         Some(GatewayError::UpstreamError | GatewayError::UpstreamTimeout) => ctx
@@ -59,79 +58,69 @@ pub async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u
         other => other,
     });
     let Some(err) = err else {
-        ctx.status = 499;
+        ctx.out.gone();
         return 0;
     };
     if session.response_written().is_some() {
         // Headers are out. A stream ends with one error event (never a fake
         // [DONE]), so SDKs raise; any other body is cut short.
-        let err = ctx.mid_stream_error.clone().unwrap_or(err);
-        if matches!(ctx.meter, Meter::Stream(_)) {
-            // A Messages stream: its unsent events, translated, and its error event.
-            let anthropic = crate::proxy::messages::stream_error(ctx, &err);
-            if let Some(unsent) = ctx.unsent.take() {
-                let _ = session.write_response_body(Some(unsent), false).await;
+        let err = ctx.out.broken().cloned().unwrap_or(err);
+        if ctx.resp.streams() {
+            let chunks = ctx.resp.stream_error(&err);
+            let n = chunks.len();
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                let _ = session.write_response_body(Some(chunk), i + 1 == n).await;
             }
-            let event = anthropic.unwrap_or_else(|| {
-                format!("data: {}\n\n", String::from_utf8_lossy(&err.body())).into()
-            });
-            let _ = session.write_response_body(Some(event), true).await;
         }
         log::warn!(
             "request {}: stream broken after it started: {e}",
-            ctx.request_id
+            ctx.head.request_id
         );
-        ctx.error = Some(err);
+        ctx.out.fail(err);
         return 0;
     }
     if err.status() >= 500 {
-        log::warn!("request {}: {} ({e})", ctx.request_id, err.code());
+        log::warn!("request {}: {} ({e})", ctx.head.request_id, err.code());
     }
-    let status = err.status();
     // Pingora closes the connection after a proxy failure: say so, or
     // pooled clients reuse it and get a reset.
     session.set_keepalive(None);
-    if respond::error(session, &err, &respond::Tags::of(ctx))
-        .await
-        .is_err()
-    {
-        ctx.status = 499;
+    if write::error(session, &err, &ctx.tags()).await.is_err() {
+        ctx.out.gone();
         return 0;
     }
-    ctx.status = status;
-    ctx.error = Some(err);
+    let status = err.status();
+    ctx.out.answered(err);
     status
 }
 
-/// Settles usage, records metrics and writes the access-log line.
-pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
-    if ctx.status == 0 {
-        ctx.status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(if e.is_some() { 499 } else { 0 });
-    }
-    ctx.watchdog = None;
+/// Settles usage, then builds the request's record once and hands it to
+/// the metrics and the access log.
+pub(crate) fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
+    let written = session.response_written().map(|r| r.status.as_u16());
+    ctx.out.close(written, e.is_some());
+    ctx.current.disarm();
+    let req = ctx.req().cloned();
+    let served = ctx.out.served() != Served::No;
     {
-        let plan = crate::proxy::ctx::alias_model(ctx.rt.as_ref(), ctx.alias.as_deref())
-            .map(|m| &m.routing);
         let end = crate::routing::track::Ending {
-            alias: ctx.alias.as_deref().unwrap_or_default(),
+            alias: req.as_ref().map_or("", |r| r.alias()),
             stream: ctx.streams(),
-            served: ctx.served_locally || ctx.response_started,
-            cut: ctx.mid_stream_error.is_some(),
-            status: ctx.status,
+            served,
+            cut: ctx.out.broken().is_some(),
+            status: ctx.out.status(),
             route: ctx.attempt_route(),
-            first_byte_at: ctx.first_byte_at,
-            upstream_headers_at: ctx.upstream_headers_at,
+            first_byte_at: ctx.out.first_byte_at(),
+            upstream_headers_at: ctx.out.upstream_headers_at(),
         };
+        let plan = req.as_ref().map(|r| &r.model.routing);
         crate::routing::finished(&mut ctx.routing, plan, &end);
     }
     let settled = settle(ctx);
-    if let Some(r) = &ctx.reservation {
+    if let Some(r) = ctx.out.reservation() {
         r.learn(ctx.attempt_route(), settled.as_ref());
     }
-    if let Some(r) = ctx.reservation.take() {
+    if let Some(r) = ctx.out.take_reservation() {
         let own = settled
             .as_ref()
             .map_or((0, None), |s| (s.tokens(), s.cost_usd));
@@ -142,95 +131,69 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         }
     }
     record_usage_ledger(ctx, settled.as_ref());
-    let rt = ctx.rt.clone();
-    let key = or_none(ctx.key.as_deref().map(|k| &*k.name));
     let route = ctx.current_route();
-    let served = ctx.served_locally || ctx.attempt.is_some();
-    let provider = or_none(route.filter(|_| served).map(|r| &*r.provider_name));
-    let upstream_model = or_none(route.filter(|_| served).map(|r| &*r.model));
-    let model = or_none(ctx.alias.as_deref());
-    let endpoint = ctx.endpoint.map_or(metrics::NONE, |e| e.label());
-    let duration = ctx.start.elapsed();
-    let upstream = ctx.upstream_headers_at.map(|t| t - ctx.start);
+    let tried = ctx.out.served() == Served::Locally || ctx.current.get().is_some();
     let stream = ctx.streams();
-    let ttft = ctx.first_byte_at.filter(|_| stream).map(|t| t - ctx.start);
-    if let Some(m) = metrics::get() {
-        let route_labels = [model, provider, upstream_model, key];
-        let class = metrics::status_class(ctx.status);
-        m.requests
-            .with_label_values(&[model, provider, upstream_model, key, endpoint, class])
-            .inc();
-        m.duration
-            .with_label_values(&[model, provider, endpoint])
-            .observe(duration.as_secs_f64());
-        if let Some(u) = upstream {
-            m.upstream_latency
-                .with_label_values(&[provider])
-                .observe(u.as_secs_f64());
-        }
-        if let Some(t) = ttft {
-            m.ttft
-                .with_label_values(&[model, provider])
-                .observe(t.as_secs_f64());
-        }
-        if let Some(err) = &ctx.error {
-            m.errors.with_label_values(&[err.code()]).inc();
-        }
-        if let Some(s) = &settled {
-            record_usage(m, &route_labels, s);
-            if s.source != UsageSource::Reported {
-                m.estimated.with_label_values(&[model, provider]).inc();
-            }
-            if s.partial {
-                m.partial_streams
-                    .with_label_values(&[model, provider])
-                    .inc();
-            }
-        }
-    }
-    let enabled = rt.as_ref().is_none_or(|r| r.config.access_log.enabled);
-    if enabled {
-        let plan =
-            crate::proxy::ctx::alias_model(rt.as_ref(), ctx.alias.as_deref()).map(|m| &m.routing);
+    let duration = ctx.head.start.elapsed();
+    let mut record = Record {
+        ts: std::time::SystemTime::now(),
+        request_id: &ctx.head.request_id,
+        method: session.req_header().method.as_str(),
+        endpoint: ctx.head.endpoint.map_or(metrics::NONE, |e| e.label()),
+        key: or_none(ctx.head.key.as_deref().map(|k| &*k.name)),
+        model: or_none(req.as_ref().map(|r| &**r.alias())),
+        provider: or_none(route.filter(|_| tried).map(|r| &*r.provider_name)),
+        upstream_model: or_none(route.filter(|_| tried).map(|r| &*r.model)),
+        backend: ctx.current.get().map(|a| a.addr),
+        stream,
+        status: ctx.out.status(),
+        duration,
+        upstream: ctx.out.upstream_headers_at().map(|t| t - ctx.head.start),
+        attempts: ctx.attempts.started(),
+        attempt_log: None,
+        error: ctx.out.error().map(|e| e.code()),
+        ttft: ctx
+            .out
+            .first_byte_at()
+            .filter(|_| stream)
+            .map(|t| t - ctx.head.start),
+        usage: settled.as_ref().map(|s| s.usage),
+        usage_source: settled.as_ref().map(|s| s.source),
+        cost_usd: settled.as_ref().and_then(|s| s.cost_usd),
+        unpriced: settled.as_ref().is_some_and(|s| s.cost_usd.is_none()),
+        partial: settled.as_ref().is_some_and(|s| s.partial),
+        hedge: ctx.exp.hedge,
+        shadow: ctx.exp.shadow,
+        strategy: None,
+        variant: None,
+        route: None,
+        candidates: None,
+        skipped: None,
+    };
+    metrics::observe(&record);
+    if ctx.head.rt.config.access_log.enabled {
+        // The parts only the log line shows, built only when it is written.
+        let plan = req.as_ref().map(|r| &r.model.routing);
         let routing = crate::routing::track::log_fields(
             &ctx.routing,
             plan,
             ctx.attempts.order(),
             ctx.attempt_route(),
         );
-        access_log::write(&access_log::Record {
-            ts: std::time::SystemTime::now(),
-            request_id: &ctx.request_id,
-            method: session.req_header().method.as_str(),
-            endpoint,
-            key,
-            model,
-            provider,
-            upstream_model,
-            backend: ctx.attempt.as_ref().map(|a| a.addr),
-            stream,
-            status: ctx.status,
-            duration,
-            upstream,
-            attempts: ctx.attempts.started(),
-            attempt_log: attempt_log(ctx),
-            error: ctx.error.as_ref().map(|e| e.code()),
-            ttft,
-            usage: settled.as_ref().map(|s| s.usage),
-            usage_source: settled.as_ref().map(|s| s.source.label()),
-            cost_usd: settled.as_ref().and_then(|s| s.cost_usd),
-            unpriced: settled.as_ref().is_some_and(|s| s.cost_usd.is_none()),
-            partial: settled.as_ref().is_some_and(|s| s.partial),
-            hedge: ctx.exp.hedge,
-            shadow: ctx.exp.shadow,
-            strategy: routing.strategy,
-            variant: routing.variant,
-            route: routing.route,
-            candidates: routing.candidates,
-            skipped: routing.skipped,
-        });
+        record.attempt_log = attempt_log(ctx);
+        record.strategy = routing.strategy;
+        record.variant = routing.variant;
+        record.route = routing.route;
+        record.candidates = routing.candidates;
+        record.skipped = routing.skipped;
+        access_log::write(&record);
     }
-    ctx.in_flight = None;
+    ctx.head.in_flight = None;
+}
+
+/// A label value, or the placeholder when there is none.
+fn or_none(v: Option<&str>) -> &str {
+    v.unwrap_or(metrics::NONE)
 }
 
 /// Counts a request that was admitted past the limits in the admin API's
@@ -238,10 +201,10 @@ pub fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
 fn record_usage_ledger(ctx: &Ctx, settled: Option<&Settled>) {
     use crate::governance::{ledger, usd_to_nanos, Level};
     let refused = matches!(
-        ctx.error,
+        ctx.out.error(),
         Some(GatewayError::LimitExceeded { .. } | GatewayError::QuotaExceeded { .. })
     );
-    let (Some(key), Some(alias)) = (ctx.key.as_deref(), ctx.alias.as_ref()) else {
+    let (Some(key), Some(req)) = (ctx.head.key.as_deref(), ctx.req()) else {
         return;
     };
     if refused {
@@ -250,16 +213,12 @@ fn record_usage_ledger(ctx: &Ctx, settled: Option<&Settled>) {
     let own = settled.map_or((0, None), |s| (s.tokens(), s.cost_usd));
     let (tokens, usd) = ctx.exp.charge(own.0, own.1);
     let nanos = usd.map_or(0, usd_to_nanos);
+    let alias = req.alias();
     let mut who = vec![(Level::Key, &key.name), (Level::Model, alias)];
     if let Some(team) = &key.team {
         who.push((Level::Team, team));
     }
     ledger::global().record(&who, tokens, nanos);
-}
-
-/// A label value, or the placeholder when there is none.
-fn or_none(v: Option<&str>) -> &str {
-    v.unwrap_or(metrics::NONE)
 }
 
 /// `provider@backend:outcome` for each attempt, when there was more than one.
@@ -275,43 +234,22 @@ fn attempt_log(ctx: &Ctx) -> Option<Vec<String>> {
 /// The request's usage and cost, from what its response showed (the rule
 /// is in `accounting::settle`).
 fn settle(ctx: &Ctx) -> Option<Settled> {
-    let ep = ctx.endpoint?;
+    let req = ctx.req()?;
     let route = ctx.current_route()?;
-    let req = settle::Request {
-        ep,
+    let request = settle::Request {
+        ep: req.endpoint,
         model: &route.model,
-        body: &ctx.body,
-        default_output: crate::proxy::ctx::alias_model(ctx.rt.as_ref(), ctx.alias.as_deref())
-            .map_or(crate::config::DEFAULT_RESERVE_OUTPUT_TOKENS, |m| {
-                m.reserve_output_tokens
-            }),
+        body: &req.body,
+        default_output: req.model.reserve_output_tokens,
     };
-    let local = ctx.local_usage.map(|u| {
-        if ctx.local_usage_estimated {
-            Observed::Estimated(u)
-        } else {
-            Observed::Known(u)
-        }
-    });
-    let observed = match (&ctx.meter, local) {
-        // A translator's (or passthrough watch's) counts are final only if
-        // the stream ended.
-        (Meter::Stream(m), _) => Observed::Stream {
-            seen: m.seen(),
-            counts: ctx.local_usage,
+    let observed = match ctx.resp.observed() {
+        Some(o) => o,
+        None if unanswered(ctx) => Observed::Unanswered {
+            stream: req.stream(),
         },
-        (_, Some(local)) => local,
-        (Meter::Body(m), None) => match m.usage() {
-            BodyUsage::Reported(u) => Observed::Known(u),
-            BodyUsage::Missing => Observed::Body(m.json()),
-            BodyUsage::Unreadable => Observed::Unread,
-        },
-        (Meter::None, None) if unanswered(ctx) => Observed::Unanswered {
-            stream: ctx.streams(),
-        },
-        (Meter::None, None) => return None,
+        None => return None,
     };
-    settle::settle(&req, observed, route.price.as_ref())
+    settle::settle(&request, observed, route.price.as_ref())
 }
 
 /// Whether the last attempt's request reached the provider, which had not
@@ -319,19 +257,5 @@ fn settle(ctx: &Ctx) -> Option<Settled> {
 /// attempt did not fail (a failed attempt is logged; an error or a timeout
 /// is not charged), so the client left while the provider was working.
 fn unanswered(ctx: &Ctx) -> bool {
-    ctx.body_sent && !ctx.response_started && !ctx.served_locally && ctx.attempts.last_is_open()
-}
-
-fn record_usage(m: &metrics::Metrics, route: &[&str; 4], s: &Settled) {
-    let source = s.source.label();
-    for (kind, n) in s.usage.by_kind() {
-        let [model, provider, upstream_model, key] = *route;
-        m.tokens
-            .with_label_values(&[model, provider, upstream_model, key, kind, source])
-            .inc_by(n);
-    }
-    match s.cost_usd {
-        Some(c) => m.cost.with_label_values(route).inc_by(c),
-        None => m.unpriced.with_label_values(route).inc(),
-    }
+    ctx.current.body_sent() && ctx.out.served() == Served::No && ctx.attempts.last_is_open()
 }

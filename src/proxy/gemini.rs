@@ -14,13 +14,13 @@ use serde_json::Value;
 
 /// What a whole (non-stream) Gemini response is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Body {
+pub(crate) enum Body {
     Chat,
     Embeddings(EmbedOutput),
 }
 
 impl Body {
-    pub fn of(ep: Endpoint, client: Option<&Value>) -> Body {
+    pub(crate) fn of(ep: Endpoint, client: Option<&Value>) -> Body {
         match (ep, client) {
             (Endpoint::Embeddings, Some(c)) => Body::Embeddings(EmbedOutput::of(c)),
             (Endpoint::Embeddings, None) => Body::Embeddings(EmbedOutput::Float),
@@ -32,7 +32,7 @@ impl Body {
 /// The translated body and its upstream path: `generateContent` or
 /// `streamGenerateContent?alt=sse` for chat, `embedContent` or
 /// `batchEmbedContents` for embeddings.
-pub fn request(
+pub(crate) fn request(
     client: &Value,
     opts: &RequestOpts,
     ep: Endpoint,
@@ -52,7 +52,7 @@ pub fn request(
 /// A translated whole response, its usage, and whether that usage is an
 /// estimate. Chat usage missing from the response is left to the body
 /// meter (`None`).
-pub fn response(
+pub(crate) fn response(
     whole: &[u8],
     opts: &ResponseOpts,
     what: Body,

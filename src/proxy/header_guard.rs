@@ -38,9 +38,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Wraps the proxy with header deadlines and runs its HTTP/1 keep-alive loop.
-pub struct HeaderGuard<A> {
-    pub inner: Arc<A>,
-    pub shared: Arc<Shared>,
+pub(crate) struct HeaderGuard<A> {
+    pub(crate) inner: Arc<A>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 /// What reading a header produced.
@@ -142,7 +142,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> HeaderGuard<A> {
 }
 
 /// A stream that can be given bytes back, to be read again before the rest.
-pub trait PutBack {
+pub(crate) trait PutBack {
     /// Puts `bytes` in front of whatever is still unread.
     fn put_back(&mut self, bytes: Bytes);
 }
@@ -169,7 +169,7 @@ const LAST_CHANCE: Duration = Duration::from_secs(1);
 static BUSY: AtomicUsize = AtomicUsize::new(0);
 
 /// Connections now open and waiting for, or serving, a request.
-pub fn busy_connections() -> usize {
+pub(crate) fn busy_connections() -> usize {
     BUSY.load(Ordering::Relaxed)
 }
 

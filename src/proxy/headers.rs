@@ -41,7 +41,7 @@ const RESPONSE_ALLOWED: &[HeaderName] = &[
 const RETRY_AFTER_MS: &str = "retry-after-ms";
 
 /// Drops every provider response header that is not in the allow-list.
-pub fn client_response(resp: &mut ResponseHeader) {
+pub(crate) fn client_response(resp: &mut ResponseHeader) {
     let dropped: Vec<HeaderName> = resp
         .headers
         .keys()
@@ -54,10 +54,10 @@ pub fn client_response(resp: &mut ResponseHeader) {
 }
 
 /// Header carrying the request id, both ways.
-pub const REQUEST_ID: &str = "x-request-id";
+pub(crate) const REQUEST_ID: &str = "x-request-id";
 
 /// Builds the header this attempt sends to `up`.
-pub fn upstream_request(
+pub(crate) fn upstream_request(
     client: &RequestHeader,
     up: &Upstream,
     ep: Endpoint,
@@ -91,7 +91,7 @@ pub fn upstream_request(
 }
 
 /// The client's `x-request-id` when it is short and printable, else `None`.
-pub fn client_request_id(client: &RequestHeader) -> Option<String> {
+pub(crate) fn client_request_id(client: &RequestHeader) -> Option<String> {
     let v = client.headers.get(REQUEST_ID)?.to_str().ok()?;
     let ok = !v.is_empty()
         && v.len() <= 128
@@ -101,7 +101,7 @@ pub fn client_request_id(client: &RequestHeader) -> Option<String> {
 }
 
 /// A new unique request id: a per-process random prefix and a counter.
-pub fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
     static SEED: OnceLock<u64> = OnceLock::new();

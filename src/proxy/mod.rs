@@ -1,20 +1,21 @@
 //! The Pingora `ProxyHttp` implementation. Each hook is a line or two that
 //! hands off to the module doing that phase's work.
 
-pub mod admit;
-pub mod attempt;
-pub mod body;
-pub mod ctx;
-pub mod experiments;
-pub mod finish;
-pub mod gemini;
-pub mod header_guard;
-pub mod headers;
-pub mod messages;
-pub mod respond;
-pub mod response;
-pub mod rewound;
-pub mod translated;
+pub(crate) mod admit;
+pub(crate) mod attempt;
+pub(crate) mod body;
+pub(crate) mod ctx;
+pub(crate) mod experiments;
+pub(crate) mod finish;
+pub(crate) mod gemini;
+pub(crate) mod header_guard;
+pub(crate) mod headers;
+pub(crate) mod messages;
+pub(crate) mod pipeline;
+pub(crate) mod response;
+pub(crate) mod rewound;
+pub(crate) mod translated;
+pub(crate) mod write;
 
 use crate::live::Shared;
 use async_trait::async_trait;
@@ -32,24 +33,28 @@ use std::time::Instant;
 /// A bug panicked inside a hook: answer this request with a 500 and keep the
 /// process (and every other request) running.
 async fn panicked(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-    log::error!("request {}: internal panic; answering 500", ctx.request_id);
+    log::error!(
+        "request {}: internal panic; answering 500",
+        ctx.head.request_id
+    );
     let err = crate::base::error::GatewayError::Internal;
     if session.response_written().is_none() {
         session.set_keepalive(None);
-        respond::error(session, &err, &respond::Tags::of(ctx)).await?;
-        ctx.status = 500;
+        write::error(session, &err, &ctx.tags()).await?;
+        ctx.out.answered(err);
+    } else {
+        ctx.out.fail(err);
     }
-    ctx.error = Some(err);
     Ok(true)
 }
 
 /// The gateway: reads the current runtime snapshot per request.
-pub struct Gateway {
+pub(crate) struct Gateway {
     shared: Arc<Shared>,
 }
 
 impl Gateway {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
 }
@@ -59,17 +64,16 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::new()
+        Ctx::new(self.shared.load())
     }
 
     /// Takes the config snapshot, then admits the request (auth, body, model)
     /// or answers it locally. Runs first; all rejections happen here.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-        ctx.start = Instant::now();
-        ctx.rt = Some(self.shared.load());
-        ctx.request_id = headers::client_request_id(session.req_header())
+        ctx.head.start = Instant::now();
+        ctx.head.request_id = headers::client_request_id(session.req_header())
             .unwrap_or_else(headers::new_request_id);
-        ctx.in_flight = Some(ctx::InFlight::enter());
+        ctx.head.in_flight = Some(ctx::InFlight::enter());
         let admitted = AssertUnwindSafe(async {
             match admit::request_filter(session, ctx).await? {
                 true => Ok(true),

@@ -21,19 +21,19 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 #[derive(Debug)]
-pub struct Rewound {
+pub(crate) struct Rewound {
     prefix: Bytes,
     inner: Stream,
 }
 
 impl Rewound {
     /// `inner`, with `prefix` read first.
-    pub fn new(prefix: Bytes, inner: Stream) -> Self {
+    pub(crate) fn new(prefix: Bytes, inner: Stream) -> Self {
         Self { prefix, inner }
     }
 
     /// Puts `bytes` in front of whatever is still unread.
-    pub fn prepend(&mut self, bytes: Bytes) {
+    pub(crate) fn prepend(&mut self, bytes: Bytes) {
         if self.prefix.is_empty() {
             self.prefix = bytes;
         } else {

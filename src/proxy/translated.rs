@@ -2,33 +2,38 @@
 //! past a flag check: they keep the zero-copy splice and passthrough. For a
 //! route whose provider speaks another dialect:
 //!
-//! - `prepare` (in `upstream_peer`) refuses endpoints the kind does not serve
-//!   and builds the translated body once per route (the client body is parsed
-//!   into JSON only then), reused by retries of that route;
-//! - `patch_request` sets the route's own upstream path (Azure deployments,
-//!   Anthropic's `/messages`, the Gemini method chosen for this request);
-//! - `on_header` / `on_chunk` translate the response: a stream event by
-//!   event, a whole body once buffered (bounded), and a provider error into
-//!   our OpenAI-format error.
+//! - [`Bodies::prepare`] (in `upstream_peer`) refuses endpoints the kind
+//!   does not serve and builds the translated body once per route (the
+//!   client body is parsed into JSON only then), reused by retries of that
+//!   route;
+//! - [`Bodies::patch_request`] sets the route's own upstream path (Azure
+//!   deployments, Anthropic's `/messages`, the Gemini method chosen for
+//!   this request);
+//! - [`Stage`] is the first stage of the response pipeline (`pipeline.rs`):
+//!   a stream is translated event by event, a whole body once buffered
+//!   (bounded), and a provider error into our OpenAI-format error.
 
 use crate::accounting::meter::MAX_EVENT_BYTES;
 use crate::base::endpoint::Endpoint;
 use crate::base::error::GatewayError;
 use crate::config::ProviderKind;
-use crate::proxy::ctx::Ctx;
+use crate::proxy::ctx::Admitted;
 use crate::proxy::gemini as gem;
+use crate::proxy::pipeline::Counts;
 use crate::runtime::RouteRt;
 use crate::translate::pipe::Pipe;
 use crate::translate::{anthropic, errors, gemini, RequestOpts, ResponseOpts, StreamTranslator};
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
+use std::sync::Arc;
 
 /// Largest provider error body read; the rest is ignored.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
-/// Translation state of one request.
+/// The translated request bodies of one request: built once per route
+/// and reused by that route's retries.
 #[derive(Default)]
-pub struct Tr {
+pub(crate) struct Bodies {
     /// The client's body as JSON, parsed when a translated route is first tried.
     client: Option<serde_json::Value>,
     /// The translated body, and the route it was built for.
@@ -36,12 +41,12 @@ pub struct Tr {
     /// The upstream path chosen with that body, where it depends on the
     /// request (Gemini), and the route it was chosen for.
     path: Option<(usize, http::Uri)>,
-    /// What the current attempt's response needs.
-    mode: Mode,
 }
 
+/// The provider's dialect stage of the response pipeline: what an accepted
+/// response needs before the meter reads it.
 #[derive(Default)]
-enum Mode {
+pub(crate) enum Stage {
     /// Passthrough.
     #[default]
     Off,
@@ -52,9 +57,19 @@ enum Mode {
         buf: BytesMut,
     },
     /// A whole provider response, translated at its end.
-    Json { buf: BytesMut, what: Whole },
+    Json(Box<WholeJson>),
     /// A provider event stream, translated event by event.
     Stream(Box<Pipe>),
+}
+
+/// A whole response being gathered, and what its translation needs.
+pub(crate) struct WholeJson {
+    buf: BytesMut,
+    what: Whole,
+    model: Arc<str>,
+    fallback_id: String,
+    /// The client's body (Gemini embeddings estimate their usage from it).
+    client_body: Bytes,
 }
 
 /// What a whole response is, by provider.
@@ -73,239 +88,232 @@ fn provider_error(kind: ProviderKind, status: u16, body: &[u8]) -> GatewayError 
     }
 }
 
-/// Checks that `route` serves the endpoint and, for a translated route,
-/// returns its body (built once per route). `None`: splice as usual.
-pub fn prepare(
-    ctx: &mut Ctx,
-    index: usize,
-    route: &RouteRt,
-    ep: Endpoint,
-) -> Result<Option<Bytes>, GatewayError> {
-    let d = &route.dialect;
-    d.supports(ep, &route.provider_name)?;
-    if let Some(body) = crate::proxy::messages::passthrough::prepare(ctx, route)? {
-        return Ok(Some(body));
+impl Bodies {
+    /// The client's body as JSON, once a translated route parsed it.
+    pub(crate) fn client(&self) -> Option<&serde_json::Value> {
+        self.client.as_ref()
     }
-    if !d.translates() {
-        return Ok(None);
-    }
-    if let Some((i, b)) = &ctx.tr.body {
-        if *i == index {
-            return Ok(Some(b.clone()));
-        }
-    }
-    let stream = ctx.streams();
-    if ctx.tr.client.is_none() {
-        ctx.tr.client = Some(crate::translate::bounds::parse_body(&ctx.body)?);
-    }
-    let client = ctx.tr.client.as_ref().ok_or(GatewayError::Internal)?;
-    let opts = RequestOpts {
-        model: &route.model,
-        stream,
-        default_max_tokens: d.default_max_tokens,
-        drop_unsupported: d.drop_unsupported,
-    };
-    let (t, path) = match d.kind {
-        ProviderKind::Gemini => {
-            let (t, uri) = gem::request(client, &opts, ep, d)?;
-            (t, Some(uri))
-        }
-        _ => (
-            anthropic::chat_request(client, &opts).map_err(GatewayError::from)?,
-            None,
-        ),
-    };
-    if !t.dropped.is_empty() {
-        log::info!(
-            "request {}: dropped fields provider {} cannot honour (drop_unsupported_params): {}",
-            ctx.request_id,
-            route.provider_name,
-            t.dropped.join(", ")
-        );
-    }
-    ctx.tr.body = Some((index, t.body.clone()));
-    ctx.tr.path = path.map(|p| (index, p));
-    Ok(Some(t.body))
-}
 
-/// Sets the route's own upstream path, where it has one.
-pub fn patch_request(upstream: &mut RequestHeader, ctx: &Ctx) {
-    if let Some((i, uri)) = &ctx.tr.path {
-        if ctx.attempt.as_ref().map(|a| a.route) == Some(*i) {
+    /// Checks that `route` serves the endpoint and, for a translated route,
+    /// returns its body (built once per route). `None`: splice as usual.
+    pub(crate) fn prepare(
+        &mut self,
+        req: &Admitted,
+        request_id: &str,
+        index: usize,
+        route: &RouteRt,
+    ) -> Result<Option<Bytes>, GatewayError> {
+        let d = &route.dialect;
+        let ep = req.endpoint;
+        d.supports(ep, &route.provider_name)?;
+        if let Some(body) = crate::proxy::messages::passthrough::prepare(req, route)? {
+            return Ok(Some(body));
+        }
+        if !d.translates() {
+            return Ok(None);
+        }
+        if let Some((i, b)) = &self.body {
+            if *i == index {
+                return Ok(Some(b.clone()));
+            }
+        }
+        if self.client.is_none() {
+            self.client = Some(crate::translate::bounds::parse_body(&req.body)?);
+        }
+        let client = self.client.as_ref().ok_or(GatewayError::Internal)?;
+        let opts = RequestOpts {
+            model: &route.model,
+            stream: req.stream(),
+            default_max_tokens: d.default_max_tokens,
+            drop_unsupported: d.drop_unsupported,
+        };
+        let (t, path) = match d.kind {
+            ProviderKind::Gemini => {
+                let (t, uri) = gem::request(client, &opts, ep, d)?;
+                (t, Some(uri))
+            }
+            _ => (
+                anthropic::chat_request(client, &opts).map_err(GatewayError::from)?,
+                None,
+            ),
+        };
+        if !t.dropped.is_empty() {
+            log::info!(
+                "request {request_id}: dropped fields provider {} cannot honour (drop_unsupported_params): {}",
+                route.provider_name,
+                t.dropped.join(", ")
+            );
+        }
+        self.body = Some((index, t.body.clone()));
+        self.path = path.map(|p| (index, p));
+        Ok(Some(t.body))
+    }
+
+    /// Sets the route's own upstream path, where it has one.
+    pub(crate) fn patch_request(
+        &self,
+        upstream: &mut RequestHeader,
+        ep: Endpoint,
+        index: usize,
+        route: &RouteRt,
+    ) {
+        if let Some((i, uri)) = &self.path {
+            if *i == index {
+                upstream.set_uri(uri.clone());
+                return;
+            }
+        }
+        if let Some(uri) = route.dialect.path(ep) {
             upstream.set_uri(uri.clone());
-            return;
         }
-    }
-    let (Some(route), Some(ep)) = (ctx.current_route(), ctx.endpoint) else {
-        return;
-    };
-    if let Some(uri) = route.dialect.path(ep) {
-        upstream.set_uri(uri.clone());
     }
 }
 
-/// Picks how an accepted response is translated, after the verdict: the
-/// status and content type the client sees (the meter follows from them,
-/// in `response::on_header`).
-pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
-    ctx.tr.mode = Mode::Off;
-    if crate::proxy::messages::passthrough::current(ctx) {
-        return Ok(());
-    }
-    let Some((kind, maps_errors, translates, model)) = ctx.current_route().map(|r| {
-        (
-            r.dialect.kind,
-            r.dialect.maps_errors(),
-            r.dialect.translates(),
-            r.model.clone(),
-        )
-    }) else {
-        return Ok(());
-    };
-    if !maps_errors {
-        return Ok(());
-    }
-    let status = resp.status.as_u16();
-    if !resp.status.is_success() {
-        let mapped = provider_error(kind, status, b"").status();
-        resp.set_status(mapped)?;
+/// What choosing a response's stage needs to know of the request.
+pub(crate) struct Accepting<'a> {
+    pub(crate) req: &'a Admitted,
+    pub(crate) route: &'a RouteRt,
+    pub(crate) request_id: &'a str,
+    /// The client's body as JSON, where a translated route parsed it.
+    pub(crate) client: Option<&'a serde_json::Value>,
+}
+
+impl Stage {
+    /// How an accepted response is translated, after the verdict: fixes the
+    /// status and content type the client sees (the meter follows from
+    /// them, in `pipeline`).
+    pub(crate) fn choose(resp: &mut ResponseHeader, a: &Accepting<'_>) -> pingora::Result<Stage> {
+        let d = &a.route.dialect;
+        if !d.maps_errors() || crate::proxy::messages::passthrough::applies_to(a.req, a.route) {
+            return Ok(Stage::Off);
+        }
+        let kind = d.kind;
+        let status = resp.status.as_u16();
+        if !resp.status.is_success() {
+            let mapped = provider_error(kind, status, b"").status();
+            resp.set_status(mapped)?;
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+            return Ok(Stage::Error {
+                kind,
+                status,
+                buf: BytesMut::new(),
+            });
+        }
+        if !d.translates() {
+            return Ok(Stage::Off);
+        }
+        let fallback_id = format!("chatcmpl-{}", a.request_id);
+        let opts = ResponseOpts {
+            model: &a.route.model,
+            request_id: &fallback_id,
+            include_usage: a.req.parsed.include_usage,
+        };
         resp.remove_header(&http::header::CONTENT_LENGTH);
-        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        ctx.status = mapped;
-        ctx.tr.mode = Mode::Error {
-            kind,
-            status,
-            buf: BytesMut::new(),
-        };
-        return Ok(());
-    }
-    if !translates {
-        return Ok(());
-    }
-    let ep = ctx.endpoint.unwrap_or(Endpoint::ChatCompletions);
-    let is_sse = crate::sse::is_event_stream(resp);
-    let parsed = ctx.parsed.as_ref();
-    let fallback_id = format!("chatcmpl-{}", ctx.request_id);
-    let opts = ResponseOpts {
-        model: &model,
-        request_id: &fallback_id,
-        include_usage: parsed.is_some_and(|p| p.include_usage),
-    };
-    resp.remove_header(&http::header::CONTENT_LENGTH);
-    if let Some(a) = ctx.attempt.as_mut() {
-        a.injected = false;
-    }
-    if is_sse {
-        let t: Box<dyn StreamTranslator> = match kind {
-            ProviderKind::Gemini => Box::new(gemini::ChatStream::new(&opts)),
-            _ => Box::new(anthropic::ChatStream::new(&opts)),
-        };
-        ctx.tr.mode = Mode::Stream(Box::new(Pipe::new(t, MAX_EVENT_BYTES)));
-    } else {
+        if crate::sse::is_event_stream(resp) {
+            let t: Box<dyn StreamTranslator> = match kind {
+                ProviderKind::Gemini => Box::new(gemini::ChatStream::new(&opts)),
+                _ => Box::new(anthropic::ChatStream::new(&opts)),
+            };
+            return Ok(Stage::Stream(Box::new(Pipe::new(t, MAX_EVENT_BYTES))));
+        }
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         let what = match kind {
-            ProviderKind::Gemini => Whole::Gemini(gem::Body::of(ep, ctx.tr.client.as_ref())),
+            ProviderKind::Gemini => Whole::Gemini(gem::Body::of(a.req.endpoint, a.client)),
             _ => Whole::Anthropic,
-        };
-        ctx.tr.mode = Mode::Json {
-            buf: BytesMut::new(),
-            what,
         };
         // The translated body is metered like an OpenAI one: Gemini may
         // leave out usage (then estimated from it), and a body that never
         // translates (too big, unreadable, cut short) leaves the meter
         // without a readable body, which is charged as unread.
+        Ok(Stage::Json(Box::new(WholeJson {
+            buf: BytesMut::new(),
+            what,
+            model: a.route.model.clone(),
+            fallback_id,
+            client_body: a.req.body.clone(),
+        })))
     }
-    Ok(())
-}
 
-/// Translates one response chunk in place. An error aborts the response.
-pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pingora::Result<()> {
-    match &mut ctx.tr.mode {
-        Mode::Off => Ok(()),
-        Mode::Error { kind, status, buf } => {
-            if let Some(b) = body.take() {
-                let room = MAX_ERROR_BODY.saturating_sub(buf.len());
-                buf.extend_from_slice(&b[..b.len().min(room)]);
-            }
-            *body = Some(Bytes::new());
-            if eos {
+    /// Translates one response chunk in place, noting the counts the
+    /// translation read in `counts`. `Ok(Some((status, err)))`: the
+    /// provider's error (its `status`) was answered as this error of ours. `Err`: the response is aborted,
+    /// for the reason given.
+    pub(crate) fn on_chunk(
+        &mut self,
+        body: &mut Option<Bytes>,
+        eos: bool,
+        counts: &mut Counts,
+    ) -> Result<Option<(u16, GatewayError)>, &'static str> {
+        match self {
+            Stage::Off => Ok(None),
+            Stage::Error { kind, status, buf } => {
+                if let Some(b) = body.take() {
+                    let room = MAX_ERROR_BODY.saturating_sub(buf.len());
+                    buf.extend_from_slice(&b[..b.len().min(room)]);
+                }
+                *body = Some(Bytes::new());
+                if !eos {
+                    return Ok(None);
+                }
                 let err = provider_error(*kind, *status, buf);
-                log::warn!(
-                    "request {}: provider answered {status}; mapped to {} {}",
-                    ctx.request_id,
-                    err.status(),
-                    err.code()
-                );
                 *body = Some(err.body());
-                ctx.error = Some(err);
+                Ok(Some((*status, err)))
             }
-            Ok(())
-        }
-        Mode::Json { buf, what } => {
-            if let Some(b) = body.take() {
-                if buf.len() + b.len() > crate::accounting::meter::MAX_BODY_BYTES {
-                    return abort(ctx, "provider response over the translation limit");
+            Stage::Json(j) => {
+                if let Some(b) = body.take() {
+                    if j.buf.len() + b.len() > crate::accounting::meter::MAX_BODY_BYTES {
+                        *self = Stage::Off;
+                        return Err("provider response over the translation limit");
+                    }
+                    j.buf.extend_from_slice(&b);
                 }
-                buf.extend_from_slice(&b);
-            }
-            *body = Some(Bytes::new());
-            if !eos {
-                return Ok(());
-            }
-            let whole = std::mem::take(buf).freeze();
-            let what = *what;
-            let model = ctx.current_route().map(|r| r.model.clone());
-            let fallback_id = format!("chatcmpl-{}", ctx.request_id);
-            let opts = ResponseOpts {
-                model: model.as_deref().unwrap_or(""),
-                request_id: &fallback_id,
-                include_usage: false,
-            };
-            let translated = match what {
-                Whole::Anthropic => {
-                    anthropic::chat_response(&whole, &opts).map(|(b, u)| (b, Some(u), false))
+                *body = Some(Bytes::new());
+                if !eos {
+                    return Ok(None);
                 }
-                Whole::Gemini(what) => gem::response(
-                    &whole,
-                    &opts,
-                    what,
-                    model.as_deref().unwrap_or(""),
-                    &ctx.body,
-                ),
-            };
-            match translated {
-                Ok((out, usage, estimated)) => {
-                    *body = Some(out);
-                    ctx.local_usage = usage;
-                    ctx.local_usage_estimated = estimated;
-                    Ok(())
+                let whole = std::mem::take(&mut j.buf).freeze();
+                let opts = ResponseOpts {
+                    model: &j.model,
+                    request_id: &j.fallback_id,
+                    include_usage: false,
+                };
+                let translated = match j.what {
+                    Whole::Anthropic => {
+                        anthropic::chat_response(&whole, &opts).map(|(b, u)| (b, Some(u), false))
+                    }
+                    Whole::Gemini(what) => {
+                        gem::response(&whole, &opts, what, &j.model, &j.client_body)
+                    }
+                };
+                match translated {
+                    Ok((out, usage, estimated)) => {
+                        *body = Some(out);
+                        *counts = Counts { usage, estimated };
+                        Ok(None)
+                    }
+                    Err(_) => {
+                        *self = Stage::Off;
+                        Err("unreadable provider response")
+                    }
                 }
-                Err(_) => abort(ctx, "unreadable provider response"),
             }
-        }
-        Mode::Stream(pipe) => {
-            let mut out = BytesMut::new();
-            let chunk = body.take().unwrap_or_default();
-            let mut fed = pipe.feed(&chunk, &mut out);
-            if fed.is_ok() && eos {
-                fed = pipe.finish(&mut out);
+            Stage::Stream(pipe) => {
+                let mut out = BytesMut::new();
+                let chunk = body.take().unwrap_or_default();
+                let mut fed = pipe.feed(&chunk, &mut out);
+                if fed.is_ok() && eos {
+                    fed = pipe.finish(&mut out);
+                }
+                counts.usage = pipe.usage();
+                if fed.is_err() {
+                    *body = None;
+                    *self = Stage::Off;
+                    return Err("provider SSE event over the size limit");
+                }
+                *body = Some(out.freeze());
+                Ok(None)
             }
-            ctx.local_usage = pipe.usage();
-            *body = Some(out.freeze());
-            if fed.is_err() {
-                *body = None;
-                return abort(ctx, "provider SSE event over the size limit");
-            }
-            Ok(())
         }
     }
-}
-
-fn abort(ctx: &mut Ctx, why: &'static str) -> pingora::Result<()> {
-    log::warn!("request {}: {why}; response aborted", ctx.request_id);
-    ctx.tr.mode = Mode::Off;
-    ctx.watchdog = None;
-    ctx.mid_stream_error = Some(GatewayError::UpstreamError);
-    Err(pingora::Error::explain(pingora::ErrorType::Custom("translation_failed"), why).into_up())
 }

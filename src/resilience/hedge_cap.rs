@@ -47,7 +47,7 @@ fn units(x: f64) -> u64 {
 }
 
 /// The bucket of `alias` in `store` (created full on first use).
-pub fn for_alias(store: &Keyed<String, HedgeCap>, alias: &str, burst: f64) -> Arc<HedgeCap> {
+pub(crate) fn for_alias(store: &Keyed<String, HedgeCap>, alias: &str, burst: f64) -> Arc<HedgeCap> {
     store.get_or_insert_with(alias.to_string(), || HedgeCap::new(burst))
 }
 

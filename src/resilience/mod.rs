@@ -1,18 +1,18 @@
 //! Resilience: passive health (breakers and cooldowns), attempt timeouts, and
 //! the verdict on each upstream response.
 
-pub mod breaker;
-pub mod hedge_cap;
-pub mod verdict;
-pub mod watchdog;
+pub(crate) mod breaker;
+pub(crate) mod hedge_cap;
+pub(crate) mod verdict;
+pub(crate) mod watchdog;
 
 /// Effective timeouts of one route (provider settings with route overrides).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    pub connect: std::time::Duration,
-    pub first_byte: std::time::Duration,
-    pub idle: std::time::Duration,
-    pub total: Option<std::time::Duration>,
+    pub(crate) connect: std::time::Duration,
+    pub(crate) first_byte: std::time::Duration,
+    pub(crate) idle: std::time::Duration,
+    pub(crate) total: Option<std::time::Duration>,
 }
 
 impl Limits {

@@ -6,7 +6,7 @@ use pingora::http::ResponseHeader;
 
 /// The decision on one response header.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Forward it to the client.
     Accept,
     /// A failure: try elsewhere if possible, else answer `error`.
@@ -21,7 +21,7 @@ pub enum Verdict {
 
 /// Judges a response header. `on_status` lists the statuses that count as
 /// failures; a stream request answered 2xx without SSE is one too.
-pub fn judge(resp: &ResponseHeader, on_status: &[u16], expects_stream: bool) -> Verdict {
+pub(crate) fn judge(resp: &ResponseHeader, on_status: &[u16], expects_stream: bool) -> Verdict {
     let status = resp.status.as_u16();
     let retry_after = retry_after_secs(resp);
     if status == 401 || status == 403 {
@@ -59,7 +59,7 @@ pub fn judge(resp: &ResponseHeader, on_status: &[u16], expects_stream: bool) -> 
 
 /// `Retry-After` in seconds (the delta form; HTTP dates are ignored), capped
 /// at an hour.
-pub fn retry_after_secs(resp: &ResponseHeader) -> Option<u64> {
+pub(crate) fn retry_after_secs(resp: &ResponseHeader) -> Option<u64> {
     let v = resp.headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
     let secs: f64 = v.trim().parse().ok()?;
     (secs.is_finite() && secs >= 0.0).then(|| (secs.ceil() as u64).min(3600))

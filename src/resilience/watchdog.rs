@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 /// Which limit fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fired {
+pub(crate) enum Fired {
     FirstByte = 1,
     Idle = 2,
     Total = 3,
@@ -35,14 +35,14 @@ struct Watched {
 }
 
 /// Arms on connect; disarms when dropped.
-pub struct Watchdog {
+pub(crate) struct Watchdog {
     shared: Arc<Watched>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Watchdog {
     /// Starts watching the upstream socket `fd` with `limits`.
-    pub fn arm(fd: RawFd, limits: Limits) -> std::io::Result<Self> {
+    pub(crate) fn arm(fd: RawFd, limits: Limits) -> std::io::Result<Self> {
         // SAFETY: `fd` is Pingora's open upstream socket for this attempt; it
         // outlives this call, which only duplicates it.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
@@ -60,19 +60,19 @@ impl Watchdog {
     }
 
     /// The response headers arrived.
-    pub fn headers(&self) {
+    pub(crate) fn headers(&self) {
         self.activity();
         self.shared.headers.store(true, Relaxed);
         self.shared.headers_arrived.notify_one();
     }
 
     /// A body chunk arrived.
-    pub fn activity(&self) {
+    pub(crate) fn activity(&self) {
         let us = self.shared.start.elapsed().as_micros() as u64;
         self.shared.last.store(us, Relaxed);
     }
 
-    pub fn fired(&self) -> Option<Fired> {
+    pub(crate) fn fired(&self) -> Option<Fired> {
         match self.shared.fired.load(Relaxed) {
             1 => Some(Fired::FirstByte),
             2 => Some(Fired::Idle),

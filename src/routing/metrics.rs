@@ -9,14 +9,14 @@ use prometheus::{
 };
 use std::sync::OnceLock;
 
-pub struct Families {
-    pub requests: IntCounterVec,
-    pub latency: HistogramVec,
-    pub ttft: HistogramVec,
-    pub errors: IntCounterVec,
-    pub ewma: GaugeVec,
-    pub in_flight: IntGaugeVec,
-    pub skipped: IntCounterVec,
+pub(crate) struct Families {
+    pub(crate) requests: IntCounterVec,
+    pub(crate) latency: HistogramVec,
+    pub(crate) ttft: HistogramVec,
+    pub(crate) errors: IntCounterVec,
+    pub(crate) ewma: GaugeVec,
+    pub(crate) in_flight: IntGaugeVec,
+    pub(crate) skipped: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -74,33 +74,33 @@ static FAMILIES: OnceLock<Option<Families>> = OnceLock::new();
 
 /// The metric families, registered on first use (`None` if that failed,
 /// which is logged once).
-pub fn get() -> Option<&'static Families> {
+pub(crate) fn get() -> Option<&'static Families> {
     crate::telemetry::metrics::registered(&FAMILIES, "routing metrics", build)
 }
 
 /// One route's handles, bound to its labels.
 #[derive(Clone)]
 pub struct RouteMetrics {
-    pub latency: Histogram,
-    pub ttft: Histogram,
-    pub errors: IntCounter,
-    pub ewma_ttft: Gauge,
-    pub ewma_latency: Gauge,
-    pub in_flight: IntGauge,
+    pub(crate) latency: Histogram,
+    pub(crate) ttft: Histogram,
+    pub(crate) errors: IntCounter,
+    pub(crate) ewma_ttft: Gauge,
+    pub(crate) ewma_latency: Gauge,
+    pub(crate) in_flight: IntGauge,
     /// Indexed by [`super::Skip::stage`]: tier, region, capability, context_window.
-    pub skipped: [IntCounter; 4],
+    pub(crate) skipped: [IntCounter; 4],
     /// `tollgate_route_requests_total` of requests outside any A/B variant,
     /// by status class (see [`class_index`]), bound on first use so only
     /// classes that occur appear.
-    pub requests: [std::sync::OnceLock<IntCounter>; 6],
+    pub(crate) requests: [std::sync::OnceLock<IntCounter>; 6],
 }
 
 /// The status classes of [`crate::telemetry::metrics::status_class`], in
 /// the order of [`RouteMetrics::requests`].
-pub const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+pub(crate) const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
 /// Position of `status`'s class in [`CLASSES`].
-pub fn class_index(status: u16) -> usize {
+pub(crate) fn class_index(status: u16) -> usize {
     match status {
         100..=199 => 0,
         200..=299 => 1,

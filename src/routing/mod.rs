@@ -10,13 +10,13 @@
 //! and finish.
 
 pub mod eligible;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod needs;
-pub mod plan;
-pub mod split;
+pub(crate) mod plan;
+pub(crate) mod split;
 pub mod stats;
-pub mod strategy;
-pub mod track;
+pub(crate) mod strategy;
+pub(crate) mod track;
 
 pub use eligible::Skip;
 pub use plan::{Access, Plan, RouteMeta};

@@ -29,7 +29,7 @@ fn hash(alias: &str, caller: &[u8]) -> u64 {
 }
 
 /// The index of the variant `caller` belongs to.
-pub fn pick(alias: &str, caller: &[u8], variants: &[Variant]) -> Option<usize> {
+pub(crate) fn pick(alias: &str, caller: &[u8], variants: &[Variant]) -> Option<usize> {
     if variants.is_empty() {
         return None;
     }

@@ -11,10 +11,10 @@ use crate::config::routing::Strategy;
 
 /// Share of `latency` requests whose first pick is another route than the
 /// fastest, so a route that recovered is noticed again.
-pub const EXPLORE: f64 = 0.05;
+pub(crate) const EXPLORE: f64 = 0.05;
 
 /// Orders `routes` (eligible, in config order) for this request.
-pub fn order(plan: &Plan, routes: &mut Vec<usize>, needs: &Needs, prompt: &Prompt) {
+pub(crate) fn order(plan: &Plan, routes: &mut Vec<usize>, needs: &Needs, prompt: &Prompt) {
     if routes.len() > 1 {
         match plan.strategy {
             Strategy::Fallback => {}
@@ -29,7 +29,7 @@ pub fn order(plan: &Plan, routes: &mut Vec<usize>, needs: &Needs, prompt: &Promp
 
 /// Draws the first route by weight (`draw` in `[0, 1)`); the rest keep
 /// their order as fallbacks. No positive weight left: config order.
-pub fn weighted(plan: &Plan, routes: &mut Vec<usize>, draw: f64) {
+pub(crate) fn weighted(plan: &Plan, routes: &mut Vec<usize>, draw: f64) {
     let weight = |i: usize| plan.routes.get(i).map_or(0.0, |r| r.weight);
     let total: f64 = routes.iter().map(|&i| weight(i)).sum();
     if total <= 0.0 {
@@ -55,7 +55,13 @@ pub fn weighted(plan: &Plan, routes: &mut Vec<usize>, draw: f64) {
 
 /// Lowest moving average first (routes never measured go first, to be
 /// measured); with probability [`EXPLORE`] another route is tried first.
-pub fn latency(plan: &Plan, routes: &mut Vec<usize>, needs: &Needs, explore: f64, which: f64) {
+pub(crate) fn latency(
+    plan: &Plan,
+    routes: &mut Vec<usize>,
+    needs: &Needs,
+    explore: f64,
+    which: f64,
+) {
     let kind = if needs.stream {
         Kind::Ttft
     } else {

@@ -12,7 +12,7 @@ use std::time::Instant;
 /// Per-request routing state, in `Ctx`.
 #[derive(Default)]
 pub struct RequestRouting {
-    pub decision: Option<Decision>,
+    pub(crate) decision: Option<Decision>,
     attempt: Option<Attempt>,
 }
 
@@ -48,7 +48,12 @@ pub fn attempt_started(state: &mut RequestRouting, plan: &Plan, index: usize) {
 
 /// [`attempt_started`] for an attempt that began at `started` (a hedge leg
 /// adopted once it won the race).
-pub fn attempt_started_at(state: &mut RequestRouting, plan: &Plan, index: usize, started: Instant) {
+pub(crate) fn attempt_started_at(
+    state: &mut RequestRouting,
+    plan: &Plan,
+    index: usize,
+    started: Instant,
+) {
     state.attempt = None;
     let Some(r) = plan.routes.get(index) else {
         return;
@@ -104,17 +109,17 @@ pub fn attempt_failed(state: &mut RequestRouting, plan: Option<&Plan>, stream: b
 
 /// How a request ended, as routing statistics need it.
 pub struct Ending<'a> {
-    pub alias: &'a str,
-    pub stream: bool,
+    pub(crate) alias: &'a str,
+    pub(crate) stream: bool,
     /// Something was answered (by the gateway or an upstream).
-    pub served: bool,
+    pub(crate) served: bool,
     /// A stream was cut after it started.
-    pub cut: bool,
-    pub status: u16,
+    pub(crate) cut: bool,
+    pub(crate) status: u16,
     /// The route that served (or was tried last).
-    pub route: Option<usize>,
-    pub first_byte_at: Option<Instant>,
-    pub upstream_headers_at: Option<Instant>,
+    pub(crate) route: Option<usize>,
+    pub(crate) first_byte_at: Option<Instant>,
+    pub(crate) upstream_headers_at: Option<Instant>,
 }
 
 /// The request is over: a served attempt feeds its route's averages, and
@@ -197,19 +202,19 @@ fn count_request(state: &RequestRouting, plan: &Plan, end: &Ending<'_>) {
 }
 
 /// The route names and decision of a request, for its access-log line.
-pub struct LogFields<'a> {
-    pub strategy: Option<&'static str>,
-    pub variant: Option<&'a str>,
+pub(crate) struct LogFields<'a> {
+    pub(crate) strategy: Option<&'static str>,
+    pub(crate) variant: Option<&'a str>,
     /// The route that served (or was tried last).
-    pub route: Option<&'a str>,
-    pub candidates: Option<Vec<&'a str>>,
+    pub(crate) route: Option<&'a str>,
+    pub(crate) candidates: Option<Vec<&'a str>>,
     /// `name:reason` for each route left out.
-    pub skipped: Option<Vec<String>>,
+    pub(crate) skipped: Option<Vec<String>>,
 }
 
 /// The access-log fields of a request that tried the routes of `order`
 /// and was served by (or last tried) `route`, with names from `plan`.
-pub fn log_fields<'a>(
+pub(crate) fn log_fields<'a>(
     state: &RequestRouting,
     plan: Option<&'a Plan>,
     order: &[usize],

@@ -14,26 +14,26 @@ use std::sync::Arc;
 pub struct Plans {
     by_alias: HashMap<String, AliasPlan>,
     /// Shadow requests in flight at once, all aliases together.
-    pub shadow_max_concurrency: usize,
+    pub(crate) shadow_max_concurrency: usize,
     /// Rules of the team named by `shadow.budget`.
-    pub shadow_rules: Vec<Rule>,
+    pub(crate) shadow_rules: Vec<Rule>,
 }
 
 #[derive(Default)]
 pub struct AliasPlan {
-    pub shadow: Option<ShadowPlan>,
-    pub hedge: Option<HedgePlan>,
+    pub(crate) shadow: Option<ShadowPlan>,
+    pub(crate) hedge: Option<HedgePlan>,
 }
 
-pub struct ShadowPlan {
-    pub route: RouteRt,
-    pub sample: f64,
+pub(crate) struct ShadowPlan {
+    pub(crate) route: RouteRt,
+    pub(crate) sample: f64,
 }
 
-pub struct HedgePlan {
-    pub after: HedgeAfter,
-    pub max_share: f64,
-    pub cap: Arc<HedgeCap>,
+pub(crate) struct HedgePlan {
+    pub(crate) after: HedgeAfter,
+    pub(crate) max_share: f64,
+    pub(crate) cap: Arc<HedgeCap>,
 }
 
 impl Plans {
@@ -45,7 +45,7 @@ impl Plans {
 /// Compiles the `shadow` and `hedge` settings of every alias, validated
 /// by `config::validate` (a shadow route whose provider is missing is
 /// left out).
-pub fn build(
+pub(crate) fn build(
     cfg: &Config,
     providers: &HashMap<String, Arc<ProviderRt>>,
     durable: &super::durable::Durable,

@@ -3,7 +3,7 @@
 //! swaps is `live::Shared`, above this layer).
 
 pub mod durable;
-pub mod experiments;
+pub(crate) mod experiments;
 
 use crate::auth::{self, KeyIndex};
 use crate::config::{Config, ConfigError, MockSettings, ProviderKind};
@@ -105,7 +105,8 @@ pub struct Runtime {
     pub durable: Arc<durable::Durable>,
     pub keys: KeyIndex,
     pub key_info: Vec<Arc<KeyRt>>,
-    pub models: HashMap<String, ModelRt>,
+    /// The aliases, each shared with the requests that resolved it.
+    pub models: HashMap<String, Arc<ModelRt>>,
     pub upstreams: BTreeMap<String, UpstreamRef>,
     pub max_body_bytes: u64,
     pub body_idle_timeout: Duration,
@@ -123,15 +124,28 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Every rule of the config: keys' and teams', aliases', and the
-    /// shadow budget's.
-    pub fn rules(&self) -> Vec<&Rule> {
+    /// The rules client requests are held to: keys' and teams' (a team's
+    /// rules appear once per key of the team), and aliases'.
+    pub fn client_rules(&self) -> impl Iterator<Item = &Rule> {
         self.key_info
             .iter()
             .flat_map(|k| k.rules.iter())
             .chain(self.models.values().flat_map(|m| m.rules.iter()))
+    }
+
+    /// Every rule of the config: the clients' and the shadow budget's.
+    pub fn rules(&self) -> Vec<&Rule> {
+        self.client_rules()
             .chain(self.experiments.shadow_rules.iter())
             .collect()
+    }
+
+    /// Whether a rule counts tokens or spend: every prompt is then
+    /// estimated at admission (and the tokenizers are loaded at start).
+    pub fn estimates(&self) -> bool {
+        self.rules()
+            .into_iter()
+            .any(crate::governance::plan::needs_estimate)
     }
 
     /// Compiles a validated config, with the state that outlives reloads
@@ -176,7 +190,7 @@ impl Runtime {
             }
             models.insert(
                 alias.clone(),
-                ModelRt {
+                Arc::new(ModelRt {
                     name: Arc::from(alias.as_str()),
                     routes,
                     rules: plan::compile(Level::Model, alias, &m.limits, &[]),
@@ -193,7 +207,7 @@ impl Runtime {
                             .map(String::as_str),
                     ),
                     routing: crate::routing::Plan::build(&durable.routes, alias, m),
-                },
+                }),
             );
         }
         let mut digests = Vec::new();

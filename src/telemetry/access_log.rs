@@ -4,54 +4,12 @@
 //! falls far behind, lines are dropped and counted rather than slowing
 //! requests.
 
-use crate::accounting::Usage;
+pub use crate::telemetry::record::Record;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// One access-log record. Holds names from config, never secrets.
-#[derive(Debug)]
-pub struct Record<'a> {
-    /// Wall-clock time the line was written.
-    pub ts: SystemTime,
-    pub request_id: &'a str,
-    pub method: &'a str,
-    pub endpoint: &'a str,
-    pub key: &'a str,
-    pub model: &'a str,
-    pub provider: &'a str,
-    pub upstream_model: &'a str,
-    pub backend: Option<SocketAddr>,
-    pub stream: bool,
-    pub status: u16,
-    pub duration: Duration,
-    pub upstream: Option<Duration>,
-    pub attempts: u32,
-    /// Each attempt (`provider@backend:outcome`) when there was more than one.
-    pub attempt_log: Option<Vec<String>>,
-    pub error: Option<&'a str>,
-    pub ttft: Option<Duration>,
-    pub usage: Option<Usage>,
-    pub usage_source: Option<&'static str>,
-    pub cost_usd: Option<f64>,
-    /// Usage known but the route has no price: the cost is unknown, not 0.
-    pub unpriced: bool,
-    pub partial: bool,
-    /// `fired` (a hedge started; the primary won) or `won` (the hedge won).
-    pub hedge: Option<&'static str>,
-    /// `sampled` (a shadow copy was sent) or `skipped` (over a shadow limit).
-    pub shadow: Option<&'static str>,
-    /// Routing: the alias's strategy, its A/B variant, the route that served
-    /// (or was tried last), the routes in the order they were to be tried,
-    /// and the routes left out as `name:reason`.
-    pub strategy: Option<&'a str>,
-    pub variant: Option<&'a str>,
-    pub route: Option<&'a str>,
-    pub candidates: Option<Vec<&'a str>>,
-    pub skipped: Option<Vec<String>>,
-}
+use std::time::{Duration, UNIX_EPOCH};
 
 impl Record<'_> {
     /// Appends the record as one JSON object (no newline). Written by hand:
@@ -90,7 +48,7 @@ impl Record<'_> {
         w.int("completion_tokens", u.map(|u| u.completion));
         w.int("cached_tokens", u.map(|u| u.cached));
         w.int("reasoning_tokens", u.map(|u| u.reasoning));
-        w.str("usage_source", self.usage_source);
+        w.str("usage_source", self.usage_source.map(|s| s.label()));
         w.key("cost_usd");
         match self.cost_usd.and_then(serde_json::Number::from_f64) {
             // The shortest form that reads back as the same f64.
@@ -326,6 +284,7 @@ fn write_out(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accounting::Usage;
     use serde_json::Value;
 
     fn record(attempt_log: Option<Vec<String>>, backend: Option<SocketAddr>) -> Record<'static> {
@@ -354,7 +313,7 @@ mod tests {
                 reasoning: 1,
                 cache_write: 0,
             }),
-            usage_source: Some("reported"),
+            usage_source: Some(crate::accounting::UsageSource::Reported),
             cost_usd: Some(1.25e-6),
             unpriced: false,
             partial: true,

@@ -7,7 +7,7 @@ use pingora::protocols::http::ServerSession;
 use prometheus::{Encoder, TextEncoder};
 
 /// Serves the process's metrics registry.
-pub struct MetricsApp;
+pub(crate) struct MetricsApp;
 
 #[async_trait]
 impl ServeHttp for MetricsApp {

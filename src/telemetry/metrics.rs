@@ -298,6 +298,64 @@ fn kind_label(kind: crate::config::ProviderKind) -> &'static str {
     }
 }
 
+/// Counts one finished request from its record (the one the access log
+/// writes): requests, durations, errors, tokens, spend and the estimate
+/// and partial-stream counters.
+pub fn observe(rec: &crate::telemetry::record::Record<'_>) {
+    let Some(m) = get() else {
+        return;
+    };
+    let (model, provider, upstream_model, key) =
+        (rec.model, rec.provider, rec.upstream_model, rec.key);
+    let route = [model, provider, upstream_model, key];
+    m.requests
+        .with_label_values(&[
+            model,
+            provider,
+            upstream_model,
+            key,
+            rec.endpoint,
+            status_class(rec.status),
+        ])
+        .inc();
+    m.duration
+        .with_label_values(&[model, provider, rec.endpoint])
+        .observe(rec.duration.as_secs_f64());
+    if let Some(u) = rec.upstream {
+        m.upstream_latency
+            .with_label_values(&[provider])
+            .observe(u.as_secs_f64());
+    }
+    if let Some(t) = rec.ttft {
+        m.ttft
+            .with_label_values(&[model, provider])
+            .observe(t.as_secs_f64());
+    }
+    if let Some(code) = rec.error {
+        m.errors.with_label_values(&[code]).inc();
+    }
+    let (Some(usage), Some(source)) = (rec.usage, rec.usage_source) else {
+        return;
+    };
+    for (kind, n) in usage.by_kind() {
+        m.tokens
+            .with_label_values(&[model, provider, upstream_model, key, kind, source.label()])
+            .inc_by(n);
+    }
+    match rec.cost_usd {
+        Some(c) => m.cost.with_label_values(&route).inc_by(c),
+        None => m.unpriced.with_label_values(&route).inc(),
+    }
+    if source != crate::accounting::UsageSource::Reported {
+        m.estimated.with_label_values(&[model, provider]).inc();
+    }
+    if rec.partial {
+        m.partial_streams
+            .with_label_values(&[model, provider])
+            .inc();
+    }
+}
+
 /// `2xx`, `4xx`…; a fixed set.
 pub fn status_class(status: u16) -> &'static str {
     match status {

@@ -1,5 +1,6 @@
 //! Observability: Prometheus metrics and the JSON access log.
 
 pub mod access_log;
-pub mod endpoint;
+pub(crate) mod endpoint;
 pub mod metrics;
+pub(crate) mod record;

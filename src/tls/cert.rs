@@ -9,17 +9,17 @@ use std::fmt;
 use std::sync::Arc;
 
 /// A warning is logged when the certificate expires within this long.
-pub const EXPIRY_WARNING_SECS: i64 = 14 * 24 * 3600;
+pub(crate) const EXPIRY_WARNING_SECS: i64 = 14 * 24 * 3600;
 
 /// A loaded, checked certificate chain with its signing key.
 pub struct ServerCert {
-    pub key: Arc<CertifiedKey>,
+    pub(crate) key: Arc<CertifiedKey>,
     /// The leaf's `notAfter`, as Unix seconds.
-    pub not_after: i64,
+    pub(crate) not_after: i64,
     /// The leaf's serial number, hex with colons.
-    pub serial: String,
-    pub cert_path: String,
-    pub key_path: String,
+    pub(crate) serial: String,
+    pub(crate) cert_path: String,
+    pub(crate) key_path: String,
 }
 
 // Hand-written so the signing key can never end up in a log line.

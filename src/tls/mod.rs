@@ -13,7 +13,7 @@
 //! the header deadline. The TLS stream then goes to the proxy, which picks
 //! HTTP/2 or HTTP/1.1 from ALPN.
 
-pub mod cert;
+pub(crate) mod cert;
 
 use crate::config::{TlsSection, TlsVersion};
 use async_trait::async_trait;
@@ -26,10 +26,10 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::sync::Arc;
 
-pub use cert::ServerCert;
+pub(crate) use cert::ServerCert;
 
 /// What the TLS edge reads of the current config, at each handshake.
-pub trait TlsSource: Send + Sync + 'static {
+pub(crate) trait TlsSource: Send + Sync + 'static {
     /// The certificate to present.
     fn certificate(&self) -> Option<Arc<CertifiedKey>>;
     /// How long a client may take over its handshake.
@@ -37,7 +37,7 @@ pub trait TlsSource: Send + Sync + 'static {
 }
 
 /// Hands rustls the certificate of the current config.
-pub struct SnapshotResolver {
+pub(crate) struct SnapshotResolver {
     source: Arc<dyn TlsSource>,
 }
 
@@ -48,7 +48,7 @@ impl std::fmt::Debug for SnapshotResolver {
 }
 
 impl SnapshotResolver {
-    pub fn new(source: Arc<dyn TlsSource>) -> Self {
+    pub(crate) fn new(source: Arc<dyn TlsSource>) -> Self {
         Self { source }
     }
 }
@@ -60,7 +60,7 @@ impl ResolvesServerCert for SnapshotResolver {
 }
 
 /// The rustls server config for `tls`: versions, ALPN, and the resolver.
-pub fn server_config(
+pub(crate) fn server_config(
     t: &TlsSection,
     resolver: Arc<dyn ResolvesServerCert>,
 ) -> Result<rustls::ServerConfig, String> {
@@ -83,10 +83,10 @@ pub fn server_config(
 }
 
 /// Wraps a server app (the proxy) with the TLS handshake.
-pub struct TlsEdge<A> {
-    pub inner: Arc<A>,
-    pub acceptor: Acceptor,
-    pub source: Arc<dyn TlsSource>,
+pub(crate) struct TlsEdge<A> {
+    pub(crate) inner: Arc<A>,
+    pub(crate) acceptor: Acceptor,
+    pub(crate) source: Arc<dyn TlsSource>,
 }
 
 #[async_trait]
@@ -129,7 +129,7 @@ fn count_handshake(result: &str) {
 }
 
 /// Exports the certificate's expiry, and warns when it is near.
-pub fn export(cert: Option<&ServerCert>) {
+pub(crate) fn export(cert: Option<&ServerCert>) {
     let Some(cert) = cert else { return };
     if let Some(m) = crate::telemetry::metrics::get() {
         m.tls_cert_expiry.set(cert.not_after);

@@ -13,7 +13,7 @@ const MAX_MESSAGE: usize = 400;
 
 /// Maps a provider's error response. The resulting status depends only on
 /// `status` (so it can be decided from the header, before the body).
-pub fn provider_error(status: u16, body: &[u8]) -> GatewayError {
+pub(crate) fn provider_error(status: u16, body: &[u8]) -> GatewayError {
     match status {
         401 | 403 => GatewayError::UpstreamAuth,
         408 | 504 => GatewayError::UpstreamTimeout,
@@ -59,7 +59,7 @@ pub fn provider_error(status: u16, body: &[u8]) -> GatewayError {
 }
 
 /// Maps an Anthropic in-stream `error` event by its error `type`.
-pub fn anthropic_error_type(kind: &str, message: &str) -> GatewayError {
+pub(crate) fn anthropic_error_type(kind: &str, message: &str) -> GatewayError {
     let status = match kind {
         "invalid_request_error" => 400,
         "authentication_error" => 401,
@@ -86,7 +86,7 @@ fn is_content_filter(doc: &Value) -> bool {
 }
 
 /// The provider's message (Anthropic's or OpenAI's shape), made safe to show.
-pub fn safe_message(body: &[u8]) -> Option<String> {
+pub(crate) fn safe_message(body: &[u8]) -> Option<String> {
     let doc: Value = serde_json::from_slice(body).ok()?;
     let m = doc
         .pointer("/error/message")
@@ -96,7 +96,7 @@ pub fn safe_message(body: &[u8]) -> Option<String> {
 }
 
 /// Blanks out words that look like credentials and cuts the text short.
-pub fn redact(text: &str) -> String {
+pub(crate) fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(MAX_MESSAGE + 8));
     for (i, word) in text.split(' ').enumerate() {
         if i > 0 {

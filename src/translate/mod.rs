@@ -91,5 +91,5 @@ pub trait StreamTranslator: Send {
 pub mod anthropic;
 pub mod bedrock;
 pub mod bounds;
-pub mod errors;
+pub(crate) mod errors;
 pub mod pipe;

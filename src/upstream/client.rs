@@ -22,7 +22,7 @@ const POOL_SIZE: usize = 256;
 
 /// Builds the connector (its TLS roots included) ahead of the first
 /// request, so no leg pays for it.
-pub fn warm_up() {
+pub(crate) fn warm_up() {
     connector();
 }
 
@@ -33,7 +33,7 @@ fn connector() -> &'static Connector {
 
 /// Why an exchange failed, in the outcome labels of the proxy's attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     ConnectError,
     ConnectTimeout,
     /// No header, or no chunk, within its limit.
@@ -42,13 +42,13 @@ pub enum Failure {
 }
 
 impl Failure {
-    pub fn is_timeout(self) -> bool {
+    pub(crate) fn is_timeout(self) -> bool {
         matches!(self, Failure::ConnectTimeout | Failure::Timeout)
     }
 }
 
 /// One request in flight on one upstream connection.
-pub struct Exchange {
+pub(crate) struct Exchange {
     session: HttpSession,
     peer: HttpPeer,
     limits: Limits,
@@ -60,7 +60,7 @@ impl Exchange {
     /// Connects to `addr` of `up`, sends `req` and `body`, and waits for the
     /// response header (at most `limits.first_byte`). A pooled connection
     /// that turns out dead is replaced once by a fresh one.
-    pub async fn start(
+    pub(crate) async fn start(
         up: &Upstream,
         addr: SocketAddr,
         limits: Limits,
@@ -89,23 +89,21 @@ impl Exchange {
         Err(Failure::ReadError)
     }
 
-    pub fn header(&self) -> &ResponseHeader {
+    pub(crate) fn header(&self) -> &ResponseHeader {
         &self.header
-    }
-
-    /// When the exchange started (before connecting).
-    pub fn started(&self) -> Instant {
-        self.started
     }
 
     /// The next body chunk; `None` at the end. Waits at most the route's
     /// idle limit, and never past its total limit.
-    pub async fn chunk(&mut self) -> Result<Option<Bytes>, Failure> {
+    pub(crate) async fn chunk(&mut self) -> Result<Option<Bytes>, Failure> {
         self.chunk_within(self.limits.idle).await
     }
 
     /// Like [`Exchange::chunk`], waiting at most `wait`.
-    pub async fn chunk_within(&mut self, mut wait: Duration) -> Result<Option<Bytes>, Failure> {
+    pub(crate) async fn chunk_within(
+        &mut self,
+        mut wait: Duration,
+    ) -> Result<Option<Bytes>, Failure> {
         if let Some(total) = self.limits.total {
             wait = wait.min(total.saturating_sub(self.started.elapsed()));
         }
@@ -119,7 +117,7 @@ impl Exchange {
 
     /// Returns the connection to the pool when the body was read to its
     /// end; otherwise closes it.
-    pub async fn finish(mut self) {
+    pub(crate) async fn finish(mut self) {
         if self.session.is_body_done() {
             connector()
                 .release_http_session(self.session, &self.peer, Some(Duration::from_secs(60)))

@@ -10,20 +10,20 @@ use std::sync::Mutex;
 
 /// One configured target: an IP literal, or a name to resolve.
 #[derive(Debug, Clone)]
-pub struct Target {
-    pub host: String,
-    pub port: u16,
+pub(crate) struct Target {
+    pub(crate) host: String,
+    pub(crate) port: u16,
 }
 
 /// Resolves targets with the async resolver. If a name fails to resolve, the
 /// addresses it had last time are kept, so a DNS outage does not empty the pool.
-pub struct DnsDiscovery {
+pub(crate) struct DnsDiscovery {
     targets: Vec<Target>,
     last: Mutex<HashMap<String, BTreeSet<Backend>>>,
 }
 
 impl DnsDiscovery {
-    pub fn new(targets: Vec<Target>) -> Self {
+    pub(crate) fn new(targets: Vec<Target>) -> Self {
         Self {
             targets,
             last: Mutex::new(HashMap::new()),

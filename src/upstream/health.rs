@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(100);
 
 /// Where the ticker finds the upstreams of the current config.
-pub trait UpstreamSource: Send + Sync + 'static {
+pub(crate) trait UpstreamSource: Send + Sync + 'static {
     /// The current upstreams.
     fn upstreams(&self) -> Vec<Arc<crate::upstream::Upstream>>;
 }
 
 /// The health and DNS background service.
-pub struct HealthTicker {
-    pub source: Arc<dyn UpstreamSource>,
+pub(crate) struct HealthTicker {
+    pub(crate) source: Arc<dyn UpstreamSource>,
 }
 
 struct Due {
@@ -80,7 +80,7 @@ impl BackgroundService for HealthTicker {
 }
 
 /// Publishes each backend's health (0/1) and breaker state.
-pub fn export(up: &crate::upstream::Upstream) {
+pub(crate) fn export(up: &crate::upstream::Upstream) {
     if let Some(m) = metrics::get() {
         for (addr, healthy, breaker) in up.backend_health() {
             let labels = [up.name.as_str(), addr.as_str()];

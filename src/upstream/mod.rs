@@ -1,9 +1,9 @@
 //! Upstreams: per provider, a health-checked balancer over its backends, and
 //! everything needed to build a peer and its headers, prepared at config load.
 
-pub mod client;
-pub mod discovery;
-pub mod health;
+pub(crate) mod client;
+pub(crate) mod discovery;
+pub(crate) mod health;
 
 use crate::base::endpoint::Endpoint;
 use crate::config::url::{parse_base_url, split_host_port, BaseUrl};
@@ -25,37 +25,35 @@ use std::time::Duration;
 
 /// One HTTP provider, compiled from config.
 pub struct Upstream {
-    pub name: String,
-    pub balancer: LoadBalancer<RoundRobin>,
-    pub base: BaseUrl,
+    pub(crate) name: String,
+    pub(crate) balancer: LoadBalancer<RoundRobin>,
+    pub(crate) base: BaseUrl,
     /// `Host` header value.
-    pub host: HeaderValue,
+    pub(crate) host: HeaderValue,
     /// The provider key's header value (`Bearer …`, or the bare key for
     /// `x-api-key` / `api-key`), marked sensitive.
-    pub auth: Option<HeaderValue>,
+    pub(crate) auth: Option<HeaderValue>,
     /// The header `auth` goes in (`Authorization`, `x-api-key`, `api-key`).
-    pub auth_name: HeaderName,
-    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) auth_name: HeaderName,
+    pub(crate) extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// Upstream URI per endpoint, with the base URL's prefix.
     paths: [Uri; Endpoint::PROXIED.len()],
-    pub timeouts: Timeouts,
-    pub retry: RetryPolicy,
-    pub breaker: BreakerPolicy,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) breaker: BreakerPolicy,
     /// Passive-health state of each current backend (shared across reloads).
     states: ArcSwap<HashMap<SocketAddr, Arc<BackendState>>>,
     /// Where the states live across reloads (`runtime::Durable`).
     breakers: Arc<crate::base::keyed::Keyed<(String, SocketAddr), BackendState>>,
-    pub ca: Option<crate::ca_file::CaList>,
+    pub(crate) ca: Option<crate::ca_file::CaList>,
     /// Pool key of the trust settings: connections verified against one CA
     /// are never reused by a provider that trusts another (Pingora's pool
     /// key covers the address and SNI, not the CA).
     trust_key: u64,
-    pub health: HealthConf,
-    pub dns_refresh: Duration,
-    /// Configured targets, for logs and the health metric.
-    pub targets: Vec<String>,
+    pub(crate) health: HealthConf,
+    pub(crate) dns_refresh: Duration,
     /// Ask streams for usage on the client's behalf.
-    pub stream_usage: bool,
+    pub(crate) stream_usage: bool,
 }
 
 impl Upstream {
@@ -85,10 +83,6 @@ impl Upstream {
                 port: base.port,
             }],
         };
-        let target_names = targets
-            .iter()
-            .map(|t| format!("{}:{}", t.host, t.port))
-            .collect();
         let backends = Backends::new(Box::new(DnsDiscovery::new(targets)));
         let mut balancer = LoadBalancer::<RoundRobin>::from_backends(backends);
         let (ca, trust_key) = match &p.ca_file {
@@ -153,7 +147,6 @@ impl Upstream {
             trust_key,
             health: p.health_check.clone(),
             dns_refresh: p.dns_refresh.get(),
-            targets: target_names,
             stream_usage: p.stream_usage,
             base,
         })
@@ -341,10 +334,10 @@ fn health_check(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Out {
     /// Until the first one is back.
-    pub ms: u64,
+    pub(crate) ms: u64,
     /// At least one is waiting out a 429's `Retry-After`.
-    pub rate_limited: bool,
+    pub(crate) rate_limited: bool,
 }
 
 /// Shared handle.
-pub type UpstreamRef = Arc<Upstream>;
+pub(crate) type UpstreamRef = Arc<Upstream>;

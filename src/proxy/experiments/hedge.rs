@@ -10,13 +10,11 @@
 use super::race::{run_leg, LegEnd};
 use super::{metrics as xmetrics, relay};
 use crate::accounting::settle::{self, Observed};
-use crate::base::endpoint::Endpoint;
 use crate::config::{HedgeAfter, HEDGE_BURST};
 use crate::engine::attempts::{Attempt, Failure};
-use crate::proxy::ctx::Ctx;
+use crate::proxy::ctx::{Admitted, Ctx};
 use crate::proxy::headers;
 use crate::runtime::experiments::HedgePlan;
-use crate::runtime::Runtime;
 use crate::telemetry::metrics;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use pingora::http::RequestHeader;
@@ -40,10 +38,7 @@ struct Leg {
 
 /// What one request's race needs, taken from its context.
 struct Race<'a> {
-    rt: Arc<Runtime>,
-    alias: Arc<str>,
-    ep: Endpoint,
-    stream: bool,
+    req: Arc<Admitted>,
     client: &'a RequestHeader,
     legs: Vec<Leg>,
     running: FuturesUnordered<LegFuture>,
@@ -52,30 +47,17 @@ struct Race<'a> {
 /// Serves a request of a hedging alias. Always answers (`Ok(true)`),
 /// unless the request lacks what a race needs, when the normal proxy path
 /// takes it (`Ok(false)`).
-pub async fn serve(
+pub(crate) async fn serve(
     session: &mut Session,
     ctx: &mut Ctx,
+    req: &Arc<Admitted>,
     plan: &HedgePlan,
 ) -> pingora::Result<bool> {
-    let (Some(rt), Some(alias), Some(ep), Some(parsed)) = (
-        ctx.rt.clone(),
-        ctx.alias.clone(),
-        ctx.endpoint,
-        ctx.parsed.as_ref(),
-    ) else {
-        return Ok(false);
-    };
-    let stream = parsed.stream;
-    let Some(model) = rt.models.get(&*alias) else {
-        return Ok(false);
-    };
+    let (model, alias) = (&req.model, req.alias());
     plan.cap.on_request(plan.max_share, HEDGE_BURST);
     let client = session.req_header().clone();
     let mut race = Race {
-        rt: rt.clone(),
-        alias: alias.clone(),
-        ep,
-        stream,
+        req: req.clone(),
         client: &client,
         legs: Vec::new(),
         running: FuturesUnordered::new(),
@@ -100,7 +82,7 @@ pub async fn serve(
                 if gone.is_err() {
                     // The client left: dropping the legs cancels them
                     // upstream; those that were running are charged.
-                    ctx.status = 499;
+                    ctx.out.gone();
                     race.running = FuturesUnordered::new();
                     race.meter_cancelled(ctx);
                     return Ok(true);
@@ -123,10 +105,10 @@ pub async fn serve(
                         ctx.attempts.skip_route();
                         if race.start_next(ctx, true) {
                             ctx.exp.hedge = Some("fired");
-                            xmetrics::hedge(&alias, "fired");
+                            xmetrics::hedge(alias, "fired");
                         }
                     } else {
-                        xmetrics::hedge(&alias, "capped");
+                        xmetrics::hedge(alias, "capped");
                     }
                 }
             }
@@ -151,9 +133,9 @@ pub async fn serve(
         );
         if leg.hedge {
             ctx.exp.hedge = Some("won");
-            xmetrics::hedge(&alias, "won");
+            xmetrics::hedge(alias, "won");
         }
-        ctx.attempt = Some(leg.attempt);
+        ctx.current.start(leg.attempt);
     }
     let served = relay::relay(session, ctx, ex, first).await;
     // After the response: estimating tokens may first load a tokenizer.
@@ -165,32 +147,29 @@ impl Race<'_> {
     /// Starts a leg on the walker's next attempt; `false` when none is
     /// left or no attempt may start (attempt cap, request deadline).
     fn start_next(&mut self, ctx: &mut Ctx, hedge: bool) -> bool {
-        let Some(model) = self.rt.models.get(&*self.alias) else {
-            return false;
-        };
-        let caps = ctx.caps(&self.rt);
+        let r = &*self.req;
+        let caps = ctx.caps();
         // Hedged aliases have OpenAI-kind routes only: no route body.
         let Ok(pick) = ctx.attempts.next(
-            model,
-            &self.alias,
-            ctx.request_id.as_bytes(),
+            &r.model,
+            r.alias(),
+            ctx.head.request_id.as_bytes(),
             &caps,
             hedge,
             |_, _| Ok(None),
         ) else {
             return false;
         };
-        let (Some(parsed), Some(route)) = (ctx.parsed.as_ref(), model.routes.get(pick.route))
-        else {
+        let Some(route) = r.route(pick.route) else {
             return false;
         };
-        let attempt = pick.into_attempt(route, &ctx.body, parsed, self.ep.usage_capable());
-        let Ok(req) = headers::upstream_request(
+        let attempt = pick.into_attempt(route, &r.body, &r.parsed, r.endpoint.usage_capable());
+        let Ok(head) = headers::upstream_request(
             self.client,
             &attempt.up,
-            self.ep,
+            r.endpoint,
             attempt.body.len(),
-            &ctx.request_id,
+            &ctx.head.request_id,
         ) else {
             return false;
         };
@@ -199,9 +178,9 @@ impl Race<'_> {
             attempt.up.clone(),
             attempt.addr,
             route.limits,
-            req,
+            head,
             attempt.body.clone(),
-            self.stream,
+            r.stream(),
         );
         self.running
             .push(Box::pin(async move { (index, fut.await) }));
@@ -229,35 +208,32 @@ impl Race<'_> {
     /// nothing), a non-stream leg its worst case (the provider may finish
     /// the answer it started and bill it).
     fn meter_cancelled(&self, ctx: &mut Ctx) {
-        let Some(model) = self.rt.models.get(&*self.alias) else {
-            return;
-        };
+        let r = &*self.req;
         let key = ctx
+            .head
             .key
             .as_deref()
             .map_or(metrics::NONE, |k| &*k.name)
             .to_string();
         for leg in self.legs.iter().filter(|l| l.running) {
             ctx.attempts.cancelled(&leg.attempt);
-            let Some(route) = model.routes.get(leg.attempt.route) else {
+            let Some(route) = r.route(leg.attempt.route) else {
                 continue;
             };
             let req = settle::Request {
-                ep: self.ep,
+                ep: r.endpoint,
                 model: &route.model,
-                body: &ctx.body,
-                default_output: model.reserve_output_tokens,
+                body: &r.body,
+                default_output: r.model.reserve_output_tokens,
             };
-            let observed = Observed::Unanswered {
-                stream: self.stream,
-            };
+            let observed = Observed::Unanswered { stream: r.stream() };
             let Some(s) = settle::settle(&req, observed, route.price.as_ref()) else {
                 continue;
             };
             ctx.exp.extra_tokens = ctx.exp.extra_tokens.saturating_add(s.tokens());
             ctx.exp.extra_usd += s.cost_usd.unwrap_or(0.0);
             if let Some(m) = metrics::get() {
-                let labels = [&*self.alias, &*route.provider_name, &*route.model, &key];
+                let labels = [&**r.alias(), &*route.provider_name, &*route.model, &key];
                 for (kind, n) in s.usage.by_kind().filter(|&(_, n)| n > 0) {
                     m.tokens
                         .with_label_values(&[

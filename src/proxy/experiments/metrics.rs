@@ -8,20 +8,20 @@ use prometheus::{
 };
 use std::sync::OnceLock;
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// `request_model`, `provider`, `response_model`, `result`.
-    pub shadow_requests: IntCounterVec,
+    pub(crate) shadow_requests: IntCounterVec,
     /// `request_model`, `reason` (concurrency, budget, no_backend).
-    pub shadow_skipped: IntCounterVec,
+    pub(crate) shadow_skipped: IntCounterVec,
     /// `request_model`, `provider`, `response_model`, `token_type`, `usage_source`.
-    pub shadow_tokens: IntCounterVec,
+    pub(crate) shadow_tokens: IntCounterVec,
     /// `request_model`, `provider`, `response_model`.
-    pub shadow_cost: CounterVec,
+    pub(crate) shadow_cost: CounterVec,
     /// `request_model`, `provider`.
-    pub shadow_duration: HistogramVec,
-    pub shadow_in_flight: IntGauge,
+    pub(crate) shadow_duration: HistogramVec,
+    pub(crate) shadow_in_flight: IntGauge,
     /// `request_model`, `event` (fired, won, capped).
-    pub hedges: IntCounterVec,
+    pub(crate) hedges: IntCounterVec,
 }
 
 const DURATION_BUCKETS: &[f64] = &[
@@ -93,12 +93,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
 static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
 
 /// The experiments' metrics, registered on first use.
-pub fn get() -> Option<&'static Metrics> {
+pub(crate) fn get() -> Option<&'static Metrics> {
     crate::telemetry::metrics::registered(&METRICS, "experiment metrics", build)
 }
 
 /// Counts one hedge event of `alias`.
-pub fn hedge(alias: &str, event: &str) {
+pub(crate) fn hedge(alias: &str, event: &str) {
     if let Some(m) = get() {
         m.hedges.with_label_values(&[alias, event]).inc();
     }

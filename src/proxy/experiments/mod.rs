@@ -3,30 +3,30 @@
 //! (`runtime::experiments`). [`after_admit`] is the one call the proxy
 //! makes, once a request is admitted and about to go upstream.
 
-pub mod hedge;
-pub mod metrics;
-pub mod race;
-pub mod relay;
-pub mod shadow;
+pub(crate) mod hedge;
+pub(crate) mod metrics;
+pub(crate) mod race;
+pub(crate) mod relay;
+pub(crate) mod shadow;
 
 use crate::proxy::ctx::Ctx;
 use pingora::proxy::Session;
 
 /// What the experiments did to one request, for the access log.
 #[derive(Default)]
-pub struct Marks {
+pub(crate) struct Marks {
     /// `fired` (a hedge started, the primary won) or `won`.
-    pub hedge: Option<&'static str>,
+    pub(crate) hedge: Option<&'static str>,
     /// `sampled` (a copy was sent) or `skipped` (sampled, over a limit).
-    pub shadow: Option<&'static str>,
+    pub(crate) shadow: Option<&'static str>,
     /// Usage of a cancelled hedge leg, charged with the request's own.
-    pub extra_tokens: u64,
-    pub extra_usd: f64,
+    pub(crate) extra_tokens: u64,
+    pub(crate) extra_usd: f64,
 }
 
 impl Marks {
     /// Tokens and cost to settle the request's reservation with.
-    pub fn charge(&self, tokens: u64, usd: Option<f64>) -> (u64, Option<f64>) {
+    pub(crate) fn charge(&self, tokens: u64, usd: Option<f64>) -> (u64, Option<f64>) {
         let usd = match usd {
             Some(u) => Some(u + self.extra_usd),
             None if self.extra_usd > 0.0 => Some(self.extra_usd),
@@ -40,23 +40,24 @@ impl Marks {
 /// shadow copy (never waited for), then serves the request itself when its
 /// alias hedges. `Ok(true)`: the response was written here; `Ok(false)`:
 /// the normal proxy path serves it.
-pub async fn after_admit(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-    let Some(rt) = ctx.rt.clone() else {
+pub(crate) async fn after_admit(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+    let rt = ctx.head.rt.clone();
+    let Some(req) = ctx.req().cloned() else {
         return Ok(false);
     };
-    let Some(plan) = ctx.alias.as_deref().and_then(|a| rt.experiments.of(a)) else {
+    let Some(plan) = rt.experiments.of(req.alias()) else {
         return Ok(false);
     };
     if let Some(s) = &plan.shadow {
-        shadow::maybe_send(session.req_header(), ctx, &rt, s);
+        shadow::maybe_send(session.req_header(), ctx, &req, &rt, s);
     }
     match &plan.hedge {
         // The Messages endpoint answers in Anthropic's shape: the normal
         // path translates it back, the race relays OpenAI bytes as they are.
-        Some(_) if ctx.front.is_some() => Ok(false),
+        Some(_) if req.messages.is_some() => Ok(false),
         // Boxed: the race's state is large, and unboxed it would be part of
         // every request's future (copied when Pingora boxes it), hedged or not.
-        Some(h) => Box::pin(hedge::serve(session, ctx, h)).await,
+        Some(h) => Box::pin(hedge::serve(session, ctx, &req, h)).await,
         None => Ok(false),
     }
 }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 /// How a leg ended before any byte went to the client.
-pub enum LegEnd {
+pub(crate) enum LegEnd {
     /// The leg produced its first body byte (`first`), or a complete
     /// response with none, or an answer to pass on as is (a 4xx).
     Ready {
@@ -24,7 +24,7 @@ pub enum LegEnd {
 /// Runs one leg: connect, send, judge the header like the proxy does, then
 /// wait for the first non-empty body chunk within the route's first-byte
 /// limit (counted from the start).
-pub async fn run_leg(
+pub(crate) async fn run_leg(
     pick_up: UpstreamRef,
     addr: SocketAddr,
     limits: crate::resilience::Limits,

@@ -4,31 +4,29 @@
 
 use crate::base::error::GatewayError;
 use crate::proxy::ctx::Ctx;
-use crate::proxy::{attempt, finish, response};
+use crate::proxy::{finish, response};
 use crate::upstream::client::Exchange;
 use bytes::Bytes;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
-use std::time::Instant;
 
 /// Answers the error of a race nobody won, in the OpenAI format.
-pub async fn answer_error(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-    let err = attempt::exhausted(ctx);
+pub(crate) async fn answer_error(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+    let err = ctx.attempts.exhausted();
     let e = Error::explain(ErrorType::HTTPStatus(err.status()), err.code());
-    ctx.error = Some(err);
+    ctx.out.fail(err);
     finish::fail_to_proxy(session, &e, ctx).await;
     Ok(true)
 }
 
 /// Streams the winner to the client: its header (tagged like the proxy's),
 /// then every chunk through the meters.
-pub async fn relay(
+pub(crate) async fn relay(
     session: &mut Session,
     ctx: &mut Ctx,
     mut ex: Exchange,
     first: Option<Bytes>,
 ) -> pingora::Result<bool> {
-    ctx.upstream_headers_at = Some(Instant::now());
     let mut resp = ex.header().clone();
     response::on_header(&mut resp, ctx)?;
     resp.remove_header(&http::header::CONNECTION);
@@ -40,7 +38,7 @@ pub async fn relay(
         .await
         .is_err()
     {
-        ctx.status = 499;
+        ctx.out.gone();
         return Ok(true);
     }
     let mut pending = first;
@@ -51,7 +49,7 @@ pub async fn relay(
                 Ok(Some(b)) => (Some(b), false),
                 Ok(None) => (None, true),
                 Err(f) => {
-                    ctx.mid_stream_error = Some(if f.is_timeout() {
+                    ctx.out.broke(if f.is_timeout() {
                         GatewayError::UpstreamTimeout
                     } else {
                         GatewayError::UpstreamError
@@ -70,7 +68,7 @@ pub async fn relay(
         }
         let empty = body.as_ref().is_none_or(|b| b.is_empty());
         if (!empty || eos) && session.write_response_body(body, eos).await.is_err() {
-            ctx.status = 499;
+            ctx.out.gone();
             return Ok(true);
         }
         if eos {

@@ -7,17 +7,15 @@
 use super::metrics;
 use crate::accounting::meter::{BodyMeter, BodyUsage, StreamMeter};
 use crate::accounting::settle::{self, Observed, Settled};
-use crate::base::endpoint::Endpoint;
 use crate::governance::{self, Ask};
-use crate::proxy::ctx::Ctx;
+use crate::proxy::ctx::{Admitted, Ctx};
 use crate::proxy::headers;
-use crate::rewrite::{self, Parsed};
+use crate::rewrite;
 use crate::runtime::experiments::ShadowPlan;
 use crate::runtime::{ProviderRt, Runtime};
 use crate::upstream::client::{Exchange, Failure};
-use bytes::Bytes;
 use pingora::http::RequestHeader;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -50,63 +48,37 @@ impl Drop for Slot {
     }
 }
 
-/// A uniform draw in [0, 1) from a per-thread xorshift generator.
-fn draw() -> f64 {
-    use std::cell::Cell;
-    static SEED: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            (t ^ SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)) | 1
-        });
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    })
-}
-
 /// Everything the background task needs, owned.
 struct Job {
     rt: Arc<Runtime>,
-    alias: Arc<str>,
-    ep: Endpoint,
-    parsed: Parsed,
-    body: Bytes,
+    req: Arc<Admitted>,
     client: RequestHeader,
     request_id: String,
     slot: Slot,
 }
 
 /// Samples the request; when picked and under the cap, spawns its copy.
-pub fn maybe_send(client: &RequestHeader, ctx: &mut Ctx, rt: &Arc<Runtime>, plan: &ShadowPlan) {
-    if plan.sample <= 0.0 || draw() >= plan.sample {
+pub(crate) fn maybe_send(
+    client: &RequestHeader,
+    ctx: &mut Ctx,
+    req: &Arc<Admitted>,
+    rt: &Arc<Runtime>,
+    plan: &ShadowPlan,
+) {
+    if plan.sample <= 0.0 || fastrand::f64() >= plan.sample {
         return;
     }
-    let (Some(alias), Some(ep), Some(parsed)) = (ctx.alias.clone(), ctx.endpoint, &ctx.parsed)
-    else {
-        return;
-    };
     let Some(slot) = Slot::take(rt.experiments.shadow_max_concurrency) else {
-        skipped(&alias, "concurrency");
+        skipped(req.alias(), "concurrency");
         ctx.exp.shadow = Some("skipped");
         return;
     };
     ctx.exp.shadow = Some("sampled");
     let job = Job {
         rt: rt.clone(),
-        alias,
-        ep,
-        parsed: parsed.clone(),
-        body: ctx.body.clone(),
+        req: req.clone(),
         client: client.clone(),
-        request_id: format!("{}-shadow", ctx.request_id),
+        request_id: format!("{}-shadow", ctx.head.request_id),
         slot,
     };
     tokio::spawn(run(job));
@@ -120,12 +92,9 @@ fn skipped(alias: &str, reason: &str) {
 
 async fn run(job: Job) {
     let _slot = &job.slot;
-    let Some(plan) = job
-        .rt
-        .experiments
-        .of(&job.alias)
-        .and_then(|p| p.shadow.as_ref())
-    else {
+    let (req, alias) = (&job.req, job.req.alias());
+    let ep = req.endpoint;
+    let Some(plan) = job.rt.experiments.of(alias).and_then(|p| p.shadow.as_ref()) else {
         return;
     };
     let route = &plan.route;
@@ -133,22 +102,16 @@ async fn run(job: Job) {
         return;
     };
     let rules = &job.rt.experiments.shadow_rules;
-    let output = job
-        .rt
-        .models
-        .get(&*job.alias)
-        .map_or(crate::config::DEFAULT_RESERVE_OUTPUT_TOKENS, |m| {
-            m.reserve_output_tokens
-        });
+    let output = req.model.reserve_output_tokens;
     let reservation = if rules.is_empty() {
         None
     } else {
         let prices: Vec<_> = route.price.into_iter().collect();
-        let ask = Ask::worst_case(&route.model, &prices, output, job.ep, &job.body);
+        let ask = Ask::worst_case(&route.model, &prices, output, ep, &req.body);
         match governance::admit(&[rules.as_slice()], ask).await {
             Ok(a) => Some(a.reservation),
             Err(_) => {
-                skipped(&job.alias, "budget");
+                skipped(alias, "budget");
                 return;
             }
         }
@@ -157,26 +120,26 @@ async fn run(job: Job) {
         .select(job.request_id.as_bytes(), &[], false)
         .or_else(|_| up.select(job.request_id.as_bytes(), &[], true));
     let Ok((addr, _)) = picked else {
-        skipped(&job.alias, "no_backend");
+        skipped(alias, "no_backend");
         return;
     };
-    let usage_capable = job.ep.usage_capable();
+    let usage_capable = ep.usage_capable();
     let (body, injected) = rewrite::attempt_body(
-        &job.body,
-        &job.parsed,
+        &req.body,
+        &req.parsed,
         &route.model_json,
         usage_capable && up.stream_usage,
     );
-    let Ok(req) = headers::upstream_request(&job.client, up, job.ep, body.len(), &job.request_id)
+    let Ok(head) = headers::upstream_request(&job.client, up, ep, body.len(), &job.request_id)
     else {
         return;
     };
     let start = Instant::now();
-    let (result, settled) = match Exchange::start(up, addr, route.limits, &req, &body).await {
+    let (result, settled) = match Exchange::start(up, addr, route.limits, &head, &body).await {
         Ok(ex) => read(ex, &job, route, injected, output).await,
         Err(f) => (failure_label(f), None),
     };
-    let labels = [&*job.alias, &*route.provider_name, &*route.model];
+    let labels = [&**alias, &*route.provider_name, &*route.model];
     if let Some(m) = metrics::get() {
         m.shadow_requests
             .with_label_values(&[labels[0], labels[1], labels[2], result])
@@ -222,7 +185,8 @@ async fn read(
 ) -> (&'static str, Option<Settled>) {
     let status = ex.header().status;
     let sse = crate::sse::is_event_stream(ex.header());
-    let mut stream = (status.is_success() && sse).then(|| StreamMeter::new(job.ep, injected));
+    let ep = job.req.endpoint;
+    let mut stream = (status.is_success() && sse).then(|| StreamMeter::new(ep, injected));
     let mut body = (status.is_success() && !sse).then(BodyMeter::default);
     let mut failed = None;
     loop {
@@ -274,9 +238,9 @@ async fn read(
         (None, None) => return (result, None),
     };
     let req = settle::Request {
-        ep: job.ep,
+        ep,
         model: &route.model,
-        body: &job.body,
+        body: &job.req.body,
         default_output,
     };
     let settled = settle::settle(&req, observed, route.price.as_ref());

@@ -8,19 +8,20 @@
 //! event, a JSON body whole at its end (sent chunked, since its length is
 //! known only then), and an upstream error re-shaped as an Anthropic error.
 //! Errors the gateway answers itself use Anthropic's shape too
-//! (`respond::error` and the mid-stream error event ask [`error_body`]).
+//! (`write::error` and the mid-stream error event ask [`error_body`]).
 //! On a `kind: anthropic` route the request passes through instead
 //! ([`passthrough`]).
 
-pub mod passthrough;
+pub(crate) mod passthrough;
 
 use crate::accounting::meter::MAX_EVENT_BYTES;
 use crate::base::endpoint::Endpoint;
 use crate::base::error::GatewayError;
 use crate::providers::mock;
-use crate::proxy::ctx::Ctx;
+use crate::proxy::ctx::Admitted;
+use crate::proxy::pipeline::Counts;
 use crate::rewrite::{self, Parsed};
-use crate::runtime::ModelRt;
+use crate::runtime::{ModelRt, RouteRt};
 use crate::translate::messages::{self as tr, MessagesStream};
 use crate::translate::pipe::Pipe;
 use crate::translate::{RequestOpts, ResponseOpts};
@@ -28,33 +29,44 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use serde_json::Value;
 
-pub use crate::translate::messages::{error_body, error_event};
+pub(crate) use crate::translate::messages::{error_body, error_event};
 
-/// State of one Messages request.
-pub struct Front {
-    /// The model name the client asked for, reported back in responses.
+/// What a Messages request keeps from admission: the model name the
+/// client asked for (reported back in responses) and, for `kind:
+/// anthropic` routes, its own body.
+pub(crate) struct Request {
     model: String,
     /// The client's own Anthropic body, as received, and where its model is.
     pub(crate) original: Bytes,
     pub(crate) model_span: std::ops::Range<usize>,
     /// Why translated (OpenAI-shaped) routes cannot take this request.
     pub(crate) refused: Option<GatewayError>,
-    mode: Mode,
 }
 
-enum Mode {
-    /// No response header yet.
-    Waiting,
+/// The client's front stage of the response pipeline: what a Messages
+/// client gets of the upstream's (metered) response.
+#[derive(Default)]
+pub(crate) enum Stage {
+    /// Not a Messages request: the bytes pass.
+    #[default]
+    Off,
     /// A 2xx event stream, translated event by event.
     Stream(Box<Pipe>),
-    /// A 2xx JSON body, translated whole at its end.
-    Message(BytesMut),
-    /// A non-2xx body, re-shaped as an Anthropic error at its end.
-    Error(u16, BytesMut),
+    /// A whole body, translated at its end.
+    Whole(Box<Whole>),
     /// A passthrough response (`kind: anthropic`), watched for usage only.
     Pass(Box<passthrough::Watch>),
     /// The stream broke: nothing more is forwarded.
     Broken,
+}
+
+/// A whole upstream body being gathered.
+pub(crate) struct Whole {
+    /// A non-2xx status: the body is re-shaped as an Anthropic error.
+    error: Option<u16>,
+    buf: BytesMut,
+    model: String,
+    request_id: String,
 }
 
 /// Admission of a Messages request: translates the body into the Chat
@@ -65,15 +77,15 @@ enum Mode {
 /// refused here, unless an Anthropic route could take it: then only the
 /// translated routes fail with that error (and the original body is what
 /// limits and estimates read). Any other endpoint's body passes unchanged.
-pub fn admit(
-    ctx: &mut Ctx,
+pub(crate) fn admit(
+    request_id: &str,
     ep: Endpoint,
     model: &ModelRt,
     bytes: Bytes,
     parsed: Parsed,
-) -> Result<(Bytes, Parsed), GatewayError> {
+) -> Result<(Bytes, Parsed, Option<Box<Request>>), GatewayError> {
     if ep != Endpoint::Messages {
-        return Ok((bytes, parsed));
+        return Ok((bytes, parsed, None));
     }
     // `rewrite::parse` has validated the document already; this parse is
     // bounded in the values it builds.
@@ -96,19 +108,17 @@ pub fn admit(
             param: None,
         }
     });
-    let mut front = Box::new(Front {
+    let mut front = Box::new(Request {
         model: parsed.model.clone(),
         original: bytes.clone(),
         model_span: parsed.model_span.clone(),
         refused: None,
-        mode: Mode::Waiting,
     });
-    let out = match translation {
+    let (body, parsed) = match translation {
         Ok(t) => {
             if !t.dropped.is_empty() {
                 log::info!(
-                    "request {}: dropped fields OpenAI cannot honour (drop_unsupported_params): {}",
-                    ctx.request_id,
+                    "request {request_id}: dropped fields OpenAI cannot honour (drop_unsupported_params): {}",
                     t.dropped.join(", ")
                 );
             }
@@ -121,134 +131,150 @@ pub fn admit(
         }
         Err(e) => return Err(e),
     };
-    ctx.front = Some(front);
-    Ok(out)
+    Ok((body, parsed, Some(front)))
 }
 
-fn response_opts<'a>(front: &'a Front, request_id: &'a str) -> ResponseOpts<'a> {
+fn response_opts<'a>(model: &'a str, request_id: &'a str) -> ResponseOpts<'a> {
     ResponseOpts {
-        model: &front.model,
+        model,
         request_id,
         include_usage: true,
     }
 }
 
-/// The upstream's response header was accepted: picks how its body is
-/// translated and fixes the framing (the translated body's length is not
-/// the upstream's).
-pub fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
-    let pass = passthrough::current(ctx);
-    let Some(front) = ctx.front.as_mut() else {
-        return Ok(());
-    };
-    let sse = crate::sse::is_event_stream(resp);
-    if pass {
-        front.mode = Mode::Pass(Box::new(passthrough::Watch::new(sse)));
-        return Ok(());
+impl Stage {
+    /// How an accepted response reaches a Messages client, fixing the
+    /// framing (the translated body's length is not the upstream's).
+    /// `Off` for other endpoints.
+    pub(crate) fn choose(
+        resp: &mut ResponseHeader,
+        req: &Admitted,
+        route: &RouteRt,
+        request_id: &str,
+    ) -> pingora::Result<Stage> {
+        let Some(front) = req.messages.as_deref() else {
+            return Ok(Stage::Off);
+        };
+        let sse = crate::sse::is_event_stream(resp);
+        if passthrough::applies(route) {
+            return Ok(Stage::Pass(Box::new(passthrough::Watch::new(sse))));
+        }
+        let stage = if resp.status.is_success() && sse {
+            let stream = MessagesStream::new(&response_opts(&front.model, request_id));
+            Stage::Stream(Box::new(Pipe::new(Box::new(stream), MAX_EVENT_BYTES)))
+        } else {
+            Stage::Whole(Box::new(Whole {
+                error: (!resp.status.is_success()).then(|| resp.status.as_u16()),
+                buf: BytesMut::new(),
+                model: front.model.clone(),
+                request_id: request_id.to_string(),
+            }))
+        };
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        if !sse {
+            resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        }
+        Ok(stage)
     }
-    let request_id = ctx.request_id.as_str();
-    front.mode = if !resp.status.is_success() {
-        Mode::Error(resp.status.as_u16(), BytesMut::new())
-    } else if sse {
-        let stream = MessagesStream::new(&response_opts(front, request_id));
-        Mode::Stream(Box::new(Pipe::new(Box::new(stream), MAX_EVENT_BYTES)))
-    } else {
-        Mode::Message(BytesMut::new())
-    };
-    resp.remove_header(&http::header::CONTENT_LENGTH);
-    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-    if !sse {
-        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+
+    /// Translates one upstream body chunk (already seen by the meter) into
+    /// what the client gets; a passthrough's usage goes to `counts`.
+    pub(crate) fn on_chunk(&mut self, body: &mut Option<Bytes>, eos: bool, counts: &mut Counts) {
+        let chunk = match self {
+            Stage::Off => return,
+            Stage::Pass(watch) => {
+                if let Some(b) = body.as_ref() {
+                    if let Some(u) = watch.on_chunk(b, eos) {
+                        counts.usage = Some(u);
+                    }
+                } else if let Some(u) = watch.on_chunk(&[], eos) {
+                    counts.usage = Some(u);
+                }
+                return;
+            }
+            _ => body.take().unwrap_or_default(),
+        };
+        let mut out = BytesMut::new();
+        match self {
+            Stage::Off | Stage::Pass(_) | Stage::Broken => {}
+            Stage::Stream(pipe) => {
+                let mut fed = pipe.feed(&chunk, &mut out);
+                if fed.is_ok() && eos {
+                    fed = pipe.finish(&mut out);
+                }
+                if fed.is_err() {
+                    out.extend_from_slice(&error_event(&GatewayError::UpstreamError));
+                    *self = Stage::Broken;
+                }
+            }
+            Stage::Whole(w) => {
+                if w.buf.len() + chunk.len() <= crate::accounting::meter::MAX_BODY_BYTES {
+                    w.buf.extend_from_slice(&chunk);
+                }
+                if eos {
+                    out = BytesMut::from(&w.body()[..]);
+                }
+            }
+        }
+        *body = Some(out.freeze());
     }
-    Ok(())
+
+    /// What ends a Messages stream that broke after it started: the
+    /// complete events not yet forwarded (translated), then an Anthropic
+    /// `error` event. `None` for other endpoints.
+    pub(crate) fn stream_error(
+        &mut self,
+        unsent: Option<Bytes>,
+        err: &GatewayError,
+    ) -> Option<Bytes> {
+        if matches!(self, Stage::Off) {
+            return None;
+        }
+        let mut out = BytesMut::new();
+        if let Some(unsent) = unsent {
+            match self {
+                Stage::Stream(pipe) => {
+                    let _ = pipe.feed(&unsent, &mut out);
+                }
+                Stage::Pass(_) => out.extend_from_slice(&unsent),
+                _ => {}
+            }
+        }
+        *self = Stage::Broken;
+        out.extend_from_slice(&error_event(err));
+        Some(out.freeze())
+    }
 }
 
-/// Translates one upstream body chunk (already seen by the meter) into what
-/// the client gets.
-pub fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) {
-    let Some(front) = ctx.front.as_mut() else {
-        return;
-    };
-    let chunk = body.take().unwrap_or_default();
-    let mut out = BytesMut::new();
-    let request_id = ctx.request_id.as_str();
-    match &mut front.mode {
-        Mode::Waiting => out.extend_from_slice(&chunk),
-        Mode::Broken => {}
-        Mode::Pass(watch) => {
-            if let Some(u) = watch.on_chunk(&chunk, eos) {
-                ctx.local_usage = Some(u);
-            }
-            *body = Some(chunk);
-            return;
+impl Whole {
+    /// The client's body for the whole upstream body.
+    fn body(&mut self) -> Bytes {
+        let whole = std::mem::take(&mut self.buf);
+        if let Some(status) = self.error {
+            return tr::error::from_openai_body(status, &whole);
         }
-        Mode::Stream(pipe) => {
-            let mut fed = pipe.feed(&chunk, &mut out);
-            if fed.is_ok() && eos {
-                fed = pipe.finish(&mut out);
-            }
-            if fed.is_err() {
-                out.extend_from_slice(&error_event(&GatewayError::UpstreamError));
-                front.mode = Mode::Broken;
-            }
-        }
-        Mode::Message(buf) | Mode::Error(_, buf) => {
-            if buf.len() + chunk.len() <= crate::accounting::meter::MAX_BODY_BYTES {
-                buf.extend_from_slice(&chunk);
-            }
-            if eos {
-                let whole = std::mem::take(buf);
-                out = BytesMut::from(&whole_body(front, &whole, request_id)[..]);
-            }
-        }
-    }
-    *body = Some(out.freeze());
-}
-
-/// The client's body for a whole upstream body.
-fn whole_body(front: &Front, whole: &[u8], request_id: &str) -> Bytes {
-    match &front.mode {
-        Mode::Error(status, _) => tr::error::from_openai_body(*status, whole),
-        _ => match tr::response(whole, &response_opts(front, request_id)) {
+        match tr::response(&whole, &response_opts(&self.model, &self.request_id)) {
             Ok((b, _)) => b,
             Err(e) => {
                 log::warn!(
-                    "request {request_id}: cannot translate the upstream's response ({})",
+                    "request {}: cannot translate the upstream's response ({})",
+                    self.request_id,
                     e.0
                 );
                 error_body(&GatewayError::UpstreamError)
             }
-        },
-    }
-}
-
-/// What ends a Messages stream that broke after it started: the complete
-/// events not yet forwarded (translated), then an Anthropic `error` event.
-/// `None` for other endpoints.
-pub fn stream_error(ctx: &mut Ctx, err: &GatewayError) -> Option<Bytes> {
-    let front = ctx.front.as_mut()?;
-    let mut out = BytesMut::new();
-    if let Some(unsent) = ctx.unsent.take() {
-        match &mut front.mode {
-            Mode::Stream(pipe) => {
-                let _ = pipe.feed(&unsent, &mut out);
-            }
-            Mode::Pass(_) => out.extend_from_slice(&unsent),
-            _ => {}
         }
     }
-    front.mode = Mode::Broken;
-    out.extend_from_slice(&error_event(err));
-    Some(out.freeze())
 }
 
 /// A local (mock provider) reply to a Messages request, translated like an
 /// upstream's.
-pub fn local_reply(ctx: &Ctx, reply: mock::Reply) -> mock::Reply {
-    let Some(front) = ctx.front.as_ref() else {
+pub(crate) fn local_reply(req: &Admitted, request_id: &str, reply: mock::Reply) -> mock::Reply {
+    let Some(front) = req.messages.as_deref() else {
         return reply;
     };
-    let opts = response_opts(front, &ctx.request_id);
+    let opts = response_opts(&front.model, request_id);
     match reply {
         mock::Reply::Json(b) => mock::Reply::Json(match tr::response(&b, &opts) {
             Ok((out, _)) => out,

@@ -9,7 +9,7 @@ use crate::accounting::meter::MAX_EVENT_BYTES;
 use crate::accounting::Usage;
 use crate::base::error::GatewayError;
 use crate::config::ProviderKind;
-use crate::proxy::ctx::Ctx;
+use crate::proxy::ctx::Admitted;
 use crate::runtime::RouteRt;
 use crate::sse::Scanner;
 use crate::translate::anthropic::Tokens;
@@ -18,7 +18,7 @@ use pingora::http::RequestHeader;
 use serde_json::Value;
 
 /// Whether `route` gets Messages requests as they are.
-pub fn applies(route: &RouteRt) -> bool {
+pub(crate) fn applies(route: &RouteRt) -> bool {
     route.dialect.kind == ProviderKind::Anthropic
 }
 
@@ -26,8 +26,8 @@ pub fn applies(route: &RouteRt) -> bool {
 /// the client's body with the route's model; on a translated route the
 /// error that refused the translation, if one did. `Ok(None)` for the
 /// usual splice.
-pub fn prepare(ctx: &Ctx, route: &RouteRt) -> Result<Option<Bytes>, GatewayError> {
-    let Some(front) = ctx.front.as_ref() else {
+pub(crate) fn prepare(req: &Admitted, route: &RouteRt) -> Result<Option<Bytes>, GatewayError> {
+    let Some(front) = req.messages.as_deref() else {
         return Ok(None);
     };
     if !applies(route) {
@@ -40,16 +40,21 @@ pub fn prepare(ctx: &Ctx, route: &RouteRt) -> Result<Option<Bytes>, GatewayError
     )))
 }
 
-/// Whether the current attempt is a Messages passthrough.
-pub fn current(ctx: &Ctx) -> bool {
-    ctx.front.is_some() && ctx.current_route().is_some_and(applies)
+/// Whether an attempt of `req` on `route` is a Messages passthrough.
+pub(crate) fn applies_to(req: &Admitted, route: &RouteRt) -> bool {
+    req.messages.is_some() && applies(route)
 }
 
 /// The client's `anthropic-beta` goes to an Anthropic provider whose config
 /// names no betas of its own.
-pub fn patch_request(client: &RequestHeader, upstream: &mut RequestHeader, ctx: &Ctx) {
+pub(crate) fn patch_request(
+    client: &RequestHeader,
+    upstream: &mut RequestHeader,
+    req: &Admitted,
+    route: &RouteRt,
+) {
     const BETA: &str = "anthropic-beta";
-    if !current(ctx) || upstream.headers.contains_key(BETA) {
+    if !applies_to(req, route) || upstream.headers.contains_key(BETA) {
         return;
     }
     if let Some(v) = client.headers.get(BETA) {
@@ -58,7 +63,7 @@ pub fn patch_request(client: &RequestHeader, upstream: &mut RequestHeader, ctx: 
 }
 
 /// Watches a passthrough response for its usage.
-pub enum Watch {
+pub(crate) enum Watch {
     Stream {
         scanner: Scanner,
         tokens: Option<Tokens>,
@@ -67,7 +72,7 @@ pub enum Watch {
 }
 
 impl Watch {
-    pub fn new(sse: bool) -> Self {
+    pub(crate) fn new(sse: bool) -> Self {
         if sse {
             Watch::Stream {
                 scanner: Scanner::new(MAX_EVENT_BYTES),
@@ -79,7 +84,7 @@ impl Watch {
     }
 
     /// Reads one chunk (left as it is). Returns the usage once known.
-    pub fn on_chunk(&mut self, chunk: &[u8], eos: bool) -> Option<Usage> {
+    pub(crate) fn on_chunk(&mut self, chunk: &[u8], eos: bool) -> Option<Usage> {
         match self {
             Watch::Stream { scanner, tokens } => {
                 let mut read = |data: &[u8]| stream_event(data, tokens);

@@ -113,7 +113,7 @@ pub(super) struct Builder {
 }
 
 impl Builder {
-    pub fn refuse(&mut self, param: &str, message: &str) -> Result<(), Unsupported> {
+    pub(super) fn refuse(&mut self, param: &str, message: &str) -> Result<(), Unsupported> {
         if self.drop {
             bounds::note_dropped(&mut self.dropped, param);
             Ok(())

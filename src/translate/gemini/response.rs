@@ -97,7 +97,7 @@ pub(super) struct Parts {
 impl Parts {
     /// Reads `content.parts`. Thought summaries (`thought: true`) are left
     /// out. `calls` numbers generated tool-call ids across the response.
-    pub fn of(cand: &Value, request_id: &str, calls: &mut usize) -> Parts {
+    pub(super) fn of(cand: &Value, request_id: &str, calls: &mut usize) -> Parts {
         let mut text: Option<String> = None;
         let mut tool_calls = Vec::new();
         let parts = cand

@@ -35,16 +35,20 @@ const PLAIN: &[&str] = &[
 ];
 
 /// Deepest nesting kept; deeper subschemas become `{}`.
-pub const MAX_DEPTH: usize = 64;
+pub(super) const MAX_DEPTH: usize = 64;
 
 /// Deepest chain of `$ref`s inlined (a recursive type is unrolled this
 /// many times, then ends in `{}`).
-pub const MAX_REFS: usize = 16;
+pub(super) const MAX_REFS: usize = 16;
 
 /// A cleaned copy of `schema`, the field at `param`, charged to `budget`
 /// (one per request: see [`SchemaBudget`]). Past the budget: refused,
 /// naming `param`.
-pub fn clean(schema: &Value, budget: &mut SchemaBudget, param: &str) -> Result<Value, Unsupported> {
+pub(super) fn clean(
+    schema: &Value,
+    budget: &mut SchemaBudget,
+    param: &str,
+) -> Result<Value, Unsupported> {
     Cleaner {
         root: schema,
         budget,

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 /// Candidates tracked per stream (OpenAI's own limit on `n`); others are
 /// ignored.
-pub const MAX_CHOICES: usize = 128;
+pub(super) const MAX_CHOICES: usize = 128;
 
 /// Per-candidate progress.
 #[derive(Debug, Clone, Copy)]

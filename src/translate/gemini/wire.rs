@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use std::borrow::Cow;
 
 #[derive(Deserialize)]
-pub struct Event<'a> {
+pub(super) struct Event<'a> {
     #[serde(default, borrow)]
     pub candidates: Vec<Candidate<'a>>,
     #[serde(default, rename = "usageMetadata")]
@@ -22,7 +22,7 @@ pub struct Event<'a> {
 }
 
 #[derive(Deserialize)]
-pub struct Candidate<'a> {
+pub(super) struct Candidate<'a> {
     #[serde(default, borrow)]
     pub content: Option<Content<'a>>,
     #[serde(default, rename = "finishReason", borrow)]
@@ -32,13 +32,13 @@ pub struct Candidate<'a> {
 }
 
 #[derive(Deserialize)]
-pub struct Content<'a> {
+pub(super) struct Content<'a> {
     #[serde(default, borrow)]
     pub parts: Vec<Part<'a>>,
 }
 
 #[derive(Deserialize)]
-pub struct Part<'a> {
+pub(super) struct Part<'a> {
     #[serde(default, borrow)]
     pub text: Option<Cow<'a, str>>,
     #[serde(default)]
@@ -50,7 +50,7 @@ pub struct Part<'a> {
 }
 
 #[derive(Deserialize)]
-pub struct FunctionCall<'a> {
+pub(super) struct FunctionCall<'a> {
     #[serde(default, borrow)]
     pub name: Cow<'a, str>,
     #[serde(default, borrow)]
@@ -60,14 +60,14 @@ pub struct FunctionCall<'a> {
 }
 
 #[derive(Deserialize)]
-pub struct Feedback<'a> {
+pub(super) struct Feedback<'a> {
     #[serde(default, rename = "blockReason", borrow)]
     pub block_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
 #[serde(rename_all = "camelCase")]
-pub struct UsageMetadata {
+pub(super) struct UsageMetadata {
     #[serde(default)]
     pub prompt_token_count: u64,
     #[serde(default)]
@@ -84,7 +84,7 @@ impl UsageMetadata {
     /// OpenAI's counting: `promptTokenCount` already includes the cached
     /// tokens; tool-use prompt tokens count as prompt; thoughts count as
     /// completion (and as reasoning).
-    pub fn usage(&self) -> Usage {
+    pub(super) fn usage(&self) -> Usage {
         Usage {
             prompt: self.prompt_token_count + self.tool_use_prompt_token_count,
             completion: self.candidates_token_count + self.thoughts_token_count,

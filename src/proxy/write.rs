@@ -1,4 +1,5 @@
-//! Responses the gateway writes itself: errors, local JSON, local SSE.
+//! Writing the responses the gateway makes itself: errors, local JSON,
+//! local SSE. (An upstream's response goes through `response.rs`.)
 
 use crate::base::error::GatewayError;
 use crate::proxy::headers::REQUEST_ID;
@@ -9,21 +10,11 @@ use std::time::Duration;
 
 /// Headers every locally written response carries besides its own: the
 /// request id and the `x-ratelimit-*` values.
-pub struct Tags<'a> {
-    pub request_id: &'a str,
-    pub rate: &'a crate::governance::RateHeaders,
+pub(crate) struct Tags<'a> {
+    pub(crate) request_id: &'a str,
+    pub(crate) rate: &'a crate::governance::RateHeaders,
     /// Errors go out in Anthropic's shape (the Messages endpoint).
-    pub anthropic: bool,
-}
-
-impl<'a> Tags<'a> {
-    pub fn of(ctx: &'a crate::proxy::ctx::Ctx) -> Self {
-        Tags {
-            request_id: &ctx.request_id,
-            rate: &ctx.rate_headers,
-            anthropic: ctx.endpoint == Some(crate::base::endpoint::Endpoint::Messages),
-        }
-    }
+    pub(crate) anthropic: bool,
 }
 
 fn header(
@@ -49,7 +40,7 @@ fn header(
 }
 
 /// Writes a complete JSON response.
-pub async fn json(
+pub(crate) async fn json(
     session: &mut Session,
     status: u16,
     body: Bytes,
@@ -64,7 +55,7 @@ pub async fn json(
 }
 
 /// Writes an error: OpenAI's format, or Anthropic's on the Messages endpoint.
-pub async fn error(
+pub(crate) async fn error(
     session: &mut Session,
     err: &GatewayError,
     tags: &Tags<'_>,
@@ -88,7 +79,7 @@ pub async fn error(
 }
 
 /// Streams SSE events, one write (and one chunk) each, `interval` apart.
-pub async fn sse(
+pub(crate) async fn sse(
     session: &mut Session,
     events: Vec<Bytes>,
     interval: Duration,

@@ -1,0 +1,193 @@
+//! The response pipeline: how an accepted response's body reaches the
+//! client and what it is charged. One value per response, chosen once when
+//! the response header is accepted ([`Pipeline::choose`]), or made for a
+//! locally answered request ([`Pipeline::local`]). Each chunk goes through
+//! three stages, in this order:
+//!
+//! 1. the provider's dialect (`translated::Stage`): off for OpenAI-kind
+//!    routes; a provider error becomes ours; another dialect's body or
+//!    stream becomes OpenAI's;
+//! 2. the meter ([`Meter`]), which reads OpenAI's shape (or Anthropic's
+//!    own events on a Messages passthrough);
+//! 3. the client's front (`messages::Stage`): off for OpenAI clients; a
+//!    Messages client gets Anthropic's shape.
+//!
+//! The pipeline knows nothing of `Ctx`: the hooks hand it what it needs.
+
+use crate::accounting::meter::{BodyMeter, BodyUsage, StreamMeter};
+use crate::accounting::settle::Observed;
+use crate::accounting::Usage;
+use crate::base::endpoint::Endpoint;
+use crate::base::error::GatewayError;
+use crate::proxy::messages;
+use crate::proxy::translated::{self, Accepting};
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+
+/// How the response body is watched for usage.
+#[derive(Default)]
+pub(crate) enum Meter {
+    #[default]
+    None,
+    Stream(Box<StreamMeter>),
+    Body(BodyMeter),
+}
+
+/// Usage known without the meter: read by a stage (a translator, a
+/// passthrough's watch) or known without reading (the mock provider).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Counts {
+    pub(crate) usage: Option<Usage>,
+    /// The counts are an estimate (a translated response without them).
+    pub(crate) estimated: bool,
+}
+
+/// Why a response was aborted mid-way.
+pub(crate) struct Abort {
+    pub(crate) why: &'static str,
+}
+
+/// One response's way to the client.
+#[derive(Default)]
+pub(crate) struct Pipeline {
+    provider: translated::Stage,
+    meter: Meter,
+    front: messages::Stage,
+    counts: Counts,
+    /// Complete events not yet forwarded when the stream was aborted: they
+    /// go out just before the error event.
+    unsent: Option<Bytes>,
+}
+
+impl Pipeline {
+    /// The pipeline of an accepted upstream response, chosen once: the
+    /// provider's stage first (it may map the status and content type the
+    /// client sees), the meter from what the client sees, then the front's
+    /// stage. `injected`: the attempt's body asked for stream usage on the
+    /// client's behalf (the meter then drops the usage chunk it added).
+    pub(crate) fn choose(
+        resp: &mut ResponseHeader,
+        a: &Accepting<'_>,
+        injected: bool,
+    ) -> pingora::Result<Pipeline> {
+        let provider = translated::Stage::choose(resp, a)?;
+        let passthrough = messages::passthrough::applies_to(a.req, a.route);
+        let meter = meter_for(resp, a.req.endpoint, passthrough, injected);
+        if matches!(meter, Meter::Stream(_)) && injected {
+            // Bytes will be cut: the upstream's length would no longer hold.
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+        }
+        let front = messages::Stage::choose(resp, a.req, a.route, a.request_id)?;
+        Ok(Pipeline {
+            provider,
+            meter,
+            front,
+            counts: Counts::default(),
+            unsent: None,
+        })
+    }
+
+    /// A locally answered request's: no body to watch, its usage known.
+    pub(crate) fn local(usage: Usage) -> Pipeline {
+        Pipeline {
+            counts: Counts {
+                usage: Some(usage),
+                estimated: false,
+            },
+            ..Pipeline::default()
+        }
+    }
+
+    /// Runs one chunk through the stages. `Ok(Some((status, err)))`: the
+    /// provider's error (its `status`) was answered as `err`. `Err`: the response is aborted (the
+    /// stream then ends with an error event).
+    pub(crate) fn on_chunk(
+        &mut self,
+        body: &mut Option<Bytes>,
+        eos: bool,
+    ) -> Result<Option<(u16, GatewayError)>, Abort> {
+        let mapped = self
+            .provider
+            .on_chunk(body, eos, &mut self.counts)
+            .map_err(|why| Abort { why })?;
+        match &mut self.meter {
+            Meter::None => {}
+            Meter::Body(m) => m.on_chunk(body),
+            Meter::Stream(m) => {
+                if m.on_chunk(body, eos).is_err() {
+                    self.unsent = body.take().filter(|b| !b.is_empty());
+                    return Err(Abort {
+                        why: "the upstream sent an SSE event over the size limit",
+                    });
+                }
+            }
+        }
+        self.front.on_chunk(body, eos, &mut self.counts);
+        Ok(mapped)
+    }
+
+    /// Whether the client is reading a stream the meter follows (it then
+    /// ends with an error event when it breaks).
+    pub(crate) fn streams(&self) -> bool {
+        matches!(self.meter, Meter::Stream(_))
+    }
+
+    /// What ends a stream that broke after it started: the complete events
+    /// not yet forwarded and the error event, in the client's shape.
+    pub(crate) fn stream_error(&mut self, err: &GatewayError) -> Vec<Bytes> {
+        let unsent = self.unsent.take();
+        if let Some(anthropic) = self.front.stream_error(unsent.clone(), err) {
+            return vec![anthropic];
+        }
+        let event = Bytes::from(format!(
+            "data: {}\n\n",
+            String::from_utf8_lossy(&err.body())
+        ));
+        unsent.into_iter().chain([event]).collect()
+    }
+
+    /// What the response showed of its usage, for `accounting::settle`.
+    /// `None`: no response was watched and none is owed.
+    pub(crate) fn observed(&self) -> Option<Observed<'_>> {
+        let local = self.counts.usage.map(|u| {
+            if self.counts.estimated {
+                Observed::Estimated(u)
+            } else {
+                Observed::Known(u)
+            }
+        });
+        Some(match (&self.meter, local) {
+            // A translator's (or passthrough watch's) counts are final only
+            // if the stream ended.
+            (Meter::Stream(m), _) => Observed::Stream {
+                seen: m.seen(),
+                counts: self.counts.usage,
+            },
+            (_, Some(local)) => local,
+            (Meter::Body(m), None) => match m.usage() {
+                BodyUsage::Reported(u) => Observed::Known(u),
+                BodyUsage::Missing => Observed::Body(m.json()),
+                BodyUsage::Unreadable => Observed::Unread,
+            },
+            (Meter::None, None) => return None,
+        })
+    }
+}
+
+/// How the body of an accepted response is metered: the one place the
+/// meter is chosen, once the provider's stage has fixed the status and
+/// content type the client sees.
+fn meter_for(resp: &ResponseHeader, ep: Endpoint, passthrough: bool, injected: bool) -> Meter {
+    if !resp.status.is_success() {
+        // Errors carry no usage (a mapped provider error included).
+        return Meter::None;
+    }
+    if !crate::sse::is_event_stream(resp) {
+        return Meter::Body(BodyMeter::default());
+    }
+    if passthrough {
+        // Anthropic's own events, passed through to a Messages client.
+        return Meter::Stream(Box::new(StreamMeter::anthropic()));
+    }
+    Meter::Stream(Box::new(StreamMeter::new(ep, injected)))
+}
