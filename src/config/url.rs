@@ -107,32 +107,45 @@ impl BaseUrl {
     }
 }
 
-/// Parses a base URL; the error says what to write instead.
+/// Parses a base URL; the error says what to write instead. The `url`
+/// crate parses it (WHATWG rules: IPv6 literals, IDNA host names, the
+/// scheme's default port); the checks around it are the gateway's policy:
+/// no query, fragment, user info or spaces, and no `..` or empty segment
+/// in the path prefix (the parser would resolve or keep them silently).
 pub(crate) fn parse_base_url(text: &str) -> Result<BaseUrl, String> {
-    let (tls, rest) = if let Some(r) = text.strip_prefix("https://") {
-        (true, r)
-    } else if let Some(r) = text.strip_prefix("http://") {
-        (false, r)
+    let tls = if text.starts_with("https://") {
+        true
+    } else if text.starts_with("http://") {
+        false
     } else {
         return Err(format!(
             "`{text}` must start with http:// or https:// (e.g. https://api.openai.com/v1)"
         ));
     };
-    if rest.contains(['?', '#', '@', ' ']) {
+    if text.contains(['?', '#', '@', ' ']) {
         return Err(format!(
             "`{}` may not contain a query, fragment, user info or spaces",
             redact(text)
         ));
     }
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
+    let no_host = || format!("`{text}` has no valid host[:port]");
+    let url = url::Url::parse(text).map_err(|_| no_host())?;
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) => d.to_string(),
+        Some(url::Host::Ipv4(a)) => a.to_string(),
+        Some(url::Host::Ipv6(a)) => a.to_string(),
+        None => return Err(no_host()),
     };
-    let (host, port) =
-        split_host_port(authority).ok_or_else(|| format!("`{text}` has no valid host[:port]"))?;
-    let port = port.unwrap_or(if tls { 443 } else { 80 });
-    let prefix = path.trim_end_matches('/').to_string();
-    if prefix.contains("..") || prefix.contains("//") {
+    let port = match url.port_or_known_default() {
+        Some(0) | None => return Err(no_host()),
+        Some(p) => p,
+    };
+    let raw_path = text
+        .splitn(4, '/')
+        .nth(3)
+        .map_or(String::new(), |p| format!("/{p}"));
+    let prefix = url.path().trim_end_matches('/').to_string();
+    if raw_path.split('/').any(|seg| seg == "..") || prefix.contains("//") {
         return Err(format!("`{text}` has a malformed path"));
     }
     Ok(BaseUrl {
