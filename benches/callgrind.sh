@@ -4,7 +4,7 @@
 # wall-clock time is not.
 #
 #   benches/callgrind.sh [--requests N] [--warmup N] [--body FILE] [--no-build]
-#                        [--keep] [--key-store] [--binary PATH]...
+#                        [--keep] [--key-store] [--floor] [--binary PATH]...
 #
 # For each binary (default target/release/tollgate) it starts the bench mock
 # upstream (benches/mock_upstream.rs) and the gateway under
@@ -20,6 +20,9 @@
 # --key-store runs each binary three times: without a key store, with a
 # SQLite `key_store` (and `admin_listen`) sending the same config key, and
 # with it sending a runtime key created through the admin API.
+# --floor measures the Pingora floor first (examples/passthrough: a plain
+# ProxyHttp to the same mock, one thread, no body inspection), so every
+# ratio is against it.
 # The body is benches/load.sh's 1,213-byte chat request (its throughput
 # body), or --body FILE (a chat request for the alias `fast`).
 #
@@ -37,6 +40,7 @@ WARMUP=200
 BUILD=1
 KEEP=0
 KEY_STORE=0
+FLOOR=0
 BODY=""
 declare -a BINARIES=()
 while (($#)); do
@@ -48,6 +52,7 @@ while (($#)); do
         --no-build) BUILD=0; shift ;;
         --keep) KEEP=1; shift ;;
         --key-store) KEY_STORE=1; shift ;;
+        --floor) FLOOR=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -58,6 +63,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REL="$ROOT/target/release"
 KEY="sk-bench-0123456789abcdef"
 ((${#BINARIES[@]})) || BINARIES=("$REL/tollgate")
+if ((FLOOR)); then
+    BINARIES=("$REL/examples/passthrough" "${BINARIES[@]}")
+fi
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -67,8 +75,8 @@ for tool in valgrind callgrind_control python3; do
 done
 
 if ((BUILD)); then
-    log "building (cargo build --release --bin tollgate --example bench_upstream)"
-    (cd "$ROOT" && cargo build --release --bin tollgate --example bench_upstream) >&2
+    log "building (cargo build --release --bin tollgate --example bench_upstream --example passthrough)"
+    (cd "$ROOT" && cargo build --release --bin tollgate --example bench_upstream --example passthrough) >&2
 fi
 MOCK="$REL/examples/bench_upstream"
 [[ -x "$MOCK" ]] || die "$MOCK is missing (run without --no-build)"
@@ -219,8 +227,14 @@ key_store: { sqlite: "$dir/keys.db" }
 EOF
     fi
     log "[$i] $bin under callgrind on :$port"
-    valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
-        "$bin" --config "$dir/tollgate.yaml" >"$dir/tollgate.log" 2>&1 &
+    if [[ $(basename "$bin") == passthrough ]]; then
+        valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
+            "$bin" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$P_MOCK" --threads 1 \
+            >"$dir/tollgate.log" 2>&1 &
+    else
+        valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
+            "$bin" --config "$dir/tollgate.yaml" >"$dir/tollgate.log" 2>&1 &
+    fi
     pid=$!
     STARTED+=("$pid")
     wait_port "$port" 120 || die "tollgate did not start under valgrind (see $dir/tollgate.log)"
