@@ -56,6 +56,9 @@ impl Reloader {
         for up in rt.upstreams.values() {
             crate::upstream::health::export(up);
         }
+        // The exporter is rebuilt when `tracing:` changed (kept as it is
+        // otherwise); a failure fails the reload.
+        crate::telemetry::trace::configure(rt.config.tracing.as_ref())?;
         crate::tls::export(rt.tls_cert.as_deref());
         metrics::export_config(&rt.config);
         if let Some(c) = &rt.tls_cert {
@@ -134,8 +137,14 @@ fn check_fixed_fields(old: &Config, new: &Config) -> Result<(), String> {
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         use tokio::signal::unix::{signal, SignalKind};
-        // The start's export step (a reload runs its own).
+        // The start's export steps (a reload runs its own). The span
+        // exporter's thread starts here, after Pingora has daemonized.
         crate::governance::export_remaining(&self.shared.load().rules()).await;
+        if let Err(e) =
+            crate::telemetry::trace::configure(self.shared.load().config.tracing.as_ref())
+        {
+            log::error!("tracing: {e}; no spans are exported");
+        }
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => s,
             Err(e) => {

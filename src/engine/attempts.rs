@@ -45,6 +45,10 @@ pub(crate) struct Pick {
     pub(crate) state: Option<Arc<BackendState>>,
     /// The route's own body (a translated provider's), when it has one.
     pub(crate) prepared: Option<Bytes>,
+    /// Which attempt of the request this is (1 for the first).
+    pub(crate) seq: u32,
+    /// A hedge race's hedge leg.
+    pub(crate) hedge: bool,
 }
 
 /// One attempt in flight: where it goes and what it sends.
@@ -58,6 +62,11 @@ pub(crate) struct Attempt {
     pub(crate) body: Bytes,
     /// The body asks for stream usage on the client's behalf.
     pub(crate) injected: bool,
+    /// Which attempt of the request this is (1 for the first): its trace
+    /// span's number.
+    pub(crate) seq: u32,
+    /// A hedge race's hedge leg.
+    pub(crate) hedge: bool,
     pub(crate) started: Instant,
 }
 
@@ -86,6 +95,8 @@ impl Pick {
             state: self.state,
             body,
             injected,
+            seq: self.seq,
+            hedge: self.hedge,
             started: Instant::now(),
         }
     }
@@ -172,12 +183,22 @@ impl From<crate::upstream::client::Failure> for Failure {
     }
 }
 
-/// One attempt, as the access log shows it.
+/// One attempt that ended, as the access log and the trace show it.
 #[derive(Clone)]
 pub(crate) struct AttemptLog {
     pub(crate) provider: UpstreamRef,
     pub(crate) backend: SocketAddr,
     pub(crate) outcome: &'static str,
+    /// The route's index among the alias's routes.
+    pub(crate) route: usize,
+    pub(crate) seq: u32,
+    pub(crate) hedge: bool,
+    /// The upstream's response status, when it answered.
+    pub(crate) status: Option<u16>,
+    pub(crate) started: Instant,
+    /// When it failed or was cut off; `None` for the attempt whose answer
+    /// went to the client, which lasts as long as the request.
+    pub(crate) ended: Option<Instant>,
 }
 
 /// Where a request's walk over routes and backends stands.
@@ -334,6 +355,8 @@ impl Attempts {
                                 addr,
                                 state,
                                 prepared,
+                                seq: self.started,
+                                hedge,
                             });
                         }
                         Err(Some(out)) => {
@@ -396,25 +419,32 @@ impl Attempts {
                 a.up.name
             );
         }
-        self.record(a, f.outcome);
+        self.record(a, f.outcome, f.status, Some(Instant::now()));
         self.last_failure = Some(f.error);
         self.skip_provider |= f.skip_provider;
     }
 
-    /// An attempt's response is going to the client.
-    pub(crate) fn succeeded(&mut self, a: &Attempt) {
+    /// An attempt's response (its upstream status `status`) is going to
+    /// the client.
+    pub(crate) fn succeeded(&mut self, a: &Attempt, status: u16) {
         if let Some(s) = &a.state {
             s.record(true, crate::base::clock::monotonic_ms(), &a.up.breaker);
         }
-        self.record(a, "success");
+        self.record(a, "success", Some(status), None);
     }
 
     /// A hedge leg was cut off by the winner or by the client leaving.
     pub(crate) fn cancelled(&mut self, a: &Attempt) {
-        self.record(a, "hedge_cancelled");
+        self.record(a, "hedge_cancelled", None, Some(Instant::now()));
     }
 
-    fn record(&mut self, a: &Attempt, outcome: &'static str) {
+    fn record(
+        &mut self,
+        a: &Attempt,
+        outcome: &'static str,
+        status: Option<u16>,
+        ended: Option<Instant>,
+    ) {
         if let Some(m) = metrics::get() {
             m.attempts
                 .with_label_values(&[a.up.name.as_str(), outcome])
@@ -424,6 +454,12 @@ impl Attempts {
             provider: a.up.clone(),
             backend: a.addr,
             outcome,
+            route: a.route,
+            seq: a.seq,
+            hedge: a.hedge,
+            status,
+            started: a.started,
+            ended,
         });
     }
 }

@@ -39,7 +39,7 @@ pub(crate) fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Re
             "upstream response counted as a failure",
         ));
     }
-    attempt::response_accepted(ctx);
+    attempt::response_accepted(ctx, resp.status.as_u16());
     crate::proxy::headers::client_response(resp);
     resp.insert_header(REQUEST_ID, ctx.head.request_id.as_str())?;
     for (name, value) in ctx.out.rate().pairs() {
@@ -59,7 +59,7 @@ pub(crate) fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Re
         client: ctx.bodies.client(),
     };
     let injected = ctx.current.get().is_some_and(|a| a.injected);
-    let pipeline = Pipeline::choose(resp, &accepting, injected)?;
+    let pipeline = Pipeline::choose(resp, &accepting, injected, ctx.sampled())?;
     ctx.resp = pipeline;
     // The status the client sees (a provider error's mapped one).
     ctx.out.sent(resp.status.as_u16());

@@ -170,6 +170,7 @@ impl Race<'_> {
             r.endpoint,
             attempt.body.len(),
             &ctx.head.request_id,
+            ctx.propagation(attempt.seq),
         ) else {
             return false;
         };
