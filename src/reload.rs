@@ -137,14 +137,8 @@ fn check_fixed_fields(old: &Config, new: &Config) -> Result<(), String> {
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         use tokio::signal::unix::{signal, SignalKind};
-        // The start's export steps (a reload runs its own). The span
-        // exporter's thread starts here, after Pingora has daemonized.
+        // The start's export step (a reload runs its own).
         crate::governance::export_remaining(&self.shared.load().rules()).await;
-        if let Err(e) =
-            crate::telemetry::trace::configure(self.shared.load().config.tracing.as_ref())
-        {
-            log::error!("tracing: {e}; no spans are exported");
-        }
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => s,
             Err(e) => {

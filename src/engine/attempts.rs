@@ -433,9 +433,10 @@ impl Attempts {
         self.record(a, "success", Some(status), None);
     }
 
-    /// A hedge leg was cut off by the winner or by the client leaving.
-    pub(crate) fn cancelled(&mut self, a: &Attempt) {
-        self.record(a, "hedge_cancelled", None, Some(Instant::now()));
+    /// A hedge leg was cut off (`at`) by the winner or by the client
+    /// leaving.
+    pub(crate) fn cancelled(&mut self, a: &Attempt, at: Instant) {
+        self.record(a, "hedge_cancelled", None, Some(at));
     }
 
     fn record(

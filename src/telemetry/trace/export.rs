@@ -17,6 +17,7 @@ use opentelemetry::KeyValue;
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,9 @@ pub(crate) struct Pipeline {
     /// The instrumentation scope of every span (`tollgate`, its version).
     pub(crate) scope: opentelemetry::InstrumentationScope,
     queue: Arc<Queue>,
+    /// The export thread's work, until it starts ([`Pipeline::spawn_worker`]).
+    worker: Mutex<Option<Worker>>,
+    spawned: AtomicBool,
 }
 
 struct Queue {
@@ -47,12 +51,20 @@ struct State {
     ended: bool,
 }
 
+impl Queue {
+    /// The worker has ended: spans pushed from now on are dropped.
+    fn end(&self) {
+        lock(&self.state).ended = true;
+        self.done.notify_all();
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Pipeline {
-    /// Builds the exporter and starts its worker thread.
+    /// Builds the exporter; its worker thread starts with the first span.
     pub(crate) fn start(settings: Settings) -> Result<Arc<Pipeline>, String> {
         let client = Client::new(&settings)?;
         let mut exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -80,22 +92,49 @@ impl Pipeline {
             endpoint: settings.endpoint.clone(),
             failing: false,
         };
-        std::thread::Builder::new()
-            .name("tollgate-otlp".into())
-            .spawn(move || worker.run())
-            .map_err(|e| format!("cannot start the span export thread: {e}"))?;
         Ok(Arc::new(Pipeline {
             settings,
             scope: opentelemetry::InstrumentationScope::builder("tollgate")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
             queue,
+            worker: Mutex::new(Some(worker)),
+            spawned: AtomicBool::new(false),
         }))
+    }
+
+    /// Starts the worker thread, once: on the first span, so a pipeline
+    /// built before Pingora daemonizes gets its thread in the daemon (a
+    /// thread made before the fork would be lost).
+    fn spawn_worker(&self) {
+        if self.spawned.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(worker) = lock(&self.worker).take() else {
+            return;
+        };
+        self.spawned.store(true, Ordering::Release);
+        let watched = self.queue.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tollgate-otlp".into())
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(move || worker.run());
+                if std::panic::catch_unwind(run).is_err() {
+                    // A bug: spans are dropped (and counted) from here on.
+                    log::error!("tracing: the span export thread panicked; no more spans are exported until the exporter is rebuilt");
+                    watched.end();
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("tracing: cannot start the span export thread: {e}; spans are dropped");
+            self.queue.end();
+        }
     }
 
     /// Queues finished spans; those over the queue's capacity are dropped
     /// and counted. Never blocks on the export.
     pub(crate) fn push(&self, spans: impl IntoIterator<Item = SpanData>) {
+        self.spawn_worker();
         let q = &*self.queue;
         let mut dropped = 0u64;
         let mut full_batch = false;
@@ -121,6 +160,10 @@ impl Pipeline {
     /// Stops taking spans, exports what is queued and waits for that, at
     /// most `limit` (the process is exiting).
     pub(crate) fn flush(&self, limit: Duration) {
+        if !self.spawned.load(Ordering::Acquire) {
+            // No span was ever queued.
+            return;
+        }
         let q = &*self.queue;
         let deadline = Instant::now() + limit;
         let mut st = lock(&q.state);
@@ -225,8 +268,7 @@ impl Worker {
     }
 
     fn end(&self) {
-        lock(&self.queue.state).ended = true;
-        self.queue.done.notify_all();
+        self.queue.end();
     }
 
     /// Sends one batch; counts it exported or dropped.
@@ -234,7 +276,9 @@ impl Worker {
         let n = batch.len() as u64;
         // The exporter bounds its retries by `timeout`; this bounds the rest.
         let limit = self.timeout + Duration::from_secs(1);
-        let result = rt.block_on(tokio::time::timeout(limit, self.exporter.export(batch)));
+        let exporter = &self.exporter;
+        let result =
+            rt.block_on(async { tokio::time::timeout(limit, exporter.export(batch)).await });
         match result {
             Ok(Ok(())) => {
                 if let Some(m) = metrics::get() {
