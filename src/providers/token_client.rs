@@ -69,6 +69,8 @@ impl fmt::Display for TransportError {
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: u16,
+    /// Its `Retry-After`, as sent.
+    pub retry_after: Option<String>,
     pub body: Bytes,
 }
 
@@ -195,10 +197,13 @@ impl TokenClient {
             .read_response()
             .await
             .map_err(|_| TransportError::Io)?;
-        let status = session
-            .resp_header()
-            .map(|h| h.status.as_u16())
-            .ok_or(TransportError::Io)?;
+        let header = session.resp_header().ok_or(TransportError::Io)?;
+        let status = header.status.as_u16();
+        let retry_after = header
+            .headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let mut out = BytesMut::new();
         while let Some(chunk) = session
             .read_body_bytes()
@@ -217,6 +222,7 @@ impl TokenClient {
         }
         Ok(Answer {
             status,
+            retry_after,
             body: out.freeze(),
         })
     }

@@ -55,8 +55,10 @@ impl HttpClient for Client {
             .post(&url, &headers, request.body())
             .await
             .map_err(|e| Box::new(SendError(e)) as HttpError)?;
-        Ok(Response::builder()
-            .status(answer.status)
-            .body(answer.body)?)
+        let mut response = Response::builder().status(answer.status);
+        if let Some(v) = &answer.retry_after {
+            response = response.header(http::header::RETRY_AFTER, v.as_str());
+        }
+        Ok(response.body(answer.body)?)
     }
 }
