@@ -13,12 +13,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde_json::json;
 use support::otlp::{Attr, OtlpReceiver, Span, CLIENT, SERVER};
-use support::{
-    sse_chat_events, Behavior, Gate, Gateway, MockUpstream, Reply, ReplyBody, CONFIG_HEAD,
-};
+use support::{Behavior, Gate, Gateway, MockUpstream, CONFIG_HEAD};
 
 const KEY: &str = "tg-tracing-key-0001";
 const PROVIDER_KEY: &str = "sk-provider-tracing-secret-5d2a";
@@ -75,6 +72,21 @@ keys:
 struct Sent {
     status: u16,
     body: String,
+}
+
+/// A receiver, an echoing upstream (`up`, routed as `up-model`) and a
+/// gateway tracing to the receiver; `extra` goes into its `tracing:`.
+async fn traced(extra: &str) -> (OtlpReceiver, MockUpstream, Gateway) {
+    let rx = OtlpReceiver::start().await;
+    let up = MockUpstream::start(Behavior::ChatEcho).await;
+    let gw = Gateway::start(&config(
+        &tracing(&rx, extra),
+        &[provider("up", up.port(), "")],
+        &[("up", "up-model")],
+        "",
+    ))
+    .await;
+    (rx, up, gw)
 }
 
 /// POSTs a chat request with `headers` (e.g. a `traceparent`).
@@ -161,15 +173,7 @@ async fn metric_at_least(gw: &Gateway, metric: &str, labels: &[(&str, &str)], mi
 
 #[tokio::test]
 async fn a_request_gives_a_server_span_with_the_genai_attributes_and_an_attempt_span_under_it() {
-    let rx = OtlpReceiver::start().await;
-    let up = MockUpstream::start(Behavior::ChatEcho).await;
-    let gw = Gateway::start(&config(
-        &tracing(&rx, ""),
-        &[provider("up", up.port(), "")],
-        &[("up", "up-model")],
-        "",
-    ))
-    .await;
+    let (rx, up, gw) = traced("").await;
     let parent = format!("00-{TRACE}-{CLIENT_SPAN}-01");
     let r = chat(
         &gw,
@@ -333,15 +337,7 @@ async fn a_retry_gives_two_attempt_spans_under_the_server_span() {
 
 #[tokio::test]
 async fn a_stream_has_its_first_token_event_and_finish_reasons() {
-    let rx = OtlpReceiver::start().await;
-    let up = MockUpstream::start(Behavior::ChatEcho).await;
-    let gw = Gateway::start(&config(
-        &tracing(&rx, ""),
-        &[provider("up", up.port(), "")],
-        &[("up", "up-model")],
-        "",
-    ))
-    .await;
+    let (rx, _up, gw) = traced("").await;
     let r = chat(&gw, "tr-stream", true, &[]).await;
     assert!(r.body.trim_end().ends_with("data: [DONE]"), "{}", r.body);
     let (server, trace) = spans_of(&gw, &rx, "tr-stream", 2).await;
@@ -422,15 +418,7 @@ async fn tracing_off_sends_nothing_and_reloads_turn_it_on_move_it_and_off() {
 
 #[tokio::test]
 async fn sample_ratio_0_exports_no_span_and_passes_the_clients_context_on() {
-    let rx = OtlpReceiver::start().await;
-    let up = MockUpstream::start(Behavior::ChatEcho).await;
-    let gw = Gateway::start(&config(
-        &tracing(&rx, ", sample_ratio: 0"),
-        &[provider("up", up.port(), "")],
-        &[("up", "up-model")],
-        "",
-    ))
-    .await;
+    let (rx, up, gw) = traced(", sample_ratio: 0").await;
     for i in 0..5 {
         assert_eq!(
             chat(&gw, &format!("unsampled-{i}"), false, &[])
@@ -469,15 +457,7 @@ async fn sample_ratio_0_exports_no_span_and_passes_the_clients_context_on() {
 
 #[tokio::test]
 async fn a_stopped_collector_drops_and_counts_spans_and_requests_still_succeed() {
-    let rx = OtlpReceiver::start().await;
-    let up = MockUpstream::start(Behavior::ChatEcho).await;
-    let gw = Gateway::start(&config(
-        &tracing(&rx, ", export_timeout: 300ms"),
-        &[provider("up", up.port(), "")],
-        &[("up", "up-model")],
-        "",
-    ))
-    .await;
+    let (rx, _up, gw) = traced(", export_timeout: 300ms").await;
     assert_eq!(chat(&gw, "before", false, &[]).await.status, 200);
     spans_of(&gw, &rx, "before", 2).await;
     rx.stop();
@@ -497,16 +477,8 @@ async fn a_stopped_collector_drops_and_counts_spans_and_requests_still_succeed()
 
 #[tokio::test]
 async fn a_collector_that_never_answers_fills_the_queue_and_requests_do_not_wait() {
-    let rx = OtlpReceiver::start().await;
+    let (rx, _up, gw) = traced(", export_timeout: 30s, queue_size: 4, batch_size: 2").await;
     rx.hang(true);
-    let up = MockUpstream::start(Behavior::ChatEcho).await;
-    let gw = Gateway::start(&config(
-        &tracing(&rx, ", export_timeout: 30s, queue_size: 4, batch_size: 2"),
-        &[provider("up", up.port(), "")],
-        &[("up", "up-model")],
-        "",
-    ))
-    .await;
     // The first batch is stuck in an export that takes 30 s; the queue of
     // 4 fills, and the rest is dropped. No request waits for any of it.
     for i in 0..8 {
@@ -523,25 +495,10 @@ async fn a_collector_that_never_answers_fills_the_queue_and_requests_do_not_wait
     assert!(n >= 1.0, "{n}");
 }
 
-/// A stream whose body waits for `gate` (forever, if the test never opens it).
-fn held_sse(model: &str, gate: &Gate) -> Behavior {
-    let model = model.to_string();
-    let gate = gate.clone();
-    Behavior::func(move |_| {
-        let mut chunks = vec![Bytes::new()];
-        chunks.extend(sse_chat_events(&model, 3).into_iter().map(Bytes::from));
-        Reply {
-            status: 200,
-            headers: vec![("content-type".into(), "text/event-stream".into())],
-            body: ReplyBody::Gated(chunks, gate.clone()),
-        }
-    })
-}
-
 #[tokio::test]
 async fn hedge_legs_and_the_shadow_copy_get_spans_of_their_own() {
     let rx = OtlpReceiver::start().await;
-    let primary = MockUpstream::start(held_sse("primary-model", &Gate::new())).await;
+    let primary = MockUpstream::start(Behavior::held_sse("primary-model", &Gate::new())).await;
     let hedge = MockUpstream::start(Behavior::ChatEcho).await;
     let shadow = MockUpstream::start(Behavior::ChatEcho).await;
     let one = "    retry: { attempts: 1 }\n";
