@@ -48,15 +48,16 @@ impl Current {
     }
 
     /// The body chunk Pingora sends for this attempt: the whole body the
-    /// first time, nothing after.
+    /// first time, nothing after. The attempt gives its body up (moved,
+    /// not cloned): nothing reads it once it is sent.
     fn body_chunk(&mut self) -> bytes::Bytes {
         if self.body_sent {
             return bytes::Bytes::new();
         }
         self.body_sent = true;
         self.attempt
-            .as_ref()
-            .map(|a| a.body.clone())
+            .as_mut()
+            .map(|a| std::mem::take(&mut a.body))
             .unwrap_or_default()
     }
 

@@ -330,7 +330,9 @@ mod tests {
     fn ctx_stays_small() {
         let size = std::mem::size_of::<super::Ctx>();
         println!("size_of::<Ctx>() = {size} bytes");
-        // 1,344 bytes before the attempt walker (engine::attempts), 1,384 after.
-        assert!(size <= 1408, "Ctx grew to {size} bytes");
+        // 1,344 bytes before the attempt walker (engine::attempts), 1,384
+        // after; 1,296 with the parts (issue 22); 1,136 with the translated
+        // bodies boxed (only translated routes make them).
+        assert!(size <= 1152, "Ctx grew to {size} bytes");
     }
 }
