@@ -117,6 +117,12 @@ pub(crate) fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         crate::routing::finished(&mut ctx.routing, plan, &end);
     }
     let settled = settle(ctx);
+    if let (Some(a), Some(s)) = (ctx.current.get(), settled.as_ref()) {
+        // A pool key's `tpm` counts what its requests used.
+        if let Some((k, pool)) = a.key() {
+            k.spent(pool, s.tokens(), crate::base::clock::monotonic_ms());
+        }
+    }
     if let Some(r) = ctx.out.reservation() {
         r.learn(ctx.attempt_route(), settled.as_ref());
     }

@@ -3,7 +3,6 @@
 //! headers, tag it, choose its pipeline (`pipeline.rs`), then run each
 //! body chunk through that pipeline.
 
-use crate::base::error::GatewayError;
 use crate::engine::attempts::Failure;
 use crate::proxy::attempt;
 use crate::proxy::ctx::Ctx;
@@ -20,6 +19,9 @@ pub(crate) fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Re
     ctx.current.headers_arrived();
     let stream = ctx.streams();
     let verdict = match ctx.current.get() {
+        Some(a) if a.up.kind == crate::config::ProviderKind::Bedrock => {
+            crate::resilience::verdict::judge_bedrock(resp, &a.up.retry.on_status, stream)
+        }
         Some(a) => judge(resp, &a.up.retry.on_status, stream),
         None => Verdict::Accept,
     };
@@ -96,7 +98,7 @@ pub(crate) fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pi
                 abort.why
             );
             ctx.current.disarm();
-            ctx.out.broke(GatewayError::UpstreamError);
+            ctx.out.broke(abort.error);
             Err(
                 pingora::Error::explain(pingora::ErrorType::Custom("response_aborted"), abort.why)
                     .into_up(),

@@ -14,10 +14,22 @@ pub fn python() -> String {
 /// fails the test (with the gateway's log) unless it exits 0, and returns
 /// its stdout.
 pub async fn run_script(script: &str, base_url: String, key: &str, gw: &Gateway) -> String {
+    run_script_with_env(script, base_url, key, &[], gw).await
+}
+
+/// [`run_script`] with more environment variables for the script.
+pub async fn run_script_with_env(
+    script: &str,
+    base_url: String,
+    key: &str,
+    env: &[(&str, &str)],
+    gw: &Gateway,
+) -> String {
     let out = tokio::process::Command::new(python())
         .arg(script)
         .env("TOLLGATE_BASE_URL", base_url)
         .env("TOLLGATE_KEY", key)
+        .envs(env.iter().copied())
         .output()
         .await
         .expect("run the SDK script");

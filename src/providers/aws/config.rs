@@ -39,9 +39,11 @@ pub const DEFAULT_STS_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct BedrockConfig {
     /// AWS region of the Bedrock runtime endpoint (`us-east-1`).
     pub region: String,
-    /// How requests are authenticated.
+    /// How requests are authenticated. Absent: `environment`, unless the
+    /// provider has `api_key` / `api_keys` (Bedrock API keys, sent as
+    /// `Authorization: Bearer`).
     #[serde(default)]
-    pub credentials: AwsCredentials,
+    pub credentials: Option<AwsCredentials>,
 }
 
 /// `providers.<name>.bedrock.credentials`.
@@ -121,7 +123,10 @@ impl BedrockConfig {
             ));
         }
         let at = format!("{at}.credentials");
-        match &self.credentials {
+        let Some(credentials) = &self.credentials else {
+            return errs;
+        };
+        match credentials {
             AwsCredentials::Static {
                 access_key_id,
                 secret_access_key,
@@ -233,7 +238,8 @@ impl BedrockConfig {
                 client,
             )))
         };
-        match &self.credentials {
+        let credentials = self.credentials.clone().unwrap_or_default();
+        match &credentials {
             AwsCredentials::Static {
                 access_key_id,
                 secret_access_key,

@@ -36,8 +36,11 @@ pub struct VertexConfig {
     pub project: String,
     /// Region (`us-central1`, `europe-west4`) or `global`.
     pub location: String,
+    /// How requests are authenticated. Absent: `service_account` from
+    /// `GOOGLE_APPLICATION_CREDENTIALS`, unless the provider has `api_key`
+    /// / `api_keys` (Google Cloud API keys, sent as `x-goog-api-key`).
     #[serde(default)]
-    pub credentials: GcpCredentials,
+    pub credentials: Option<GcpCredentials>,
 }
 
 /// `providers.<name>.vertex.credentials`.
@@ -103,7 +106,10 @@ impl VertexConfig {
             ));
         }
         let at = format!("{at}.credentials");
-        match &self.credentials {
+        let Some(credentials) = &self.credentials else {
+            return errs;
+        };
+        match credentials {
             GcpCredentials::ServiceAccount {
                 key_file,
                 key_json,
@@ -144,7 +150,8 @@ impl VertexConfig {
         client: TokenClient,
     ) -> Result<TokenSource, String> {
         let at = format!("{at}.credentials");
-        match &self.credentials {
+        let credentials = self.credentials.clone().unwrap_or_default();
+        match &credentials {
             GcpCredentials::AccessToken { access_token } => {
                 Ok(TokenSource::fixed(access_token.clone()))
             }
@@ -246,26 +253,26 @@ mod tests {
             "{e}"
         );
         let inline = VertexConfig {
-            credentials: GcpCredentials::ServiceAccount {
+            credentials: Some(GcpCredentials::ServiceAccount {
                 key_json: Some(Secret::new(KEY)),
                 key_file: None,
                 token_uri: None,
                 refresh_before: None,
-            },
+            }),
             ..c.clone()
         };
         assert!(inline.build("x", |_| None, client()).is_ok());
         let shown = serde_json::to_string(&inline).unwrap();
         assert!(!shown.contains("PRIVATE KEY"), "{shown}");
         let bad = VertexConfig {
-            credentials: GcpCredentials::ServiceAccount {
+            credentials: Some(GcpCredentials::ServiceAccount {
                 key_json: Some(Secret::new(
                     "{\"client_email\":\"a\",\"private_key\":\"nope-secret\"}",
                 )),
                 key_file: None,
                 token_uri: None,
                 refresh_before: None,
-            },
+            }),
             ..c
         };
         let e = bad.build("x", |_| None, client()).unwrap_err();

@@ -35,7 +35,7 @@ mod response;
 mod stream;
 
 pub use embed::{embed_request, embed_response, EmbedFamily};
-pub use error::{error, exception, retryable, ERROR_TYPE_HEADER};
+pub use error::{error, exception, retryable, throttled, ERROR_TYPE_HEADER};
 pub use request::chat_request;
 pub use response::{chat_response, finish_reason, Tokens};
 pub use stream::{ChatStream, EventPipe};

@@ -86,9 +86,28 @@ pub struct ChatStream {
     seen_usage: bool,
     stopped: bool,
     errored: bool,
+    /// Keep the error that ends the stream ([`ChatStream::failure`])
+    /// instead of writing its event: the proxy writes it in the client's
+    /// shape.
+    defer: bool,
+    failure: Option<GatewayError>,
 }
 
 impl ChatStream {
+    /// Like [`ChatStream::new`], but the error that ends a stream is kept
+    /// ([`ChatStream::failure`]) instead of written as an event.
+    pub fn deferring(opts: &ResponseOpts<'_>) -> Self {
+        Self {
+            defer: true,
+            ..Self::new(opts)
+        }
+    }
+
+    /// The error that ended the stream, in deferring mode.
+    pub fn failure(&self) -> Option<&GatewayError> {
+        self.failure.as_ref()
+    }
+
     /// `opts.request_id` becomes the chunks' `id` (Bedrock sends none).
     pub fn new(opts: &ResponseOpts<'_>) -> Self {
         let mut p = Vec::with_capacity(128 + opts.request_id.len() + opts.model.len());
@@ -109,6 +128,8 @@ impl ChatStream {
             seen_usage: false,
             stopped: false,
             errored: false,
+            defer: false,
+            failure: None,
         }
     }
 
@@ -156,6 +177,11 @@ impl ChatStream {
 
     fn error_event(&mut self, out: &mut BytesMut, err: &GatewayError) {
         if self.errored {
+            return;
+        }
+        if self.defer {
+            self.failure = Some(err.clone());
+            self.errored = true;
             return;
         }
         out.put_slice(b"data: ");
@@ -340,6 +366,11 @@ impl EventPipe {
     /// Whether the client's stream ended in an error event.
     pub fn errored(&self) -> bool {
         self.translator.errored()
+    }
+
+    /// The error that ended the stream (a deferring translator's).
+    pub fn failure(&self) -> Option<&GatewayError> {
+        self.translator.failure()
     }
 }
 
