@@ -574,10 +574,10 @@ pub struct Provider {
     pub api_version: Option<String>,
     /// `kind: bedrock`: region and credentials.
     #[serde(default)]
-    pub bedrock: Option<crate::providers::aws::config::BedrockConfig>,
+    pub bedrock: Option<super::cloud::BedrockConfig>,
     /// `kind: vertex`: project, location and credentials.
     #[serde(default)]
-    pub vertex: Option<crate::providers::gcp::config::VertexConfig>,
+    pub vertex: Option<super::cloud::VertexConfig>,
 }
 
 /// One key of a provider's key pool (`api_keys`).

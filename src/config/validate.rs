@@ -898,8 +898,7 @@ fn check_route_dialect(field: &str, r: &Route, p: Option<&Provider>, v: &mut Pro
     }
     if p.kind == ProviderKind::Vertex
         && (p.api_key.is_some() || p.api_keys.is_some())
-        && crate::providers::gcp::vertex::Publisher::of(&r.model)
-            == crate::providers::gcp::vertex::Publisher::Anthropic
+        && super::cloud::Publisher::of(&r.model) == super::cloud::Publisher::Anthropic
     {
         v.add(
             format!("{field}.model"),

@@ -52,11 +52,6 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// The `Content-Type` of a ConverseStream response.
 pub const EVENT_STREAM_TYPE: &str = "application/vnd.amazon.eventstream";
 
-/// The Bedrock runtime endpoint of a region.
-pub fn base_url(region: &str) -> String {
-    format!("https://bedrock-runtime.{region}.amazonaws.com")
-}
-
 /// A model id (or ARN) as one percent-encoded path segment: `:` and `/`
 /// are encoded, as the AWS SDKs do.
 pub fn model_segment(model: &str) -> String {
