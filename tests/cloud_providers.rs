@@ -781,12 +781,11 @@ keys:
     assert!(mock.rejected().is_empty() && gcp.rejected().is_empty());
 }
 
-fn want_bedrock_tools() -> String {
+fn want_bedrock_tools() -> Value {
     json!({
         "stream": {"content": "Checking.", "calls": [["tooluse_abc", "get_weather", {"city": "Paris"}]], "usage": [402, 58]},
         "whole": {"calls": [["tooluse_kZJMlvQmRJ6eAyJE5GIl7Q", "get_weather", {"city": "Paris"}]]},
     })
-    .to_string()
 }
 
 /// The official `openai` SDK streaming tool calls from a Bedrock route
@@ -800,16 +799,7 @@ async fn openai_sdk_streams_tool_calls_from_a_bedrock_route() {
     .await;
     mock.allow_key(AKID, SECRET, None);
     let gw = Gateway::start(&bedrock_config(&mock)).await;
-    let want = want_bedrock_tools();
-    let stdout = support::sdk::run_script_with_env(
-        "tests/sdk/openai_cloud_tools.py",
-        format!("{}/v1", gw.base_url()),
-        KEY,
-        &[("TOLLGATE_MODEL", "claude"), ("TOLLGATE_WANT", &want)],
-        &gw,
-    )
-    .await;
-    assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
+    support::sdk::run_tools_script(&gw, KEY, "claude", &want_bedrock_tools()).await;
     assert!(mock.rejected().is_empty(), "{:?}", mock.rejected());
     let sent: Value = serde_json::from_slice(&mock.requests()[0].body).unwrap();
     assert_eq!(
@@ -837,24 +827,8 @@ keys:
         p = vertex_provider(&gcp, dir.path(), "")
     );
     let gw = Gateway::start(&config).await;
-    let want = json!({
-        "stream": {"content": "Checking both cities.", "calls": [
-            ["toolu_01T1x1fJ34qAmk2tNTrN7Up6", "get_weather", {"location": "San Francisco, CA", "unit": "celsius"}],
-            ["toolu_01B7xk2m3n4p5q6r7s8t9u0v", "get_time", {"tz": "Europe/Paris"}]], "usage": [472, 89]},
-        "whole": {"calls": serde_json::from_str::<Value>(fixture!("anthropic/message_tools.json")).unwrap()["content"]
-            .as_array().unwrap().iter().filter(|b| b["type"] == "tool_use")
-            .map(|b| json!([b["id"], b["name"], b["input"]])).collect::<Vec<_>>()},
-    })
-    .to_string();
-    let stdout = support::sdk::run_script_with_env(
-        "tests/sdk/openai_cloud_tools.py",
-        format!("{}/v1", gw.base_url()),
-        KEY,
-        &[("TOLLGATE_MODEL", "claude"), ("TOLLGATE_WANT", &want)],
-        &gw,
-    )
-    .await;
-    assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
+    let want = support::sdk::anthropic_fixture_tools();
+    support::sdk::run_tools_script(&gw, KEY, "claude", &want).await;
     let calls = gcp.calls();
     assert!(
         calls[0]
