@@ -887,3 +887,43 @@ models:
         "{logs}"
     );
 }
+
+/// A Claude-style client (`POST /v1/messages`) on a Bedrock alias: its
+/// request goes through Chat Completions to Converse and back, stream and
+/// not, in the Messages shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_messages_endpoint_reaches_bedrock_routes() {
+    let mock = bedrock_mock().await;
+    let gw = Gateway::start(&bedrock_config(&mock)).await;
+    let body = json!({"model": "claude", "max_tokens": 100,
+        "messages": [{"role": "user", "content": "Weather in Paris?"}]});
+    let resp = support::client()
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", gw.logs());
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "message", "{v}");
+    assert_eq!(
+        v["content"][0]["text"],
+        "Paris is cloudy at 18C; Rome is sunny at 24C."
+    );
+    assert_eq!(v["stop_reason"], "end_turn");
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    let resp = support::client()
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", KEY)
+        .json(&stream)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("event: message_stop"), "{text}");
+    assert!(text.contains("cloudy"), "{text}");
+    assert!(mock.rejected().is_empty(), "{:?}", mock.rejected());
+}

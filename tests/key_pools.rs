@@ -120,13 +120,21 @@ async fn a_429_on_one_key_moves_to_the_next_key_without_a_client_error() {
         "",
     ))
     .await;
-    for _ in 0..3 {
+    for i in 0..3 {
         let resp = chat(&gw).await;
         assert_eq!(resp.status(), 200, "{}", gw.logs());
         assert_eq!(
             support::header(&resp, "x-tollgate-route").as_deref(),
             Some("up/m")
         );
+        let rid = support::header(&resp, "x-request-id").unwrap();
+        let line = gw.access_line(&rid).await;
+        assert_eq!(line["provider_key"], "1", "{line}");
+        if i == 0 {
+            let log = line["attempt_log"].as_array().expect("two attempts");
+            assert!(log[0].as_str().unwrap().starts_with("up[a]@"), "{line}");
+            assert!(log[0].as_str().unwrap().ends_with(":status_429"), "{line}");
+        }
     }
     assert_eq!(keys.hits("sk-pool-a"), 1, "a cools for its Retry-After");
     assert_eq!(keys.hits("sk-pool-b"), 3);

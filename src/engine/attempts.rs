@@ -253,6 +253,8 @@ impl From<crate::upstream::client::Failure> for Failure {
 pub(crate) struct AttemptLog {
     pub(crate) provider: UpstreamRef,
     pub(crate) backend: SocketAddr,
+    /// The pool key's index, for a provider with `api_keys`.
+    pub(crate) key: Option<usize>,
     pub(crate) outcome: &'static str,
 }
 
@@ -560,6 +562,7 @@ impl Attempts {
         self.log.push(AttemptLog {
             provider: a.up.clone(),
             backend: a.addr,
+            key: a.key().map(|(k, _)| k.index),
             outcome,
         });
     }
