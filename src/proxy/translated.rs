@@ -17,10 +17,13 @@ use crate::accounting::meter::MAX_EVENT_BYTES;
 use crate::base::endpoint::Endpoint;
 use crate::base::error::GatewayError;
 use crate::config::ProviderKind;
+use crate::providers::dialect::{RouteDialect, Wire};
+use crate::proxy::bedrock as bed;
 use crate::proxy::ctx::Admitted;
 use crate::proxy::gemini as gem;
 use crate::proxy::pipeline::Counts;
 use crate::runtime::RouteRt;
+use crate::translate::bedrock::{self, EventPipe};
 use crate::translate::pipe::Pipe;
 use crate::translate::{anthropic, errors, gemini, RequestOpts, ResponseOpts, StreamTranslator};
 use bytes::{Bytes, BytesMut};
@@ -56,7 +59,7 @@ pub(crate) enum Stage {
     Off,
     /// A provider error: its body is replaced by our error.
     Error {
-        kind: ProviderKind,
+        map: ErrorMap,
         status: u16,
         buf: BytesMut,
     },
@@ -64,6 +67,63 @@ pub(crate) enum Stage {
     Json(Box<WholeJson>),
     /// A provider event stream, translated event by event.
     Stream(Box<Pipe>),
+    /// Bedrock's binary event stream, decoded and translated frame by
+    /// frame.
+    Events(Box<EventPipe>),
+}
+
+/// Why a response is cut short by its translation.
+pub(crate) struct Broken {
+    pub(crate) why: &'static str,
+    /// What the client's stream ends with.
+    pub(crate) error: GatewayError,
+    /// The body holds complete client events from before the fault: they
+    /// are metered and sent before the error event.
+    pub(crate) keep: bool,
+}
+
+impl Broken {
+    fn plain(why: &'static str) -> Self {
+        Broken {
+            why,
+            error: GatewayError::UpstreamError,
+            keep: false,
+        }
+    }
+}
+
+/// Which mapping a provider's error response gets.
+pub(crate) enum ErrorMap {
+    /// By status (Anthropic's, Azure's and OpenAI's shapes).
+    Status,
+    Gemini,
+    /// By the `x-amzn-ErrorType` header (else the body's `__type`).
+    Bedrock(Option<String>),
+}
+
+impl ErrorMap {
+    fn of(d: &RouteDialect, resp: &ResponseHeader) -> ErrorMap {
+        match d.wire {
+            Wire::Gemini => ErrorMap::Gemini,
+            Wire::Bedrock => ErrorMap::Bedrock(
+                resp.headers
+                    .get(bedrock::ERROR_TYPE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+            ),
+            Wire::Anthropic | Wire::Openai => ErrorMap::Status,
+        }
+    }
+
+    /// A provider's error response mapped to ours. For a given status (and
+    /// error type), the mapped status never depends on the body.
+    fn error(&self, status: u16, body: &[u8]) -> GatewayError {
+        match self {
+            ErrorMap::Gemini => gemini::error(status, body),
+            ErrorMap::Bedrock(kind) => bedrock::error(status, kind.as_deref(), body),
+            ErrorMap::Status => errors::provider_error(status, body),
+        }
+    }
 }
 
 /// A whole response being gathered, and what its translation needs.
@@ -81,15 +141,7 @@ pub(crate) struct WholeJson {
 enum Whole {
     Anthropic,
     Gemini(gem::Body),
-}
-
-/// A provider's error response mapped to ours. For a given status, the
-/// mapped status never depends on the body.
-fn provider_error(kind: ProviderKind, status: u16, body: &[u8]) -> GatewayError {
-    match kind {
-        ProviderKind::Gemini => gemini::error(status, body),
-        _ => errors::provider_error(status, body),
-    }
+    Bedrock(bed::Body),
 }
 
 impl Bodies {
@@ -132,12 +184,25 @@ impl Bodies {
             default_max_tokens: d.default_max_tokens,
             drop_unsupported: d.drop_unsupported,
         };
-        let (t, path) = match d.kind {
-            ProviderKind::Gemini => {
+        let (t, path) = match (d.wire, d.kind) {
+            (Wire::Gemini, ProviderKind::Vertex) => {
+                let t = gemini::chat_request(client, &opts).map_err(GatewayError::from)?;
+                (t, Some(vertex_uri(d, &opts)?))
+            }
+            (Wire::Gemini, _) => {
                 let (t, uri) = gem::request(client, &opts, ep, d)?;
                 (t, Some(uri))
             }
-            _ => (
+            (Wire::Anthropic, ProviderKind::Vertex) => {
+                let t = crate::providers::gcp::vertex::anthropic_request(client, &opts)
+                    .map_err(GatewayError::from)?;
+                (t, Some(vertex_uri(d, &opts)?))
+            }
+            (Wire::Bedrock, _) => {
+                let (t, uri) = bed::request(client, &opts, ep, d)?;
+                (t, Some(uri))
+            }
+            (Wire::Anthropic | Wire::Openai, _) => (
                 anthropic::chat_request(client, &opts).map_err(GatewayError::from)?,
                 None,
             ),
@@ -174,6 +239,15 @@ impl Bodies {
     }
 }
 
+/// A Vertex route's chat path for this request (the stream method when
+/// it streams).
+fn vertex_uri(d: &RouteDialect, opts: &RequestOpts<'_>) -> Result<http::Uri, GatewayError> {
+    let path = d
+        .vertex_chat_path(opts.model, opts.stream)
+        .ok_or(GatewayError::Internal)?;
+    d.uri(&path).ok_or(GatewayError::Internal)
+}
+
 /// What choosing a response's stage needs to know of the request.
 pub(crate) struct Accepting<'a> {
     pub(crate) req: &'a Admitted,
@@ -192,15 +266,15 @@ impl Stage {
         if !d.maps_errors() || crate::proxy::messages::passthrough::applies_to(a.req, a.route) {
             return Ok(Stage::Off);
         }
-        let kind = d.kind;
         let status = resp.status.as_u16();
         if !resp.status.is_success() {
-            let mapped = provider_error(kind, status, b"").status();
+            let map = ErrorMap::of(d, resp);
+            let mapped = map.error(status, b"").status();
             resp.set_status(mapped)?;
             resp.remove_header(&http::header::CONTENT_LENGTH);
             resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
             return Ok(Stage::Error {
-                kind,
+                map,
                 status,
                 buf: BytesMut::new(),
             });
@@ -215,17 +289,28 @@ impl Stage {
             include_usage: a.req.parsed.include_usage,
         };
         resp.remove_header(&http::header::CONTENT_LENGTH);
-        if crate::sse::is_event_stream(resp) {
-            let t: Box<dyn StreamTranslator> = match kind {
-                ProviderKind::Gemini => Box::new(gemini::ChatStream::new(&opts)),
+        if d.wire == Wire::Bedrock && bed::is_event_stream(resp) {
+            // The client reads SSE; the meter follows it as it would any
+            // OpenAI stream.
+            resp.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
+            let t = bedrock::ChatStream::deferring(&opts);
+            return Ok(Stage::Events(Box::new(EventPipe::new(
+                t,
+                crate::eventstream::DEFAULT_MAX_FRAME,
+            ))));
+        }
+        if d.wire != Wire::Bedrock && crate::sse::is_event_stream(resp) {
+            let t: Box<dyn StreamTranslator> = match d.wire {
+                Wire::Gemini => Box::new(gemini::ChatStream::new(&opts)),
                 _ => Box::new(anthropic::ChatStream::new(&opts)),
             };
             return Ok(Stage::Stream(Box::new(Pipe::new(t, MAX_EVENT_BYTES))));
         }
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        let what = match kind {
-            ProviderKind::Gemini => Whole::Gemini(gem::Body::of(a.req.endpoint, a.client)),
-            _ => Whole::Anthropic,
+        let what = match d.wire {
+            Wire::Gemini => Whole::Gemini(gem::Body::of(a.req.endpoint, a.client)),
+            Wire::Bedrock => Whole::Bedrock(bed::Body::of(a.req.endpoint, &a.route.model, resp)),
+            Wire::Anthropic | Wire::Openai => Whole::Anthropic,
         };
         // The translated body is metered like an OpenAI one: Gemini may
         // leave out usage (then estimated from it), and a body that never
@@ -249,10 +334,10 @@ impl Stage {
         body: &mut Option<Bytes>,
         eos: bool,
         counts: &mut Counts,
-    ) -> Result<Option<(u16, GatewayError)>, &'static str> {
+    ) -> Result<Option<(u16, GatewayError)>, Broken> {
         match self {
             Stage::Off => Ok(None),
-            Stage::Error { kind, status, buf } => {
+            Stage::Error { map, status, buf } => {
                 if let Some(b) = body.take() {
                     let room = MAX_ERROR_BODY.saturating_sub(buf.len());
                     buf.extend_from_slice(&b[..b.len().min(room)]);
@@ -261,7 +346,7 @@ impl Stage {
                 if !eos {
                     return Ok(None);
                 }
-                let err = provider_error(*kind, *status, buf);
+                let err = map.error(*status, buf);
                 *body = Some(err.body());
                 Ok(Some((*status, err)))
             }
@@ -269,7 +354,9 @@ impl Stage {
                 if let Some(b) = body.take() {
                     if j.buf.len() + b.len() > crate::accounting::meter::MAX_BODY_BYTES {
                         *self = Stage::Off;
-                        return Err("provider response over the translation limit");
+                        return Err(Broken::plain(
+                            "provider response over the translation limit",
+                        ));
                     }
                     j.buf.extend_from_slice(&b);
                 }
@@ -290,6 +377,9 @@ impl Stage {
                     Whole::Gemini(what) => {
                         gem::response(&whole, &opts, what, &j.model, &j.client_body)
                     }
+                    Whole::Bedrock(what) => {
+                        bed::response(&whole, &opts, what, &j.model, &j.client_body)
+                    }
                 };
                 match translated {
                     Ok((out, usage, estimated)) => {
@@ -299,7 +389,7 @@ impl Stage {
                     }
                     Err(_) => {
                         *self = Stage::Off;
-                        Err("unreadable provider response")
+                        Err(Broken::plain("unreadable provider response"))
                     }
                 }
             }
@@ -314,10 +404,30 @@ impl Stage {
                 if fed.is_err() {
                     *body = None;
                     *self = Stage::Off;
-                    return Err("provider SSE event over the size limit");
+                    return Err(Broken::plain("provider SSE event over the size limit"));
                 }
                 *body = Some(out.freeze());
                 Ok(None)
+            }
+            Stage::Events(pipe) => {
+                let mut out = BytesMut::new();
+                let chunk = body.take().unwrap_or_default();
+                let fed = pipe.feed(&chunk, &mut out);
+                if fed.is_ok() && eos && pipe.failure().is_none() {
+                    let _ = pipe.finish(&mut out);
+                }
+                counts.usage = pipe.usage();
+                *body = Some(out.freeze());
+                match pipe.failure() {
+                    // A bad frame (CRC, size, cut short) or an exception:
+                    // what was decoded before it goes out, then the error.
+                    Some(err) => Err(Broken {
+                        why: "the provider's event stream failed",
+                        error: err.clone(),
+                        keep: true,
+                    }),
+                    None => Ok(None),
+                }
             }
         }
     }

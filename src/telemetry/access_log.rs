@@ -35,6 +35,9 @@ impl Record<'_> {
             }
             None => w.out.extend_from_slice(b"null"),
         }
+        if let Some(k) = self.provider_key {
+            w.str("provider_key", Some(k));
+        }
         w.raw("stream", if self.stream { "true" } else { "false" });
         w.int("status", Some(u64::from(self.status)));
         w.ms("duration_ms", Some(self.duration));
@@ -304,6 +307,7 @@ mod tests {
             provider: "p",
             upstream_model: "m",
             backend,
+            provider_key: None,
             stream: true,
             status: 200,
             duration: Duration::from_micros(12_345),
