@@ -148,6 +148,7 @@ pub(crate) fn upstream_request(
         req.endpoint,
         a.body.len(),
         &ctx.head.request_id,
+        ctx.propagation(a.seq),
     )?;
     if let Some(route) = req.route(a.route) {
         ctx.bodies
@@ -215,10 +216,11 @@ pub(crate) fn response_failed(ctx: &mut Ctx, f: Failure) {
     }
 }
 
-/// The current attempt's response is going to the client.
-pub(crate) fn response_accepted(ctx: &mut Ctx) {
+/// The current attempt's response (its upstream status `status`) is
+/// going to the client.
+pub(crate) fn response_accepted(ctx: &mut Ctx, status: u16) {
     if let Some(a) = ctx.current.get() {
-        ctx.attempts.succeeded(a);
+        ctx.attempts.succeeded(a, status);
     }
     ctx.out.serve(Served::Upstream);
 }
