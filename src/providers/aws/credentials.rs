@@ -89,6 +89,9 @@ pub struct WebIdentity {
 }
 
 /// Where credentials come from.
+// One per provider, behind the provider's `Arc`: the variants' sizes cost
+// nothing per request.
+#[allow(clippy::large_enum_variant)]
 pub enum Source {
     Static(Arc<Credentials>),
     WebIdentity {
