@@ -40,23 +40,29 @@ impl ResponseFacts {
     /// Reads a whole non-stream JSON body: its top-level `id` and `model`,
     /// and the finish reasons of its choices (or Anthropic's `stop_reason`).
     pub fn of_body(body: &[u8]) -> ResponseFacts {
-        let mut facts = ResponseFacts::default();
-        let mut choices = None;
-        let mut stop = None;
-        let (id, model, _) = names(body, |key, value| match key {
-            "choices" => choices = Some(value),
-            "stop_reason" => stop = Some(value),
-            _ => {}
-        });
-        facts.id = id;
-        facts.model = model;
-        if let Some(r) = choices {
-            facts.read_reasons(&body[r], b"\"finish_reason\"");
+        let mut members = Members::default();
+        let _ = crate::json_scan::scan(body, 128, |key, value| members.note(&key, value));
+        ResponseFacts::of_members(body, &members)
+    }
+
+    /// The same, from the members a scan of `body` noted
+    /// ([`Members::note`]), so the body's one scan serves usage and facts.
+    pub fn of_members(body: &[u8], m: &Members) -> ResponseFacts {
+        let text = |r: &Option<Range<usize>>| {
+            r.clone()
+                .and_then(|r| body.get(r))
+                .filter(|v| v.len() <= MAX_NAME + 2)
+                .and_then(|v| serde_json::from_slice::<String>(v).ok())
+        };
+        let mut facts = ResponseFacts {
+            id: text(&m.id),
+            model: text(&m.model),
+            ..ResponseFacts::default()
+        };
+        if let Some(r) = m.choices.clone().and_then(|r| body.get(r)) {
+            facts.read_reasons(r, b"\"finish_reason\"");
         }
-        if let Some(reason) = stop
-            .and_then(|r| body.get(r))
-            .and_then(|v| serde_json::from_slice::<String>(v).ok())
-        {
+        if let Some(reason) = text(&m.stop_reason) {
             facts.finish_reasons.push(reason);
         }
         facts
@@ -65,11 +71,11 @@ impl ResponseFacts {
     /// The top-level `id` and `model`, or those of a nested `response`
     /// (Responses API events) or `message` (Anthropic's `message_start`).
     fn read_names(&mut self, data: &[u8]) {
-        let (id, model, nested) = names(data, |_, _| {});
+        let (id, model, nested) = names(data);
         if id.is_some() || model.is_some() {
             (self.id, self.model) = (id, model);
         } else if let Some(r) = nested {
-            let (id, model, _) = names(&data[r], |_, _| {});
+            let (id, model, _) = names(&data[r]);
             (self.id, self.model) = (id, model);
         }
     }
@@ -89,19 +95,41 @@ impl ResponseFacts {
     }
 }
 
+/// Where a body's top-level members are, as one scan notes them: `usage`
+/// (for the meter) and what [`ResponseFacts::of_members`] reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Members {
+    pub usage: Option<Range<usize>>,
+    pub id: Option<Range<usize>>,
+    pub model: Option<Range<usize>>,
+    pub choices: Option<Range<usize>>,
+    pub stop_reason: Option<Range<usize>>,
+}
+
+impl Members {
+    /// Notes one top-level member (the last of a duplicated key wins).
+    pub fn note(&mut self, key: &str, value: Range<usize>) {
+        let slot = match key {
+            "usage" => &mut self.usage,
+            "id" => &mut self.id,
+            "model" => &mut self.model,
+            "choices" => &mut self.choices,
+            "stop_reason" => &mut self.stop_reason,
+            _ => return,
+        };
+        *slot = Some(value);
+    }
+}
+
 /// The top-level string members `id` and `model` of the JSON object `d`,
-/// and the span of a `response` or `message` object member; `other` sees
-/// every other member.
-fn names(
-    d: &[u8],
-    mut other: impl FnMut(&str, Range<usize>),
-) -> (Option<String>, Option<String>, Option<Range<usize>>) {
+/// and the span of a `response` or `message` object member.
+fn names(d: &[u8]) -> (Option<String>, Option<String>, Option<Range<usize>>) {
     let (mut id, mut model, mut nested) = (None, None, None);
     let _ = crate::json_scan::scan(d, 128, |key, value| match &*key {
         "id" => id = Some(value),
         "model" => model = Some(value),
         "response" | "message" if d.get(value.start) == Some(&b'{') => nested = Some(value),
-        k => other(k, value),
+        _ => {}
     });
     let text = |r: Option<Range<usize>>| {
         r.and_then(|r| d.get(r))

@@ -340,6 +340,9 @@ pub struct BodyMeter {
     /// Past `MAX_BODY_BYTES`: the last chunks, at least `TAIL_BYTES` of them.
     tail: VecDeque<Bytes>,
     tail_len: usize,
+    /// The whole body's one scan: its top-level members, `None` when it is
+    /// not one JSON document. Made once, read by the usage and the facts.
+    scanned: std::sync::OnceLock<Option<Box<super::facts::Members>>>,
 }
 
 impl BodyMeter {
@@ -396,17 +399,13 @@ impl BodyMeter {
             let tail: Vec<u8> = self.tail.iter().flat_map(|b| b.iter().copied()).collect();
             return usage_near_end(&tail).map_or(BodyUsage::Unreadable, BodyUsage::Reported);
         };
-        let mut span = None;
-        let scanned = crate::json_scan::scan(&bytes, USAGE_SCAN_DEPTH, |key, range| {
-            if key == "usage" {
-                span = Some(range);
-            }
-        });
-        if scanned.is_err() {
+        let Some(members) = self.members(&bytes) else {
             let tail = &bytes[bytes.len().saturating_sub(TAIL_BYTES)..];
             return usage_near_end(tail).map_or(BodyUsage::Unreadable, BodyUsage::Reported);
-        }
-        match span
+        };
+        match members
+            .usage
+            .clone()
             .and_then(|r| bytes.get(r))
             .and_then(Usage::from_json_text)
         {
@@ -419,7 +418,21 @@ impl BodyMeter {
     /// traced request's, at its end).
     pub fn facts(&self) -> Option<super::facts::ResponseFacts> {
         let bytes = self.bytes()?;
-        Some(super::facts::ResponseFacts::of_body(&bytes))
+        let members = self.members(&bytes)?;
+        Some(super::facts::ResponseFacts::of_members(&bytes, members))
+    }
+
+    /// The top-level members of `bytes` (the whole body, [`BodyMeter::bytes`]),
+    /// scanned once.
+    fn members(&self, bytes: &[u8]) -> Option<&super::facts::Members> {
+        self.scanned
+            .get_or_init(|| {
+                let mut m = super::facts::Members::default();
+                crate::json_scan::scan(bytes, USAGE_SCAN_DEPTH, |key, range| m.note(&key, range))
+                    .ok()
+                    .map(|()| Box::new(m))
+            })
+            .as_deref()
     }
 
     /// The whole parsed body, when it was JSON and not too big (slow path:
