@@ -330,8 +330,7 @@ mod tests {
     fn ctx_stays_small() {
         let size = std::mem::size_of::<super::Ctx>();
         println!("size_of::<Ctx>() = {size} bytes");
-        // 1,344 bytes before the attempt walker (engine::attempts), 1,384 after;
-        // 1,352 with key pools and cloud credentials (Creds, KeyWalk).
+        // 1,344 bytes before the attempt walker (engine::attempts), 1,384 after.
         assert!(size <= 1408, "Ctx grew to {size} bytes");
     }
 }
