@@ -4,7 +4,8 @@
 # wall-clock time is not.
 #
 #   benches/callgrind.sh [--requests N] [--warmup N] [--body FILE] [--no-build]
-#                        [--keep] [--key-store] [--floor] [--binary PATH]...
+#                        [--keep] [--key-store] [--floor] [--tracing]
+#                        [--binary PATH]...
 #
 # For each binary (default target/release/tollgate) it starts the bench mock
 # upstream (benches/mock_upstream.rs) and the gateway under
@@ -20,6 +21,10 @@
 # --key-store runs each binary three times: without a key store, with a
 # SQLite `key_store` (and `admin_listen`) sending the same config key, and
 # with it sending a runtime key created through the admin API.
+# --tracing runs each binary twice: as above, then with a `tracing:`
+# section (sample_ratio 1.0, every request traced) exporting to the bench
+# mock, which answers 200 to the OTLP POSTs; the export thread's work is
+# counted with the rest of the process.
 # --floor measures the Pingora floor first (examples/passthrough: a plain
 # ProxyHttp to the same mock, one thread, no body inspection), so every
 # ratio is against it.
@@ -32,7 +37,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,36p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 REQUESTS=2000
@@ -40,6 +45,7 @@ WARMUP=200
 BUILD=1
 KEEP=0
 KEY_STORE=0
+TRACING=0
 FLOOR=0
 BODY=""
 declare -a BINARIES=()
@@ -52,6 +58,7 @@ while (($#)); do
         --no-build) BUILD=0; shift ;;
         --keep) KEEP=1; shift ;;
         --key-store) KEY_STORE=1; shift ;;
+        --tracing) TRACING=1; shift ;;
         --floor) FLOOR=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
@@ -219,7 +226,11 @@ keys:
   - name: bench
     key: $KEY
 EOF
-    if [[ -n $variant ]]; then
+    if [[ $variant == tracing ]]; then
+        cat >>"$dir/tollgate.yaml" <<EOF
+tracing: { endpoint: "http://127.0.0.1:$P_MOCK", sample_ratio: 1.0 }
+EOF
+    elif [[ -n $variant ]]; then
         cat >>"$dir/tollgate.yaml" <<EOF
 admin_listen: "127.0.0.1:$admin"
 admin_key: admin-bench-0123456789
@@ -259,6 +270,7 @@ EOF
     [[ -n $ir ]] || die "no instruction count in $dump"
     case $variant in
         store) NAMES+=("$bin+key_store") ;;
+        tracing) NAMES+=("$bin+tracing") ;;
         runtime) NAMES+=("$bin+key_store,runtime_key") ;;
         *) NAMES+=("$bin") ;;
     esac
@@ -270,6 +282,9 @@ for i in "${!BINARIES[@]}"; do
     if ((KEY_STORE)); then
         run_one "${BINARIES[$i]}" "$i" store
         run_one "${BINARIES[$i]}" "$i" runtime
+    fi
+    if ((TRACING)) && [[ $(basename "${BINARIES[$i]}") != passthrough ]]; then
+        run_one "${BINARIES[$i]}" "$i" tracing
     fi
 done
 

@@ -14,11 +14,12 @@ use std::time::Duration;
 /// The `state_file` saved when the process exits.
 static ON_EXIT: OnceLock<Option<PathBuf>> = OnceLock::new();
 
-/// Saves the budgets to `state_file` and flushes the access log whenever
+/// Saves the budgets to `state_file`, flushes the access log and exports
+/// the queued trace spans (waiting 2 s at most) whenever
 /// the process exits through `exit` (the drain below, Pingora's fast stop
 /// on SIGINT, a start-up error after the server was built), so no exit
-/// loses the spend since the last `state_interval` tick or the lines still
-/// queued. Registered once, at start.
+/// loses the spend since the last `state_interval` tick or the lines and
+/// spans still queued. Registered once, at start.
 pub(crate) fn save_on_exit(state_file: Option<PathBuf>) {
     if ON_EXIT.set(state_file).is_ok() {
         // SAFETY: `atexit` only records a function pointer; `at_exit` is
@@ -35,6 +36,7 @@ extern "C" fn at_exit() {
             crate::governance::snapshot::save_now(path);
         }
         crate::telemetry::access_log::flush();
+        crate::telemetry::trace::flush_at_exit();
     });
 }
 

@@ -56,6 +56,9 @@ impl Reloader {
         for up in rt.upstreams.values() {
             crate::upstream::health::export(up);
         }
+        // The exporter is rebuilt when `tracing:` changed (kept as it is
+        // otherwise); a failure fails the reload.
+        crate::telemetry::trace::configure(rt.config.tracing.as_ref())?;
         crate::tls::export(rt.tls_cert.as_deref());
         metrics::export_config(&rt.config);
         if let Some(c) = &rt.tls_cert {

@@ -20,6 +20,43 @@ pub struct Parsed {
     pub include_usage: bool,
     /// Byte range of the `stream_options` value, when present.
     pub stream_options_span: Option<Range<usize>>,
+    /// Where the sampling parameters a trace shows are (found in the same
+    /// pass; read only for a traced request).
+    pub params: ParamSpans,
+}
+
+/// Byte ranges of `max_tokens` (or `max_completion_tokens`,
+/// `max_output_tokens`), `temperature` and `top_p` in the body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParamSpans {
+    pub max_tokens: Option<Range<usize>>,
+    pub temperature: Option<Range<usize>>,
+    pub top_p: Option<Range<usize>>,
+}
+
+/// The sampling parameters a request set (a value that is not a number,
+/// such as `null`, is not set).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RequestParams {
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+}
+
+impl ParamSpans {
+    /// The values at these ranges of `body` (the body they were found in).
+    pub fn read(&self, body: &[u8]) -> RequestParams {
+        let text = |r: &Option<Range<usize>>| {
+            r.clone()
+                .and_then(|r| body.get(r))
+                .and_then(|b| std::str::from_utf8(b).ok())
+        };
+        RequestParams {
+            max_tokens: text(&self.max_tokens).and_then(|t| t.parse().ok()),
+            temperature: text(&self.temperature).and_then(|t| t.parse().ok()),
+            top_p: text(&self.top_p).and_then(|t| t.parse().ok()),
+        }
+    }
 }
 
 /// Why a body was rejected; the text is safe to show the client.
@@ -48,11 +85,24 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BodyError> {
     let mut stream = None;
     let mut stream_options = None;
     let mut duplicate = None;
+    let mut params = ParamSpans::default();
     json_scan::scan(body, MAX_DEPTH, |key, value| {
         let (slot, name) = match &*key {
             "model" => (&mut model, "model"),
             "stream" => (&mut stream, "stream"),
             "stream_options" => (&mut stream_options, "stream_options"),
+            "max_tokens" | "max_completion_tokens" | "max_output_tokens" => {
+                params.max_tokens = Some(value);
+                return;
+            }
+            "temperature" => {
+                params.temperature = Some(value);
+                return;
+            }
+            "top_p" => {
+                params.top_p = Some(value);
+                return;
+            }
             _ => return,
         };
         if slot.replace(value).is_some() {
@@ -117,6 +167,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BodyError> {
         stream,
         include_usage,
         stream_options_span: stream_options,
+        params,
     })
 }
 
@@ -246,6 +297,22 @@ mod tests {
         assert_eq!(p.model, "fast");
         assert!(p.stream);
         assert_eq!(&b[p.model_span.clone()], br#""fast""#);
+    }
+
+    #[test]
+    fn sampling_parameters_are_found_in_the_same_pass() {
+        let b = br#"{"model":"m","max_completion_tokens":256,"temperature":0.7,"top_p":1,"x":{"top_p":5}}"#;
+        let p = parse(b).unwrap();
+        let v = p.params.read(b);
+        assert_eq!(
+            (v.max_tokens, v.temperature, v.top_p),
+            (Some(256), Some(0.7), Some(1.0))
+        );
+        let none = parse(br#"{"model":"m","temperature":null}"#).unwrap();
+        assert_eq!(
+            none.params.read(br#"{"model":"m","temperature":null}"#),
+            RequestParams::default()
+        );
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub fn run(cli: &Cli, cfg: Config, rt: Runtime) -> Result<(), String> {
     let shared = Arc::new(Shared::new(rt));
     crate::tls::export(shared.load().tls_cert.as_deref());
     crate::telemetry::metrics::export_config(&cfg);
+    // Before the listeners take traffic, so the first requests are traced
+    // too (the export thread starts with the first span, after the fork
+    // of `-d`).
+    crate::telemetry::trace::configure(cfg.tracing.as_ref())?;
     let server_conf = server.configuration.clone();
     let proxy_app = |shared: &Arc<Shared>| {
         let mut app = pingora::proxy::http_proxy(&server_conf, Gateway::new(shared.clone()));

@@ -130,21 +130,6 @@ fn held_json(model: &str, gate: &Gate) -> Behavior {
     })
 }
 
-/// An SSE stream whose events wait for `gate` (header at once).
-fn held_sse(model: &str, gate: &Gate) -> Behavior {
-    let model = model.to_string();
-    let gate = gate.clone();
-    Behavior::func(move |_| {
-        let mut chunks = vec![Bytes::new()];
-        chunks.extend(sse_chat_events(&model, 3).into_iter().map(Bytes::from));
-        Reply {
-            status: 200,
-            headers: vec![("content-type".into(), "text/event-stream".into())],
-            body: ReplyBody::Gated(chunks, gate.clone()),
-        }
-    })
-}
-
 /// Tokens the gateway estimates for the prompt of [`chat`] on `model`.
 fn prompt_estimate(model: &str, stream: bool) -> f64 {
     tollgate::accounting::estimate::prompt_tokens(
@@ -463,7 +448,7 @@ async fn hedge_gateway(primary: &MockUpstream, hedge: &MockUpstream, block: &str
 #[tokio::test]
 async fn slow_primary_loses_to_the_hedge_and_is_cancelled() {
     // The primary never sends a byte: only the hedge can answer.
-    let primary = MockUpstream::start(held_sse("primary-model", &Gate::new())).await;
+    let primary = MockUpstream::start(Behavior::held_sse("primary-model", &Gate::new())).await;
     let hedge = MockUpstream::start(Behavior::ChatEcho).await;
     let gw = hedge_gateway(&primary, &hedge, &hedge_block("100ms", 0.1)).await;
     let r = post(&gw, "hedge-1", true).await;
@@ -838,8 +823,8 @@ async fn winner_breaking_mid_stream_ends_with_an_error_event() {
 async fn client_leaving_during_the_race_cancels_the_legs() {
     // Neither leg ever sends an event: any cancellation is the client's.
     let gate = Gate::new();
-    let primary = MockUpstream::start(held_sse("primary-model", &gate)).await;
-    let hedge = MockUpstream::start(held_sse("hedge-model", &gate)).await;
+    let primary = MockUpstream::start(Behavior::held_sse("primary-model", &gate)).await;
+    let hedge = MockUpstream::start(Behavior::held_sse("hedge-model", &gate)).await;
     let gw = hedge_gateway(&primary, &hedge, &hedge_block("100ms", 0.5)).await;
     let url = gw.url("/v1/chat/completions");
     let client = tokio::spawn(async move {
@@ -895,7 +880,7 @@ async fn p95_after_follows_the_measured_primary() {
 async fn hedged_stream_over_http2_downstream() {
     let ca = TestCa::new();
     let (cert, key) = ca.issue_files("server", &["localhost", "127.0.0.1"]);
-    let primary = MockUpstream::start(held_sse("primary-model", &Gate::new())).await;
+    let primary = MockUpstream::start(Behavior::held_sse("primary-model", &Gate::new())).await;
     let hedge = MockUpstream::start(Behavior::ChatEcho).await;
     let top = format!(
         "plain_listen: \"{{PLAIN}}\"\ntls:\n  cert: \"{}\"\n  key: \"{}\"\n",

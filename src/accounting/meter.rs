@@ -49,6 +49,9 @@ enum Shape {
 
 struct Sink {
     seen: Seen,
+    /// The response's id, model and finish reasons, read for a traced
+    /// request only.
+    facts: Option<Box<super::facts::ResponseFacts>>,
     /// Cut the usage-only chunk (we injected `include_usage`).
     strip: bool,
     cuts: Vec<(u64, u64)>,
@@ -60,6 +63,11 @@ impl Sink {
     fn on_event(&mut self, e: Event<'_>) {
         self.seen.events += 1;
         let d = e.data;
+        if let Some(f) = &mut self.facts {
+            if d != b"[DONE]" {
+                f.on_event(d);
+            }
+        }
         if self.shape == Shape::Anthropic {
             self.on_anthropic_event(d);
             return;
@@ -208,6 +216,7 @@ impl StreamMeter {
             scanner: Scanner::new(MAX_EVENT_BYTES),
             sink: Sink {
                 seen: Seen::default(),
+                facts: None,
                 strip,
                 cuts: Vec::new(),
                 patterns,
@@ -221,6 +230,17 @@ impl StreamMeter {
 
     pub fn seen(&self) -> &Seen {
         &self.sink.seen
+    }
+
+    /// Also reads the response's id, model and finish reasons (for a traced
+    /// request).
+    pub fn read_facts(&mut self) {
+        self.sink.facts.get_or_insert_with(Box::default);
+    }
+
+    /// What [`StreamMeter::read_facts`] found.
+    pub fn facts(&self) -> Option<&super::facts::ResponseFacts> {
+        self.sink.facts.as_deref()
     }
 
     /// Reads one chunk and sets what is forwarded in its place: the same
@@ -386,13 +406,20 @@ impl BodyMeter {
             let tail = &bytes[bytes.len().saturating_sub(TAIL_BYTES)..];
             return usage_near_end(tail).map_or(BodyUsage::Unreadable, BodyUsage::Reported);
         }
-        let usage = span
+        match span
             .and_then(|r| bytes.get(r))
-            .and_then(|v| serde_json::from_slice::<Value>(v).ok());
-        match usage.as_ref().and_then(Usage::from_json) {
+            .and_then(Usage::from_json_text)
+        {
             Some(u) => BodyUsage::Reported(u),
             None => BodyUsage::Missing,
         }
+    }
+
+    /// The body's id, model and finish reasons, when it was read whole (a
+    /// traced request's, at its end).
+    pub fn facts(&self) -> Option<super::facts::ResponseFacts> {
+        let bytes = self.bytes()?;
+        Some(super::facts::ResponseFacts::of_body(&bytes))
     }
 
     /// The whole parsed body, when it was JSON and not too big (slow path:

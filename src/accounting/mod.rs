@@ -3,6 +3,7 @@
 
 pub(crate) mod cost;
 pub mod estimate;
+pub mod facts;
 pub mod meter;
 pub(crate) mod settle;
 pub(crate) mod usage;

@@ -431,8 +431,9 @@ async fn limits(rt: &crate::runtime::Runtime) -> Response<Vec<u8>> {
     reply(200, json!({"limits": rows}))
 }
 
-/// The config as JSON, with every secret replaced: keys and headers
-/// wholly, and the credentials inside any URL (`limits_store.redis.url`).
+/// The config as JSON, with every secret replaced: keys and headers (the
+/// providers' and the trace collector's) wholly, and the credentials
+/// inside any URL (`limits_store.redis.url`).
 pub fn redacted_config(cfg: &crate::config::Config) -> Value {
     let mut v = serde_json::to_value(cfg).unwrap_or(Value::Null);
     redact_urls(&mut v);
@@ -463,6 +464,9 @@ pub fn redacted_config(cfg: &crate::config::Config) -> Value {
                 headers.values_mut().for_each(hide);
             }
         }
+    }
+    if let Some(Value::Object(headers)) = v.get_mut("tracing").and_then(|t| t.get_mut("headers")) {
+        headers.values_mut().for_each(hide);
     }
     if let Some(Value::Array(keys)) = v.get_mut("keys") {
         for k in keys {
@@ -514,6 +518,7 @@ models:
   m: { routes: [ { provider: up, model: x } ] }
 keys:
   - { name: a, key: "tg-admin-test-key" }
+tracing: { endpoint: "http://127.0.0.1:4318", headers: { x-otlp-key: "otlp-secret-123" } }
 "#;
         let cfg = crate::config::parse_str(yaml, |_| None, std::path::Path::new(".")).unwrap();
         let shown = redacted_config(&cfg).to_string();
@@ -528,6 +533,7 @@ keys:
             "aws-secret-admin",
             "aws-session-admin",
             "ya29.admin-token",
+            "otlp-secret-123",
         ] {
             assert!(!shown.contains(secret), "{secret} shown: {shown}");
         }

@@ -9,11 +9,13 @@ pub(crate) mod env;
 pub(crate) mod experiments;
 pub(crate) mod routing;
 pub(crate) mod schema;
+pub(crate) mod tracing;
 pub(crate) mod url;
 pub(crate) mod validate;
 
 pub use experiments::{Hedge, HedgeAfter, Shadow, ShadowSection, HEDGE_BURST};
 pub use schema::*;
+pub use tracing::TracingSection;
 
 use std::fmt;
 use std::path::Path;
@@ -165,6 +167,11 @@ fn resolve_paths(cfg: &mut Config, base: &Path) {
     if let Some(path) = cfg.key_store.as_mut().and_then(|k| k.sqlite.as_mut()) {
         if !path.is_empty() && path != ":memory:" && Path::new(path.as_str()).is_relative() {
             *path = base.join(&*path).to_string_lossy().into_owned();
+        }
+    }
+    if let Some(f) = cfg.tracing.as_mut().and_then(|t| t.ca_file.as_mut()) {
+        if Path::new(f.as_str()).is_relative() {
+            *f = base.join(&*f).to_string_lossy().into_owned();
         }
     }
     for p in cfg.providers.values_mut() {

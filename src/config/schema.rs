@@ -75,6 +75,9 @@ pub struct Config {
     /// (`/admin/keys`, `/admin/teams`). Absent: keys come from this file only.
     #[serde(default)]
     pub key_store: Option<KeyStoreSection>,
+    /// OpenTelemetry spans over OTLP/HTTP. Absent: off.
+    #[serde(default)]
+    pub tracing: Option<super::tracing::TracingSection>,
 }
 
 /// Where runtime keys and teams are stored: one of `sqlite` (a file,

@@ -83,6 +83,9 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     for (field, msg) in super::routing::problems(cfg) {
         v.add(field, msg);
     }
+    for (field, msg) in cfg.tracing.iter().flat_map(super::tracing::problems) {
+        v.add(field, msg);
+    }
     v.finish()
 }
 

@@ -49,6 +49,10 @@ pub(crate) struct Pick {
     pub(crate) prepared: Option<Bytes>,
     /// The pool key picked, for a provider with `api_keys`.
     pub(crate) key: Option<KeyPick>,
+    /// Which attempt of the request this is (1 for the first).
+    pub(crate) seq: u32,
+    /// A hedge race's hedge leg.
+    pub(crate) hedge: bool,
 }
 
 /// One attempt in flight: where it goes and what it sends.
@@ -62,6 +66,11 @@ pub(crate) struct Attempt {
     pub(crate) body: Bytes,
     /// The body asks for stream usage on the client's behalf.
     pub(crate) injected: bool,
+    /// Which attempt of the request this is (1 for the first): its trace
+    /// span's number.
+    pub(crate) seq: u32,
+    /// A hedge race's hedge leg.
+    pub(crate) hedge: bool,
     pub(crate) started: Instant,
     /// What it authenticates with besides the provider's own `auth`.
     pub(crate) creds: Creds,
@@ -148,6 +157,8 @@ impl Pick {
             state: self.state,
             body,
             injected,
+            seq: self.seq,
+            hedge: self.hedge,
             started: Instant::now(),
             creds: self.key.map_or(Creds::Provider, Creds::Key),
         }
@@ -248,7 +259,7 @@ impl From<crate::upstream::client::Failure> for Failure {
     }
 }
 
-/// One attempt, as the access log shows it.
+/// One attempt that ended, as the access log and the trace show it.
 #[derive(Clone)]
 pub(crate) struct AttemptLog {
     pub(crate) provider: UpstreamRef,
@@ -256,6 +267,16 @@ pub(crate) struct AttemptLog {
     /// The pool key's index, for a provider with `api_keys`.
     pub(crate) key: Option<usize>,
     pub(crate) outcome: &'static str,
+    /// The route's index among the alias's routes.
+    pub(crate) route: usize,
+    pub(crate) seq: u32,
+    pub(crate) hedge: bool,
+    /// The upstream's response status, when it answered.
+    pub(crate) status: Option<u16>,
+    pub(crate) started: Instant,
+    /// When it failed or was cut off; `None` for the attempt whose answer
+    /// went to the client, which lasts as long as the request.
+    pub(crate) ended: Option<Instant>,
 }
 
 /// The keys of a pool a route's attempts have used.
@@ -455,6 +476,8 @@ impl Attempts {
                                 state,
                                 prepared,
                                 key,
+                                seq: self.started,
+                                hedge,
                             });
                         }
                         Err(Some((ms, rate_limited))) => {
@@ -514,7 +537,7 @@ impl Attempts {
             let walk = self.keys.get_or_insert_default();
             walk.failures = walk.failures.saturating_add(1);
             self.tried.retain(|t| *t != a.addr);
-            self.record(a, f.outcome);
+            self.record(a, f.outcome, f.status, Some(Instant::now()));
             self.last_failure = Some(f.error);
             return;
         }
@@ -537,25 +560,33 @@ impl Attempts {
                 a.up.name
             );
         }
-        self.record(a, f.outcome);
+        self.record(a, f.outcome, f.status, Some(Instant::now()));
         self.last_failure = Some(f.error);
         self.skip_provider |= f.skip_provider;
     }
 
-    /// An attempt's response is going to the client.
-    pub(crate) fn succeeded(&mut self, a: &Attempt) {
+    /// An attempt's response (its upstream status `status`) is going to
+    /// the client.
+    pub(crate) fn succeeded(&mut self, a: &Attempt, status: u16) {
         if let Some(s) = &a.state {
             s.record(true, crate::base::clock::monotonic_ms(), &a.up.breaker);
         }
-        self.record(a, "success");
+        self.record(a, "success", Some(status), None);
     }
 
-    /// A hedge leg was cut off by the winner or by the client leaving.
-    pub(crate) fn cancelled(&mut self, a: &Attempt) {
-        self.record(a, "hedge_cancelled");
+    /// A hedge leg was cut off (`at`) by the winner or by the client
+    /// leaving.
+    pub(crate) fn cancelled(&mut self, a: &Attempt, at: Instant) {
+        self.record(a, "hedge_cancelled", None, Some(at));
     }
 
-    fn record(&mut self, a: &Attempt, outcome: &'static str) {
+    fn record(
+        &mut self,
+        a: &Attempt,
+        outcome: &'static str,
+        status: Option<u16>,
+        ended: Option<Instant>,
+    ) {
         if let Some(m) = metrics::get() {
             m.attempts
                 .with_label_values(&[a.up.name.as_str(), outcome])
@@ -569,6 +600,12 @@ impl Attempts {
             backend: a.addr,
             key: a.key().map(|(k, _)| k.index),
             outcome,
+            route: a.route,
+            seq: a.seq,
+            hedge: a.hedge,
+            status,
+            started: a.started,
+            ended,
         });
     }
 }

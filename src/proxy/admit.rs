@@ -46,7 +46,12 @@ pub(crate) async fn request_filter(session: &mut Session, ctx: &mut Ctx) -> ping
 async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayError> {
     let rt = ctx.head.rt.clone();
     let req = session.req_header();
-    let ep = match endpoint::route(&req.method, req.uri.path()) {
+    let route = endpoint::route(&req.method, req.uri.path());
+    if route != endpoint::Route::Ok(Endpoint::Healthz) {
+        // Liveness probes are not traced.
+        ctx.trace = crate::telemetry::trace::begin(&req.headers);
+    }
+    let ep = match route {
         endpoint::Route::Ok(ep) => ep,
         endpoint::Route::WrongMethod(ep, allowed) => {
             // Known endpoint: its error shape (Anthropic's on /v1/messages).

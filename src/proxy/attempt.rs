@@ -48,15 +48,16 @@ impl Current {
     }
 
     /// The body chunk Pingora sends for this attempt: the whole body the
-    /// first time, nothing after.
+    /// first time, nothing after. The attempt gives its body up (moved,
+    /// not cloned): nothing reads it once it is sent.
     fn body_chunk(&mut self) -> bytes::Bytes {
         if self.body_sent {
             return bytes::Bytes::new();
         }
         self.body_sent = true;
         self.attempt
-            .as_ref()
-            .map(|a| a.body.clone())
+            .as_mut()
+            .map(|a| std::mem::take(&mut a.body))
             .unwrap_or_default()
     }
 
@@ -147,6 +148,7 @@ pub(crate) fn upstream_request(
         req.endpoint,
         a.body.len(),
         &ctx.head.request_id,
+        ctx.propagation(a.seq),
     )?;
     if let Some(route) = req.route(a.route) {
         ctx.bodies
@@ -214,10 +216,11 @@ pub(crate) fn response_failed(ctx: &mut Ctx, f: Failure) {
     }
 }
 
-/// The current attempt's response is going to the client.
-pub(crate) fn response_accepted(ctx: &mut Ctx) {
+/// The current attempt's response (its upstream status `status`) is
+/// going to the client.
+pub(crate) fn response_accepted(ctx: &mut Ctx, status: u16) {
     if let Some(a) = ctx.current.get() {
-        ctx.attempts.succeeded(a);
+        ctx.attempts.succeeded(a, status);
     }
     ctx.out.serve(Served::Upstream);
 }

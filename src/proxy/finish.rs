@@ -1,5 +1,5 @@
-//! The end of a request: the error answer when proxying failed, then metrics
-//! and the access-log line.
+//! The end of a request: the error answer when proxying failed, then metrics,
+//! the access-log line and, for a traced request, its spans.
 
 use crate::accounting::settle::{self, Observed, Settled};
 use crate::base::error::GatewayError;
@@ -137,6 +137,7 @@ pub(crate) fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         }
     }
     record_usage_ledger(ctx, settled.as_ref());
+    let trace = ctx.trace.take().filter(|t| t.sampled());
     let route = ctx.current_route();
     let tried = ctx.out.served() == Served::Locally || ctx.current.get().is_some();
     let stream = ctx.streams();
@@ -182,8 +183,10 @@ pub(crate) fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         skipped: None,
     };
     metrics::observe(&record);
-    if ctx.head.rt.config.access_log.enabled {
-        // The parts only the log line shows, built only when it is written.
+    let log = ctx.head.rt.config.access_log.enabled;
+    if log || trace.is_some() {
+        // The parts only the log line and the trace show, built only when
+        // one of them is written.
         let plan = req.as_ref().map(|r| &r.model.routing);
         let routing = crate::routing::track::log_fields(
             &ctx.routing,
@@ -191,13 +194,18 @@ pub(crate) fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             ctx.attempts.order(),
             ctx.attempt_route(),
         );
-        record.attempt_log = attempt_log(ctx);
         record.strategy = routing.strategy;
         record.variant = routing.variant;
         record.route = routing.route;
         record.candidates = routing.candidates;
         record.skipped = routing.skipped;
+    }
+    if log {
+        record.attempt_log = attempt_log(ctx);
         access_log::write(&record);
+    }
+    if let Some(t) = trace {
+        crate::proxy::spans::finish(t, ctx, &record);
     }
     ctx.head.in_flight = None;
 }

@@ -2,7 +2,8 @@
 //!
 //! Upstream: the request header is built fresh: only allow-listed client
 //! headers are copied, then the provider's own `Host`, key and extra headers
-//! are set. Nothing else the client sent (its key, cookies, proxy auth,
+//! are set, and, with tracing on, the gateway's own `traceparent` and
+//! `tracestate` (the client's, validated, continued). Nothing else the client sent (its key, cookies, proxy auth,
 //! hop-by-hop or upgrade headers) can reach a provider.
 //!
 //! Downstream: of the provider's response header only the allow-listed
@@ -10,6 +11,7 @@
 
 use crate::base::endpoint::Endpoint;
 use crate::base::error::GatewayError;
+use crate::telemetry::trace::Propagation;
 use crate::upstream::Upstream;
 use http::header::{self, HeaderName};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -58,7 +60,8 @@ pub(crate) const REQUEST_ID: &str = "x-request-id";
 
 /// Builds the header this attempt sends to `up`, with `auth` (the
 /// attempt's key: its pool key's or the provider's) in the kind's key
-/// header.
+/// header; `trace` is the W3C trace context for it (the gateway's own,
+/// never the client's header copied).
 pub(crate) fn upstream_request(
     client: &RequestHeader,
     up: &Upstream,
@@ -66,6 +69,7 @@ pub(crate) fn upstream_request(
     ep: Endpoint,
     body_len: usize,
     request_id: &str,
+    trace: Option<Propagation>,
 ) -> Result<RequestHeader, GatewayError> {
     let uri = up.uri(ep);
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -89,6 +93,16 @@ pub(crate) fn upstream_request(
     set(&mut req, header::CONTENT_LENGTH, body_len.into())?;
     if let Ok(v) = http::HeaderValue::from_str(request_id) {
         set(&mut req, HeaderName::from_static(REQUEST_ID), v)?;
+    }
+    if let Some(t) = trace {
+        set(
+            &mut req,
+            HeaderName::from_static("traceparent"),
+            t.traceparent,
+        )?;
+        if let Some(state) = t.tracestate {
+            set(&mut req, HeaderName::from_static("tracestate"), state)?;
+        }
     }
     Ok(req)
 }

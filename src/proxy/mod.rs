@@ -16,6 +16,7 @@ pub(crate) mod messages;
 pub(crate) mod pipeline;
 pub(crate) mod response;
 pub(crate) mod rewound;
+pub(crate) mod spans;
 pub(crate) mod translated;
 pub(crate) mod write;
 

@@ -14,6 +14,7 @@
 //!
 //! The pipeline knows nothing of `Ctx`: the hooks hand it what it needs.
 
+use crate::accounting::facts::ResponseFacts;
 use crate::accounting::meter::{BodyMeter, BodyUsage, StreamMeter};
 use crate::accounting::settle::Observed;
 use crate::accounting::Usage;
@@ -67,14 +68,20 @@ impl Pipeline {
     /// client sees), the meter from what the client sees, then the front's
     /// stage. `injected`: the attempt's body asked for stream usage on the
     /// client's behalf (the meter then drops the usage chunk it added).
+    /// `facts`: the request is traced, so the meter also reads the
+    /// response's id, model and finish reasons.
     pub(crate) fn choose(
         resp: &mut ResponseHeader,
         a: &Accepting<'_>,
         injected: bool,
+        facts: bool,
     ) -> pingora::Result<Pipeline> {
         let provider = translated::Stage::choose(resp, a)?;
         let passthrough = messages::passthrough::applies_to(a.req, a.route);
-        let meter = meter_for(resp, a.req.endpoint, passthrough, injected);
+        let mut meter = meter_for(resp, a.req.endpoint, passthrough, injected);
+        if let (Meter::Stream(m), true) = (&mut meter, facts) {
+            m.read_facts();
+        }
         if matches!(meter, Meter::Stream(_)) && injected {
             // Bytes will be cut: the upstream's length would no longer hold.
             resp.remove_header(&http::header::CONTENT_LENGTH);
@@ -160,6 +167,16 @@ impl Pipeline {
             String::from_utf8_lossy(&err.body())
         ));
         unsent.into_iter().chain([event]).collect()
+    }
+
+    /// The response's id, model and finish reasons (a traced request's:
+    /// see [`Pipeline::choose`]), as the meter saw them.
+    pub(crate) fn facts(&self) -> Option<ResponseFacts> {
+        match &self.meter {
+            Meter::Stream(m) => m.facts().cloned(),
+            Meter::Body(m) => m.facts(),
+            Meter::None => None,
+        }
     }
 
     /// What the response showed of its usage, for `accounting::settle`.

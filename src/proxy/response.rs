@@ -41,7 +41,7 @@ pub(crate) fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Re
             "upstream response counted as a failure",
         ));
     }
-    attempt::response_accepted(ctx);
+    attempt::response_accepted(ctx, resp.status.as_u16());
     let (Ok(req), Some(route)) = (ctx.admitted(), ctx.current_route()) else {
         crate::proxy::headers::client_response(resp);
         tag(resp, ctx)?;
@@ -58,7 +58,7 @@ pub(crate) fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Re
     // The pipeline is chosen while the provider's own headers are there
     // (Bedrock names its error type and token count in them), then only
     // the allow-listed ones stay.
-    let pipeline = Pipeline::choose(resp, &accepting, injected)?;
+    let pipeline = Pipeline::choose(resp, &accepting, injected, ctx.sampled())?;
     crate::proxy::headers::client_response(resp);
     if let Some(name) = &ctx.head.rt.route_header {
         resp.insert_header(name.clone(), route.route_label.clone())?;

@@ -34,9 +34,13 @@ use std::sync::Arc;
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// The translated request bodies of one request: built once per route
-/// and reused by that route's retries.
+/// and reused by that route's retries. Boxed, and only made when a
+/// translated route is tried: every request's state holds it.
 #[derive(Default)]
-pub(crate) struct Bodies {
+pub(crate) struct Bodies(Option<Box<Translations>>);
+
+#[derive(Default)]
+struct Translations {
     /// The client's body as JSON, parsed when a translated route is first tried.
     client: Option<serde_json::Value>,
     /// The translated body, and the route it was built for.
@@ -143,7 +147,7 @@ enum Whole {
 impl Bodies {
     /// The client's body as JSON, once a translated route parsed it.
     pub(crate) fn client(&self) -> Option<&serde_json::Value> {
-        self.client.as_ref()
+        self.0.as_ref()?.client.as_ref()
     }
 
     /// Checks that `route` serves the endpoint and, for a translated route,
@@ -164,15 +168,16 @@ impl Bodies {
         if !d.translates() {
             return Ok(None);
         }
-        if let Some((i, b)) = &self.body {
+        let this = self.0.get_or_insert_with(Box::default);
+        if let Some((i, b)) = &this.body {
             if *i == index {
                 return Ok(Some(b.clone()));
             }
         }
-        if self.client.is_none() {
-            self.client = Some(crate::translate::bounds::parse_body(&req.body)?);
+        if this.client.is_none() {
+            this.client = Some(crate::translate::bounds::parse_body(&req.body)?);
         }
-        let client = self.client.as_ref().ok_or(GatewayError::Internal)?;
+        let client = this.client.as_ref().ok_or(GatewayError::Internal)?;
         let opts = RequestOpts {
             model: &route.model,
             stream: req.stream(),
@@ -209,8 +214,8 @@ impl Bodies {
                 t.dropped.join(", ")
             );
         }
-        self.body = Some((index, t.body.clone()));
-        self.path = path.map(|p| (index, p));
+        this.body = Some((index, t.body.clone()));
+        this.path = path.map(|p| (index, p));
         Ok(Some(t.body))
     }
 
@@ -222,7 +227,7 @@ impl Bodies {
         index: usize,
         route: &RouteRt,
     ) {
-        if let Some((i, uri)) = &self.path {
+        if let Some((i, uri)) = self.0.as_ref().and_then(|t| t.path.as_ref()) {
             if *i == index {
                 upstream.set_uri(uri.clone());
                 return;

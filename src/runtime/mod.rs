@@ -40,6 +40,22 @@ pub struct RouteRt {
 }
 
 impl RouteRt {
+    /// The route's provider as the OpenTelemetry GenAI conventions name it
+    /// (`gen_ai.provider.name`): by its kind, the well-known value; the
+    /// built-in mock is `tollgate.mock`.
+    pub fn system(&self) -> &'static str {
+        use crate::config::ProviderKind;
+        match (&*self.provider, self.dialect.kind) {
+            (ProviderRt::Mock(_), _) => "tollgate.mock",
+            (_, ProviderKind::Anthropic) => "anthropic",
+            (_, ProviderKind::Azure) => "azure.ai.openai",
+            (_, ProviderKind::Gemini) => "gcp.gemini",
+            (_, ProviderKind::Bedrock) => "aws.bedrock",
+            (_, ProviderKind::Vertex) => "gcp.vertex_ai",
+            (_, ProviderKind::Openai | ProviderKind::Mock) => "openai",
+        }
+    }
+
     /// Compiles one route of `cfg` on its already built provider.
     pub fn compile(cfg: &Config, r: &crate::config::Route, p: &Arc<ProviderRt>) -> RouteRt {
         RouteRt {

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub key_cooldowns: IntCounterVec,
     pub key_tokens: IntCounterVec,
     pub auth_failures: IntCounterVec,
+    pub trace_spans_exported: IntCounter,
+    pub trace_spans_dropped: IntCounterVec,
 }
 
 /// Request duration buckets for LLM calls: 5 ms to 5 minutes.
@@ -228,11 +230,23 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Failures to get a cloud provider's credentials: sts, token_file (Bedrock web identity) or token_endpoint (Vertex OAuth). Each fails its attempt like a connect failure.",
             &["provider", "source"]
         )?,
+        trace_spans_exported: register_int_counter!(
+            "tollgate_trace_spans_exported_total",
+            "Trace spans the OTLP collector accepted."
+        )?,
+        trace_spans_dropped: register_int_counter_vec!(
+            "tollgate_trace_spans_dropped_total",
+            "Trace spans dropped, never exported: queue_full (the export queue was full: the collector is slow or down) or export_failed (the collector refused them or could not be reached).",
+            &["reason"]
+        )?,
     };
     // Both results exist from the start, so the first failed reload is an
     // increase from 0 that rate() and increase() can see.
     for result in ["success", "failed"] {
         m.reloads.with_label_values(&[result]);
+    }
+    for reason in ["queue_full", "export_failed"] {
+        m.trace_spans_dropped.with_label_values(&[reason]);
     }
     Ok(m)
 }

@@ -1,6 +1,8 @@
-//! Observability: Prometheus metrics and the JSON access log.
+//! Observability: Prometheus metrics, the JSON access log and
+//! OpenTelemetry traces.
 
 pub mod access_log;
 pub(crate) mod endpoint;
 pub mod metrics;
 pub(crate) mod record;
+pub(crate) mod trace;

@@ -239,6 +239,8 @@ impl Upstream {
         let now = crate::base::clock::monotonic_ms();
         let out_for = std::cell::Cell::new(None::<u64>);
         let limited = std::cell::Cell::new(false);
+        // The state of the backend last accepted: the one picked.
+        let accepted = std::cell::Cell::new(None::<Arc<BackendState>>);
         let picked = self.balancer.select_with(key, 256, |b, healthy| {
             let Some(addr) = b.addr.as_inet() else {
                 return false;
@@ -253,11 +255,14 @@ impl Upstream {
                     out_for.set(Some(out_for.get().map_or(ms, |m: u64| m.min(ms))));
                     false
                 }
-                _ => true,
+                s => {
+                    accepted.set(s.cloned());
+                    true
+                }
             }
         });
         match picked.and_then(|b| b.addr.as_inet().copied()) {
-            Some(addr) => Ok((addr, states.get(&addr).cloned())),
+            Some(addr) => Ok((addr, accepted.take())),
             None => Err(out_for.get().map(|ms| Out {
                 ms,
                 rate_limited: limited.get(),

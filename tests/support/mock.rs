@@ -225,6 +225,25 @@ impl std::fmt::Debug for Behavior {
     }
 }
 
+impl Behavior {
+    /// A stream of [`sse_chat_events`] for `model` whose header goes at
+    /// once and whose events wait for `gate` (forever, if the test never
+    /// opens it): an upstream slow for as long as the test needs.
+    pub fn held_sse(model: &str, gate: &Gate) -> Behavior {
+        let model = model.to_string();
+        let gate = gate.clone();
+        Behavior::func(move |_| {
+            let mut chunks = vec![Bytes::new()];
+            chunks.extend(sse_chat_events(&model, 3).into_iter().map(Bytes::from));
+            Reply {
+                status: 200,
+                headers: vec![("content-type".into(), "text/event-stream".into())],
+                body: ReplyBody::Gated(chunks, gate.clone()),
+            }
+        })
+    }
+}
+
 /// Realistic OpenAI `chat.completion.chunk` SSE events: a role chunk, `n`
 /// content chunks (`"tok0"`, `"tok1"`, ...), a `finish_reason: "stop"`
 /// chunk, then `data: [DONE]`. Each string is a full `data: ...\n\n` event.

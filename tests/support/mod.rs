@@ -2,6 +2,7 @@
 //!
 //! Include it from a test crate with `mod support;`:
 //! - [`mock`]: a mock upstream HTTP/1.1 (or HTTPS) server with scripted behaviors,
+//! - [`otlp`]: an OTLP/HTTP trace receiver decoding the official protobuf messages,
 //! - [`gateway`]: runs the real `tollgate` binary with a templated config,
 //! - [`tls`]: a throwaway CA issuing server certificates,
 //! - [`prom`]: a Prometheus text-format parser for `/metrics` assertions,
@@ -25,6 +26,7 @@ pub mod gcp_mock;
 pub mod keystore;
 pub mod mini_server;
 pub mod mock;
+pub mod otlp;
 pub mod postgres;
 pub mod prom;
 pub mod prometheus;

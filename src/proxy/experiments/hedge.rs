@@ -22,7 +22,7 @@ use pingora::proxy::Session;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// `after: p95` before the primary route has enough samples.
 const P95_UNTIL_MEASURED: Duration = Duration::from_secs(1);
@@ -42,6 +42,8 @@ struct Race<'a> {
     client: &'a RequestHeader,
     legs: Vec<Leg>,
     running: FuturesUnordered<LegFuture>,
+    /// When the legs still running were cut off.
+    cut_at: Option<Instant>,
 }
 
 /// Serves a request of a hedging alias. Always answers (`Ok(true)`),
@@ -61,6 +63,7 @@ pub(crate) async fn serve(
         client: &client,
         legs: Vec::new(),
         running: FuturesUnordered::new(),
+        cut_at: None,
     };
     if !race.start_next(ctx, false) {
         return relay::answer_error(session, ctx).await;
@@ -83,7 +86,7 @@ pub(crate) async fn serve(
                     // The client left: dropping the legs cancels them
                     // upstream; those that were running are charged.
                     ctx.out.gone();
-                    race.running = FuturesUnordered::new();
+                    race.cut_off();
                     race.meter_cancelled(ctx);
                     return Ok(true);
                 }
@@ -119,7 +122,7 @@ pub(crate) async fn serve(
         return relay::answer_error(session, ctx).await;
     };
     // Dropping the other legs closes their connections: cancelled at once.
-    race.running = FuturesUnordered::new();
+    race.cut_off();
     // The winner becomes the request's attempt: for the route statistics
     // (its first byte feeds the p95 that `after: p95` reads), the breaker,
     // the attempt log and the meters.
@@ -144,6 +147,12 @@ pub(crate) async fn serve(
 }
 
 impl Race<'_> {
+    /// Drops the legs still running, which closes their connections.
+    fn cut_off(&mut self) {
+        self.running = FuturesUnordered::new();
+        self.cut_at = Some(Instant::now());
+    }
+
     /// Starts a leg on the walker's next attempt; `false` when none is
     /// left or no attempt may start (attempt cap, request deadline).
     fn start_next(&mut self, ctx: &mut Ctx, hedge: bool) -> bool {
@@ -171,6 +180,7 @@ impl Race<'_> {
             r.endpoint,
             attempt.body.len(),
             &ctx.head.request_id,
+            ctx.propagation(attempt.seq),
         ) else {
             return false;
         };
@@ -216,8 +226,9 @@ impl Race<'_> {
             .as_deref()
             .map_or(metrics::NONE, |k| &*k.name)
             .to_string();
+        let at = self.cut_at.unwrap_or_else(Instant::now);
         for leg in self.legs.iter().filter(|l| l.running) {
-            ctx.attempts.cancelled(&leg.attempt);
+            ctx.attempts.cancelled(&leg.attempt, at);
             let Some(route) = r.route(leg.attempt.route) else {
                 continue;
             };

@@ -13,6 +13,7 @@ use crate::proxy::headers;
 use crate::rewrite;
 use crate::runtime::experiments::ShadowPlan;
 use crate::runtime::{ProviderRt, Runtime};
+use crate::telemetry::trace::{ShadowEnd, ShadowTrace};
 use crate::upstream::client::{Exchange, Failure};
 use pingora::http::RequestHeader;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,6 +56,9 @@ struct Job {
     client: RequestHeader,
     request_id: String,
     slot: Slot,
+    /// The request's trace, when it is sampled: the copy gets a span of its
+    /// own under the request's.
+    trace: Option<ShadowTrace>,
 }
 
 /// Samples the request; when picked and under the cap, spawns its copy.
@@ -80,6 +84,7 @@ pub(crate) fn maybe_send(
         client: client.clone(),
         request_id: format!("{}-shadow", ctx.head.request_id),
         slot,
+        trace: ctx.trace.as_ref().and_then(|t| t.shadow()),
     };
     tokio::spawn(run(job));
 }
@@ -90,7 +95,7 @@ fn skipped(alias: &str, reason: &str) {
     }
 }
 
-async fn run(job: Job) {
+async fn run(mut job: Job) {
     let _slot = &job.slot;
     let (req, alias) = (&job.req, job.req.alias());
     let ep = req.endpoint;
@@ -145,16 +150,41 @@ async fn run(job: Job) {
         (Some(k), Some(pool)) => pool.header(k.index),
         _ => up.auth.as_ref(),
     };
-    let Ok(head) =
-        headers::upstream_request(&job.client, up, auth, ep, body.len(), &job.request_id)
-    else {
+    let propagation = job.trace.as_ref().map(ShadowTrace::propagate);
+    let Ok(head) = headers::upstream_request(
+        &job.client,
+        up,
+        auth,
+        ep,
+        body.len(),
+        &job.request_id,
+        propagation,
+    ) else {
         return;
     };
     let start = Instant::now();
-    let (result, settled) = match Exchange::start(up, addr, route.limits, &head, &body).await {
-        Ok(ex) => read(ex, &job, route, injected, output).await,
-        Err(f) => (failure_label(f), None),
-    };
+    let (result, settled, status) =
+        match Exchange::start(up, addr, route.limits, &head, &body).await {
+            Ok(ex) => {
+                let status = ex.header().status.as_u16();
+                let (result, settled) = read(ex, &job, route, injected, output).await;
+                (result, settled, Some(status))
+            }
+            Err(f) => (failure_label(f), None, None),
+        };
+    if let Some(t) = job.trace.take() {
+        t.finish(&ShadowEnd {
+            endpoint: ep,
+            provider: &route.provider_name,
+            system: route.system(),
+            model: &route.model,
+            backend: addr,
+            result,
+            status,
+            duration: start.elapsed(),
+            ended: std::time::SystemTime::now(),
+        });
+    }
     let labels = [&**alias, &*route.provider_name, &*route.model];
     if let Some(m) = metrics::get() {
         m.shadow_requests
