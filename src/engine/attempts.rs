@@ -549,8 +549,13 @@ impl Attempts {
             }
         }
         if let Some(status @ (401 | 403)) = f.status {
+            let setting = match a.up.kind {
+                _ if a.up.cloud.is_none() => "api_key",
+                crate::config::ProviderKind::Bedrock => "bedrock.credentials",
+                _ => "vertex.credentials",
+            };
             log::error!(
-                "provider {} refused the gateway's credentials (HTTP {status}); check providers.{}",
+                "provider {} refused the gateway's credentials (HTTP {status}); check providers.{}.{setting}",
                 a.up.name,
                 a.up.name
             );
