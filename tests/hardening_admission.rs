@@ -388,8 +388,9 @@ async fn second_step_refusal_gives_back_the_first_steps_count(store: &str) {
     // So the key's two requests of the minute are both still there.
     for _ in 0..2 {
         let resp = post(&gw, BOTH_KEY, small_body()).await;
-        assert_eq!(resp.status(), 200);
-        let _ = resp.bytes().await;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "{text}");
     }
     let resp = post(&gw, BOTH_KEY, small_body()).await;
     assert_eq!(resp.status(), 429);

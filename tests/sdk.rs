@@ -201,14 +201,8 @@ keys:
         port = upstream.port()
     );
     let gw = Gateway::start(&config).await;
-    let stdout = support::sdk::run_script(
-        "tests/sdk/openai_anthropic_tools.py",
-        format!("{}/v1", gw.base_url()),
-        "tg-sdk-key-123",
-        &gw,
-    )
-    .await;
-    assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
+    let want = support::sdk::anthropic_fixture_tools();
+    support::sdk::run_tools_script(&gw, "tg-sdk-key-123", "claude", &want).await;
     assert_eq!(upstream.hits(), 3);
     assert!(upstream.requests().iter().all(|r| r.path == "/v1/messages"));
 }

@@ -23,7 +23,7 @@ fn source(mock: &GcpMock, key: &str, refresh_before: &str) -> TokenSource {
         mock.token_uri()
     );
     let mut c: VertexConfig = serde_yaml::from_str(&yaml).unwrap();
-    if let GcpCredentials::ServiceAccount { key_json, .. } = &mut c.credentials {
+    if let Some(GcpCredentials::ServiceAccount { key_json, .. }) = &mut c.credentials {
         *key_json = Some(Secret::new(key));
     }
     assert!(c.validate("v").is_empty(), "{:?}", c.validate("v"));

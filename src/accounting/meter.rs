@@ -403,12 +403,12 @@ impl BodyMeter {
             let tail = &bytes[bytes.len().saturating_sub(TAIL_BYTES)..];
             return usage_near_end(tail).map_or(BodyUsage::Unreadable, BodyUsage::Reported);
         };
-        let usage = members
+        match members
             .usage
             .clone()
             .and_then(|r| bytes.get(r))
-            .and_then(|v| serde_json::from_slice::<Value>(v).ok());
-        match usage.as_ref().and_then(Usage::from_json) {
+            .and_then(Usage::from_json_text)
+        {
             Some(u) => BodyUsage::Reported(u),
             None => BodyUsage::Missing,
         }

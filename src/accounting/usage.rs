@@ -92,6 +92,84 @@ impl Usage {
         })
     }
 
+    /// [`Usage::from_json`] read straight from a `usage` object's JSON text
+    /// (already validated: a member of a scanned response), without building
+    /// a document: the same fields, the same rules (a count that is not a
+    /// non-negative integer counts 0; of repeated keys the last wins).
+    /// `None` if it is not an object.
+    pub fn from_json_text(text: &[u8]) -> Option<Usage> {
+        /// The count fields and the detail objects, as spans of `text`.
+        #[derive(Default)]
+        struct Spans {
+            responses_shape: bool,
+            counts: [Option<std::ops::Range<usize>>; 4],
+            details: [Option<std::ops::Range<usize>>; 4],
+        }
+        const COUNTS: [&str; 4] = [
+            "prompt_tokens",
+            "completion_tokens",
+            "input_tokens",
+            "output_tokens",
+        ];
+        const DETAILS: [&str; 4] = [
+            "prompt_tokens_details",
+            "completion_tokens_details",
+            "input_tokens_details",
+            "output_tokens_details",
+        ];
+        const DEPTH: usize = 64;
+        let mut s = Spans::default();
+        crate::json_scan::scan(text, DEPTH, |key, range| {
+            if let Some(i) = COUNTS.iter().position(|c| *c == key) {
+                s.responses_shape |= i >= 2;
+                s.counts[i] = Some(range);
+            } else if let Some(i) = DETAILS.iter().position(|d| *d == key) {
+                s.details[i] = Some(range);
+            }
+        })
+        .ok()?;
+        let count = |r: &Option<std::ops::Range<usize>>| {
+            r.as_ref()
+                .and_then(|r| text.get(r.clone()))
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // One count inside a details object (`None`-safe: a details value
+        // that is not an object counts 0).
+        let detail = |r: &Option<std::ops::Range<usize>>, field: &str| {
+            let Some(inner) = r.as_ref().and_then(|r| text.get(r.clone())) else {
+                return 0;
+            };
+            let mut found = None;
+            let scanned = crate::json_scan::scan(inner, DEPTH, |key, range| {
+                if key == field {
+                    found = Some(range);
+                }
+            });
+            match (scanned, found) {
+                (Ok(()), Some(range)) => inner
+                    .get(range)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .unwrap_or(0),
+                _ => 0,
+            }
+        };
+        let (p, c, d) = if s.responses_shape {
+            (2, 3, 2)
+        } else {
+            (0, 1, 0)
+        };
+        Some(Usage {
+            prompt: count(&s.counts[p]),
+            completion: count(&s.counts[c]),
+            cached: detail(&s.details[d], "cached_tokens"),
+            reasoning: detail(&s.details[d + 1], "reasoning_tokens"),
+            cache_write: 0,
+        })
+    }
+
     /// Finds usage in a whole response or stream event: top-level `usage`, or
     /// `response.usage` (Responses API events).
     pub fn find(doc: &Value) -> Option<Usage> {
@@ -106,7 +184,75 @@ impl Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    /// A JSON value a provider might put where a count goes.
+    fn count_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u64..u64::MAX).prop_map(|n| n.to_string()),
+            Just("18446744073709551616".to_string()),
+            (-50i64..0).prop_map(|n| n.to_string()),
+            Just("-0".to_string()),
+            Just("12.0".to_string()),
+            Just("1e3".to_string()),
+            Just("null".to_string()),
+            Just("\"7\"".to_string()),
+            Just("[1]".to_string()),
+        ]
+    }
+
+    /// A usage-like object: known and unknown keys (repeats included),
+    /// counts of any shape, details objects or other values.
+    fn usage_text() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("prompt_tokens"),
+            Just("completion_tokens"),
+            Just("input_tokens"),
+            Just("output_tokens"),
+            Just("total_tokens"),
+            Just("x"),
+        ];
+        let details_key = prop_oneof![
+            Just("prompt_tokens_details"),
+            Just("completion_tokens_details"),
+            Just("input_tokens_details"),
+            Just("output_tokens_details"),
+        ];
+        let inner = prop::collection::vec(
+            (
+                prop_oneof![Just("cached_tokens"), Just("reasoning_tokens"), Just("y")],
+                count_value(),
+            ),
+            0..4,
+        )
+        .prop_map(|m| {
+            let body: Vec<String> = m.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!("{{{}}}", body.join(","))
+        });
+        let member = prop_oneof![
+            (key, count_value()).prop_map(|(k, v)| format!("\"{k}\":{v}")),
+            (details_key.clone(), inner).prop_map(|(k, v)| format!("\"{k}\": {v}")),
+            (details_key, count_value()).prop_map(|(k, v)| format!("\"{k}\":{v}")),
+        ];
+        prop::collection::vec(member, 0..8).prop_map(|m| format!("{{{}}}", m.join(",")))
+    }
+
+    proptest! {
+        /// The text reader and the `Value` reader agree on every object.
+        #[test]
+        fn the_text_reader_agrees_with_the_value_reader(text in usage_text()) {
+            let doc: Value = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(Usage::from_json_text(text.as_bytes()), Usage::from_json(&doc), "{}", text);
+        }
+    }
+
+    #[test]
+    fn the_text_reader_refuses_what_is_not_an_object() {
+        for text in ["[]", "1", "null", "\"usage\""] {
+            assert_eq!(Usage::from_json_text(text.as_bytes()), None, "{text}");
+        }
+    }
 
     #[test]
     fn reads_chat_and_responses_shapes() {

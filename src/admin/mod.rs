@@ -450,6 +450,16 @@ pub fn redacted_config(cfg: &crate::config::Config) -> Value {
             if let Some(k) = p.get_mut("api_key") {
                 hide(k);
             }
+            if let Some(Value::Array(pool)) = p.get_mut("api_keys") {
+                for k in pool.iter_mut().filter_map(|k| k.get_mut("key")) {
+                    hide(k);
+                }
+            }
+            // Secret fields print as [redacted] already; the key id says
+            // which identity is used.
+            if let Some(id) = p.pointer_mut("/bedrock/credentials/access_key_id") {
+                hide(id);
+            }
             if let Some(Value::Object(headers)) = p.get_mut("headers") {
                 headers.values_mut().for_each(hide);
             }
@@ -497,6 +507,13 @@ admin_key: "admin-key-0123456789"
 limits_store: { redis: { url: "redis://:hunter2-redis@127.0.0.1:6379/0" } }
 providers:
   up: { kind: openai, base_url: "http://127.0.0.1:1/v1", api_key: "sk-up-secret" }
+  pooled: { kind: openai, base_url: "http://127.0.0.1:1/v1", api_keys: [ { key: "sk-pool-one", name: one }, { key: "sk-pool-two" } ] }
+  aws:
+    kind: bedrock
+    bedrock: { region: us-east-1, credentials: { source: static, access_key_id: AKIDADMINTEST, secret_access_key: "aws-secret-admin", session_token: "aws-session-admin" } }
+  gcp:
+    kind: vertex
+    vertex: { project: p, location: us-central1, credentials: { source: access_token, access_token: "ya29.admin-token" } }
 models:
   m: { routes: [ { provider: up, model: x } ] }
 keys:
@@ -510,6 +527,12 @@ tracing: { endpoint: "http://127.0.0.1:4318", headers: { x-otlp-key: "otlp-secre
             "sk-up-secret",
             "tg-admin-test-key",
             "admin-key-0123456789",
+            "sk-pool-one",
+            "sk-pool-two",
+            "AKIDADMINTEST",
+            "aws-secret-admin",
+            "aws-session-admin",
+            "ya29.admin-token",
             "otlp-secret-123",
         ] {
             assert!(!shown.contains(secret), "{secret} shown: {shown}");

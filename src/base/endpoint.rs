@@ -96,10 +96,26 @@ impl Endpoint {
 /// percent-escapes is unknown, so nothing can smuggle a different route past
 /// auth.
 pub fn route(method: &http::Method, path: &str) -> Route {
-    let Some(norm) = normalize(path) else {
-        return Route::Unknown;
+    // A path that is already a route's is in normal form: no allocation.
+    let found = match known(path) {
+        Some(found) => found,
+        None => match normalize(path).as_deref().and_then(known) {
+            Some(found) => found,
+            None => return Route::Unknown,
+        },
     };
-    let (ep, allowed) = match norm.as_str() {
+    let (ep, allowed) = found;
+    let ok = method.as_str() == allowed || (allowed == "GET" && method == http::Method::HEAD);
+    if ok {
+        Route::Ok(ep)
+    } else {
+        Route::WrongMethod(ep, allowed)
+    }
+}
+
+/// The endpoint of a normalized path, and the method it takes.
+fn known(path: &str) -> Option<(Endpoint, &'static str)> {
+    Some(match path {
         "/v1/chat/completions" | "/chat/completions" => (Endpoint::ChatCompletions, "POST"),
         "/v1/completions" | "/completions" => (Endpoint::Completions, "POST"),
         "/v1/embeddings" | "/embeddings" => (Endpoint::Embeddings, "POST"),
@@ -107,14 +123,8 @@ pub fn route(method: &http::Method, path: &str) -> Route {
         "/v1/messages" | "/messages" => (Endpoint::Messages, "POST"),
         "/v1/models" | "/models" => (Endpoint::Models, "GET"),
         "/healthz" => (Endpoint::Healthz, "GET"),
-        _ => return Route::Unknown,
-    };
-    let ok = method.as_str() == allowed || (allowed == "GET" && method == http::Method::HEAD);
-    if ok {
-        Route::Ok(ep)
-    } else {
-        Route::WrongMethod(ep, allowed)
-    }
+        _ => return None,
+    })
 }
 
 fn normalize(path: &str) -> Option<String> {

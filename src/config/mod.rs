@@ -3,6 +3,7 @@
 //! `${VAR}` expansion inside its string values, typed parsing (unknown fields
 //! rejected, errors carry the field path), then `validate`.
 
+pub mod cloud;
 pub(crate) mod duration;
 pub(crate) mod env;
 pub(crate) mod experiments;

@@ -491,6 +491,30 @@ pub enum ProviderKind {
     /// responses are translated. The key goes in `x-goog-api-key`, never in
     /// the URL.
     Gemini,
+    /// AWS Bedrock's Converse API (and `InvokeModel` for Titan and Cohere
+    /// embeddings), SigV4-signed or with a Bedrock API key; the `bedrock:`
+    /// block holds the region and credentials.
+    Bedrock,
+    /// Google Vertex AI: Gemini models (the Gemini translation) and
+    /// Anthropic models (`rawPredict`), with an OAuth access token from a
+    /// service account; the `vertex:` block holds project, location and
+    /// credentials.
+    Vertex,
+}
+
+impl ProviderKind {
+    /// The kind as the config spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Mock => "mock",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Azure => "azure",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Bedrock => "bedrock",
+            ProviderKind::Vertex => "vertex",
+        }
+    }
 }
 
 /// One upstream provider.
@@ -508,6 +532,12 @@ pub struct Provider {
     /// `${ENV_VAR}`.
     #[serde(default)]
     pub api_key: Option<String>,
+    /// A key pool instead of `api_key`: each request picks a key by weight
+    /// among those not cooling down and within their limits; a 429 cools
+    /// that key and the request retries with another one before falling
+    /// back to the next route.
+    #[serde(default)]
+    pub api_keys: Option<Vec<PoolKey>>,
     /// Addresses to balance across instead of `base_url`'s host (`host:port`).
     #[serde(default)]
     pub backends: Option<Vec<String>>,
@@ -545,6 +575,48 @@ pub struct Provider {
     /// (`/openai/deployments/{deployment}/…`). Absent: the `/openai/v1/` API.
     #[serde(default)]
     pub api_version: Option<String>,
+    /// `kind: bedrock`: region and credentials.
+    #[serde(default)]
+    pub bedrock: Option<super::cloud::BedrockConfig>,
+    /// `kind: vertex`: project, location and credentials.
+    #[serde(default)]
+    pub vertex: Option<super::cloud::VertexConfig>,
+}
+
+/// One key of a provider's key pool (`api_keys`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolKey {
+    /// The secret (usually `${ENV_VAR}`), sent as the kind's key header.
+    pub key: String,
+    /// Share of the picks among the usable keys. 0: a standby key, used
+    /// only when no weighted key is usable. Default 1.
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// The key's own provider quota: past it the key is not picked until
+    /// its window has room.
+    #[serde(default)]
+    pub limits: PoolKeyLimits,
+    /// Shown in metrics and logs instead of the key's index. Never the
+    /// secret.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// A pool key's limits, per rolling minute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolKeyLimits {
+    /// Requests (attempts) per minute.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens (prompt + completion, as reported) per minute.
+    #[serde(default)]
+    pub tpm: Option<u64>,
 }
 
 fn yes() -> bool {

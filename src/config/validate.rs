@@ -16,6 +16,10 @@ const RESERVED_HEADERS: &[&str] = &[
     "connection",
     "x-api-key",
     "api-key",
+    "x-goog-api-key",
+    "x-amz-date",
+    "x-amz-security-token",
+    "x-amz-content-sha256",
 ];
 
 /// Checks everything serde cannot: addresses, URLs, references, files, duplicates.
@@ -507,6 +511,7 @@ fn check_provider(name: &str, p: &Provider, v: &mut Problems) {
                 (p.base_url.is_some(), "base_url"),
                 (p.backends.is_some(), "backends"),
                 (p.api_key.is_some(), "api_key"),
+                (p.api_keys.is_some(), "api_keys"),
                 (p.ca_file.is_some(), "ca_file"),
             ] {
                 if set {
@@ -520,7 +525,10 @@ fn check_provider(name: &str, p: &Provider, v: &mut Problems) {
         ProviderKind::Openai
         | ProviderKind::Anthropic
         | ProviderKind::Azure
-        | ProviderKind::Gemini => {
+        | ProviderKind::Gemini
+        | ProviderKind::Bedrock
+        | ProviderKind::Vertex => {
+            check_key_pool(&f, p, v);
             if p.mock.is_some() {
                 v.add(
                     format!("{f}.mock"),
@@ -528,7 +536,16 @@ fn check_provider(name: &str, p: &Provider, v: &mut Problems) {
                 );
             }
             let url = match &p.base_url {
-                None if matches!(p.kind, ProviderKind::Anthropic | ProviderKind::Gemini) => None,
+                None if matches!(
+                    p.kind,
+                    ProviderKind::Anthropic
+                        | ProviderKind::Gemini
+                        | ProviderKind::Bedrock
+                        | ProviderKind::Vertex
+                ) =>
+                {
+                    None
+                }
                 None if p.kind == ProviderKind::Azure => {
                     v.add(
                         format!("{f}.base_url"),
@@ -625,6 +642,15 @@ fn check_provider(name: &str, p: &Provider, v: &mut Problems) {
             "unhealthy_after and healthy_after must be at least 1",
         );
     }
+    if hc.path.is_some() && matches!(p.kind, ProviderKind::Bedrock | ProviderKind::Vertex) {
+        v.add(
+            format!("{f}.health_check.path"),
+            format!(
+                "is not supported for `kind: {}` (its requests are signed per request); leave it out for a TCP/TLS connect check",
+                p.kind.name()
+            ),
+        );
+    }
     if let Some(path) = &hc.path {
         if !path.starts_with('/') || path.contains(char::is_whitespace) {
             v.add(
@@ -693,6 +719,7 @@ fn check_dialect(f: &str, p: &Provider, v: &mut Problems) {
             );
         }
     }
+    check_cloud(f, p, v);
     let header_safe = |s: &str| !s.is_empty() && http::HeaderValue::from_str(s).is_ok();
     if let Some(ver) = &p.anthropic_version {
         if !header_safe(ver) {
@@ -738,6 +765,120 @@ fn check_dialect(f: &str, p: &Provider, v: &mut Problems) {
     }
 }
 
+/// The `bedrock:` and `vertex:` blocks: each required by its kind, refused
+/// on the others, and validated by its own type (every message names its
+/// field; none quotes a secret).
+fn check_cloud(f: &str, p: &Provider, v: &mut Problems) {
+    for (set, field, kind) in [
+        (p.bedrock.is_some(), "bedrock", ProviderKind::Bedrock),
+        (p.vertex.is_some(), "vertex", ProviderKind::Vertex),
+    ] {
+        if set && p.kind != kind {
+            v.add(
+                format!("{f}.{field}"),
+                format!("only applies to `kind: {}`; remove it", kind.name()),
+            );
+        }
+        if !set && p.kind == kind {
+            v.add(
+                format!("{f}.{field}"),
+                match kind {
+                    ProviderKind::Bedrock => "is required for `kind: bedrock`: { region: us-east-1, credentials: … }",
+                    _ => "is required for `kind: vertex`: { project: my-project, location: us-central1, credentials: … }",
+                },
+            );
+        }
+    }
+    if let Some(b) = &p.bedrock {
+        v.0.extend(b.validate(&format!("{f}.bedrock")));
+        if b.credentials.is_some() && (p.api_key.is_some() || p.api_keys.is_some()) {
+            v.add(
+                format!("{f}.bedrock.credentials"),
+                "give either bedrock.credentials or api_key/api_keys (Bedrock API keys), not both",
+            );
+        }
+    }
+    if let Some(x) = &p.vertex {
+        v.0.extend(x.validate(&format!("{f}.vertex")));
+        if x.credentials.is_some() && (p.api_key.is_some() || p.api_keys.is_some()) {
+            v.add(
+                format!("{f}.vertex.credentials"),
+                "give either vertex.credentials or api_key/api_keys (Google Cloud API keys), not both",
+            );
+        }
+    }
+}
+
+/// Most keys in one provider's pool.
+pub(crate) const MAX_POOL_KEYS: usize = 256;
+
+/// `api_keys`: not with `api_key`; each key usable in a header and
+/// distinct; names valid and unique; weights and limits in range. No
+/// message quotes a key.
+fn check_key_pool(f: &str, p: &Provider, v: &mut Problems) {
+    let Some(keys) = &p.api_keys else {
+        return;
+    };
+    if p.api_key.is_some() {
+        v.add(
+            format!("{f}.api_keys"),
+            "give either api_key (one key) or api_keys (a pool), not both",
+        );
+    }
+    if keys.is_empty() || keys.len() > MAX_POOL_KEYS {
+        v.add(
+            format!("{f}.api_keys"),
+            format!("must list 1 to {MAX_POOL_KEYS} keys"),
+        );
+    }
+    let mut names = HashSet::new();
+    let mut secrets = HashMap::new();
+    for (i, k) in keys.iter().enumerate() {
+        let at = format!("{f}.api_keys[{i}]");
+        if k.key.is_empty() || http::HeaderValue::from_str(&format!("Bearer {}", k.key)).is_err() {
+            v.add(
+                format!("{at}.key"),
+                "is empty or has characters not allowed in a header",
+            );
+        }
+        if let Some(first) = secrets.insert(crate::auth::digest(k.key.as_bytes()), i) {
+            v.add(
+                format!("{at}.key"),
+                format!("is the same key as api_keys[{first}]; list each key once"),
+            );
+        }
+        if !k.weight.is_finite() || !(0.0..=1_000_000.0).contains(&k.weight) {
+            v.add(
+                format!("{at}.weight"),
+                "must be between 0 (standby) and 1000000",
+            );
+        }
+        for (name, value) in [("rpm", k.limits.rpm), ("tpm", k.limits.tpm)] {
+            if value.is_some_and(|n| n == 0 || n > 1_000_000_000_000) {
+                v.add(
+                    format!("{at}.limits.{name}"),
+                    "must be between 1 and 1000000000000 (leave it out for no limit)",
+                );
+            }
+        }
+        if let Some(name) = &k.name {
+            check_name(&format!("{at}.name"), name, v);
+            if name.bytes().all(|b| b.is_ascii_digit()) {
+                v.add(
+                    format!("{at}.name"),
+                    "must not be a number (numbers name unnamed keys by index)",
+                );
+            }
+            if !names.insert(name.as_str()) {
+                v.add(
+                    format!("{at}.name"),
+                    format!("`{name}` names another key of this pool; names must be unique"),
+                );
+            }
+        }
+    }
+}
+
 /// Route fields that depend on the provider's kind.
 fn check_route_dialect(field: &str, r: &Route, p: Option<&Provider>, v: &mut Problems) {
     if r.max_tokens == Some(0) {
@@ -756,6 +897,15 @@ fn check_route_dialect(field: &str, r: &Route, p: Option<&Provider>, v: &mut Pro
         v.add(
             format!("{field}.model"),
             "must be a Gemini model name such as gemini-2.5-flash (letters, digits, `.`, `-`, `_`, and `/` for tunedModels/…)",
+        );
+    }
+    if p.kind == ProviderKind::Vertex
+        && (p.api_key.is_some() || p.api_keys.is_some())
+        && super::cloud::Publisher::of(&r.model) == super::cloud::Publisher::Anthropic
+    {
+        v.add(
+            format!("{field}.model"),
+            "is an Anthropic model, which Vertex serves only with OAuth: give the provider vertex.credentials instead of api_key/api_keys",
         );
     }
     if r.deployment.as_deref().is_some_and(|d| d.trim().is_empty()) {

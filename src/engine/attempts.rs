@@ -15,6 +15,8 @@ use crate::resilience::breaker::BackendState;
 use crate::rewrite::{self, Parsed};
 use crate::runtime::{ModelRt, ProviderRt, RouteRt};
 use crate::telemetry::metrics;
+use crate::upstream::cloud::Material;
+use crate::upstream::pool::KeyPick;
 use crate::upstream::UpstreamRef;
 use bytes::Bytes;
 use std::net::SocketAddr;
@@ -45,6 +47,8 @@ pub(crate) struct Pick {
     pub(crate) state: Option<Arc<BackendState>>,
     /// The route's own body (a translated provider's), when it has one.
     pub(crate) prepared: Option<Bytes>,
+    /// The pool key picked, for a provider with `api_keys`.
+    pub(crate) key: Option<KeyPick>,
     /// Which attempt of the request this is (1 for the first).
     pub(crate) seq: u32,
     /// A hedge race's hedge leg.
@@ -68,6 +72,64 @@ pub(crate) struct Attempt {
     /// A hedge race's hedge leg.
     pub(crate) hedge: bool,
     pub(crate) started: Instant,
+    /// What it authenticates with besides the provider's own `auth`.
+    pub(crate) creds: Creds,
+}
+
+/// An attempt's own credentials.
+#[derive(Default)]
+pub(crate) enum Creds {
+    /// The provider's `auth` (or none).
+    #[default]
+    Provider,
+    /// A key of the provider's pool (`api_keys`).
+    Key(KeyPick),
+    /// A cloud provider's credentials ([`authorize`]).
+    Cloud(Box<Material>),
+}
+
+impl Attempt {
+    /// The provider-key header value this attempt sends, if any: its
+    /// pool key's, else the provider's.
+    pub(crate) fn auth(&self) -> Option<&http::HeaderValue> {
+        match (&self.creds, &self.up.pool) {
+            (Creds::Key(k), Some(pool)) => pool.header(k.index),
+            _ => self.up.auth.as_ref(),
+        }
+    }
+
+    /// The pool key, and its pool, when it uses one.
+    pub(crate) fn key(&self) -> Option<(&KeyPick, &crate::upstream::pool::KeyPool)> {
+        match (&self.creds, &self.up.pool) {
+            (Creds::Key(k), Some(pool)) => Some((k, pool)),
+            _ => None,
+        }
+    }
+
+    /// The cloud credentials, once [`authorize`]d.
+    pub(crate) fn cloud(&self) -> Option<&Material> {
+        match &self.creds {
+            Creds::Cloud(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// Gets a cloud provider's credentials for `a` (SigV4 credentials or an
+/// OAuth token), cached or fetched. `Err`: the attempt failed like a
+/// connect failure (report it with [`Attempts::failed`]); the detail was
+/// logged and counted.
+pub(crate) async fn authorize(a: &mut Attempt) -> Result<(), Failure> {
+    let Some(cloud) = a.up.cloud.clone() else {
+        return Ok(());
+    };
+    match cloud.material().await {
+        Ok(m) => {
+            a.creds = Creds::Cloud(Box::new(m));
+            Ok(())
+        }
+        Err(_) => Err(Failure::credentials()),
+    }
 }
 
 impl Pick {
@@ -98,6 +160,7 @@ impl Pick {
             seq: self.seq,
             hedge: self.hedge,
             started: Instant::now(),
+            creds: self.key.map_or(Creds::Provider, Creds::Key),
         }
     }
 }
@@ -156,6 +219,19 @@ impl Failure {
         Self::io(if timed_out { "timeout" } else { "read_error" }, timed_out)
     }
 
+    /// A cloud provider's credentials could not be had (STS, the token
+    /// file or the OAuth token endpoint failed): counted like a connect
+    /// failure, answered as a generic 502.
+    pub(crate) fn credentials() -> Self {
+        Failure {
+            outcome: "credentials_error",
+            error: GatewayError::UpstreamError,
+            retry_after: None,
+            skip_provider: false,
+            status: None,
+        }
+    }
+
     fn io(outcome: &'static str, timed_out: bool) -> Self {
         Failure {
             outcome,
@@ -188,6 +264,8 @@ impl From<crate::upstream::client::Failure> for Failure {
 pub(crate) struct AttemptLog {
     pub(crate) provider: UpstreamRef,
     pub(crate) backend: SocketAddr,
+    /// The pool key's index, for a provider with `api_keys`.
+    pub(crate) key: Option<usize>,
     pub(crate) outcome: &'static str,
     /// The route's index among the alias's routes.
     pub(crate) route: usize,
@@ -199,6 +277,15 @@ pub(crate) struct AttemptLog {
     /// When it failed or was cut off; `None` for the attempt whose answer
     /// went to the client, which lasts as long as the request.
     pub(crate) ended: Option<Instant>,
+}
+
+/// The keys of a pool a route's attempts have used.
+#[derive(Default)]
+struct KeyWalk {
+    tried: Vec<usize>,
+    /// Attempts that failed on their key (a 429 or a refusal): each allows
+    /// one more attempt on the route, with another key.
+    failures: usize,
 }
 
 /// Where a request's walk over routes and backends stands.
@@ -213,6 +300,9 @@ pub(crate) struct Attempts {
     tried: Vec<SocketAddr>,
     /// Attempts started on the current route.
     route_attempts: usize,
+    /// The walk over a pooled provider's keys on the current route (set
+    /// only on such a route).
+    keys: Option<Box<KeyWalk>>,
     /// No route had a healthy backend: unhealthy ones may be tried.
     any_health: bool,
     skip_provider: bool,
@@ -293,6 +383,7 @@ impl Attempts {
     pub(crate) fn skip_route(&mut self) {
         self.pos += 1;
         self.tried.clear();
+        self.keys = None;
         self.route_attempts = 0;
         self.skip_provider = false;
     }
@@ -328,6 +419,7 @@ impl Attempts {
                     self.any_health = true;
                     self.pos = 0;
                     self.tried.clear();
+                    self.keys = None;
                     self.route_attempts = 0;
                     continue;
                 }
@@ -338,14 +430,42 @@ impl Attempts {
                 self.last_failure = Some(e.clone());
             }
             if let (ProviderRt::Http(up), Ok(prepared)) = (&*route.provider, prepared) {
-                let provider_done = self.skip_provider || self.route_attempts >= up.retry.attempts;
+                let key_failures = self.keys.as_ref().map_or(0, |k| k.failures);
+                let budget = up.retry.attempts.saturating_add(key_failures);
+                let provider_done = self.skip_provider || self.route_attempts >= budget;
                 if !provider_done {
-                    match up.select(request_key, &self.tried, self.any_health) {
-                        Ok((addr, state)) => {
+                    // A pool key first (cheap, and no breaker probe is
+                    // claimed for a provider whose keys are all out).
+                    let key = match &up.pool {
+                        None => Ok(None),
+                        Some(pool) => pool
+                            .pick(
+                                self.keys.as_ref().map_or(&[][..], |k| &k.tried),
+                                crate::base::clock::monotonic_ms(),
+                            )
+                            .map(Some)
+                            .map_err(|out| out.map(|o| (o.ms, o.rate_limited))),
+                    };
+                    let picked = key.and_then(|key| {
+                        match up.select(request_key, &self.tried, self.any_health) {
+                            Ok((addr, state)) => Ok((addr, state, key)),
+                            Err(out) => {
+                                if let Some(k) = &key {
+                                    k.unused();
+                                }
+                                Err(out.map(|o| (o.ms, o.rate_limited)))
+                            }
+                        }
+                    });
+                    match picked {
+                        Ok((addr, state, key)) => {
                             if self.started > 0 && !hedge {
                                 self.count_retry(alias, index);
                             }
                             self.tried.push(addr);
+                            if let Some(k) = &key {
+                                self.keys.get_or_insert_default().tried.push(k.index);
+                            }
                             self.route_attempts += 1;
                             self.started = self.started.saturating_add(1);
                             self.last_route = Some(index);
@@ -355,14 +475,14 @@ impl Attempts {
                                 addr,
                                 state,
                                 prepared,
+                                key,
                                 seq: self.started,
                                 hedge,
                             });
                         }
-                        Err(Some(out)) => {
-                            self.out_for_ms =
-                                Some(self.out_for_ms.map_or(out.ms, |m| m.min(out.ms)));
-                            self.out_rate_limited |= out.rate_limited;
+                        Err(Some((ms, rate_limited))) => {
+                            self.out_for_ms = Some(self.out_for_ms.map_or(ms, |m| m.min(ms)));
+                            self.out_rate_limited |= rate_limited;
                         }
                         Err(None) => {}
                     }
@@ -405,6 +525,22 @@ impl Attempts {
     /// answer if nothing else works.
     pub(crate) fn failed(&mut self, a: &Attempt, f: Failure) {
         let now = crate::base::clock::monotonic_ms();
+        // A pool key's 429 or refusal is the key's, not the backend's: the
+        // key is taken out, and the route gets another try with another
+        // key on any backend.
+        if let (Some((k, pool)), Some(status @ (401 | 403 | 429))) = (a.key(), f.status) {
+            if status == 429 {
+                k.rate_limited(pool, f.retry_after, now);
+            } else {
+                k.refused(pool, status, now);
+            }
+            let walk = self.keys.get_or_insert_default();
+            walk.failures = walk.failures.saturating_add(1);
+            self.tried.retain(|t| *t != a.addr);
+            self.record(a, f.outcome, f.status, Some(Instant::now()));
+            self.last_failure = Some(f.error);
+            return;
+        }
         if let Some(s) = &a.state {
             s.record(false, now, &a.up.breaker);
             if let Some(secs) = f.retry_after {
@@ -413,8 +549,13 @@ impl Attempts {
             }
         }
         if let Some(status @ (401 | 403)) = f.status {
+            let setting = match a.up.kind {
+                _ if a.up.cloud.is_none() => "api_key",
+                crate::config::ProviderKind::Bedrock => "bedrock.credentials",
+                _ => "vertex.credentials",
+            };
             log::error!(
-                "provider {} refused the gateway's key (HTTP {status}); check providers.{}.api_key",
+                "provider {} refused the gateway's credentials (HTTP {status}); check providers.{}.{setting}",
                 a.up.name,
                 a.up.name
             );
@@ -451,9 +592,13 @@ impl Attempts {
                 .with_label_values(&[a.up.name.as_str(), outcome])
                 .inc();
         }
+        if let Some((k, pool)) = a.key() {
+            k.outcome(pool, outcome);
+        }
         self.log.push(AttemptLog {
             provider: a.up.clone(),
             backend: a.addr,
+            key: a.key().map(|(k, _)| k.index),
             outcome,
             route: a.route,
             seq: a.seq,

@@ -84,11 +84,17 @@ impl Ledger {
     /// Counts one finished request against each `(level, name)`.
     pub(crate) fn record(&self, who: &[(Level, &Arc<str>)], tokens: u64, nanos: i64) {
         let now = now_ms();
+        let buckets = WINDOWS.map(|(_, span)| span.bucket(now));
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        for (level, name) in who {
-            let wins = map.entry((*level, (*name).clone())).or_default();
-            for (w, (_, span)) in wins.iter_mut().zip(WINDOWS) {
-                w.roll(span.bucket(now));
+        for &(level, name) in who {
+            // The name is cloned only the first time it is seen.
+            let key = (level, name.clone());
+            let wins = match map.get_mut(&key) {
+                Some(w) => w,
+                None => map.entry(key).or_default(),
+            };
+            for (w, &id) in wins.iter_mut().zip(&buckets) {
+                w.roll(id);
                 w.current.add(1, tokens, nanos);
             }
         }

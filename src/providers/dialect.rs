@@ -18,12 +18,29 @@ pub(crate) const ANTHROPIC_OVERLOADED: u16 = 529;
 /// has `systemInstruction`, tools and thinking budgets).
 pub(crate) const GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
 
-/// The `base_url` a kind uses when the config gives none.
-pub(crate) fn default_base_url(kind: ProviderKind) -> Option<&'static str> {
-    match kind {
-        ProviderKind::Anthropic => Some(ANTHROPIC_BASE_URL),
-        ProviderKind::Gemini => Some(GEMINI_BASE_URL),
+/// The `base_url` a provider uses when the config gives none: the kind's
+/// (Anthropic, Gemini), or the one of its region (Bedrock) or location
+/// (Vertex).
+pub(crate) fn default_base_url(p: &Provider) -> Option<String> {
+    match p.kind {
+        ProviderKind::Anthropic => Some(ANTHROPIC_BASE_URL.into()),
+        ProviderKind::Gemini => Some(GEMINI_BASE_URL.into()),
+        ProviderKind::Bedrock => p.bedrock.as_ref().map(|b| b.default_base_url()),
+        ProviderKind::Vertex => p.vertex.as_ref().map(|v| v.default_base_url()),
         _ => None,
+    }
+}
+
+/// The header that carries a kind's provider key.
+pub(crate) fn auth_header_name(kind: ProviderKind) -> HeaderName {
+    match kind {
+        ProviderKind::Anthropic => HeaderName::from_static("x-api-key"),
+        ProviderKind::Azure => HeaderName::from_static("api-key"),
+        // Never `?key=`: the URL ends up in logs. Vertex takes Google
+        // Cloud API keys the same way.
+        ProviderKind::Gemini | ProviderKind::Vertex => HeaderName::from_static("x-goog-api-key"),
+        // Bedrock API keys are bearer tokens.
+        _ => http::header::AUTHORIZATION,
     }
 }
 
@@ -32,12 +49,11 @@ pub(crate) fn auth_header(
     kind: ProviderKind,
     key: &str,
 ) -> Result<(HeaderName, HeaderValue), String> {
-    let (name, value) = match kind {
-        ProviderKind::Anthropic => (HeaderName::from_static("x-api-key"), key.to_string()),
-        ProviderKind::Azure => (HeaderName::from_static("api-key"), key.to_string()),
-        // Never `?key=`: the URL ends up in logs.
-        ProviderKind::Gemini => (HeaderName::from_static("x-goog-api-key"), key.to_string()),
-        _ => (http::header::AUTHORIZATION, format!("Bearer {key}")),
+    let name = auth_header_name(kind);
+    let value = if name == http::header::AUTHORIZATION {
+        format!("Bearer {key}")
+    } else {
+        key.to_string()
     };
     let mut v = HeaderValue::from_str(&value)
         .map_err(|_| "api_key has characters not allowed in a header".to_string())?;
@@ -65,10 +81,24 @@ pub(crate) fn fixed_headers(p: &Provider) -> Result<Vec<(HeaderName, HeaderValue
     Ok(out)
 }
 
+/// The dialect a route's bodies are translated to (the provider's kind
+/// says how they travel: Vertex carries Gemini's and Anthropic's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire {
+    /// OpenAI's own: spliced and passed through.
+    Openai,
+    Anthropic,
+    Gemini,
+    Bedrock,
+}
+
 /// How one route talks to its provider.
 #[derive(Debug, Clone)]
 pub struct RouteDialect {
     pub(crate) kind: ProviderKind,
+    pub(crate) wire: Wire,
+    /// `kind: vertex`: the project and location of the route's paths.
+    pub(crate) vertex: Option<(String, String)>,
     /// The route's `max_tokens`.
     pub(crate) default_max_tokens: Option<u64>,
     pub(crate) drop_unsupported: bool,
@@ -86,6 +116,8 @@ impl RouteDialect {
     pub fn openai() -> Self {
         Self {
             kind: ProviderKind::Openai,
+            wire: Wire::Openai,
+            vertex: None,
             default_max_tokens: None,
             drop_unsupported: false,
             paths: None,
@@ -103,10 +135,27 @@ impl RouteDialect {
             })),
             ProviderKind::Azure => Some(azure_paths(p, r, prefix)),
             ProviderKind::Gemini => Some(gemini_paths(r, prefix)),
+            ProviderKind::Bedrock => Some(bedrock_paths(r, prefix)),
+            ProviderKind::Vertex => Some(vertex_paths(p, r, prefix)),
             ProviderKind::Openai | ProviderKind::Mock => None,
+        };
+        let wire = match p.kind {
+            ProviderKind::Anthropic => Wire::Anthropic,
+            ProviderKind::Gemini => Wire::Gemini,
+            ProviderKind::Bedrock => Wire::Bedrock,
+            ProviderKind::Vertex => match crate::providers::gcp::vertex::Publisher::of(&r.model) {
+                crate::providers::gcp::vertex::Publisher::Anthropic => Wire::Anthropic,
+                crate::providers::gcp::vertex::Publisher::Google => Wire::Gemini,
+            },
+            ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Mock => Wire::Openai,
         };
         Self {
             kind: p.kind,
+            wire,
+            vertex: p
+                .vertex
+                .as_ref()
+                .map(|v| (v.project.clone(), v.location.clone())),
             default_max_tokens: r.max_tokens,
             drop_unsupported: r.drop_unsupported_params,
             paths,
@@ -122,15 +171,20 @@ impl RouteDialect {
 
     /// Whether requests and responses are translated (not OpenAI-shaped).
     pub fn translates(&self) -> bool {
-        matches!(self.kind, ProviderKind::Anthropic | ProviderKind::Gemini)
+        self.wire != Wire::Openai
     }
 
     /// Whether provider error bodies are mapped to our errors.
     pub fn maps_errors(&self) -> bool {
-        matches!(
-            self.kind,
-            ProviderKind::Anthropic | ProviderKind::Azure | ProviderKind::Gemini
-        )
+        self.translates() || self.kind == ProviderKind::Azure
+    }
+
+    /// The path (below the base URL) of a Vertex chat call for `model`.
+    pub(crate) fn vertex_chat_path(&self, model: &str, stream: bool) -> Option<String> {
+        let (project, location) = self.vertex.as_ref()?;
+        Some(crate::providers::gcp::vertex::chat_path(
+            project, location, model, stream,
+        ))
     }
 
     /// This route's own upstream path for `ep`, if it has one.
@@ -157,13 +211,34 @@ impl RouteDialect {
 }
 
 fn kind_name(kind: ProviderKind) -> &'static str {
-    match kind {
-        ProviderKind::Openai => "openai",
-        ProviderKind::Mock => "mock",
-        ProviderKind::Anthropic => "anthropic",
-        ProviderKind::Azure => "azure",
-        ProviderKind::Gemini => "gemini",
-    }
+    kind.name()
+}
+
+/// Bedrock's paths: Converse for chat (ConverseStream is chosen per
+/// request) and `InvokeModel` for embeddings (Titan and Cohere models; the
+/// body translation refuses others, naming `model`).
+fn bedrock_paths(r: &Route, prefix: &str) -> [Option<Uri>; Endpoint::PROXIED.len()] {
+    use crate::translate::bedrock;
+    Endpoint::PROXIED.map(|ep| match ep {
+        Endpoint::ChatCompletions => uri(&format!(
+            "{prefix}{}",
+            bedrock::converse_path(&r.model, false)
+        )),
+        Endpoint::Embeddings => uri(&format!("{prefix}{}", bedrock::invoke_path(&r.model))),
+        _ => None,
+    })
+}
+
+/// Vertex's paths: chat only (`generateContent` or `rawPredict` by the
+/// model's publisher; the stream method is chosen per request).
+fn vertex_paths(p: &Provider, r: &Route, prefix: &str) -> [Option<Uri>; Endpoint::PROXIED.len()] {
+    Endpoint::PROXIED.map(|ep| match (ep, &p.vertex) {
+        (Endpoint::ChatCompletions, Some(v)) => uri(&format!(
+            "{prefix}{}",
+            crate::providers::gcp::vertex::chat_path(&v.project, &v.location, &r.model, false)
+        )),
+        _ => None,
+    })
 }
 
 /// Gemini's paths: chat and embeddings only. These are the non-stream,
@@ -386,10 +461,7 @@ mod tests {
         let (name, value) = auth_header(ProviderKind::Gemini, "AIzaKey").unwrap();
         assert_eq!(name.as_str(), "x-goog-api-key");
         assert!(value.is_sensitive());
-        assert_eq!(
-            default_base_url(ProviderKind::Gemini),
-            Some(GEMINI_BASE_URL)
-        );
+        assert_eq!(default_base_url(&p), Some(GEMINI_BASE_URL.to_string()));
     }
 
     #[test]

@@ -48,15 +48,16 @@ impl Current {
     }
 
     /// The body chunk Pingora sends for this attempt: the whole body the
-    /// first time, nothing after.
+    /// first time, nothing after. The attempt gives its body up (moved,
+    /// not cloned): nothing reads it once it is sent.
     fn body_chunk(&mut self) -> bytes::Bytes {
         if self.body_sent {
             return bytes::Bytes::new();
         }
         self.body_sent = true;
         self.attempt
-            .as_ref()
-            .map(|a| a.body.clone())
+            .as_mut()
+            .map(|a| std::mem::take(&mut a.body))
             .unwrap_or_default()
     }
 
@@ -98,27 +99,38 @@ pub(crate) fn fail(ctx: &mut Ctx, err: GatewayError) -> Box<Error> {
     Error::explain(ErrorType::HTTPStatus(status), msg)
 }
 
-/// Chooses the next backend to try and prepares this attempt's body.
-pub(crate) fn next_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>, GatewayError> {
+/// Chooses the next backend to try and prepares this attempt's body and,
+/// for a cloud provider, its credentials (a failure to get them fails the
+/// attempt like a connect failure, and the walk goes on).
+pub(crate) async fn next_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>, GatewayError> {
     ctx.current.disarm();
     let req = ctx.admitted()?.clone();
     let caps = ctx.caps();
-    let head = &ctx.head;
-    let bodies = &mut ctx.bodies;
-    let pick = ctx.attempts.next(
-        &req.model,
-        req.alias(),
-        head.request_id.as_bytes(),
-        &caps,
-        false,
-        |index, route| bodies.prepare(&req, &head.request_id, index, route),
-    )?;
-    let route = req.route(pick.route).ok_or(GatewayError::Internal)?;
-    let attempt = pick.into_attempt(route, &req.body, &req.parsed, req.endpoint.usage_capable());
-    crate::routing::attempt_started(&mut ctx.routing, &req.model.routing, attempt.route);
-    let peer = attempt.up.peer(attempt.addr, &route.limits);
-    ctx.current.start(attempt);
-    Ok(Box::new(peer))
+    loop {
+        let head = &ctx.head;
+        let bodies = &mut ctx.bodies;
+        let pick = ctx.attempts.next(
+            &req.model,
+            req.alias(),
+            head.request_id.as_bytes(),
+            &caps,
+            false,
+            |index, route| bodies.prepare(&req, &head.request_id, index, route),
+        )?;
+        let route = req.route(pick.route).ok_or(GatewayError::Internal)?;
+        let mut attempt =
+            pick.into_attempt(route, &req.body, &req.parsed, req.endpoint.usage_capable());
+        crate::routing::attempt_started(&mut ctx.routing, &req.model.routing, attempt.route);
+        if let Err(f) = crate::engine::attempts::authorize(&mut attempt).await {
+            let stream = req.stream();
+            crate::routing::attempt_failed(&mut ctx.routing, Some(&req.model.routing), stream);
+            ctx.attempts.failed(&attempt, f);
+            continue;
+        }
+        let peer = attempt.up.peer(attempt.addr, &route.limits);
+        ctx.current.start(attempt);
+        return Ok(Box::new(peer));
+    }
 }
 
 /// Replaces the client's header with the one for this attempt's provider.
@@ -132,6 +144,7 @@ pub(crate) fn upstream_request(
     *upstream = headers::upstream_request(
         client,
         &a.up,
+        a.auth(),
         req.endpoint,
         a.body.len(),
         &ctx.head.request_id,
@@ -141,6 +154,9 @@ pub(crate) fn upstream_request(
         ctx.bodies
             .patch_request(upstream, req.endpoint, a.route, route);
         crate::proxy::messages::passthrough::patch_request(client, upstream, req, route);
+    }
+    if let Some(m) = a.cloud() {
+        crate::proxy::cloud::authenticate(upstream, a, m, req.stream())?;
     }
     Ok(())
 }

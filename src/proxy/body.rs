@@ -116,8 +116,9 @@ pub(crate) async fn read_all(
             .map_err(|_| GatewayError::invalid("Could not answer Expect: 100-continue."))?;
     }
     // Pingora times out HTTP/1 reads itself; its HTTP/2 body reader has no
-    // timeout, so every read is also bounded here.
+    // timeout, so there every read is also bounded here.
     session.set_read_timeout(Some(idle));
+    let h2 = session.is_http2();
     let expected = match framing {
         Framing::Length(n) => Some(n),
         Framing::Chunked => None,
@@ -131,7 +132,11 @@ pub(crate) async fn read_all(
     };
     maybe_enable(session, 0);
     loop {
-        let read = tokio::time::timeout(idle, session.read_request_body()).await;
+        let read = if h2 {
+            tokio::time::timeout(idle, session.read_request_body()).await
+        } else {
+            Ok(session.read_request_body().await)
+        };
         let chunk = match read {
             Err(_) => return Err(GatewayError::RequestTimeout),
             Ok(Ok(Some(c))) => c,

@@ -345,7 +345,11 @@ mod tests {
     fn ctx_stays_small() {
         let size = std::mem::size_of::<super::Ctx>();
         println!("size_of::<Ctx>() = {size} bytes");
-        // 1,344 bytes before the attempt walker (engine::attempts), 1,384 after.
-        assert!(size <= 1408, "Ctx grew to {size} bytes");
+        // 1,344 bytes before the attempt walker (engine::attempts), 1,384
+        // after; 1,296 with the parts (issue 22); 1,136 with the translated
+        // bodies boxed (only translated routes make them); 1,216 with the
+        // trace context (boxed), the attempt's pool key, sequence number and
+        // hedge mark, and the pipeline's response facts (issues 17 and 21).
+        assert!(size <= 1232, "Ctx grew to {size} bytes");
     }
 }

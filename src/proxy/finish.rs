@@ -117,6 +117,12 @@ pub(crate) fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         crate::routing::finished(&mut ctx.routing, plan, &end);
     }
     let settled = settle(ctx);
+    if let (Some(a), Some(s)) = (ctx.current.get(), settled.as_ref()) {
+        // A pool key's `tpm` counts what its requests used.
+        if let Some((k, pool)) = a.key() {
+            k.spent(pool, s.tokens(), crate::base::clock::monotonic_ms());
+        }
+    }
     if let Some(r) = ctx.out.reservation() {
         r.learn(ctx.attempt_route(), settled.as_ref());
     }
@@ -146,6 +152,11 @@ pub(crate) fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         provider: or_none(route.filter(|_| tried).map(|r| &*r.provider_name)),
         upstream_model: or_none(route.filter(|_| tried).map(|r| &*r.model)),
         backend: ctx.current.get().map(|a| a.addr),
+        provider_key: ctx
+            .current
+            .get()
+            .and_then(|a| a.key())
+            .map(|(k, pool)| pool.label(k.index)),
         stream,
         status: ctx.out.status(),
         duration,
@@ -234,7 +245,17 @@ fn attempt_log(ctx: &Ctx) -> Option<Vec<String>> {
     let log = ctx.attempts.log();
     (log.len() > 1).then(|| {
         log.iter()
-            .map(|a| format!("{}@{}:{}", a.provider.name, a.backend, a.outcome))
+            .map(|a| match (a.key, &a.provider.pool) {
+                // `provider[key]@backend:outcome` for a pooled provider.
+                (Some(k), Some(pool)) => format!(
+                    "{}[{}]@{}:{}",
+                    a.provider.name,
+                    pool.label(k),
+                    a.backend,
+                    a.outcome
+                ),
+                _ => format!("{}@{}:{}", a.provider.name, a.backend, a.outcome),
+            })
             .collect()
     })
 }

@@ -45,8 +45,9 @@ pub(crate) struct HeaderGuard<A> {
 
 /// What reading a header produced.
 enum Header {
-    /// Complete (or not HTTP/1 request text, which the proxy refuses at once).
-    Ready(BytesMut),
+    /// Complete (or not HTTP/1 request text, which the proxy refuses at
+    /// once), in the buffer given to `read_header`.
+    Ready,
     /// Closed, idle past keep-alive, or shutting down: just close.
     Close,
     /// Refuse with this error, then close.
@@ -91,10 +92,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> HeaderGuard<A> {
         shutdown: &ShutdownWatch,
     ) {
         let mut settings: Option<HttpPersistentSettings> = None;
+        // One buffer for the connection's headers, reused by each request
+        // (the bytes are copied back into the stream), and replaced after a
+        // big header so that an idle connection does not keep it.
+        let mut buf = BytesMut::with_capacity(HEADER_BUFFER);
         loop {
             let limits = self.shared.load().header_limits;
-            match read_header(&mut *stream, limits, shutdown).await {
-                Header::Ready(buf) => stream.put_back(buf.freeze()),
+            if buf.capacity() > 4 * HEADER_BUFFER {
+                buf = BytesMut::with_capacity(HEADER_BUFFER);
+            }
+            match read_header(&mut *stream, &mut buf, limits, shutdown).await {
+                Header::Ready => stream.put_back(&buf),
                 Header::Close => return,
                 Header::Refuse(err) => {
                     refuse(&mut *stream, &err).await;
@@ -143,21 +151,24 @@ impl<A: HttpServerApp + Send + Sync + 'static> HeaderGuard<A> {
 
 /// A stream that can be given bytes back, to be read again before the rest.
 pub(crate) trait PutBack {
-    /// Puts `bytes` in front of whatever is still unread.
-    fn put_back(&mut self, bytes: Bytes);
+    /// Puts a copy of `bytes` in front of whatever is still unread.
+    fn put_back(&mut self, bytes: &[u8]);
 }
 
 impl PutBack for L4Stream {
-    fn put_back(&mut self, bytes: Bytes) {
-        self.rewind(&bytes);
+    fn put_back(&mut self, bytes: &[u8]) {
+        self.rewind(bytes);
     }
 }
 
 impl PutBack for Rewound {
-    fn put_back(&mut self, bytes: Bytes) {
-        self.prepend(bytes);
+    fn put_back(&mut self, bytes: &[u8]) {
+        self.prepend(Bytes::copy_from_slice(bytes));
     }
 }
+
+/// The header buffer's first size; most request headers fit.
+const HEADER_BUFFER: usize = 4096;
 
 /// How long a connection with no request yet is kept open once shutdown
 /// has begun.
@@ -218,23 +229,24 @@ async fn first_bytes<S: AsyncRead + Unpin>(
 /// (leading empty lines included).
 async fn read_header<S: AsyncRead + Unpin>(
     s: &mut S,
+    buf: &mut BytesMut,
     l: crate::runtime::HeaderLimits,
     shutdown: &ShutdownWatch,
 ) -> Header {
-    let mut buf = BytesMut::with_capacity(4096);
-    if !first_bytes(s, &mut buf, l.idle, shutdown).await {
+    buf.clear();
+    if !first_bytes(s, buf, l.idle, shutdown).await {
         return Header::Close;
     }
     let deadline = tokio::time::Instant::now() + l.deadline;
     let mut scan = HeadScan::default();
     loop {
-        match scan.feed(&buf) {
+        match scan.feed(buf) {
             Scanned::End(end)
                 if end > l.max_bytes || header_lines(&buf[..end]) > MAX_HEADER_LINES =>
             {
                 return Header::Refuse(GatewayError::HeaderTooLarge)
             }
-            Scanned::End(_) | Scanned::NotHttp => return Header::Ready(buf),
+            Scanned::End(_) | Scanned::NotHttp => return Header::Ready,
             Scanned::More => {}
         }
         if buf.len() > l.max_bytes {
@@ -243,7 +255,7 @@ async fn read_header<S: AsyncRead + Unpin>(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(buf.len().min(l.max_bytes));
         }
-        match tokio::time::timeout_at(deadline, s.read_buf(&mut buf)).await {
+        match tokio::time::timeout_at(deadline, s.read_buf(buf)).await {
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return Header::Close,
             Err(_) => return Header::Refuse(GatewayError::RequestTimeout),

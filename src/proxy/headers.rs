@@ -58,12 +58,14 @@ pub(crate) fn client_response(resp: &mut ResponseHeader) {
 /// Header carrying the request id, both ways.
 pub(crate) const REQUEST_ID: &str = "x-request-id";
 
-/// Builds the header this attempt sends to `up`; `trace` is the W3C
-/// trace context for it (the gateway's own, never the client's header
-/// copied).
+/// Builds the header this attempt sends to `up`, with `auth` (the
+/// attempt's key: its pool key's or the provider's) in the kind's key
+/// header; `trace` is the W3C trace context for it (the gateway's own,
+/// never the client's header copied).
 pub(crate) fn upstream_request(
     client: &RequestHeader,
     up: &Upstream,
+    auth: Option<&http::HeaderValue>,
     ep: Endpoint,
     body_len: usize,
     request_id: &str,
@@ -85,7 +87,7 @@ pub(crate) fn upstream_request(
         set(&mut req, k.clone(), v.clone())?;
     }
     set(&mut req, header::HOST, up.host.clone())?;
-    if let Some(auth) = &up.auth {
+    if let Some(auth) = auth {
         set(&mut req, up.auth_name.clone(), auth.clone())?;
     }
     set(&mut req, header::CONTENT_LENGTH, body_len.into())?;

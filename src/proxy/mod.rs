@@ -3,7 +3,9 @@
 
 pub(crate) mod admit;
 pub(crate) mod attempt;
+pub(crate) mod bedrock;
 pub(crate) mod body;
+pub(crate) mod cloud;
 pub(crate) mod ctx;
 pub(crate) mod experiments;
 pub(crate) mod finish;
@@ -95,7 +97,10 @@ impl ProxyHttp for Gateway {
         _s: &mut Session,
         ctx: &mut Ctx,
     ) -> pingora::Result<Box<HttpPeer>> {
-        attempt::next_peer(ctx).map_err(|e| attempt::fail(ctx, e))
+        match attempt::next_peer(ctx).await {
+            Ok(peer) => Ok(peer),
+            Err(e) => Err(attempt::fail(ctx, e)),
+        }
     }
 
     /// Replaces the header with this provider's: allow-listed client headers,

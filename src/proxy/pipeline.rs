@@ -46,6 +46,8 @@ pub(crate) struct Counts {
 /// Why a response was aborted mid-way.
 pub(crate) struct Abort {
     pub(crate) why: &'static str,
+    /// What the client's stream ends with.
+    pub(crate) error: GatewayError,
 }
 
 /// One response's way to the client.
@@ -113,10 +115,23 @@ impl Pipeline {
         body: &mut Option<Bytes>,
         eos: bool,
     ) -> Result<Option<(u16, GatewayError)>, Abort> {
-        let mapped = self
-            .provider
-            .on_chunk(body, eos, &mut self.counts)
-            .map_err(|why| Abort { why })?;
+        let mapped = match self.provider.on_chunk(body, eos, &mut self.counts) {
+            Ok(mapped) => mapped,
+            Err(b) => {
+                if b.keep {
+                    // The events before the fault reached the meter and go
+                    // out just before the error event.
+                    if let Meter::Stream(m) = &mut self.meter {
+                        let _ = m.on_chunk(body, false);
+                    }
+                    self.unsent = body.take().filter(|b| !b.is_empty());
+                }
+                return Err(Abort {
+                    why: b.why,
+                    error: b.error,
+                });
+            }
+        };
         match &mut self.meter {
             Meter::None => {}
             Meter::Body(m) => m.on_chunk(body),
@@ -125,6 +140,7 @@ impl Pipeline {
                     self.unsent = body.take().filter(|b| !b.is_empty());
                     return Err(Abort {
                         why: "the upstream sent an SSE event over the size limit",
+                        error: GatewayError::UpstreamError,
                     });
                 }
             }

@@ -3,7 +3,6 @@
 //! headers, tag it, choose its pipeline (`pipeline.rs`), then run each
 //! body chunk through that pipeline.
 
-use crate::base::error::GatewayError;
 use crate::engine::attempts::Failure;
 use crate::proxy::attempt;
 use crate::proxy::ctx::Ctx;
@@ -20,6 +19,9 @@ pub(crate) fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Re
     ctx.current.headers_arrived();
     let stream = ctx.streams();
     let verdict = match ctx.current.get() {
+        Some(a) if a.up.kind == crate::config::ProviderKind::Bedrock => {
+            crate::resilience::verdict::judge_bedrock(resp, &a.up.retry.on_status, stream)
+        }
         Some(a) => judge(resp, &a.up.retry.on_status, stream),
         None => Verdict::Accept,
     };
@@ -40,18 +42,12 @@ pub(crate) fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Re
         ));
     }
     attempt::response_accepted(ctx, resp.status.as_u16());
-    crate::proxy::headers::client_response(resp);
-    resp.insert_header(REQUEST_ID, ctx.head.request_id.as_str())?;
-    for (name, value) in ctx.out.rate().pairs() {
-        resp.insert_header(name, value)?;
-    }
     let (Ok(req), Some(route)) = (ctx.admitted(), ctx.current_route()) else {
+        crate::proxy::headers::client_response(resp);
+        tag(resp, ctx)?;
         ctx.out.sent(resp.status.as_u16());
         return Ok(());
     };
-    if let Some(name) = &ctx.head.rt.route_header {
-        resp.insert_header(name.clone(), route.route_label.clone())?;
-    }
     let accepting = Accepting {
         req,
         route,
@@ -59,10 +55,28 @@ pub(crate) fn on_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Re
         client: ctx.bodies.client(),
     };
     let injected = ctx.current.get().is_some_and(|a| a.injected);
+    // The pipeline is chosen while the provider's own headers are there
+    // (Bedrock names its error type and token count in them), then only
+    // the allow-listed ones stay.
     let pipeline = Pipeline::choose(resp, &accepting, injected, ctx.sampled())?;
+    crate::proxy::headers::client_response(resp);
+    if let Some(name) = &ctx.head.rt.route_header {
+        resp.insert_header(name.clone(), route.route_label.clone())?;
+    }
     ctx.resp = pipeline;
+    tag(resp, ctx)?;
     // The status the client sees (a provider error's mapped one).
     ctx.out.sent(resp.status.as_u16());
+    Ok(())
+}
+
+/// The gateway's own headers on a proxied response: the request id and
+/// the rate-limit state.
+fn tag(resp: &mut ResponseHeader, ctx: &Ctx) -> pingora::Result<()> {
+    resp.insert_header(REQUEST_ID, ctx.head.request_id.as_str())?;
+    for (name, value) in ctx.out.rate().pairs() {
+        resp.insert_header(name, value)?;
+    }
     Ok(())
 }
 
@@ -96,7 +110,7 @@ pub(crate) fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pi
                 abort.why
             );
             ctx.current.disarm();
-            ctx.out.broke(GatewayError::UpstreamError);
+            ctx.out.broke(abort.error);
             Err(
                 pingora::Error::explain(pingora::ErrorType::Custom("response_aborted"), abort.why)
                     .into_up(),

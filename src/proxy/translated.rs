@@ -17,10 +17,13 @@ use crate::accounting::meter::MAX_EVENT_BYTES;
 use crate::base::endpoint::Endpoint;
 use crate::base::error::GatewayError;
 use crate::config::ProviderKind;
+use crate::providers::dialect::{RouteDialect, Wire};
+use crate::proxy::bedrock as bed;
 use crate::proxy::ctx::Admitted;
 use crate::proxy::gemini as gem;
 use crate::proxy::pipeline::Counts;
 use crate::runtime::RouteRt;
+use crate::translate::bedrock::{self, EventPipe};
 use crate::translate::pipe::Pipe;
 use crate::translate::{anthropic, errors, gemini, RequestOpts, ResponseOpts, StreamTranslator};
 use bytes::{Bytes, BytesMut};
@@ -31,9 +34,13 @@ use std::sync::Arc;
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// The translated request bodies of one request: built once per route
-/// and reused by that route's retries.
+/// and reused by that route's retries. Boxed, and only made when a
+/// translated route is tried: every request's state holds it.
 #[derive(Default)]
-pub(crate) struct Bodies {
+pub(crate) struct Bodies(Option<Box<Translations>>);
+
+#[derive(Default)]
+struct Translations {
     /// The client's body as JSON, parsed when a translated route is first tried.
     client: Option<serde_json::Value>,
     /// The translated body, and the route it was built for.
@@ -52,7 +59,7 @@ pub(crate) enum Stage {
     Off,
     /// A provider error: its body is replaced by our error.
     Error {
-        kind: ProviderKind,
+        map: ErrorMap,
         status: u16,
         buf: BytesMut,
     },
@@ -60,6 +67,63 @@ pub(crate) enum Stage {
     Json(Box<WholeJson>),
     /// A provider event stream, translated event by event.
     Stream(Box<Pipe>),
+    /// Bedrock's binary event stream, decoded and translated frame by
+    /// frame.
+    Events(Box<EventPipe>),
+}
+
+/// Why a response is cut short by its translation.
+pub(crate) struct Broken {
+    pub(crate) why: &'static str,
+    /// What the client's stream ends with.
+    pub(crate) error: GatewayError,
+    /// The body holds complete client events from before the fault: they
+    /// are metered and sent before the error event.
+    pub(crate) keep: bool,
+}
+
+impl Broken {
+    fn plain(why: &'static str) -> Self {
+        Broken {
+            why,
+            error: GatewayError::UpstreamError,
+            keep: false,
+        }
+    }
+}
+
+/// Which mapping a provider's error response gets.
+pub(crate) enum ErrorMap {
+    /// By status (Anthropic's, Azure's and OpenAI's shapes).
+    Status,
+    Gemini,
+    /// By the `x-amzn-ErrorType` header (else the body's `__type`).
+    Bedrock(Option<String>),
+}
+
+impl ErrorMap {
+    fn of(d: &RouteDialect, resp: &ResponseHeader) -> ErrorMap {
+        match d.wire {
+            Wire::Gemini => ErrorMap::Gemini,
+            Wire::Bedrock => ErrorMap::Bedrock(
+                resp.headers
+                    .get(bedrock::ERROR_TYPE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+            ),
+            Wire::Anthropic | Wire::Openai => ErrorMap::Status,
+        }
+    }
+
+    /// A provider's error response mapped to ours. For a given status (and
+    /// error type), the mapped status never depends on the body.
+    fn error(&self, status: u16, body: &[u8]) -> GatewayError {
+        match self {
+            ErrorMap::Gemini => gemini::error(status, body),
+            ErrorMap::Bedrock(kind) => bedrock::error(status, kind.as_deref(), body),
+            ErrorMap::Status => errors::provider_error(status, body),
+        }
+    }
 }
 
 /// A whole response being gathered, and what its translation needs.
@@ -77,21 +141,13 @@ pub(crate) struct WholeJson {
 enum Whole {
     Anthropic,
     Gemini(gem::Body),
-}
-
-/// A provider's error response mapped to ours. For a given status, the
-/// mapped status never depends on the body.
-fn provider_error(kind: ProviderKind, status: u16, body: &[u8]) -> GatewayError {
-    match kind {
-        ProviderKind::Gemini => gemini::error(status, body),
-        _ => errors::provider_error(status, body),
-    }
+    Bedrock(bed::Body),
 }
 
 impl Bodies {
     /// The client's body as JSON, once a translated route parsed it.
     pub(crate) fn client(&self) -> Option<&serde_json::Value> {
-        self.client.as_ref()
+        self.0.as_ref()?.client.as_ref()
     }
 
     /// Checks that `route` serves the endpoint and, for a translated route,
@@ -112,27 +168,41 @@ impl Bodies {
         if !d.translates() {
             return Ok(None);
         }
-        if let Some((i, b)) = &self.body {
+        let this = self.0.get_or_insert_with(Box::default);
+        if let Some((i, b)) = &this.body {
             if *i == index {
                 return Ok(Some(b.clone()));
             }
         }
-        if self.client.is_none() {
-            self.client = Some(crate::translate::bounds::parse_body(&req.body)?);
+        if this.client.is_none() {
+            this.client = Some(crate::translate::bounds::parse_body(&req.body)?);
         }
-        let client = self.client.as_ref().ok_or(GatewayError::Internal)?;
+        let client = this.client.as_ref().ok_or(GatewayError::Internal)?;
         let opts = RequestOpts {
             model: &route.model,
             stream: req.stream(),
             default_max_tokens: d.default_max_tokens,
             drop_unsupported: d.drop_unsupported,
         };
-        let (t, path) = match d.kind {
-            ProviderKind::Gemini => {
+        let (t, path) = match (d.wire, d.kind) {
+            (Wire::Gemini, ProviderKind::Vertex) => {
+                let t = gemini::chat_request(client, &opts).map_err(GatewayError::from)?;
+                (t, Some(vertex_uri(d, &opts)?))
+            }
+            (Wire::Gemini, _) => {
                 let (t, uri) = gem::request(client, &opts, ep, d)?;
                 (t, Some(uri))
             }
-            _ => (
+            (Wire::Anthropic, ProviderKind::Vertex) => {
+                let t = crate::providers::gcp::vertex::anthropic_request(client, &opts)
+                    .map_err(GatewayError::from)?;
+                (t, Some(vertex_uri(d, &opts)?))
+            }
+            (Wire::Bedrock, _) => {
+                let (t, uri) = bed::request(client, &opts, ep, d)?;
+                (t, Some(uri))
+            }
+            (Wire::Anthropic | Wire::Openai, _) => (
                 anthropic::chat_request(client, &opts).map_err(GatewayError::from)?,
                 None,
             ),
@@ -144,8 +214,8 @@ impl Bodies {
                 t.dropped.join(", ")
             );
         }
-        self.body = Some((index, t.body.clone()));
-        self.path = path.map(|p| (index, p));
+        this.body = Some((index, t.body.clone()));
+        this.path = path.map(|p| (index, p));
         Ok(Some(t.body))
     }
 
@@ -157,7 +227,7 @@ impl Bodies {
         index: usize,
         route: &RouteRt,
     ) {
-        if let Some((i, uri)) = &self.path {
+        if let Some((i, uri)) = self.0.as_ref().and_then(|t| t.path.as_ref()) {
             if *i == index {
                 upstream.set_uri(uri.clone());
                 return;
@@ -167,6 +237,15 @@ impl Bodies {
             upstream.set_uri(uri.clone());
         }
     }
+}
+
+/// A Vertex route's chat path for this request (the stream method when
+/// it streams).
+fn vertex_uri(d: &RouteDialect, opts: &RequestOpts<'_>) -> Result<http::Uri, GatewayError> {
+    let path = d
+        .vertex_chat_path(opts.model, opts.stream)
+        .ok_or(GatewayError::Internal)?;
+    d.uri(&path).ok_or(GatewayError::Internal)
 }
 
 /// What choosing a response's stage needs to know of the request.
@@ -187,15 +266,15 @@ impl Stage {
         if !d.maps_errors() || crate::proxy::messages::passthrough::applies_to(a.req, a.route) {
             return Ok(Stage::Off);
         }
-        let kind = d.kind;
         let status = resp.status.as_u16();
         if !resp.status.is_success() {
-            let mapped = provider_error(kind, status, b"").status();
+            let map = ErrorMap::of(d, resp);
+            let mapped = map.error(status, b"").status();
             resp.set_status(mapped)?;
             resp.remove_header(&http::header::CONTENT_LENGTH);
             resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
             return Ok(Stage::Error {
-                kind,
+                map,
                 status,
                 buf: BytesMut::new(),
             });
@@ -210,17 +289,28 @@ impl Stage {
             include_usage: a.req.parsed.include_usage,
         };
         resp.remove_header(&http::header::CONTENT_LENGTH);
-        if crate::sse::is_event_stream(resp) {
-            let t: Box<dyn StreamTranslator> = match kind {
-                ProviderKind::Gemini => Box::new(gemini::ChatStream::new(&opts)),
+        if d.wire == Wire::Bedrock && bed::is_event_stream(resp) {
+            // The client reads SSE; the meter follows it as it would any
+            // OpenAI stream.
+            resp.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
+            let t = bedrock::ChatStream::deferring(&opts);
+            return Ok(Stage::Events(Box::new(EventPipe::new(
+                t,
+                crate::eventstream::DEFAULT_MAX_FRAME,
+            ))));
+        }
+        if d.wire != Wire::Bedrock && crate::sse::is_event_stream(resp) {
+            let t: Box<dyn StreamTranslator> = match d.wire {
+                Wire::Gemini => Box::new(gemini::ChatStream::new(&opts)),
                 _ => Box::new(anthropic::ChatStream::new(&opts)),
             };
             return Ok(Stage::Stream(Box::new(Pipe::new(t, MAX_EVENT_BYTES))));
         }
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        let what = match kind {
-            ProviderKind::Gemini => Whole::Gemini(gem::Body::of(a.req.endpoint, a.client)),
-            _ => Whole::Anthropic,
+        let what = match d.wire {
+            Wire::Gemini => Whole::Gemini(gem::Body::of(a.req.endpoint, a.client)),
+            Wire::Bedrock => Whole::Bedrock(bed::Body::of(a.req.endpoint, &a.route.model, resp)),
+            Wire::Anthropic | Wire::Openai => Whole::Anthropic,
         };
         // The translated body is metered like an OpenAI one: Gemini may
         // leave out usage (then estimated from it), and a body that never
@@ -244,10 +334,10 @@ impl Stage {
         body: &mut Option<Bytes>,
         eos: bool,
         counts: &mut Counts,
-    ) -> Result<Option<(u16, GatewayError)>, &'static str> {
+    ) -> Result<Option<(u16, GatewayError)>, Broken> {
         match self {
             Stage::Off => Ok(None),
-            Stage::Error { kind, status, buf } => {
+            Stage::Error { map, status, buf } => {
                 if let Some(b) = body.take() {
                     let room = MAX_ERROR_BODY.saturating_sub(buf.len());
                     buf.extend_from_slice(&b[..b.len().min(room)]);
@@ -256,7 +346,7 @@ impl Stage {
                 if !eos {
                     return Ok(None);
                 }
-                let err = provider_error(*kind, *status, buf);
+                let err = map.error(*status, buf);
                 *body = Some(err.body());
                 Ok(Some((*status, err)))
             }
@@ -264,7 +354,9 @@ impl Stage {
                 if let Some(b) = body.take() {
                     if j.buf.len() + b.len() > crate::accounting::meter::MAX_BODY_BYTES {
                         *self = Stage::Off;
-                        return Err("provider response over the translation limit");
+                        return Err(Broken::plain(
+                            "provider response over the translation limit",
+                        ));
                     }
                     j.buf.extend_from_slice(&b);
                 }
@@ -285,6 +377,9 @@ impl Stage {
                     Whole::Gemini(what) => {
                         gem::response(&whole, &opts, what, &j.model, &j.client_body)
                     }
+                    Whole::Bedrock(what) => {
+                        bed::response(&whole, &opts, what, &j.model, &j.client_body)
+                    }
                 };
                 match translated {
                     Ok((out, usage, estimated)) => {
@@ -294,7 +389,7 @@ impl Stage {
                     }
                     Err(_) => {
                         *self = Stage::Off;
-                        Err("unreadable provider response")
+                        Err(Broken::plain("unreadable provider response"))
                     }
                 }
             }
@@ -309,10 +404,30 @@ impl Stage {
                 if fed.is_err() {
                     *body = None;
                     *self = Stage::Off;
-                    return Err("provider SSE event over the size limit");
+                    return Err(Broken::plain("provider SSE event over the size limit"));
                 }
                 *body = Some(out.freeze());
                 Ok(None)
+            }
+            Stage::Events(pipe) => {
+                let mut out = BytesMut::new();
+                let chunk = body.take().unwrap_or_default();
+                let fed = pipe.feed(&chunk, &mut out);
+                if fed.is_ok() && eos && pipe.failure().is_none() {
+                    let _ = pipe.finish(&mut out);
+                }
+                counts.usage = pipe.usage();
+                *body = Some(out.freeze());
+                match pipe.failure() {
+                    // A bad frame (CRC, size, cut short) or an exception:
+                    // what was decoded before it goes out, then the error.
+                    Some(err) => Err(Broken {
+                        why: "the provider's event stream failed",
+                        error: err.clone(),
+                        keep: true,
+                    }),
+                    None => Ok(None),
+                }
             }
         }
     }

@@ -57,6 +57,39 @@ pub(crate) fn judge(resp: &ResponseHeader, on_status: &[u16], expects_stream: bo
     Verdict::Accept
 }
 
+/// Judges a Bedrock response header: as [`judge`], but its binary event
+/// stream is a stream, and the error type (`x-amzn-ErrorType`) decides
+/// first: every throttling type (`ThrottlingException`,
+/// `ServiceQuotaExceededException`, `ModelNotReadyException`, whatever
+/// its status) is a retryable 429.
+pub(crate) fn judge_bedrock(
+    resp: &ResponseHeader,
+    on_status: &[u16],
+    expects_stream: bool,
+) -> Verdict {
+    use crate::translate::bedrock;
+    let throttled = !resp.status.is_success()
+        && resp
+            .headers
+            .get(bedrock::ERROR_TYPE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(bedrock::throttled);
+    if throttled {
+        let retry_after = retry_after_secs(resp);
+        return Verdict::Fail {
+            error: GatewayError::RateLimited { retry_after },
+            skip_provider: false,
+            retry_after,
+        };
+    }
+    let events = resp
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(bedrock::EVENT_STREAM_TYPE));
+    judge(resp, on_status, expects_stream && !events)
+}
+
 /// `Retry-After` in seconds (the delta form; HTTP dates are ignored), capped
 /// at an hour.
 pub(crate) fn retry_after_secs(resp: &ResponseHeader) -> Option<u64> {

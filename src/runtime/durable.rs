@@ -1,8 +1,8 @@
 //! The state that outlives reloads, in one owner: created once at start
 //! (`Durable::default()` in `main`), handed to every `Runtime::build`, and
 //! found again by config names, so a reload keeps a backend's breaker, a
-//! route's statistics and learned token ratio, and an alias's hedge
-//! budget. (The limit counters, the usage ledger and the Redis handle are
+//! route's statistics and learned token ratio, an alias's hedge budget
+//! and a pool key's cooldown and counters. (The limit counters, the usage ledger and the Redis handle are
 //! still governance's own process-wide stores.)
 
 use crate::base::keyed::Keyed;
@@ -24,4 +24,7 @@ pub struct Durable {
     pub ratios: Keyed<(String, String), PromptRatio>,
     /// The hedge token bucket per alias.
     pub hedge_caps: Keyed<String, HedgeCap>,
+    /// Each pool key's cooldown and rolling-minute counters, per provider
+    /// and key digest: a reload that keeps a key keeps its state.
+    pub(crate) pool_keys: Keyed<(String, [u8; 32]), crate::upstream::pool::KeyState>,
 }

@@ -50,6 +50,8 @@ impl RouteRt {
             (_, ProviderKind::Anthropic) => "anthropic",
             (_, ProviderKind::Azure) => "azure.ai.openai",
             (_, ProviderKind::Gemini) => "gcp.gemini",
+            (_, ProviderKind::Bedrock) => "aws.bedrock",
+            (_, ProviderKind::Vertex) => "gcp.vertex_ai",
             (_, ProviderKind::Openai | ProviderKind::Mock) => "openai",
         }
     }
@@ -174,12 +176,20 @@ impl Runtime {
                 ProviderKind::Openai
                 | ProviderKind::Anthropic
                 | ProviderKind::Azure
-                | ProviderKind::Gemini => {
-                    match Upstream::build(name, p, durable.breakers.clone()) {
+                | ProviderKind::Gemini
+                | ProviderKind::Bedrock
+                | ProviderKind::Vertex => {
+                    match Upstream::build(name, p, durable.breakers.clone(), &durable.pool_keys) {
                         Ok(u) => {
                             let u = Arc::new(u);
                             upstreams.insert(name.clone(), u.clone());
                             ProviderRt::Http(u)
+                        }
+                        // The cloud kinds' credential errors name their
+                        // whole field already.
+                        Err(e) if e.starts_with(&format!("providers.{name}.")) => {
+                            problems.push(e);
+                            continue;
                         }
                         Err(e) => {
                             problems.push(format!("providers.{name}: {e}"));

@@ -18,7 +18,7 @@ impl Record<'_> {
     pub fn encode(&self, out: &mut Vec<u8>) {
         let mut w = Line { out, first: true };
         let since_epoch = self.ts.duration_since(UNIX_EPOCH).unwrap_or_default();
-        w.fixed("ts", since_epoch.as_micros(), 6);
+        w.fixed("ts", micros(since_epoch), 6);
         w.str("request_id", Some(self.request_id));
         w.str("method", Some(self.method));
         w.str("endpoint", Some(self.endpoint));
@@ -34,6 +34,9 @@ impl Record<'_> {
                 w.out.push(b'"');
             }
             None => w.out.extend_from_slice(b"null"),
+        }
+        if let Some(k) = self.provider_key {
+            w.str("provider_key", Some(k));
         }
         w.raw("stream", if self.stream { "true" } else { "false" });
         w.int("status", Some(u64::from(self.status)));
@@ -123,14 +126,14 @@ impl Line<'_> {
     /// A duration in milliseconds with microsecond precision.
     fn ms(&mut self, k: &str, v: Option<Duration>) {
         match v {
-            Some(d) => self.fixed(k, d.as_micros(), 3),
+            Some(d) => self.fixed(k, micros(d), 3),
             None => self.raw(k, "null"),
         }
     }
     /// `n / 10^decimals` written with exactly `decimals` digits after the point.
-    fn fixed(&mut self, k: &str, n: u128, decimals: u32) {
+    fn fixed(&mut self, k: &str, n: u64, decimals: u32) {
         self.key(k);
-        let scale = 10u128.pow(decimals);
+        let scale = 10u64.pow(decimals);
         let mut buf = itoa::Buffer::new();
         self.out.extend_from_slice(buf.format(n / scale).as_bytes());
         self.out.push(b'.');
@@ -138,6 +141,12 @@ impl Line<'_> {
         // `frac` is "1" followed by exactly `decimals` digits.
         self.out.extend_from_slice(&frac.as_bytes()[1..]);
     }
+}
+
+/// A duration in whole microseconds, in 64 bits (u128 arithmetic is slow;
+/// 2^64 µs is 584,000 years).
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Appends `ip:port` (`[ip]:port` for IPv6). No character needs escaping.
@@ -298,6 +307,7 @@ mod tests {
             provider: "p",
             upstream_model: "m",
             backend,
+            provider_key: None,
             stream: true,
             status: 200,
             duration: Duration::from_micros(12_345),

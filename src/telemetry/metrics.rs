@@ -46,6 +46,10 @@ pub struct Metrics {
     pub key_info: IntGaugeVec,
     pub route_info: IntGaugeVec,
     pub budget_limit: prometheus::GaugeVec,
+    pub key_attempts: IntCounterVec,
+    pub key_cooldowns: IntCounterVec,
+    pub key_tokens: IntCounterVec,
+    pub auth_failures: IntCounterVec,
     pub trace_spans_exported: IntCounter,
     pub trace_spans_dropped: IntCounterVec,
 }
@@ -206,6 +210,26 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Each configured budget's size (USD or tokens), with the labels of tollgate_budget_remaining.",
             &["level", "name", "unit", "window"]
         )?,
+        key_attempts: register_int_counter_vec!(
+            "tollgate_provider_key_attempts_total",
+            "Attempts per key of a provider's key pool (api_keys), by outcome (the set of tollgate_upstream_attempts_total). `key` is the key's configured name, else its index.",
+            &["provider", "key", "outcome"]
+        )?,
+        key_cooldowns: register_int_counter_vec!(
+            "tollgate_provider_key_cooldowns_total",
+            "Pool keys taken out: rate_limited (a 429, for its Retry-After) or refused (401/403).",
+            &["provider", "key", "reason"]
+        )?,
+        key_tokens: register_int_counter_vec!(
+            "tollgate_provider_key_tokens_total",
+            "Tokens (prompt + completion) served per pool key: what its limits.tpm counts.",
+            &["provider", "key"]
+        )?,
+        auth_failures: register_int_counter_vec!(
+            "tollgate_provider_auth_failures_total",
+            "Failures to get a cloud provider's credentials: sts, token_file (Bedrock web identity) or token_endpoint (Vertex OAuth). Each fails its attempt like a connect failure.",
+            &["provider", "source"]
+        )?,
         trace_spans_exported: register_int_counter!(
             "tollgate_trace_spans_exported_total",
             "Trace spans the OTLP collector accepted."
@@ -302,14 +326,7 @@ pub fn export_config(cfg: &crate::config::Config) {
 
 /// The `kind` label of a provider: its config spelling.
 fn kind_label(kind: crate::config::ProviderKind) -> &'static str {
-    use crate::config::ProviderKind;
-    match kind {
-        ProviderKind::Openai => "openai",
-        ProviderKind::Mock => "mock",
-        ProviderKind::Anthropic => "anthropic",
-        ProviderKind::Azure => "azure",
-        ProviderKind::Gemini => "gemini",
-    }
+    kind.name()
 }
 
 /// Counts one finished request from its record (the one the access log

@@ -19,6 +19,9 @@ pub struct Record<'a> {
     pub(crate) provider: &'a str,
     pub(crate) upstream_model: &'a str,
     pub(crate) backend: Option<SocketAddr>,
+    /// The pool key that served (its name or index), for a provider with
+    /// `api_keys`; never the secret.
+    pub(crate) provider_key: Option<&'a str>,
     pub(crate) stream: bool,
     pub(crate) status: u16,
     pub(crate) duration: Duration,

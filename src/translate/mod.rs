@@ -91,5 +91,6 @@ pub trait StreamTranslator: Send {
 pub mod anthropic;
 pub mod bedrock;
 pub mod bounds;
+pub(crate) mod chat;
 pub(crate) mod errors;
 pub mod pipe;

@@ -1,5 +1,6 @@
 //! One background ticker that walks the *current* runtime's upstreams, so
-//! health checks and DNS refreshes follow reloads. Each provider runs on its
+//! health checks, DNS refreshes and the cloud kinds' credential refreshes
+//! follow reloads. Each provider runs on its
 //! own interval; a slow check never delays another provider's.
 
 use crate::telemetry::metrics;
@@ -28,6 +29,8 @@ struct Due {
     health: Instant,
     dns: Instant,
     busy: Arc<AtomicBool>,
+    /// A cloud provider's credentials are being refreshed.
+    auth_busy: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -49,7 +52,19 @@ impl BackgroundService for HealthTicker {
                     health: now + up.health.interval.get(),
                     dns: now + up.dns_refresh,
                     busy: Arc::new(AtomicBool::new(false)),
+                    auth_busy: Arc::new(AtomicBool::new(false)),
                 });
+                // Credentials are refreshed before they expire, so that
+                // requests find them cached.
+                if let Some(cloud) = up.cloud.clone() {
+                    if cloud.refresh_due() && !d.auth_busy.swap(true, Ordering::AcqRel) {
+                        let busy = d.auth_busy.clone();
+                        tokio::spawn(async move {
+                            cloud.refresh().await;
+                            busy.store(false, Ordering::Release);
+                        });
+                    }
+                }
                 let run_dns = now >= d.dns;
                 let run_health = now >= d.health;
                 if !(run_dns || run_health) || d.busy.swap(true, Ordering::AcqRel) {

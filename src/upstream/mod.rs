@@ -2,8 +2,10 @@
 //! everything needed to build a peer and its headers, prepared at config load.
 
 pub(crate) mod client;
+pub(crate) mod cloud;
 pub(crate) mod discovery;
 pub(crate) mod health;
+pub(crate) mod pool;
 
 use crate::base::endpoint::Endpoint;
 use crate::config::url::{parse_base_url, split_host_port, BaseUrl};
@@ -35,6 +37,12 @@ pub struct Upstream {
     pub(crate) auth: Option<HeaderValue>,
     /// The header `auth` goes in (`Authorization`, `x-api-key`, `api-key`).
     pub(crate) auth_name: HeaderName,
+    /// The key pool (`api_keys`): each attempt's key, in `auth_name`, in
+    /// place of `auth`.
+    pub(crate) pool: Option<pool::KeyPool>,
+    /// SigV4 credentials or an OAuth token (`kind: bedrock`, `vertex`).
+    pub(crate) cloud: Option<Arc<cloud::CloudAuth>>,
+    pub(crate) kind: crate::config::ProviderKind,
     pub(crate) extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// Upstream URI per endpoint, with the base URL's prefix.
     paths: [Uri; Endpoint::PROXIED.len()],
@@ -59,17 +67,17 @@ pub struct Upstream {
 impl Upstream {
     /// Builds the balancer and prepared values. No network I/O happens here:
     /// call [`Upstream::refresh`] to resolve and check before first use.
-    pub fn build(
+    pub(crate) fn build(
         name: &str,
         p: &Provider,
         breakers: Arc<crate::base::keyed::Keyed<(String, SocketAddr), BackendState>>,
+        key_states: &crate::base::keyed::Keyed<(String, [u8; 32]), pool::KeyState>,
     ) -> Result<Self, String> {
-        let url = p
-            .base_url
-            .as_deref()
-            .or(dialect::default_base_url(p.kind))
-            .ok_or("base_url is required")?;
-        let base = parse_base_url(url)?;
+        let url = match &p.base_url {
+            Some(u) => u.clone(),
+            None => dialect::default_base_url(p).ok_or("base_url is required")?,
+        };
+        let base = parse_base_url(&url)?;
         let targets: Vec<Target> = match &p.backends {
             Some(list) => list
                 .iter()
@@ -93,12 +101,29 @@ impl Upstream {
             None => (None, 0),
         };
         let host = HeaderValue::from_str(&base.host_header()).map_err(|e| e.to_string())?;
-        let (auth_name, auth) = match &p.api_key {
+        let (mut auth_name, mut auth) = match &p.api_key {
             Some(k) => {
                 let (name, v) = dialect::auth_header(p.kind, k)?;
                 (name, Some(v))
             }
-            None => (http::header::AUTHORIZATION, None),
+            None => (dialect::auth_header_name(p.kind), None),
+        };
+        let pool = match &p.api_keys {
+            Some(keys) => Some(pool::KeyPool::build(
+                name,
+                keys,
+                |k| dialect::auth_header(p.kind, k).map(|(_, v)| v),
+                key_states,
+            )?),
+            None => None,
+        };
+        let cloud = match cloud_auth(name, p)? {
+            CloudBuilt::None => None,
+            CloudBuilt::Header(v) => {
+                (auth_name, auth) = (http::header::AUTHORIZATION, Some(v));
+                None
+            }
+            CloudBuilt::Auth(c) => Some(Arc::new(c)),
         };
         if p.health_check.enabled {
             // The key and the kind's fixed headers (anthropic-version):
@@ -120,8 +145,10 @@ impl Upstream {
             .collect::<Result<_, String>>()?;
         extra_headers.extend(dialect::fixed_headers(p)?);
         let mut retry = p.retry.clone();
-        if p.kind == crate::config::ProviderKind::Anthropic
-            && !retry.on_status.contains(&dialect::ANTHROPIC_OVERLOADED)
+        if matches!(
+            p.kind,
+            crate::config::ProviderKind::Anthropic | crate::config::ProviderKind::Vertex
+        ) && !retry.on_status.contains(&dialect::ANTHROPIC_OVERLOADED)
         {
             retry.on_status.push(dialect::ANTHROPIC_OVERLOADED);
         }
@@ -136,6 +163,9 @@ impl Upstream {
             host,
             auth,
             auth_name,
+            pool,
+            cloud,
+            kind: p.kind,
             extra_headers,
             paths,
             timeouts: p.timeouts.clone(),
@@ -180,10 +210,15 @@ impl Upstream {
         }
     }
 
-    /// Resolve, then check: what a new upstream needs before it takes traffic.
+    /// Resolve, then check: what a new upstream needs before it takes
+    /// traffic (a cloud provider also gets its credentials, so the first
+    /// request does not wait for them).
     pub async fn refresh(&self) {
         self.resolve().await;
         self.check_health().await;
+        if let Some(c) = self.cloud.as_ref().filter(|c| c.refresh_due()) {
+            c.refresh().await;
+        }
     }
 
     /// The upstream URI for an endpoint.
@@ -204,6 +239,8 @@ impl Upstream {
         let now = crate::base::clock::monotonic_ms();
         let out_for = std::cell::Cell::new(None::<u64>);
         let limited = std::cell::Cell::new(false);
+        // The state of the backend last accepted: the one picked.
+        let accepted = std::cell::Cell::new(None::<Arc<BackendState>>);
         let picked = self.balancer.select_with(key, 256, |b, healthy| {
             let Some(addr) = b.addr.as_inet() else {
                 return false;
@@ -218,11 +255,14 @@ impl Upstream {
                     out_for.set(Some(out_for.get().map_or(ms, |m: u64| m.min(ms))));
                     false
                 }
-                _ => true,
+                s => {
+                    accepted.set(s.cloned());
+                    true
+                }
             }
         });
         match picked.and_then(|b| b.addr.as_inet().copied()) {
-            Some(addr) => Ok((addr, states.get(&addr).cloned())),
+            Some(addr) => Ok((addr, accepted.take())),
             None => Err(out_for.get().map(|ms| Out {
                 ms,
                 rate_limited: limited.get(),
@@ -282,6 +322,49 @@ impl Upstream {
             })
             .collect()
     }
+}
+
+/// What a cloud kind's credentials compile to.
+enum CloudBuilt {
+    None,
+    /// A fixed `Authorization` value (a Bedrock API key in
+    /// `bedrock.credentials`).
+    Header(HeaderValue),
+    Auth(cloud::CloudAuth),
+}
+
+/// The credentials of a `kind: bedrock` or `kind: vertex` provider. With
+/// `api_key` / `api_keys` instead, those keys are the credentials.
+fn cloud_auth(name: &str, p: &Provider) -> Result<CloudBuilt, String> {
+    use crate::providers::aws::config::{Auth, DEFAULT_STS_TIMEOUT};
+    use crate::providers::gcp::config::DEFAULT_TOKEN_TIMEOUT;
+    use crate::providers::token_client::TokenClient;
+    let keyed = p.api_key.is_some() || p.api_keys.is_some();
+    let var = |k: &str| std::env::var(k).ok();
+    if let Some(b) = p.bedrock.as_ref().filter(|_| !keyed) {
+        let at = format!("providers.{name}.bedrock");
+        return Ok(
+            match b.build(&at, var, TokenClient::new(DEFAULT_STS_TIMEOUT, None))? {
+                Auth::Bearer(v) => CloudBuilt::Header(v),
+                Auth::SigV4(creds) => CloudBuilt::Auth(cloud::CloudAuth::new(
+                    name,
+                    cloud::Source::Aws {
+                        region: b.region.clone(),
+                        creds,
+                    },
+                )),
+            },
+        );
+    }
+    if let Some(v) = p.vertex.as_ref().filter(|_| !keyed) {
+        let at = format!("providers.{name}.vertex");
+        let tokens = v.build(&at, var, TokenClient::new(DEFAULT_TOKEN_TIMEOUT, None))?;
+        return Ok(CloudBuilt::Auth(cloud::CloudAuth::new(
+            name,
+            cloud::Source::Google(tokens),
+        )));
+    }
+    Ok(CloudBuilt::None)
 }
 
 fn health_check(

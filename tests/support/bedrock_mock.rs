@@ -27,6 +27,10 @@ pub enum Fault {
     Oversized,
     /// Answer 429 `ThrottlingException`.
     Throttle,
+    /// Answer 400 `ValidationException` (with a message naming a field).
+    Validation,
+    /// Answer 403 `AccessDeniedException` (with a message quoting an ARN).
+    AccessDenied,
 }
 
 #[derive(Default)]
@@ -139,9 +143,33 @@ fn answer(st: &Arc<Mutex<State>>, r: MiniRequest) -> MiniReply {
             "Too many requests, please wait before trying again.",
         );
     }
+    if fault == Fault::Validation {
+        return error(
+            400,
+            "ValidationException",
+            "messages.0.content: Conversation blocks must not be blank",
+        );
+    }
+    if fault == Fault::AccessDenied {
+        return error(
+            403,
+            "AccessDeniedException",
+            "User arn:aws:iam::123456789012:user/gw is not authorized to invoke model",
+        );
+    }
     let path = r.path.split('?').next().unwrap_or("");
     if r.method != "POST" || !path.starts_with("/model/") {
         return error(404, "UnknownOperationException", "unknown operation");
+    }
+    if path.ends_with("/invoke") {
+        if path.contains("cohere.embed") {
+            return MiniReply::json(200, include_str!("../fixtures/bedrock/cohere_embed.json"))
+                .with_header("x-amzn-bedrock-input-token-count", "7");
+        }
+        if path.contains("amazon.titan-embed") {
+            return MiniReply::json(200, include_str!("../fixtures/bedrock/titan_embed.json"));
+        }
+        return error(400, "ValidationException", "not an embedding model");
     }
     if path.ends_with("/converse") {
         return MiniReply::json(200, s.converse.clone());

@@ -29,6 +29,12 @@ struct State {
     /// Vertex calls: (path, body).
     calls: Vec<MiniRequest>,
     rejected: Vec<String>,
+    /// Answers by method (`rawPredict`, `streamRawPredict`,
+    /// `generateContent`, `streamGenerateContent`), overriding the
+    /// built-in ones; SSE answers are cut into 17-byte chunks.
+    answers: HashMap<String, String>,
+    /// Every Vertex call answers this status (a JSON error) instead.
+    fault: Option<u16>,
 }
 
 pub struct GcpMock {
@@ -130,6 +136,25 @@ impl GcpMock {
             if !path.starts_with("/v1/projects/") {
                 return MiniReply::json(404, r#"{"error":{"code":404,"status":"NOT_FOUND"}}"#);
             }
+            if let Some(status) = s.fault {
+                return MiniReply::json(status, format!(r#"{{"error":{{"code":{status},"message":"injected","status":"UNAVAILABLE"}}}}"#));
+            }
+            let method = path.rsplit(':').next().unwrap_or("").to_string();
+            if let Some(body) = s.answers.get(&method) {
+                if method.starts_with("stream") {
+                    let chunks = body
+                        .as_bytes()
+                        .chunks(17)
+                        .map(bytes::Bytes::copy_from_slice)
+                        .collect();
+                    return MiniReply {
+                        status: 200,
+                        headers: vec![("content-type".into(), "text/event-stream".into())],
+                        body: super::mini_server::MiniBody::Chunks(chunks, Duration::from_millis(1)),
+                    };
+                }
+                return MiniReply::json(200, body.clone());
+            }
             if path.ends_with(":rawPredict") {
                 return MiniReply::json(200, r#"{"id":"msg_vrtx_01","type":"message","role":"assistant","model":"claude-sonnet-4","content":[{"type":"text","text":"Hello from Claude on Vertex."}],"stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":7}}"#);
             }
@@ -168,6 +193,22 @@ impl GcpMock {
 
     pub fn set_fail(&self, fail: bool) {
         self.fail.store(fail, Ordering::SeqCst);
+    }
+
+    /// Answers `method` (`rawPredict`, `streamRawPredict`,
+    /// `generateContent`, `streamGenerateContent`) with `body` (SSE for
+    /// the stream methods).
+    pub fn answer(&self, method: &str, body: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .answers
+            .insert(method.into(), body.into());
+    }
+
+    /// Every Vertex call answers `status` (None: normal answers again).
+    pub fn set_fault(&self, status: Option<u16>) {
+        self.state.lock().unwrap().fault = status;
     }
 
     pub fn calls(&self) -> Vec<MiniRequest> {

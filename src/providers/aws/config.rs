@@ -1,89 +1,19 @@
-//! The `bedrock:` block of a `kind: bedrock` provider, ready to be wired
-//! into `config::schema::Provider` (as `mock:` is). Parsed with unknown
-//! fields rejected; [`BedrockConfig::validate`] reports every problem with
-//! its field path; [`BedrockConfig::build`] turns it into the runtime
-//! [`Auth`]. Every string may be `${VAR}` (expanded by the config loader).
-//!
-//! ```yaml
-//! providers:
-//!   claude-aws:
-//!     kind: bedrock
-//!     bedrock:
-//!       region: us-east-1
-//!       credentials:              # default: { source: environment }
-//!         source: static          # static | environment | web_identity | api_key
-//!         access_key_id: ${AWS_ACCESS_KEY_ID}
-//!         secret_access_key: ${AWS_SECRET_ACCESS_KEY}
-//!         session_token: ${AWS_SESSION_TOKEN}   # optional
-//! ```
+//! How a `kind: bedrock` provider's `bedrock:` block (its types and
+//! validation are `config::cloud`'s) becomes the runtime [`Auth`]:
+//! [`BedrockConfig::build`].
 
 use super::credentials::{self, Credentials, Provider, WebIdentity};
 use super::sigv4;
+pub use crate::config::cloud::{
+    AwsCredentials, BedrockConfig, DEFAULT_REFRESH_BEFORE, DEFAULT_SESSION_DURATION,
+};
 use crate::config::duration::HumanDuration;
-use crate::providers::secret::Secret;
 use crate::providers::token_client::TokenClient;
 use http::HeaderValue;
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// Default `DurationSeconds` asked of STS.
-pub const DEFAULT_SESSION_DURATION: Duration = Duration::from_secs(3600);
-/// Default margin before expiry at which credentials are refreshed.
-pub const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(300);
 /// Default deadline of one STS call.
 pub const DEFAULT_STS_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `providers.<name>.bedrock`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct BedrockConfig {
-    /// AWS region of the Bedrock runtime endpoint (`us-east-1`).
-    pub region: String,
-    /// How requests are authenticated.
-    #[serde(default)]
-    pub credentials: AwsCredentials,
-}
-
-/// `providers.<name>.bedrock.credentials`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
-pub enum AwsCredentials {
-    /// Keys written in the config (usually `${VAR}`s).
-    Static {
-        access_key_id: String,
-        secret_access_key: Secret,
-        #[serde(default)]
-        session_token: Option<Secret>,
-    },
-    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`
-    /// of the gateway's environment, else web identity from
-    /// `AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN` (+
-    /// `AWS_ROLE_SESSION_NAME`), read when the config is built.
-    #[default]
-    Environment,
-    /// A web-identity token file exchanged through STS. Fields left out are
-    /// taken from the environment variables above.
-    WebIdentity {
-        #[serde(default)]
-        token_file: Option<String>,
-        #[serde(default)]
-        role_arn: Option<String>,
-        #[serde(default)]
-        session_name: Option<String>,
-        /// Default `https://sts.<region>.amazonaws.com`.
-        #[serde(default)]
-        sts_endpoint: Option<String>,
-        /// `DurationSeconds` asked for: 15m to 12h, default 1h.
-        #[serde(default)]
-        session_duration: Option<HumanDuration>,
-        /// Refresh this long before expiry (default 5m; less than
-        /// `session_duration`).
-        #[serde(default)]
-        refresh_before: Option<HumanDuration>,
-    },
-    /// A Bedrock API key, sent as `Authorization: Bearer <key>`.
-    ApiKey { api_key: Secret },
-}
 
 /// How a Bedrock request is authenticated at run time.
 #[derive(Debug, Clone)]
@@ -94,103 +24,7 @@ pub enum Auth {
     Bearer(HeaderValue),
 }
 
-fn region_ok(r: &str) -> bool {
-    !r.is_empty()
-        && r.len() <= 32
-        && r.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !r.starts_with('-')
-        && !r.ends_with('-')
-}
-
 impl BedrockConfig {
-    /// The runtime endpoint, `https://bedrock-runtime.<region>.amazonaws.com`
-    /// (a provider's `base_url` overrides it).
-    pub fn default_base_url(&self) -> String {
-        crate::translate::bedrock::base_url(&self.region)
-    }
-
-    /// Every problem, each naming its field below `at`
-    /// (`providers.claude-aws.bedrock`).
-    pub fn validate(&self, at: &str) -> Vec<String> {
-        let mut errs = Vec::new();
-        if !region_ok(&self.region) {
-            errs.push(format!(
-                "{at}.region: `{}` is not an AWS region name (e.g. us-east-1)",
-                self.region
-            ));
-        }
-        let at = format!("{at}.credentials");
-        match &self.credentials {
-            AwsCredentials::Static {
-                access_key_id,
-                secret_access_key,
-                session_token,
-            } => {
-                if access_key_id.is_empty()
-                    || !access_key_id.bytes().all(|b| b.is_ascii_alphanumeric())
-                {
-                    errs.push(format!(
-                        "{at}.access_key_id: must be a non-empty alphanumeric key id"
-                    ));
-                }
-                if secret_access_key.is_empty() || !visible(secret_access_key.expose()) {
-                    errs.push(format!(
-                        "{at}.secret_access_key: must be non-empty visible ASCII"
-                    ));
-                }
-                if session_token
-                    .as_ref()
-                    .is_some_and(|t| t.is_empty() || !visible(t.expose()))
-                {
-                    errs.push(format!(
-                        "{at}.session_token: must be non-empty visible ASCII"
-                    ));
-                }
-            }
-            AwsCredentials::Environment => {}
-            AwsCredentials::WebIdentity {
-                sts_endpoint,
-                session_duration,
-                refresh_before,
-                role_arn,
-                ..
-            } => {
-                if let Some(e) = sts_endpoint {
-                    if let Err(why) = crate::config::url::parse_base_url(e) {
-                        errs.push(format!("{at}.sts_endpoint: {why}"));
-                    }
-                }
-                let d = session_duration.map_or(DEFAULT_SESSION_DURATION, HumanDuration::get);
-                if !(Duration::from_secs(900)..=Duration::from_secs(43200)).contains(&d) {
-                    errs.push(format!(
-                        "{at}.session_duration: must be between 15m and 12h"
-                    ));
-                }
-                let r = refresh_before.map_or(DEFAULT_REFRESH_BEFORE, HumanDuration::get);
-                if r >= d {
-                    errs.push(format!(
-                        "{at}.refresh_before: must be shorter than session_duration"
-                    ));
-                }
-                if role_arn.as_ref().is_some_and(|a| !a.starts_with("arn:")) {
-                    errs.push(format!(
-                        "{at}.role_arn: must be an IAM role ARN (arn:aws:iam::…:role/…)"
-                    ));
-                }
-            }
-            AwsCredentials::ApiKey { api_key } => {
-                if api_key.is_empty() || !visible(api_key.expose()) || api_key.expose().len() > 4096
-                {
-                    errs.push(format!(
-                        "{at}.api_key: must be 1 to 4096 visible ASCII characters"
-                    ));
-                }
-            }
-        }
-        errs
-    }
-
     /// The runtime authentication. `var` reads the environment (the real
     /// one is `|k| std::env::var(k).ok()`); `client` makes the STS calls.
     /// Errors name the field or the missing variable.
@@ -233,7 +67,8 @@ impl BedrockConfig {
                 client,
             )))
         };
-        match &self.credentials {
+        let credentials = self.credentials.clone().unwrap_or_default();
+        match &credentials {
             AwsCredentials::Static {
                 access_key_id,
                 secret_access_key,
@@ -276,10 +111,6 @@ impl BedrockConfig {
                 .map_err(|_| format!("{at}.api_key: not a valid header value")),
         }
     }
-}
-
-fn visible(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_graphic())
 }
 
 #[cfg(test)]

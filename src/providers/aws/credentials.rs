@@ -89,8 +89,11 @@ pub struct WebIdentity {
 }
 
 /// Where credentials come from.
+// One per provider, behind the provider's `Arc`: the variants' sizes cost
+// nothing per request.
+#[allow(clippy::large_enum_variant)]
 pub enum Source {
-    Static(Credentials),
+    Static(Arc<Credentials>),
     WebIdentity {
         conf: WebIdentity,
         client: TokenClient,
@@ -107,7 +110,7 @@ pub struct Provider(Arc<Source>);
 impl fmt::Debug for Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.0 {
-            Source::Static(c) => f.debug_tuple("Static").field(c).finish(),
+            Source::Static(c) => f.debug_tuple("Static").field(&**c).finish(),
             Source::WebIdentity { conf, .. } => f
                 .debug_struct("WebIdentity")
                 .field("role_arn", &conf.role_arn)
@@ -120,7 +123,29 @@ impl fmt::Debug for Provider {
 impl Provider {
     /// Fixed credentials.
     pub fn fixed(c: Credentials) -> Self {
-        Self(Arc::new(Source::Static(c)))
+        Self(Arc::new(Source::Static(Arc::new(c))))
+    }
+
+    /// Credentials usable for at least `within` from now, without waiting:
+    /// the fixed ones, or the cached web-identity ones.
+    pub fn usable(&self, now: SystemTime, within: Duration) -> Option<Arc<Credentials>> {
+        match &*self.0 {
+            Source::Static(c) => Some(c.clone()),
+            Source::WebIdentity { cache, .. } => cache.load_full().filter(|c| c.fresh(now, within)),
+        }
+    }
+
+    /// Whether [`Provider::credentials`] would call STS now: web identity
+    /// with nothing cached, or credentials within `refresh_before` of
+    /// their expiry. A background refresher calls it so that requests find
+    /// fresh credentials.
+    pub fn refresh_due(&self, now: SystemTime) -> bool {
+        match &*self.0 {
+            Source::Static(_) => false,
+            Source::WebIdentity { conf, cache, .. } => cache
+                .load_full()
+                .is_none_or(|c| !c.fresh(now, conf.refresh_before)),
+        }
     }
 
     /// Web identity through STS, with `client` for the STS call.
@@ -139,7 +164,7 @@ impl Provider {
     /// not expired yet, those are used (and the failure logged).
     pub async fn credentials(&self) -> Result<Arc<Credentials>, CredentialsError> {
         let (conf, client, cache, refresh) = match &*self.0 {
-            Source::Static(c) => return Ok(Arc::new(c.clone())),
+            Source::Static(c) => return Ok(c.clone()),
             Source::WebIdentity {
                 conf,
                 client,

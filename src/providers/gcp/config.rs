@@ -1,139 +1,19 @@
-//! The `vertex:` block of a `kind: vertex` provider, ready to be wired into
-//! `config::schema::Provider` (as `mock:` is). Parsed with unknown fields
-//! rejected; [`VertexConfig::validate`] reports every problem with its
-//! field path; [`VertexConfig::build`] loads the key and gives the runtime
-//! [`TokenSource`]. Every string may be `${VAR}`.
-//!
-//! ```yaml
-//! providers:
-//!   vertex-eu:
-//!     kind: vertex
-//!     vertex:
-//!       project: my-project
-//!       location: europe-west4      # or global
-//!       credentials:                # default: service_account from GOOGLE_APPLICATION_CREDENTIALS
-//!         source: service_account   # service_account | access_token
-//!         key_file: /etc/tollgate/vertex-sa.json
-//! ```
+//! How a `kind: vertex` provider's `vertex:` block (its types and
+//! validation are `config::cloud`'s) becomes the runtime `TokenSource`:
+//! [`VertexConfig::build`].
 
 use super::oauth::{ServiceAccountKey, Signer, TokenSource, CLOUD_PLATFORM};
+pub use crate::config::cloud::{
+    GcpCredentials, VertexConfig, GCP_REFRESH_BEFORE as DEFAULT_REFRESH_BEFORE,
+};
 use crate::config::duration::HumanDuration;
-use crate::providers::secret::Secret;
 use crate::providers::token_client::TokenClient;
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// Default margin before expiry at which a token is refreshed.
-pub const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(300);
 /// Default deadline of one token-endpoint call.
 pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `providers.<name>.vertex`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct VertexConfig {
-    /// Google Cloud project id.
-    pub project: String,
-    /// Region (`us-central1`, `europe-west4`) or `global`.
-    pub location: String,
-    #[serde(default)]
-    pub credentials: GcpCredentials,
-}
-
-/// `providers.<name>.vertex.credentials`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
-pub enum GcpCredentials {
-    /// A service-account key: `key_file` (default: the file named by
-    /// `GOOGLE_APPLICATION_CREDENTIALS`) or its JSON in `key_json`.
-    ServiceAccount {
-        #[serde(default)]
-        key_file: Option<String>,
-        #[serde(default)]
-        key_json: Option<Secret>,
-        /// Overrides the key's `token_uri` (private endpoints, tests).
-        #[serde(default)]
-        token_uri: Option<String>,
-        /// Refresh this long before the token expires (default 5m, at most 30m).
-        #[serde(default)]
-        refresh_before: Option<HumanDuration>,
-    },
-    /// A fixed access token, usually `${GOOGLE_OAUTH_ACCESS_TOKEN}`; it is
-    /// not refreshed.
-    AccessToken { access_token: Secret },
-}
-
-impl Default for GcpCredentials {
-    fn default() -> Self {
-        GcpCredentials::ServiceAccount {
-            key_file: None,
-            key_json: None,
-            token_uri: None,
-            refresh_before: None,
-        }
-    }
-}
-
-fn name_ok(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
 impl VertexConfig {
-    /// The API base URL of the location (a provider's `base_url` overrides it).
-    pub fn default_base_url(&self) -> String {
-        super::vertex::base_url(&self.location)
-    }
-
-    /// Every problem, each naming its field below `at`.
-    pub fn validate(&self, at: &str) -> Vec<String> {
-        let mut errs = Vec::new();
-        if !name_ok(&self.project, 63) {
-            errs.push(format!(
-                "{at}.project: `{}` is not a Google Cloud project id (lowercase letters, digits, -)",
-                self.project
-            ));
-        }
-        if !name_ok(&self.location, 32) {
-            errs.push(format!(
-                "{at}.location: `{}` is not a location (e.g. us-central1, global)",
-                self.location
-            ));
-        }
-        let at = format!("{at}.credentials");
-        match &self.credentials {
-            GcpCredentials::ServiceAccount {
-                key_file,
-                key_json,
-                token_uri,
-                refresh_before,
-            } => {
-                if key_file.is_some() && key_json.is_some() {
-                    errs.push(format!("{at}: set key_file or key_json, not both"));
-                }
-                if let Some(u) = token_uri {
-                    if let Err(why) = crate::config::url::parse_base_url(u) {
-                        errs.push(format!("{at}.token_uri: {why}"));
-                    }
-                }
-                if refresh_before.is_some_and(|r| r.get() > Duration::from_secs(1800)) {
-                    errs.push(format!("{at}.refresh_before: must be at most 30m"));
-                }
-            }
-            GcpCredentials::AccessToken { access_token } => {
-                let t = access_token.expose();
-                if t.is_empty() || t.len() > 4096 || !t.bytes().all(|b| b.is_ascii_graphic()) {
-                    errs.push(format!(
-                        "{at}.access_token: must be 1 to 4096 visible ASCII characters"
-                    ));
-                }
-            }
-        }
-        errs
-    }
-
     /// Loads the key (checking it can sign) and gives the token source.
     /// `var` reads the environment; `client` calls the token endpoint.
     /// Errors name the field and never quote key material.
@@ -144,7 +24,8 @@ impl VertexConfig {
         client: TokenClient,
     ) -> Result<TokenSource, String> {
         let at = format!("{at}.credentials");
-        match &self.credentials {
+        let credentials = self.credentials.clone().unwrap_or_default();
+        match &credentials {
             GcpCredentials::AccessToken { access_token } => {
                 Ok(TokenSource::fixed(access_token.clone()))
             }
@@ -185,6 +66,7 @@ impl VertexConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::secret::Secret;
 
     const KEY: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -246,26 +128,26 @@ mod tests {
             "{e}"
         );
         let inline = VertexConfig {
-            credentials: GcpCredentials::ServiceAccount {
+            credentials: Some(GcpCredentials::ServiceAccount {
                 key_json: Some(Secret::new(KEY)),
                 key_file: None,
                 token_uri: None,
                 refresh_before: None,
-            },
+            }),
             ..c.clone()
         };
         assert!(inline.build("x", |_| None, client()).is_ok());
         let shown = serde_json::to_string(&inline).unwrap();
         assert!(!shown.contains("PRIVATE KEY"), "{shown}");
         let bad = VertexConfig {
-            credentials: GcpCredentials::ServiceAccount {
+            credentials: Some(GcpCredentials::ServiceAccount {
                 key_json: Some(Secret::new(
                     "{\"client_email\":\"a\",\"private_key\":\"nope-secret\"}",
                 )),
                 key_file: None,
                 token_uri: None,
                 refresh_before: None,
-            },
+            }),
             ..c
         };
         let e = bad.build("x", |_| None, client()).unwrap_err();

@@ -217,7 +217,7 @@ pub fn parse_token_answer(
 }
 
 enum Source {
-    Fixed(AccessToken),
+    Fixed(Arc<AccessToken>),
     ServiceAccount {
         signer: Box<Signer>,
         client: TokenClient,
@@ -251,10 +251,10 @@ fn epoch_secs(t: SystemTime) -> u64 {
 impl TokenSource {
     /// A fixed token (from the environment); never refreshed.
     pub fn fixed(token: Secret) -> Self {
-        Self(Arc::new(Source::Fixed(AccessToken {
+        Self(Arc::new(Source::Fixed(Arc::new(AccessToken {
             token,
             expires: None,
-        })))
+        }))))
     }
 
     /// Tokens from a service account through its token endpoint.
@@ -268,12 +268,38 @@ impl TokenSource {
         }))
     }
 
+    /// A token usable for at least `within` from now, without waiting: the
+    /// fixed one, or the cached one.
+    pub fn usable(&self, now: SystemTime, within: Duration) -> Option<Arc<AccessToken>> {
+        match &*self.0 {
+            Source::Fixed(t) => Some(t.clone()),
+            Source::ServiceAccount { cache, .. } => {
+                cache.load_full().filter(|t| t.fresh(now, within))
+            }
+        }
+    }
+
+    /// Whether [`TokenSource::token`] would call the token endpoint now:
+    /// nothing cached, or a token within `refresh_before` of its expiry.
+    pub fn refresh_due(&self, now: SystemTime) -> bool {
+        match &*self.0 {
+            Source::Fixed(_) => false,
+            Source::ServiceAccount {
+                cache,
+                refresh_before,
+                ..
+            } => cache
+                .load_full()
+                .is_none_or(|t| !t.fresh(now, *refresh_before)),
+        }
+    }
+
     /// A token to send now: the cached one until `refresh_before` its
     /// expiry, else a new one (one request at a time; the others wait for
     /// it). A failed refresh falls back to a cached token not yet expired.
     pub async fn token(&self) -> Result<Arc<AccessToken>, TokenError> {
         let (signer, client, margin, cache, refresh) = match &*self.0 {
-            Source::Fixed(t) => return Ok(Arc::new(t.clone())),
+            Source::Fixed(t) => return Ok(t.clone()),
             Source::ServiceAccount {
                 signer,
                 client,

@@ -33,34 +33,7 @@ fn seg(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
 }
 
-/// Which publisher's models a Vertex route uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Publisher {
-    Google,
-    Anthropic,
-}
-
-impl Publisher {
-    /// The publisher of a model name: `claude-*` is Anthropic's, anything
-    /// else Google's.
-    pub fn of(model: &str) -> Publisher {
-        if model.starts_with("claude") {
-            Publisher::Anthropic
-        } else {
-            Publisher::Google
-        }
-    }
-}
-
-/// The API base URL of a location: `https://{location}-aiplatform.googleapis.com/v1`,
-/// or `https://aiplatform.googleapis.com/v1` for `global`.
-pub fn base_url(location: &str) -> String {
-    if location == "global" {
-        "https://aiplatform.googleapis.com/v1".into()
-    } else {
-        format!("https://{location}-aiplatform.googleapis.com/v1")
-    }
-}
+pub use crate::config::cloud::{vertex_base_url as base_url, Publisher};
 
 /// The path, below the base URL, of a chat call.
 pub fn chat_path(project: &str, location: &str, model: &str, stream: bool) -> String {

@@ -176,6 +176,7 @@ impl Race<'_> {
         let Ok(head) = headers::upstream_request(
             self.client,
             &attempt.up,
+            attempt.auth(),
             r.endpoint,
             attempt.body.len(),
             &ctx.head.request_id,

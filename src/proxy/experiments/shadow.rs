@@ -135,10 +135,26 @@ async fn run(mut job: Job) {
         &route.model_json,
         usage_capable && up.stream_usage,
     );
+    // A pooled provider lends the copy a key as it would a request.
+    let key = match &up.pool {
+        Some(pool) => match pool.pick(&[], crate::base::clock::monotonic_ms()) {
+            Ok(k) => Some(k),
+            Err(_) => {
+                skipped(alias, "no_key");
+                return;
+            }
+        },
+        None => None,
+    };
+    let auth = match (&key, &up.pool) {
+        (Some(k), Some(pool)) => pool.header(k.index),
+        _ => up.auth.as_ref(),
+    };
     let propagation = job.trace.as_ref().map(ShadowTrace::propagate);
     let Ok(head) = headers::upstream_request(
         &job.client,
         up,
+        auth,
         ep,
         body.len(),
         &job.request_id,

@@ -1,6 +1,7 @@
 //! OpenAI Chat Completions request → Anthropic Messages request.
 
-use crate::translate::bounds::{self, ParseError, Values};
+use crate::translate::bounds::{self, Values};
+use crate::translate::chat::{self, bad, ToolChoice};
 use crate::translate::{RequestOpts, Translated, Unsupported};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -143,13 +144,6 @@ impl Builder {
     }
 }
 
-fn bad(param: &str, what: &str) -> Unsupported {
-    Unsupported {
-        param: param.to_string(),
-        message: format!("`{param}` {what}."),
-    }
-}
-
 fn positive(v: &Value, param: &str) -> Result<u64, Unsupported> {
     v.as_u64()
         .filter(|n| *n > 0)
@@ -211,29 +205,7 @@ fn messages(
 
 /// Content that may only hold text: a string or an array of text parts.
 fn text_only(v: Option<&Value>, at: &str) -> Result<String, Unsupported> {
-    match v {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(parts)) => {
-            let mut s = String::new();
-            for (j, p) in parts.iter().enumerate() {
-                match (p.get("type").and_then(Value::as_str), p.get("text")) {
-                    (Some("text"), Some(Value::String(t))) => s.push_str(t),
-                    _ => {
-                        return Err(Unsupported {
-                            param: format!("{at}.content[{j}].type"),
-                            message: "Only text parts are supported here by this model's provider (Anthropic).".into(),
-                        })
-                    }
-                }
-            }
-            Ok(s)
-        }
-        Some(_) => Err(bad(
-            &format!("{at}.content"),
-            "must be a string or an array",
-        )),
-    }
+    chat::text_only(v, at, "Anthropic", &mut |_| Ok(()))
 }
 
 /// A user message's content: a string, or text and image blocks.
@@ -310,38 +282,8 @@ fn assistant(m: &Value, at: &str, b: &mut Builder) -> Result<Value, Unsupported>
     if !text.is_empty() {
         blocks.push(json!({"type": "text", "text": text}));
     }
-    if let Some(calls) = m.get("tool_calls").filter(|c| !c.is_null()) {
-        let calls = calls
-            .as_array()
-            .ok_or_else(|| bad(&format!("{at}.tool_calls"), "must be an array"))?;
-        for (k, c) in calls.iter().enumerate() {
-            let here = format!("{at}.tool_calls[{k}]");
-            let id = c
-                .get("id")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad(&format!("{here}.id"), "must be a string"))?;
-            let name = c
-                .pointer("/function/name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad(&format!("{here}.function.name"), "must be a string"))?;
-            let args = c
-                .pointer("/function/arguments")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let param = format!("{here}.function.arguments");
-            let input: Value = if args.trim().is_empty() {
-                json!({})
-            } else {
-                match b.values.parse(args.as_bytes()) {
-                    Ok(v) => v,
-                    Err(ParseError::Invalid(_)) => {
-                        return Err(bad(&param, "must be a JSON object in a string"))
-                    }
-                    Err(ParseError::TooMany { .. }) => return Err(bounds::too_many_values(&param)),
-                }
-            };
-            blocks.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
-        }
+    for c in chat::tool_calls(m, at, &mut b.values, &mut |_| Ok(()))? {
+        blocks.push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.input}));
     }
     if blocks.is_empty() {
         blocks.push(json!({"type": "text", "text": ""}));
@@ -351,62 +293,30 @@ fn assistant(m: &Value, at: &str, b: &mut Builder) -> Result<Value, Unsupported>
 
 /// OpenAI function tools → Anthropic tools.
 fn tools(v: &Value, b: &mut Builder) -> Result<Vec<Value>, Unsupported> {
-    let list = v
-        .as_array()
-        .ok_or_else(|| bad("tools", "must be an array"))?;
-    bounds::tools(list.len())?;
-    let mut out = Vec::with_capacity(list.len());
-    for (i, t) in list.iter().enumerate() {
-        if t.get("type").and_then(Value::as_str) != Some("function") {
-            b.unsupported(
-                &format!("tools[{i}].type"),
-                "Only `function` tools are supported by this model's provider (Anthropic).",
-            )?;
-            continue;
-        }
-        let f = t
-            .get("function")
-            .ok_or_else(|| bad(&format!("tools[{i}].function"), "is required"))?;
-        let name = f
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad(&format!("tools[{i}].function.name"), "must be a string"))?;
-        let mut tool = Map::new();
-        tool.insert("name".into(), Value::from(name));
-        if let Some(d) = f.get("description").and_then(Value::as_str) {
-            tool.insert("description".into(), Value::from(d));
-        }
-        let schema = f
-            .get("parameters")
-            .filter(|p| !p.is_null())
-            .cloned()
-            .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
-        tool.insert("input_schema".into(), schema);
-        out.push(Value::Object(tool));
-    }
-    Ok(out)
+    let tools = chat::function_tools(v, "Anthropic", &mut |param, message| {
+        b.unsupported(param, message)
+    })?;
+    Ok(tools
+        .into_iter()
+        .map(|t| {
+            let mut tool = Map::new();
+            tool.insert("name".into(), Value::from(t.name));
+            if let Some(d) = t.description {
+                tool.insert("description".into(), Value::from(d));
+            }
+            tool.insert("input_schema".into(), t.parameters);
+            Value::Object(tool)
+        })
+        .collect())
 }
 
 fn tool_choice(v: &Value) -> Result<Value, Unsupported> {
-    match v {
-        Value::String(s) => match s.as_str() {
-            "auto" => Ok(json!({"type": "auto"})),
-            "none" => Ok(json!({"type": "none"})),
-            "required" => Ok(json!({"type": "any"})),
-            _ => Err(bad(
-                "tool_choice",
-                "must be auto, none, required or a named function",
-            )),
-        },
-        Value::Object(_) => {
-            let name = v
-                .pointer("/function/name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("tool_choice.function.name", "must be a string"))?;
-            Ok(json!({"type": "tool", "name": name}))
-        }
-        _ => Err(bad("tool_choice", "must be a string or an object")),
-    }
+    Ok(match chat::tool_choice(v)? {
+        ToolChoice::Auto => json!({"type": "auto"}),
+        ToolChoice::None => json!({"type": "none"}),
+        ToolChoice::Required => json!({"type": "any"}),
+        ToolChoice::Function(name) => json!({"type": "tool", "name": name}),
+    })
 }
 
 /// `response_format`: `text` needs nothing; `json_schema` maps to Anthropic's

@@ -6,7 +6,7 @@
 use super::response::finish_reason;
 use super::usage::{Partial, Tokens};
 use crate::accounting::Usage;
-use crate::base::clock::unix_secs;
+use crate::translate::chat::Chunks;
 use crate::translate::errors::anthropic_error_type;
 use crate::translate::{ResponseOpts, StreamTranslator};
 use bytes::{BufMut, BytesMut};
@@ -85,8 +85,8 @@ pub struct ChatStream {
     model: String,
     fallback_id: String,
     include_usage: bool,
-    /// `data: {"id":…,"object":…,"created":…,"model":…,"choices":[{"index":0,"delta":`
-    prefix: Vec<u8>,
+    /// The chunks' prefix, set by `message_start` (its id).
+    chunks: Chunks,
     current: Current,
     tools: u32,
     finish: Option<&'static str>,
@@ -102,7 +102,7 @@ impl ChatStream {
             model: opts.model.to_string(),
             fallback_id: opts.request_id.to_string(),
             include_usage: opts.include_usage,
-            prefix: Vec::new(),
+            chunks: Chunks::default(),
             current: Current::None,
             tools: 0,
             finish: None,
@@ -114,39 +114,15 @@ impl ChatStream {
     }
 
     fn set_prefix(&mut self, id: &str) {
-        let mut p = Vec::with_capacity(128 + id.len() + self.model.len());
-        p.extend_from_slice(b"data: {\"id\":");
-        json_str(&mut p, id);
-        p.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-        p.extend_from_slice(itoa::Buffer::new().format(unix_secs()).as_bytes());
-        p.extend_from_slice(b",\"model\":");
-        json_str(&mut p, &self.model);
-        p.extend_from_slice(b",\"choices\":[");
-        self.prefix = p;
+        self.chunks = Chunks::new(id, &self.model);
     }
 
-    fn prefix(&mut self) -> &[u8] {
-        if self.prefix.is_empty() {
-            let id = self.fallback_id.clone();
-            self.set_prefix(&id);
+    /// The chunk writer (with the request's id if no `message_start` came).
+    fn chunks(&mut self) -> &Chunks {
+        if self.chunks.is_unset() {
+            self.chunks = Chunks::new(&self.fallback_id, &self.model);
         }
-        &self.prefix
-    }
-
-    /// One content chunk (`delta` writes a complete JSON object); only the
-    /// finish chunk carries a finish reason.
-    fn chunk(&mut self, out: &mut BytesMut, delta: impl FnOnce(&mut BytesMut)) {
-        out.put_slice(self.prefix());
-        out.put_slice(b"{\"index\":0,\"delta\":");
-        delta(out);
-        out.put_slice(b",\"logprobs\":null,\"finish_reason\":null}]}\n\n");
-    }
-
-    fn finish_chunk(&mut self, out: &mut BytesMut, reason: &'static str) {
-        out.put_slice(self.prefix());
-        out.put_slice(b"{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"");
-        out.put_slice(reason.as_bytes());
-        out.put_slice(b"\"}]}\n\n");
+        &self.chunks
     }
 
     fn error_event(&mut self, out: &mut BytesMut, kind: &str, message: &str) {
@@ -167,22 +143,14 @@ impl ChatStream {
         match self.current {
             Current::Text => {
                 if let Some(t) = b.text.filter(|t| !t.is_empty()) {
-                    self.chunk(out, |o| text_delta(o, b"content", &t));
+                    self.chunks().text(out, b"content", &t);
                 }
             }
             Current::Tool(index) => {
-                self.tools += 1;
+                self.tools = self.tools.saturating_add(1);
                 let id = b.id.unwrap_or_default();
                 let name = b.name.unwrap_or_default();
-                self.chunk(out, |o| {
-                    o.put_slice(b"{\"tool_calls\":[{\"index\":");
-                    o.put_slice(itoa::Buffer::new().format(index).as_bytes());
-                    o.put_slice(b",\"id\":");
-                    json_str_b(o, &id);
-                    o.put_slice(b",\"type\":\"function\",\"function\":{\"name\":");
-                    json_str_b(o, &name);
-                    o.put_slice(b",\"arguments\":\"\"}}]}");
-                });
+                self.chunks().tool_start(out, index, &id, &name);
             }
             _ => {}
         }
@@ -192,23 +160,17 @@ impl ChatStream {
         match self.current {
             Current::Text => {
                 if let Some(t) = d.text.filter(|t| !t.is_empty()) {
-                    self.chunk(out, |o| text_delta(o, b"content", &t));
+                    self.chunks().text(out, b"content", &t);
                 }
             }
             Current::Thinking => {
                 if let Some(t) = d.thinking.filter(|t| !t.is_empty()) {
-                    self.chunk(out, |o| text_delta(o, b"reasoning_content", &t));
+                    self.chunks().text(out, b"reasoning_content", &t);
                 }
             }
             Current::Tool(index) => {
                 if let Some(j) = d.partial_json.filter(|j| !j.is_empty()) {
-                    self.chunk(out, |o| {
-                        o.put_slice(b"{\"tool_calls\":[{\"index\":");
-                        o.put_slice(itoa::Buffer::new().format(index).as_bytes());
-                        o.put_slice(b",\"function\":{\"arguments\":");
-                        json_str_b(o, &j);
-                        o.put_slice(b"}}]}");
-                    });
+                    self.chunks().tool_args(out, index, &j);
                 }
             }
             Current::None | Current::Other => {}
@@ -239,9 +201,7 @@ impl StreamTranslator for ChatStream {
                     self.tokens.update(&u);
                     self.seen_usage = true;
                 }
-                self.chunk(out, |o| {
-                    o.put_slice(b"{\"role\":\"assistant\",\"content\":\"\"}")
-                });
+                self.chunks().role(out);
             }
             "content_block_start" => {
                 if let Some(b) = ev.content_block {
@@ -262,7 +222,7 @@ impl StreamTranslator for ChatStream {
                 if let Some(stop) = ev.delta.and_then(|d| d.stop_reason) {
                     let reason = finish_reason(&stop);
                     self.finish = Some(reason);
-                    self.finish_chunk(out, reason);
+                    self.chunks().finish(out, reason);
                 }
             }
             "message_stop" => self.stopped = true,
@@ -291,14 +251,11 @@ impl StreamTranslator for ChatStream {
             return;
         }
         if self.finish.is_none() {
-            self.finish_chunk(out, "stop");
+            self.chunks().finish(out, "stop");
         }
         if self.include_usage {
-            let usage = self.tokens.openai_json().to_string();
-            out.put_slice(self.prefix());
-            out.put_slice(b"],\"usage\":");
-            out.put_slice(usage.as_bytes());
-            out.put_slice(b"}\n\n");
+            let usage = self.tokens.openai_json();
+            self.chunks().usage(out, &usage);
         }
         out.put_slice(b"data: [DONE]\n\n");
     }
@@ -306,21 +263,4 @@ impl StreamTranslator for ChatStream {
     fn usage(&self) -> Option<Usage> {
         self.seen_usage.then(|| self.tokens.usage())
     }
-}
-
-fn text_delta(o: &mut BytesMut, key: &[u8], text: &str) {
-    o.put_slice(b"{\"");
-    o.put_slice(key);
-    o.put_slice(b"\":");
-    json_str_b(o, text);
-    o.put_u8(b'}');
-}
-
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing a str into a Vec cannot fail.
-    let _ = serde_json::to_writer(out, s);
-}
-
-fn json_str_b(out: &mut BytesMut, s: &str) {
-    let _ = serde_json::to_writer(out.writer(), s);
 }

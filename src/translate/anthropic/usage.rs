@@ -1,8 +1,9 @@
 //! Anthropic token counts, as they arrive, and their OpenAI form.
 
 use crate::accounting::Usage;
+use crate::translate::chat::CacheUsage;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// Anthropic's usage counters. `input_tokens` excludes the cache reads and
 /// writes, which OpenAI counts inside `prompt_tokens`.
@@ -47,28 +48,28 @@ impl Tokens {
         set(&mut self.cache_read_input_tokens, p.cache_read_input_tokens);
     }
 
-    pub fn prompt(&self) -> u64 {
-        self.input_tokens + self.cache_read_input_tokens + self.cache_creation_input_tokens
-    }
-
-    pub fn usage(&self) -> Usage {
-        Usage {
-            prompt: self.prompt(),
-            completion: self.output_tokens,
-            cached: self.cache_read_input_tokens,
-            reasoning: 0,
+    /// The counts in the shape every cache-counting provider shares.
+    fn common(&self) -> CacheUsage {
+        CacheUsage {
+            input: self.input_tokens,
+            output: self.output_tokens,
+            cache_read: self.cache_read_input_tokens,
             cache_write: self.cache_creation_input_tokens,
         }
     }
 
+    /// Prompt tokens as OpenAI counts them (cache reads and writes
+    /// included; saturating).
+    pub fn prompt(&self) -> u64 {
+        self.common().prompt()
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.common().usage()
+    }
+
     /// OpenAI's `usage` object.
     pub fn openai_json(&self) -> Value {
-        json!({
-            "prompt_tokens": self.prompt(),
-            "completion_tokens": self.output_tokens,
-            "total_tokens": self.prompt() + self.output_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cache_read_input_tokens},
-            "completion_tokens_details": {"reasoning_tokens": 0},
-        })
+        self.common().openai_json()
     }
 }

@@ -71,6 +71,13 @@ fn message(body: &[u8]) -> Option<String> {
     Some(redact(m))
 }
 
+/// Whether an error type (`x-amzn-ErrorType`, or a stream exception's
+/// `:exception-type`) is a throttling one: retried and fallen back from as
+/// a 429.
+pub fn throttled(error_type: &str) -> bool {
+    class(error_type) == Class::Throttled
+}
+
 /// Maps a Bedrock error response. `error_type` is the `x-amzn-ErrorType`
 /// header, if any (the body's `__type` is used when it is missing).
 pub fn error(status: u16, error_type: Option<&str>, body: &[u8]) -> GatewayError {

@@ -6,8 +6,8 @@
 pub const MAX_MESSAGES: usize = 10_000;
 /// Content parts (text, image, tool call) per request, across messages.
 pub const MAX_PARTS: usize = 20_000;
-/// Tools per request.
-pub const MAX_TOOLS: usize = 512;
+/// Tools per request (the bound of every translated provider).
+pub use crate::translate::bounds::MAX_TOOLS;
 /// Stop sequences per request.
 pub const MAX_STOP: usize = 16;
 /// Texts per embeddings request for Cohere on Bedrock (Cohere's own limit).

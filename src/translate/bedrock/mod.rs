@@ -35,7 +35,7 @@ mod response;
 mod stream;
 
 pub use embed::{embed_request, embed_response, EmbedFamily};
-pub use error::{error, exception, retryable, ERROR_TYPE_HEADER};
+pub use error::{error, exception, retryable, throttled, ERROR_TYPE_HEADER};
 pub use request::chat_request;
 pub use response::{chat_response, finish_reason, Tokens};
 pub use stream::{ChatStream, EventPipe};
@@ -51,11 +51,6 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 
 /// The `Content-Type` of a ConverseStream response.
 pub const EVENT_STREAM_TYPE: &str = "application/vnd.amazon.eventstream";
-
-/// The Bedrock runtime endpoint of a region.
-pub fn base_url(region: &str) -> String {
-    format!("https://bedrock-runtime.{region}.amazonaws.com")
-}
 
 /// A model id (or ARN) as one percent-encoded path segment: `:` and `/`
 /// are encoded, as the AWS SDKs do.

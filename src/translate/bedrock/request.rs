@@ -1,6 +1,8 @@
 //! OpenAI Chat Completions request → Bedrock Converse request.
 
-use super::limits::{MAX_MESSAGES, MAX_PARTS, MAX_STOP, MAX_TOOLS};
+use super::limits::{MAX_MESSAGES, MAX_PARTS, MAX_STOP};
+use crate::translate::bounds::{self, Values};
+use crate::translate::chat::{self, bad, ToolChoice};
 use crate::translate::{RequestOpts, Translated, Unsupported};
 use base64::Engine as _;
 use bytes::Bytes;
@@ -18,6 +20,7 @@ pub fn chat_request(req: &Value, opts: &RequestOpts) -> Result<Translated, Unsup
         dropped: Vec::new(),
         drop_unsupported: opts.drop_unsupported,
         parts: 0,
+        values: Values::default(),
     };
     let (system, messages) = messages(obj.get("messages"), &mut b)?;
     let mut out = Map::new();
@@ -148,13 +151,15 @@ struct Builder {
     drop_unsupported: bool,
     /// Content parts seen so far, across all messages.
     parts: usize,
+    /// Values the JSON in tool-call arguments may build.
+    values: Values,
 }
 
 impl Builder {
     /// Refuses the field, or notes it as dropped.
     fn unsupported(&mut self, param: &str, message: &str) -> Result<(), Unsupported> {
         if self.drop_unsupported {
-            self.dropped.push(param.to_string());
+            bounds::note_dropped(&mut self.dropped, param);
             Ok(())
         } else {
             Err(Unsupported {
@@ -184,13 +189,6 @@ impl Builder {
             .filter_map(|m| m.get("content").and_then(Value::as_array))
             .flatten()
             .any(|c| c.get("toolUse").is_some() || c.get("toolResult").is_some())
-    }
-}
-
-fn bad(param: &str, what: &str) -> Unsupported {
-    Unsupported {
-        param: param.to_string(),
-        message: format!("`{param}` {what}."),
     }
 }
 
@@ -266,30 +264,7 @@ fn messages(v: Option<&Value>, b: &mut Builder) -> Result<(Vec<Value>, Vec<Value
 
 /// Content that may only hold text: a string or an array of text parts.
 fn text_only(v: Option<&Value>, at: &str, b: &mut Builder) -> Result<String, Unsupported> {
-    match v {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(parts)) => {
-            let mut s = String::new();
-            for (j, p) in parts.iter().enumerate() {
-                b.part(&format!("{at}.content[{j}]"))?;
-                match (p.get("type").and_then(Value::as_str), p.get("text")) {
-                    (Some("text"), Some(Value::String(t))) => s.push_str(t),
-                    _ => return Err(Unsupported {
-                        param: format!("{at}.content[{j}].type"),
-                        message:
-                            "Only text parts are supported here by this model's provider (Bedrock)."
-                                .into(),
-                    }),
-                }
-            }
-            Ok(s)
-        }
-        Some(_) => Err(bad(
-            &format!("{at}.content"),
-            "must be a string or an array",
-        )),
-    }
+    chat::text_only(v, at, "Bedrock", &mut |part| b.part(part))
 }
 
 /// A user message's content: text and image blocks.
@@ -399,38 +374,11 @@ fn assistant(m: &Value, at: &str, b: &mut Builder) -> Result<Vec<Value>, Unsuppo
     if !text.is_empty() {
         blocks.push(json!({ "text": text }));
     }
-    if let Some(calls) = m.get("tool_calls").filter(|c| !c.is_null()) {
-        let calls = calls
-            .as_array()
-            .ok_or_else(|| bad(&format!("{at}.tool_calls"), "must be an array"))?;
-        for (k, c) in calls.iter().enumerate() {
-            let here = format!("{at}.tool_calls[{k}]");
-            b.part(&here)?;
-            let id = c
-                .get("id")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad(&format!("{here}.id"), "must be a string"))?;
-            let name = c
-                .pointer("/function/name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad(&format!("{here}.function.name"), "must be a string"))?;
-            let args = c
-                .pointer("/function/arguments")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let input: Value = if args.trim().is_empty() {
-                json!({})
-            } else {
-                // serde_json refuses nesting past 128 levels.
-                serde_json::from_str(args).map_err(|_| {
-                    bad(
-                        &format!("{here}.function.arguments"),
-                        "must be a JSON object in a string",
-                    )
-                })?
-            };
-            blocks.push(json!({"toolUse": {"toolUseId": id, "name": name, "input": input}}));
-        }
+    let mut values = std::mem::take(&mut b.values);
+    let calls = chat::tool_calls(m, at, &mut values, &mut |part| b.part(part));
+    b.values = values;
+    for c in calls? {
+        blocks.push(json!({"toolUse": {"toolUseId": c.id, "name": c.name, "input": c.input}}));
     }
     if blocks.is_empty() {
         return Err(bad(
@@ -443,68 +391,29 @@ fn assistant(m: &Value, at: &str, b: &mut Builder) -> Result<Vec<Value>, Unsuppo
 
 /// OpenAI function tools → Converse `toolSpec`s.
 fn tools(v: &Value, b: &mut Builder) -> Result<Vec<Value>, Unsupported> {
-    let list = v
-        .as_array()
-        .ok_or_else(|| bad("tools", "must be an array"))?;
-    if list.len() > MAX_TOOLS {
-        return Err(bad("tools", &format!("may hold at most {MAX_TOOLS} tools")));
-    }
-    let mut out = Vec::with_capacity(list.len());
-    for (i, t) in list.iter().enumerate() {
-        if t.get("type").and_then(Value::as_str) != Some("function") {
-            b.unsupported(
-                &format!("tools[{i}].type"),
-                "Only `function` tools are supported by this model's provider (Bedrock).",
-            )?;
-            continue;
-        }
-        let f = t
-            .get("function")
-            .ok_or_else(|| bad(&format!("tools[{i}].function"), "is required"))?;
-        let name = f
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad(&format!("tools[{i}].function.name"), "must be a string"))?;
-        let mut spec = Map::new();
-        spec.insert("name".into(), Value::from(name));
-        if let Some(d) = f.get("description").and_then(Value::as_str) {
-            spec.insert("description".into(), Value::from(d));
-        }
-        let schema = match f.get("parameters") {
-            None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
-            Some(p @ Value::Object(_)) => p.clone(),
-            Some(_) => {
-                return Err(bad(
-                    &format!("tools[{i}].function.parameters"),
-                    "must be an object",
-                ))
+    let tools = chat::function_tools(v, "Bedrock", &mut |param, message| {
+        b.unsupported(param, message)
+    })?;
+    Ok(tools
+        .into_iter()
+        .map(|t| {
+            let mut spec = Map::new();
+            spec.insert("name".into(), Value::from(t.name));
+            if let Some(d) = t.description {
+                spec.insert("description".into(), Value::from(d));
             }
-        };
-        spec.insert("inputSchema".into(), json!({ "json": schema }));
-        out.push(json!({ "toolSpec": spec }));
-    }
-    Ok(out)
+            spec.insert("inputSchema".into(), json!({ "json": t.parameters }));
+            json!({ "toolSpec": spec })
+        })
+        .collect())
 }
 
 /// `tool_choice` → Converse `toolChoice`; `None` for `none`.
 fn tool_choice(v: &Value) -> Result<Option<Value>, Unsupported> {
-    match v {
-        Value::String(s) => match s.as_str() {
-            "auto" => Ok(Some(json!({"auto": {}}))),
-            "none" => Ok(None),
-            "required" => Ok(Some(json!({"any": {}}))),
-            _ => Err(bad(
-                "tool_choice",
-                "must be auto, none, required or a named function",
-            )),
-        },
-        Value::Object(_) => {
-            let name = v
-                .pointer("/function/name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("tool_choice.function.name", "must be a string"))?;
-            Ok(Some(json!({"tool": {"name": name}})))
-        }
-        _ => Err(bad("tool_choice", "must be a string or an object")),
-    }
+    Ok(match chat::tool_choice(v)? {
+        ToolChoice::Auto => Some(json!({"auto": {}})),
+        ToolChoice::None => None,
+        ToolChoice::Required => Some(json!({"any": {}})),
+        ToolChoice::Function(name) => Some(json!({"tool": {"name": name}})),
+    })
 }

@@ -10,9 +10,9 @@
 use super::error::exception;
 use super::response::{finish_reason, Tokens};
 use crate::accounting::Usage;
-use crate::base::clock::unix_secs;
 use crate::base::error::GatewayError;
 use crate::eventstream::{DecodeError, Decoder, Frame};
+use crate::translate::chat::Chunks;
 use crate::translate::{ResponseOpts, StreamTranslator};
 use bytes::{BufMut, BytesMut};
 use serde::Deserialize;
@@ -76,8 +76,7 @@ struct ReasoningDelta<'a> {
 /// Translates one ConverseStream for an OpenAI Chat Completions client.
 pub struct ChatStream {
     include_usage: bool,
-    /// `data: {"id":…,"object":…,"created":…,"model":…,"choices":[`
-    prefix: Vec<u8>,
+    chunks: Chunks,
     /// The open tool block: (contentBlockIndex, OpenAI tool-call index).
     tool: Option<(u64, u32)>,
     tools: u32,
@@ -86,22 +85,33 @@ pub struct ChatStream {
     seen_usage: bool,
     stopped: bool,
     errored: bool,
+    /// Keep the error that ends the stream ([`ChatStream::failure`])
+    /// instead of writing its event: the proxy writes it in the client's
+    /// shape.
+    defer: bool,
+    failure: Option<GatewayError>,
 }
 
 impl ChatStream {
+    /// Like [`ChatStream::new`], but the error that ends a stream is kept
+    /// ([`ChatStream::failure`]) instead of written as an event.
+    pub fn deferring(opts: &ResponseOpts<'_>) -> Self {
+        Self {
+            defer: true,
+            ..Self::new(opts)
+        }
+    }
+
+    /// The error that ended the stream, in deferring mode.
+    pub fn failure(&self) -> Option<&GatewayError> {
+        self.failure.as_ref()
+    }
+
     /// `opts.request_id` becomes the chunks' `id` (Bedrock sends none).
     pub fn new(opts: &ResponseOpts<'_>) -> Self {
-        let mut p = Vec::with_capacity(128 + opts.request_id.len() + opts.model.len());
-        p.extend_from_slice(b"data: {\"id\":");
-        json_str(&mut p, opts.request_id);
-        p.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-        p.extend_from_slice(itoa::Buffer::new().format(unix_secs()).as_bytes());
-        p.extend_from_slice(b",\"model\":");
-        json_str(&mut p, opts.model);
-        p.extend_from_slice(b",\"choices\":[");
         Self {
             include_usage: opts.include_usage,
-            prefix: p,
+            chunks: Chunks::new(opts.request_id, opts.model),
             tool: None,
             tools: 0,
             finish: None,
@@ -109,6 +119,8 @@ impl ChatStream {
             seen_usage: false,
             stopped: false,
             errored: false,
+            defer: false,
+            failure: None,
         }
     }
 
@@ -140,22 +152,13 @@ impl ChatStream {
         self.error_event(out, &GatewayError::UpstreamError);
     }
 
-    fn chunk(&self, out: &mut BytesMut, delta: impl FnOnce(&mut BytesMut)) {
-        out.put_slice(&self.prefix);
-        out.put_slice(b"{\"index\":0,\"delta\":");
-        delta(out);
-        out.put_slice(b",\"logprobs\":null,\"finish_reason\":null}]}\n\n");
-    }
-
-    fn finish_chunk(&self, out: &mut BytesMut, reason: &'static str) {
-        out.put_slice(&self.prefix);
-        out.put_slice(b"{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"");
-        out.put_slice(reason.as_bytes());
-        out.put_slice(b"\"}]}\n\n");
-    }
-
     fn error_event(&mut self, out: &mut BytesMut, err: &GatewayError) {
         if self.errored {
+            return;
+        }
+        if self.defer {
+            self.failure = Some(err.clone());
+            self.errored = true;
             return;
         }
         out.put_slice(b"data: ");
@@ -174,35 +177,25 @@ impl ChatStream {
             return;
         };
         match kind {
-            "messageStart" => self.chunk(out, |o| {
-                o.put_slice(b"{\"role\":\"assistant\",\"content\":\"\"}")
-            }),
+            "messageStart" => self.chunks.role(out),
             "contentBlockStart" => {
                 if let Some(t) = p.start.and_then(|s| s.tool_use) {
                     let index = self.tools;
                     self.tools = self.tools.saturating_add(1);
                     self.tool = Some((p.content_block_index.unwrap_or(0), index));
-                    self.chunk(out, |o| {
-                        o.put_slice(b"{\"tool_calls\":[{\"index\":");
-                        o.put_slice(itoa::Buffer::new().format(index).as_bytes());
-                        o.put_slice(b",\"id\":");
-                        json_str_b(o, &t.tool_use_id);
-                        o.put_slice(b",\"type\":\"function\",\"function\":{\"name\":");
-                        json_str_b(o, &t.name);
-                        o.put_slice(b",\"arguments\":\"\"}}]}");
-                    });
+                    self.chunks.tool_start(out, index, &t.tool_use_id, &t.name);
                 }
             }
             "contentBlockDelta" => {
                 let Some(d) = p.delta else { return };
                 if let Some(t) = d.text.filter(|t| !t.is_empty()) {
-                    self.chunk(out, |o| text_delta(o, b"content", &t));
+                    self.chunks.text(out, b"content", &t);
                 } else if let Some(r) = d
                     .reasoning_content
                     .and_then(|r| r.text)
                     .filter(|t| !t.is_empty())
                 {
-                    self.chunk(out, |o| text_delta(o, b"reasoning_content", &r));
+                    self.chunks.text(out, b"reasoning_content", &r);
                 } else if let Some(j) = d.tool_use.filter(|j| !j.input.is_empty()) {
                     let block = p.content_block_index.unwrap_or(0);
                     let index = match self.tool {
@@ -215,13 +208,7 @@ impl ChatStream {
                             i
                         }
                     };
-                    self.chunk(out, |o| {
-                        o.put_slice(b"{\"tool_calls\":[{\"index\":");
-                        o.put_slice(itoa::Buffer::new().format(index).as_bytes());
-                        o.put_slice(b",\"function\":{\"arguments\":");
-                        json_str_b(o, &j.input);
-                        o.put_slice(b"}}]}");
-                    });
+                    self.chunks.tool_args(out, index, &j.input);
                 }
             }
             "contentBlockStop" => self.tool = None,
@@ -229,7 +216,7 @@ impl ChatStream {
                 let reason = p.stop_reason.as_deref().map_or("stop", finish_reason);
                 self.finish = Some(reason);
                 self.stopped = true;
-                self.finish_chunk(out, reason);
+                self.chunks.finish(out, reason);
             }
             "metadata" => {
                 if let Some(u) = p.usage {
@@ -267,11 +254,7 @@ impl StreamTranslator for ChatStream {
             return;
         }
         if self.include_usage && self.seen_usage {
-            let usage = self.tokens.openai_json().to_string();
-            out.put_slice(&self.prefix);
-            out.put_slice(b"],\"usage\":");
-            out.put_slice(usage.as_bytes());
-            out.put_slice(b"}\n\n");
+            self.chunks.usage(out, &self.tokens.openai_json());
         }
         out.put_slice(b"data: [DONE]\n\n");
     }
@@ -341,21 +324,9 @@ impl EventPipe {
     pub fn errored(&self) -> bool {
         self.translator.errored()
     }
-}
 
-fn text_delta(o: &mut BytesMut, key: &[u8], text: &str) {
-    o.put_slice(b"{\"");
-    o.put_slice(key);
-    o.put_slice(b"\":");
-    json_str_b(o, text);
-    o.put_u8(b'}');
-}
-
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing a str into a Vec cannot fail.
-    let _ = serde_json::to_writer(out, s);
-}
-
-fn json_str_b(out: &mut BytesMut, s: &str) {
-    let _ = serde_json::to_writer(out.writer(), s);
+    /// The error that ended the stream (a deferring translator's).
+    pub fn failure(&self) -> Option<&GatewayError> {
+        self.translator.failure()
+    }
 }

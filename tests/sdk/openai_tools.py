@@ -1,9 +1,14 @@
-"""The official `openai` Python SDK against a chat alias served by an
-Anthropic provider (kind: anthropic) through Tollgate: streamed tool calls.
+"""The official `openai` Python SDK streaming tool calls from an alias served
+by a translated provider (kind: anthropic, bedrock or vertex) through
+Tollgate, then the same non-stream.
 
-Run by tests/sdk.rs with TOLLGATE_PYTHON (see tests/run.sh). The gateway must
-serve the alias `claude`, whose provider answers with the tool-call fixture
-(tests/fixtures/anthropic/stream_tools.sse and message_tools.json).
+Run by tests/sdk.rs and tests/cloud_providers.rs (support::sdk::
+run_tools_script) with TOLLGATE_PYTHON (see tests/run.sh).
+The alias is TOLLGATE_MODEL; TOLLGATE_WANT is a JSON object saying what its
+provider's fixtures hold:
+
+  {"stream": {"content": str, "calls": [[id, name, args]], "usage": [prompt, completion]},
+   "whole": {"calls": [[id, name, args]]}}
 
 Prints one line per check, then `N passed, M failed`; exits 1 if any failed.
 """
@@ -17,13 +22,15 @@ from openai import OpenAI
 
 BASE_URL = os.environ["TOLLGATE_BASE_URL"]
 KEY = os.environ["TOLLGATE_KEY"]
-MESSAGES = [{"role": "user", "content": "Weather in SF, and the time in Paris?"}]
+MODEL = os.environ["TOLLGATE_MODEL"]
+WANT = json.loads(os.environ["TOLLGATE_WANT"])
+MESSAGES = [{"role": "user", "content": "What is the weather like?"}]
 TOOLS = [
     {
         "type": "function",
         "function": {
             "name": "get_weather",
-            "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
         },
     },
     {
@@ -34,47 +41,48 @@ TOOLS = [
         },
     },
 ]
-WANT = [
-    ("toolu_01T1x1fJ34qAmk2tNTrN7Up6", "get_weather", {"location": "San Francisco, CA", "unit": "celsius"}),
-    ("toolu_01B7xk2m3n4p5q6r7s8t9u0v", "get_time", {"tz": "Europe/Paris"}),
-]
 
 client = OpenAI(base_url=BASE_URL, api_key=KEY, max_retries=0, timeout=20.0)
 
 
-def check_calls(calls):
-    got = [(c.id, c.function.name, json.loads(c.function.arguments)) for c in calls]
-    assert got == WANT, got
+def want_calls(section):
+    return [(i, n, a) for i, n, a in WANT[section]["calls"]]
+
+
+def got_calls(calls):
+    return [(c.id, c.function.name, json.loads(c.function.arguments)) for c in calls]
 
 
 def stream_helper_assembles_tool_calls():
+    want = WANT["stream"]
     with client.chat.completions.stream(
-        model="claude",
+        model=MODEL,
         messages=MESSAGES,
         tools=TOOLS,
         max_tokens=200,
         stream_options={"include_usage": True},
     ) as stream:
-        done_args = []
+        done = []
         for event in stream:
             if event.type == "tool_calls.function.arguments.done":
-                done_args.append((event.index, event.name, json.loads(event.arguments)))
+                done.append((event.name, json.loads(event.arguments)))
         final = stream.get_final_completion()
-    assert done_args == [(0, "get_weather", WANT[0][2]), (1, "get_time", WANT[1][2])], done_args
+    assert done == [(n, a) for _, n, a in want_calls("stream")], done
     choice = final.choices[0]
     assert choice.finish_reason == "tool_calls", choice.finish_reason
-    assert choice.message.content == "Checking both cities.", choice.message.content
-    check_calls(choice.message.tool_calls)
-    assert final.usage is not None and final.usage.prompt_tokens == 472, final.usage
-    assert final.usage.completion_tokens == 89, final.usage
+    assert choice.message.content == want["content"], choice.message.content
+    assert got_calls(choice.message.tool_calls) == want_calls("stream"), choice.message.tool_calls
+    assert final.usage is not None, "usage chunk asked for"
+    assert [final.usage.prompt_tokens, final.usage.completion_tokens] == want["usage"], final.usage
 
 
 def raw_stream_chunks_accumulate():
     args, ids = {}, {}
     stream = client.chat.completions.create(
-        model="claude", messages=MESSAGES, tools=TOOLS, max_tokens=200, stream=True
+        model=MODEL, messages=MESSAGES, tools=TOOLS, max_tokens=200, stream=True
     )
     first = True
+    finish = None
     for chunk in stream:
         assert chunk.usage is None, "no usage chunk unless asked"
         delta = chunk.choices[0].delta
@@ -85,15 +93,16 @@ def raw_stream_chunks_accumulate():
             if tc.id:
                 ids[tc.index] = (tc.id, tc.function.name)
             args[tc.index] = args.get(tc.index, "") + (tc.function.arguments or "")
+        finish = chunk.choices[0].finish_reason or finish
     got = [(ids[i][0], ids[i][1], json.loads(args[i])) for i in sorted(args)]
-    assert got == WANT, got
+    assert got == want_calls("stream"), got
+    assert finish == "tool_calls", finish
 
 
 def non_stream_tool_calls():
-    r = client.chat.completions.create(model="claude", messages=MESSAGES, tools=TOOLS, max_tokens=200)
-    calls = r.choices[0].message.tool_calls
-    assert r.choices[0].finish_reason == "tool_calls"
-    assert [json.loads(c.function.arguments)["location"] for c in calls] == ["San Francisco, CA", "Paris, France"]
+    r = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS, max_tokens=200)
+    assert r.choices[0].finish_reason == "tool_calls", r.choices[0].finish_reason
+    assert got_calls(r.choices[0].message.tool_calls) == want_calls("whole"), r.choices[0].message
 
 
 CHECKS = [stream_helper_assembles_tool_calls, raw_stream_chunks_accumulate, non_stream_tool_calls]
