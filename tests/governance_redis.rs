@@ -555,3 +555,36 @@ async fn budget_gauge_of_a_new_instance_reads_redis() {
     );
     assert_eq!(mock.hits(), 1, "the second instance served nothing");
 }
+
+/// A client sending requests one after another on one connection, with a
+/// concurrency limit of 1 on Redis, is never refused its own finished
+/// request's slot: the slot's release is sent, and answered, before the
+/// connection reads the next request (it used to be sent by a task spawned
+/// after the answer, which the next request could overtake).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_requests_on_one_connection_never_meet_their_own_slot() {
+    let redis = Redis::start();
+    let mock = MockUpstream::start(exact_usage()).await;
+    let yaml = config(
+        mock.port(),
+        &redis.url(),
+        "fail_closed",
+        ", limits: { concurrency: 1 }",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let client = support::client();
+    for i in 0..60 {
+        let resp = client
+            .post(gw.url("/v1/chat/completions"))
+            .header("authorization", format!("Bearer {KEY_A}"))
+            .header("content-type", "application/json")
+            .body(body().to_string())
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "request {i}: {text}");
+    }
+    assert_eq!(mock.hits(), 60);
+}

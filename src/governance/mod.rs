@@ -59,6 +59,18 @@ struct Learn {
     prompt: u64,
 }
 
+/// A settle still to send to the limits store (see
+/// [`Reservation::settle_later`]).
+#[must_use = "a pending settle holds its slots until sent"]
+pub struct Pending(redis::Settle);
+
+impl Pending {
+    /// Sends it (bounded by the store's response timeout).
+    pub async fn send(self) {
+        self.0.send().await;
+    }
+}
+
 impl Reservation {
     pub(crate) fn memory(r: memory::MemoryReservation) -> Reservation {
         Reservation {
@@ -91,6 +103,20 @@ impl Reservation {
     /// charged at the ceiling, never at 0.
     pub fn settle(self, tokens: u64, usd: Option<f64>) {
         self.finish(plan::amount_of(tokens), usd.map_or(0, usd_to_nanos), false);
+    }
+
+    /// [`Reservation::settle`], with a Redis store's call handed back to be
+    /// awaited at the end of the request (the memory store settles here):
+    /// the connection reads its next request only once the slots are free,
+    /// so a client sending one request after another, with a concurrency
+    /// limit of 1, is never refused its own finished request's slot.
+    pub fn settle_later(mut self, tokens: u64, usd: Option<f64>) -> Option<Pending> {
+        let (tokens, nanos) = (plan::amount_of(tokens), usd.map_or(0, usd_to_nanos));
+        if let Hold::Redis(r) = &mut self.hold {
+            return r.take(tokens, nanos, false).map(Pending);
+        }
+        self.finish(tokens, nanos, false);
+        None
     }
 
     /// Gives back everything, the `rpm` count included: a later limit

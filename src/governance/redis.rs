@@ -610,7 +610,7 @@ fn offer(h: &mut RateHeaders, rule: &Rule, remaining: i64) {
 }
 
 /// One settle script call, ready to send.
-struct Settle {
+pub(crate) struct Settle {
     store: &'static RedisStore,
     id: String,
     inv: redis::ScriptInvocation<'static>,
@@ -620,7 +620,7 @@ struct Settle {
 
 impl Settle {
     /// Sends it; updates the gauges, or logs and counts a failure.
-    async fn send(self) {
+    pub(crate) async fn send(self) {
         let Settle {
             store,
             id,
@@ -688,7 +688,7 @@ impl RedisReservation {
 
     /// Marks the reservation done and builds its settle call; `None` when
     /// nothing is left to send.
-    fn take(&mut self, tokens: i64, nanos: i64, revoke: bool) -> Option<Settle> {
+    pub(super) fn take(&mut self, tokens: i64, nanos: i64, revoke: bool) -> Option<Settle> {
         if self.done {
             return None;
         }

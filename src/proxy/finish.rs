@@ -96,7 +96,13 @@ pub(crate) async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ct
 
 /// Settles usage, then builds the request's record once and hands it to
 /// the metrics and the access log.
-pub(crate) fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
+/// Returns the limits store's settle call still to send, if any: the
+/// caller awaits it after the log line, before the connection is reused.
+pub(crate) fn log_request(
+    session: &Session,
+    e: Option<&Error>,
+    ctx: &mut Ctx,
+) -> Option<crate::governance::Pending> {
     let written = session.response_written().map(|r| r.status.as_u16());
     ctx.out.close(written, e.is_some());
     ctx.current.disarm();
@@ -126,16 +132,14 @@ pub(crate) fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     if let Some(r) = ctx.out.reservation() {
         r.learn(ctx.attempt_route(), settled.as_ref());
     }
-    if let Some(r) = ctx.out.take_reservation() {
+    // Nothing reached a provider, (0, None): this releases what was reserved.
+    let pending = ctx.out.take_reservation().and_then(|r| {
         let own = settled
             .as_ref()
             .map_or((0, None), |s| (s.tokens(), s.cost_usd));
-        match ctx.exp.charge(own.0, own.1) {
-            // Nothing reached a provider: release what was reserved.
-            (0, None) => drop(r),
-            (tokens, usd) => r.settle(tokens, usd),
-        }
-    }
+        let (tokens, usd) = ctx.exp.charge(own.0, own.1);
+        r.settle_later(tokens, usd)
+    });
     record_usage_ledger(ctx, settled.as_ref());
     let trace = ctx.trace.take().filter(|t| t.sampled());
     let route = ctx.current_route();
@@ -208,6 +212,7 @@ pub(crate) fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         crate::proxy::spans::finish(t, ctx, &record);
     }
     ctx.head.in_flight = None;
+    pending
 }
 
 /// A label value, or the placeholder when there is none.

@@ -203,6 +203,8 @@ impl ProxyHttp for Gateway {
 
     /// Records metrics and the access-log line; runs once per request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        finish::log_request(session, e, ctx);
+        if let Some(settle) = finish::log_request(session, e, ctx) {
+            settle.send().await;
+        }
     }
 }
