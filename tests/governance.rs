@@ -130,7 +130,7 @@ async fn post(gw: &Gateway, key: &str, body: &Value) -> Resp {
 
 /// Sends without reading the body (streams).
 async fn send(gw: &Gateway, key: &str, body: &Value) -> reqwest::Response {
-    support::client()
+    gw.http()
         .post(gw.url("/v1/chat/completions"))
         .header("authorization", format!("Bearer {key}"))
         .header("content-type", "application/json")

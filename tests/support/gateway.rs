@@ -51,6 +51,8 @@ pub struct Gateway {
     tls: bool,
     config_path: PathBuf,
     log_path: PathBuf,
+    /// One connection pool for this gateway (see [`Gateway::http`]).
+    http: reqwest::Client,
 }
 
 impl Gateway {
@@ -136,7 +138,17 @@ impl Gateway {
             tls,
             config_path,
             log_path,
+            http: client(),
         }
+    }
+
+    /// A client whose connections to this gateway are kept and reused, as
+    /// SDK clients do: requests sent one after another through it go over
+    /// one connection, which reads the next request only after the last
+    /// one's logging phase (its settle) is done. [`client`] opens a new
+    /// connection per client, which can overtake that.
+    pub fn http(&self) -> reqwest::Client {
+        self.http.clone()
     }
 
     /// Polls `GET /healthz` every 50 ms until it answers 200 and the metrics
