@@ -200,7 +200,12 @@ async fn post_url(url: String) -> (u16, String) {
 }
 
 async fn post_as(url: String, key: &str) -> (u16, String) {
-    let resp = support::client()
+    post_with(&support::client(), url, key).await
+}
+
+/// [`post_as`] through `client` (e.g. a gateway's pooled one).
+async fn post_with(client: &reqwest::Client, url: String, key: &str) -> (u16, String) {
+    let resp = client
         .post(url)
         .header("authorization", format!("Bearer {key}"))
         .header("content-type", "application/json")
@@ -572,19 +577,10 @@ async fn sequential_requests_on_one_connection_never_meet_their_own_slot() {
         ", limits: { concurrency: 1 }",
     );
     let gw = Gateway::start(&yaml).await;
-    let client = support::client();
+    let client = gw.http();
     for i in 0..60 {
-        let resp = client
-            .post(gw.url("/v1/chat/completions"))
-            .header("authorization", format!("Bearer {KEY_A}"))
-            .header("content-type", "application/json")
-            .body(body().to_string())
-            .send()
-            .await
-            .expect("request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        assert_eq!(status, 200, "request {i}: {text}");
+        let (status, code) = post_with(&client, gw.url("/v1/chat/completions"), KEY_A).await;
+        assert_eq!(status, 200, "request {i}: {code}");
     }
     assert_eq!(mock.hits(), 60);
 }

@@ -109,7 +109,7 @@ fn small_body() -> String {
 }
 
 async fn post(gw: &Gateway, key: &str, body: String) -> reqwest::Response {
-    support::client()
+    gw.http()
         .post(gw.url("/v1/chat/completions"))
         .header("authorization", format!("Bearer {key}"))
         .header("content-type", "application/json")
@@ -386,19 +386,11 @@ async fn second_step_refusal_gives_back_the_first_steps_count(store: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // So the key's two requests of the minute are both still there. On one
-    // connection: the first one's concurrency slot is back before the
-    // connection reads the second (a new connection could overtake the
-    // Redis store's release).
-    let client = support::client();
+    // connection (`post` reuses the gateway's): the first one's concurrency
+    // slot is back before the connection reads the second (a new connection
+    // could overtake the Redis store's release).
     for _ in 0..2 {
-        let resp = client
-            .post(gw.url("/v1/chat/completions"))
-            .header("authorization", format!("Bearer {BOTH_KEY}"))
-            .header("content-type", "application/json")
-            .body(small_body())
-            .send()
-            .await
-            .expect("request");
+        let resp = post(&gw, BOTH_KEY, small_body()).await;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         assert_eq!(status, 200, "{text}");
