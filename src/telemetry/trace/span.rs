@@ -122,16 +122,17 @@ impl Attrs<'_> {
         any.value.get_or_insert(Value::BoolValue(false))
     }
 
-    /// A string value, `write` filling the previous one's buffer.
+    /// A string value, `write` filling the previous one's buffer (in
+    /// place: no value moved, no drop glue run, for a key that was a
+    /// string last time too).
     fn string(&mut self, k: &str, write: impl FnOnce(&mut String)) {
         let v = self.slot(k);
-        let mut s = match std::mem::replace(v, Value::BoolValue(false)) {
-            Value::StringValue(mut s) => {
-                s.clear();
-                s
-            }
-            _ => String::new(),
-        };
+        if let Value::StringValue(s) = v {
+            s.clear();
+            write(s);
+            return;
+        }
+        let mut s = String::new();
         write(&mut s);
         *v = Value::StringValue(s);
     }
@@ -143,16 +144,25 @@ impl Attrs<'_> {
     }
     fn int(&mut self, k: &'static str, v: Option<u64>) {
         if let Some(v) = v {
-            *self.slot(k) = Value::IntValue(int(v));
+            match self.slot(k) {
+                Value::IntValue(i) => *i = int(v),
+                other => *other = Value::IntValue(int(v)),
+            }
         }
     }
     fn float(&mut self, k: &'static str, v: Option<f64>) {
         if let Some(v) = v.filter(|v| v.is_finite()) {
-            *self.slot(k) = Value::DoubleValue(v);
+            match self.slot(k) {
+                Value::DoubleValue(d) => *d = v,
+                other => *other = Value::DoubleValue(v),
+            }
         }
     }
     fn bool(&mut self, k: &'static str, v: bool) {
-        *self.slot(k) = Value::BoolValue(v);
+        match self.slot(k) {
+            Value::BoolValue(b) => *b = v,
+            other => *other = Value::BoolValue(v),
+        }
     }
     /// A list of strings.
     fn strings(&mut self, k: &'static str, items: &[String]) {
