@@ -1,13 +1,11 @@
-//! The OTLP exporter's HTTP client: the gateway's own small client
+//! The exporter's HTTP client: the gateway's own small client
 //! (`providers::token_client`, on Pingora's connector and rustls, with the
 //! platform's trust store or `tracing.ca_file`), so exporting needs no
 //! second HTTP and TLS stack. It has a connection pool of its own, driven
 //! by the export thread's runtime.
 
 use super::Settings;
-use crate::providers::token_client::{TokenClient, TransportError};
-use async_trait::async_trait;
-use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+use crate::providers::token_client::{Answer, TokenClient, TransportError};
 
 #[derive(Debug)]
 pub(crate) struct Client(TokenClient);
@@ -20,11 +18,21 @@ impl Client {
         };
         Ok(Client(TokenClient::with_own_pool(s.export_timeout, ca)))
     }
+
+    /// POSTs `body` to `url` with `headers`; the answer, whatever its status.
+    pub(crate) async fn post(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Answer, TransportError> {
+        self.0.post(url, headers, body).await
+    }
 }
 
 /// Why a send failed, without the request (its headers may hold secrets).
 #[derive(Debug)]
-struct SendError(TransportError);
+pub(crate) struct SendError(pub(crate) TransportError);
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -36,29 +44,5 @@ impl std::fmt::Display for SendError {
             TransportError::Io => "the collector connection failed",
             TransportError::TooLarge => "the collector's answer was too large",
         })
-    }
-}
-
-impl std::error::Error for SendError {}
-
-#[async_trait]
-impl HttpClient for Client {
-    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        let url = request.uri().to_string();
-        let headers: Vec<(&str, &str)> = request
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
-            .collect();
-        let answer = self
-            .0
-            .post(&url, &headers, request.body())
-            .await
-            .map_err(|e| Box::new(SendError(e)) as HttpError)?;
-        let mut response = Response::builder().status(answer.status);
-        if let Some(v) = &answer.retry_after {
-            response = response.header(http::header::RETRY_AFTER, v.as_str());
-        }
-        Ok(response.body(answer.body)?)
     }
 }

@@ -13,9 +13,10 @@
 //!   and queues them.
 //!
 //! Span ids are fixed before the spans are built (the upstream is told its
-//! parent before the attempt ends), so spans are built as the SDK's
-//! `SpanData` at the end and handed to the exporter; the SDK's `Tracer`,
-//! which draws ids itself, is not used. An unsampled request builds
+//! parent before the attempt ends), so spans are written at the end
+//! straight into OTLP protobuf messages from the request's own values and
+//! queued encoded; the SDK's `Tracer` and `SpanData` (and their
+//! conversion to protobuf on export) are not used. An unsampled request builds
 //! nothing: without a client `traceparent` it costs one atomic load (or
 //! nothing at all with tracing off); with one, that header is forwarded as
 //! it came. Prompt and completion text is never exported.
