@@ -99,6 +99,8 @@ pub struct ModelRt {
     pub ratios: crate::governance::ratio::Ratios,
     /// Strategy, eligibility data and live statistics of the routes.
     pub routing: crate::routing::Plan,
+    /// The response cache, when the alias has `cache:`.
+    pub(crate) cache: Option<crate::cache::AliasCache>,
 }
 
 impl ModelRt {
@@ -231,6 +233,10 @@ impl Runtime {
                             .map(String::as_str),
                     ),
                     routing: crate::routing::Plan::build(&durable.routes, alias, m),
+                    cache: m
+                        .cache
+                        .as_ref()
+                        .map(|c| crate::cache::AliasCache::build(c, durable.cache.clone())),
                 }),
             );
         }
@@ -261,6 +267,10 @@ impl Runtime {
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
+        // The one store's bound is the newest config's.
+        durable
+            .cache
+            .set_max_bytes(usize::try_from(cfg.cache.max_bytes).unwrap_or(usize::MAX));
         Ok(Self {
             durable: durable.clone(),
             tls_cert,

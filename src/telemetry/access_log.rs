@@ -62,6 +62,11 @@ impl Record<'_> {
         }
         w.raw("unpriced", if self.unpriced { "true" } else { "false" });
         w.raw("partial", if self.partial { "true" } else { "false" });
+        w.str("cache", self.cache);
+        if let Some(c) = self.saved_usd.and_then(serde_json::Number::from_f64) {
+            w.key("saved_usd");
+            let _ = write!(w.out, "{c}");
+        }
         w.str("hedge", Some(self.hedge.unwrap_or("none")));
         w.str("shadow", self.shadow);
         w.str("strategy", self.strategy);
@@ -327,6 +332,8 @@ mod tests {
             cost_usd: Some(1.25e-6),
             unpriced: false,
             partial: true,
+            cache: None,
+            saved_usd: None,
             hedge: None,
             shadow: None,
             strategy: Some("weighted"),
