@@ -131,7 +131,7 @@ mod tests {
         let cfg = parse("", "").unwrap();
         assert!(cfg.models["a"].cache.is_none(), "off when absent");
         let cfg = parse(
-            ", cache: { ttl: 1s, scope: global }",
+            ", cache: { ttl: 1s, scope: global, max_entry_bytes: 1000 }",
             "cache: { max_bytes: 4096 }",
         )
         .unwrap();

@@ -376,7 +376,9 @@ mod tests {
         assert_eq!(v["variant"], Value::Null);
         assert_eq!(v["candidates"][1], "q/n");
         assert_eq!(v["skipped"][0], "r/o:region");
-        assert_eq!(v.as_object().map(|o| o.len()), Some(32));
+        assert_eq!(v["cache"], Value::Null, "no cache on the alias");
+        assert!(v.get("saved_usd").is_none(), "only on a hit");
+        assert_eq!(v.as_object().map(|o| o.len()), Some(33));
     }
 
     #[test]
