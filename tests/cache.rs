@@ -182,7 +182,12 @@ fn text(r: &Resp) -> String {
 /// Waits until the gateway counted `n` requests in all (the logging phase,
 /// which stores a miss's answer, runs just after the client has it).
 async fn settled(gw: &Gateway, n: f64) {
-    gw.wait_metric("tollgate_requests_total", &[], n).await;
+    gw.wait_metric(
+        "tollgate_requests_total",
+        &[("endpoint", "chat_completions")],
+        n,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
