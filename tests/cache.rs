@@ -163,6 +163,29 @@ async fn send_raw(gw: &Gateway, key: &str, body: &str, cache_control: Option<&st
     }
 }
 
+/// A request of alice's to `path` (any endpoint).
+async fn send_to(gw: &Gateway, path: &str, body: &Value) -> Resp {
+    let resp = support::client()
+        .post(gw.url(path))
+        .header("authorization", format!("Bearer {ALICE}"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request failed: {e}; log:\n{}", gw.logs()));
+    let status = resp.status().as_u16();
+    let cache = resp
+        .headers()
+        .get("x-tollgate-cache")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = resp.bytes().await.unwrap_or_default();
+    Resp {
+        status,
+        cache,
+        request_id: String::new(),
+        body,
+    }
+}
+
 async fn send(gw: &Gateway, key: &str, body: &Value) -> Resp {
     send_raw(gw, key, &body.to_string(), None).await
 }
@@ -659,4 +682,96 @@ async fn hits_are_charged_to_budgets_only_when_told_to() {
         let after_hit = remaining(&gw.metrics_text().await);
         assert_eq!(after_miss - after_hit, charged, "{extra}");
     }
+}
+
+/// Answers each endpoint in its own shape, numbered like [`numbered`].
+fn by_endpoint() -> Behavior {
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    Behavior::func(move |rec| {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let stream = rec.json()["stream"] == json!(true);
+        let response = |status: &str| {
+            json!({"id": format!("resp_{i}"), "object": "response", "created_at": 1, "model": "m1",
+                   "status": status, "output": [{"type": "message", "role": "assistant",
+                   "content": [{"type": "output_text", "text": format!("answer {i}")}]}],
+                   "usage": {"input_tokens": 7, "output_tokens": 5, "total_tokens": 12}})
+        };
+        match (rec.path.as_str(), stream) {
+            ("/v1/embeddings", _) => Reply::json(
+                200,
+                json!({"object": "list", "model": "m1",
+                       "data": [{"object": "embedding", "index": 0, "embedding": [i as f64, 0.5]}],
+                       "usage": {"prompt_tokens": 7, "total_tokens": 7}})
+                .to_string(),
+            ),
+            ("/v1/completions", _) => Reply::json(
+                200,
+                json!({"id": format!("cmpl-{i}"), "object": "text_completion", "created": 1, "model": "m1",
+                       "choices": [{"index": 0, "text": format!("answer {i}"), "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}})
+                .to_string(),
+            ),
+            ("/v1/responses", false) => Reply::json(200, response("completed").to_string()),
+            ("/v1/responses", true) => {
+                let ev = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");
+                Reply::sse(
+                    vec![
+                        ev("response.created", json!({"type": "response.created", "response": response("in_progress")})),
+                        ev("response.output_text.delta", json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": format!("answer {i}")})),
+                        ev("response.completed", json!({"type": "response.completed", "response": response("completed")})),
+                    ],
+                    Duration::from_millis(1),
+                )
+            }
+            _ => Reply::json(404, "{}"),
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_embeddings_and_responses_are_cached_too() {
+    let up = MockUpstream::start(by_endpoint()).await;
+    let gw = Gateway::start(&config(up.port(), "", "")).await;
+    let cases = [
+        ("/v1/embeddings", json!({"model": "k", "input": "embed me"})),
+        (
+            "/v1/completions",
+            json!({"model": "k", "prompt": "complete me"}),
+        ),
+        ("/v1/responses", json!({"model": "k", "input": "respond"})),
+        (
+            "/v1/responses",
+            json!({"model": "k", "input": "respond", "stream": true}),
+        ),
+    ];
+    let mut done = 0.0;
+    for (i, (path, body)) in cases.iter().enumerate() {
+        let first = send_to(&gw, path, body).await;
+        assert_eq!(
+            (first.status, first.cache.as_deref()),
+            (200, Some("miss")),
+            "{path}: {}",
+            text(&first)
+        );
+        done += 1.0;
+        gw.wait_metric("tollgate_requests_total", &[("request_model", "k")], done)
+            .await;
+        let again = send_to(&gw, path, body).await;
+        assert_eq!(
+            (again.status, again.cache.as_deref()),
+            (200, Some("hit")),
+            "{path} {body}"
+        );
+        assert_eq!(again.body, first.body, "{path} {body}");
+        done += 1.0;
+        assert_eq!(up.hits(), i + 1, "{path} {body}");
+    }
+    // The same body on another endpoint is another request.
+    let r = send_to(
+        &gw,
+        "/v1/completions",
+        &json!({"model": "k", "input": "embed me"}),
+    )
+    .await;
+    assert_eq!(r.cache.as_deref(), Some("miss"));
 }

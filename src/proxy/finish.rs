@@ -302,7 +302,8 @@ fn store_in_cache(ctx: &mut Ctx, settled: Option<&Settled>) {
         && ctx.out.error().is_none()
         && ctx.out.broken().is_none()
         && ctx.out.served() == Served::Upstream;
-    let (complete, stream) = (ctx.resp.complete(), ctx.resp.streams());
+    let responses = req.endpoint == crate::base::endpoint::Endpoint::Responses;
+    let (complete, stream) = (ctx.resp.complete(responses), ctx.resp.streams());
     if let Some(state) = ctx.cache.as_mut() {
         state.finish(cache, ok, complete, stream, settled);
     }

@@ -156,11 +156,16 @@ impl Pipeline {
     }
 
     /// Whether the body reached its end as its shape defines it: a
-    /// stream's end marker passed with no error event (a whole body: its
-    /// settled usage decides).
-    pub(crate) fn complete(&self) -> bool {
+    /// stream's end marker passed with no error event (`[DONE]`; a
+    /// Responses stream's `response.completed`, the event that carries its
+    /// usage: `responses`); a whole body: its settled usage decides.
+    pub(crate) fn complete(&self, responses: bool) -> bool {
         match &self.meter {
-            Meter::Stream(m) => m.seen().done && !m.seen().error_event,
+            Meter::Stream(m) => {
+                let seen = m.seen();
+                let ended = seen.done || (responses && seen.usage.is_some());
+                ended && !seen.error_event
+            }
             Meter::Body(_) => true,
             Meter::None => false,
         }

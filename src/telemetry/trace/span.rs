@@ -143,6 +143,8 @@ pub(super) fn request(t: &RequestTrace, f: &Finished<'_>) -> Vec<SpanData> {
     }
     a.fixed("tollgate.hedge", Some(rec.hedge.unwrap_or("none")));
     a.fixed("tollgate.shadow", rec.shadow);
+    a.fixed("tollgate.cache", rec.cache);
+    a.float("tollgate.saved_usd", rec.saved_usd);
     let name = match (op, named(rec.model)) {
         (Some(op), Some(alias)) => format!("{op} {alias}"),
         (Some(op), None) => op.to_string(),
