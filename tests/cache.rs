@@ -775,3 +775,105 @@ async fn completions_embeddings_and_responses_are_cached_too() {
     .await;
     assert_eq!(r.cache.as_deref(), Some("miss"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_store_is_shared_by_two_gateways() {
+    let redis = support::redis::Redis::start();
+    let up = MockUpstream::start(numbered()).await;
+    let top = format!("cache: {{ redis: {{ url: \"{}\" }} }}", redis.url());
+    let cfg = config(up.port(), "", &top);
+    let a = Gateway::start(&cfg).await;
+    let b = Gateway::start(&cfg).await;
+    let body = chat("t", "shared question");
+    let first = expect(&a, ALICE, &body, "miss").await;
+    // The store is written in the background, after the answer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.command(&["DBSIZE"]).as_deref() != Some(":1") {
+        assert!(
+            Instant::now() < deadline,
+            "never stored: {:?}",
+            redis.command(&["DBSIZE"])
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Bob (alice's team) on the other gateway gets the same answer.
+    let r = expect(&b, BOB, &body, "hit").await;
+    assert_eq!(r.body, first.body);
+    assert_eq!(up.hits(), 1);
+    // Under our prefix, expiring with the alias's ttl (10m), in Redis.
+    let count = "return #redis.call('KEYS', 'tollgate:cache:*')";
+    assert_eq!(redis.command(&["EVAL", count, "0"]).as_deref(), Some(":1"));
+    let pttl = "return redis.call('PTTL', redis.call('RANDOMKEY'))";
+    let ttl = redis.command(&["EVAL", pttl, "0"]).unwrap();
+    let ttl: i64 = ttl.trim_start_matches(':').parse().unwrap();
+    assert!(ttl > 0 && ttl <= 600_000, "{ttl}");
+    // Carol (another team) does not.
+    expect(&b, CAROL, &body, "miss").await;
+    // A stream is replayed from Redis byte for byte too.
+    let mut s = chat("k", "shared stream");
+    s["stream"] = json!(true);
+    let first = expect(&a, ALICE, &s, "miss").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.command(&["DBSIZE"]).as_deref() != Some(":3") {
+        assert!(
+            Instant::now() < deadline,
+            "never stored: {:?}",
+            redis.command(&["DBSIZE"])
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(text(&expect(&b, ALICE, &s, "hit").await), text(&first));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_a_request_is_served_as_a_miss() {
+    let mut redis = support::redis::Redis::start();
+    let up = MockUpstream::start(numbered()).await;
+    let top = format!("cache: {{ redis: {{ url: \"{}\" }} }}", redis.url());
+    let gw = Gateway::start(&config(up.port(), "", &top)).await;
+    redis.kill();
+    let body = chat("k", "redis is down");
+    for i in 0..3 {
+        let r = expect(&gw, ALICE, &body, "miss").await;
+        assert!(text(&r).contains(&format!("answer {i}")), "{}", text(&r));
+    }
+    assert_eq!(up.hits(), 3, "every request went upstream");
+    gw.wait_metric(
+        "tollgate_cache_misses_total",
+        &[("request_model", "k")],
+        3.0,
+    )
+    .await;
+    let m = gw.metrics_text().await;
+    let errors = sum(
+        &m,
+        "tollgate_cache_store_errors_total",
+        &[("store", "redis"), ("op", "get")],
+    );
+    assert!(
+        errors >= 3.0,
+        "every look-up failed and was counted: {errors}"
+    );
+    assert!(!m.contains(&redis.url()), "the URL is never in the metrics");
+    // Back up: the cache works again.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let fresh = chat("k", "redis is back");
+    // Every miss's answer may be stored (in the background); a hit is one of them.
+    let mut answers = Vec::new();
+    loop {
+        let r = send(&gw, ALICE, &fresh).await;
+        assert_eq!(r.status, 200);
+        if r.cache.as_deref() == Some("hit") {
+            assert!(answers.contains(&r.body), "{}", text(&r));
+            break;
+        }
+        answers.push(r.body);
+        assert!(
+            Instant::now() < deadline,
+            "no hit once Redis is back; log:\n{}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -13,6 +13,7 @@
 
 pub(crate) mod canonical;
 pub(crate) mod memory;
+pub(crate) mod shared;
 
 use crate::accounting::Usage;
 use crate::config::CacheScope;
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use std::sync::Arc;
 
 pub(crate) use memory::Store;
+pub(crate) use shared::Shared;
 
 /// A cache key: SHA-256 of the canonical request.
 pub(crate) type Key = [u8; 32];
@@ -46,10 +48,16 @@ pub(crate) struct AliasCache {
     /// The hash of the settings: changed settings, other keys.
     fingerprint: [u8; 32],
     pub(crate) store: Arc<Store>,
+    /// `cache.redis`: the shared store, used instead of `store`.
+    pub(crate) shared: Option<Arc<Shared>>,
 }
 
 impl AliasCache {
-    pub(crate) fn build(c: &crate::config::AliasCache, store: Arc<Store>) -> AliasCache {
+    pub(crate) fn build(
+        c: &crate::config::AliasCache,
+        store: Arc<Store>,
+        shared: Option<Arc<Shared>>,
+    ) -> AliasCache {
         let settings = format!(
             "{}|{}|{:?}|{}|{}",
             c.ttl.get().as_millis(),
@@ -66,6 +74,7 @@ impl AliasCache {
             budgets: c.budgets,
             fingerprint: canonical::digest(&[settings.as_bytes()]),
             store,
+            shared,
         }
     }
 
@@ -97,13 +106,21 @@ impl AliasCache {
         )
     }
 
-    /// The live entry under `key`.
-    pub(crate) fn get(&self, key: &Key) -> Option<Arc<Entry>> {
-        self.store.get(key, crate::base::clock::monotonic_ms())
+    /// The live entry under `key` (a failing shared store: `None`).
+    pub(crate) async fn get(&self, key: &Key) -> Option<Arc<Entry>> {
+        match &self.shared {
+            Some(s) => s.get(key).await.map(Arc::new),
+            None => self.store.get(key, crate::base::clock::monotonic_ms()),
+        }
     }
 
-    /// Stores `entry` under `key` for the alias's `ttl`.
+    /// Stores `entry` under `key` for the alias's `ttl` (in the shared
+    /// store: in the background).
     pub(crate) fn put(&self, key: Key, entry: Entry) {
+        if let Some(s) = &self.shared {
+            s.put(key, &entry, self.ttl_ms);
+            return;
+        }
         let now = crate::base::clock::monotonic_ms();
         self.store.put(key, entry, now.saturating_add(self.ttl_ms));
     }

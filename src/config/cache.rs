@@ -50,14 +50,27 @@ pub enum CacheScope {
 #[serde(deny_unknown_fields, default)]
 pub struct CacheSection {
     /// Bytes all cached answers take together, at most (least recently
-    /// used ones are evicted first). Default 256 MiB.
+    /// used ones are evicted first). Default 256 MiB. The memory store's.
     pub max_bytes: u64,
+    /// Keep the answers in Redis, shared by every instance that names the
+    /// same server, instead of in memory. Absent: in memory.
+    pub redis: Option<CacheRedis>,
+}
+
+/// `cache.redis`: the shared store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRedis {
+    /// `redis://[:password@]host:port[/db]` (the limits store's server or
+    /// another).
+    pub url: String,
 }
 
 impl Default for CacheSection {
     fn default() -> Self {
         Self {
             max_bytes: DEFAULT_CACHE_MAX_BYTES,
+            redis: None,
         }
     }
 }
@@ -75,6 +88,15 @@ pub(crate) fn problems(cfg: &super::Config) -> Vec<(String, String)> {
     let mut out = Vec::new();
     if cfg.cache.max_bytes == 0 {
         out.push(("cache.max_bytes".into(), "must be greater than 0".into()));
+    }
+    if let Some(r) = &cfg.cache.redis {
+        // The URL holds the password: never echoed.
+        if redis::Client::open(r.url.as_str()).is_err() {
+            out.push((
+                "cache.redis.url".into(),
+                "is not a Redis URL such as redis://127.0.0.1:6379".into(),
+            ));
+        }
     }
     for (alias, m) in &cfg.models {
         let Some(c) = &m.cache else { continue };
@@ -160,6 +182,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("ttl") && err.contains("cache"), "{err}");
+        let err = parse("", "cache: { redis: { url: \"http://u:hunter2@x:1\" } }").unwrap_err();
+        let p = err.problems.join("\n");
+        assert!(p.contains("cache.redis.url: is not a Redis URL"), "{p}");
+        assert!(!p.contains("hunter2"), "the password is never echoed: {p}");
+        let err = parse("", "cache: { redis: { url: \"redis://x:1\", db: 2 } }").unwrap_err();
+        assert!(err.to_string().contains("db"), "{err}");
+        let cfg = parse(
+            "",
+            "cache: { redis: { url: \"redis://127.0.0.1:6379/2\" } }",
+        )
+        .unwrap();
+        assert_eq!(cfg.cache.redis.unwrap().url, "redis://127.0.0.1:6379/2");
         let err = parse(
             ", cache: { ttl: 0s, max_entry_bytes: 5000, rate_limits: false, budgets: true }",
             "cache: { max_bytes: 4096 }",

@@ -14,7 +14,7 @@ pub(crate) mod tracing;
 pub(crate) mod url;
 pub(crate) mod validate;
 
-pub use cache::{AliasCache, CacheScope, CacheSection};
+pub use cache::{AliasCache, CacheRedis, CacheScope, CacheSection};
 pub use experiments::{Hedge, HedgeAfter, Shadow, ShadowSection, HEDGE_BURST};
 pub use schema::*;
 pub use tracing::TracingSection;

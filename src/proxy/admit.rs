@@ -192,7 +192,11 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     ctx.attempts = crate::engine::attempts::Attempts::new(order);
     let (first_index, first) = crate::routing::candidate(ctx.attempts.order(), 0, &model.routes)
         .ok_or(GatewayError::Internal)?;
-    ctx.cache = crate::proxy::cached::begin(&session.req_header().headers, key_info, &req);
+    ctx.cache = if model.cache.is_some() {
+        crate::proxy::cached::begin(&session.req_header().headers, key_info, &req).await
+    } else {
+        None
+    };
     let hit = ctx.cache.as_ref().and_then(|c| c.hit().cloned());
     let count_hit = model.cache.as_ref().is_none_or(|c| c.rate_limits);
     if let (Some(entry), false) = (&hit, count_hit) {

@@ -84,7 +84,11 @@ fn directives(headers: &http::HeaderMap) -> (bool, bool) {
 
 /// The cache's look-up for an admitted request. `None`: the alias has no
 /// cache or the endpoint is not cached (no work at all, no header).
-pub(crate) fn begin(headers: &http::HeaderMap, key: &KeyRt, req: &Admitted) -> Option<Box<State>> {
+pub(crate) async fn begin(
+    headers: &http::HeaderMap,
+    key: &KeyRt,
+    req: &Admitted,
+) -> Option<Box<State>> {
     let c = req.model.cache.as_ref()?;
     if !cacheable(req.endpoint) {
         return None;
@@ -99,7 +103,7 @@ pub(crate) fn begin(headers: &http::HeaderMap, key: &KeyRt, req: &Admitted) -> O
             capture: None,
         }));
     };
-    let hit = if bypass { None } else { c.get(&k) };
+    let hit = if bypass { None } else { c.get(&k).await };
     let mark = match (&hit, bypass) {
         (Some(_), _) => Mark::Hit,
         (None, true) => Mark::Bypass,

@@ -30,4 +30,7 @@ pub struct Durable {
     /// The response cache, all aliases together: a reload keeps its
     /// entries (an alias whose cache settings changed gets other keys).
     pub(crate) cache: Arc<crate::cache::Store>,
+    /// The shared (Redis) cache stores, by URL: a reload keeps the
+    /// connection.
+    pub(crate) cache_shared: Keyed<String, crate::cache::Shared>,
 }

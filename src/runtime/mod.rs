@@ -202,6 +202,16 @@ impl Runtime {
             };
             providers.insert(name.clone(), Arc::new(rt));
         }
+        let shared_cache = match &cfg.cache.redis {
+            Some(r) => match crate::cache::Shared::open(&r.url) {
+                Ok(s) => Some(durable.cache_shared.get_or_insert_with(r.url.clone(), || s)),
+                Err(e) => {
+                    problems.push(e);
+                    None
+                }
+            },
+            None => None,
+        };
         let mut models = HashMap::new();
         for (alias, m) in &cfg.models {
             let mut routes = Vec::new();
@@ -233,10 +243,13 @@ impl Runtime {
                             .map(String::as_str),
                     ),
                     routing: crate::routing::Plan::build(&durable.routes, alias, m),
-                    cache: m
-                        .cache
-                        .as_ref()
-                        .map(|c| crate::cache::AliasCache::build(c, durable.cache.clone())),
+                    cache: m.cache.as_ref().map(|c| {
+                        crate::cache::AliasCache::build(
+                            c,
+                            durable.cache.clone(),
+                            shared_cache.clone(),
+                        )
+                    }),
                 }),
             );
         }

@@ -60,6 +60,7 @@ pub struct Metrics {
     pub cache_bytes: IntGauge,
     pub cache_entries: IntGauge,
     pub cache_evictions: IntCounter,
+    pub cache_store_errors: IntCounterVec,
 }
 
 /// Request duration buckets for LLM calls: 5 ms to 5 minutes.
@@ -283,6 +284,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         cache_evictions: register_int_counter!(
             "tollgate_cache_evictions_total",
             "Cache entries evicted to keep the cache within cache.max_bytes."
+        )?,
+        cache_store_errors: register_int_counter_vec!(
+            "tollgate_cache_store_errors_total",
+            "Failures of the shared response-cache store (a failed look-up is served as a miss), by store and operation (get, put, decode).",
+            &["store", "op"]
         )?,
     };
     // Both results exist from the start, so the first failed reload is an
