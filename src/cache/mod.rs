@@ -21,7 +21,7 @@ use bytes::Bytes;
 use std::sync::Arc;
 
 pub(crate) use memory::Store;
-pub(crate) use shared::Shared;
+pub(crate) use shared::RedisCache;
 
 /// A cache key: SHA-256 of the canonical request.
 pub(crate) type Key = [u8; 32];
@@ -49,14 +49,14 @@ pub(crate) struct AliasCache {
     fingerprint: [u8; 32],
     pub(crate) store: Arc<Store>,
     /// `cache.redis`: the shared store, used instead of `store`.
-    pub(crate) shared: Option<Arc<Shared>>,
+    pub(crate) shared: Option<Arc<RedisCache>>,
 }
 
 impl AliasCache {
     pub(crate) fn build(
         c: &crate::config::AliasCache,
         store: Arc<Store>,
-        shared: Option<Arc<Shared>>,
+        shared: Option<Arc<RedisCache>>,
     ) -> AliasCache {
         let settings = format!(
             "{}|{}|{:?}|{}|{}",

@@ -20,18 +20,18 @@ const VERSION: u8 = 1;
 /// Header bytes before the body: version, stream, 5 counts, cost flag, cost.
 const HEADER: usize = 1 + 1 + 5 * 8 + 1 + 8;
 
-pub(crate) struct Shared {
+pub(crate) struct RedisCache {
     client: redis::Client,
     manager: OnceLock<ConnectionManager>,
 }
 
-impl Shared {
+impl RedisCache {
     /// The store at `url` (checked by the config's validation). No
     /// connection is made until the first request.
-    pub(crate) fn open(url: &str) -> Result<Shared, String> {
+    pub(crate) fn open(url: &str) -> Result<RedisCache, String> {
         let client = redis::Client::open(url)
             .map_err(|_| "cache.redis.url: is not a Redis URL".to_string())?;
-        Ok(Shared {
+        Ok(RedisCache {
             client,
             manager: OnceLock::new(),
         })

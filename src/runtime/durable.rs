@@ -32,5 +32,5 @@ pub struct Durable {
     pub(crate) cache: Arc<crate::cache::Store>,
     /// The shared (Redis) cache stores, by URL: a reload keeps the
     /// connection.
-    pub(crate) cache_shared: Keyed<String, crate::cache::Shared>,
+    pub(crate) cache_shared: Keyed<String, crate::cache::RedisCache>,
 }

@@ -203,7 +203,7 @@ impl Runtime {
             providers.insert(name.clone(), Arc::new(rt));
         }
         let shared_cache = match &cfg.cache.redis {
-            Some(r) => match crate::cache::Shared::open(&r.url) {
+            Some(r) => match crate::cache::RedisCache::open(&r.url) {
                 Ok(s) => Some(durable.cache_shared.get_or_insert_with(r.url.clone(), || s)),
                 Err(e) => {
                     problems.push(e);
