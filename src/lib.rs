@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod base;
 pub(crate) mod ca_file;
+pub(crate) mod cache;
 pub mod cli;
 pub mod config;
 pub(crate) mod engine;

@@ -42,6 +42,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "tls",
             "keys",
             "keystore",
+            "cache",
         ],
     ),
     ("runtime", &["runtime"]),

@@ -15,6 +15,9 @@ pub enum UsageSource {
     /// cut short; a request cut off before its answer): the worst case the
     /// request allowed, as its reservation holds it.
     Reserved,
+    /// Answered from the response cache: the stored answer's reported
+    /// usage, which no provider spent again.
+    Cache,
 }
 
 impl UsageSource {
@@ -24,6 +27,7 @@ impl UsageSource {
             UsageSource::Reported => "reported",
             UsageSource::Estimated => "estimated",
             UsageSource::Reserved => "reserved",
+            UsageSource::Cache => "cache",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! `${VAR}` expansion inside its string values, typed parsing (unknown fields
 //! rejected, errors carry the field path), then `validate`.
 
+pub(crate) mod cache;
 pub mod cloud;
 pub(crate) mod duration;
 pub(crate) mod env;
@@ -13,6 +14,7 @@ pub(crate) mod tracing;
 pub(crate) mod url;
 pub(crate) mod validate;
 
+pub use cache::{AliasCache, CacheRedis, CacheScope, CacheSection};
 pub use experiments::{Hedge, HedgeAfter, Shadow, ShadowSection, HEDGE_BURST};
 pub use schema::*;
 pub use tracing::TracingSection;

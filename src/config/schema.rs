@@ -78,6 +78,10 @@ pub struct Config {
     /// OpenTelemetry spans over OTLP/HTTP. Absent: off.
     #[serde(default)]
     pub tracing: Option<super::tracing::TracingSection>,
+    /// The response cache's bound, all aliases together (each alias opts
+    /// in with its own `cache:`).
+    #[serde(default)]
+    pub cache: super::cache::CacheSection,
 }
 
 /// Where runtime keys and teams are stored: one of `sqlite` (a file,
@@ -799,6 +803,9 @@ pub struct Model {
     /// Race a slow primary against the next route.
     #[serde(default)]
     pub hedge: Option<super::experiments::Hedge>,
+    /// Answer identical requests from the response cache. Absent: off.
+    #[serde(default)]
+    pub cache: Option<super::cache::AliasCache>,
 }
 
 pub const DEFAULT_RESERVE_OUTPUT_TOKENS: u64 = 1024;

@@ -86,6 +86,9 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     for (field, msg) in cfg.tracing.iter().flat_map(super::tracing::problems) {
         v.add(field, msg);
     }
+    for (field, msg) in super::cache::problems(cfg) {
+        v.add(field, msg);
+    }
     v.finish()
 }
 

@@ -274,6 +274,15 @@ pub async fn admit_early(key_rules: &[Rule]) -> Result<Option<Admitted>, Refusal
         .map_err(refusal)
 }
 
+/// Gives back what the first step took (its `rpm` count included): the
+/// request is answered without its second step (a cache hit that does not
+/// count against rate limits).
+pub async fn give_back(early: Option<Admitted>) {
+    if let Some(a) = early {
+        a.reservation.revoke().await;
+    }
+}
+
 /// Bodies larger than this are estimated on a blocking thread, off the
 /// event loop (parsing and tokenizing them can take milliseconds).
 pub const INLINE_ESTIMATE_BYTES: usize = 16 * 1024;

@@ -192,6 +192,19 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     ctx.attempts = crate::engine::attempts::Attempts::new(order);
     let (first_index, first) = crate::routing::candidate(ctx.attempts.order(), 0, &model.routes)
         .ok_or(GatewayError::Internal)?;
+    ctx.cache = if model.cache.is_some() {
+        crate::proxy::cached::begin(&session.req_header().headers, key_info, &req).await
+    } else {
+        None
+    };
+    let hit = ctx.cache.as_ref().and_then(|c| c.hit().cloned());
+    let count_hit = model.cache.as_ref().is_none_or(|c| c.rate_limits);
+    if let (Some(entry), false) = (&hit, count_hit) {
+        // Not counted against rate limits: what the first step took goes
+        // back, and the second step is skipped.
+        governance::give_back(early).await;
+        return written(serve_cached(session, ctx, entry).await, ctx);
+    }
     match governance::admit_request(
         &key_info.rules,
         model.limits(),
@@ -208,6 +221,9 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
             ctx.out.limits(None, headers);
             return Err(err);
         }
+    }
+    if let Some(entry) = &hit {
+        return written(serve_cached(session, ctx, entry).await, ctx);
     }
     if let ProviderRt::Mock(settings) = &*first.provider {
         ctx.out.serve(Served::Locally);
@@ -229,6 +245,22 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         return written(sent, ctx);
     }
     Ok(Next::Proxy)
+}
+
+/// Answers from the cache: the stored body as the client first got it, a
+/// stream's events in one write (at full speed).
+async fn serve_cached(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    entry: &crate::cache::Entry,
+) -> pingora::Result<()> {
+    ctx.out.serve(Served::Cache);
+    let body = entry.body.clone();
+    if entry.stream {
+        write::sse(session, vec![body], std::time::Duration::ZERO, &ctx.tags()).await
+    } else {
+        write::json(session, 200, body, &ctx.tags()).await
+    }
 }
 
 /// Records the outcome of a locally written 200 response.

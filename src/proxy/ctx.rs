@@ -19,6 +19,8 @@
 //! - `trace`: the request's trace context, decided once at admission
 //!   (`telemetry::trace::begin`); boxed, and `None` when tracing is off or
 //!   the request is unsampled with no context to pass on.
+//! - `cache`: what the response cache did (`cached.rs`); boxed, and `None`
+//!   for an alias without `cache`.
 
 use crate::base::endpoint::Endpoint;
 use crate::base::error::GatewayError;
@@ -46,6 +48,8 @@ pub(crate) struct Ctx {
     pub(crate) out: Outcome,
     pub(crate) exp: crate::proxy::experiments::Marks,
     pub(crate) trace: Option<Box<crate::telemetry::trace::RequestTrace>>,
+    /// The response cache's state; `None` for an alias without `cache`.
+    pub(crate) cache: Option<Box<crate::proxy::cached::State>>,
 }
 
 /// What is known of a request before its body is read.
@@ -106,6 +110,8 @@ pub(crate) enum Served {
     Locally,
     /// An upstream's response was accepted: no more retries.
     Upstream,
+    /// Answered from the response cache.
+    Cache,
 }
 
 /// How the request ended. Each field has one meaning and is written only
@@ -268,6 +274,7 @@ impl Ctx {
             out: Outcome::default(),
             exp: Default::default(),
             trace: None,
+            cache: None,
         }
     }
 
@@ -333,6 +340,7 @@ impl Ctx {
             request_id: &self.head.request_id,
             rate: self.out.rate(),
             anthropic: self.head.endpoint == Some(Endpoint::Messages),
+            cache: self.cache.as_ref().map(|c| c.mark.label()),
         }
     }
 }

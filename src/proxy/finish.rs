@@ -2,6 +2,7 @@
 //! the access-log line and, for a traced request, its spans.
 
 use crate::accounting::settle::{self, Observed, Settled};
+use crate::accounting::UsageSource;
 use crate::base::error::GatewayError;
 use crate::proxy::ctx::{Ctx, Served};
 use crate::proxy::write;
@@ -123,6 +124,7 @@ pub(crate) fn log_request(
         crate::routing::finished(&mut ctx.routing, plan, &end);
     }
     let settled = settle(ctx);
+    store_in_cache(ctx, settled.as_ref());
     if let (Some(a), Some(s)) = (ctx.current.get(), settled.as_ref()) {
         // A pool key's `tpm` counts what its requests used.
         if let Some((k, pool)) = a.key() {
@@ -134,9 +136,7 @@ pub(crate) fn log_request(
     }
     // Nothing reached a provider, (0, None): this releases what was reserved.
     let pending = ctx.out.take_reservation().and_then(|r| {
-        let own = settled
-            .as_ref()
-            .map_or((0, None), |s| (s.tokens(), s.cost_usd));
+        let own = charged(ctx, settled.as_ref());
         let (tokens, usd) = ctx.exp.charge(own.0, own.1);
         r.settle_later(tokens, usd)
     });
@@ -176,8 +176,16 @@ pub(crate) fn log_request(
         usage: settled.as_ref().map(|s| s.usage),
         usage_source: settled.as_ref().map(|s| s.source),
         cost_usd: settled.as_ref().and_then(|s| s.cost_usd),
-        unpriced: settled.as_ref().is_some_and(|s| s.cost_usd.is_none()),
+        unpriced: settled
+            .as_ref()
+            .is_some_and(|s| s.cost_usd.is_none() && s.source != UsageSource::Cache),
         partial: settled.as_ref().is_some_and(|s| s.partial),
+        cache: ctx.cache.as_ref().map(|c| c.mark.label()),
+        saved_usd: ctx
+            .cache
+            .as_ref()
+            .and_then(|c| c.hit())
+            .and_then(|e| e.cost_usd),
         hedge: ctx.exp.hedge,
         shadow: ctx.exp.shadow,
         strategy: None,
@@ -234,7 +242,7 @@ fn record_usage_ledger(ctx: &Ctx, settled: Option<&Settled>) {
     if refused {
         return;
     }
-    let own = settled.map_or((0, None), |s| (s.tokens(), s.cost_usd));
+    let own = charged(ctx, settled);
     let (tokens, usd) = ctx.exp.charge(own.0, own.1);
     let nanos = usd.map_or(0, usd_to_nanos);
     let alias = req.alias();
@@ -265,9 +273,59 @@ fn attempt_log(ctx: &Ctx) -> Option<Vec<String>> {
     })
 }
 
+/// The tokens and cost charged to the request's limits and budgets: what
+/// it used, except a cache hit's, charged only with `budgets: true`.
+fn charged(ctx: &Ctx, settled: Option<&Settled>) -> (u64, Option<f64>) {
+    if let Some(entry) = ctx.cache.as_ref().and_then(|c| c.hit()) {
+        let budgets = ctx
+            .req()
+            .and_then(|r| r.model.cache.as_ref())
+            .is_some_and(|c| c.budgets);
+        let tokens = entry.usage.prompt.saturating_add(entry.usage.completion);
+        return if budgets {
+            (tokens, entry.cost_usd)
+        } else {
+            (0, None)
+        };
+    }
+    settled.map_or((0, None), |s| (s.tokens(), s.cost_usd))
+}
+
+/// A cache miss's answer goes into the cache when it was successful and
+/// complete (`cached::State::finish` says what that takes).
+fn store_in_cache(ctx: &mut Ctx, settled: Option<&Settled>) {
+    if ctx.cache.is_none() {
+        return;
+    }
+    let Some(req) = ctx.req().cloned() else {
+        return;
+    };
+    let Some(cache) = req.model.cache.as_ref() else {
+        return;
+    };
+    let ok = ctx.out.status() == 200
+        && ctx.out.error().is_none()
+        && ctx.out.broken().is_none()
+        && ctx.out.served() == Served::Upstream;
+    let responses = req.endpoint == crate::base::endpoint::Endpoint::Responses;
+    let (complete, stream) = (ctx.resp.complete(responses), ctx.resp.streams());
+    if let Some(state) = ctx.cache.as_mut() {
+        state.finish(cache, ok, complete, stream, settled);
+    }
+}
+
 /// The request's usage and cost, from what its response showed (the rule
-/// is in `accounting::settle`).
+/// is in `accounting::settle`); a cache hit's is the stored answer's usage,
+/// which cost no provider anything.
 fn settle(ctx: &Ctx) -> Option<Settled> {
+    if let Some(entry) = ctx.cache.as_ref().and_then(|c| c.hit()) {
+        return Some(Settled {
+            usage: entry.usage,
+            source: UsageSource::Cache,
+            cost_usd: None,
+            partial: false,
+        });
+    }
     let req = ctx.req()?;
     let route = ctx.current_route()?;
     let request = settle::Request {

@@ -5,6 +5,7 @@ pub(crate) mod admit;
 pub(crate) mod attempt;
 pub(crate) mod bedrock;
 pub(crate) mod body;
+pub(crate) mod cached;
 pub(crate) mod cloud;
 pub(crate) mod ctx;
 pub(crate) mod experiments;

@@ -155,6 +155,22 @@ impl Pipeline {
         matches!(self.meter, Meter::Stream(_))
     }
 
+    /// Whether the body reached its end as its shape defines it: a
+    /// stream's end marker passed with no error event (`[DONE]`; a
+    /// Responses stream's `response.completed`, the event that carries its
+    /// usage: `responses`); a whole body: its settled usage decides.
+    pub(crate) fn complete(&self, responses: bool) -> bool {
+        match &self.meter {
+            Meter::Stream(m) => {
+                let seen = m.seen();
+                let ended = seen.done || (responses && seen.usage.is_some());
+                ended && !seen.error_event
+            }
+            Meter::Body(_) => true,
+            Meter::None => false,
+        }
+    }
+
     /// What ends a stream that broke after it started: the complete events
     /// not yet forwarded and the error event, in the client's shape.
     pub(crate) fn stream_error(&mut self, err: &GatewayError) -> Vec<Bytes> {

@@ -77,6 +77,9 @@ fn tag(resp: &mut ResponseHeader, ctx: &Ctx) -> pingora::Result<()> {
     for (name, value) in ctx.out.rate().pairs() {
         resp.insert_header(name, value)?;
     }
+    if let Some(c) = &ctx.cache {
+        resp.insert_header(crate::proxy::cached::HEADER, c.mark.label())?;
+    }
     Ok(())
 }
 
@@ -85,6 +88,9 @@ fn tag(resp: &mut ResponseHeader, ctx: &Ctx) -> pingora::Result<()> {
 pub(crate) fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pingora::Result<()> {
     let ran = ctx.resp.on_chunk(body, eos);
     ctx.out.body_sent(body.as_ref());
+    if let (Some(c), Ok(None)) = (&mut ctx.cache, &ran) {
+        c.capture(body, eos);
+    }
     if eos {
         // Disarm before Pingora can return the connection to its pool.
         ctx.current.disarm();

@@ -15,6 +15,8 @@ pub(crate) struct Tags<'a> {
     pub(crate) rate: &'a crate::governance::RateHeaders,
     /// Errors go out in Anthropic's shape (the Messages endpoint).
     pub(crate) anthropic: bool,
+    /// `x-tollgate-cache`, for an alias with a cache.
+    pub(crate) cache: Option<&'static str>,
 }
 
 fn header(
@@ -35,6 +37,9 @@ fn header(
     }
     if !request_id.is_empty() {
         resp.insert_header(REQUEST_ID, request_id)?;
+    }
+    if let Some(mark) = tags.cache {
+        resp.insert_header(crate::proxy::cached::HEADER, mark)?;
     }
     Ok(resp)
 }

@@ -2,7 +2,7 @@
 //! (`Durable::default()` in `main`), handed to every `Runtime::build`, and
 //! found again by config names, so a reload keeps a backend's breaker, a
 //! route's statistics and learned token ratio, an alias's hedge budget
-//! and a pool key's cooldown and counters. (The limit counters, the usage ledger and the Redis handle are
+//! a pool key's cooldown and counters, and the response cache. (The limit counters, the usage ledger and the Redis handle are
 //! still governance's own process-wide stores.)
 
 use crate::base::keyed::Keyed;
@@ -27,4 +27,10 @@ pub struct Durable {
     /// Each pool key's cooldown and rolling-minute counters, per provider
     /// and key digest: a reload that keeps a key keeps its state.
     pub(crate) pool_keys: Keyed<(String, [u8; 32]), crate::upstream::pool::KeyState>,
+    /// The response cache, all aliases together: a reload keeps its
+    /// entries (an alias whose cache settings changed gets other keys).
+    pub(crate) cache: Arc<crate::cache::Store>,
+    /// The shared (Redis) cache stores, by URL: a reload keeps the
+    /// connection.
+    pub(crate) cache_shared: Keyed<String, crate::cache::RedisCache>,
 }

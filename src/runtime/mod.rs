@@ -99,6 +99,8 @@ pub struct ModelRt {
     pub ratios: crate::governance::ratio::Ratios,
     /// Strategy, eligibility data and live statistics of the routes.
     pub routing: crate::routing::Plan,
+    /// The response cache, when the alias has `cache:`.
+    pub(crate) cache: Option<crate::cache::AliasCache>,
 }
 
 impl ModelRt {
@@ -200,6 +202,16 @@ impl Runtime {
             };
             providers.insert(name.clone(), Arc::new(rt));
         }
+        let shared_cache = match &cfg.cache.redis {
+            Some(r) => match crate::cache::RedisCache::open(&r.url) {
+                Ok(s) => Some(durable.cache_shared.get_or_insert_with(r.url.clone(), || s)),
+                Err(e) => {
+                    problems.push(e);
+                    None
+                }
+            },
+            None => None,
+        };
         let mut models = HashMap::new();
         for (alias, m) in &cfg.models {
             let mut routes = Vec::new();
@@ -231,6 +243,13 @@ impl Runtime {
                             .map(String::as_str),
                     ),
                     routing: crate::routing::Plan::build(&durable.routes, alias, m),
+                    cache: m.cache.as_ref().map(|c| {
+                        crate::cache::AliasCache::build(
+                            c,
+                            durable.cache.clone(),
+                            shared_cache.clone(),
+                        )
+                    }),
                 }),
             );
         }
@@ -261,6 +280,10 @@ impl Runtime {
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
+        // The one store's bound is the newest config's.
+        durable
+            .cache
+            .set_max_bytes(usize::try_from(cfg.cache.max_bytes).unwrap_or(usize::MAX));
         Ok(Self {
             durable: durable.clone(),
             tls_cert,

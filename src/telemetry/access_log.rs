@@ -62,6 +62,11 @@ impl Record<'_> {
         }
         w.raw("unpriced", if self.unpriced { "true" } else { "false" });
         w.raw("partial", if self.partial { "true" } else { "false" });
+        w.str("cache", self.cache);
+        if let Some(c) = self.saved_usd.and_then(serde_json::Number::from_f64) {
+            w.key("saved_usd");
+            let _ = write!(w.out, "{c}");
+        }
         w.str("hedge", Some(self.hedge.unwrap_or("none")));
         w.str("shadow", self.shadow);
         w.str("strategy", self.strategy);
@@ -327,6 +332,8 @@ mod tests {
             cost_usd: Some(1.25e-6),
             unpriced: false,
             partial: true,
+            cache: None,
+            saved_usd: None,
             hedge: None,
             shadow: None,
             strategy: Some("weighted"),
@@ -369,7 +376,9 @@ mod tests {
         assert_eq!(v["variant"], Value::Null);
         assert_eq!(v["candidates"][1], "q/n");
         assert_eq!(v["skipped"][0], "r/o:region");
-        assert_eq!(v.as_object().map(|o| o.len()), Some(32));
+        assert_eq!(v["cache"], Value::Null, "no cache on the alias");
+        assert!(v.get("saved_usd").is_none(), "only on a hit");
+        assert_eq!(v.as_object().map(|o| o.len()), Some(33));
     }
 
     #[test]

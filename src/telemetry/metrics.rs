@@ -52,6 +52,15 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub trace_spans_exported: IntCounter,
     pub trace_spans_dropped: IntCounterVec,
+    pub cache_hits: IntCounterVec,
+    pub cache_misses: IntCounterVec,
+    pub cache_bypasses: IntCounterVec,
+    pub cache_saved_tokens: IntCounterVec,
+    pub cache_saved_usd: CounterVec,
+    pub cache_bytes: IntGauge,
+    pub cache_entries: IntGauge,
+    pub cache_evictions: IntCounter,
+    pub cache_store_errors: IntCounterVec,
 }
 
 /// Request duration buckets for LLM calls: 5 ms to 5 minutes.
@@ -239,6 +248,48 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Trace spans dropped, never exported: queue_full (the export queue was full: the collector is slow or down) or export_failed (the collector refused them or could not be reached).",
             &["reason"]
         )?,
+        cache_hits: register_int_counter_vec!(
+            "tollgate_cache_hits_total",
+            "Requests answered from the response cache, by alias.",
+            &["request_model"]
+        )?,
+        cache_misses: register_int_counter_vec!(
+            "tollgate_cache_misses_total",
+            "Requests to a cached alias that found no entry (or whose entry could not be read) and went upstream, by alias.",
+            &["request_model"]
+        )?,
+        cache_bypasses: register_int_counter_vec!(
+            "tollgate_cache_bypasses_total",
+            "Requests to a cached alias that skipped the cache (Cache-Control: no-cache or no-store), by alias.",
+            &["request_model"]
+        )?,
+        cache_saved_tokens: register_int_counter_vec!(
+            "tollgate_cache_saved_tokens_total",
+            "Provider tokens not spent thanks to cache hits (the stored answer's usage), by alias and token type (input, output).",
+            &["request_model", "token_type"]
+        )?,
+        cache_saved_usd: prometheus::register_counter_vec!(
+            "tollgate_cache_saved_usd_total",
+            "Spend not incurred thanks to cache hits (the stored answer's cost at its route's price), by alias.",
+            &["request_model"]
+        )?,
+        cache_bytes: register_int_gauge!(
+            "tollgate_cache_bytes",
+            "Bytes the response cache holds (bodies plus a fixed overhead per entry)."
+        )?,
+        cache_entries: register_int_gauge!(
+            "tollgate_cache_entries",
+            "Entries the response cache holds."
+        )?,
+        cache_evictions: register_int_counter!(
+            "tollgate_cache_evictions_total",
+            "Cache entries evicted to keep the cache within cache.max_bytes."
+        )?,
+        cache_store_errors: register_int_counter_vec!(
+            "tollgate_cache_store_errors_total",
+            "Failures of the shared response-cache store (a failed look-up is served as a miss), by store and operation (get, put, decode).",
+            &["store", "op"]
+        )?,
     };
     // Both results exist from the start, so the first failed reload is an
     // increase from 0 that rate() and increase() can see.
@@ -365,9 +416,27 @@ pub fn observe(rec: &crate::telemetry::record::Record<'_>) {
     if let Some(code) = rec.error {
         m.errors.with_label_values(&[code]).inc();
     }
+    match rec.cache {
+        Some("miss") => m.cache_misses.with_label_values(&[model]).inc(),
+        Some("bypass") => m.cache_bypasses.with_label_values(&[model]).inc(),
+        _ => {}
+    }
     let (Some(usage), Some(source)) = (rec.usage, rec.usage_source) else {
         return;
     };
+    if source == crate::accounting::UsageSource::Cache {
+        // A hit: no provider tokens, no spend; what it saved instead.
+        m.cache_hits.with_label_values(&[model]).inc();
+        for (kind, n) in [("input", usage.prompt), ("output", usage.completion)] {
+            m.cache_saved_tokens
+                .with_label_values(&[model, kind])
+                .inc_by(n);
+        }
+        if let Some(c) = rec.saved_usd {
+            m.cache_saved_usd.with_label_values(&[model]).inc_by(c);
+        }
+        return;
+    }
     for (kind, n) in usage.by_kind() {
         m.tokens
             .with_label_values(&[model, provider, upstream_model, key, kind, source.label()])

@@ -37,6 +37,11 @@ pub struct Record<'a> {
     /// Usage known but the route has no price: the cost is unknown, not 0.
     pub(crate) unpriced: bool,
     pub(crate) partial: bool,
+    /// The response cache: `hit`, `miss` or `bypass` (`None`: the alias has
+    /// no cache).
+    pub(crate) cache: Option<&'static str>,
+    /// A hit: what the stored answer cost (`cost_usd` is then `None`).
+    pub(crate) saved_usd: Option<f64>,
     /// `fired` (a hedge started; the primary won) or `won` (the hedge won).
     pub(crate) hedge: Option<&'static str>,
     /// `sampled` (a shadow copy was sent) or `skipped` (over a shadow limit).

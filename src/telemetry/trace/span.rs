@@ -380,6 +380,8 @@ fn server_span(
     }
     a.str("tollgate.hedge", Some(rec.hedge.unwrap_or("none")));
     a.str("tollgate.shadow", rec.shadow);
+    a.str("tollgate.cache", rec.cache);
+    a.float("tollgate.saved_usd", rec.saved_usd);
     let name = &mut span.name;
     name.clear();
     match (op, named(rec.model)) {
