@@ -4,7 +4,7 @@
 # wall-clock time is not.
 #
 #   benches/callgrind.sh [--requests N] [--warmup N] [--body FILE] [--no-build]
-#                        [--keep] [--key-store] [--floor] [--tracing]
+#                        [--keep] [--key-store] [--floor] [--tracing] [--cache]
 #                        [--binary PATH]...
 #
 # For each binary (default target/release/tollgate) it starts the bench mock
@@ -25,6 +25,13 @@
 # section (sample_ratio 1.0, every request traced) exporting to the bench
 # mock, which answers 200 to the OTLP POSTs; the export thread's work is
 # counted with the rest of the process.
+# --cache runs each binary twice more with the response cache on for the
+# alias (`cache: { ttl: ... }`, memory store): once with a 1 h ttl, so every
+# measured request is a hit (checked: each answer says
+# `x-tollgate-cache: hit`), and once with a 1 ms ttl, so every request
+# misses (its entry has expired) and stores its answer again (checked:
+# `miss`). The hit's ratio to the floor and the miss's to the binary's own
+# cache-off run are the figures issue 18 asks for.
 # --floor measures the Pingora floor first (examples/passthrough: a plain
 # ProxyHttp to the same mock, one thread, no body inspection), so every
 # ratio is against it.
@@ -46,6 +53,7 @@ BUILD=1
 KEEP=0
 KEY_STORE=0
 TRACING=0
+CACHE=0
 FLOOR=0
 BODY=""
 declare -a BINARIES=()
@@ -59,6 +67,7 @@ while (($#)); do
         --keep) KEEP=1; shift ;;
         --key-store) KEY_STORE=1; shift ;;
         --tracing) TRACING=1; shift ;;
+        --cache) CACHE=1; shift ;;
         --floor) FLOOR=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
@@ -152,11 +161,12 @@ fi
 BODY_BYTES=$(stat -c %s "$TMP/chat.json")
 
 # Sends N requests of the body on one keep-alive connection, with KEY (or
-# the one given); fails on any status but 200 or a closed connection.
+# the one given); fails on any status but 200 or a closed connection, and,
+# with EXPECT_CACHE set, on an answer whose x-tollgate-cache differs.
 send() { # port n [key]
-    python3 - "$1" "$2" "$TMP/chat.json" "${3:-$KEY}" <<'PY'
+    python3 - "$1" "$2" "$TMP/chat.json" "${3:-$KEY}" "${EXPECT_CACHE:-}" <<'PY'
 import http.client, sys
-port, n, path, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+port, n, path, key, cache = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 body = open(path, "rb").read()
 headers = {"Authorization": "Bearer " + key, "Content-Type": "application/json"}
 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
@@ -166,6 +176,8 @@ for i in range(n):
     data = r.read()
     if r.status != 200 or r.will_close:
         sys.exit(f"request {i}: status {r.status}, close={r.will_close}: {data[:200]!r}")
+    if cache and r.getheader("x-tollgate-cache") != cache:
+        sys.exit(f"request {i}: x-tollgate-cache {r.getheader('x-tollgate-cache')!r}, expected {cache!r}")
 PY
 }
 
@@ -192,12 +204,16 @@ PY
 
 declare -a NAMES=() IRS=()
 run_one() { # binary index [store|runtime]
-    local bin=$1 i=$2 variant=${3:-} port metrics dir pid admin key=$KEY
+    local bin=$1 i=$2 variant=${3:-} port metrics dir pid admin key=$KEY cache="" expect=
     port=$(free_port)
     metrics=$(free_port)
     admin=$(free_port)
     dir="$TMP/run$i${variant:+-$variant}"
     mkdir -p "$dir"
+    case $variant in
+        cache-hit) cache="    cache: { ttl: 1h }" expect=hit ;;
+        cache-miss) cache="    cache: { ttl: 1ms }" expect=miss ;;
+    esac
     cat >"$dir/tollgate.yaml" <<EOF
 listen: "127.0.0.1:$port"
 metrics_listen: "127.0.0.1:$metrics"
@@ -222,6 +238,7 @@ models:
     routes:
       - provider: bench
         model: bench-model-1
+$cache
 keys:
   - name: bench
     key: $KEY
@@ -230,7 +247,7 @@ EOF
         cat >>"$dir/tollgate.yaml" <<EOF
 tracing: { endpoint: "http://127.0.0.1:$P_MOCK", sample_ratio: 1.0 }
 EOF
-    elif [[ -n $variant ]]; then
+    elif [[ $variant == store || $variant == runtime ]]; then
         cat >>"$dir/tollgate.yaml" <<EOF
 admin_listen: "127.0.0.1:$admin"
 admin_key: admin-bench-0123456789
@@ -257,7 +274,7 @@ EOF
     send "$port" "$WARMUP" "$key" || die "warm-up failed (see $dir/tollgate.log)"
     callgrind_control -z "$pid" >/dev/null 2>&1
     log "[$i${variant:+ $variant}] $REQUESTS measured requests"
-    send "$port" "$REQUESTS" "$key" || die "measured requests failed (see $dir/tollgate.log)"
+    EXPECT_CACHE=$expect send "$port" "$REQUESTS" "$key" || die "measured requests failed (see $dir/tollgate.log)"
     callgrind_control -d "$pid" >/dev/null 2>&1
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
@@ -271,6 +288,8 @@ EOF
     case $variant in
         store) NAMES+=("$bin+key_store") ;;
         tracing) NAMES+=("$bin+tracing") ;;
+        cache-hit) NAMES+=("$bin+cache_hit") ;;
+        cache-miss) NAMES+=("$bin+cache_miss") ;;
         runtime) NAMES+=("$bin+key_store,runtime_key") ;;
         *) NAMES+=("$bin") ;;
     esac
@@ -285,6 +304,10 @@ for i in "${!BINARIES[@]}"; do
     fi
     if ((TRACING)) && [[ $(basename "${BINARIES[$i]}") != passthrough ]]; then
         run_one "${BINARIES[$i]}" "$i" tracing
+    fi
+    if ((CACHE)) && [[ $(basename "${BINARIES[$i]}") != passthrough ]]; then
+        run_one "${BINARIES[$i]}" "$i" cache-hit
+        run_one "${BINARIES[$i]}" "$i" cache-miss
     fi
 done
 

@@ -101,6 +101,7 @@ fn main() -> ExitCode {
         eprintln!("start-up failed: {e}");
         return ExitCode::FAILURE;
     }
+    rt.take_over();
     telemetry::access_log::init(cfg.access_log.path.clone());
     if let Some(m) = telemetry::metrics::get() {
         m.config_loaded.set(tollgate::base::clock::unix_secs());

@@ -68,6 +68,7 @@ impl Reloader {
                 c.serial
             );
         }
+        rt.take_over();
         self.shared.swap(rt);
         Ok(())
     }

@@ -166,6 +166,16 @@ impl Runtime {
             .any(crate::governance::plan::needs_estimate)
     }
 
+    /// Hands this runtime's bounds to the state that outlives it (the
+    /// cache store's `cache.max_bytes`). Called once the runtime is the
+    /// one that serves (at start-up, and by a reload just before the swap),
+    /// never for a build that a later step of the reload rejects.
+    pub fn take_over(&self) {
+        self.durable
+            .cache
+            .set_max_bytes(usize::try_from(self.config.cache.max_bytes).unwrap_or(usize::MAX));
+    }
+
     /// Compiles a validated config, with the state that outlives reloads
     /// from `durable`. Does no network I/O.
     pub fn build(cfg: Config, durable: &Arc<durable::Durable>) -> Result<Self, ConfigError> {
@@ -280,10 +290,6 @@ impl Runtime {
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
-        // The one store's bound is the newest config's.
-        durable
-            .cache
-            .set_max_bytes(usize::try_from(cfg.cache.max_bytes).unwrap_or(usize::MAX));
         Ok(Self {
             durable: durable.clone(),
             tls_cert,

@@ -174,7 +174,9 @@ impl Gateway {
         // admin ones may come up after the proxy's, so wait for those the
         // config names too (a connection they accept is enough).
         let config = std::fs::read_to_string(&self.config_path).unwrap_or_default();
-        let others: Vec<String> = [&self.metrics, &self.admin]
+        // `{PLAIN}` may be any listener (the admin API's, in the key store
+        // tests), so it is waited for too.
+        let others: Vec<String> = [&self.metrics, &self.admin, &self.plain]
             .into_iter()
             .filter(|a| config.contains(a.as_str()))
             .cloned()

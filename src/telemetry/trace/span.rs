@@ -5,18 +5,17 @@
 //! request's parameters and the response's metadata; never from prompt or
 //! completion text.
 //!
-//! Each span is written into a `Span` message kept per thread and reused:
-//! its attribute keys, string values and ids keep their allocations from
-//! one span to the next (a key is rewritten only when it differs), so a
-//! span costs no allocation but its encoded bytes, which are what the
-//! queue holds (`export.rs` frames them into the request body as they are).
+//! Each span is written into a `Span` message kept per thread and reused
+//! (its ids, name and status keep their allocations from one span to the
+//! next), with its attributes encoded straight into a byte buffer beside
+//! it ([`Attrs`]), so a span costs no allocation but its encoded bytes,
+//! which are what the queue holds (`export.rs` frames them into the
+//! request body as they are).
 
 use super::{child_id, AttemptSpan, Finished, RequestTrace, ShadowEnd, ShadowTrace, SHADOW};
 use crate::base::endpoint::Endpoint;
 use crate::telemetry::metrics::NONE;
 use opentelemetry::trace::{SpanId, TraceId, TraceState};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::span::{Event, SpanKind};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::{Span, SpanFlags, Status};
@@ -50,12 +49,14 @@ fn nanos(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The span being written and the attribute slots it does not use now
-/// (kept, with their allocations, for a span that has more).
+/// The span being written (its attributes always empty: they are encoded
+/// apart, see [`Attrs`]), the attributes' encoded bytes and a string for
+/// values that are formatted.
 #[derive(Default)]
 struct Scratch {
     span: Span,
-    spare: Vec<KeyValue>,
+    attrs: Vec<u8>,
+    text: String,
 }
 
 thread_local! {
@@ -68,126 +69,181 @@ fn encoded(write: impl FnOnce(&mut Span, &mut Attrs<'_>)) -> Vec<u8> {
     SCRATCH.with(|s| {
         let Ok(mut s) = s.try_borrow_mut() else {
             // Not reentrant in practice; a fresh message if it ever is.
-            return encode_fresh(write);
+            return encode_with(&mut Scratch::default(), write);
         };
-        let Scratch { span, spare } = &mut *s;
-        let mut list = std::mem::take(&mut span.attributes);
-        let mut a = Attrs {
-            list: &mut list,
-            spare,
-            n: 0,
-        };
-        write(span, &mut a);
-        a.done();
-        span.attributes = list;
-        span.encode_to_vec()
+        encode_with(&mut s, write)
     })
 }
 
-fn encode_fresh(write: impl FnOnce(&mut Span, &mut Attrs<'_>)) -> Vec<u8> {
-    let (mut span, mut list, mut spare) = (Span::default(), Vec::new(), Vec::new());
-    let mut a = Attrs {
-        list: &mut list,
-        spare: &mut spare,
-        n: 0,
-    };
-    write(&mut span, &mut a);
-    a.done();
-    span.attributes = list;
-    span.encode_to_vec()
+fn encode_with(s: &mut Scratch, write: impl FnOnce(&mut Span, &mut Attrs<'_>)) -> Vec<u8> {
+    let Scratch { span, attrs, text } = s;
+    attrs.clear();
+    span.attributes.clear();
+    let mut a = Attrs { buf: attrs, text };
+    write(span, &mut a);
+    // A message's encoding followed by more of its fields is the message
+    // with those fields merged in (the protobuf encoding's rule), so the
+    // attributes, encoded as `Span.attributes` fields, go after the rest.
+    let mut out = Vec::with_capacity(span.encoded_len() + attrs.len());
+    // Into a `Vec` sized for it: cannot run out of room.
+    let _ = span.encode(&mut out);
+    out.extend_from_slice(attrs);
+    out
 }
 
-/// Attributes being written over the previous span's.
+/// A span's attributes, encoded as they are written: each one a
+/// `Span.attributes` field holding a `KeyValue` (`opentelemetry-proto`'s
+/// `common.v1`) whose lengths are known before it is written, so nothing is
+/// measured twice. prost encodes the rest of the span; building a
+/// `KeyValue` per attribute and letting prost measure each nested level
+/// again at every level above it was most of tracing's cost (see
+/// docs/benchmarks.md, "Tracing"). The unit tests decode what this writes
+/// with prost.
 struct Attrs<'s> {
-    list: &'s mut Vec<KeyValue>,
-    spare: &'s mut Vec<KeyValue>,
-    /// How many are written.
-    n: usize,
+    buf: &'s mut Vec<u8>,
+    /// For values written with `fmt`.
+    text: &'s mut String,
+}
+
+/// The protobuf key byte of field `field` (below 16) with `wire` type.
+const fn key(field: u8, wire: u8) -> u8 {
+    (field << 3) | wire
+}
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+/// `Span.attributes`.
+const SPAN_ATTRIBUTES: u8 = 9;
+/// `KeyValue.key`, `KeyValue.value`.
+const KV_KEY: u8 = 1;
+const KV_VALUE: u8 = 2;
+/// `AnyValue`'s `string_value`, `bool_value`, `int_value`, `double_value`,
+/// `array_value`; `ArrayValue.values`.
+const ANY_STRING: u8 = 1;
+const ANY_BOOL: u8 = 2;
+const ANY_INT: u8 = 3;
+const ANY_DOUBLE: u8 = 4;
+const ANY_ARRAY: u8 = 5;
+const ARRAY_VALUES: u8 = 1;
+
+/// Bytes of a length-delimited field of `n` bytes (one-byte key).
+fn field_len(n: usize) -> usize {
+    1 + prost::length_delimiter_len(n) + n
+}
+
+/// What an attribute's `AnyValue` holds.
+enum Val<'v> {
+    Str(&'v str),
+    Int(u64),
+    Double(f64),
+    Bool(bool),
+    Strs(&'v [String]),
+}
+
+impl Val<'_> {
+    /// Bytes of the `AnyValue` message.
+    fn len(&self) -> usize {
+        match self {
+            Val::Str(s) => field_len(s.len()),
+            Val::Int(i) => 1 + prost::length_delimiter_len(varint(*i)),
+            Val::Double(_) => 9,
+            Val::Bool(_) => 2,
+            Val::Strs(items) => field_len(array_len(items)),
+        }
+    }
+}
+
+/// Bytes of an `ArrayValue` of string `AnyValue`s.
+fn array_len(items: &[String]) -> usize {
+    items.iter().map(|s| field_len(field_len(s.len()))).sum()
+}
+
+/// A non-negative `i64` as the `usize` the length delimiter writes (the
+/// same base-128 varint as an `int64`).
+fn varint(n: u64) -> usize {
+    usize::try_from(int(n)).unwrap_or(usize::MAX)
+}
+
+fn put_len(buf: &mut Vec<u8>, n: usize) {
+    // Writing into a `Vec` cannot run out of room.
+    let _ = prost::encode_length_delimiter(n, buf);
+}
+
+fn put_str(buf: &mut Vec<u8>, field: u8, s: &str) {
+    buf.push(key(field, LEN));
+    put_len(buf, s.len());
+    buf.extend_from_slice(s.as_bytes());
 }
 
 impl Attrs<'_> {
-    /// The next attribute's value, its key set to `k`.
-    fn slot(&mut self, k: &str) -> &mut Value {
-        if self.n == self.list.len() {
-            self.list.push(self.spare.pop().unwrap_or_default());
+    fn put(&mut self, k: &str, v: Val<'_>) {
+        let any = v.len();
+        let buf = &mut *self.buf;
+        // proto3 leaves an empty `key` out (a oneof's value never is).
+        let key_len = if k.is_empty() { 0 } else { field_len(k.len()) };
+        buf.push(key(SPAN_ATTRIBUTES, LEN));
+        put_len(buf, key_len + field_len(any));
+        if !k.is_empty() {
+            put_str(buf, KV_KEY, k);
         }
-        let i = self.n;
-        self.n += 1;
-        let kv = &mut self.list[i];
-        if kv.key != k {
-            kv.key.clear();
-            kv.key.push_str(k);
+        buf.push(key(KV_VALUE, LEN));
+        put_len(buf, any);
+        match v {
+            Val::Str(s) => put_str(buf, ANY_STRING, s),
+            Val::Int(i) => {
+                buf.push(key(ANY_INT, VARINT));
+                put_len(buf, varint(i));
+            }
+            Val::Double(d) => {
+                buf.push(key(ANY_DOUBLE, FIXED64));
+                buf.extend_from_slice(&d.to_le_bytes());
+            }
+            Val::Bool(b) => {
+                buf.push(key(ANY_BOOL, VARINT));
+                buf.push(u8::from(b));
+            }
+            Val::Strs(items) => {
+                buf.push(key(ANY_ARRAY, LEN));
+                put_len(buf, array_len(items));
+                for item in items {
+                    buf.push(key(ARRAY_VALUES, LEN));
+                    put_len(buf, field_len(item.len()));
+                    put_str(buf, ANY_STRING, item);
+                }
+            }
         }
-        let any = kv.value.get_or_insert_with(AnyValue::default);
-        any.value.get_or_insert(Value::BoolValue(false))
     }
 
-    /// A string value, `write` filling the previous one's buffer (in
-    /// place: no value moved, no drop glue run, for a key that was a
-    /// string last time too).
+    /// A string value that `write` formats.
     fn string(&mut self, k: &str, write: impl FnOnce(&mut String)) {
-        let v = self.slot(k);
-        if let Value::StringValue(s) = v {
-            s.clear();
-            write(s);
-            return;
-        }
-        let mut s = String::new();
-        write(&mut s);
-        *v = Value::StringValue(s);
+        let mut text = std::mem::take(self.text);
+        text.clear();
+        write(&mut text);
+        self.put(k, Val::Str(&text));
+        *self.text = text;
     }
 
     fn str(&mut self, k: &'static str, v: Option<&str>) {
         if let Some(v) = v {
-            self.string(k, |s| s.push_str(v));
+            self.put(k, Val::Str(v));
         }
     }
     fn int(&mut self, k: &'static str, v: Option<u64>) {
         if let Some(v) = v {
-            match self.slot(k) {
-                Value::IntValue(i) => *i = int(v),
-                other => *other = Value::IntValue(int(v)),
-            }
+            self.put(k, Val::Int(v));
         }
     }
     fn float(&mut self, k: &'static str, v: Option<f64>) {
         if let Some(v) = v.filter(|v| v.is_finite()) {
-            match self.slot(k) {
-                Value::DoubleValue(d) => *d = v,
-                other => *other = Value::DoubleValue(v),
-            }
+            self.put(k, Val::Double(v));
         }
     }
     fn bool(&mut self, k: &'static str, v: bool) {
-        match self.slot(k) {
-            Value::BoolValue(b) => *b = v,
-            other => *other = Value::BoolValue(v),
-        }
+        self.put(k, Val::Bool(v));
     }
     /// A list of strings.
     fn strings(&mut self, k: &'static str, items: &[String]) {
-        let v = self.slot(k);
-        if !matches!(v, Value::ArrayValue(_)) {
-            *v = Value::ArrayValue(ArrayValue::default());
-        }
-        if let Value::ArrayValue(list) = v {
-            list.values.truncate(items.len());
-            for (i, item) in items.iter().enumerate() {
-                if let Some(AnyValue {
-                    value: Some(Value::StringValue(s)),
-                }) = list.values.get_mut(i)
-                {
-                    s.clear();
-                    s.push_str(item);
-                } else if let Some(slot) = list.values.get_mut(i) {
-                    slot.value = Some(Value::StringValue(item.clone()));
-                } else {
-                    list.values.push(AnyValue {
-                        value: Some(Value::StringValue(item.clone())),
-                    });
-                }
-            }
-        }
+        self.put(k, Val::Strs(items));
     }
     /// `server.address` and `server.port` of an upstream backend.
     fn server(&mut self, addr: SocketAddr) {
@@ -195,12 +251,6 @@ impl Attrs<'_> {
             let _ = write!(s, "{}", addr.ip());
         });
         self.int("server.port", Some(u64::from(addr.port())));
-    }
-
-    /// The span's attributes are the first `n`; the rest wait for a
-    /// longer span.
-    fn done(self) {
-        self.spare.extend(self.list.drain(self.n..));
     }
 }
 
@@ -533,6 +583,93 @@ impl Upstream<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue};
+    use proptest::prelude::*;
+
+    /// One attribute as the test writes it.
+    #[derive(Debug, Clone)]
+    enum Attr {
+        Str(String, String),
+        Int(String, u64),
+        Double(String, f64),
+        Bool(String, bool),
+        Strs(String, Vec<String>),
+    }
+
+    fn wrap(v: Value) -> Option<AnyValue> {
+        Some(AnyValue { value: Some(v) })
+    }
+
+    /// What prost makes of the same attributes.
+    fn expected(list: &[Attr]) -> Vec<KeyValue> {
+        list.iter()
+            .map(|a| {
+                let (k, v) = match a {
+                    Attr::Str(k, v) => (k, Value::StringValue(v.clone())),
+                    Attr::Int(k, v) => (k, Value::IntValue(int(*v))),
+                    Attr::Double(k, v) => (k, Value::DoubleValue(*v)),
+                    Attr::Bool(k, v) => (k, Value::BoolValue(*v)),
+                    Attr::Strs(k, v) => (
+                        k,
+                        Value::ArrayValue(ArrayValue {
+                            values: v
+                                .iter()
+                                .map(|s| AnyValue {
+                                    value: Some(Value::StringValue(s.clone())),
+                                })
+                                .collect(),
+                        }),
+                    ),
+                };
+                KeyValue {
+                    key: k.clone(),
+                    value: wrap(v),
+                    ..KeyValue::default()
+                }
+            })
+            .collect()
+    }
+
+    fn attr() -> impl Strategy<Value = Attr> {
+        // Lengths past 127 and 16,383 need two- and three-byte lengths.
+        let text = || prop_oneof![".{0,20}", "[a-z]{100,300}", "x{16380,16400}"];
+        prop_oneof![
+            (text(), text()).prop_map(|(k, v)| Attr::Str(k, v)),
+            (text(), any::<u64>()).prop_map(|(k, v)| Attr::Int(k, v)),
+            (
+                text(),
+                any::<f64>().prop_filter("finite", |v| v.is_finite())
+            )
+                .prop_map(|(k, v)| Attr::Double(k, v)),
+            (text(), any::<bool>()).prop_map(|(k, v)| Attr::Bool(k, v)),
+            (text(), prop::collection::vec(text(), 0..4)).prop_map(|(k, v)| Attr::Strs(k, v)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The attributes' bytes are exactly prost's encoding of a `Span`
+        /// holding only them, and decode to the same `KeyValue`s.
+        #[test]
+        fn attributes_encode_as_prost_encodes_them(list in prop::collection::vec(attr(), 0..12)) {
+            let mut buf = Vec::new();
+            let mut text = String::new();
+            let mut a = Attrs { buf: &mut buf, text: &mut text };
+            for x in &list {
+                match x {
+                    Attr::Str(k, v) => a.put(k, Val::Str(v)),
+                    Attr::Int(k, v) => a.put(k, Val::Int(*v)),
+                    Attr::Double(k, v) => a.put(k, Val::Double(*v)),
+                    Attr::Bool(k, v) => a.put(k, Val::Bool(*v)),
+                    Attr::Strs(k, v) => a.put(k, Val::Strs(v)),
+                }
+            }
+            let want = Span { attributes: expected(&list), ..Span::default() };
+            prop_assert_eq!(&buf, &want.encode_to_vec());
+            prop_assert_eq!(Span::decode(&*buf).unwrap().attributes, want.attributes);
+        }
+    }
 
     fn decode(bytes: &[u8]) -> Span {
         Span::decode(bytes).unwrap()
