@@ -28,9 +28,9 @@
 # --cache runs each binary twice more with the response cache on for the
 # alias (`cache: { ttl: ... }`, memory store): once with a 1 h ttl, so every
 # measured request is a hit (checked: each answer says
-# `x-tollgate-cache: hit`), and once with a 1 ms ttl, so every request
-# misses (its entry has expired) and stores its answer again (checked:
-# `miss`). The hit's ratio to the floor and the miss's to the binary's own
+# `x-tollgate-cache: hit`), and once with a 1 ms ttl and bodies that differ
+# in their `user` value (same length), so every request misses and stores
+# its answer (checked: `miss`). The hit's ratio to the floor and the miss's to the binary's own
 # cache-off run are the figures issue 18 asks for.
 # --floor measures the Pingora floor first (examples/passthrough: a plain
 # ProxyHttp to the same mock, one thread, no body inspection), so every
@@ -165,13 +165,20 @@ BODY_BYTES=$(stat -c %s "$TMP/chat.json")
 # with EXPECT_CACHE set, on an answer whose x-tollgate-cache differs.
 send() { # port n [key]
     python3 - "$1" "$2" "$TMP/chat.json" "${3:-$KEY}" "${EXPECT_CACHE:-}" <<'PY'
-import http.client, sys
+import http.client, os, sys
 port, n, path, key, cache = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 body = open(path, "rb").read()
 headers = {"Authorization": "Bearer " + key, "Content-Type": "application/json"}
 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+# A miss is measured with bodies that differ only in their `user` value,
+# written at the same length, so no two requests share a cache key.
+marker = b'"customer-4411"'
+if cache == "miss" and marker not in body:
+    sys.exit('--cache needs a body with "user": "customer-4411"')
+tag = os.getpid() % 0x10000
 for i in range(n):
-    conn.request("POST", "/v1/chat/completions", body, headers)
+    sent = body.replace(marker, b'"%04x%09d"' % (tag, i)) if cache == "miss" else body
+    conn.request("POST", "/v1/chat/completions", sent, headers)
     r = conn.getresponse()
     data = r.read()
     if r.status != 200 or r.will_close:

@@ -120,6 +120,10 @@ impl<'de> Visitor<'de> for Canon<'_> {
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
         self.json(v)
     }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {
+        quoted(self.out, v);
+        Ok(())
+    }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         self.out.push(b'[');
@@ -164,7 +168,12 @@ impl<'de> Visitor<'de> for Canon<'_> {
             if i > 0 {
                 self.out.push(b',');
             }
-            serde_json::to_writer(&mut *self.out, k.as_ref()).map_err(de::Error::custom)?;
+            match k {
+                Cow::Borrowed(k) => quoted(self.out, k),
+                Cow::Owned(k) => {
+                    serde_json::to_writer(&mut *self.out, k.as_str()).map_err(de::Error::custom)?
+                }
+            }
             self.out.push(b':');
             let v = values
                 .get(from - start..to - start)
@@ -174,6 +183,17 @@ impl<'de> Visitor<'de> for Canon<'_> {
         self.out.push(b'}');
         Ok(())
     }
+}
+
+/// Writes a string serde_json lent from the body as it stands between its
+/// quotes. serde_json lends only a string written without escapes, and
+/// refuses `"` and control characters unescaped, so these bytes are what
+/// its serializer would write (the property test compares the two).
+fn quoted(out: &mut Vec<u8>, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
 }
 
 /// An object's key, borrowed from the body when it has no escapes.
