@@ -172,14 +172,20 @@ pub(crate) async fn read_all(
             Ok(session.read_request_body().await)
         };
         let chunk = match read {
-            Err(_) => return Err(GatewayError::RequestTimeout),
             Ok(Ok(Some(c))) => c,
             Ok(Ok(None)) => break,
+            // The body's framing is lost (Pingora marks a broken body as
+            // done): what follows on the connection is not a request.
+            Err(_) => {
+                session.set_keepalive(None);
+                return Err(GatewayError::RequestTimeout);
+            }
             Ok(Err(e)) => {
+                session.set_keepalive(None);
                 return Err(match e.etype() {
                     pingora::ErrorType::ReadTimedout => GatewayError::RequestTimeout,
                     _ => GatewayError::invalid("The request body could not be read."),
-                })
+                });
             }
         };
         if buf.len() as u64 + chunk.len() as u64 > limit {

@@ -324,7 +324,9 @@ fn is_messages(buf: &[u8]) -> bool {
         return false;
     };
     let ep = match crate::base::endpoint::route(&method, path) {
-        crate::base::endpoint::Route::Ok(ep) | crate::base::endpoint::Route::WrongMethod(ep, _) => ep,
+        crate::base::endpoint::Route::Ok(ep) | crate::base::endpoint::Route::WrongMethod(ep, _) => {
+            ep
+        }
         crate::base::endpoint::Route::Unknown => return false,
     };
     ep == crate::base::endpoint::Endpoint::Messages
@@ -586,9 +588,18 @@ mod tests {
             assert_eq!(pingora_refusal(head).await, None, "{}", head.escape_ascii());
         }
         let bad: &[(&[u8], u16)] = &[
-            (b"POST /v1/chat/completions HTTP/1.1\r\nno colon here\r\n\r\n", 400),
-            (b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 1x\r\n\r\n", 400),
-            (b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n", 400),
+            (
+                b"POST /v1/chat/completions HTTP/1.1\r\nno colon here\r\n\r\n",
+                400,
+            ),
+            (
+                b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 1x\r\n\r\n",
+                400,
+            ),
+            (
+                b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
+                400,
+            ),
             (b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n", 400),
             (b"\x16\x03\x01\x02\x00", 400),
             (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405),
