@@ -321,3 +321,31 @@ async fn what_pingora_answers_itself_reaches_clients_as_json_errors() {
     let (status, _, resp) = post_streamed(&gw, body_of("m", 100)).await;
     assert_eq!(status, 200, "{}", text(&resp));
 }
+
+/// A client must not pipeline after a POST (RFC 9112 section 9.3.2); one
+/// that does loses the pipelined request with the connection, as Pingora
+/// does by default, whether the body took the chunked path of up to 64 KiB
+/// or the longer one (whose bytes past the body are forgotten, module docs
+/// of `proxy/body.rs`). It is never left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_pipelined_behind_a_chunked_body_is_dropped_with_the_connection_never_left_hanging(
+) {
+    let up = MockUpstream::start(Behavior::ChatEcho).await;
+    let gw = Gateway::start(&config(&[up.port()], "")).await;
+    for (i, len) in [1000, RETRY_BUFFER + 1, MIB].into_iter().enumerate() {
+        let mut c = Raw::connect(&gw.listen_addr()).await;
+        let mut req = chunked_head("/v1/chat/completions", &[]);
+        req.extend_from_slice(&chunked(body_of("m", len).as_bytes(), 4096, true));
+        // A second request in the same write, before the first's answer.
+        req.extend_from_slice(&chunked_head("/v1/chat/completions", &[]));
+        req.extend_from_slice(&chunked(body_of("m", 100).as_bytes(), 4096, true));
+        c.send(&req).await;
+        match c.response(QUICK).await {
+            Ok(r) => assert_eq!(r.status, 200, "{len} bytes: {}", text(&r.body)),
+            // Pingora may also refuse the bytes after the body outright.
+            Err(e) => assert!(e.starts_with("closed"), "{len} bytes: {e}"),
+        }
+        assert_eq!(c.end(QUICK).await, End::Closed, "{len} bytes");
+        assert!(up.hits() <= i + 1, "the pipelined request was served");
+    }
+}
