@@ -178,13 +178,17 @@ fn add_plain_listener<A>(service: &mut Service<A>, addr: &str, cfg: &Config) {
     service.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
 }
 
-/// HTTP/2 limits toward clients: concurrent streams per connection and the
-/// decoded header-list size (the same cap as HTTP/1's `max_header_bytes`).
+/// HTTP/2 limits toward clients: concurrent streams per connection, the
+/// decoded header-list size (the same cap as HTTP/1's `max_header_bytes`)
+/// and the largest DATA frame.
 fn h2_options(cfg: &Config) -> pingora::protocols::http::v2::server::H2Options {
     let mut o = pingora::protocols::http::v2::server::default_h2_options();
     let streams = cfg.tls.as_ref().map_or(128, |t| t.max_concurrent_streams);
     o.max_concurrent_streams(streams);
     o.max_header_list_size(u32::try_from(cfg.downstream.max_header_bytes).unwrap_or(u32::MAX));
+    // A body without Content-Length puts its first DATA frame in Pingora's
+    // retry buffer (`proxy::body`): frames stay at h2's default 16 KiB.
+    o.max_frame_size(crate::proxy::body::H2_MAX_FRAME);
     o
 }
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use serde_json::{json, Value};
 use support::prom;
+use support::raw_client::{chunked, End, Raw};
 use support::{assert_error, find, text, Behavior, Gateway, MockUpstream, CONFIG_HEAD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -150,180 +151,6 @@ const TOO_LARGE: (u16, &str, &str) = (413, "invalid_request_error", "request_too
 const HEADER_TOO_LARGE: (u16, &str, &str) =
     (431, "invalid_request_error", "request_header_too_large");
 
-// ---------------------------------------------------------------------------
-// Raw HTTP/1.1 client
-// ---------------------------------------------------------------------------
-
-/// A response read off a raw connection.
-#[derive(Debug)]
-struct RawResp {
-    status: u16,
-    /// Lowercase names.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl RawResp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    #[track_caller]
-    fn assert_error(&self, want: (u16, &str, &str)) -> Value {
-        assert_error(self.status, &self.body, want)
-    }
-}
-
-/// How a connection ended after the last response.
-#[derive(Debug, PartialEq)]
-enum End {
-    /// EOF or reset.
-    Closed,
-    /// More bytes arrived.
-    Data(Vec<u8>),
-    /// Still open when the wait ended.
-    Open,
-}
-
-struct Raw {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Raw {
-    async fn connect(addr: &str) -> Raw {
-        let s = TcpStream::connect(addr).await.expect("connect to gateway");
-        s.set_nodelay(true).expect("nodelay");
-        Raw { s, buf: Vec::new() }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).await.expect("write request");
-        self.s.flush().await.expect("flush");
-    }
-
-    /// Reads more into `buf`; `Ok(0)` on EOF.
-    async fn fill(&mut self, deadline: tokio::time::Instant) -> Result<usize, String> {
-        let mut tmp = vec![0u8; 64 * 1024];
-        match tokio::time::timeout_at(deadline, self.s.read(&mut tmp)).await {
-            Err(_) => Err("timed out".into()),
-            Ok(Err(e)) => Err(format!("read error: {e}")),
-            Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&tmp[..n]);
-                Ok(n)
-            }
-        }
-    }
-
-    /// Reads one complete response (Content-Length or chunked body).
-    async fn response(&mut self, timeout: Duration) -> Result<RawResp, String> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let head_end = loop {
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                break i;
-            }
-            match self.fill(deadline).await {
-                Ok(0) => {
-                    return Err(format!(
-                        "closed before a complete response header; got {:?}",
-                        text(&self.buf)
-                    ))
-                }
-                Ok(_) => {}
-                Err(e) => return Err(format!("{e}; got {:?}", text(&self.buf))),
-            }
-        };
-        let head = text(&self.buf[..head_end]);
-        self.buf.drain(..head_end + 4);
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        let mut resp = RawResp {
-            status,
-            headers,
-            body: Vec::new(),
-        };
-        if status == 101 || status == 204 || status == 304 || (100..200).contains(&status) {
-            return Ok(resp);
-        }
-        if let Some(n) = resp.header("content-length") {
-            let n: usize = n.parse().map_err(|_| format!("bad content-length {n}"))?;
-            while self.buf.len() < n {
-                match self.fill(deadline).await {
-                    Ok(0) => return Err(format!("closed inside the body: {resp:?}")),
-                    Ok(_) => {}
-                    Err(e) => return Err(format!("{e} inside the body: {resp:?}")),
-                }
-            }
-            resp.body = self.buf.drain(..n).collect();
-        } else if resp
-            .header("transfer-encoding")
-            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
-        {
-            loop {
-                let line_end = loop {
-                    if let Some(i) = find(&self.buf, b"\r\n") {
-                        break i;
-                    }
-                    if self.fill(deadline).await.map_err(|e| e.to_string())? == 0 {
-                        return Err("closed inside a chunked body".into());
-                    }
-                };
-                let size_text = text(&self.buf[..line_end]);
-                let size =
-                    usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                        .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-                while self.buf.len() < line_end + 2 + size + 2 {
-                    if self.fill(deadline).await.map_err(|e| e.to_string())? == 0 {
-                        return Err("closed inside a chunk".into());
-                    }
-                }
-                let chunk: Vec<u8> = self.buf[line_end + 2..line_end + 2 + size].to_vec();
-                self.buf.drain(..line_end + 2 + size + 2);
-                if size == 0 {
-                    break;
-                }
-                resp.body.extend_from_slice(&chunk);
-            }
-        } else {
-            // Delimited by close.
-            loop {
-                match self.fill(deadline).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-            resp.body = std::mem::take(&mut self.buf);
-        }
-        Ok(resp)
-    }
-
-    /// Waits up to `timeout` to see whether the peer closes the connection.
-    async fn end(&mut self, timeout: Duration) -> End {
-        let deadline = tokio::time::Instant::now() + timeout;
-        if !self.buf.is_empty() {
-            return End::Data(std::mem::take(&mut self.buf));
-        }
-        match self.fill(deadline).await {
-            Ok(0) => End::Closed,
-            Ok(_) => End::Data(std::mem::take(&mut self.buf)),
-            Err(e) if e.starts_with("read error") => End::Closed,
-            Err(_) => End::Open,
-        }
-    }
-}
-
 /// `POST path` with the given extra header lines and a Content-Length body.
 fn raw_post(path: &str, extra: &[&str], body: &str) -> Vec<u8> {
     let mut s = format!("POST {path} HTTP/1.1\r\nHost: tollgate.test\r\n");
@@ -338,21 +165,6 @@ fn raw_post(path: &str, extra: &[&str], body: &str) -> Vec<u8> {
 
 fn bearer(key: &str) -> String {
     format!("Authorization: Bearer {key}")
-}
-
-/// `body` as chunked transfer coding in pieces of `piece` bytes, with or
-/// without the final `0` chunk.
-fn chunked(body: &[u8], piece: usize, terminate: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    for c in body.chunks(piece) {
-        out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
-        out.extend_from_slice(c);
-        out.extend_from_slice(b"\r\n");
-    }
-    if terminate {
-        out.extend_from_slice(b"0\r\n\r\n");
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Error answers the README's table and docs/config.md promise and no other
-//! test pinned (issue 24): 411 for a chunked upload over 64 KiB (HTTP/1 and
-//! HTTP/2), HTTP/2's 408, 503 `upstream_unavailable` behind open breakers,
+//! test pinned (issue 24): HTTP/2 bodies without Content-Length of any
+//! size (issue 19; HTTP/1 chunked uploads: `tests/uploads.rs`), HTTP/2's 408, 503 `upstream_unavailable` behind open breakers,
 //! a custom or empty `route_header`, and the TLS handshake deadline. The
 //! real binary, mock upstreams on loopback.
 
@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 const KEY: &str = "tg-promises-errors-01";
 /// Generous bound for what should be quick (2 shared, noisy cores).
 const QUICK: Duration = Duration::from_secs(10);
-/// Pingora's retry buffer, the size past which a chunked body gets 411.
+/// Pingora's retry buffer (`BODY_BUF_LIMIT`, 0.9.1).
 const RETRY_BUFFER: usize = 64 * 1024;
 
 /// One `kind: openai` provider per port (alias `m` falls back across them
@@ -66,62 +66,6 @@ fn body_of(len: usize) -> String {
 
 fn chat_body() -> String {
     r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#.to_string()
-}
-
-/// `body` as a stream of 4 KiB pieces: reqwest sends it with
-/// `Transfer-Encoding: chunked` and no `Content-Length`.
-fn chunked(body: String) -> reqwest::Body {
-    let pieces: Vec<Result<Bytes, Infallible>> = Bytes::from(body)
-        .chunks(4096)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
-    reqwest::Body::wrap_stream(futures_util::stream::iter(pieces))
-}
-
-async fn post_chunked(gw: &Gateway, body: String) -> (u16, Option<String>, Bytes) {
-    let r = support::client()
-        .post(gw.url("/v1/chat/completions"))
-        .header("authorization", format!("Bearer {KEY}"))
-        .header("content-type", "application/json")
-        .body(chunked(body))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("request failed: {e}; log:\n{}", gw.logs()));
-    let status = r.status().as_u16();
-    let ct = support::header(&r, "content-type");
-    (status, ct, r.bytes().await.unwrap())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chunked_upload_of_64_kib_is_forwarded_and_one_byte_more_gets_411() {
-    let up = MockUpstream::start(Behavior::ChatEcho).await;
-    // max_body_bytes is far above: 411 holds "whatever this limit is".
-    let gw = Gateway::start(&config(&[up.port()], &[], "")).await;
-
-    // Exactly the retry buffer: read whole, rewritten, forwarded.
-    let body = body_of(RETRY_BUFFER);
-    let (status, _, resp) = post_chunked(&gw, body.clone()).await;
-    assert_eq!(status, 200, "{}", support::text(&resp));
-    let sent = up.last().expect("forwarded");
-    let want = body.replacen(r#""model":"m""#, r#""model":"up-0""#, 1);
-    assert!(
-        sent.body == want.as_bytes(),
-        "body not rewritten byte for byte"
-    );
-    assert_eq!(sent.header("content-length"), Some(want.len().to_string()));
-    assert_eq!(sent.header("transfer-encoding"), None);
-
-    // One byte more: 411 length_required, in OpenAI's shape, never upstream.
-    let (status, ct, resp) = post_chunked(&gw, body_of(RETRY_BUFFER + 1)).await;
-    assert_json_error(
-        status,
-        ct.as_deref(),
-        &resp,
-        (411, "invalid_request_error", "length_required"),
-    );
-    assert_eq!(up.hits(), 1, "the 411 reached the upstream");
-    gw.wait_metric("tollgate_errors_total", &[("code", "length_required")], 1.0)
-        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,35 +334,76 @@ async fn h2_answer(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http2_body_without_content_length_over_64_kib_gets_411() {
+async fn http2_bodies_without_content_length_of_any_size_reach_the_upstream_whole() {
     let t = tls_files();
     let up = MockUpstream::start(Behavior::ChatEcho).await;
-    let gw = start_tls(&t, &tls_config(&t, up.port(), "")).await;
+    let gw = start_tls(&t, &tls_config(&t, up.port(), "max_body_bytes: 2097152")).await;
     let mut send = h2(&gw, &t).await;
 
-    for (len, want) in [(RETRY_BUFFER, 200), (RETRY_BUFFER + 1, 411)] {
+    // Up to the retry buffer, one byte past it, and more, in frames of
+    // several sizes (the first one empty), on one connection.
+    for (i, (len, piece)) in [
+        (RETRY_BUFFER, 8192),
+        (RETRY_BUFFER + 1, 8192),
+        (1024 * 1024, 16384),
+        (2 * 1024 * 1024, 1000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let (req, tx) = h2_request(None);
         let body = Bytes::from(body_of(len));
         let feed = tokio::spawn(async move {
-            for c in body.chunks(8192) {
+            let _ = tx.send(Ok(Frame::data(Bytes::new()))).await;
+            for c in body.chunks(piece) {
                 let _ = tx.send(Ok(Frame::data(Bytes::copy_from_slice(c)))).await;
             }
         });
-        let (status, ct, resp) = h2_answer(&mut send, req).await;
+        let (status, _, resp) = h2_answer(&mut send, req).await;
         feed.await.unwrap();
-        if want == 200 {
-            assert_eq!(status, 200, "{}", support::text(&resp));
-            assert_eq!(up.last().unwrap().body.len(), len + 3, "up-0 for m");
-        } else {
-            assert_json_error(
-                status,
-                ct.as_deref(),
-                &resp,
-                (411, "invalid_request_error", "length_required"),
-            );
-        }
+        assert_eq!(status, 200, "{len} bytes: {}", support::text(&resp));
+        let sent = up.last().expect("forwarded");
+        let want = body_of(len).replacen(r#""model":"m""#, r#""model":"up-0""#, 1);
+        assert!(
+            sent.body == want.as_bytes(),
+            "{len} bytes: body not rewritten whole"
+        );
+        assert_eq!(sent.header("content-length"), Some(want.len().to_string()));
+        assert_eq!(sent.header("transfer-encoding"), None);
+        assert_eq!(up.hits(), i + 1);
     }
-    assert_eq!(up.hits(), 1, "the 411 reached the upstream");
+
+    // One byte over max_body_bytes: 413, never upstream; the connection
+    // still serves the next stream.
+    let (req, tx) = h2_request(None);
+    let body = Bytes::from(body_of(2 * 1024 * 1024 + 1));
+    let feed = tokio::spawn(async move {
+        for c in body.chunks(16384) {
+            if tx
+                .send(Ok(Frame::data(Bytes::copy_from_slice(c))))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let (status, ct, resp) = h2_answer(&mut send, req).await;
+    feed.await.unwrap();
+    assert_json_error(
+        status,
+        ct.as_deref(),
+        &resp,
+        (413, "invalid_request_error", "request_too_large"),
+    );
+    assert_eq!(up.hits(), 4, "the 413 reached the upstream");
+    let (req, tx) = h2_request(None);
+    tx.send(Ok(Frame::data(Bytes::from(chat_body()))))
+        .await
+        .unwrap();
+    drop(tx);
+    let (status, _, _) = h2_answer(&mut send, req).await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

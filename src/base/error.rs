@@ -27,8 +27,6 @@ pub enum GatewayError {
     MethodNotAllowed { allowed: &'static str },
     /// The body was not complete within the body-idle timeout.
     RequestTimeout,
-    /// A body over 64 KiB sent with chunked encoding (we need its length).
-    LengthRequired,
     /// The request header is over `downstream.max_header_bytes`.
     HeaderTooLarge,
     /// The body is over `max_body_bytes`.
@@ -100,7 +98,6 @@ impl GatewayError {
             Self::ModelNotFound { .. } | Self::NotFound => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::RequestTimeout => 408,
-            Self::LengthRequired => 411,
             Self::HeaderTooLarge => 431,
             Self::PayloadTooLarge { .. } => 413,
             Self::UpstreamError | Self::UpstreamAuth => 502,
@@ -124,7 +121,6 @@ impl GatewayError {
             | Self::NotFound
             | Self::MethodNotAllowed { .. }
             | Self::RequestTimeout
-            | Self::LengthRequired
             | Self::HeaderTooLarge
             | Self::PayloadTooLarge { .. } => "invalid_request_error",
             Self::InvalidApiKey | Self::KeyRefused { .. } => "authentication_error",
@@ -152,7 +148,6 @@ impl GatewayError {
             Self::NotFound => "unknown_url",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::RequestTimeout => "request_timeout",
-            Self::LengthRequired => "length_required",
             Self::HeaderTooLarge => "request_header_too_large",
             Self::PayloadTooLarge { .. } => "request_too_large",
             Self::UpstreamError => "upstream_error",
@@ -238,9 +233,6 @@ impl fmt::Display for GatewayError {
                 write!(f, "Method not allowed for this endpoint; use {allowed}.")
             }
             Self::RequestTimeout => f.write_str("The request body was not received in time."),
-            Self::LengthRequired => f.write_str(
-                "Chunked request bodies over 64 KiB are not supported; send a Content-Length header.",
-            ),
             Self::HeaderTooLarge => f.write_str("The request header is too large."),
             Self::PayloadTooLarge { limit } => {
                 write!(f, "The request body is larger than the limit of {limit} bytes.")

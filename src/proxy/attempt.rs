@@ -162,7 +162,8 @@ pub(crate) fn upstream_request(
 }
 
 /// Emits this attempt's body. Pingora calls this once per attempt with the
-/// retry buffer's tail; we send the whole rewritten body in its place (and
+/// retry buffer's content, or with no data for a body it takes for empty
+/// (`proxy::body`); we send the whole rewritten body in its place (and
 /// never the client's bytes directly).
 pub(crate) fn body_chunk(body: &mut Option<bytes::Bytes>, ctx: &mut Ctx) {
     *body = Some(ctx.current.body_chunk());

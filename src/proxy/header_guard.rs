@@ -17,6 +17,14 @@
 //! is always read here. Enabling Pingora's pipelining would bypass this
 //! guard for pipelined requests.
 //!
+//! Pingora answers a header it cannot parse or validate (a malformed
+//! request line or header line, bad framing headers) with a bare 400, and
+//! CONNECT with a bare 405, before any proxy hook runs. The guard has the
+//! whole header in hand, so it runs Pingora's own parser (0.9.1) over a copy
+//! of it first, and answers those cases itself with the gateway's JSON
+//! error (Anthropic's shape on `/v1/messages`), closing the connection as
+//! Pingora does.
+//!
 //! HTTP/2 (TLS with ALPN `h2`): the client preface and its first SETTINGS
 //! frame must arrive within `header_timeout`, else the connection is closed;
 //! after that the h2 settings cap each stream's header list (set at start-up
@@ -105,7 +113,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> HeaderGuard<A> {
                 Header::Ready => stream.put_back(&buf),
                 Header::Close => return,
                 Header::Refuse(err) => {
-                    refuse(&mut *stream, &err).await;
+                    refuse(&mut *stream, &err, is_messages(&buf)).await;
                     return;
                 }
             }
@@ -246,7 +254,18 @@ async fn read_header<S: AsyncRead + Unpin>(
             {
                 return Header::Refuse(GatewayError::HeaderTooLarge)
             }
-            Scanned::End(_) | Scanned::NotHttp => return Header::Ready,
+            Scanned::End(end) => {
+                return match pingora_refusal(&buf[..end]).await {
+                    Some(err) => Header::Refuse(err),
+                    None => Header::Ready,
+                }
+            }
+            Scanned::NotHttp => {
+                return match pingora_refusal(buf).await {
+                    Some(err) => Header::Refuse(err),
+                    None => Header::Ready,
+                }
+            }
             Scanned::More => {}
         }
         if buf.len() > l.max_bytes {
@@ -261,6 +280,56 @@ async fn read_header<S: AsyncRead + Unpin>(
             Err(_) => return Header::Refuse(GatewayError::RequestTimeout),
         }
     }
+}
+
+/// What Pingora's HTTP/1 reader would answer by itself, before any hook,
+/// with an empty body, for a request whose header is `head`: 400 for a
+/// header it cannot parse or validate, 405 for CONNECT
+/// (`HttpProxy::handle_new_request`, pingora-proxy 0.9.1). Found by running
+/// its own parser over a copy, so the two cannot disagree.
+async fn pingora_refusal(head: &[u8]) -> Option<GatewayError> {
+    let nothing: Stream = Box::new(std::io::Cursor::new(Vec::<u8>::new()));
+    let mut trial = ServerSession::new_http1(nothing);
+    trial.set_pipelined_prefix(BytesMut::from(head));
+    match trial.read_request().await {
+        Ok(true) if trial.req_header().method == http::Method::CONNECT => {
+            Some(GatewayError::MethodNotAllowed {
+                allowed: "GET, POST",
+            })
+        }
+        Ok(_) => None,
+        Err(e) if e.etype() == &pingora::ErrorType::InvalidHTTPHeader => Some(
+            GatewayError::invalid("The request line or a header line is malformed."),
+        ),
+        Err(_) => None,
+    }
+}
+
+/// Whether the request line in `buf` (as far as it has arrived) names the
+/// Messages endpoint, whose errors take Anthropic's shape.
+fn is_messages(buf: &[u8]) -> bool {
+    let start = buf
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(buf.len());
+    let line = &buf[start..];
+    let line = &line[..memchr::memchr(b'\n', line).unwrap_or(line.len())];
+    let mut parts = line.split(|b| *b == b' ');
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let path = &target[..memchr::memchr(b'?', target).unwrap_or(target.len())];
+    let (Ok(method), Ok(path)) = (http::Method::from_bytes(method), std::str::from_utf8(path))
+    else {
+        return false;
+    };
+    let ep = match crate::base::endpoint::route(&method, path) {
+        crate::base::endpoint::Route::Ok(ep) | crate::base::endpoint::Route::WrongMethod(ep, _) => {
+            ep
+        }
+        crate::base::endpoint::Route::Unknown => return false,
+    };
+    ep == crate::base::endpoint::Endpoint::Messages
 }
 
 /// What scanning the bytes read so far found.
@@ -378,9 +447,10 @@ fn h2_preface_done(buf: &[u8]) -> bool {
     !settings || len > MAX_SETTINGS_FRAME || buf.len() >= H2_PREFACE.len() + 9 + len
 }
 
-/// Writes `err` as a raw HTTP/1.1 response that closes the connection.
-async fn refuse<S: AsyncWrite + Unpin>(s: &mut S, err: &GatewayError) {
-    let _ = s.write_all(&raw_error(err)).await;
+/// Writes `err` as a raw HTTP/1.1 response that closes the connection, in
+/// Anthropic's shape when `anthropic`.
+async fn refuse<S: AsyncWrite + Unpin>(s: &mut S, err: &GatewayError, anthropic: bool) {
+    let _ = s.write_all(&raw_error(err, anthropic)).await;
     let _ = s.flush().await;
 }
 
@@ -402,15 +472,24 @@ fn header_lines(head: &[u8]) -> usize {
         .saturating_sub(2)
 }
 
-fn raw_error(err: &GatewayError) -> Vec<u8> {
-    let body = err.body();
+fn raw_error(err: &GatewayError, anthropic: bool) -> Vec<u8> {
+    let body = if anthropic {
+        crate::translate::messages::error::error_body(err)
+    } else {
+        err.body()
+    };
+    let allow = match err {
+        GatewayError::MethodNotAllowed { allowed } => format!("Allow: {allowed}\r\n"),
+        _ => String::new(),
+    };
     let reason = match err.status() {
+        405 => "Method Not Allowed",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
         _ => "Bad Request",
     };
     let mut out = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
         err.status(),
         body.len()
     )
@@ -498,9 +577,56 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn what_pingora_would_refuse_bare_is_refused_here() {
+        let ok: &[&[u8]] = &[
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\ncontent-length: 2\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\n\r\n",
+            b"\r\nPOST /v1/messages HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+        ];
+        for head in ok {
+            assert_eq!(pingora_refusal(head).await, None, "{}", head.escape_ascii());
+        }
+        let bad: &[(&[u8], u16)] = &[
+            (
+                b"POST /v1/chat/completions HTTP/1.1\r\nno colon here\r\n\r\n",
+                400,
+            ),
+            (
+                b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 1x\r\n\r\n",
+                400,
+            ),
+            (
+                b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
+                400,
+            ),
+            (b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n", 400),
+            (b"\x16\x03\x01\x02\x00", 400),
+            (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405),
+        ];
+        for (head, status) in bad {
+            let err = pingora_refusal(head).await;
+            assert_eq!(
+                err.map(|e| e.status()),
+                Some(*status),
+                "{}",
+                head.escape_ascii()
+            );
+        }
+    }
+
+    #[test]
+    fn the_messages_endpoint_is_found_in_a_request_line() {
+        assert!(is_messages(b"POST /v1/messages HTTP/1.1\r\nbad\r\n"));
+        assert!(is_messages(b"\r\nPOST /v1/messages?beta=true HTTP/1.1"));
+        assert!(!is_messages(b"POST /v1/chat/completions HTTP/1.1\r\n"));
+        assert!(!is_messages(b"\x16\x03\x01"));
+        assert!(!is_messages(b""));
+    }
+
     #[test]
     fn refusals_are_json_and_close() {
-        let out = String::from_utf8(raw_error(&GatewayError::HeaderTooLarge)).unwrap();
+        let out = String::from_utf8(raw_error(&GatewayError::HeaderTooLarge, false)).unwrap();
         assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
         assert!(out.contains("Connection: close\r\n"), "{out}");
         let body = out.split("\r\n\r\n").nth(1).unwrap();

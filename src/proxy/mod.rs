@@ -116,7 +116,8 @@ impl ProxyHttp for Gateway {
             .map_err(|e| attempt::fail(ctx, e))
     }
 
-    /// Emits this attempt's rewritten body in place of the buffered tail.
+    /// Emits this attempt's rewritten body in place of what Pingora hands us
+    /// (the buffered tail, or nothing: `proxy::body`); once per attempt.
     async fn request_body_filter(
         &self,
         _s: &mut Session,

@@ -15,6 +15,8 @@
 //! - [`keystore`]: key store test configs and an admin API client,
 //! - [`raw`]: raw TCP upstreams (silent, gated chunks, any loopback address)
 //!   and a port whose connects hang,
+//! - [`raw_client`]: a raw HTTP/1.1 client (exact bytes out, responses and
+//!   the connection's end read back),
 //! - [`bedrock_mock`], [`sts_mock`], [`gcp_mock`]: Bedrock (SigV4-verifying,
 //!   event-stream), STS web identity, Google OAuth + Vertex, on [`mini_server`].
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code, unused_imports)]
@@ -31,6 +33,7 @@ pub mod postgres;
 pub mod prom;
 pub mod prometheus;
 pub mod raw;
+pub mod raw_client;
 pub mod redis;
 pub mod sdk;
 pub mod sts_mock;

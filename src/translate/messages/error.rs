@@ -18,7 +18,6 @@ pub fn error_type(err: &GatewayError) -> &'static str {
         | Unsupported { .. }
         | MethodNotAllowed { .. }
         | RequestTimeout
-        | LengthRequired
         | HeaderTooLarge => "invalid_request_error",
         PayloadTooLarge { .. } => "request_too_large",
         InvalidApiKey | KeyRefused { .. } => "authentication_error",
@@ -145,7 +144,6 @@ mod tests {
             GatewayError::NotFound,
             GatewayError::MethodNotAllowed { allowed: "POST" },
             GatewayError::RequestTimeout,
-            GatewayError::LengthRequired,
             GatewayError::HeaderTooLarge,
             GatewayError::PayloadTooLarge { limit: 1 },
             GatewayError::UpstreamError,
