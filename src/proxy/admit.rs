@@ -155,9 +155,16 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         message: e.message,
         param: e.param,
     })?;
-    // Embeddings never stream, whatever the body says. Decided here, once:
-    // every later "is this a stream?" reads `Ctx::streams`.
-    if ep == Endpoint::Embeddings {
+    // Embeddings, moderations, images, speech and rerank never stream,
+    // whatever the body says (images refuse to be asked). Decided here,
+    // once: every later "is this a stream?" reads `Ctx::streams`.
+    if ep.never_streams() {
+        if ep == Endpoint::ImageGenerations && parsed.stream {
+            return Err(GatewayError::InvalidRequest {
+                message: "Streamed image generation is not supported by this gateway: leave out `stream` or set it to false.".into(),
+                param: Some("stream"),
+            });
+        }
         parsed.stream = false;
     }
     let model = rt
@@ -171,6 +178,8 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
             model: model.name.to_string(),
         });
     }
+    supported(ep, model)?;
+    crate::accounting::units::check(ep, &bytes)?;
     let (body, parsed, messages) =
         crate::proxy::messages::admit(&ctx.head.request_id, ep, model, bytes, parsed)?;
     let req = ctx.admit(Admitted {
@@ -245,6 +254,23 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         return written(sent, ctx);
     }
     Ok(Next::Proxy)
+}
+
+/// Refuses an endpoint no route of the alias serves (a translated kind's
+/// `/v1/moderations`, `/v1/rerank` without `rerank: true`…) with the first
+/// route's reason, before any limit is counted or upstream contacted. A
+/// route that cannot serve it is skipped by the walk (`translated::Bodies`).
+fn supported(ep: Endpoint, model: &crate::runtime::ModelRt) -> Result<(), GatewayError> {
+    let mut first = None;
+    for r in &model.routes {
+        match r.dialect.supports(ep, &model.name, &r.provider_name) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
 }
 
 /// Answers from the cache: the stored body as the client first got it, a

@@ -324,6 +324,7 @@ fn settle(ctx: &Ctx) -> Option<Settled> {
             source: UsageSource::Cache,
             cost_usd: None,
             partial: false,
+            units: Default::default(),
         });
     }
     let req = ctx.req()?;
