@@ -124,7 +124,12 @@ pub(crate) fn settle(
         },
         Observed::Body(doc) => {
             let doc = doc?;
-            match Usage::find(&doc) {
+            let found = if req.ep == Endpoint::Rerank {
+                Usage::find_rerank(&doc)
+            } else {
+                Usage::find(&doc)
+            };
+            match found {
                 Some(u) => (u, UsageSource::Reported, false),
                 None => {
                     let u = Usage {

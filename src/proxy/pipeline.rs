@@ -63,6 +63,9 @@ pub(crate) struct Pipeline {
     /// Complete events not yet forwarded when the stream was aborted: they
     /// go out just before the error event.
     unsent: Option<Bytes>,
+    /// A rerank answer: its usage is read by `Usage::find_rerank`, from
+    /// the whole body.
+    rerank: bool,
 }
 
 impl Pipeline {
@@ -96,6 +99,7 @@ impl Pipeline {
             front,
             counts: Counts::default(),
             unsent: None,
+            rerank: a.req.endpoint == Endpoint::Rerank,
         })
     }
 
@@ -216,6 +220,9 @@ impl Pipeline {
                 counts: self.counts.usage,
             },
             (_, Some(local)) => local,
+            (Meter::Body(m), None) if self.rerank => {
+                m.json().map_or(Observed::Unread, |d| Observed::Body(Some(d)))
+            }
             (Meter::Body(m), None) => match m.usage() {
                 BodyUsage::Reported(u) => Observed::Known(u),
                 BodyUsage::Missing => Observed::Body(m.json()),
