@@ -124,7 +124,16 @@ mod tests {
             let body = format!(r#"{{"model":"i","n":{bad}}}"#);
             let e = check(ep, body.as_bytes()).unwrap_err();
             assert_eq!(e.status(), 400, "{bad}");
-            assert!(matches!(e, GatewayError::InvalidRequest { param: Some("n"), .. }), "{bad}");
+            assert!(
+                matches!(
+                    e,
+                    GatewayError::InvalidRequest {
+                        param: Some("n"),
+                        ..
+                    }
+                ),
+                "{bad}"
+            );
         }
         // Other endpoints' `n` is not ours to check.
         assert!(check(Endpoint::ChatCompletions, br#"{"n":99}"#).is_ok());
@@ -132,19 +141,34 @@ mod tests {
 
     #[test]
     fn characters_are_counted_not_bytes() {
-        let u = of(Endpoint::AudioSpeech, "{\"model\":\"s\",\"input\":\"héllo ☃\"}".as_bytes());
-        assert_eq!(u, Units { images: 0, characters: 7 });
+        let u = of(
+            Endpoint::AudioSpeech,
+            "{\"model\":\"s\",\"input\":\"héllo ☃\"}".as_bytes(),
+        );
+        assert_eq!(
+            u,
+            Units {
+                images: 0,
+                characters: 7
+            }
+        );
         assert!(of(Endpoint::Moderations, br#"{"input":"abc"}"#).is_empty());
     }
 
     #[test]
     fn unit_cost_is_finite_and_zero_without_a_price() {
-        let u = Units { images: 3, characters: 2_000_000 };
+        let u = Units {
+            images: 3,
+            characters: 2_000_000,
+        };
         assert!((u.cost_usd(&price(Some(0.04), None)) - 0.12).abs() < 1e-12);
         assert!((u.cost_usd(&price(None, Some(15.0))) - 30.0).abs() < 1e-9);
         assert_eq!(u.cost_usd(&price(None, None)), 0.0);
         assert_eq!(u.cost_usd(&price(Some(f64::NAN), Some(-1.0))), 0.0);
-        let huge = Units { images: u64::MAX, characters: u64::MAX };
+        let huge = Units {
+            images: u64::MAX,
+            characters: u64::MAX,
+        };
         assert!(huge.cost_usd(&price(Some(1e300), Some(1e300))).is_finite());
     }
 }

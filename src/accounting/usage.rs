@@ -220,9 +220,18 @@ mod tests {
     fn rerank_usage_is_read_from_jina_voyage_or_cohere_shapes() {
         let p = |v: Value| Usage::find_rerank(&v).map(|u| u.prompt);
         assert_eq!(p(json!({"usage": {"total_tokens": 12}})), Some(12));
-        assert_eq!(p(json!({"usage": {"prompt_tokens": 9, "total_tokens": 12}})), Some(9));
-        assert_eq!(p(json!({"meta": {"billed_units": {"input_tokens": 5}}})), Some(5));
-        assert_eq!(p(json!({"meta": {"billed_units": {"search_units": 1}}})), None);
+        assert_eq!(
+            p(json!({"usage": {"prompt_tokens": 9, "total_tokens": 12}})),
+            Some(9)
+        );
+        assert_eq!(
+            p(json!({"meta": {"billed_units": {"input_tokens": 5}}})),
+            Some(5)
+        );
+        assert_eq!(
+            p(json!({"meta": {"billed_units": {"search_units": 1}}})),
+            None
+        );
         assert_eq!(p(json!({"usage": {"total_tokens": 0}})), None);
     }
 

@@ -515,7 +515,10 @@ mod tests {
         let o = RouteDialect::openai();
         let e = o.supports(Endpoint::Rerank, "r", "o").unwrap_err();
         assert!(e.to_string().contains("rerank: true"), "{e}");
-        assert!(o.with_rerank(true).supports(Endpoint::Rerank, "r", "o").is_ok());
+        assert!(o
+            .with_rerank(true)
+            .supports(Endpoint::Rerank, "r", "o")
+            .is_ok());
         let p = provider("{kind: openai}");
         let d = RouteDialect::build(&p, &route("{provider: o, model: m, rerank: true}"), "/v1");
         assert!(d.supports(Endpoint::Rerank, "r", "o").is_ok());

@@ -247,6 +247,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         ctx.resp = Pipeline::local(mock::usage_of(oa, settings));
         let sent = match reply {
             mock::Reply::Json(b) => write::json(session, 200, b, &ctx.tags()).await,
+            mock::Reply::Audio(b) => write::bytes(session, 200, "audio/mpeg", b, &ctx.tags()).await,
             mock::Reply::Sse { events, interval } => {
                 write::sse(session, events, interval, &ctx.tags()).await
             }

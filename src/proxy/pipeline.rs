@@ -220,9 +220,9 @@ impl Pipeline {
                 counts: self.counts.usage,
             },
             (_, Some(local)) => local,
-            (Meter::Body(m), None) if self.rerank => {
-                m.json().map_or(Observed::Unread, |d| Observed::Body(Some(d)))
-            }
+            (Meter::Body(m), None) if self.rerank => m
+                .json()
+                .map_or(Observed::Unread, |d| Observed::Body(Some(d))),
             (Meter::Body(m), None) => match m.usage() {
                 BodyUsage::Reported(u) => Observed::Known(u),
                 BodyUsage::Missing => Observed::Body(m.json()),

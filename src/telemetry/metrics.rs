@@ -457,7 +457,9 @@ pub fn observe(rec: &crate::telemetry::record::Record<'_>) {
         ("character", rec.units.characters),
     ] {
         if n > 0 {
-            m.units.with_label_values(&[model, provider, unit]).inc_by(n);
+            m.units
+                .with_label_values(&[model, provider, unit])
+                .inc_by(n);
         }
     }
     if source != crate::accounting::UsageSource::Reported {
