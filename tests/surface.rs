@@ -19,6 +19,8 @@ use support::{
 const KEY: &str = "tg-surface-alice-key-01";
 /// May use `mod` only.
 const KEY_NARROW: &str = "tg-surface-narrow-key-2";
+/// Has a budget of 0.10 USD a day.
+const KEY_BUDGET: &str = "tg-surface-budget-key-3";
 
 /// Audio as a provider sends it: an MPEG frame header and bytes that are
 /// not UTF-8 (a lossy text conversion anywhere would change them).
@@ -82,6 +84,7 @@ models:
 keys:
   - {{ name: alice, key: "{KEY}" }}
   - {{ name: narrow, key: "{KEY_NARROW}", models: [mod] }}
+  - {{ name: budgeted, key: "{KEY_BUDGET}", budgets: [ {{ usd: 0.1, window: day }} ] }}
 "#
     )
 }
@@ -352,4 +355,88 @@ async fn openai_python_sdk_calls_moderations_images_and_speech() {
             "/v1/audio/speech"
         ]
     );
+}
+
+/// The built-in mock provider (the demo's) answers all four endpoints
+/// locally; its images are priced and counted like an upstream's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mock_provider_answers_every_new_endpoint() {
+    let gw = Gateway::start(&format!(
+        r#"{CONFIG_HEAD}providers:
+  mock: {{ kind: mock, mock: {{ latency: 0ms, prompt_tokens: 7 }} }}
+models:
+  m:
+    routes: [ {{ provider: mock, model: mock-1, rerank: true, price: {{ input: 0, output: 0, per_image: 0.5 }} }} ]
+keys:
+  - {{ name: alice, key: "{KEY}" }}
+"#
+    ))
+    .await;
+    for (path, body) in cases(|_| "m".to_string()) {
+        let rid = format!("mock-{}", path.rsplit('/').next().unwrap());
+        let resp = post(&gw, path, KEY, &rid, &body).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        let ctype = support::header(&resp, "content-type").unwrap_or_default();
+        let got = resp.bytes().await.unwrap();
+        if path == "/v1/audio/speech" {
+            assert_eq!(ctype, "audio/mpeg");
+            assert!(std::str::from_utf8(&got).is_err(), "binary audio");
+            continue;
+        }
+        let v: Value = serde_json::from_slice(&got).unwrap();
+        match path {
+            "/v1/moderations" => assert_eq!(v["results"].as_array().map(Vec::len), Some(2), "{v}"),
+            "/v1/images/generations" => {
+                assert_eq!(v["data"].as_array().map(Vec::len), Some(2), "{v}")
+            }
+            _ => assert_eq!(v["results"][0]["index"], 0, "{v}"),
+        }
+    }
+    let line = gw.access_line("mock-generations").await;
+    assert_eq!(
+        (line["images"].as_u64(), line["cost_usd"].as_f64()),
+        (Some(2), Some(1.0)),
+        "{line}"
+    );
+    assert_eq!(line["prompt_tokens"], 7, "{line}");
+    gw.wait_metric(
+        "tollgate_units_total",
+        &[("request_model", "m"), ("unit", "image")],
+        2.0,
+    )
+    .await;
+}
+
+/// A spend budget reserves images at `n × per_image` before the upstream
+/// is called, and settles the same figure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spend_budget_reserves_and_settles_images_at_their_unit_price() {
+    let up = MockUpstream::start(Behavior::func(upstream)).await;
+    let gw = Gateway::start(&config(up.port())).await;
+    let image = |n: u64| json!({"model": "img", "prompt": "x", "n": n});
+    let status = |r: reqwest::Response| r.status().as_u16();
+    // 3 × 0.04 = 0.12 > 0.10: refused before the upstream.
+    let r = post(&gw, "/v1/images/generations", KEY_BUDGET, "b1", &image(3)).await;
+    let code = status(r);
+    assert_eq!((code, up.hits()), (429, 0));
+    // 2 × 0.04 fits, and is what is spent.
+    let r = post(&gw, "/v1/images/generations", KEY_BUDGET, "b2", &image(2)).await;
+    assert_eq!(status(r), 200);
+    let remaining = [("level", "key"), ("name", "budgeted"), ("unit", "usd")];
+    let mut left = None;
+    for _ in 0..400 {
+        left = support::sample(
+            &gw.metrics_text().await,
+            "tollgate_budget_remaining",
+            &remaining,
+        );
+        if left.is_some_and(|l| (l - 0.02).abs() < 1e-9) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(left.is_some_and(|l| (l - 0.02).abs() < 1e-9), "{left:?}");
+    // One more (0.04) no longer fits in the 0.02 left.
+    let r = post(&gw, "/v1/images/generations", KEY_BUDGET, "b3", &image(1)).await;
+    assert_eq!((status(r), up.hits()), (429, 1));
 }
