@@ -440,3 +440,53 @@ async fn a_spend_budget_reserves_and_settles_images_at_their_unit_price() {
     let r = post(&gw, "/v1/images/generations", KEY_BUDGET, "b3", &image(1)).await;
     assert_eq!((status(r), up.hits()), (429, 1));
 }
+
+/// Speech audio is streamed through as it comes, never held until its end:
+/// the client has the first chunk while the upstream still holds the rest
+/// (behind a gate the test opens only then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speech_audio_reaches_the_client_before_the_upstream_finishes() {
+    use futures_util::StreamExt;
+    let gate = support::Gate::new();
+    let held = gate.clone();
+    let (first, rest) = AUDIO.split_at(9);
+    let up = MockUpstream::start(Behavior::func(move |_| Reply {
+        status: 200,
+        headers: vec![("content-type".into(), "audio/ogg".into())],
+        body: ReplyBody::Gated(
+            vec![Bytes::copy_from_slice(first), Bytes::copy_from_slice(rest)],
+            held.clone(),
+        ),
+    }))
+    .await;
+    let gw = Gateway::start(&config(up.port())).await;
+    let body = json!({"model": "tts", "input": "hi", "voice": "alloy", "response_format": "opus"});
+    let resp = post(&gw, "/v1/audio/speech", KEY, "speech-held", &body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        support::header(&resp, "content-type").as_deref(),
+        Some("audio/ogg")
+    );
+    let mut stream = resp.bytes_stream();
+    let mut got = Vec::new();
+    while got.len() < first.len() {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("the first audio chunk arrives while the upstream holds the rest")
+            .expect("a chunk")
+            .unwrap();
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, first);
+    gate.open(1);
+    while let Some(chunk) = stream.next().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(got, AUDIO);
+    let line = gw.access_line("speech-held").await;
+    assert_eq!(
+        (line["status"].as_u64(), line["characters"].as_u64()),
+        (Some(200), Some(2)),
+        "{line}"
+    );
+}
