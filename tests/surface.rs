@@ -81,6 +81,11 @@ models:
   rr: {{ routes: [ {{ provider: up, model: jina-reranker-v2, rerank: true }} ] }}
   rr-undeclared: {{ routes: [ {{ provider: up, model: jina-reranker-v2 }} ] }}
   sonnet: {{ routes: [ {{ provider: claude, model: claude-sonnet-4 }} ] }}
+  mixed:
+    routes:
+      - {{ provider: claude, model: claude-sonnet-4 }}
+      - {{ provider: up, model: second-undeclared, name: second }}
+      - {{ provider: up, model: third-reranks, rerank: true, name: third }}
 keys:
   - {{ name: alice, key: "{KEY}" }}
   - {{ name: narrow, key: "{KEY_NARROW}", models: [mod] }}
@@ -489,4 +494,25 @@ async fn speech_audio_reaches_the_client_before_the_upstream_finishes() {
         (Some(200), Some(2)),
         "{line}"
     );
+}
+
+/// In a mixed chain, the routes that cannot serve an endpoint (a translated
+/// kind; for rerank, one without `rerank: true`) are skipped, never called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_chain_skips_the_routes_that_cannot_serve_the_endpoint() {
+    let up = MockUpstream::start(Behavior::func(upstream)).await;
+    let gw = Gateway::start(&config(up.port())).await;
+    let body = json!({"model": "mixed", "input": "hello"});
+    let resp = post(&gw, "/v1/moderations", KEY, "mixed-mod", &body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.last().unwrap().json()["model"], "second-undeclared");
+    let body = json!({"model": "mixed", "query": "q", "documents": ["a", "b"]});
+    let resp = post(&gw, "/v1/rerank", KEY, "mixed-rr", &body).await;
+    assert_eq!(resp.status(), 200);
+    let sent = up.last().unwrap();
+    assert_eq!(
+        (sent.path.as_str(), sent.json()["model"].as_str()),
+        ("/v1/rerank", Some("third-reranks"))
+    );
+    assert_eq!(up.hits(), 2, "the skipped routes were never called");
 }

@@ -235,6 +235,10 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         return written(serve_cached(session, ctx, entry).await, ctx);
     }
     if let ProviderRt::Mock(settings) = &*first.provider {
+        // A mock route answers only what it declares (`rerank: true`).
+        first
+            .dialect
+            .supports(ep, &model.name, &first.provider_name)?;
         ctx.out.serve(Served::Locally);
         ctx.attempts.served_locally(first_index);
         crate::routing::attempt_started(&mut ctx.routing, &model.routing, first_index);
