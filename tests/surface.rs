@@ -516,3 +516,49 @@ async fn a_mixed_chain_skips_the_routes_that_cannot_serve_the_endpoint() {
     );
     assert_eq!(up.hits(), 2, "the skipped routes were never called");
 }
+
+/// `--test` on a config: its exit code and stderr.
+fn check_config(yaml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.yaml");
+    let yaml = yaml
+        .replace("{LISTEN}", "127.0.0.1:1")
+        .replace("{METRICS}", "127.0.0.1:2")
+        .replace("{TMP}", &dir.path().display().to_string());
+    std::fs::write(&file, yaml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("--config")
+        .arg(&file)
+        .arg("--test")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn unit_prices_and_rerank_are_validated() {
+    let with = |route: &str| {
+        format!(
+            "{CONFIG_HEAD}providers:\n  up: {{ kind: openai, base_url: \"http://127.0.0.1:9/v1\", api_key: k }}\n  claude: {{ kind: anthropic, api_key: k }}\nmodels:\n  m: {{ routes: [ {route} ] }}\nkeys:\n  - {{ name: a, key: \"{KEY}\" }}\n"
+        )
+    };
+    let ok = with("{ provider: up, model: x, rerank: true, price: { input: 1, output: 2, per_image: 0.04, per_million_characters: 15 } }");
+    assert_eq!(check_config(&ok).0, Some(0), "{}", check_config(&ok).1);
+    for (route, names) in [
+        ("{ provider: up, model: x, price: { input: 1, output: 2, per_image: -1 } }", "price.per_image"),
+        (
+            "{ provider: up, model: x, price: { input: 1, output: 2, per_million_characters: .nan } }",
+            "price.per_million_characters",
+        ),
+        ("{ provider: up, model: x, price: { input: 1, output: 2, per_second: 1 } }", "per_second"),
+        ("{ provider: claude, model: c, rerank: true }", "routes[0].rerank"),
+        ("{ provider: up, model: x, rerank: yes please }", "rerank"),
+    ] {
+        let (code, stderr) = check_config(&with(route));
+        assert_eq!(code, Some(1), "{route}: {stderr}");
+        assert!(stderr.contains(names), "{route}: {stderr}");
+    }
+}
