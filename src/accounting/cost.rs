@@ -34,6 +34,8 @@ mod tests {
             input: 0.15,
             cached_input: Some(0.075),
             output: 0.60,
+            per_image: None,
+            per_million_characters: None,
         };
         let u = Usage {
             prompt: 1_000_000,
@@ -48,6 +50,8 @@ mod tests {
             input: 1.0,
             cached_input: None,
             output: 0.0,
+            per_image: None,
+            per_million_characters: None,
         };
         let u = Usage {
             prompt: 10,
@@ -65,6 +69,8 @@ mod tests {
             input: 1e300,
             cached_input: Some(f64::NAN),
             output: f64::INFINITY,
+            per_image: None,
+            per_million_characters: None,
         };
         let u = Usage {
             prompt: u64::MAX,
@@ -79,6 +85,8 @@ mod tests {
             input: -1.0,
             cached_input: None,
             output: -2.0,
+            per_image: None,
+            per_million_characters: None,
         };
         assert_eq!(cost_usd(&u, &negative), 0.0);
     }

@@ -94,8 +94,9 @@ pub struct Worst {
 /// The most tokens a request may use: its estimated prompt, and the
 /// completion it allows: the largest of `max_completion_tokens`,
 /// `max_tokens` and `max_output_tokens` that is set (else
-/// `default_output`), times the larger of `n` and `best_of`. Embeddings
-/// produce no completion.
+/// `default_output`), times the larger of `n` and `best_of`. Embeddings,
+/// moderations, images, speech and rerank produce no completion tokens
+/// (images and speech are priced per unit, `accounting::units`).
 ///
 /// The rule for those fields (RELIABILITY row 36): absent or `null` is
 /// unset; a whole number ≥ 0 (≥ 1 for `n` and `best_of`) is taken, however
@@ -113,7 +114,7 @@ pub fn worst_case(
         message: format!("The request body cannot be read for its token estimate: {e}."),
     })?;
     let (prompt, exact) = prompt_of(model, ep, &doc);
-    if ep == Endpoint::Embeddings {
+    if ep.no_completion() {
         return Ok(Worst {
             prompt,
             completion: 0,
@@ -262,6 +263,12 @@ fn prompt_of(model: &str, ep: Endpoint, doc: &Value) -> (u64, bool) {
         Endpoint::Responses => {
             strings(doc.get("instructions"), &mut text);
             strings(doc.get("input"), &mut text);
+        }
+        Endpoint::Moderations | Endpoint::AudioSpeech => strings(doc.get("input"), &mut text),
+        Endpoint::ImageGenerations => strings(doc.get("prompt"), &mut text),
+        Endpoint::Rerank => {
+            strings(doc.get("query"), &mut text);
+            strings(doc.get("documents"), &mut text);
         }
         Endpoint::Models | Endpoint::Healthz => {}
     }

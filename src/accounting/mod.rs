@@ -6,6 +6,7 @@ pub mod estimate;
 pub mod facts;
 pub mod meter;
 pub(crate) mod settle;
+pub mod units;
 pub(crate) mod usage;
 
 pub use usage::{Usage, UsageSource};

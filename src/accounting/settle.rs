@@ -15,8 +15,12 @@
 //!    reservation holds (`reserved`), at most [`MAX_RESERVED_COMPLETION`].
 //!    A stream cut off before its answer generated nothing yet: its prompt.
 //!
+//! 5. An opaque answer (speech audio, never read): the estimated prompt (at
+//!    least one token) and no completion (`estimated`).
+//!
 //! Whatever reached a provider is never charged 0 tokens: the prompt counts
-//! at least one.
+//! at least one. Images and speech characters (`units`) are read from the
+//! request and priced at the route's unit prices on top of the tokens.
 
 use super::meter::{output_text, Seen};
 use super::{cost::cost_usd, estimate, Usage, UsageSource};
@@ -38,6 +42,8 @@ pub struct Settled {
     pub(crate) cost_usd: Option<f64>,
     /// A stream that ended without its end marker.
     pub(crate) partial: bool,
+    /// Images and speech characters the request was priced by.
+    pub(crate) units: super::units::Units,
 }
 
 impl Settled {
@@ -78,6 +84,9 @@ pub(crate) enum Observed<'a> {
     /// A 2xx non-stream answer whose usage could not be read: too big, not
     /// JSON, or cut short.
     Unread,
+    /// A 2xx body that is not JSON by design (`/v1/audio/speech`'s audio),
+    /// passed through unread.
+    Opaque,
     /// The request reached the provider, which had not answered when the
     /// request was cut off (the client left, or a hedge leg lost).
     Unanswered { stream: bool },
@@ -115,7 +124,12 @@ pub(crate) fn settle(
         },
         Observed::Body(doc) => {
             let doc = doc?;
-            match Usage::find(&doc) {
+            let found = if req.ep == Endpoint::Rerank {
+                Usage::find_rerank(&doc)
+            } else {
+                Usage::find(&doc)
+            };
+            match found {
                 Some(u) => (u, UsageSource::Reported, false),
                 None => {
                     let u = Usage {
@@ -134,15 +148,26 @@ pub(crate) fn settle(
             };
             (u, UsageSource::Estimated, true)
         }
+        Observed::Opaque => {
+            // Binary audio carries no counts: the prompt's estimate (at
+            // least one token), no completion; the unit price does the rest.
+            let u = Usage {
+                prompt: prompt().max(1),
+                ..Usage::default()
+            };
+            (u, UsageSource::Estimated, false)
+        }
         Observed::Unread | Observed::Unanswered { stream: false } => {
             (reserved(req), UsageSource::Reserved, false)
         }
     };
+    let units = super::units::of(req.ep, req.body);
     Some(Settled {
         usage,
         source,
-        cost_usd: price.map(|p| cost_usd(&usage, p)),
+        cost_usd: price.map(|p| cost_usd(&usage, p) + units.cost_usd(p)),
         partial,
+        units,
     })
 }
 

@@ -174,6 +174,31 @@ impl Usage {
         })
     }
 
+    /// Usage in a rerank answer: Jina's and Voyage's `usage`
+    /// (`prompt_tokens`, else `total_tokens`), else Cohere's
+    /// `meta.billed_units.input_tokens`. `None` when none of them counts a
+    /// token (Cohere bills rerank in search units): the prompt is then
+    /// estimated, never charged 0.
+    pub fn find_rerank(doc: &Value) -> Option<Usage> {
+        let u = doc.get("usage");
+        let prompt = [
+            u.and_then(|u| u.get("prompt_tokens")),
+            u.and_then(|u| u.get("total_tokens")),
+            u.and_then(|u| u.get("input_tokens")),
+            doc.get("meta")
+                .and_then(|m| m.get("billed_units"))
+                .and_then(|b| b.get("input_tokens")),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+        .find(|n| *n > 0)?;
+        Some(Usage {
+            prompt,
+            ..Usage::default()
+        })
+    }
+
     /// Finds usage in a whole response or stream event: top-level `usage`, or
     /// `response.usage` (Responses API events).
     pub fn find(doc: &Value) -> Option<Usage> {
@@ -190,6 +215,25 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn rerank_usage_is_read_from_jina_voyage_or_cohere_shapes() {
+        let p = |v: Value| Usage::find_rerank(&v).map(|u| u.prompt);
+        assert_eq!(p(json!({"usage": {"total_tokens": 12}})), Some(12));
+        assert_eq!(
+            p(json!({"usage": {"prompt_tokens": 9, "total_tokens": 12}})),
+            Some(9)
+        );
+        assert_eq!(
+            p(json!({"meta": {"billed_units": {"input_tokens": 5}}})),
+            Some(5)
+        );
+        assert_eq!(
+            p(json!({"meta": {"billed_units": {"search_units": 1}}})),
+            None
+        );
+        assert_eq!(p(json!({"usage": {"total_tokens": 0}})), None);
+    }
 
     /// A JSON value a provider might put where a count goes.
     fn count_value() -> impl Strategy<Value = String> {

@@ -10,6 +10,16 @@ pub enum Endpoint {
     /// Anthropic's Messages API in front: sent to OpenAI-kind upstreams as
     /// Chat Completions (see `translate::messages`).
     Messages,
+    /// `POST /v1/moderations`.
+    Moderations,
+    /// `POST /v1/images/generations`.
+    ImageGenerations,
+    /// `POST /v1/audio/speech`: answered with binary audio, passed through
+    /// unread.
+    AudioSpeech,
+    /// `POST /v1/rerank` (the Cohere/Jina shape), for routes with
+    /// `rerank: true`.
+    Rerank,
     Models,
     Healthz,
 }
@@ -25,12 +35,40 @@ pub enum Route {
 
 impl Endpoint {
     /// Endpoints forwarded to a provider, in a fixed order (see `index`).
-    pub const PROXIED: [Endpoint; 4] = [
+    pub const PROXIED: [Endpoint; 8] = [
         Endpoint::ChatCompletions,
         Endpoint::Completions,
         Endpoint::Embeddings,
         Endpoint::Responses,
+        Endpoint::Moderations,
+        Endpoint::ImageGenerations,
+        Endpoint::AudioSpeech,
+        Endpoint::Rerank,
     ];
+
+    /// Endpoints that never stream (`stream` in their body is ignored, or
+    /// refused for images).
+    pub fn never_streams(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Embeddings
+                | Endpoint::Moderations
+                | Endpoint::ImageGenerations
+                | Endpoint::AudioSpeech
+                | Endpoint::Rerank
+        )
+    }
+
+    /// Whether the response is opaque bytes (audio), never read as JSON.
+    pub fn opaque_response(self) -> bool {
+        self == Endpoint::AudioSpeech
+    }
+
+    /// Whether the endpoint produces no completion tokens (nothing a
+    /// `max_tokens` would bound).
+    pub fn no_completion(self) -> bool {
+        self.never_streams()
+    }
 
     /// Whether the endpoint takes `stream_options` (so the gateway may ask
     /// a stream for usage): Chat Completions and Completions only.
@@ -46,6 +84,10 @@ impl Endpoint {
             Endpoint::Completions => 1,
             Endpoint::Embeddings => 2,
             Endpoint::Responses => 3,
+            Endpoint::Moderations => 4,
+            Endpoint::ImageGenerations => 5,
+            Endpoint::AudioSpeech => 6,
+            Endpoint::Rerank => 7,
             Endpoint::Messages => 0,
             Endpoint::Models | Endpoint::Healthz => 0,
         }
@@ -58,6 +100,10 @@ impl Endpoint {
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
             Endpoint::Responses => "/responses",
+            Endpoint::Moderations => "/moderations",
+            Endpoint::ImageGenerations => "/images/generations",
+            Endpoint::AudioSpeech => "/audio/speech",
+            Endpoint::Rerank => "/rerank",
             Endpoint::Messages => "/messages",
             Endpoint::Models => "/models",
             Endpoint::Healthz => "/healthz",
@@ -71,6 +117,10 @@ impl Endpoint {
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Responses => "responses",
+            Endpoint::Moderations => "moderations",
+            Endpoint::ImageGenerations => "images_generations",
+            Endpoint::AudioSpeech => "audio_speech",
+            Endpoint::Rerank => "rerank",
             Endpoint::Messages => "messages",
             Endpoint::Models => "models",
             Endpoint::Healthz => "healthz",
@@ -121,6 +171,10 @@ fn known(path: &str) -> Option<(Endpoint, &'static str)> {
         "/v1/embeddings" | "/embeddings" => (Endpoint::Embeddings, "POST"),
         "/v1/responses" | "/responses" => (Endpoint::Responses, "POST"),
         "/v1/messages" | "/messages" => (Endpoint::Messages, "POST"),
+        "/v1/moderations" | "/moderations" => (Endpoint::Moderations, "POST"),
+        "/v1/images/generations" | "/images/generations" => (Endpoint::ImageGenerations, "POST"),
+        "/v1/audio/speech" | "/audio/speech" => (Endpoint::AudioSpeech, "POST"),
+        "/v1/rerank" | "/rerank" => (Endpoint::Rerank, "POST"),
         "/v1/models" | "/models" => (Endpoint::Models, "GET"),
         "/healthz" => (Endpoint::Healthz, "GET"),
         _ => return None,
@@ -171,6 +225,18 @@ mod tests {
         assert_eq!(
             route(&Method::GET, "/v1/models"),
             Route::Ok(Endpoint::Models)
+        );
+        for (p, ep) in [
+            ("/v1/moderations", Endpoint::Moderations),
+            ("/v1/images/generations", Endpoint::ImageGenerations),
+            ("//v1/audio//speech/", Endpoint::AudioSpeech),
+            ("/v1/rerank", Endpoint::Rerank),
+        ] {
+            assert_eq!(route(&Method::POST, p), Route::Ok(ep), "{p}");
+        }
+        assert_eq!(
+            route(&Method::GET, "/v1/rerank"),
+            Route::WrongMethod(Endpoint::Rerank, "POST")
         );
         assert_eq!(
             route(&Method::GET, "/v1/chat/completions"),

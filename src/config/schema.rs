@@ -860,9 +860,14 @@ pub struct Route {
     /// Requests in flight on this route before it goes behind the others.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// The upstream serves `POST /rerank` (Cohere/Jina shape). Default
+    /// false: `/v1/rerank` skips this route.
+    #[serde(default)]
+    pub rerank: bool,
 }
 
-/// A route's price, in USD per million tokens.
+/// A route's price: USD per million tokens, plus unit prices for images
+/// and speech.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
@@ -871,6 +876,12 @@ pub struct Price {
     #[serde(default)]
     pub cached_input: Option<f64>,
     pub output: f64,
+    /// USD per generated image (`/v1/images/generations`, times `n`).
+    #[serde(default)]
+    pub per_image: Option<f64>,
+    /// USD per million characters of speech input (`/v1/audio/speech`).
+    #[serde(default)]
+    pub per_million_characters: Option<f64>,
 }
 
 /// A gateway key.

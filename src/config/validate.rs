@@ -73,6 +73,17 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
                         "prices are USD per million tokens and must be 0 or more",
                     );
                 }
+                for (name, x) in [
+                    ("per_image", p.per_image),
+                    ("per_million_characters", p.per_million_characters),
+                ] {
+                    if x.is_some_and(|x| !x.is_finite() || x < 0.0) {
+                        v.add(
+                            format!("{field}.price.{name}"),
+                            "must be a finite number of USD, 0 or more",
+                        );
+                    }
+                }
             }
         }
     }
@@ -890,6 +901,23 @@ fn check_route_dialect(field: &str, r: &Route, p: Option<&Provider>, v: &mut Pro
     let Some(p) = p else {
         return;
     };
+    if r.rerank
+        && matches!(
+            p.kind,
+            ProviderKind::Anthropic
+                | ProviderKind::Gemini
+                | ProviderKind::Bedrock
+                | ProviderKind::Vertex
+        )
+    {
+        v.add(
+            format!("{field}.rerank"),
+            format!(
+                "a `kind: {}` provider has no rerank endpoint; remove it",
+                p.kind.name()
+            ),
+        );
+    }
     if r.deployment.is_some() && !(p.kind == ProviderKind::Azure && p.api_version.is_some()) {
         v.add(
             format!("{field}.deployment"),

@@ -242,7 +242,8 @@ impl Ask {
 
 /// The worst case of a request to `model`: the estimated prompt times the
 /// route's learned ratio (`factor`), plus the completion it allows, priced
-/// at the dearest of the alias's routes. Every step saturates at
+/// at the dearest of the alias's routes (with its images or speech
+/// characters at the route's unit prices, `accounting::units`). Every step saturates at
 /// [`COUNTER_MAX`]. `Err`: a field the reservation depends on is invalid
 /// (`max_tokens: -1`, `n: "2"`…), for a 400 naming it.
 pub fn worst_case(
@@ -254,6 +255,8 @@ pub fn worst_case(
     factor: super::ratio::Factor,
 ) -> Result<WorstCase, estimate::FieldError> {
     let w = estimate::worst_case(tokenizer_model, ep, body, default_output)?;
+    // Images and speech characters: the same figure the settlement charges.
+    let units = crate::accounting::units::of(ep, body);
     let price = |prompt: u64| {
         let usage = Usage {
             prompt,
@@ -262,7 +265,7 @@ pub fn worst_case(
         };
         let usd = prices
             .iter()
-            .map(|p| cost_usd(&usage, p))
+            .map(|p| cost_usd(&usage, p) + units.cost_usd(p))
             .fold(0.0f64, f64::max);
         (
             amount_of(prompt.saturating_add(w.completion)),

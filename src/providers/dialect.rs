@@ -102,6 +102,8 @@ pub struct RouteDialect {
     /// The route's `max_tokens`.
     pub(crate) default_max_tokens: Option<u64>,
     pub(crate) drop_unsupported: bool,
+    /// The route declares `rerank: true`.
+    pub(crate) rerank: bool,
     /// The upstream path (and query) per proxied endpoint, `None` where the
     /// kind has no such endpoint. Unset for OpenAI-kind routes, which use
     /// the provider's paths.
@@ -120,9 +122,15 @@ impl RouteDialect {
             vertex: None,
             default_max_tokens: None,
             drop_unsupported: false,
+            rerank: false,
             paths: None,
             prefix: String::new(),
         }
+    }
+
+    /// The same with the route's `rerank` declaration.
+    pub fn with_rerank(self, rerank: bool) -> Self {
+        Self { rerank, ..self }
     }
 
     /// Builds a route's dialect. `prefix` is the provider base URL's path.
@@ -158,6 +166,7 @@ impl RouteDialect {
                 .map(|v| (v.project.clone(), v.location.clone())),
             default_max_tokens: r.max_tokens,
             drop_unsupported: r.drop_unsupported_params,
+            rerank: r.rerank,
             paths,
             prefix: prefix.to_string(),
         }
@@ -192,19 +201,29 @@ impl RouteDialect {
         self.paths.as_ref()?.get(ep.index())?.as_ref()
     }
 
-    /// Refuses endpoints the kind does not serve, before any upstream call.
-    pub fn supports(&self, ep: Endpoint, provider: &str) -> Result<(), GatewayError> {
+    /// Refuses endpoints the kind does not serve, and `/v1/rerank` on a
+    /// route without `rerank: true`, before any upstream call. `alias`: the
+    /// model the client named, for the message (`param: model`).
+    pub fn supports(&self, ep: Endpoint, alias: &str, provider: &str) -> Result<(), GatewayError> {
+        let path = || format!("/v1{}", ep.upstream_suffix());
         match &self.paths {
             Some(paths) if paths.get(ep.index()).is_none_or(Option::is_none) => {
                 Err(GatewayError::InvalidRequest {
                     message: format!(
-                        "This model is served by provider `{provider}` ({}), which does not support /v1/{}.",
+                        "The model `{alias}` is served by provider `{provider}` ({}), which does not support {}.",
                         kind_name(self.kind),
-                        ep.upstream_suffix().trim_start_matches('/'),
+                        path(),
                     ),
-                    param: None,
+                    param: Some("model"),
                 })
             }
+            _ if ep == Endpoint::Rerank && !self.rerank => Err(GatewayError::InvalidRequest {
+                message: format!(
+                    "The model `{alias}` does not support {}: its route to provider `{provider}` does not declare `rerank: true`.",
+                    path(),
+                ),
+                param: Some("model"),
+            }),
             _ => Ok(()),
         }
     }
@@ -322,7 +341,7 @@ mod tests {
             d.path(Endpoint::ChatCompletions).unwrap(),
             "/openai/deployments/my%20dep/chat/completions?api-version=2024-10-21"
         );
-        assert!(d.supports(Endpoint::Responses, "az").is_err());
+        assert!(d.supports(Endpoint::Responses, "x", "az").is_err());
         let d = RouteDialect::build(&p, &route("{provider: az, model: gpt-4o}"), "");
         assert_eq!(
             d.path(Endpoint::Embeddings).unwrap(),
@@ -455,8 +474,8 @@ mod tests {
             d.uri("/models/x:streamGenerateContent?alt=sse").unwrap(),
             "/v1beta/models/x:streamGenerateContent?alt=sse"
         );
-        assert!(d.supports(Endpoint::Completions, "g").is_err());
-        assert!(d.supports(Endpoint::Responses, "g").is_err());
+        assert!(d.supports(Endpoint::Completions, "x", "g").is_err());
+        assert!(d.supports(Endpoint::Responses, "x", "g").is_err());
         assert!(d.translates() && d.maps_errors());
         let (name, value) = auth_header(ProviderKind::Gemini, "AIzaKey").unwrap();
         assert_eq!(name.as_str(), "x-goog-api-key");
@@ -469,11 +488,39 @@ mod tests {
         let p = provider("{kind: anthropic}");
         let d = RouteDialect::build(&p, &route("{provider: a, model: claude}"), "/v1");
         assert_eq!(d.path(Endpoint::ChatCompletions).unwrap(), "/v1/messages");
-        let e = d.supports(Endpoint::Embeddings, "a").unwrap_err();
+        let e = d.supports(Endpoint::Embeddings, "claude", "a").unwrap_err();
         assert_eq!(e.status(), 400);
         assert!(e.to_string().contains("embeddings"), "{e}");
         assert!(RouteDialect::openai()
-            .supports(Endpoint::Embeddings, "o")
+            .supports(Endpoint::Embeddings, "gpt", "o")
             .is_ok());
+        for ep in [
+            Endpoint::Moderations,
+            Endpoint::ImageGenerations,
+            Endpoint::AudioSpeech,
+            Endpoint::Rerank,
+        ] {
+            let e = d.supports(ep, "claude", "a").unwrap_err();
+            let GatewayError::InvalidRequest { message, param } = &e else {
+                panic!("{e:?}");
+            };
+            assert_eq!(*param, Some("model"));
+            assert!(message.contains("`claude`"), "{message}");
+            assert!(message.contains(ep.upstream_suffix()), "{message}");
+        }
+    }
+
+    #[test]
+    fn rerank_needs_the_route_to_declare_it() {
+        let o = RouteDialect::openai();
+        let e = o.supports(Endpoint::Rerank, "r", "o").unwrap_err();
+        assert!(e.to_string().contains("rerank: true"), "{e}");
+        assert!(o
+            .with_rerank(true)
+            .supports(Endpoint::Rerank, "r", "o")
+            .is_ok());
+        let p = provider("{kind: openai}");
+        let d = RouteDialect::build(&p, &route("{provider: o, model: m, rerank: true}"), "/v1");
+        assert!(d.supports(Endpoint::Rerank, "r", "o").is_ok());
     }
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 /// What the mock sends.
 pub(crate) enum Reply {
     Json(Bytes),
+    /// Binary audio (`/v1/audio/speech`), sent as `audio/mpeg`.
+    Audio(Bytes),
     /// SSE events (each a complete `data: …\n\n`), paced by `interval`.
     Sse {
         events: Vec<Bytes>,
@@ -36,6 +38,10 @@ pub(crate) fn reply(
     let id = format!("mock-{request_id}");
     match ep {
         Endpoint::Embeddings => Reply::Json(embeddings(s, model, body)),
+        Endpoint::Moderations => Reply::Json(moderations(model, &id, body)),
+        Endpoint::ImageGenerations => Reply::Json(images(created, body)),
+        Endpoint::AudioSpeech => Reply::Audio(Bytes::from_static(SPEECH)),
+        Endpoint::Rerank => Reply::Json(rerank(s, model, &id, body)),
         Endpoint::ChatCompletions if parsed.stream => Reply::Sse {
             events: chat_stream(s, model, &id, created, parsed.include_usage),
             interval: s.chunk_interval.get(),
@@ -67,7 +73,7 @@ pub(crate) fn reply(
 pub(crate) fn usage_of(ep: Endpoint, s: &MockSettings) -> crate::accounting::Usage {
     crate::accounting::Usage {
         prompt: s.prompt_tokens,
-        completion: if ep == Endpoint::Embeddings {
+        completion: if ep.no_completion() {
             0
         } else {
             s.completion_tokens
@@ -188,6 +194,68 @@ fn responses_stream(s: &MockSettings, model: &str, id: &str, created: u64) -> Ve
         json!({"type": "response.completed", "response": response_object(s, model, id, created)}),
     ));
     out
+}
+
+/// The mock's speech: an MPEG audio frame header and bytes that are not
+/// UTF-8, so a test sees whether they pass untouched.
+const SPEECH: &[u8] = b"\xff\xf3\x44\xc4\x00\x00\x00\x03\x48\x00\x00\x00\x00\xfe\x80\x00tollgate mock speech\x00\xc3\x28\xa0\xa1";
+
+/// A 1×1 transparent PNG, base64-encoded.
+const PIXEL_PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
+
+/// How many inputs `input` holds: a string is one, an array one per item.
+fn input_count(body: &[u8]) -> usize {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("input").and_then(Value::as_array).map(Vec::len))
+        .unwrap_or(1)
+        .clamp(1, 2048)
+}
+
+fn moderations(model: &str, id: &str, body: &[u8]) -> Bytes {
+    let categories = ["harassment", "hate", "self-harm", "sexual", "violence"];
+    let flags: serde_json::Map<String, Value> = categories
+        .iter()
+        .map(|c| (c.to_string(), json!(false)))
+        .collect();
+    let scores: serde_json::Map<String, Value> = categories
+        .iter()
+        .map(|c| (c.to_string(), json!(0.0001)))
+        .collect();
+    let result = json!({"flagged": false, "categories": flags, "category_scores": scores});
+    let results = vec![result; input_count(body)];
+    json_bytes(&json!({"id": format!("modr-{id}"), "model": model, "results": results}))
+}
+
+fn images(created: u64, body: &[u8]) -> Bytes {
+    let n = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("n").and_then(Value::as_u64))
+        .unwrap_or(1)
+        .clamp(1, crate::accounting::units::MAX_IMAGES);
+    let data: Vec<Value> = (0..n)
+        .map(|_| json!({"b64_json": PIXEL_PNG, "revised_prompt": null}))
+        .collect();
+    json_bytes(&json!({"created": created, "data": data}))
+}
+
+fn rerank(s: &MockSettings, model: &str, id: &str, body: &[u8]) -> Bytes {
+    let doc = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
+    let docs = doc
+        .get("documents")
+        .and_then(Value::as_array)
+        .map_or(0, |d| d.len().min(10_000));
+    let top = doc
+        .get("top_n")
+        .and_then(Value::as_u64)
+        .map_or(docs, |n| (n as usize).min(docs));
+    let results: Vec<Value> = (0..top)
+        .map(|i| json!({"index": i, "relevance_score": 1.0 / (i as f64 + 1.0)}))
+        .collect();
+    json_bytes(&json!({
+        "id": id, "model": model, "results": results,
+        "usage": {"total_tokens": s.prompt_tokens},
+    }))
 }
 
 #[derive(Deserialize)]

@@ -155,9 +155,16 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         message: e.message,
         param: e.param,
     })?;
-    // Embeddings never stream, whatever the body says. Decided here, once:
-    // every later "is this a stream?" reads `Ctx::streams`.
-    if ep == Endpoint::Embeddings {
+    // Embeddings, moderations, images, speech and rerank never stream,
+    // whatever the body says (images refuse to be asked). Decided here,
+    // once: every later "is this a stream?" reads `Ctx::streams`.
+    if ep.never_streams() {
+        if ep == Endpoint::ImageGenerations && parsed.stream {
+            return Err(GatewayError::InvalidRequest {
+                message: "Streamed image generation is not supported by this gateway: leave out `stream` or set it to false.".into(),
+                param: Some("stream"),
+            });
+        }
         parsed.stream = false;
     }
     let model = rt
@@ -171,6 +178,8 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
             model: model.name.to_string(),
         });
     }
+    supported(ep, model)?;
+    crate::accounting::units::check(ep, &bytes)?;
     let (body, parsed, messages) =
         crate::proxy::messages::admit(&ctx.head.request_id, ep, model, bytes, parsed)?;
     let req = ctx.admit(Admitted {
@@ -226,6 +235,10 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         return written(serve_cached(session, ctx, entry).await, ctx);
     }
     if let ProviderRt::Mock(settings) = &*first.provider {
+        // A mock route answers only what it declares (`rerank: true`).
+        first
+            .dialect
+            .supports(ep, &model.name, &first.provider_name)?;
         ctx.out.serve(Served::Locally);
         ctx.attempts.served_locally(first_index);
         crate::routing::attempt_started(&mut ctx.routing, &model.routing, first_index);
@@ -238,6 +251,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         ctx.resp = Pipeline::local(mock::usage_of(oa, settings));
         let sent = match reply {
             mock::Reply::Json(b) => write::json(session, 200, b, &ctx.tags()).await,
+            mock::Reply::Audio(b) => write::bytes(session, 200, "audio/mpeg", b, &ctx.tags()).await,
             mock::Reply::Sse { events, interval } => {
                 write::sse(session, events, interval, &ctx.tags()).await
             }
@@ -245,6 +259,23 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         return written(sent, ctx);
     }
     Ok(Next::Proxy)
+}
+
+/// Refuses an endpoint no route of the alias serves (a translated kind's
+/// `/v1/moderations`, `/v1/rerank` without `rerank: true`…) with the first
+/// route's reason, before any limit is counted or upstream contacted. A
+/// route that cannot serve it is skipped by the walk (`translated::Bodies`).
+fn supported(ep: Endpoint, model: &crate::runtime::ModelRt) -> Result<(), GatewayError> {
+    let mut first = None;
+    for r in &model.routes {
+        match r.dialect.supports(ep, &model.name, &r.provider_name) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
 }
 
 /// Answers from the cache: the stored body as the client first got it, a

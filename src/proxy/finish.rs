@@ -180,6 +180,7 @@ pub(crate) fn log_request(
             .as_ref()
             .is_some_and(|s| s.cost_usd.is_none() && s.source != UsageSource::Cache),
         partial: settled.as_ref().is_some_and(|s| s.partial),
+        units: settled.as_ref().map(|s| s.units).unwrap_or_default(),
         cache: ctx.cache.as_ref().map(|c| c.mark.label()),
         saved_usd: ctx
             .cache
@@ -324,6 +325,7 @@ fn settle(ctx: &Ctx) -> Option<Settled> {
             source: UsageSource::Cache,
             cost_usd: None,
             partial: false,
+            units: Default::default(),
         });
     }
     let req = ctx.req()?;

@@ -32,6 +32,9 @@ pub(crate) enum Meter {
     None,
     Stream(Box<StreamMeter>),
     Body(BodyMeter),
+    /// A body that is not JSON by design (speech audio): passed through
+    /// untouched, nothing kept.
+    Opaque,
 }
 
 /// Usage known without the meter: read by a stage (a translator, a
@@ -60,6 +63,9 @@ pub(crate) struct Pipeline {
     /// Complete events not yet forwarded when the stream was aborted: they
     /// go out just before the error event.
     unsent: Option<Bytes>,
+    /// A rerank answer: its usage is read by `Usage::find_rerank`, from
+    /// the whole body.
+    rerank: bool,
 }
 
 impl Pipeline {
@@ -93,6 +99,7 @@ impl Pipeline {
             front,
             counts: Counts::default(),
             unsent: None,
+            rerank: a.req.endpoint == Endpoint::Rerank,
         })
     }
 
@@ -133,7 +140,7 @@ impl Pipeline {
             }
         };
         match &mut self.meter {
-            Meter::None => {}
+            Meter::None | Meter::Opaque => {}
             Meter::Body(m) => m.on_chunk(body),
             Meter::Stream(m) => {
                 if m.on_chunk(body, eos).is_err() {
@@ -166,7 +173,7 @@ impl Pipeline {
                 let ended = seen.done || (responses && seen.usage.is_some());
                 ended && !seen.error_event
             }
-            Meter::Body(_) => true,
+            Meter::Body(_) | Meter::Opaque => true,
             Meter::None => false,
         }
     }
@@ -191,7 +198,7 @@ impl Pipeline {
         match &self.meter {
             Meter::Stream(m) => m.facts().cloned(),
             Meter::Body(m) => m.facts(),
-            Meter::None => None,
+            Meter::None | Meter::Opaque => None,
         }
     }
 
@@ -213,11 +220,15 @@ impl Pipeline {
                 counts: self.counts.usage,
             },
             (_, Some(local)) => local,
+            (Meter::Body(m), None) if self.rerank => m
+                .json()
+                .map_or(Observed::Unread, |d| Observed::Body(Some(d))),
             (Meter::Body(m), None) => match m.usage() {
                 BodyUsage::Reported(u) => Observed::Known(u),
                 BodyUsage::Missing => Observed::Body(m.json()),
                 BodyUsage::Unreadable => Observed::Unread,
             },
+            (Meter::Opaque, None) => Observed::Opaque,
             (Meter::None, None) => return None,
         })
     }
@@ -230,6 +241,10 @@ fn meter_for(resp: &ResponseHeader, ep: Endpoint, passthrough: bool, injected: b
     if !resp.status.is_success() {
         // Errors carry no usage (a mapped provider error included).
         return Meter::None;
+    }
+    if ep.opaque_response() {
+        // Audio: never parsed, never buffered, whatever its content type.
+        return Meter::Opaque;
     }
     if !crate::sse::is_event_stream(resp) {
         return Meter::Body(BodyMeter::default());

@@ -161,7 +161,7 @@ impl Bodies {
     ) -> Result<Option<Bytes>, GatewayError> {
         let d = &route.dialect;
         let ep = req.endpoint;
-        d.supports(ep, &route.provider_name)?;
+        d.supports(ep, &req.model.name, &route.provider_name)?;
         if let Some(body) = crate::proxy::messages::passthrough::prepare(req, route)? {
             return Ok(Some(body));
         }

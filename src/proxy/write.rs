@@ -51,7 +51,18 @@ pub(crate) async fn json(
     body: Bytes,
     tags: &Tags<'_>,
 ) -> pingora::Result<()> {
-    let resp = header(status, "application/json", Some(body.len()), tags)?;
+    bytes(session, status, "application/json", body, tags).await
+}
+
+/// Writes a complete response of `content_type`.
+pub(crate) async fn bytes(
+    session: &mut Session,
+    status: u16,
+    content_type: &'static str,
+    body: Bytes,
+    tags: &Tags<'_>,
+) -> pingora::Result<()> {
+    let resp = header(status, content_type, Some(body.len()), tags)?;
     session.write_response_header(Box::new(resp), false).await?;
     let head = session.req_header().method == http::Method::HEAD;
     session

@@ -79,7 +79,7 @@ impl RouteRt {
                 (ProviderRt::Http(up), Some(pc)) => {
                     crate::providers::dialect::RouteDialect::build(pc, r, &up.base.prefix)
                 }
-                _ => crate::providers::dialect::RouteDialect::openai(),
+                _ => crate::providers::dialect::RouteDialect::openai().with_rerank(r.rerank),
             },
         }
     }

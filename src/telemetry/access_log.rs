@@ -62,6 +62,12 @@ impl Record<'_> {
         }
         w.raw("unpriced", if self.unpriced { "true" } else { "false" });
         w.raw("partial", if self.partial { "true" } else { "false" });
+        if self.units.images > 0 {
+            w.int("images", Some(self.units.images));
+        }
+        if self.units.characters > 0 {
+            w.int("characters", Some(self.units.characters));
+        }
         w.str("cache", self.cache);
         if let Some(c) = self.saved_usd.and_then(serde_json::Number::from_f64) {
             w.key("saved_usd");
@@ -332,6 +338,10 @@ mod tests {
             cost_usd: Some(1.25e-6),
             unpriced: false,
             partial: true,
+            units: crate::accounting::units::Units {
+                images: 2,
+                characters: 0,
+            },
             cache: None,
             saved_usd: None,
             hedge: None,
@@ -372,13 +382,16 @@ mod tests {
         assert_eq!(v["usage_source"], "reported");
         assert_eq!(v["cost_usd"].as_f64(), Some(1.25e-6));
         assert_eq!(v["partial"], true);
+        assert_eq!(v["images"], 2);
+        assert_eq!(v.get("characters"), None);
         assert_eq!(v["strategy"], "weighted");
         assert_eq!(v["variant"], Value::Null);
         assert_eq!(v["candidates"][1], "q/n");
         assert_eq!(v["skipped"][0], "r/o:region");
         assert_eq!(v["cache"], Value::Null, "no cache on the alias");
         assert!(v.get("saved_usd").is_none(), "only on a hit");
-        assert_eq!(v.as_object().map(|o| o.len()), Some(33));
+        // 33 fields always, `images` here (it is written only when non-zero).
+        assert_eq!(v.as_object().map(|o| o.len()), Some(34));
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub unpriced: IntCounterVec,
     pub estimated: IntCounterVec,
     pub partial_streams: IntCounterVec,
+    pub units: IntCounterVec,
     pub in_flight: IntGauge,
     pub attempts: IntCounterVec,
     pub retries: IntCounterVec,
@@ -129,6 +130,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "tollgate_partial_streams_total",
             "Streams that ended before their end marker (cut by the upstream or the client).",
             &["request_model", "provider"]
+        )?,
+        units: register_int_counter_vec!(
+            "tollgate_units_total",
+            "Units charged at unit prices: image (images generated, n), character (speech input characters).",
+            &["request_model", "provider", "unit"]
         )?,
         attempts: register_int_counter_vec!(
             "tollgate_upstream_attempts_total",
@@ -445,6 +451,16 @@ pub fn observe(rec: &crate::telemetry::record::Record<'_>) {
     match rec.cost_usd {
         Some(c) => m.cost.with_label_values(&route).inc_by(c),
         None => m.unpriced.with_label_values(&route).inc(),
+    }
+    for (unit, n) in [
+        ("image", rec.units.images),
+        ("character", rec.units.characters),
+    ] {
+        if n > 0 {
+            m.units
+                .with_label_values(&[model, provider, unit])
+                .inc_by(n);
+        }
     }
     if source != crate::accounting::UsageSource::Reported {
         m.estimated.with_label_values(&[model, provider]).inc();

@@ -37,6 +37,8 @@ pub struct Record<'a> {
     /// Usage known but the route has no price: the cost is unknown, not 0.
     pub(crate) unpriced: bool,
     pub(crate) partial: bool,
+    /// Images and speech characters charged at unit prices.
+    pub(crate) units: crate::accounting::units::Units,
     /// The response cache: `hit`, `miss` or `bypass` (`None`: the alias has
     /// no cache).
     pub(crate) cache: Option<&'static str>,

@@ -230,10 +230,12 @@ async fn read(
     default_output: u64,
 ) -> (&'static str, Option<Settled>) {
     let status = ex.header().status;
-    let sse = crate::sse::is_event_stream(ex.header());
     let ep = job.req.endpoint;
+    // Speech audio is never read (see `pipeline::meter_for`).
+    let opaque = ep.opaque_response();
+    let sse = crate::sse::is_event_stream(ex.header()) && !opaque;
     let mut stream = (status.is_success() && sse).then(|| StreamMeter::new(ep, injected));
-    let mut body = (status.is_success() && !sse).then(BodyMeter::default);
+    let mut body = (status.is_success() && !sse && !opaque).then(BodyMeter::default);
     let mut failed = None;
     loop {
         match ex.chunk().await {
@@ -281,6 +283,7 @@ async fn read(
             BodyUsage::Missing => Observed::Body(m.json()),
             BodyUsage::Unreadable => Observed::Unread,
         },
+        (None, None) if opaque => Observed::Opaque,
         (None, None) => return (result, None),
     };
     let req = settle::Request {

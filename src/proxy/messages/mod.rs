@@ -276,6 +276,7 @@ pub(crate) fn local_reply(req: &Admitted, request_id: &str, reply: mock::Reply) 
     };
     let opts = response_opts(&front.model, request_id);
     match reply {
+        audio @ mock::Reply::Audio(_) => audio,
         mock::Reply::Json(b) => mock::Reply::Json(match tr::response(&b, &opts) {
             Ok((out, _)) => out,
             Err(_) => error_body(&GatewayError::Internal),

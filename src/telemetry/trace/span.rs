@@ -31,6 +31,11 @@ fn operation(ep: Endpoint) -> Option<&'static str> {
         Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => Some("chat"),
         Endpoint::Completions => Some("text_completion"),
         Endpoint::Embeddings => Some("embeddings"),
+        // No GenAI convention names these: the endpoint's own label.
+        Endpoint::Moderations => Some("moderations"),
+        Endpoint::ImageGenerations => Some("images_generations"),
+        Endpoint::AudioSpeech => Some("audio_speech"),
+        Endpoint::Rerank => Some("rerank"),
         Endpoint::Models | Endpoint::Healthz => None,
     }
 }

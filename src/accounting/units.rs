@@ -1,0 +1,174 @@
+//! Units priced apart from tokens: images generated (`/v1/images/generations`,
+//! its `n`) and characters of speech input (`/v1/audio/speech`, its
+//! `input`). Both are read from the admitted request body: they are what
+//! the request asked for, known before any answer, so the reservation and
+//! the settlement use the same figure.
+
+use crate::base::endpoint::Endpoint;
+use crate::base::error::GatewayError;
+use crate::config::Price;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Most images one request may ask for (`n`); more is a 400 naming `n`.
+pub const MAX_IMAGES: u64 = 10;
+
+/// The units a request is priced by, besides its tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Units {
+    pub images: u64,
+    pub characters: u64,
+}
+
+impl Units {
+    pub fn is_empty(&self) -> bool {
+        self.images == 0 && self.characters == 0
+    }
+
+    /// USD for these units at `p`'s unit prices (0 where a price is not
+    /// set). Finite and ≥ 0, like `cost::cost_usd`.
+    pub fn cost_usd(&self, p: &Price) -> f64 {
+        let price = |x: Option<f64>| x.filter(|x| x.is_finite() && *x > 0.0).unwrap_or(0.0);
+        let usd = self.images as f64 * price(p.per_image)
+            + self.characters as f64 * price(p.per_million_characters) / 1e6;
+        if usd.is_nan() {
+            0.0
+        } else {
+            usd.min(f64::MAX)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Fields {
+    #[serde(default)]
+    n: Option<Value>,
+    #[serde(default)]
+    input: Option<Value>,
+}
+
+/// Checks the fields units are read from: an image request's `n` must be
+/// a whole number from 1 to [`MAX_IMAGES`] (absent or `null`: 1).
+pub(crate) fn check(ep: Endpoint, body: &[u8]) -> Result<(), GatewayError> {
+    if ep != Endpoint::ImageGenerations {
+        return Ok(());
+    }
+    let f: Fields = serde_json::from_slice(body).map_err(|e| GatewayError::InvalidRequest {
+        message: format!("The request body cannot be read: {e}."),
+        param: None,
+    })?;
+    images(f.n.as_ref()).map(|_| ())
+}
+
+fn images(n: Option<&Value>) -> Result<u64, GatewayError> {
+    match n {
+        None | Some(Value::Null) => Ok(1),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=MAX_IMAGES).contains(n))
+            .ok_or_else(|| GatewayError::InvalidRequest {
+                message: format!("`n` must be an integer from 1 to {MAX_IMAGES}."),
+                param: Some("n"),
+            }),
+    }
+}
+
+/// The units of an admitted request (zero for endpoints without units; a
+/// body that does not read counts what could be read).
+pub fn of(ep: Endpoint, body: &[u8]) -> Units {
+    if !matches!(ep, Endpoint::ImageGenerations | Endpoint::AudioSpeech) {
+        return Units::default();
+    }
+    let Ok(f) = serde_json::from_slice::<Fields>(body) else {
+        return Units::default();
+    };
+    match ep {
+        Endpoint::ImageGenerations => Units {
+            // Checked at admission; a shadow copy's invalid `n` counts the most.
+            images: images(f.n.as_ref()).unwrap_or(MAX_IMAGES),
+            characters: 0,
+        },
+        _ => Units {
+            images: 0,
+            characters: f
+                .input
+                .as_ref()
+                .and_then(Value::as_str)
+                .map_or(0, |s| s.chars().count() as u64),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn price(per_image: Option<f64>, per_million_characters: Option<f64>) -> Price {
+        Price {
+            input: 0.0,
+            cached_input: None,
+            output: 0.0,
+            per_image,
+            per_million_characters,
+        }
+    }
+
+    #[test]
+    fn images_are_n_from_1_to_the_max() {
+        let ep = Endpoint::ImageGenerations;
+        assert_eq!(of(ep, br#"{"model":"i","prompt":"x"}"#).images, 1);
+        assert_eq!(of(ep, br#"{"model":"i","n":null}"#).images, 1);
+        assert_eq!(of(ep, br#"{"model":"i","n":10}"#).images, 10);
+        assert!(check(ep, br#"{"model":"i","n":10}"#).is_ok());
+        for bad in ["0", "11", "-1", "1.5", "\"2\"", "18446744073709551616"] {
+            let body = format!(r#"{{"model":"i","n":{bad}}}"#);
+            let e = check(ep, body.as_bytes()).unwrap_err();
+            assert_eq!(e.status(), 400, "{bad}");
+            assert!(
+                matches!(
+                    e,
+                    GatewayError::InvalidRequest {
+                        param: Some("n"),
+                        ..
+                    }
+                ),
+                "{bad}"
+            );
+        }
+        // Other endpoints' `n` is not ours to check.
+        assert!(check(Endpoint::ChatCompletions, br#"{"n":99}"#).is_ok());
+    }
+
+    #[test]
+    fn characters_are_counted_not_bytes() {
+        let u = of(
+            Endpoint::AudioSpeech,
+            "{\"model\":\"s\",\"input\":\"héllo ☃\"}".as_bytes(),
+        );
+        assert_eq!(
+            u,
+            Units {
+                images: 0,
+                characters: 7
+            }
+        );
+        assert!(of(Endpoint::Moderations, br#"{"input":"abc"}"#).is_empty());
+    }
+
+    #[test]
+    fn unit_cost_is_finite_and_zero_without_a_price() {
+        let u = Units {
+            images: 3,
+            characters: 2_000_000,
+        };
+        assert!((u.cost_usd(&price(Some(0.04), None)) - 0.12).abs() < 1e-12);
+        assert!((u.cost_usd(&price(None, Some(15.0))) - 30.0).abs() < 1e-9);
+        assert_eq!(u.cost_usd(&price(None, None)), 0.0);
+        assert_eq!(u.cost_usd(&price(Some(f64::NAN), Some(-1.0))), 0.0);
+        let huge = Units {
+            images: u64::MAX,
+            characters: u64::MAX,
+        };
+        assert!(huge.cost_usd(&price(Some(1e300), Some(1e300))).is_finite());
+    }
+}
