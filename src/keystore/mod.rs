@@ -335,10 +335,10 @@ impl KeyStore {
     }
 }
 
-/// Hands the heap freed after the initial load (the rows as read, their
-/// parsed copies) back to the system: `main` keeps freed memory for reuse
-/// up to 128 MiB (`M_TRIM_THRESHOLD`), which would otherwise keep the
-/// load's peak resident.
+/// Hands glibc's heap freed after the initial load (SQLite's own
+/// allocations for the rows as read) back to the system. The gateway's
+/// own allocations go to jemalloc (`main.rs`), which returns freed pages
+/// after its decay time by itself.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap pages to the system.

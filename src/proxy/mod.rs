@@ -65,15 +65,22 @@ impl Gateway {
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = Ctx;
+    /// Boxed: Pingora keeps the CTX inside each request's future, which it
+    /// moves several times per request; a pointer moves for less than the
+    /// whole `Ctx` (docs/benchmarks.md, "Boxed Ctx").
+    type CTX = Box<Ctx>;
 
-    fn new_ctx(&self) -> Ctx {
-        Ctx::new(self.shared.load())
+    fn new_ctx(&self) -> Box<Ctx> {
+        Box::new(Ctx::new(self.shared.load()))
     }
 
     /// Takes the config snapshot, then admits the request (auth, body, model)
     /// or answers it locally. Runs first; all rejections happen here.
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Box<Ctx>,
+    ) -> pingora::Result<bool> {
         ctx.head.start = Instant::now();
         ctx.head.request_id = headers::client_request_id(session.req_header())
             .unwrap_or_else(headers::new_request_id);
@@ -96,7 +103,7 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(
         &self,
         _s: &mut Session,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> pingora::Result<Box<HttpPeer>> {
         match attempt::next_peer(ctx).await {
             Ok(peer) => Ok(peer),
@@ -110,7 +117,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> pingora::Result<()> {
         attempt::upstream_request(session.req_header(), upstream, ctx)
             .map_err(|e| attempt::fail(ctx, e))
@@ -123,7 +130,7 @@ impl ProxyHttp for Gateway {
         _s: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> pingora::Result<()> {
         attempt::body_chunk(body, ctx);
         Ok(())
@@ -135,7 +142,7 @@ impl ProxyHttp for Gateway {
         &self,
         _s: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> pingora::Result<()> {
         response::on_header(resp, ctx)
     }
@@ -146,7 +153,7 @@ impl ProxyHttp for Gateway {
         _s: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> pingora::Result<Option<std::time::Duration>> {
         response::on_chunk(body, end_of_stream, ctx)?;
         Ok(None)
@@ -158,7 +165,7 @@ impl ProxyHttp for Gateway {
         &self,
         _s: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
         e: Box<Error>,
     ) -> Box<Error> {
         attempt::on_connect_failure(ctx, e)
@@ -172,7 +179,7 @@ impl ProxyHttp for Gateway {
         _peer: &HttpPeer,
         fd: std::os::unix::io::RawFd,
         _digest: Option<&pingora::protocols::Digest>,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> pingora::Result<()> {
         attempt::on_connected(ctx, fd);
         Ok(())
@@ -186,7 +193,7 @@ impl ProxyHttp for Gateway {
         peer: &HttpPeer,
         _s: &mut Session,
         e: Box<Error>,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -195,7 +202,12 @@ impl ProxyHttp for Gateway {
     }
 
     /// Answers an OpenAI-format error when proxying fails before any response.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Box<Ctx>,
+    ) -> FailToProxy {
         let code = finish::fail_to_proxy(session, e, ctx).await;
         FailToProxy {
             error_code: code,
@@ -204,7 +216,7 @@ impl ProxyHttp for Gateway {
     }
 
     /// Records metrics and the access-log line; runs once per request.
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<Ctx>) {
         if let Some(settle) = finish::log_request(session, e, ctx) {
             settle.send().await;
         }

@@ -43,6 +43,8 @@ pub struct RouteStats {
     ring_count: AtomicU64,
     /// The cached p95 of `ring`, in microseconds; 0 until known.
     p95: AtomicU32,
+    /// `ring_count` when `p95` was last computed.
+    p95_at: AtomicU64,
 }
 
 impl Default for RouteStats {
@@ -54,6 +56,7 @@ impl Default for RouteStats {
             ring: std::array::from_fn(|_| AtomicU32::new(0)),
             ring_count: AtomicU64::new(0),
             p95: AtomicU32::new(0),
+            p95_at: AtomicU64::new(0),
         }
     }
 }
@@ -132,18 +135,13 @@ impl RouteStats {
             .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
     }
 
-    /// Records a time to first byte for the p95 estimate.
+    /// Records a time to first byte for the p95 estimate (computed when
+    /// it is read: only hedging reads it, so other routes never sort).
     pub fn observe_first_byte(&self, took: Duration) {
         let us = u32::try_from(took.as_micros()).unwrap_or(u32::MAX).max(1);
         let n = self.ring_count.fetch_add(1, Relaxed);
         if let Some(slot) = self.ring.get((n % RING as u64) as usize) {
             slot.store(us, Relaxed);
-        }
-        let seen = n + 1;
-        // Recomputed often while there are few samples, then every 8th:
-        // reading the estimate is one atomic load.
-        if seen >= MIN_P95_SAMPLES && (seen < 2 * RING as u64 || seen.is_multiple_of(8)) {
-            self.p95.store(self.percentile(0.95), Relaxed);
         }
     }
 
@@ -165,8 +163,16 @@ impl RouteStats {
     /// The 95th percentile of this route's recent times to first byte (the
     /// last 128 successful attempts), or `None` before 20 were seen.
     pub fn p95_ttft(&self) -> Option<Duration> {
-        if self.ring_count.load(Relaxed) < MIN_P95_SAMPLES {
+        let seen = self.ring_count.load(Relaxed);
+        if seen < MIN_P95_SAMPLES {
             return None;
+        }
+        // Recomputed on every new sample while there are few, then after
+        // every 8th: a read between is one atomic load.
+        let at = self.p95_at.load(Relaxed);
+        if seen != at && (seen < 2 * RING as u64 || seen.saturating_sub(at) >= 8) {
+            self.p95.store(self.percentile(0.95), Relaxed);
+            self.p95_at.store(seen, Relaxed);
         }
         let us = self.p95.load(Relaxed);
         (us > 0).then(|| Duration::from_micros(u64::from(us)))

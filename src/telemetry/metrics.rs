@@ -4,6 +4,7 @@
 //! `provider`, `token_type`). Label values come only from config names or
 //! fixed sets, never from raw request input, so cardinality stays bounded.
 
+use crate::telemetry::series;
 use prometheus::{
     register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
     register_int_gauge_vec, CounterVec, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -393,32 +394,7 @@ pub fn observe(rec: &crate::telemetry::record::Record<'_>) {
     let Some(m) = get() else {
         return;
     };
-    let (model, provider, upstream_model, key) =
-        (rec.model, rec.provider, rec.upstream_model, rec.key);
-    let route = [model, provider, upstream_model, key];
-    m.requests
-        .with_label_values(&[
-            model,
-            provider,
-            upstream_model,
-            key,
-            rec.endpoint,
-            status_class(rec.status),
-        ])
-        .inc();
-    m.duration
-        .with_label_values(&[model, provider, rec.endpoint])
-        .observe(rec.duration.as_secs_f64());
-    if let Some(u) = rec.upstream {
-        m.upstream_latency
-            .with_label_values(&[provider])
-            .observe(u.as_secs_f64());
-    }
-    if let Some(t) = rec.ttft {
-        m.ttft
-            .with_label_values(&[model, provider])
-            .observe(t.as_secs_f64());
-    }
+    let (model, provider) = (rec.model, rec.provider);
     if let Some(code) = rec.error {
         m.errors.with_label_values(&[code]).inc();
     }
@@ -427,48 +403,72 @@ pub fn observe(rec: &crate::telemetry::record::Record<'_>) {
         Some("bypass") => m.cache_bypasses.with_label_values(&[model]).inc(),
         _ => {}
     }
-    let (Some(usage), Some(source)) = (rec.usage, rec.usage_source) else {
+    let usage = match (rec.usage, rec.usage_source) {
+        (Some(u), Some(s)) => Some((u, s)),
+        _ => None,
+    };
+    let labels = series::Labels {
+        model,
+        provider,
+        upstream_model: rec.upstream_model,
+        key: rec.key,
+        endpoint: rec.endpoint,
+        status_class: status_class(rec.status),
+        source: usage.map_or("", |(_, s)| s.label()),
+    };
+    series::with(&labels, |s| {
+        s.requests(m).inc();
+        s.duration(m).observe(rec.duration.as_secs_f64());
+        if let Some(u) = rec.upstream {
+            s.upstream(m).observe(u.as_secs_f64());
+        }
+        if let Some(t) = rec.ttft {
+            s.ttft(m).observe(t.as_secs_f64());
+        }
+        let Some((usage, source)) = usage else {
+            return;
+        };
+        if source == crate::accounting::UsageSource::Cache {
+            return;
+        }
+        for (kind, n) in usage.by_kind() {
+            if let Some(c) = s.tokens(m, kind) {
+                c.inc_by(n);
+            }
+        }
+        match rec.cost_usd {
+            Some(c) => s.cost(m).inc_by(c),
+            None => s.unpriced(m).inc(),
+        }
+        for (unit, n) in [
+            ("image", rec.units.images),
+            ("character", rec.units.characters),
+        ] {
+            if n > 0 {
+                m.units
+                    .with_label_values(&[model, provider, unit])
+                    .inc_by(n);
+            }
+        }
+        if source != crate::accounting::UsageSource::Reported {
+            s.estimated(m).inc();
+        }
+        if rec.partial {
+            s.partial(m).inc();
+        }
+    });
+    let Some((usage, crate::accounting::UsageSource::Cache)) = usage else {
         return;
     };
-    if source == crate::accounting::UsageSource::Cache {
-        // A hit: no provider tokens, no spend; what it saved instead.
-        m.cache_hits.with_label_values(&[model]).inc();
-        for (kind, n) in [("input", usage.prompt), ("output", usage.completion)] {
-            m.cache_saved_tokens
-                .with_label_values(&[model, kind])
-                .inc_by(n);
-        }
-        if let Some(c) = rec.saved_usd {
-            m.cache_saved_usd.with_label_values(&[model]).inc_by(c);
-        }
-        return;
-    }
-    for (kind, n) in usage.by_kind() {
-        m.tokens
-            .with_label_values(&[model, provider, upstream_model, key, kind, source.label()])
+    // A hit: no provider tokens, no spend; what it saved instead.
+    m.cache_hits.with_label_values(&[model]).inc();
+    for (kind, n) in [("input", usage.prompt), ("output", usage.completion)] {
+        m.cache_saved_tokens
+            .with_label_values(&[model, kind])
             .inc_by(n);
     }
-    match rec.cost_usd {
-        Some(c) => m.cost.with_label_values(&route).inc_by(c),
-        None => m.unpriced.with_label_values(&route).inc(),
-    }
-    for (unit, n) in [
-        ("image", rec.units.images),
-        ("character", rec.units.characters),
-    ] {
-        if n > 0 {
-            m.units
-                .with_label_values(&[model, provider, unit])
-                .inc_by(n);
-        }
-    }
-    if source != crate::accounting::UsageSource::Reported {
-        m.estimated.with_label_values(&[model, provider]).inc();
-    }
-    if rec.partial {
-        m.partial_streams
-            .with_label_values(&[model, provider])
-            .inc();
+    if let Some(c) = rec.saved_usd {
+        m.cache_saved_usd.with_label_values(&[model]).inc_by(c);
     }
 }
 

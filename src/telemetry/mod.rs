@@ -5,4 +5,5 @@ pub mod access_log;
 pub(crate) mod endpoint;
 pub mod metrics;
 pub(crate) mod record;
+pub(crate) mod series;
 pub(crate) mod trace;
