@@ -482,4 +482,34 @@ mod tests {
         let s = format!(r#"{{"model":"m","x":"{}"}}"#, "[".repeat(1000));
         assert!(parse(s.as_bytes()).is_ok());
     }
+
+    #[test]
+    fn a_form_gets_the_raw_model_in_place() {
+        let body = Bytes::from_static(
+            b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\n\xff\x00\r\n--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nstt\r\n--b--\r\n",
+        );
+        let (p, _) = parse_form(&body, "b").unwrap();
+        assert!(p.form && !p.stream);
+        assert_eq!(p.model, "stt");
+        let (out, added) = attempt_body(&body, &p, "whisper-1", br#""whisper-1""#, true);
+        assert!(!added);
+        let want = [
+            &body[..p.model_span.start],
+            b"whisper-1",
+            &body[p.model_span.end..],
+        ]
+        .concat();
+        assert_eq!(&out[..], &want[..]);
+        assert_eq!(parse_form(&out, "b").unwrap().0.model, "whisper-1");
+        // No model, two models, a model that is a file, a preamble.
+        for bad in [
+            &b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\nv\r\n--b--"[..],
+            b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nv\r\n--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nw\r\n--b--",
+            b"--b\r\nContent-Disposition: form-data; name=\"model\"; filename=\"m\"\r\n\r\nv\r\n--b--",
+        ] {
+            assert_eq!(parse_form(bad, "b").unwrap_err().param, Some("model"));
+        }
+        let pre = b"hi\r\n--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nv\r\n--b--";
+        assert!(parse_form(pre, "b").is_err());
+    }
 }

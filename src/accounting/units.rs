@@ -221,4 +221,42 @@ mod tests {
         };
         assert!(huge.cost_usd(&price(Some(1e300), Some(1e300))).is_finite());
     }
+
+    #[test]
+    fn transcription_seconds_come_from_the_answer() {
+        assert_eq!(seconds_of(&serde_json::json!({"duration": 90.2})), Some(91));
+        let u = serde_json::json!({"usage": {"type": "duration", "seconds": 3}});
+        assert_eq!(seconds_of(&u), Some(3));
+        assert_eq!(seconds_of(&serde_json::json!({"text": "x"})), None);
+        assert_eq!(seconds_of(&serde_json::json!({"duration": -1})), None);
+        let mut p = price(None, None);
+        p.per_minute = Some(0.006);
+        let u = Units {
+            seconds: 90,
+            ..Units::default()
+        };
+        assert!((u.cost_usd(&p) - 0.009).abs() < 1e-12);
+    }
+
+    #[test]
+    fn an_edit_counts_its_form_n() {
+        let form = |n: &str| {
+            format!("--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nm\r\n--b\r\nContent-Disposition: form-data; name=\"n\"\r\n\r\n{n}\r\n--b--")
+        };
+        assert_eq!(of(Endpoint::ImageEdits, form("4").as_bytes()).images, 4);
+        assert!(check(Endpoint::ImageEdits, form("10").as_bytes()).is_ok());
+        for bad in ["0", "11", "x", "2.5"] {
+            let e = check(Endpoint::ImageEdits, form(bad).as_bytes()).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    GatewayError::InvalidRequest {
+                        param: Some("n"),
+                        ..
+                    }
+                ),
+                "{bad}"
+            );
+        }
+    }
 }
