@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub(crate) mod engine;
 pub mod eventstream;
+pub mod form;
 pub mod governance;
 pub mod json_scan;
 pub(crate) mod keys;

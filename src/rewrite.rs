@@ -23,6 +23,9 @@ pub struct Parsed {
     /// Where the sampling parameters a trace shows are (found in the same
     /// pass; read only for a traced request).
     pub params: ParamSpans,
+    /// A multipart form (`form`): `model_span` is the `model` field's raw
+    /// value, replaced by the upstream model's bytes, not a JSON string.
+    pub form: bool,
 }
 
 /// Byte ranges of `max_tokens` (or `max_completion_tokens`,
@@ -168,7 +171,56 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BodyError> {
         include_usage,
         stream_options_span: stream_options,
         params,
+        form: false,
     })
+}
+
+/// What the gateway needs from a `multipart/form-data` body with
+/// `boundary`: the `model` field (its raw value's span) and `stream`
+/// (`true` is refused by the caller for these endpoints). Errors: not a
+/// form (`form::read`), no `model` or a second one, a model that is not
+/// UTF-8.
+pub fn parse_form(body: &[u8], boundary: &str) -> Result<(Parsed, crate::form::Form), BodyError> {
+    if !body.starts_with(b"--") || body.get(2..2 + boundary.len()) != Some(boundary.as_bytes()) {
+        return Err(err(
+            "The multipart body must start with its boundary delimiter (a preamble is not accepted).",
+            None,
+        ));
+    }
+    let form = crate::form::read(body, boundary).map_err(|e| BodyError {
+        message: e.message,
+        param: e.param,
+    })?;
+    let mut models = form.parts.iter().filter(|p| p.name == "model");
+    let Some(part) = models.next() else {
+        return Err(err("The form has no `model` field.", Some("model")));
+    };
+    if part.file || models.next().is_some() {
+        return Err(err(
+            "The form must have exactly one `model` text field.",
+            Some("model"),
+        ));
+    }
+    let model = std::str::from_utf8(&body[part.value.clone()])
+        .map_err(|_| err("`model` must be UTF-8 text.", Some("model")))?;
+    if model.is_empty() {
+        return Err(err("`model` is empty.", Some("model")));
+    }
+    let stream = form
+        .text(body, "stream")
+        .is_some_and(|s| s.trim().eq_ignore_ascii_case("true"));
+    Ok((
+        Parsed {
+            model: model.to_string(),
+            model_span: part.value.clone(),
+            stream,
+            include_usage: false,
+            stream_options_span: None,
+            params: ParamSpans::default(),
+            form: true,
+        },
+        form,
+    ))
 }
 
 /// Builds one attempt's body: the route's model spliced in and, when
@@ -176,7 +228,16 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BodyError> {
 /// `stream_options.include_usage: true` added. Returns the body and whether
 /// usage was added on the client's behalf. The body is copied once at most,
 /// and every byte not edited is the client's.
-pub fn attempt_body(body: &Bytes, p: &Parsed, model_json: &[u8], ask_usage: bool) -> (Bytes, bool) {
+pub fn attempt_body(
+    body: &Bytes,
+    p: &Parsed,
+    model: &str,
+    model_json: &[u8],
+    ask_usage: bool,
+) -> (Bytes, bool) {
+    if p.form {
+        return (splice(body, &p.model_span, model.as_bytes()), false);
+    }
     if !(ask_usage && p.stream && !p.include_usage) {
         return (splice(body, &p.model_span, model_json), false);
     }
@@ -260,7 +321,7 @@ mod tests {
     fn with_usage(b: &[u8]) -> String {
         let body = Bytes::copy_from_slice(b);
         let p = parse(&body).unwrap();
-        let (out, added) = attempt_body(&body, &p, br#""m2""#, true);
+        let (out, added) = attempt_body(&body, &p, "m", br#""m2""#, true);
         assert!(added);
         let again = parse(&out).unwrap();
         assert!(again.include_usage && again.model == "m2");
@@ -376,7 +437,7 @@ mod tests {
     fn usage_is_requested_for_streams_that_did_not_ask() {
         let b = Bytes::from_static(br#"{"model":"fast","stream":true,"messages":[]}"#);
         let p = parse(&b).unwrap();
-        let (out, added) = attempt_body(&b, &p, br#""m""#, true);
+        let (out, added) = attempt_body(&b, &p, "m", br#""m""#, true);
         assert!(added);
         assert_eq!(
             &out[..],
@@ -384,7 +445,7 @@ mod tests {
         );
         let b = Bytes::from_static(br#"{"stream_options":{"x":1},"model":"fast","stream":true}"#);
         let p = parse(&b).unwrap();
-        let (out, added) = attempt_body(&b, &p, br#""m""#, true);
+        let (out, added) = attempt_body(&b, &p, "m", br#""m""#, true);
         assert!(added);
         assert_eq!(
             &out[..],
@@ -401,7 +462,7 @@ mod tests {
         ] {
             let b = Bytes::copy_from_slice(body);
             let p = parse(&b).unwrap();
-            let (out, added) = attempt_body(&b, &p, br#""m""#, ask);
+            let (out, added) = attempt_body(&b, &p, "m", br#""m""#, ask);
             assert!(!added);
             assert_eq!(out, splice(&b, &p.model_span, br#""m""#));
         }
@@ -420,5 +481,35 @@ mod tests {
         // Brackets inside strings do not count.
         let s = format!(r#"{{"model":"m","x":"{}"}}"#, "[".repeat(1000));
         assert!(parse(s.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_form_gets_the_raw_model_in_place() {
+        let body = Bytes::from_static(
+            b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\n\xff\x00\r\n--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nstt\r\n--b--\r\n",
+        );
+        let (p, _) = parse_form(&body, "b").unwrap();
+        assert!(p.form && !p.stream);
+        assert_eq!(p.model, "stt");
+        let (out, added) = attempt_body(&body, &p, "whisper-1", br#""whisper-1""#, true);
+        assert!(!added);
+        let want = [
+            &body[..p.model_span.start],
+            b"whisper-1",
+            &body[p.model_span.end..],
+        ]
+        .concat();
+        assert_eq!(&out[..], &want[..]);
+        assert_eq!(parse_form(&out, "b").unwrap().0.model, "whisper-1");
+        // No model, two models, a model that is a file, a preamble.
+        for bad in [
+            &b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\nv\r\n--b--"[..],
+            b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nv\r\n--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nw\r\n--b--",
+            b"--b\r\nContent-Disposition: form-data; name=\"model\"; filename=\"m\"\r\n\r\nv\r\n--b--",
+        ] {
+            assert_eq!(parse_form(bad, "b").unwrap_err().param, Some("model"));
+        }
+        let pre = b"hi\r\n--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nv\r\n--b--";
+        assert!(parse_form(pre, "b").is_err());
     }
 }

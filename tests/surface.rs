@@ -28,6 +28,23 @@ const AUDIO: &[u8] = b"\xff\xfb\x90\x64\x00\x0f\xf0\x00\x00\x69\x00\x00\x00\x08\
 
 /// Answers like OpenAI (and Jina for rerank) by path; speech in three chunks.
 fn upstream(r: &Recorded) -> Reply {
+    if r.path.ends_with("/audio/transcriptions") {
+        // A multipart form (tests/surface_form.rs covers its bytes).
+        let out = json!({"text": "hello there", "usage": {"type": "tokens",
+            "input_tokens": 12, "output_tokens": 2, "total_tokens": 14}});
+        return Reply::json(200, out.to_string());
+    }
+    if r.path.ends_with("/images/edits") {
+        let n = if String::from_utf8_lossy(&r.body).contains("name=\"n\"\r\n\r\n2\r\n") {
+            2
+        } else {
+            1
+        };
+        let data: Vec<Value> = (0..n)
+            .map(|_| json!({"url": "https://img.example/e.png"}))
+            .collect();
+        return Reply::json(200, json!({"created": 1, "data": data}).to_string());
+    }
     let body = r.json();
     let model = body["model"].as_str().unwrap_or("?").to_string();
     if r.path.ends_with("/audio/speech") {
@@ -78,6 +95,7 @@ models:
     routes: [ {{ provider: up, model: dall-e-3, price: {{ input: 0, output: 0, per_image: 0.04 }} }} ]
   tts:
     routes: [ {{ provider: up, model: tts-1, price: {{ input: 0, output: 0, per_million_characters: 15 }} }} ]
+  stt: {{ routes: [ {{ provider: up, model: gpt-4o-transcribe }} ] }}
   rr: {{ routes: [ {{ provider: up, model: jina-reranker-v2, rerank: true }} ] }}
   rr-undeclared: {{ routes: [ {{ provider: up, model: jina-reranker-v2 }} ] }}
   sonnet: {{ routes: [ {{ provider: claude, model: claude-sonnet-4 }} ] }}
@@ -338,7 +356,7 @@ async fn refusals_never_reach_the_upstream() {
 /// `images.generate` and `audio.speech.create` (bytes intact) through the
 /// gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openai_python_sdk_calls_moderations_images_and_speech() {
+async fn openai_python_sdk_calls_moderations_images_speech_transcriptions_and_edits() {
     let up = MockUpstream::start(Behavior::func(upstream)).await;
     let gw = Gateway::start(&config(up.port())).await;
     let audio_hex: String = AUDIO.iter().map(|b| format!("{b:02x}")).collect();
@@ -350,16 +368,25 @@ async fn openai_python_sdk_calls_moderations_images_and_speech() {
         &gw,
     )
     .await;
-    assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
-    let paths: Vec<String> = up.requests().iter().map(|r| r.path.clone()).collect();
+    assert!(stdout.contains("5 passed, 0 failed"), "{stdout}");
+    let reqs = up.requests();
+    let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(
         paths,
         [
             "/v1/moderations",
             "/v1/images/generations",
-            "/v1/audio/speech"
+            "/v1/audio/speech",
+            "/v1/audio/transcriptions",
+            "/v1/images/edits"
         ]
     );
+    // The SDK's forms reached the upstream with the route's model.
+    let form = String::from_utf8_lossy(&reqs[3].body);
+    assert!(form.contains("\r\n\r\ngpt-4o-transcribe\r\n"), "{form}");
+    assert!(form.contains("filename=\"hello.wav\""), "{form}");
+    let form = String::from_utf8_lossy(&reqs[4].body);
+    assert!(form.contains("\r\n\r\ndall-e-3\r\n"), "{form}");
 }
 
 /// The built-in mock provider (the demo's) answers all four endpoints
@@ -545,7 +572,7 @@ fn unit_prices_and_rerank_are_validated() {
             "{CONFIG_HEAD}providers:\n  up: {{ kind: openai, base_url: \"http://127.0.0.1:9/v1\", api_key: k }}\n  claude: {{ kind: anthropic, api_key: k }}\nmodels:\n  m: {{ routes: [ {route} ] }}\nkeys:\n  - {{ name: a, key: \"{KEY}\" }}\n"
         )
     };
-    let ok = with("{ provider: up, model: x, rerank: true, price: { input: 1, output: 2, per_image: 0.04, per_million_characters: 15 } }");
+    let ok = with("{ provider: up, model: x, rerank: true, price: { input: 1, output: 2, per_image: 0.04, per_million_characters: 15, per_minute: 0.006 } }");
     assert_eq!(check_config(&ok).0, Some(0), "{}", check_config(&ok).1);
     for (route, names) in [
         ("{ provider: up, model: x, price: { input: 1, output: 2, per_image: -1 } }", "price.per_image"),
@@ -554,6 +581,7 @@ fn unit_prices_and_rerank_are_validated() {
             "price.per_million_characters",
         ),
         ("{ provider: up, model: x, price: { input: 1, output: 2, per_second: 1 } }", "per_second"),
+        ("{ provider: up, model: x, price: { input: 1, output: 2, per_minute: -0.5 } }", "price.per_minute"),
         ("{ provider: claude, model: c, rerank: true }", "routes[0].rerank"),
         ("{ provider: up, model: x, rerank: yes please }", "rerank"),
     ] {

@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let model_json = json_string(&model);
     let ask = flags & 1 == 1;
-    let (out, added) = attempt_body(&body, &p, &model_json, ask);
+    let (out, added) = attempt_body(&body, &p, &model, &model_json, ask);
     let again = parse(&out).unwrap_or_else(|e| {
         panic!("the attempt body does not parse ({}): {:?}", e.message, String::from_utf8_lossy(&out))
     });

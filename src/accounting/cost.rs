@@ -36,6 +36,7 @@ mod tests {
             output: 0.60,
             per_image: None,
             per_million_characters: None,
+            per_minute: None,
         };
         let u = Usage {
             prompt: 1_000_000,
@@ -52,6 +53,7 @@ mod tests {
             output: 0.0,
             per_image: None,
             per_million_characters: None,
+            per_minute: None,
         };
         let u = Usage {
             prompt: 10,
@@ -71,6 +73,7 @@ mod tests {
             output: f64::INFINITY,
             per_image: None,
             per_million_characters: None,
+            per_minute: None,
         };
         let u = Usage {
             prompt: u64::MAX,
@@ -87,6 +90,7 @@ mod tests {
             output: -2.0,
             per_image: None,
             per_million_characters: None,
+            per_minute: None,
         };
         assert_eq!(cost_usd(&u, &negative), 0.0);
     }

@@ -68,10 +68,19 @@ pub const MAX_CHOICES: u64 = 128;
 /// Estimated prompt tokens of a request body (at most
 /// [`MAX_TOKENIZED_BYTES`] of its text tokenized).
 pub fn prompt_tokens(model: &str, ep: Endpoint, body: &[u8]) -> u64 {
-    let Ok(doc) = serde_json::from_slice::<Value>(body) else {
+    let Some(doc) = document(ep, body) else {
         return 0;
     };
     prompt_of(model, ep, &doc).0
+}
+
+/// The request's fields as JSON: the body, or a form's text fields.
+fn document(ep: Endpoint, body: &[u8]) -> Option<Value> {
+    if ep.is_form() {
+        crate::form::fields_json(body)
+    } else {
+        serde_json::from_slice::<Value>(body).ok()
+    }
 }
 
 /// A request field the reservation depends on is not what it must be.
@@ -109,11 +118,28 @@ pub fn worst_case(
     body: &[u8],
     default_output: u64,
 ) -> Result<Worst, FieldError> {
-    let doc = serde_json::from_slice::<Value>(body).map_err(|e| FieldError {
-        param: None,
-        message: format!("The request body cannot be read for its token estimate: {e}."),
-    })?;
+    let doc = if ep.is_form() {
+        // Multipart: its text fields, as strings (checked at admission).
+        crate::form::fields_json(body).ok_or_else(|| FieldError {
+            param: None,
+            message: "The form body cannot be read for its token estimate.".into(),
+        })?
+    } else {
+        serde_json::from_slice::<Value>(body).map_err(|e| FieldError {
+            param: None,
+            message: format!("The request body cannot be read for its token estimate: {e}."),
+        })?
+    };
     let (prompt, exact) = prompt_of(model, ep, &doc);
+    if ep.is_transcription() {
+        // Text out of audio in: no field bounds it, so the route's
+        // default output is reserved.
+        return Ok(Worst {
+            prompt,
+            completion: default_output,
+            exact,
+        });
+    }
     if ep.no_completion() {
         return Ok(Worst {
             prompt,
@@ -265,7 +291,12 @@ fn prompt_of(model: &str, ep: Endpoint, doc: &Value) -> (u64, bool) {
             strings(doc.get("input"), &mut text);
         }
         Endpoint::Moderations | Endpoint::AudioSpeech => strings(doc.get("input"), &mut text),
-        Endpoint::ImageGenerations => strings(doc.get("prompt"), &mut text),
+        Endpoint::ImageGenerations | Endpoint::ImageEdits => strings(doc.get("prompt"), &mut text),
+        // The audio itself is not tokenized: its `prompt` text is what is
+        // known before the answer.
+        Endpoint::AudioTranscriptions | Endpoint::AudioTranslations => {
+            strings(doc.get("prompt"), &mut text)
+        }
         Endpoint::Rerank => {
             strings(doc.get("query"), &mut text);
             strings(doc.get("documents"), &mut text);

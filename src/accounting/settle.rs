@@ -21,6 +21,11 @@
 //! Whatever reached a provider is never charged 0 tokens: the prompt counts
 //! at least one. Images and speech characters (`units`) are read from the
 //! request and priced at the route's unit prices on top of the tokens.
+//!
+//! 6. A transcription or translation: `usage` tokens when the answer has
+//!    them (gpt-4o-transcribe); its audio's seconds (`duration`, or
+//!    `usage.seconds`) priced at `per_minute`, tokens estimated; neither
+//!    (a `text`, `srt` or `vtt` answer): the reservation.
 
 use super::meter::{output_text, Seen};
 use super::{cost::cost_usd, estimate, Usage, UsageSource};
@@ -100,6 +105,8 @@ pub(crate) fn settle(
     price: Option<&Price>,
 ) -> Option<Settled> {
     let prompt = || estimate::prompt_tokens(req.model, req.ep, req.body);
+    // Seconds of audio a transcription's answer reports.
+    let mut seconds = None;
     let (usage, source, partial) = match observed {
         Observed::Known(u) => (u, UsageSource::Reported, false),
         Observed::Estimated(u) => (u, UsageSource::Estimated, false),
@@ -126,10 +133,31 @@ pub(crate) fn settle(
             let doc = doc?;
             let found = if req.ep == Endpoint::Rerank {
                 Usage::find_rerank(&doc)
+            } else if req.ep.is_transcription() {
+                // gpt-4o-transcribe's `usage` counts tokens; whisper's
+                // counts seconds (`usage.type: duration`) or says
+                // `duration`: priced per minute below.
+                seconds = super::units::seconds_of(&doc);
+                doc.get("usage")
+                    .filter(|u| u.get("input_tokens").is_some() || u.get("output_tokens").is_some())
+                    .and_then(Usage::from_json)
             } else {
                 Usage::find(&doc)
             };
             match found {
+                None if req.ep.is_transcription() && seconds.is_none() => {
+                    // Nothing the provider billed by can be read: never 0.
+                    (reserved(req), UsageSource::Reserved, false)
+                }
+                None if req.ep.is_transcription() => {
+                    let text = doc.get("text").and_then(Value::as_str).unwrap_or("");
+                    let u = Usage {
+                        prompt: prompt(),
+                        completion: estimate::count(req.model, text),
+                        ..Usage::default()
+                    };
+                    (u, UsageSource::Estimated, false)
+                }
                 Some(u) => (u, UsageSource::Reported, false),
                 None => {
                     let u = Usage {
@@ -161,7 +189,8 @@ pub(crate) fn settle(
             (reserved(req), UsageSource::Reserved, false)
         }
     };
-    let units = super::units::of(req.ep, req.body);
+    let mut units = super::units::of(req.ep, req.body);
+    units.seconds = seconds.unwrap_or(0);
     Some(Settled {
         usage,
         source,

@@ -18,11 +18,13 @@ pub const MAX_IMAGES: u64 = 10;
 pub struct Units {
     pub images: u64,
     pub characters: u64,
+    /// Seconds of audio transcribed, read from the answer (`seconds_of`).
+    pub seconds: u64,
 }
 
 impl Units {
     pub fn is_empty(&self) -> bool {
-        self.images == 0 && self.characters == 0
+        self.images == 0 && self.characters == 0 && self.seconds == 0
     }
 
     /// USD for these units at `p`'s unit prices (0 where a price is not
@@ -30,7 +32,8 @@ impl Units {
     pub fn cost_usd(&self, p: &Price) -> f64 {
         let price = |x: Option<f64>| x.filter(|x| x.is_finite() && *x > 0.0).unwrap_or(0.0);
         let usd = self.images as f64 * price(p.per_image)
-            + self.characters as f64 * price(p.per_million_characters) / 1e6;
+            + self.characters as f64 * price(p.per_million_characters) / 1e6
+            + self.seconds as f64 * price(p.per_minute) / 60.0;
         if usd.is_nan() {
             0.0
         } else {
@@ -50,6 +53,9 @@ struct Fields {
 /// Checks the fields units are read from: an image request's `n` must be
 /// a whole number from 1 to [`MAX_IMAGES`] (absent or `null`: 1).
 pub(crate) fn check(ep: Endpoint, body: &[u8]) -> Result<(), GatewayError> {
+    if ep == Endpoint::ImageEdits {
+        return form_images(body).map(|_| ());
+    }
     if ep != Endpoint::ImageGenerations {
         return Ok(());
     }
@@ -73,9 +79,49 @@ fn images(n: Option<&Value>) -> Result<u64, GatewayError> {
     }
 }
 
+/// An image edit's `n` form field: absent, 1 to [`MAX_IMAGES`].
+fn form_images(body: &[u8]) -> Result<u64, GatewayError> {
+    let doc = crate::form::fields_json(body);
+    let n = doc
+        .as_ref()
+        .and_then(|d| d.get("n"))
+        .and_then(Value::as_str);
+    match n {
+        None => Ok(1),
+        Some(s) => s
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=MAX_IMAGES).contains(n))
+            .ok_or_else(|| GatewayError::InvalidRequest {
+                message: format!("`n` must be an integer from 1 to {MAX_IMAGES}."),
+                param: Some("n"),
+            }),
+    }
+}
+
+/// Seconds of audio a transcription's answer says it had: whisper's
+/// `verbose_json` `duration`, or `usage: {"type": "duration", "seconds"}`.
+/// `None` when the answer carries neither (rounded up to whole seconds).
+pub fn seconds_of(doc: &Value) -> Option<u64> {
+    let usage = doc.get("usage");
+    let from_usage = usage
+        .filter(|u| u.get("type").and_then(Value::as_str) == Some("duration"))
+        .and_then(|u| u.get("seconds"))
+        .and_then(Value::as_f64);
+    let secs = from_usage.or_else(|| doc.get("duration").and_then(Value::as_f64))?;
+    (secs.is_finite() && secs >= 0.0).then(|| secs.ceil().min(u64::MAX as f64) as u64)
+}
+
 /// The units of an admitted request (zero for endpoints without units; a
 /// body that does not read counts what could be read).
 pub fn of(ep: Endpoint, body: &[u8]) -> Units {
+    if ep == Endpoint::ImageEdits {
+        return Units {
+            images: form_images(body).unwrap_or(MAX_IMAGES),
+            ..Units::default()
+        };
+    }
     if !matches!(ep, Endpoint::ImageGenerations | Endpoint::AudioSpeech) {
         return Units::default();
     }
@@ -86,15 +132,15 @@ pub fn of(ep: Endpoint, body: &[u8]) -> Units {
         Endpoint::ImageGenerations => Units {
             // Checked at admission; a shadow copy's invalid `n` counts the most.
             images: images(f.n.as_ref()).unwrap_or(MAX_IMAGES),
-            characters: 0,
+            ..Units::default()
         },
         _ => Units {
-            images: 0,
             characters: f
                 .input
                 .as_ref()
                 .and_then(Value::as_str)
                 .map_or(0, |s| s.chars().count() as u64),
+            ..Units::default()
         },
     }
 }
@@ -110,6 +156,7 @@ mod tests {
             output: 0.0,
             per_image,
             per_million_characters,
+            per_minute: None,
         }
     }
 
@@ -149,7 +196,8 @@ mod tests {
             u,
             Units {
                 images: 0,
-                characters: 7
+                characters: 7,
+                seconds: 0
             }
         );
         assert!(of(Endpoint::Moderations, br#"{"input":"abc"}"#).is_empty());
@@ -160,6 +208,7 @@ mod tests {
         let u = Units {
             images: 3,
             characters: 2_000_000,
+            seconds: 0,
         };
         assert!((u.cost_usd(&price(Some(0.04), None)) - 0.12).abs() < 1e-12);
         assert!((u.cost_usd(&price(None, Some(15.0))) - 30.0).abs() < 1e-9);
@@ -168,7 +217,46 @@ mod tests {
         let huge = Units {
             images: u64::MAX,
             characters: u64::MAX,
+            seconds: u64::MAX,
         };
         assert!(huge.cost_usd(&price(Some(1e300), Some(1e300))).is_finite());
+    }
+
+    #[test]
+    fn transcription_seconds_come_from_the_answer() {
+        assert_eq!(seconds_of(&serde_json::json!({"duration": 90.2})), Some(91));
+        let u = serde_json::json!({"usage": {"type": "duration", "seconds": 3}});
+        assert_eq!(seconds_of(&u), Some(3));
+        assert_eq!(seconds_of(&serde_json::json!({"text": "x"})), None);
+        assert_eq!(seconds_of(&serde_json::json!({"duration": -1})), None);
+        let mut p = price(None, None);
+        p.per_minute = Some(0.006);
+        let u = Units {
+            seconds: 90,
+            ..Units::default()
+        };
+        assert!((u.cost_usd(&p) - 0.009).abs() < 1e-12);
+    }
+
+    #[test]
+    fn an_edit_counts_its_form_n() {
+        let form = |n: &str| {
+            format!("--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nm\r\n--b\r\nContent-Disposition: form-data; name=\"n\"\r\n\r\n{n}\r\n--b--")
+        };
+        assert_eq!(of(Endpoint::ImageEdits, form("4").as_bytes()).images, 4);
+        assert!(check(Endpoint::ImageEdits, form("10").as_bytes()).is_ok());
+        for bad in ["0", "11", "x", "2.5"] {
+            let e = check(Endpoint::ImageEdits, form(bad).as_bytes()).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    GatewayError::InvalidRequest {
+                        param: Some("n"),
+                        ..
+                    }
+                ),
+                "{bad}"
+            );
+        }
     }
 }

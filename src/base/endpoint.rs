@@ -20,6 +20,12 @@ pub enum Endpoint {
     /// `POST /v1/rerank` (the Cohere/Jina shape), for routes with
     /// `rerank: true`.
     Rerank,
+    /// `POST /v1/images/edits` (multipart/form-data).
+    ImageEdits,
+    /// `POST /v1/audio/transcriptions` (multipart/form-data).
+    AudioTranscriptions,
+    /// `POST /v1/audio/translations` (multipart/form-data).
+    AudioTranslations,
     Models,
     Healthz,
 }
@@ -35,7 +41,7 @@ pub enum Route {
 
 impl Endpoint {
     /// Endpoints forwarded to a provider, in a fixed order (see `index`).
-    pub const PROXIED: [Endpoint; 8] = [
+    pub const PROXIED: [Endpoint; 11] = [
         Endpoint::ChatCompletions,
         Endpoint::Completions,
         Endpoint::Embeddings,
@@ -44,10 +50,13 @@ impl Endpoint {
         Endpoint::ImageGenerations,
         Endpoint::AudioSpeech,
         Endpoint::Rerank,
+        Endpoint::ImageEdits,
+        Endpoint::AudioTranscriptions,
+        Endpoint::AudioTranslations,
     ];
 
     /// Endpoints that never stream (`stream` in their body is ignored, or
-    /// refused for images).
+    /// refused for images and the multipart endpoints).
     pub fn never_streams(self) -> bool {
         matches!(
             self,
@@ -56,6 +65,24 @@ impl Endpoint {
                 | Endpoint::ImageGenerations
                 | Endpoint::AudioSpeech
                 | Endpoint::Rerank
+        ) || self.is_form()
+    }
+
+    /// Endpoints whose body is `multipart/form-data` (read by `form`), not
+    /// JSON.
+    pub fn is_form(self) -> bool {
+        matches!(
+            self,
+            Endpoint::ImageEdits | Endpoint::AudioTranscriptions | Endpoint::AudioTranslations
+        )
+    }
+
+    /// Transcriptions and translations: text out, priced by tokens or by
+    /// the audio's duration (`price.per_minute`).
+    pub fn is_transcription(self) -> bool {
+        matches!(
+            self,
+            Endpoint::AudioTranscriptions | Endpoint::AudioTranslations
         )
     }
 
@@ -67,7 +94,7 @@ impl Endpoint {
     /// Whether the endpoint produces no completion tokens (nothing a
     /// `max_tokens` would bound).
     pub fn no_completion(self) -> bool {
-        self.never_streams()
+        self.never_streams() && !self.is_transcription()
     }
 
     /// Whether the endpoint takes `stream_options` (so the gateway may ask
@@ -88,6 +115,9 @@ impl Endpoint {
             Endpoint::ImageGenerations => 5,
             Endpoint::AudioSpeech => 6,
             Endpoint::Rerank => 7,
+            Endpoint::ImageEdits => 8,
+            Endpoint::AudioTranscriptions => 9,
+            Endpoint::AudioTranslations => 10,
             Endpoint::Messages => 0,
             Endpoint::Models | Endpoint::Healthz => 0,
         }
@@ -104,6 +134,9 @@ impl Endpoint {
             Endpoint::ImageGenerations => "/images/generations",
             Endpoint::AudioSpeech => "/audio/speech",
             Endpoint::Rerank => "/rerank",
+            Endpoint::ImageEdits => "/images/edits",
+            Endpoint::AudioTranscriptions => "/audio/transcriptions",
+            Endpoint::AudioTranslations => "/audio/translations",
             Endpoint::Messages => "/messages",
             Endpoint::Models => "/models",
             Endpoint::Healthz => "/healthz",
@@ -121,6 +154,9 @@ impl Endpoint {
             Endpoint::ImageGenerations => "images_generations",
             Endpoint::AudioSpeech => "audio_speech",
             Endpoint::Rerank => "rerank",
+            Endpoint::ImageEdits => "images_edits",
+            Endpoint::AudioTranscriptions => "audio_transcriptions",
+            Endpoint::AudioTranslations => "audio_translations",
             Endpoint::Messages => "messages",
             Endpoint::Models => "models",
             Endpoint::Healthz => "healthz",
@@ -175,6 +211,11 @@ fn known(path: &str) -> Option<(Endpoint, &'static str)> {
         "/v1/images/generations" | "/images/generations" => (Endpoint::ImageGenerations, "POST"),
         "/v1/audio/speech" | "/audio/speech" => (Endpoint::AudioSpeech, "POST"),
         "/v1/rerank" | "/rerank" => (Endpoint::Rerank, "POST"),
+        "/v1/images/edits" | "/images/edits" => (Endpoint::ImageEdits, "POST"),
+        "/v1/audio/transcriptions" | "/audio/transcriptions" => {
+            (Endpoint::AudioTranscriptions, "POST")
+        }
+        "/v1/audio/translations" | "/audio/translations" => (Endpoint::AudioTranslations, "POST"),
         "/v1/models" | "/models" => (Endpoint::Models, "GET"),
         "/healthz" => (Endpoint::Healthz, "GET"),
         _ => return None,
@@ -231,6 +272,9 @@ mod tests {
             ("/v1/images/generations", Endpoint::ImageGenerations),
             ("//v1/audio//speech/", Endpoint::AudioSpeech),
             ("/v1/rerank", Endpoint::Rerank),
+            ("/v1/images/edits", Endpoint::ImageEdits),
+            ("/v1/audio/transcriptions", Endpoint::AudioTranscriptions),
+            ("/audio/translations/", Endpoint::AudioTranslations),
         ] {
             assert_eq!(route(&Method::POST, p), Route::Ok(ep), "{p}");
         }

@@ -882,6 +882,11 @@ pub struct Price {
     /// USD per million characters of speech input (`/v1/audio/speech`).
     #[serde(default)]
     pub per_million_characters: Option<f64>,
+    /// USD per minute of audio transcribed or translated
+    /// (`/v1/audio/transcriptions`, `/v1/audio/translations`), charged
+    /// when the answer says its duration.
+    #[serde(default)]
+    pub per_minute: Option<f64>,
 }
 
 /// A gateway key.

@@ -76,6 +76,7 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 for (name, x) in [
                     ("per_image", p.per_image),
                     ("per_million_characters", p.per_million_characters),
+                    ("per_minute", p.per_minute),
                 ] {
                     if x.is_some_and(|x| !x.is_finite() || x < 0.0) {
                         v.add(

@@ -147,7 +147,7 @@ impl Pick {
             Some(b) => (b, false),
             None => {
                 let ask = usage_capable && self.up.stream_usage;
-                rewrite::attempt_body(client_body, parsed, &route.model_json, ask)
+                rewrite::attempt_body(client_body, parsed, &route.model, &route.model_json, ask)
             }
         };
         Attempt {

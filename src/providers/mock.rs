@@ -42,6 +42,10 @@ pub(crate) fn reply(
         Endpoint::ImageGenerations => Reply::Json(images(created, body)),
         Endpoint::AudioSpeech => Reply::Audio(Bytes::from_static(SPEECH)),
         Endpoint::Rerank => Reply::Json(rerank(s, model, &id, body)),
+        Endpoint::ImageEdits => Reply::Json(images_of(created, form_n(body))),
+        Endpoint::AudioTranscriptions | Endpoint::AudioTranslations => {
+            Reply::Json(transcription(s, body))
+        }
         Endpoint::ChatCompletions if parsed.stream => Reply::Sse {
             events: chat_stream(s, model, &id, created, parsed.include_usage),
             interval: s.chunk_interval.get(),
@@ -231,8 +235,49 @@ fn images(created: u64, body: &[u8]) -> Bytes {
     let n = serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v.get("n").and_then(Value::as_u64))
+        .unwrap_or(1);
+    images_of(created, n)
+}
+
+/// A form's `n` field (an image edit's), 1 if absent.
+fn form_n(body: &[u8]) -> u64 {
+    crate::form::fields_json(body)
+        .and_then(|d| {
+            d.get("n")
+                .and_then(Value::as_str)
+                .and_then(|n| n.parse().ok())
+        })
         .unwrap_or(1)
-        .clamp(1, crate::accounting::units::MAX_IMAGES);
+}
+
+/// A transcription in the `json` shape gpt-4o-transcribe answers (`text`
+/// and token `usage`), or whisper's `verbose_json` (with `duration`: the
+/// file part's size in bytes / 32000, as 16 kHz 16-bit mono audio) when the
+/// form asks for it.
+fn transcription(s: &MockSettings, body: &[u8]) -> Bytes {
+    let fields = crate::form::fields_json(body).unwrap_or(Value::Null);
+    if fields.get("response_format").and_then(Value::as_str) == Some("verbose_json") {
+        let bytes = crate::form::sniff(body)
+            .and_then(|f| f.parts.iter().find(|p| p.file).map(|p| p.value.len()))
+            .unwrap_or(0);
+        return json_bytes(&json!({
+            "task": "transcribe", "language": "english",
+            "duration": bytes as f64 / 32000.0, "text": s.content, "segments": [],
+        }));
+    }
+    json_bytes(&json!({
+        "text": s.content,
+        "usage": {
+            "type": "tokens",
+            "input_tokens": s.prompt_tokens,
+            "output_tokens": s.completion_tokens,
+            "total_tokens": s.prompt_tokens + s.completion_tokens,
+        },
+    }))
+}
+
+fn images_of(created: u64, n: u64) -> Bytes {
+    let n = n.clamp(1, crate::accounting::units::MAX_IMAGES);
     let data: Vec<Value> = (0..n)
         .map(|_| json!({"b64_json": PIXEL_PNG, "revised_prompt": null}))
         .collect();

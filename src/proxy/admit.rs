@@ -151,7 +151,24 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         ctx.out.limits(None, a.headers);
     }
     let bytes = bytes.ok_or(GatewayError::Internal)??;
-    let mut parsed = rewrite::parse(&bytes).map_err(|e| GatewayError::InvalidRequest {
+    let parsed = if ep.is_form() {
+        // Multipart: the model field is found (and later replaced) in
+        // place; every other part passes byte for byte.
+        let ct = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let boundary = crate::form::boundary(ct).map_err(|e| GatewayError::InvalidRequest {
+            message: e.message,
+            param: e.param,
+        })?;
+        rewrite::parse_form(&bytes, boundary).map(|(p, _)| p)
+    } else {
+        rewrite::parse(&bytes)
+    };
+    let mut parsed = parsed.map_err(|e| GatewayError::InvalidRequest {
         message: e.message,
         param: e.param,
     })?;
@@ -159,9 +176,9 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     // whatever the body says (images refuse to be asked). Decided here,
     // once: every later "is this a stream?" reads `Ctx::streams`.
     if ep.never_streams() {
-        if ep == Endpoint::ImageGenerations && parsed.stream {
+        if (ep == Endpoint::ImageGenerations || ep.is_form()) && parsed.stream {
             return Err(GatewayError::InvalidRequest {
-                message: "Streamed image generation is not supported by this gateway: leave out `stream` or set it to false.".into(),
+                message: format!("Streamed answers of /v1{} are not supported by this gateway: leave out `stream` or set it to false.", ep.upstream_suffix()),
                 param: Some("stream"),
             });
         }

@@ -63,7 +63,8 @@ pub(crate) struct Pipeline {
     /// Complete events not yet forwarded when the stream was aborted: they
     /// go out just before the error event.
     unsent: Option<Bytes>,
-    /// A rerank answer: its usage is read by `Usage::find_rerank`, from
+    /// A rerank or transcription answer, read whole: its usage is read by
+    /// `Usage::find_rerank` (or a transcription's duration), from
     /// the whole body.
     rerank: bool,
 }
@@ -99,7 +100,7 @@ impl Pipeline {
             front,
             counts: Counts::default(),
             unsent: None,
-            rerank: a.req.endpoint == Endpoint::Rerank,
+            rerank: a.req.endpoint == Endpoint::Rerank || a.req.endpoint.is_transcription(),
         })
     }
 

@@ -68,6 +68,9 @@ impl Record<'_> {
         if self.units.characters > 0 {
             w.int("characters", Some(self.units.characters));
         }
+        if self.units.seconds > 0 {
+            w.int("audio_seconds", Some(self.units.seconds));
+        }
         w.str("cache", self.cache);
         if let Some(c) = self.saved_usd.and_then(serde_json::Number::from_f64) {
             w.key("saved_usd");
@@ -341,6 +344,7 @@ mod tests {
             units: crate::accounting::units::Units {
                 images: 2,
                 characters: 0,
+                seconds: 0,
             },
             cache: None,
             saved_usd: None,

@@ -134,7 +134,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?,
         units: register_int_counter_vec!(
             "tollgate_units_total",
-            "Units charged at unit prices: image (images generated, n), character (speech input characters).",
+            "Units charged at unit prices: image (images generated or edited, n), character (speech input characters), second (audio transcribed, as the answer reports).",
             &["request_model", "provider", "unit"]
         )?,
         attempts: register_int_counter_vec!(
@@ -443,6 +443,7 @@ pub fn observe(rec: &crate::telemetry::record::Record<'_>) {
         for (unit, n) in [
             ("image", rec.units.images),
             ("character", rec.units.characters),
+            ("second", rec.units.seconds),
         ] {
             if n > 0 {
                 m.units

@@ -132,6 +132,7 @@ async fn run(mut job: Job) {
     let (body, injected) = rewrite::attempt_body(
         &req.body,
         &req.parsed,
+        &route.model,
         &route.model_json,
         usage_capable && up.stream_usage,
     );

@@ -36,6 +36,9 @@ fn operation(ep: Endpoint) -> Option<&'static str> {
         Endpoint::ImageGenerations => Some("images_generations"),
         Endpoint::AudioSpeech => Some("audio_speech"),
         Endpoint::Rerank => Some("rerank"),
+        Endpoint::ImageEdits => Some("images_edits"),
+        Endpoint::AudioTranscriptions => Some("audio_transcriptions"),
+        Endpoint::AudioTranslations => Some("audio_translations"),
         Endpoint::Models | Endpoint::Healthz => None,
     }
 }
