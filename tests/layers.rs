@@ -20,6 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "libraries",
         &[
             "json_scan",
+            "form",
             "sse",
             "eventstream",
             "rewrite",
