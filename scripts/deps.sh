@@ -7,7 +7,8 @@
 #   sh scripts/deps.sh --tests   also what `bash tests/run.sh` uses:
 #                                redis-server, prometheus (and promtool),
 #                                curl, postgresql (the key store tests),
-#                                python3-venv
+#                                python3-venv, nodejs and npm (the Node SDK
+#                                tests) when `node` or `npm` is missing
 #   sh scripts/deps.sh --ci      also what .ci/run uses: nginx and wrk (the
 #                                load bench), systemd (systemd-analyze)
 #
@@ -35,6 +36,11 @@ if [ "$level" != build ]; then
     # Debian's python3 needs python3-venv for `python3 -m venv`; another
     # python3 (pyenv, a venv) may have it built in.
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || want="$want python3 python3-venv"
+    # The Node SDK tests: Debian's nodejs and npm, unless a node and npm are
+    # already installed (NodeSource's nodejs ships its own npm, and Debian's
+    # npm package conflicts with it).
+    command -v node >/dev/null 2>&1 || want="$want nodejs"
+    command -v npm >/dev/null 2>&1 || want="$want npm"
 fi
 # CI builds the SDK venv with Debian's own python3 (.ci/run sets PYTHON),
 # whatever else the image puts first on PATH.

@@ -5,7 +5,10 @@
 #    hashes) in tests/sdk/requirements.lock: the official `openai` and
 #    `anthropic` Python SDKs used by the end-to-end SDK compatibility tests
 #    (tests/sdk/*.py), pytest, and every dependency of theirs. Exports
-#    TOLLGATE_PYTHON pointing at that venv's interpreter.
+#    TOLLGATE_PYTHON pointing at that venv's interpreter. Then the same for
+#    the official `openai` Node SDK: `npm ci` into tests/sdk/node/node_modules
+#    from tests/sdk/node/package-lock.json when that lock changed; exports
+#    TOLLGATE_NODE_SDK (node and npm must be installed).
 # 2. Runs every Rust test target with `cargo test --no-fail-fast` (so one
 #    failing target does not hide the others), then prints one closing
 #    line, `tests/run.sh: N passed, M failed`. It exits with cargo's status,
@@ -45,6 +48,40 @@ else
 fi
 "$PY" -c 'import anthropic, openai, sys; print("python", sys.version.split()[0], "openai", openai.__version__, "anthropic", anthropic.__version__)'
 export TOLLGATE_PYTHON="$PY"
+
+# The official `openai` Node SDK (tests/sdk_node.rs), pinned in
+# tests/sdk/node/package-lock.json and installed with `npm ci` into
+# tests/sdk/node/node_modules only when that lock changed (the stamp holds
+# its sha256). node and npm are required: no test is skipped for want of them.
+NODE_DIR="$PWD/tests/sdk/node"
+NODE_LOCK_SUM=$(sha256sum "$NODE_DIR/package-lock.json" | cut -d' ' -f1)
+NODE_STAMP="$NODE_DIR/node_modules/.lock-sha256"
+echo "==== Node SDK ($NODE_DIR/node_modules, from package-lock.json) ===="
+for tool in node npm; do
+    command -v "$tool" >/dev/null 2>&1 || {
+        echo "tests/run.sh: \`$tool\` is not installed; the Node SDK tests need node (18 or newer) and npm: run \`sh scripts/deps.sh --tests\`" >&2
+        exit 1
+    }
+done
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if ((node_major < 18)); then
+    echo "tests/run.sh: node $(node --version) is too old; the Node SDK tests need node 18 or newer" >&2
+    exit 1
+fi
+node_ok() {
+    [[ -f "$NODE_STAMP" && "$(cat "$NODE_STAMP")" == "$NODE_LOCK_SUM" ]] &&
+        (cd "$NODE_DIR" && node -e 'import("openai")') >/dev/null 2>&1
+}
+if node_ok; then
+    echo "up to date"
+else
+    rm -rf "$NODE_DIR/node_modules"
+    (cd "$NODE_DIR" && npm ci --no-audit --no-fund)
+    echo "$NODE_LOCK_SUM" >"$NODE_STAMP"
+    node_ok || { echo "the openai Node SDK is not importable from $NODE_DIR/node_modules" >&2; exit 1; }
+fi
+echo "node $(node --version) openai $(cd "$NODE_DIR" && node -p 'require("openai/version").VERSION')"
+export TOLLGATE_NODE_SDK="$NODE_DIR"
 
 echo "==== cargo test ===="
 OUT=$(mktemp)
