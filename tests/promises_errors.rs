@@ -32,29 +32,7 @@ const RETRY_BUFFER: usize = 64 * 1024;
 /// attempt per provider. `provider_extra` goes into every provider's map,
 /// `top` at the top level.
 fn config(ports: &[u16], provider_extra: &[&str], top: &str) -> String {
-    let mut providers = String::new();
-    let mut routes = String::new();
-    for (i, p) in ports.iter().enumerate() {
-        let extra = provider_extra.get(i).copied().unwrap_or("");
-        providers.push_str(&format!(
-            "  p{i}: {{ kind: openai, base_url: \"http://127.0.0.1:{p}/v1\", api_key: \"sk-up-{i}\", \
-             health_check: {{ enabled: false }}, retry: {{ attempts: 1 }} {extra} }}\n"
-        ));
-        routes.push_str(&format!("      - {{ provider: p{i}, model: up-{i} }}\n"));
-    }
-    format!(
-        r#"{head}{top}
-providers:
-{providers}
-models:
-  m:
-    routes:
-{routes}
-keys:
-  - {{ name: k, key: "{KEY}" }}
-"#,
-        head = support::CONFIG_HEAD,
-    )
+    support::fallback_chain(ports, provider_extra, top, KEY)
 }
 
 /// A chat body of exactly `len` bytes (padding inside the message).

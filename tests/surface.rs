@@ -68,10 +68,7 @@ fn upstream(r: &Recorded) -> Reply {
         json!({"id": "rr-1", "model": model, "results": [{"index": 1, "relevance_score": 0.9},
             {"index": 0, "relevance_score": 0.1}], "usage": {"total_tokens": 42}})
     } else {
-        return Reply::json(
-            404,
-            r#"{"error":{"message":"no such path","type":"invalid_request_error","param":null,"code":null}}"#,
-        );
+        return Reply::no_such_path();
     };
     Reply::json(200, out.to_string())
 }

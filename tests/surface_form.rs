@@ -31,10 +31,7 @@ fn upstream(r: &Recorded) -> Reply {
                 "output_tokens": 3, "total_tokens": 123}})
         }
     } else {
-        return Reply::json(
-            404,
-            r#"{"error":{"message":"no such path","type":"invalid_request_error","param":null,"code":null}}"#,
-        );
+        return Reply::no_such_path();
     };
     Reply::json(200, out.to_string())
 }

@@ -29,28 +29,7 @@ const MIB: usize = 1024 * 1024;
 /// in order, upstream models `up-0`, `up-1`…), health checks off, one
 /// attempt per provider; `top` goes at the top level.
 fn config(ports: &[u16], top: &str) -> String {
-    let mut providers = String::new();
-    let mut routes = String::new();
-    for (i, p) in ports.iter().enumerate() {
-        providers.push_str(&format!(
-            "  p{i}: {{ kind: openai, base_url: \"http://127.0.0.1:{p}/v1\", api_key: \"sk-up-{i}\", \
-             health_check: {{ enabled: false }}, retry: {{ attempts: 1 }} }}\n"
-        ));
-        routes.push_str(&format!("      - {{ provider: p{i}, model: up-{i} }}\n"));
-    }
-    format!(
-        r#"{head}{top}
-providers:
-{providers}
-models:
-  m:
-    routes:
-{routes}
-keys:
-  - {{ name: k, key: "{KEY}" }}
-"#,
-        head = support::CONFIG_HEAD,
-    )
+    support::fallback_chain(ports, &[], top, KEY)
 }
 
 /// A chat body of exactly `len` bytes (padding inside the message) for

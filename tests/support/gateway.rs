@@ -546,3 +546,32 @@ pub fn free_addrs() -> [String; 2] {
     let pb = b.local_addr().expect("addr").port();
     [format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}")]
 }
+
+/// A config with one `kind: openai` provider per port, `p0`, `p1`… (alias
+/// `m` falls back across them in order, upstream models `up-0`, `up-1`…),
+/// health checks off, one attempt per provider, and one key `k`.
+/// `provider_extra[i]` goes into provider `i`'s map, `top` at the top level.
+pub fn fallback_chain(ports: &[u16], provider_extra: &[&str], top: &str, key: &str) -> String {
+    let mut providers = String::new();
+    let mut routes = String::new();
+    for (i, p) in ports.iter().enumerate() {
+        let extra = provider_extra.get(i).copied().unwrap_or("");
+        providers.push_str(&format!(
+            "  p{i}: {{ kind: openai, base_url: \"http://127.0.0.1:{p}/v1\", api_key: \"sk-up-{i}\", \
+             health_check: {{ enabled: false }}, retry: {{ attempts: 1 }} {extra} }}\n"
+        ));
+        routes.push_str(&format!("      - {{ provider: p{i}, model: up-{i} }}\n"));
+    }
+    format!(
+        r#"{CONFIG_HEAD}{top}
+providers:
+{providers}
+models:
+  m:
+    routes:
+{routes}
+keys:
+  - {{ name: k, key: "{key}" }}
+"#
+    )
+}

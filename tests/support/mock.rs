@@ -117,6 +117,14 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// OpenAI's 404 for a path it does not serve.
+    pub fn no_such_path() -> Reply {
+        Reply::json(
+            404,
+            r#"{"error":{"message":"no such path","type":"invalid_request_error","param":null,"code":null}}"#,
+        )
+    }
+
     /// A JSON reply (`content-type: application/json`).
     pub fn json(status: u16, body: impl Into<String>) -> Reply {
         Reply {

@@ -40,7 +40,7 @@ pub mod sts_mock;
 pub mod tls;
 
 pub use assert::{assert_error, assert_json_error, find, header, text, wait_until};
-pub use gateway::{client, refused_port, Gateway, CONFIG_HEAD};
+pub use gateway::{client, fallback_chain, refused_port, Gateway, CONFIG_HEAD};
 pub use mock::{sse_chat_events, Behavior, Gate, MockUpstream, Recorded, Reply, ReplyBody};
 pub use prom::{assert_sample, sample, series_count};
 pub use tls::TestCa;
