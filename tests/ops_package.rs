@@ -242,8 +242,9 @@ fn deps_script_as_a_user_goes_through_sudo() {
         [
             "sudo env DEBIAN_FRONTEND=noninteractive apt-get update",
             "apt-get update",
-            "sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cmake redis-server prometheus curl postgresql",
-            "apt-get install -y --no-install-recommends cmake redis-server prometheus curl postgresql",
+            // No `node` or `npm` on the stand-ins' PATH: Debian's are wanted.
+            "sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cmake redis-server prometheus curl postgresql nodejs npm",
+            "apt-get install -y --no-install-recommends cmake redis-server prometheus curl postgresql nodejs npm",
         ]
     );
     // The machine's own policy stays as it was.
