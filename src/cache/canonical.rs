@@ -69,7 +69,10 @@ pub(crate) fn request_key(parts: &[&[u8]], body: &[u8]) -> Option<[u8; 32]> {
 /// Writes the canonical form of the JSON `body` into `out` (cleared first).
 pub(crate) fn canonical_into(body: &[u8], out: &mut Vec<u8>) -> Option<()> {
     out.clear();
-    let mut de = serde_json::Deserializer::from_slice(body);
+    // Read as text: serde_json then checks the UTF-8 once, here, instead of
+    // string by string.
+    let text = std::str::from_utf8(body).ok()?;
+    let mut de = serde_json::Deserializer::from_str(text);
     Canon { out: &mut *out }.deserialize(&mut de).ok()?;
     de.end().ok()
 }
