@@ -254,18 +254,10 @@ async fn read_header<S: AsyncRead + Unpin>(
             {
                 return Header::Refuse(GatewayError::HeaderTooLarge)
             }
-            Scanned::End(end) => {
-                return match pingora_refusal(&buf[..end]).await {
-                    Some(err) => Header::Refuse(err),
-                    None => Header::Ready,
-                }
-            }
-            Scanned::NotHttp => {
-                return match pingora_refusal(buf).await {
-                    Some(err) => Header::Refuse(err),
-                    None => Header::Ready,
-                }
-            }
+            // The whole header, or text that is not an HTTP/1 request:
+            // what Pingora would refuse bare is refused here with JSON.
+            Scanned::End(end) => return judged(&buf[..end]).await,
+            Scanned::NotHttp => return judged(buf).await,
             Scanned::More => {}
         }
         if buf.len() > l.max_bytes {
@@ -279,6 +271,14 @@ async fn read_header<S: AsyncRead + Unpin>(
             Ok(_) => return Header::Close,
             Err(_) => return Header::Refuse(GatewayError::RequestTimeout),
         }
+    }
+}
+
+/// `Ready`, or the refusal Pingora would have answered bare.
+async fn judged(head: &[u8]) -> Header {
+    match pingora_refusal(head).await {
+        Some(err) => Header::Refuse(err),
+        None => Header::Ready,
     }
 }
 
