@@ -7,6 +7,7 @@ pub mod auth;
 pub mod base;
 pub(crate) mod ca_file;
 pub(crate) mod cache;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub(crate) mod engine;

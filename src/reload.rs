@@ -48,6 +48,7 @@ impl Reloader {
         let durable = self.shared.load().durable.clone();
         let rt = Runtime::build(cfg, &durable).map_err(|e| e.to_string())?;
         crate::keystore::on_reload(&rt.config)?;
+        crate::capture::configure(&rt.config);
         rt.warm_up().await;
         crate::governance::export_remaining(&rt.rules()).await;
         if let Some(m) = metrics::get() {

@@ -133,6 +133,13 @@ pub fn run(cli: &Cli, cfg: Config, rt: Runtime) -> Result<(), String> {
                 store: store.clone(),
             },
         ));
+        crate::capture::configure(&cfg);
+        server.add_service(background_service(
+            "capture writer",
+            crate::capture::store::Writer {
+                store: store.clone(),
+            },
+        ));
     }
     let state_file = cfg.state_file.as_ref().map(std::path::PathBuf::from);
     if let Some(path) = &state_file {

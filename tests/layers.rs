@@ -44,6 +44,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "keys",
             "keystore",
             "cache",
+            "capture",
         ],
     ),
     ("runtime", &["runtime"]),

@@ -4,6 +4,7 @@
 //! drives both the dispatch and the OpenAPI document.
 
 use crate::governance::{ledger, Level, Metric};
+pub(crate) mod capture;
 pub(crate) mod keys;
 pub(crate) mod openapi;
 
@@ -78,6 +79,11 @@ pub enum Op {
     UpdateTeam,
     DeleteTeam,
     Audit,
+    CaptureReport,
+    CapturePairs,
+    CaptureExport,
+    CaptureGet,
+    CapturePage,
 }
 
 /// One admin route. The dispatcher and the OpenAPI document both read
@@ -138,6 +144,11 @@ pub const ROUTES: &[Route] = &[
     route("PATCH", "/admin/teams/{name}", Op::UpdateTeam, "Change a store team's limits, budgets, tier, regions or metadata.", Some("UpdateTeam"), 200, &[]),
     route("DELETE", "/admin/teams/{name}", Op::DeleteTeam, "Delete a store team (409 while a key that is not revoked uses it).", None, 200, &[]),
     route("GET", "/admin/audit", Op::Audit, "Admin writes, newest first.", None, 200, &["before", "limit"]),
+    route("GET", "/admin/capture/{name}/report", Op::CaptureReport, "Captured answers of an alias compared: per route and variant, and per primary/shadow route pair.", None, 200, &["window"]),
+    route("GET", "/admin/capture/{name}/pairs", Op::CapturePairs, "Compared pairs of an alias scoring below `below`, lowest first.", None, 200, &["below", "limit", "offset", "window"]),
+    route("GET", "/admin/capture/{name}/export", Op::CaptureExport, "An alias's captures, newest first, as JSONL or CSV.", None, 200, &["format", "window", "before", "limit"]),
+    route("GET", "/admin/captures/{name}", Op::CaptureGet, "One capture, by request id, in full.", None, 200, &[]),
+    route("GET", "/admin/capture.html", Op::CapturePage, "The capture report page (static; it reads the admin key from the URL fragment).", None, 200, &[]),
 ];
 
 /// How a path matched the table.
@@ -267,6 +278,11 @@ impl AdminApp {
     async fn handle(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let rt = self.shared.load();
         let req = session.req_header();
+        if req.uri.path() == "/admin/capture.html" && req.method == Method::GET {
+            // Static, without data: it calls the other endpoints with the
+            // admin key it reads from the URL fragment (never sent here).
+            return page();
+        }
         if !authorized(&req.headers, rt.config.admin_key.as_deref()) {
             return error(
                 401,
@@ -328,9 +344,48 @@ impl AdminApp {
             Op::UpdateTeam => keys::update_team(cfg, ACTOR, name, &body).await,
             Op::DeleteTeam => keys::delete_team(cfg, ACTOR, name).await,
             Op::Audit => keys::audit(&query).await,
+            Op::CaptureReport => capture::report(&rt, name, &query).await,
+            Op::CapturePairs => capture::pairs(&rt, name, &query).await,
+            Op::CaptureGet => capture::one(name).await,
+            Op::CaptureExport => {
+                return match capture::export(&rt, name, &query).await {
+                    Ok(e) => export(e),
+                    Err(r) => to_response(r),
+                }
+            }
+            Op::CapturePage => return page(),
         };
         to_response(r)
     }
+}
+
+/// The report page.
+fn page() -> Response<Vec<u8>> {
+    let body = capture::PAGE.as_bytes().to_vec();
+    Response::builder()
+        .status(200)
+        .header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .header("referrer-policy", "no-referrer")
+        .header(
+            "content-security-policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+        )
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+/// An export's answer: its body, and `x-next-before` when more rows are left.
+fn export(e: capture::Export) -> Response<Vec<u8>> {
+    let mut b = Response::builder()
+        .status(200)
+        .header(http::header::CONTENT_TYPE, e.content_type)
+        .header(http::header::CONTENT_LENGTH, e.body.len());
+    if let Some(n) = e.next_before {
+        b = b.header("x-next-before", n);
+    }
+    b.body(e.body).unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
 fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {

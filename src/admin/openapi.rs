@@ -147,6 +147,16 @@ pub(crate) fn document() -> Value {
         if r.path.contains("{name}") {
             responses.insert("404".into(), error_response("No such key or team"));
         }
+        if r.path.starts_with("/admin/capture") && r.path.contains("{name}") {
+            responses.insert(
+                "409".into(),
+                error_response("No key store is configured (captures are kept in it)"),
+            );
+            responses.insert(
+                "503".into(),
+                error_response("The key store's database is unreachable"),
+            );
+        }
         if r.method != "GET" {
             responses.insert(
                 "409".into(),

@@ -4,6 +4,7 @@
 //! rejected, errors carry the field path), then `validate`.
 
 pub(crate) mod cache;
+pub(crate) mod capture;
 pub mod cloud;
 pub(crate) mod duration;
 pub(crate) mod env;
@@ -15,6 +16,7 @@ pub(crate) mod url;
 pub(crate) mod validate;
 
 pub use cache::{AliasCache, CacheRedis, CacheScope, CacheSection};
+pub use capture::{compile_pattern, Capture, CaptureRetention};
 pub use experiments::{Hedge, HedgeAfter, Shadow, ShadowSection, HEDGE_BURST};
 pub use schema::*;
 pub use tracing::TracingSection;

@@ -75,6 +75,9 @@ pub struct Config {
     /// (`/admin/keys`, `/admin/teams`). Absent: keys come from this file only.
     #[serde(default)]
     pub key_store: Option<KeyStoreSection>,
+    /// How long output captures are kept (`models.<alias>.capture`).
+    #[serde(default)]
+    pub capture_retention: super::capture::CaptureRetention,
     /// OpenTelemetry spans over OTLP/HTTP. Absent: off.
     #[serde(default)]
     pub tracing: Option<super::tracing::TracingSection>,
@@ -806,6 +809,10 @@ pub struct Model {
     /// Answer identical requests from the response cache. Absent: off.
     #[serde(default)]
     pub cache: Option<super::cache::AliasCache>,
+    /// Keep a sample of requests and answers (and their shadows') for
+    /// comparison and review. Absent: nothing is captured.
+    #[serde(default)]
+    pub capture: Option<super::capture::Capture>,
 }
 
 pub const DEFAULT_RESERVE_OUTPUT_TOKENS: u64 = 1024;

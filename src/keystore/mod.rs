@@ -221,6 +221,12 @@ impl KeyStore {
         self.up.load(Ordering::Relaxed)
     }
 
+    /// A new connection of its own to the store's database (the capture
+    /// writer and its readers use one each). Blocking.
+    pub fn connect(&self) -> Result<Box<dyn Conn>, SqlError> {
+        self.backend.connect()
+    }
+
     /// `sqlite` or `postgres`.
     pub fn kind(&self) -> &'static str {
         self.backend.label()

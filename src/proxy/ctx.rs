@@ -21,6 +21,8 @@
 //!   the request is unsampled with no context to pass on.
 //! - `cache`: what the response cache did (`cached.rs`); boxed, and `None`
 //!   for an alias without `cache`.
+//! - `capture`: the answer's bytes for output capture (`crate::capture`);
+//!   boxed, and `None` unless the request was picked for capture.
 
 use crate::base::endpoint::Endpoint;
 use crate::base::error::GatewayError;
@@ -50,6 +52,9 @@ pub(crate) struct Ctx {
     pub(crate) trace: Option<Box<crate::telemetry::trace::RequestTrace>>,
     /// The response cache's state; `None` for an alias without `cache`.
     pub(crate) cache: Option<Box<crate::proxy::cached::State>>,
+    /// The bytes of the answer, for a request picked for output capture;
+    /// `None` (nothing copied) for every other request.
+    pub(crate) capture: Option<Box<crate::capture::Tap>>,
 }
 
 /// What is known of a request before its body is read.
@@ -275,6 +280,7 @@ impl Ctx {
             exp: Default::default(),
             trace: None,
             cache: None,
+            capture: None,
         }
     }
 

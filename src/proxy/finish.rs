@@ -142,6 +142,7 @@ pub(crate) fn log_request(
     });
     record_usage_ledger(ctx, settled.as_ref());
     let trace = ctx.trace.take().filter(|t| t.sampled());
+    let tap = ctx.capture.take();
     let route = ctx.current_route();
     let tried = ctx.out.served() == Served::Locally || ctx.current.get().is_some();
     let stream = ctx.streams();
@@ -194,10 +195,11 @@ pub(crate) fn log_request(
         route: None,
         candidates: None,
         skipped: None,
+        captured: tap.is_some(),
     };
     metrics::observe(&record);
     let log = ctx.head.rt.config.access_log.enabled;
-    if log || trace.is_some() {
+    if log || trace.is_some() || record.captured {
         // The parts only the log line and the trace show, built only when
         // one of them is written.
         let plan = req.as_ref().map(|r| &r.model.routing);
@@ -213,6 +215,9 @@ pub(crate) fn log_request(
         record.candidates = routing.candidates;
         record.skipped = routing.skipped;
     }
+    if let (Some(tap), Some(r)) = (tap, req.as_ref()) {
+        capture(*tap, r, ctx, &record);
+    }
     if log {
         record.attempt_log = attempt_log(ctx);
         access_log::write(&record);
@@ -222,6 +227,45 @@ pub(crate) fn log_request(
     }
     ctx.head.in_flight = None;
     pending
+}
+
+/// Hands a captured request and its answer to the capture writer.
+fn capture(
+    tap: crate::capture::Tap,
+    req: &crate::proxy::ctx::Admitted,
+    ctx: &Ctx,
+    record: &Record<'_>,
+) {
+    let Some(plan) = req.model.capture.clone() else {
+        return;
+    };
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let (raw, raw_cut) = tap.into_parts();
+    let side = crate::capture::Side {
+        route: format!("{}/{}", record.provider, record.upstream_model),
+        variant: record.variant.map(str::to_string),
+        status: record.status,
+        latency_ms: ms(record.duration),
+        ttft_ms: ctx.out.first_byte_at().map(|t| ms(t - ctx.head.start)),
+        prompt_tokens: record.usage.map(|u| u.prompt),
+        completion_tokens: record.usage.map(|u| u.completion),
+        cost_usd: record.cost_usd,
+        stream: ctx.streams(),
+        raw,
+        raw_cut,
+    };
+    crate::capture::send(crate::capture::Job::Primary(Box::new(
+        crate::capture::Primary {
+            request_id: ctx.head.request_id.clone(),
+            alias: req.alias().to_string(),
+            endpoint: req.endpoint.label(),
+            ts_ms: crate::base::clock::unix_ms(),
+            body: req.body.clone(),
+            plan,
+            side,
+            shadow: ctx.exp.shadow == Some("sampled"),
+        },
+    )));
 }
 
 /// A label value, or the placeholder when there is none.

@@ -91,6 +91,9 @@ pub(crate) fn on_chunk(body: &mut Option<Bytes>, eos: bool, ctx: &mut Ctx) -> pi
     if let (Some(c), Ok(None)) = (&mut ctx.cache, &ran) {
         c.capture(body, eos);
     }
+    if let (Some(t), Ok(None)) = (&mut ctx.capture, &ran) {
+        t.push(body.as_ref());
+    }
     if eos {
         // Disarm before Pingora can return the connection to its pool.
         ctx.current.disarm();

@@ -101,6 +101,8 @@ pub struct ModelRt {
     pub routing: crate::routing::Plan,
     /// The response cache, when the alias has `cache:`.
     pub(crate) cache: Option<crate::cache::AliasCache>,
+    /// Output capture, when the alias has `capture:`.
+    pub capture: Option<Arc<crate::capture::Plan>>,
 }
 
 impl ModelRt {
@@ -260,6 +262,10 @@ impl Runtime {
                             shared_cache.clone(),
                         )
                     }),
+                    capture: m
+                        .capture
+                        .as_ref()
+                        .map(|c| Arc::new(crate::capture::Plan::build(c))),
                 }),
             );
         }

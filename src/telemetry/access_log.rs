@@ -83,6 +83,10 @@ impl Record<'_> {
         w.str("route", self.route);
         w.list("candidates", self.candidates.as_deref());
         w.list("skipped", self.skipped.as_deref());
+        if self.captured {
+            // Written only when true: absent means not captured.
+            w.raw("captured", "true");
+        }
         w.out.push(b'}');
     }
 }
@@ -355,6 +359,7 @@ mod tests {
             route: Some("p/m"),
             candidates: Some(vec!["p/m", "q/n"]),
             skipped: Some(vec!["r/o:region".into()]),
+            captured: false,
         }
     }
 

@@ -56,4 +56,6 @@ pub struct Record<'a> {
     pub(crate) route: Option<&'a str>,
     pub(crate) candidates: Option<Vec<&'a str>>,
     pub(crate) skipped: Option<Vec<String>>,
+    /// The request was picked for output capture (`models.<alias>.capture`).
+    pub(crate) captured: bool,
 }

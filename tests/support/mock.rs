@@ -252,6 +252,65 @@ impl Behavior {
     }
 }
 
+impl Behavior {
+    /// A chat upstream whose answer text is `answer(prompt, model)`, where
+    /// `prompt` is the last message's content and `model` the body's: a
+    /// JSON completion, or (for `stream: true`) an SSE stream of the text
+    /// in two chunks, a `stop` chunk, a usage chunk and `[DONE]`. Usage is
+    /// always 10 prompt and 5 completion tokens.
+    pub fn chat_answers(answer: impl Fn(&str, &str) -> String + Send + Sync + 'static) -> Behavior {
+        Behavior::func(move |r| {
+            let body = r.json();
+            let model = body["model"].as_str().unwrap_or_default().to_string();
+            let prompt = body["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .and_then(|m| m["content"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            let text = answer(&prompt, &model);
+            let usage = serde_json::json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15});
+            if body["stream"].as_bool() != Some(true) {
+                let v = serde_json::json!({
+                    "id": "chatcmpl-answer", "object": "chat.completion", "created": 1_700_000_000u64,
+                    "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                    "usage": usage,
+                });
+                return Reply::json(200, v.to_string());
+            }
+            let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+                let v = serde_json::json!({
+                    "id": "chatcmpl-answer", "object": "chat.completion.chunk", "created": 1_700_000_000u64,
+                    "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                });
+                format!("data: {v}\n\n")
+            };
+            let cut = text
+                .char_indices()
+                .nth(text.chars().count() / 2)
+                .map_or(0, |(i, _)| i);
+            let usage_chunk = serde_json::json!({
+                "id": "chatcmpl-answer", "object": "chat.completion.chunk", "created": 1_700_000_000u64,
+                "model": model, "choices": [], "usage": usage,
+            });
+            Reply::sse(
+                vec![
+                    chunk(
+                        serde_json::json!({"role": "assistant", "content": &text[..cut]}),
+                        None,
+                    ),
+                    chunk(serde_json::json!({"content": &text[cut..]}), None),
+                    chunk(serde_json::json!({}), Some("stop")),
+                    format!("data: {usage_chunk}\n\n"),
+                    "data: [DONE]\n\n".to_string(),
+                ],
+                Duration::from_millis(1),
+            )
+        })
+    }
+}
+
 /// Realistic OpenAI `chat.completion.chunk` SSE events: a role chunk, `n`
 /// content chunks (`"tok0"`, `"tok1"`, ...), a `finish_reason: "stop"`
 /// chunk, then `data: [DONE]`. Each string is a full `data: ...\n\n` event.

@@ -45,7 +45,16 @@ pub(crate) async fn after_admit(session: &mut Session, ctx: &mut Ctx) -> pingora
     let Some(req) = ctx.req().cloned() else {
         return Ok(false);
     };
-    let Some(plan) = rt.experiments.of(req.alias()) else {
+    let plan = rt.experiments.of(req.alias());
+    if let Some(c) = &req.model.capture {
+        // A request the hedge race serves is not captured (the race writes
+        // the response itself).
+        let raced = plan.is_some_and(|p| p.hedge.is_some()) && req.messages.is_none();
+        if !raced && crate::capture::captures(req.endpoint) && c.sampled() {
+            ctx.capture = Some(Box::new(c.tap()));
+        }
+    }
+    let Some(plan) = plan else {
         return Ok(false);
     };
     if let Some(s) = &plan.shadow {

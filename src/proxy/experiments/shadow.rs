@@ -59,6 +59,30 @@ struct Job {
     /// The request's trace, when it is sampled: the copy gets a span of its
     /// own under the request's.
     trace: Option<ShadowTrace>,
+    /// The copy's answer, when the request is captured.
+    capture: Option<Box<Capture>>,
+}
+
+/// The shadow's answer for output capture. Handed to the capture writer
+/// when dropped, however the copy ended (one that never got an answer
+/// goes with status 0, so its primary does not wait for it).
+struct Capture {
+    request_id: String,
+    side: crate::capture::Side,
+    tap: crate::capture::Tap,
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let (raw, cut) = std::mem::take(&mut self.tap).into_parts();
+        let mut side = std::mem::take(&mut self.side);
+        side.raw = raw;
+        side.raw_cut = cut;
+        crate::capture::send(crate::capture::Job::Shadow {
+            request_id: std::mem::take(&mut self.request_id),
+            side: Box::new(side),
+        });
+    }
 }
 
 /// Samples the request; when picked and under the cap, spawns its copy.
@@ -85,6 +109,17 @@ pub(crate) fn maybe_send(
         request_id: format!("{}-shadow", ctx.head.request_id),
         slot,
         trace: ctx.trace.as_ref().and_then(|t| t.shadow()),
+        capture: match (&ctx.capture, &req.model.capture) {
+            (Some(_), Some(plan)) => Some(Box::new(Capture {
+                request_id: ctx.head.request_id.clone(),
+                side: crate::capture::Side {
+                    route: format!("{}/{}", plan_route(rt, req).0, plan_route(rt, req).1),
+                    ..Default::default()
+                },
+                tap: plan.tap(),
+            })),
+            _ => None,
+        },
     };
     tokio::spawn(run(job));
 }
@@ -95,7 +130,18 @@ fn skipped(alias: &str, reason: &str) {
     }
 }
 
+/// The shadow route's provider and model, for the capture's label.
+fn plan_route(rt: &Runtime, req: &Admitted) -> (Arc<str>, Arc<str>) {
+    rt.experiments
+        .of(req.alias())
+        .and_then(|p| p.shadow.as_ref())
+        .map_or((Arc::from("-"), Arc::from("-")), |s| {
+            (s.route.provider_name.clone(), s.route.model.clone())
+        })
+}
+
 async fn run(mut job: Job) {
+    let mut capture = job.capture.take();
     let _slot = &job.slot;
     let (req, alias) = (&job.req, job.req.alias());
     let ep = req.endpoint;
@@ -164,15 +210,34 @@ async fn run(mut job: Job) {
         return;
     };
     let start = Instant::now();
-    let (result, settled, status) =
-        match Exchange::start(up, addr, route.limits, &head, &body).await {
-            Ok(ex) => {
-                let status = ex.header().status.as_u16();
-                let (result, settled) = read(ex, &job, route, injected, output).await;
-                (result, settled, Some(status))
-            }
-            Err(f) => (failure_label(f), None, None),
-        };
+    let mut first = None;
+    let (result, settled, status) = match Exchange::start(up, addr, route.limits, &head, &body)
+        .await
+    {
+        Ok(ex) => {
+            let status = ex.header().status.as_u16();
+            let stream = crate::sse::is_event_stream(ex.header());
+            let tap = capture.as_deref_mut().map(|c| {
+                c.side.stream = stream;
+                &mut c.tap
+            });
+            let (result, settled) = read(ex, &job, route, injected, output, tap, &mut first).await;
+            (result, settled, Some(status))
+        }
+        Err(f) => (failure_label(f), None, None),
+    };
+    if let Some(c) = capture.as_deref_mut() {
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        c.side.status = status.unwrap_or(0);
+        c.side.latency_ms = ms(start.elapsed());
+        c.side.ttft_ms = first.map(|t: Instant| ms(t - start));
+        if let Some(s) = &settled {
+            c.side.prompt_tokens = Some(s.usage.prompt);
+            c.side.completion_tokens = Some(s.usage.completion);
+            c.side.cost_usd = s.cost_usd;
+        }
+    }
+    drop(capture);
     if let Some(t) = job.trace.take() {
         t.finish(&ShadowEnd {
             endpoint: ep,
@@ -229,6 +294,8 @@ async fn read(
     route: &crate::runtime::RouteRt,
     injected: bool,
     default_output: u64,
+    mut tap: Option<&mut crate::capture::Tap>,
+    first: &mut Option<Instant>,
 ) -> (&'static str, Option<Settled>) {
     let status = ex.header().status;
     let ep = job.req.endpoint;
@@ -241,6 +308,9 @@ async fn read(
     loop {
         match ex.chunk().await {
             Ok(Some(chunk)) => {
+                if first.is_none() && !chunk.is_empty() {
+                    *first = Some(Instant::now());
+                }
                 let mut c = Some(chunk);
                 if let Some(m) = &mut stream {
                     if m.on_chunk(&mut c, false).is_err() {
@@ -250,6 +320,9 @@ async fn read(
                 }
                 if let Some(m) = &mut body {
                     m.on_chunk(&c);
+                }
+                if let Some(t) = tap.as_deref_mut() {
+                    t.push(c.as_ref());
                 }
             }
             Ok(None) => break,
