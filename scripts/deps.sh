@@ -7,6 +7,7 @@
 #   sh scripts/deps.sh --tests   also what `bash tests/run.sh` uses:
 #                                redis-server, prometheus (and promtool),
 #                                curl, postgresql (the key store tests),
+#                                chromium (the capture report page test),
 #                                python3-venv, nodejs and npm (the Node SDK
 #                                tests) when `node` or `npm` is missing
 #   sh scripts/deps.sh --ci      also what .ci/run uses: nginx and wrk (the
@@ -32,7 +33,7 @@ esac
 want="cmake"
 command -v cc >/dev/null 2>&1 || want="$want build-essential"
 if [ "$level" != build ]; then
-    want="$want redis-server prometheus curl postgresql"
+    want="$want redis-server prometheus curl postgresql chromium"
     # Debian's python3 needs python3-venv for `python3 -m venv`; another
     # python3 (pyenv, a venv) may have it built in.
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || want="$want python3 python3-venv"

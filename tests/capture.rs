@@ -56,13 +56,18 @@ fn provider(name: &str, port: u16) -> String {
 /// Aliases: `chat` (shadowed, captured), `plain` (shadowed, not captured),
 /// `solo` (captured, no shadow), `never` (capture with sample 0).
 fn config(primary: u16, shadow: u16, top: &str) -> String {
+    config_on(primary, shadow, top, r#"{ sqlite: "{TMP}/keys.db" }"#)
+}
+
+/// [`config`] with `store` as the `key_store:` section.
+fn config_on(primary: u16, shadow: u16, top: &str, store: &str) -> String {
     let route = "{ provider: main, model: primary-model, price: { input: 1.0, output: 2.0 } }";
     let shade = "{ route: { provider: shade, model: shadow-model, price: { input: 0.5, output: 1.0 } }, sample: 1.0 }";
     format!(
         r#"{CONFIG_HEAD}admin_listen: "{{ADMIN}}"
 admin_key: "{ADMIN_KEY}"
 access_log: {{ path: "{{TMP}}/access.log" }}
-key_store: {{ sqlite: "{{TMP}}/keys.db" }}
+key_store: {store}
 {top}
 providers:
 {p}{s}
@@ -570,7 +575,7 @@ async fn the_report_page_renders_the_table_in_headless_chromium() {
         "{dom}"
     );
     assert!(
-        dom.contains(r#"<svg width="680""#) && dom.contains("66.7%</text>"),
+        dom.contains(r#"<svg width="880""#) && dom.contains("66.7%</text>"),
         "{dom}"
     );
     // The low-agreement pairs, side by side, exactly the differing ones.
@@ -618,4 +623,66 @@ async fn the_report_page_renders_the_table_in_headless_chromium() {
     // The IHDR chunk: width and height, big-endian.
     assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 1200);
     assert_eq!(u32::from_be_bytes(png[20..24].try_into().unwrap()), 900);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_pairs_are_reported_and_retention_holds_the_same() {
+    let pg = support::postgres::Postgres::start();
+    let primary = MockUpstream::start(Behavior::chat_answers(answer)).await;
+    let shadow = MockUpstream::start(Behavior::chat_answers(answer)).await;
+    let store = format!("{{ postgres: \"{}\" }}", pg.url_template());
+    let yaml = config_on(
+        primary.port(),
+        shadow.port(),
+        "capture_retention: { max_age: 1h, max_rows: 4, interval: 1s }",
+        &store,
+    );
+    let gw = Gateway::start_with_env(&yaml, &pg.env()).await;
+    let gw = &gw;
+    for (i, p) in prompts().iter().enumerate() {
+        let (s, body) = chat(gw, "chat", &format!("pg-{i}"), p, i == 0).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    // Retention keeps the newest four of the six; they are pg-2 to pg-5,
+    // of which pg-4 differs.
+    let mut report = Value::Null;
+    for _ in 0..300 {
+        let (st, r) = admin(gw, "/admin/capture/chat/report").await;
+        assert_eq!(st, 200, "{r}");
+        let deleted = prom::sum(
+            &gw.metrics_text().await,
+            "tollgate_capture_deleted_total",
+            &[("reason", "rows")],
+        );
+        if r["captured"] == 4 && deleted == 2.0 {
+            report = r;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(report["captured"], 4, "log:\n{}", gw.logs());
+    let p = &report["pairs"][0];
+    assert_eq!(
+        (p["pairs"].as_u64(), p["agreeing"].as_u64()),
+        (Some(4), Some(3)),
+        "{p}"
+    );
+    assert_eq!(p["agreement_rate"].as_f64(), Some(0.75));
+    assert!(
+        close(p["switch_cost_per_request_usd"].as_f64().unwrap(), -10e-6),
+        "{p}"
+    );
+    let (st, low) = admin(gw, "/admin/capture/chat/pairs?below=1").await;
+    assert_eq!(st, 200, "{low}");
+    assert_eq!(low["total"], 1);
+    assert_eq!(low["pairs"][0]["request_id"], "pg-4");
+    let (st, one) = admin(gw, "/admin/captures/pg-2").await;
+    assert_eq!(st, 200, "{one}");
+    let text = one["p_text"].as_str().unwrap();
+    assert!(
+        !text.contains(PLANTED_MAIL) && !text.contains(PLANTED_KEY),
+        "{text}"
+    );
+    let (st, csv) = admin_text(gw, "/admin/capture/chat/export?format=csv&limit=3").await;
+    assert_eq!((st, csv.lines().count()), (200, 4), "{csv}");
 }

@@ -243,8 +243,8 @@ fn deps_script_as_a_user_goes_through_sudo() {
             "sudo env DEBIAN_FRONTEND=noninteractive apt-get update",
             "apt-get update",
             // No `node` or `npm` on the stand-ins' PATH: Debian's are wanted.
-            "sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cmake redis-server prometheus curl postgresql nodejs npm",
-            "apt-get install -y --no-install-recommends cmake redis-server prometheus curl postgresql nodejs npm",
+            "sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cmake redis-server prometheus curl postgresql chromium nodejs npm",
+            "apt-get install -y --no-install-recommends cmake redis-server prometheus curl postgresql chromium nodejs npm",
         ]
     );
     // The machine's own policy stays as it was.

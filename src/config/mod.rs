@@ -548,6 +548,39 @@ keys:
     }
 
     #[test]
+    fn capture_errors_name_their_field() {
+        let yaml = GOOD.replace(
+            "      - { provider: up, model: m1, timeouts: { first_byte: 500ms } }\n",
+            "      - { provider: up, model: m1 }\n    capture: { sample: 2, max_bytes: 10, redact: [\"(unclosed\", \"\"] }\n",
+        )
+        .replace(
+            "models:\n",
+            "capture_retention: { max_rows: 0, interval: 0s }\nmodels:\n",
+        );
+        let p = problems(&yaml);
+        for want in [
+            "models.fast.capture: needs `key_store`",
+            "models.fast.capture.sample: must be between 0 and 1",
+            "models.fast.capture.max_bytes: must be between 64 and 1048576",
+            "models.fast.capture.redact[0]: not a valid regular expression",
+            "models.fast.capture.redact[1]: is empty",
+            "capture_retention.max_rows: must be at least 1",
+            "capture_retention.interval: must be between 1s and 1h",
+        ] {
+            assert!(p.contains(want), "{want}\nin:\n{p}");
+        }
+        let unknown = GOOD.replace(
+            "      - { provider: up, model: m1, timeouts: { first_byte: 500ms } }\n",
+            "      - { provider: up, model: m1 }\n    capture: { sample: 1, samples: 2 }\n",
+        );
+        let p = problems(&unknown);
+        assert!(
+            p.contains("models.fast.capture") && p.contains("samples"),
+            "{p}"
+        );
+    }
+
+    #[test]
     fn all_problems_are_reported_at_once() {
         let text = GOOD
             .replacen("provider: up,", "provider: nope,", 1)

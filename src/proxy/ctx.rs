@@ -363,7 +363,8 @@ mod tests {
         // after; 1,296 with the parts (issue 22); 1,136 with the translated
         // bodies boxed (only translated routes make them); 1,216 with the
         // trace context (boxed), the attempt's pool key, sequence number and
-        // hedge mark, and the pipeline's response facts (issues 17 and 21).
-        assert!(size <= 1232, "Ctx grew to {size} bytes");
+        // hedge mark, and the pipeline's response facts (issues 17 and 21);
+        // 1,240 with the output capture's tap (a boxed `Option`, issue 20).
+        assert!(size <= 1240, "Ctx grew to {size} bytes");
     }
 }

@@ -2,7 +2,9 @@
 //! route's model, sent by a background task. Its response is read,
 //! metered and discarded; the client never waits for it and never sees its
 //! errors. A global cap bounds the copies in flight, and a team's budget
-//! (`shadow.budget`) can bound their rate and spend.
+//! (`shadow.budget`) can bound their rate and spend. When the request is
+//! captured (`crate::capture`), the copy's answer is copied as it is read
+//! and handed to the capture writer however the copy ends.
 
 use super::metrics;
 use crate::accounting::meter::{BodyMeter, BodyUsage, StreamMeter};
@@ -110,13 +112,13 @@ pub(crate) fn maybe_send(
         slot,
         trace: ctx.trace.as_ref().and_then(|t| t.shadow()),
         capture: match (&ctx.capture, &req.model.capture) {
-            (Some(_), Some(plan)) => Some(Box::new(Capture {
+            (Some(_), Some(capture)) => Some(Box::new(Capture {
                 request_id: ctx.head.request_id.clone(),
                 side: crate::capture::Side {
-                    route: format!("{}/{}", plan_route(rt, req).0, plan_route(rt, req).1),
+                    route: format!("{}/{}", plan.route.provider_name, plan.route.model),
                     ..Default::default()
                 },
-                tap: plan.tap(),
+                tap: capture.tap(),
             })),
             _ => None,
         },
@@ -128,16 +130,6 @@ fn skipped(alias: &str, reason: &str) {
     if let Some(m) = metrics::get() {
         m.shadow_skipped.with_label_values(&[alias, reason]).inc();
     }
-}
-
-/// The shadow route's provider and model, for the capture's label.
-fn plan_route(rt: &Runtime, req: &Admitted) -> (Arc<str>, Arc<str>) {
-    rt.experiments
-        .of(req.alias())
-        .and_then(|p| p.shadow.as_ref())
-        .map_or((Arc::from("-"), Arc::from("-")), |s| {
-            (s.route.provider_name.clone(), s.route.model.clone())
-        })
 }
 
 async fn run(mut job: Job) {
