@@ -54,7 +54,8 @@ fn provider(name: &str, port: u16) -> String {
 }
 
 /// Aliases: `chat` (shadowed, captured), `plain` (shadowed, not captured),
-/// `solo` (captured, no shadow), `never` (capture with sample 0).
+/// `solo` (captured, no shadow), `never` (capture with sample 0), `ab` (an
+/// A/B split over two routes, captured).
 fn config(primary: u16, shadow: u16, top: &str) -> String {
     config_on(primary, shadow, top, r#"{ sqlite: "{TMP}/keys.db" }"#)
 }
@@ -85,6 +86,14 @@ models:
   never:
     routes: [ {route} ]
     capture: {{ sample: 0.0 }}
+  ab:
+    routes:
+      - {{ provider: main, model: primary-model, name: control, price: {{ input: 1.0, output: 2.0 }} }}
+      - {{ provider: shade, model: candidate-model, name: candidate, price: {{ input: 0.5, output: 1.0 }} }}
+    split:
+      - {{ name: a, share: 0.5, routes: [control] }}
+      - {{ name: b, share: 0.5, routes: [candidate] }}
+    capture: {{ sample: 1.0 }}
 keys:
   - {{ name: alice, key: "{KEY}" }}
 "#,
@@ -685,4 +694,70 @@ async fn on_postgres_pairs_are_reported_and_retention_holds_the_same() {
     );
     let (st, csv) = admin_text(gw, "/admin/capture/chat/export?format=csv&limit=3").await;
     assert_eq!((st, csv.lines().count()), (200, 4), "{csv}");
+}
+
+#[tokio::test]
+async fn a_b_variants_are_aggregated_per_variant_and_route() {
+    let s = start("").await;
+    let gw = &s.gw;
+    for i in 0..10 {
+        let body = json!({"model": "ab", "user": format!("user-{i}"),
+                          "messages": [{"role": "user", "content": "question"}]});
+        let r = support::client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .header("x-request-id", format!("ab-{i}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    wait_rows(gw, "alias = 'ab'", 10).await;
+    // What the gateway decided, from the access log: variant → requests.
+    let mut want = std::collections::BTreeMap::new();
+    for i in 0..10 {
+        let line = gw.access_line(&format!("ab-{i}")).await;
+        assert_eq!(line["captured"], true);
+        let v = line["variant"].as_str().unwrap().to_string();
+        *want.entry(v).or_insert(0u64) += 1;
+    }
+    assert_eq!(
+        want.len(),
+        2,
+        "ten users all landed in one variant: {want:?}"
+    );
+    let (st, r) = admin(gw, "/admin/capture/ab/report").await;
+    assert_eq!(st, 200, "{r}");
+    let mut got = std::collections::BTreeMap::new();
+    for row in r["routes"].as_array().unwrap() {
+        let v = row["variant"].as_str().unwrap().to_string();
+        let route = row["route"].as_str().unwrap();
+        let cost = row["cost_per_request_usd"].as_f64().unwrap();
+        match v.as_str() {
+            "a" => assert!(route == "main/primary-model" && close(cost, 20e-6), "{row}"),
+            "b" => assert!(
+                route == "shade/candidate-model" && close(cost, 10e-6),
+                "{row}"
+            ),
+            _ => panic!("{row}"),
+        }
+        got.insert(v, row["requests"].as_u64().unwrap());
+    }
+    assert_eq!(got, want);
+    assert_eq!(r["pairs"], json!([]), "no shadow on `ab`");
+    let m = gw.metrics_text().await;
+    for (v, n) in &want {
+        let route = if v == "a" {
+            "main/primary-model"
+        } else {
+            "shade/candidate-model"
+        };
+        prom::assert_sample(
+            &m,
+            "tollgate_capture_requests_total",
+            &[("alias", "ab"), ("route", route), ("variant", v)],
+            *n as f64,
+        );
+    }
 }

@@ -226,6 +226,33 @@ mod tests {
         assert_eq!((raw.len(), cut, raw.last()), (RAW_FLOOR, true, Some(&b'x')));
     }
 
+    fn job(id: &str) -> Job {
+        Job::Shadow {
+            request_id: id.into(),
+            side: Box::default(),
+        }
+    }
+
+    /// The one test that touches the global queue (tests run in parallel).
+    #[test]
+    fn send_never_waits_and_counts_what_it_drops() {
+        let m = metrics::get().unwrap();
+        let n = |r: &str| m.dropped.with_label_values(&[r]).get();
+        let (none, full, down) = (n("no_store"), n("queue_full"), n("store_down"));
+        send(job("a"));
+        assert_eq!(n("no_store"), none + 1);
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        *sender().lock().unwrap() = Some(tx);
+        send(job("b"));
+        send(job("c"));
+        assert_eq!(n("queue_full"), full + 1);
+        assert!(matches!(rx.try_recv(), Ok(Job::Shadow { request_id, .. }) if request_id == "b"));
+        drop(rx);
+        send(job("d"));
+        assert_eq!(n("store_down"), down + 1);
+        *sender().lock().unwrap() = None;
+    }
+
     #[test]
     fn sample_zero_never_captures_and_one_always_does() {
         let mut p = Plan {
