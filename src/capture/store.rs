@@ -65,12 +65,14 @@ fn run(store: &KeyStore, rx: &Receiver<Job>) {
     let mut conn: Option<Box<dyn Conn>> = None;
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut last_retention = Instant::now();
-    loop {
+    let mut open = true;
+    while open {
         let mut jobs = Vec::new();
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(j) => jobs.push(j),
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
+            // Stopping: what waits for its other half is written as it is.
+            Err(RecvTimeoutError::Disconnected) => open = false,
         }
         while jobs.len() < BATCH {
             match rx.try_recv() {
@@ -82,7 +84,11 @@ fn run(store: &KeyStore, rx: &Receiver<Job>) {
         for job in jobs {
             pair(job, &mut pending, &mut ready);
         }
-        expire(&mut pending, &mut ready, PAIR_WAIT);
+        expire(
+            &mut pending,
+            &mut ready,
+            if open { PAIR_WAIT } else { Duration::ZERO },
+        );
         if !ready.is_empty() {
             let rows: Vec<Row> = ready
                 .into_iter()

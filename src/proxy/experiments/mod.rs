@@ -38,8 +38,9 @@ impl Marks {
 
 /// Runs once an admitted request is about to go upstream: draws whether
 /// it is captured (its alias's `capture`), maybe sends a shadow copy (never
-/// waited for), then serves the request itself when its alias hedges. `Ok(true)`: the response was written here; `Ok(false)`:
-/// the normal proxy path serves it.
+/// waited for), then serves the request itself when its alias hedges.
+/// `Ok(true)`: the response was written here; `Ok(false)`: the normal
+/// proxy path serves it.
 pub(crate) async fn after_admit(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
     let rt = ctx.head.rt.clone();
     let Some(req) = ctx.req().cloned() else {
