@@ -42,6 +42,8 @@ fn prompts() -> Vec<String> {
 fn answer(prompt: &str, model: &str) -> String {
     if model == "shadow-model" && prompt.contains("DIFFER") {
         "a completely unrelated reply".into()
+    } else if prompt.starts_with("json") {
+        format!("{{\"n\": {}}}", prompt.len())
     } else {
         format!("The answer to {prompt} is forty two")
     }
@@ -86,6 +88,10 @@ models:
   never:
     routes: [ {route} ]
     capture: {{ sample: 0.0 }}
+  js:
+    routes: [ {route} ]
+    shadow: {shade}
+    capture: {{ sample: 1.0 }}
   ab:
     routes:
       - {{ provider: main, model: primary-model, name: control, price: {{ input: 1.0, output: 2.0 }} }}
@@ -760,4 +766,52 @@ async fn a_b_variants_are_aggregated_per_variant_and_route() {
             *n as f64,
         );
     }
+}
+
+#[tokio::test]
+async fn json_and_schema_validity_are_reported_for_json_schema_requests() {
+    let s = start("").await;
+    let gw = &s.gw;
+    let format = json!({"type": "json_schema", "json_schema": {"name": "n", "schema": {
+        "type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}},
+        "additionalProperties": false}}});
+    for (i, prompt) in ["json one", "json two DIFFER", "json three"]
+        .iter()
+        .enumerate()
+    {
+        let body = json!({"model": "js", "response_format": format,
+                          "messages": [{"role": "user", "content": prompt}]});
+        let r = support::client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .header("x-request-id", format!("js-{i}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    wait_rows(gw, "alias = 'js' AND score_ppm IS NOT NULL", 3).await;
+    let (st, r) = admin(gw, "/admin/capture/js/report").await;
+    assert_eq!(st, 200, "{r}");
+    let p = &r["pairs"][0];
+    assert_eq!(
+        (p["pairs"].as_u64(), p["agreeing"].as_u64()),
+        (Some(3), Some(2)),
+        "{p}"
+    );
+    assert_eq!(p["primary"]["json_valid_rate"].as_f64(), Some(1.0));
+    assert_eq!(p["primary"]["schema_valid_rate"].as_f64(), Some(1.0));
+    assert_eq!(p["shadow"]["json_valid_rate"].as_f64(), Some(2.0 / 3.0));
+    assert_eq!(p["shadow"]["schema_valid_rate"].as_f64(), Some(2.0 / 3.0));
+    assert_eq!(r["routes"][0]["json_valid_rate"].as_f64(), Some(1.0));
+    let (_, one) = admin(gw, "/admin/captures/js-1").await;
+    assert_eq!(one["json_requested"], 1);
+    assert_eq!(
+        (one["p_json_valid"].as_i64(), one["s_json_valid"].as_i64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(one["p_text"], "{\"n\": 15}");
+    // JSON validity disagrees: the pair scores 0 whatever its text.
+    assert_eq!(one["score_ppm"], 0);
 }
