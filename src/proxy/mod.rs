@@ -9,6 +9,7 @@ pub(crate) mod cached;
 pub(crate) mod cloud;
 pub(crate) mod ctx;
 pub(crate) mod experiments;
+pub(crate) mod files;
 pub(crate) mod finish;
 pub(crate) mod gemini;
 pub(crate) mod header_guard;
@@ -220,5 +221,7 @@ impl ProxyHttp for Gateway {
         if let Some(settle) = finish::log_request(session, e, ctx) {
             settle.send().await;
         }
+        // A files call's new or deleted ids, to the key store's database.
+        crate::objects::persist(ctx.resp.take_object_ops()).await;
     }
 }
