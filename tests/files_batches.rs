@@ -202,8 +202,35 @@ async fn files_are_scoped_to_their_team_from_upload_to_delete() {
     );
 
     // A team mate retrieves and downloads it, bytes intact.
-    let (s, got) = json_call(&gw, "GET", &format!("/v1/files/{a_id}"), RED_2, None).await;
-    assert_eq!((s, got["id"].as_str()), (200, Some(&*a_id)), "{got}");
+    let r = gw
+        .http()
+        .get(gw.url(&format!("/v1/files/{a_id}")))
+        .bearer_auth(RED_2)
+        .header("x-request-id", "files-retrieve-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got: Value = r.json().await.unwrap();
+    assert_eq!(got["id"].as_str(), Some(&*a_id), "{got}");
+    let line = gw.access_line("files-retrieve-1").await;
+    assert_eq!(
+        (
+            &line["endpoint"],
+            &line["key"],
+            &line["model"],
+            &line["provider"],
+            &line["status"]
+        ),
+        (
+            &json!("files_retrieve"),
+            &json!("red-2"),
+            &json!("files:oa"),
+            &json!("oa"),
+            &json!(200)
+        ),
+        "{line}"
+    );
     let (s, content) = call(
         &gw,
         "GET",
@@ -394,6 +421,26 @@ async fn a_key_without_files_provider_gets_403_and_no_upstream_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_over_max_body_bytes_is_413_and_reaches_no_upstream() {
+    let api = FilesApi::new();
+    let up = MockUpstream::start(api.behavior()).await;
+    let gw = Gateway::start(&config(up.port(), "max_body_bytes: 1048576\n")).await;
+    // The form's own bytes take it past the limit by a few hundred bytes.
+    let content = payload(1024 * 1024 - 100);
+    for chunked in [false, true] {
+        let (s, v) = upload(&gw, RED_1, "big.jsonl", &content, chunked).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (413, Some("request_too_large")),
+            "{v}"
+        );
+    }
+    let (s, v) = upload(&gw, RED_1, "fits.jsonl", &payload(1024 * 1024 - 400), true).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_ids_and_queries_are_400_and_reach_no_upstream() {
     let (up, _api, gw) = setup().await;
     let long = "f".repeat(129);
@@ -449,24 +496,24 @@ async fn bad_ids_and_queries_are_400_and_reach_no_upstream() {
     assert_eq!(up.hits(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ownership_survives_a_restart_with_a_sqlite_key_store() {
+/// Uploads as red, restarts the gateway on the same key store, and checks
+/// that red's team still owns the file and blue still gets 404 for it.
+async fn ownership_survives_a_restart(store: &str, env: &[(&str, &str)]) {
     let api = FilesApi::new();
     let up = MockUpstream::start(api.behavior()).await;
-    let dir = tempfile::tempdir().unwrap();
     let extra = format!(
-        "admin_listen: \"{{PLAIN}}\"\nadmin_key: \"tg-files-admin-key-01\"\nkey_store: {{ sqlite: \"{}/keys.db\" }}\n",
-        dir.path().display()
+        "admin_listen: \"{{PLAIN}}\"\nadmin_key: \"{}\"\nkey_store: {store}\n",
+        support::keystore::ADMIN_KEY
     );
     let template = config(up.port(), &extra);
-    let mut gw = Gateway::start(&template).await;
+    let mut gw = Gateway::start_with_env(&template, env).await;
     let (s, f) = upload(&gw, RED_1, "keep.jsonl", b"{\"keep\":1}\n", false).await;
     assert_eq!(s, 200, "{f}");
     let id = f["id"].as_str().unwrap().to_string();
     gw.sigterm();
     assert!(gw.wait_exit(Duration::from_secs(20)).await.is_some());
 
-    let again = Gateway::start(&template).await;
+    let again = Gateway::start_with_env(&template, env).await;
     let (s, got) = json_call(&again, "GET", &format!("/v1/files/{id}"), RED_2, None).await;
     assert_eq!((s, got["id"].as_str()), (200, Some(&*id)), "{got}");
     let (_, red) = json_call(&again, "GET", "/v1/files", RED_1, None).await;
@@ -482,6 +529,38 @@ async fn ownership_survives_a_restart_with_a_sqlite_key_store() {
     .await;
     assert_error(s, &b, (404, "invalid_request_error", "not_found"));
     assert_eq!(up.hits(), hits);
+    // A runtime key of the store in team red takes red's files_provider
+    // and sees red's file; one without a team has no provider.
+    let admin = support::keystore::Admin::of(&again);
+    let runtime_red = admin
+        .create_key(json!({"name": "runtime-red", "team": "red"}))
+        .await;
+    let (s, got) = json_call(
+        &again,
+        "GET",
+        &format!("/v1/files/{id}"),
+        &runtime_red,
+        None,
+    )
+    .await;
+    assert_eq!((s, got["id"].as_str()), (200, Some(&*id)), "{got}");
+    let loner = admin.create_key(json!({"name": "runtime-loner"})).await;
+    let (s, b) = call(&again, "GET", "/v1/files", &loner, None).await;
+    assert_error(s, &b, (403, "permission_error", "files_not_configured"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ownership_survives_a_restart_with_a_sqlite_key_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("{{ sqlite: \"{}/keys.db\" }}", dir.path().display());
+    ownership_survives_a_restart(&store, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ownership_survives_a_restart_with_a_postgres_key_store() {
+    let pg = support::postgres::Postgres::start();
+    let store = format!("{{ postgres: \"{}\" }}", pg.url_template());
+    ownership_survives_a_restart(&store, &pg.env()).await;
 }
 
 /// The official `openai` Python SDK's `files.create`, `files.list`,
