@@ -216,7 +216,8 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Records metrics and the access-log line; runs once per request.
+    /// Records metrics and the access-log line, and writes a files call's
+    /// id changes to the key store's database; runs once per request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<Ctx>) {
         if let Some(settle) = finish::log_request(session, e, ctx) {
             settle.send().await;
