@@ -8,7 +8,9 @@
 //!    routes; a provider error becomes ours; another dialect's body or
 //!    stream becomes OpenAI's;
 //! 2. the meter ([`Meter`]), which reads OpenAI's shape (or Anthropic's
-//!    own events on a Messages passthrough);
+//!    own events on a Messages passthrough); a files call's JSON answer
+//!    is held whole by `files::Stage` instead, which records and filters
+//!    its ids;
 //! 3. the client's front (`messages::Stage`): off for OpenAI clients; a
 //!    Messages client gets Anthropic's shape.
 //!
@@ -272,7 +274,8 @@ fn meter_for(resp: &ResponseHeader, ep: Endpoint, passthrough: bool, injected: b
         return Meter::None;
     }
     if ep.opaque_response() || ep.is_files() {
-        // Audio: never parsed, never buffered, whatever its content type.
+        // Audio, a file's content (and a files call's answer that is not
+        // read whole): never parsed, never buffered, whatever its type.
         return Meter::Opaque;
     }
     if !crate::sse::is_event_stream(resp) {
