@@ -8,6 +8,7 @@ pub mod cloud;
 pub(crate) mod duration;
 pub(crate) mod env;
 pub(crate) mod experiments;
+pub(crate) mod files;
 pub(crate) mod routing;
 pub(crate) mod schema;
 pub(crate) mod tracing;
@@ -16,6 +17,7 @@ pub(crate) mod validate;
 
 pub use cache::{AliasCache, CacheRedis, CacheScope, CacheSection};
 pub use experiments::{Hedge, HedgeAfter, Shadow, ShadowSection, HEDGE_BURST};
+pub use files::FilesSection;
 pub use schema::*;
 pub use tracing::TracingSection;
 

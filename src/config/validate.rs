@@ -116,6 +116,9 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     for (field, msg) in super::cache::problems(cfg) {
         v.add(field, msg);
     }
+    for (field, msg) in super::files::problems(cfg) {
+        v.add(field, msg);
+    }
     v.finish()
 }
 

@@ -6,16 +6,28 @@
 use super::sql::{in_tx, Conn, Dialect, SqlError, Val};
 
 /// `(version, SQL)` for SQLite, in order.
-const SQLITE: &[(i64, &str)] = &[(
-    1,
-    include_str!("../../migrations/sqlite/0001_keys_teams_audit.sql"),
-)];
+const SQLITE: &[(i64, &str)] = &[
+    (
+        1,
+        include_str!("../../migrations/sqlite/0001_keys_teams_audit.sql"),
+    ),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_object_owners.sql"),
+    ),
+];
 
 /// `(version, SQL)` for PostgreSQL, in order.
-const POSTGRES: &[(i64, &str)] = &[(
-    1,
-    include_str!("../../migrations/postgres/0001_keys_teams_audit.sql"),
-)];
+const POSTGRES: &[(i64, &str)] = &[
+    (
+        1,
+        include_str!("../../migrations/postgres/0001_keys_teams_audit.sql"),
+    ),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_object_owners.sql"),
+    ),
+];
 
 /// The schema version this binary writes.
 pub fn latest() -> i64 {
@@ -97,7 +109,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
         let mut c = Sqlite::open(path.to_str().unwrap()).unwrap();
-        assert_eq!(run(&mut c).unwrap(), vec![1]);
+        assert_eq!(run(&mut c).unwrap(), vec![1, 2]);
         assert_eq!(run(&mut c).unwrap(), Vec::<i64>::new());
         c.exec("UPDATE schema_version SET version = 99", &[])
             .unwrap();

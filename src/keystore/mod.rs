@@ -221,6 +221,12 @@ impl KeyStore {
         self.up.load(Ordering::Relaxed)
     }
 
+    /// A new connection of its own to the store's database (for the file
+    /// and batch owners' record, `objects`). Blocking.
+    pub fn connect(&self) -> Result<Box<dyn Conn>, SqlError> {
+        self.backend.connect()
+    }
+
     /// `sqlite` or `postgres`.
     pub fn kind(&self) -> &'static str {
         self.backend.label()
