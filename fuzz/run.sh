@@ -34,13 +34,25 @@ else
 fi
 
 # 16 codegen units: a much faster build for a slightly slower fuzzer.
+# Each target binary links the whole gateway with the sanitizer and line
+# tables (about 140 MB each). FUZZ_ONE_AT_A_TIME=1 (set by .ci/run) builds,
+# runs and deletes one target at a time, so the disk holds one binary instead
+# of all of them: the linker died of SIGBUS on a full CI disk (stop 29).
 SECONDS=0
-if ((${#targets[@]} == 1)); then
-    cargo fuzz build --codegen-units 16 --sanitizer "${FUZZ_SANITIZER:-address}" "${targets[0]}"
+build_secs=0
+build() { # build [TARGET]
+    local started=$SECONDS
+    cargo fuzz build --codegen-units 16 --sanitizer "${FUZZ_SANITIZER:-address}" "$@"
+    build_secs=$((build_secs + SECONDS - started))
+}
+one_at_a_time=${FUZZ_ONE_AT_A_TIME:-0}
+if ((one_at_a_time)); then
+    : # each target is built in the loop below
+elif ((${#targets[@]} == 1)); then
+    build "${targets[0]}"
 else
-    cargo fuzz build --codegen-units 16 --sanitizer "${FUZZ_SANITIZER:-address}"
+    build
 fi
-build_secs=$SECONDS
 triple=$(rustc -vV | sed -n 's/^host: //p')
 bin="target/$triple/release"
 
@@ -58,6 +70,10 @@ stat() { sed -n "s/^stat::$1: *//p" "$2" | tail -1; }
 failed=()
 rows=()
 for t in "${targets[@]}"; do
+    if ((one_at_a_time)); then
+        build "$t"
+        df -h . | tail -n1
+    fi
     mkdir -p "artifacts/$t" "corpus/$t"
     work=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-fuzz-$t.XXXXXX")
     log="$work.log"
@@ -84,6 +100,9 @@ for t in "${targets[@]}"; do
         echo "$t: new inputs in $work, log in $log"
     else
         rm -rf "$work" "$log"
+    fi
+    if ((one_at_a_time)); then
+        rm -f "$bin/$t" "$bin/deps/$t"-*
     fi
 done
 

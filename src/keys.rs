@@ -21,6 +21,9 @@ pub struct KeyRt {
     pub rules: Vec<Rule>,
     /// The tier and regions that decide which routes it reaches.
     pub access: crate::routing::Access,
+    /// The provider of its `/v1/files` and `/v1/batches`: the key's own
+    /// `files_provider`, else its team's.
+    pub files_provider: Option<Arc<str>>,
 }
 
 impl KeyRt {
@@ -59,6 +62,11 @@ impl KeyRt {
             team: k.team.as_deref().map(Arc::from),
             rules,
             access: crate::routing::Access::of(k, team.map(|t| t.1)),
+            files_provider: k
+                .files_provider
+                .as_deref()
+                .or(team.and_then(|t| t.1.files_provider.as_deref()))
+                .map(Arc::from),
         }
     }
 

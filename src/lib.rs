@@ -19,6 +19,7 @@ pub(crate) mod keys;
 pub mod keystore;
 pub(crate) mod lifecycle;
 pub(crate) mod live;
+pub mod objects;
 pub mod providers;
 pub(crate) mod proxy;
 pub(crate) mod reload;

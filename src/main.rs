@@ -77,6 +77,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    if !cli.test {
+        // Who owns which file and batch id: read back from the key store.
+        if let Err(e) = tollgate::objects::open(&cfg) {
+            eprintln!("start-up failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     // The state that outlives reloads: one owner for the process.
     let durable = std::sync::Arc::new(tollgate::runtime::durable::Durable::default());
     let rt = match Runtime::build(cfg.clone(), &durable) {

@@ -67,7 +67,9 @@ struct Env {
 impl Env {
     async fn start(max_body: u64) -> Env {
         let up = MockUpstream::start(Behavior::ChatEcho).await;
-        let evil = MockUpstream::start(Behavior::ChatEcho).await;
+        // Apart from every test's ports: another test's gateway aiming at a
+        // port it freed once reached an evil mock given that port.
+        let evil = MockUpstream::start_apart(Behavior::ChatEcho).await;
         let gw = Gateway::start(&config(up.port(), max_body)).await;
         Env { gw, up, evil }
     }

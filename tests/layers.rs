@@ -43,6 +43,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "tls",
             "keys",
             "keystore",
+            "objects",
             "cache",
             "capture",
         ],

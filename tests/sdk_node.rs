@@ -218,3 +218,106 @@ keys:
     // Two chats and one transcription reached the upstream, nothing else.
     assert_eq!(upstream.requests().len(), 3);
 }
+
+/// The Node SDK's `files.create` from an `fs.ReadStream` (5 MiB, sent
+/// chunked), then `batches.create`, `batches.list` and `batches.cancel`
+/// on it, and another team's key refused with `NotFoundError` for both
+/// (issue 19), against a mock Files and Batches account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_node_sdk_uploads_5_mib_chunked_and_creates_lists_and_cancels_a_batch() {
+    const OTHER: &str = "tg-sdk-node-other-01";
+    let sdk_dir = std::env::var("TOLLGATE_NODE_SDK").unwrap_or_else(|_| {
+        panic!("TOLLGATE_NODE_SDK is not set: run the suite with `bash tests/run.sh`, which installs the openai Node SDK")
+    });
+    let api = support::files_mock::FilesApi::new();
+    let upstream = MockUpstream::start(api.behavior()).await;
+    let config = format!(
+        r#"{CONFIG_HEAD}providers:
+  up:
+    kind: openai
+    base_url: "http://127.0.0.1:{port}/v1"
+    api_key: "sk-provider-node-sdk"
+    health_check: {{ enabled: false }}
+models:
+  fast: {{ routes: [ {{ provider: up, model: upstream-chat }} ] }}
+teams:
+  builders: {{ files_provider: up }}
+  others: {{ files_provider: up }}
+keys:
+  - {{ name: node, key: "{KEY}", team: builders }}
+  - {{ name: other, key: "{OTHER}", team: others }}
+"#,
+        port = upstream.port()
+    );
+    let gw = Gateway::start(&config).await;
+    let (relay_port, wire) = recording_relay(gw.listen_addr()).await;
+    let file = binary_file();
+    let path = gw.tmp_dir().join("batch-input.jsonl");
+    std::fs::write(&path, &file).unwrap();
+
+    let out = tokio::process::Command::new(
+        std::env::var("TOLLGATE_NODE").unwrap_or_else(|_| "node".into()),
+    )
+    .arg(format!("{sdk_dir}/files.mjs"))
+    .env(
+        "TOLLGATE_BASE_URL",
+        format!("http://127.0.0.1:{relay_port}/v1"),
+    )
+    .env("TOLLGATE_KEY", KEY)
+    .env("TOLLGATE_OTHER_KEY", OTHER)
+    .env("TOLLGATE_UPLOAD", &path)
+    .output()
+    .await
+    .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "node SDK script failed:\n{stdout}\n{}\ngateway log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.logs()
+    );
+    let got: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let file_id = got["file_id"].as_str().unwrap().to_string();
+    let batch_id = got["batch_id"].as_str().unwrap().to_string();
+    assert!(file_id.starts_with("file-abc"), "{got}");
+    assert_eq!(got["file_bytes"], FILE_BYTES, "{got}");
+    assert_eq!(got["batch_input"], json!(file_id), "{got}");
+    assert_eq!(got["listed"], json!([batch_id]), "{got}");
+    assert_eq!(got["cancelled"], "cancelling", "{got}");
+    assert_eq!(
+        got["refused"],
+        json!(["404 not_found", "404 not_found", "404 not_found"]),
+        "{got}"
+    );
+
+    // The upload left the SDK as a stream without a length, went chunked
+    // on the wire, and reached the account whole.
+    let sent = got["requests"].as_array().unwrap();
+    let upload = sent.iter().find(|r| r["path"] == "/v1/files").unwrap();
+    assert_eq!(
+        (&upload["body"], &upload["content_length"]),
+        (&json!("stream"), &Value::Null),
+        "{got}"
+    );
+    let wire = wire.lock().unwrap().clone();
+    let head = client_head(&wire, "POST /v1/files ");
+    assert!(head.contains("\r\ntransfer-encoding: chunked"), "{head}");
+    assert_eq!(sha256(&api.file_bytes(&file_id).unwrap()), sha256(&file));
+
+    // Upload, batch create, list and cancel reached the upstream; none of
+    // the other team's calls did.
+    let paths: Vec<String> = upstream
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "POST /v1/files".to_string(),
+            "POST /v1/batches".to_string(),
+            "GET /v1/batches".to_string(),
+            format!("POST /v1/batches/{batch_id}/cancel"),
+        ]
+    );
+}

@@ -301,6 +301,16 @@ fn prompt_of(model: &str, ep: Endpoint, doc: &Value) -> (u64, bool) {
             strings(doc.get("query"), &mut text);
             strings(doc.get("documents"), &mut text);
         }
+        // Files and batches carry no prompt (and are never estimated).
+        Endpoint::FilesCreate
+        | Endpoint::FilesList
+        | Endpoint::FilesRetrieve
+        | Endpoint::FilesDelete
+        | Endpoint::FilesContent
+        | Endpoint::BatchesCreate
+        | Endpoint::BatchesList
+        | Endpoint::BatchesRetrieve
+        | Endpoint::BatchesCancel => {}
         Endpoint::Models | Endpoint::Healthz => {}
     }
     let framing = if messages > 0 {

@@ -26,6 +26,26 @@ pub enum Endpoint {
     AudioTranscriptions,
     /// `POST /v1/audio/translations` (multipart/form-data).
     AudioTranslations,
+    /// `POST /v1/files` (multipart/form-data: `file`, `purpose`). This and
+    /// the other Files and Batches endpoints carry no `model`: they go to
+    /// the caller's `files_provider` (`proxy::files`).
+    FilesCreate,
+    /// `GET /v1/files`.
+    FilesList,
+    /// `GET /v1/files/{id}`.
+    FilesRetrieve,
+    /// `DELETE /v1/files/{id}`.
+    FilesDelete,
+    /// `GET /v1/files/{id}/content`: the file's bytes, passed through unread.
+    FilesContent,
+    /// `POST /v1/batches`.
+    BatchesCreate,
+    /// `GET /v1/batches`.
+    BatchesList,
+    /// `GET /v1/batches/{id}`.
+    BatchesRetrieve,
+    /// `POST /v1/batches/{id}/cancel`.
+    BatchesCancel,
     Models,
     Healthz,
 }
@@ -66,6 +86,23 @@ impl Endpoint {
                 | Endpoint::AudioSpeech
                 | Endpoint::Rerank
         ) || self.is_form()
+            || self.is_files()
+    }
+
+    /// The Files and Batches endpoints (no `model`; `proxy::files`).
+    pub fn is_files(self) -> bool {
+        matches!(
+            self,
+            Endpoint::FilesCreate
+                | Endpoint::FilesList
+                | Endpoint::FilesRetrieve
+                | Endpoint::FilesDelete
+                | Endpoint::FilesContent
+                | Endpoint::BatchesCreate
+                | Endpoint::BatchesList
+                | Endpoint::BatchesRetrieve
+                | Endpoint::BatchesCancel
+        )
     }
 
     /// Endpoints whose body is `multipart/form-data` (read by `form`), not
@@ -88,7 +125,7 @@ impl Endpoint {
 
     /// Whether the response is opaque bytes (audio), never read as JSON.
     pub fn opaque_response(self) -> bool {
-        self == Endpoint::AudioSpeech
+        matches!(self, Endpoint::AudioSpeech | Endpoint::FilesContent)
     }
 
     /// Whether the endpoint produces no completion tokens (nothing a
@@ -119,6 +156,16 @@ impl Endpoint {
             Endpoint::AudioTranscriptions => 9,
             Endpoint::AudioTranslations => 10,
             Endpoint::Messages => 0,
+            // Their paths are built per request (`proxy::files`).
+            Endpoint::FilesCreate
+            | Endpoint::FilesList
+            | Endpoint::FilesRetrieve
+            | Endpoint::FilesDelete
+            | Endpoint::FilesContent
+            | Endpoint::BatchesCreate
+            | Endpoint::BatchesList
+            | Endpoint::BatchesRetrieve
+            | Endpoint::BatchesCancel => 0,
             Endpoint::Models | Endpoint::Healthz => 0,
         }
     }
@@ -138,6 +185,12 @@ impl Endpoint {
             Endpoint::AudioTranscriptions => "/audio/transcriptions",
             Endpoint::AudioTranslations => "/audio/translations",
             Endpoint::Messages => "/messages",
+            Endpoint::FilesCreate | Endpoint::FilesList => "/files",
+            Endpoint::FilesRetrieve | Endpoint::FilesDelete => "/files/{file_id}",
+            Endpoint::FilesContent => "/files/{file_id}/content",
+            Endpoint::BatchesCreate | Endpoint::BatchesList => "/batches",
+            Endpoint::BatchesRetrieve => "/batches/{batch_id}",
+            Endpoint::BatchesCancel => "/batches/{batch_id}/cancel",
             Endpoint::Models => "/models",
             Endpoint::Healthz => "/healthz",
         }
@@ -158,6 +211,15 @@ impl Endpoint {
             Endpoint::AudioTranscriptions => "audio_transcriptions",
             Endpoint::AudioTranslations => "audio_translations",
             Endpoint::Messages => "messages",
+            Endpoint::FilesCreate => "files_create",
+            Endpoint::FilesList => "files_list",
+            Endpoint::FilesRetrieve => "files_retrieve",
+            Endpoint::FilesDelete => "files_delete",
+            Endpoint::FilesContent => "files_content",
+            Endpoint::BatchesCreate => "batches_create",
+            Endpoint::BatchesList => "batches_list",
+            Endpoint::BatchesRetrieve => "batches_retrieve",
+            Endpoint::BatchesCancel => "batches_cancel",
             Endpoint::Models => "models",
             Endpoint::Healthz => "healthz",
         }
@@ -180,15 +242,25 @@ impl Endpoint {
 /// Matches method and path. The path is normalized first: repeated slashes
 /// collapse and one trailing slash is ignored. Anything with dot segments or
 /// percent-escapes is unknown, so nothing can smuggle a different route past
-/// auth.
+/// auth. Below `/v1/files/` and `/v1/batches/` everything is one of their
+/// endpoints: the id is checked by `proxy::files` (a bad one is a 400).
 pub fn route(method: &http::Method, path: &str) -> Route {
     // A path that is already a route's is in normal form: no allocation.
     let found = match known(path) {
         Some(found) => found,
-        None => match normalize(path).as_deref().and_then(known) {
-            Some(found) => found,
-            None => return Route::Unknown,
-        },
+        None => {
+            if let Some((shape, _)) = object_path(path) {
+                return shape.route(method);
+            }
+            let normal = normalize(path);
+            if let Some((shape, _)) = normal.as_deref().and_then(object_path) {
+                return shape.route(method);
+            }
+            match normal.as_deref().and_then(known) {
+                Some(found) => found,
+                None => return Route::Unknown,
+            }
+        }
     };
     let (ep, allowed) = found;
     let ok = method.as_str() == allowed || (allowed == "GET" && method == http::Method::HEAD);
@@ -220,6 +292,84 @@ fn known(path: &str) -> Option<(Endpoint, &'static str)> {
         "/healthz" => (Endpoint::Healthz, "GET"),
         _ => return None,
     })
+}
+
+/// Which Files or Batches path a request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Files,
+    File,
+    FileContent,
+    Batches,
+    Batch,
+    BatchCancel,
+}
+
+impl Shape {
+    fn route(self, method: &http::Method) -> Route {
+        use http::Method as M;
+        let (ep, allowed) = match (self, method) {
+            (Shape::Files, &M::POST) => return Route::Ok(Endpoint::FilesCreate),
+            (Shape::Files, &M::GET) => return Route::Ok(Endpoint::FilesList),
+            (Shape::Files, _) => (Endpoint::FilesList, "GET, POST"),
+            (Shape::File, &M::GET) => return Route::Ok(Endpoint::FilesRetrieve),
+            (Shape::File, &M::DELETE) => return Route::Ok(Endpoint::FilesDelete),
+            (Shape::File, _) => (Endpoint::FilesRetrieve, "GET, DELETE"),
+            (Shape::FileContent, &M::GET) => return Route::Ok(Endpoint::FilesContent),
+            (Shape::FileContent, _) => (Endpoint::FilesContent, "GET"),
+            (Shape::Batches, &M::POST) => return Route::Ok(Endpoint::BatchesCreate),
+            (Shape::Batches, &M::GET) => return Route::Ok(Endpoint::BatchesList),
+            (Shape::Batches, _) => (Endpoint::BatchesList, "GET, POST"),
+            (Shape::Batch, &M::GET) => return Route::Ok(Endpoint::BatchesRetrieve),
+            (Shape::Batch, _) => (Endpoint::BatchesRetrieve, "GET"),
+            (Shape::BatchCancel, &M::POST) => return Route::Ok(Endpoint::BatchesCancel),
+            (Shape::BatchCancel, _) => (Endpoint::BatchesCancel, "POST"),
+        };
+        Route::WrongMethod(ep, allowed)
+    }
+}
+
+/// A Files or Batches path: its shape and the raw id segment (`""` for a
+/// collection), unchecked. `/v1/files/../x` is the file `../x` here, so
+/// that the id check refuses it with a 400 rather than it routing anywhere.
+fn object_path(path: &str) -> Option<(Shape, &str)> {
+    let rest = path.strip_prefix("/v1").unwrap_or(path);
+    let (files, rest) = match (rest.strip_prefix("/files"), rest.strip_prefix("/batches")) {
+        (Some(r), _) => (true, r),
+        (_, Some(r)) => (false, r),
+        _ => return None,
+    };
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return None;
+    }
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    // One trailing slash is ignored, as for every path.
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (shape, id) = match (files, rest) {
+        (true, "") => (Shape::Files, ""),
+        (false, "") => (Shape::Batches, ""),
+        (true, r) => match r.strip_suffix("/content") {
+            Some(id) => (Shape::FileContent, id),
+            None => (Shape::File, r),
+        },
+        (false, r) => match r.strip_suffix("/cancel") {
+            Some(id) => (Shape::BatchCancel, id),
+            None => (Shape::Batch, r),
+        },
+    };
+    Some((shape, id))
+}
+
+/// The raw (unchecked) object id a Files or Batches path names: the
+/// segment between `/v1/files/` (or `/v1/batches/`) and `/content` (or
+/// `/cancel`), as the client sent it. `None` for other paths.
+pub fn object_id(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if let Some((_, id)) = object_path(path) {
+        return Some(std::borrow::Cow::Borrowed(id));
+    }
+    let normal = normalize(path)?;
+    let (_, id) = object_path(&normal)?;
+    Some(std::borrow::Cow::Owned(id.to_string()))
 }
 
 fn normalize(path: &str) -> Option<String> {
@@ -286,6 +436,60 @@ mod tests {
             route(&Method::GET, "/v1/chat/completions"),
             Route::WrongMethod(Endpoint::ChatCompletions, "POST")
         );
+    }
+
+    #[test]
+    fn files_and_batches_route_by_method_and_shape() {
+        for (m, p, want) in [
+            (Method::POST, "/v1/files", Endpoint::FilesCreate),
+            (Method::GET, "/v1/files/", Endpoint::FilesList),
+            (Method::GET, "//v1//files", Endpoint::FilesList),
+            (Method::GET, "/v1/files/file-abc", Endpoint::FilesRetrieve),
+            (Method::DELETE, "/files/file-abc", Endpoint::FilesDelete),
+            (
+                Method::GET,
+                "/v1/files/file-abc/content",
+                Endpoint::FilesContent,
+            ),
+            (Method::POST, "/v1/batches", Endpoint::BatchesCreate),
+            (Method::GET, "/v1/batches", Endpoint::BatchesList),
+            (
+                Method::GET,
+                "/v1/batches/batch_1",
+                Endpoint::BatchesRetrieve,
+            ),
+            (
+                Method::POST,
+                "/v1/batches/batch_1/cancel",
+                Endpoint::BatchesCancel,
+            ),
+            // Bad ids still name the endpoint: the id check answers 400.
+            (Method::GET, "/v1/files/../x", Endpoint::FilesRetrieve),
+            (
+                Method::GET,
+                "/v1/files/a%2Fb/content",
+                Endpoint::FilesContent,
+            ),
+        ] {
+            assert_eq!(route(&m, p), Route::Ok(want), "{m} {p}");
+        }
+        assert_eq!(
+            route(&Method::PUT, "/v1/files"),
+            Route::WrongMethod(Endpoint::FilesList, "GET, POST")
+        );
+        assert_eq!(
+            route(&Method::GET, "/v1/batches/b/cancel"),
+            Route::WrongMethod(Endpoint::BatchesCancel, "POST")
+        );
+        assert_eq!(route(&Method::GET, "/v1/filesystem"), Route::Unknown);
+        assert_eq!(object_id("/v1/files/../x").as_deref(), Some("../x"));
+        assert_eq!(
+            object_id("/v1/files/a%2Fb/content").as_deref(),
+            Some("a%2Fb")
+        );
+        assert_eq!(object_id("//v1/batches/b_1/cancel").as_deref(), Some("b_1"));
+        assert_eq!(object_id("/v1/files").as_deref(), Some(""));
+        assert_eq!(object_id("/v1/models"), None);
     }
 
     #[test]

@@ -66,6 +66,14 @@ pub enum GatewayError {
         param: Option<&'static str>,
         code: &'static str,
     },
+    /// A file or batch id the caller does not own (or that does not
+    /// exist): `param` names the id's field.
+    ObjectNotFound {
+        message: String,
+        param: &'static str,
+    },
+    /// The key (and its team) has no `files_provider`.
+    FilesNotConfigured { message: String },
     /// A fault inside the gateway.
     Internal,
 }
@@ -95,7 +103,8 @@ impl GatewayError {
             Self::InvalidRequest { .. } | Self::Unsupported { .. } => 400,
             Self::InvalidApiKey | Self::KeyRefused { .. } => 401,
             Self::ModelNotAllowed { .. } | Self::RouteNotPermitted { .. } => 403,
-            Self::ModelNotFound { .. } | Self::NotFound => 404,
+            Self::ModelNotFound { .. } | Self::NotFound | Self::ObjectNotFound { .. } => 404,
+            Self::FilesNotConfigured { .. } => 403,
             Self::MethodNotAllowed { .. } => 405,
             Self::RequestTimeout => 408,
             Self::HeaderTooLarge => 431,
@@ -119,12 +128,15 @@ impl GatewayError {
             | Self::Unsupported { .. }
             | Self::ModelNotFound { .. }
             | Self::NotFound
+            | Self::ObjectNotFound { .. }
             | Self::MethodNotAllowed { .. }
             | Self::RequestTimeout
             | Self::HeaderTooLarge
             | Self::PayloadTooLarge { .. } => "invalid_request_error",
             Self::InvalidApiKey | Self::KeyRefused { .. } => "authentication_error",
-            Self::ModelNotAllowed { .. } | Self::RouteNotPermitted { .. } => "permission_error",
+            Self::ModelNotAllowed { .. }
+            | Self::RouteNotPermitted { .. }
+            | Self::FilesNotConfigured { .. } => "permission_error",
             Self::UpstreamError
             | Self::UpstreamAuth
             | Self::UpstreamUnavailable { .. }
@@ -146,6 +158,8 @@ impl GatewayError {
             Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::ModelNotFound { .. } => "model_not_found",
             Self::NotFound => "unknown_url",
+            Self::ObjectNotFound { .. } => "not_found",
+            Self::FilesNotConfigured { .. } => "files_not_configured",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::RequestTimeout => "request_timeout",
             Self::HeaderTooLarge => "request_header_too_large",
@@ -168,6 +182,7 @@ impl GatewayError {
             Self::InvalidRequest { param, .. }
             | Self::ProviderInvalid { param, .. }
             | Self::Unsupported { param, .. } => *param,
+            Self::ObjectNotFound { param, .. } => Some(param),
             Self::ModelNotAllowed { .. }
             | Self::ModelNotFound { .. }
             | Self::RouteNotPermitted { .. } => Some("model"),
@@ -210,7 +225,9 @@ impl fmt::Display for GatewayError {
             | Self::ProviderInvalid { message, .. }
             | Self::UnsupportedParam { message, .. }
             | Self::RouteNotPermitted { message, .. }
-            | Self::Unsupported { message, .. } => f.write_str(message),
+            | Self::Unsupported { message, .. }
+            | Self::ObjectNotFound { message, .. }
+            | Self::FilesNotConfigured { message } => f.write_str(message),
             Self::InvalidApiKey => f.write_str(
                 "Invalid or missing API key. Send your Tollgate key as `Authorization: Bearer <key>`.",
             ),

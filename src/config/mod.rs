@@ -9,6 +9,7 @@ pub mod cloud;
 pub(crate) mod duration;
 pub(crate) mod env;
 pub(crate) mod experiments;
+pub(crate) mod files;
 pub(crate) mod routing;
 pub(crate) mod schema;
 pub(crate) mod tracing;
@@ -18,6 +19,7 @@ pub(crate) mod validate;
 pub use cache::{AliasCache, CacheRedis, CacheScope, CacheSection};
 pub use capture::{compile_pattern, Capture, CaptureRetention};
 pub use experiments::{Hedge, HedgeAfter, Shadow, ShadowSection, HEDGE_BURST};
+pub use files::FilesSection;
 pub use schema::*;
 pub use tracing::TracingSection;
 
@@ -578,6 +580,42 @@ keys:
             p.contains("models.fast.capture") && p.contains("samples"),
             "{p}"
         );
+    }
+
+    #[test]
+    fn an_upstream_model_with_control_characters_or_too_long_is_refused() {
+        // A CR or LF in the model would end a multipart form part's line
+        // when the gateway writes it into the form (and split a header).
+        let line = "      - { provider: up, model: m1, timeouts: { first_byte: 500ms } }\n";
+        assert!(GOOD.contains(line));
+        for (model, want) in [
+            (
+                "\"m1\\r\\nx: y\"",
+                "models.fast.routes[0].model: must not contain control characters",
+            ),
+            (
+                "\"m\\tb\"",
+                "models.fast.routes[0].model: must not contain control characters",
+            ),
+            (
+                &"m".repeat(257),
+                "models.fast.routes[0].model: at most 256 bytes",
+            ),
+        ] {
+            let yaml = GOOD.replace(
+                line,
+                &format!("      - {{ provider: up, model: {model} }}\n"),
+            );
+            let p = problems(&yaml);
+            assert!(p.contains(want), "{want}\nin:\n{p}");
+        }
+        let yaml = GOOD.replace(
+            line,
+            &format!("      - {{ provider: up, model: {} }}\n", "m".repeat(256)),
+        );
+        if let Err(e) = parse_str(&yaml, env, Path::new("/etc/tollgate")) {
+            panic!("a 256-byte model is refused: {e}");
+        }
     }
 
     #[test]

@@ -85,6 +85,10 @@ pub struct Config {
     /// in with its own `cache:`).
     #[serde(default)]
     pub cache: super::cache::CacheSection,
+    /// The bound on the Files and Batches ownership record
+    /// (`files_provider` on keys and teams turns the endpoints on).
+    #[serde(default)]
+    pub files: super::files::FilesSection,
 }
 
 /// Where runtime keys and teams are stored: one of `sqlite` (a file,
@@ -309,6 +313,10 @@ pub struct Team {
     /// Only routes whose `region` is listed are used (fallbacks included).
     #[serde(default)]
     pub regions: Option<Vec<String>>,
+    /// The provider that serves this team's `/v1/files` and `/v1/batches`
+    /// (an `openai` or `azure` kind). Absent: those endpoints answer 403.
+    #[serde(default)]
+    pub files_provider: Option<String>,
 }
 
 fn default_max_attempts() -> u32 {
@@ -924,6 +932,10 @@ pub struct Key {
     /// Only routes whose `region` is listed are used (fallbacks included).
     #[serde(default)]
     pub regions: Option<Vec<String>>,
+    /// The provider that serves this key's `/v1/files` and `/v1/batches`;
+    /// overrides its team's.
+    #[serde(default)]
+    pub files_provider: Option<String>,
 }
 
 impl Key {

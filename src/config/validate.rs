@@ -7,6 +7,9 @@ use super::ConfigError;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
+/// The longest upstream model name a route may give (`routes[].model`).
+pub(crate) const MAX_UPSTREAM_MODEL_BYTES: usize = 256;
+
 /// Headers a provider's `headers:` may not set: the gateway owns them.
 const RESERVED_HEADERS: &[&str] = &[
     "authorization",
@@ -51,6 +54,18 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
             }
             if r.model.trim().is_empty() {
                 v.add(format!("{field}.model"), "must name the upstream model");
+            } else if r.model.len() > MAX_UPSTREAM_MODEL_BYTES {
+                v.add(
+                    format!("{field}.model"),
+                    format!("at most {MAX_UPSTREAM_MODEL_BYTES} bytes"),
+                );
+            } else if r.model.chars().any(char::is_control) {
+                // It is written into JSON strings, multipart form fields and
+                // URL paths: a CR or LF would end a form part's line.
+                v.add(
+                    format!("{field}.model"),
+                    "must not contain control characters (CR, LF, tab, ...)",
+                );
             }
             if let Some(t) = &r.timeouts {
                 let zero = [t.connect, t.first_byte, t.idle, t.total]
@@ -99,6 +114,9 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
         v.add(field, msg);
     }
     for (field, msg) in super::cache::problems(cfg) {
+        v.add(field, msg);
+    }
+    for (field, msg) in super::files::problems(cfg) {
         v.add(field, msg);
     }
     for (field, msg) in super::capture::problems(cfg) {

@@ -11,7 +11,11 @@ const SQLITE: &[(i64, &str)] = &[
         1,
         include_str!("../../migrations/sqlite/0001_keys_teams_audit.sql"),
     ),
-    (2, include_str!("../../migrations/sqlite/0002_captures.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_object_owners.sql"),
+    ),
+    (3, include_str!("../../migrations/sqlite/0003_captures.sql")),
 ];
 
 /// `(version, SQL)` for PostgreSQL, in order.
@@ -22,7 +26,11 @@ const POSTGRES: &[(i64, &str)] = &[
     ),
     (
         2,
-        include_str!("../../migrations/postgres/0002_captures.sql"),
+        include_str!("../../migrations/postgres/0002_object_owners.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_captures.sql"),
     ),
 ];
 
@@ -106,7 +114,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
         let mut c = Sqlite::open(path.to_str().unwrap()).unwrap();
-        assert_eq!(run(&mut c).unwrap(), vec![1, 2]);
+        assert_eq!(run(&mut c).unwrap(), vec![1, 2, 3]);
         assert_eq!(run(&mut c).unwrap(), Vec::<i64>::new());
         c.exec("UPDATE schema_version SET version = 99", &[])
             .unwrap();

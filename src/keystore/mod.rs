@@ -221,8 +221,9 @@ impl KeyStore {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// A new connection of its own to the store's database (the capture
-    /// writer and its readers use one each). Blocking.
+    /// A new connection of its own to the store's database (for the file
+    /// and batch owners' record, `objects`; the capture writer and its
+    /// readers). Blocking.
     pub fn connect(&self) -> Result<Box<dyn Conn>, SqlError> {
         self.backend.connect()
     }

@@ -84,6 +84,8 @@ impl KeyRec {
             budgets: self.spec.budgets.clone(),
             tier: self.spec.tier.clone(),
             regions: self.spec.regions.clone(),
+            // Runtime keys use their team's (a config team's) provider.
+            files_provider: None,
         }
     }
 }
@@ -104,6 +106,9 @@ impl TeamRec {
             budgets: self.spec.budgets.clone(),
             tier: self.spec.tier.clone(),
             regions: self.spec.regions.clone(),
+            // Not settable through the admin API: `files_provider` is the
+            // config's (keys and config teams).
+            files_provider: None,
         }
     }
 }

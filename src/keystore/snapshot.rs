@@ -204,6 +204,8 @@ impl Snapshot {
             budgets: spec.budgets,
             tier: spec.tier,
             regions: spec.regions,
+            // A runtime key takes its team's (`KeyRt::compile`).
+            files_provider: None,
         };
         let mut rt = KeyRt::compile(&key, team, &ctx.cfg.models, &ctx.all_models);
         rt.name = k.name.clone();

@@ -97,6 +97,18 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
             return Err(GatewayError::HeaderTooLarge);
         }
     }
+    // Files and Batches: provider, id and owner are checked before the
+    // body is read (a refusal reads no upload and asks no upstream).
+    let files = if ep.is_files() {
+        Some(crate::proxy::files::begin(
+            ep,
+            session.req_header(),
+            key_info,
+            &rt,
+        )?)
+    } else {
+        None
+    };
     let mut framing = body::framing(&session.req_header().headers)?;
     if session.is_http2() && framing == body::Framing::Length(0) && !session.is_body_empty() {
         // HTTP/2 may send a body without Content-Length: read it to its end.
@@ -151,6 +163,9 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         ctx.out.limits(None, a.headers);
     }
     let bytes = bytes.ok_or(GatewayError::Internal)??;
+    if let Some((call, frt)) = files {
+        return crate::proxy::files::admit(ctx, call, frt, bytes, early).await;
+    }
     let parsed = if ep.is_form() {
         // Multipart: the model field is found (and later replaced) in
         // place; every other part passes byte for byte.
@@ -205,6 +220,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         parsed,
         body,
         messages,
+        files: None,
     });
     let order = crate::routing::decide(
         &mut ctx.routing,

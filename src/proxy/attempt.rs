@@ -155,6 +155,9 @@ pub(crate) fn upstream_request(
             .patch_request(upstream, req.endpoint, a.route, route);
         crate::proxy::messages::passthrough::patch_request(client, upstream, req, route);
     }
+    if let Some(call) = &req.files {
+        crate::proxy::files::patch_request(call, upstream, a.body.len());
+    }
     if let Some(m) = a.cloud() {
         crate::proxy::cloud::authenticate(upstream, a, m, req.stream())?;
     }

@@ -85,6 +85,8 @@ pub(crate) struct Admitted {
     /// A Messages (Anthropic) request: its original body and what the
     /// response translation needs.
     pub(crate) messages: Option<Box<crate::proxy::messages::Request>>,
+    /// A Files or Batches call: its upstream method, path and owner.
+    pub(crate) files: Option<Box<crate::proxy::files::Call>>,
 }
 
 impl Admitted {

@@ -9,6 +9,7 @@ pub(crate) mod cached;
 pub(crate) mod cloud;
 pub(crate) mod ctx;
 pub(crate) mod experiments;
+pub(crate) mod files;
 pub(crate) mod finish;
 pub(crate) mod gemini;
 pub(crate) mod header_guard;
@@ -215,10 +216,13 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Records metrics and the access-log line; runs once per request.
+    /// Records metrics and the access-log line, and writes a files call's
+    /// id changes to the key store's database; runs once per request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<Ctx>) {
         if let Some(settle) = finish::log_request(session, e, ctx) {
             settle.send().await;
         }
+        // A files call's new or deleted ids, to the key store's database.
+        crate::objects::persist(ctx.resp.take_object_ops()).await;
     }
 }

@@ -8,7 +8,9 @@
 //!    routes; a provider error becomes ours; another dialect's body or
 //!    stream becomes OpenAI's;
 //! 2. the meter ([`Meter`]), which reads OpenAI's shape (or Anthropic's
-//!    own events on a Messages passthrough);
+//!    own events on a Messages passthrough); a files call's JSON answer
+//!    is held whole by `files::Stage` instead, which records and filters
+//!    its ids;
 //! 3. the client's front (`messages::Stage`): off for OpenAI clients; a
 //!    Messages client gets Anthropic's shape.
 //!
@@ -35,6 +37,9 @@ pub(crate) enum Meter {
     /// A body that is not JSON by design (speech audio): passed through
     /// untouched, nothing kept.
     Opaque,
+    /// A files call's JSON answer, read whole to record and filter its
+    /// ids (`files::Stage`); nothing is counted.
+    Objects(Box<crate::proxy::files::Stage>),
 }
 
 /// Usage known without the meter: read by a stage (a translator, a
@@ -85,7 +90,10 @@ impl Pipeline {
     ) -> pingora::Result<Pipeline> {
         let provider = translated::Stage::choose(resp, a)?;
         let passthrough = messages::passthrough::applies_to(a.req, a.route);
-        let mut meter = meter_for(resp, a.req.endpoint, passthrough, injected);
+        let mut meter = match crate::proxy::files::Stage::choose(resp, a.req) {
+            Some(stage) => Meter::Objects(stage),
+            None => meter_for(resp, a.req.endpoint, passthrough, injected),
+        };
         if let (Meter::Stream(m), true) = (&mut meter, facts) {
             m.read_facts();
         }
@@ -94,11 +102,16 @@ impl Pipeline {
             resp.remove_header(&http::header::CONTENT_LENGTH);
         }
         let front = messages::Stage::choose(resp, a.req, a.route, a.request_id)?;
+        // Files and batches are not metered: nothing to count or charge.
+        let counts = Counts {
+            usage: a.req.files.is_some().then(Usage::default),
+            estimated: false,
+        };
         Ok(Pipeline {
             provider,
             meter,
             front,
-            counts: Counts::default(),
+            counts,
             unsent: None,
             rerank: a.req.endpoint == Endpoint::Rerank || a.req.endpoint.is_transcription(),
         })
@@ -142,6 +155,14 @@ impl Pipeline {
         };
         match &mut self.meter {
             Meter::None | Meter::Opaque => {}
+            Meter::Objects(o) => {
+                if o.on_chunk(body, eos).is_err() {
+                    return Err(Abort {
+                        why: "the upstream's files answer is over the files answer limit",
+                        error: GatewayError::UpstreamError,
+                    });
+                }
+            }
             Meter::Body(m) => m.on_chunk(body),
             Meter::Stream(m) => {
                 if m.on_chunk(body, eos).is_err() {
@@ -155,6 +176,14 @@ impl Pipeline {
         }
         self.front.on_chunk(body, eos, &mut self.counts);
         Ok(mapped)
+    }
+
+    /// A files call's record changes, for the database (once).
+    pub(crate) fn take_object_ops(&mut self) -> Vec<crate::objects::Op> {
+        match &mut self.meter {
+            Meter::Objects(o) => o.take_ops(),
+            _ => Vec::new(),
+        }
     }
 
     /// Whether the client is reading a stream the meter follows (it then
@@ -174,7 +203,7 @@ impl Pipeline {
                 let ended = seen.done || (responses && seen.usage.is_some());
                 ended && !seen.error_event
             }
-            Meter::Body(_) | Meter::Opaque => true,
+            Meter::Body(_) | Meter::Opaque | Meter::Objects(_) => true,
             Meter::None => false,
         }
     }
@@ -199,7 +228,7 @@ impl Pipeline {
         match &self.meter {
             Meter::Stream(m) => m.facts().cloned(),
             Meter::Body(m) => m.facts(),
-            Meter::None | Meter::Opaque => None,
+            Meter::None | Meter::Opaque | Meter::Objects(_) => None,
         }
     }
 
@@ -230,6 +259,7 @@ impl Pipeline {
                 BodyUsage::Unreadable => Observed::Unread,
             },
             (Meter::Opaque, None) => Observed::Opaque,
+            (Meter::Objects(_), None) => Observed::Known(Usage::default()),
             (Meter::None, None) => return None,
         })
     }
@@ -243,8 +273,9 @@ fn meter_for(resp: &ResponseHeader, ep: Endpoint, passthrough: bool, injected: b
         // Errors carry no usage (a mapped provider error included).
         return Meter::None;
     }
-    if ep.opaque_response() {
-        // Audio: never parsed, never buffered, whatever its content type.
+    if ep.opaque_response() || ep.is_files() {
+        // Audio, a file's content (and a files call's answer that is not
+        // read whole): never parsed, never buffered, whatever its type.
         return Meter::Opaque;
     }
     if !crate::sse::is_event_stream(resp) {

@@ -4,6 +4,7 @@
 
 pub mod durable;
 pub(crate) mod experiments;
+pub mod files;
 
 use crate::auth::{self, KeyIndex};
 use crate::config::{Config, ConfigError, MockSettings, ProviderKind};
@@ -141,6 +142,8 @@ pub struct Runtime {
     pub tls_cert: Option<Arc<crate::tls::ServerCert>>,
     /// Shadow traffic and hedging, per alias.
     pub experiments: experiments::Plans,
+    /// The providers of `/v1/files` and `/v1/batches`, by name.
+    pub files: HashMap<String, Arc<files::FilesRt>>,
 }
 
 impl Runtime {
@@ -176,6 +179,8 @@ impl Runtime {
         self.durable
             .cache
             .set_max_bytes(usize::try_from(self.config.cache.max_bytes).unwrap_or(usize::MAX));
+        let f = &self.config.files;
+        crate::objects::global().set_bounds(f.max_objects, f.max_objects_per_owner);
     }
 
     /// Compiles a validated config, with the state that outlives reloads
@@ -293,6 +298,7 @@ impl Runtime {
             None => None,
         };
         let experiments = experiments::build(&cfg, &providers, durable);
+        let files = files::build(&cfg, &providers, durable, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -300,6 +306,7 @@ impl Runtime {
             durable: durable.clone(),
             tls_cert,
             experiments,
+            files,
             max_body_bytes: cfg.max_body_bytes,
             body_idle_timeout: cfg.downstream.body_idle_timeout.get(),
             keepalive_secs: cfg.downstream.keepalive.get().as_secs(),

@@ -362,21 +362,35 @@ pub struct MockUpstream {
 impl MockUpstream {
     /// Starts a plain-HTTP mock on `127.0.0.1:0`.
     pub async fn start(behavior: Behavior) -> MockUpstream {
-        Self::start_inner(behavior, None).await
+        Self::start_inner(behavior, None, "127.0.0.1:0").await
+    }
+
+    /// Starts a plain-HTTP mock on `127.0.0.2:0`, a loopback address no
+    /// test's config names: a server that must never be contacted cannot
+    /// then be reached by another test's gateway that points at a port it
+    /// freed (a "dead" backend) which the OS hands out again.
+    pub async fn start_apart(behavior: Behavior) -> MockUpstream {
+        Self::start_inner(behavior, None, "127.0.0.2:0").await
     }
 
     /// Starts an HTTPS mock whose leaf (for `localhost` and `127.0.0.1`)
     /// is signed by `ca`.
     pub async fn start_tls(behavior: Behavior, ca: &TestCa) -> MockUpstream {
         let cfg = ca.server_config(&["localhost", "127.0.0.1"]);
-        Self::start_inner(behavior, Some(tokio_rustls::TlsAcceptor::from(cfg))).await
+        Self::start_inner(
+            behavior,
+            Some(tokio_rustls::TlsAcceptor::from(cfg)),
+            "127.0.0.1:0",
+        )
+        .await
     }
 
     async fn start_inner(
         behavior: Behavior,
         tls: Option<tokio_rustls::TlsAcceptor>,
+        bind: &str,
     ) -> MockUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
+        let listener = TcpListener::bind(bind).await.expect("bind mock");
         let addr = listener.local_addr().expect("mock addr");
         let state = Arc::new(State {
             behavior: Mutex::new(behavior),

@@ -13,6 +13,7 @@
 //! - [`redis`]: a throwaway `redis-server` (also included on its own by
 //!   tests that do not need the rest of this module),
 //! - [`keystore`]: key store test configs and an admin API client,
+//! - [`files_mock`]: OpenAI's Files and Batches APIs (one shared account),
 //! - [`raw`]: raw TCP upstreams (silent, gated chunks, any loopback address)
 //!   and a port whose connects hang,
 //! - [`raw_client`]: a raw HTTP/1.1 client (exact bytes out, responses and
@@ -23,6 +24,7 @@
 
 pub mod assert;
 pub mod bedrock_mock;
+pub mod files_mock;
 pub mod gateway;
 pub mod gcp_mock;
 pub mod keystore;

@@ -39,6 +39,16 @@ fn operation(ep: Endpoint) -> Option<&'static str> {
         Endpoint::ImageEdits => Some("images_edits"),
         Endpoint::AudioTranscriptions => Some("audio_transcriptions"),
         Endpoint::AudioTranslations => Some("audio_translations"),
+        // Files and batches are no GenAI call either.
+        Endpoint::FilesCreate
+        | Endpoint::FilesList
+        | Endpoint::FilesRetrieve
+        | Endpoint::FilesDelete
+        | Endpoint::FilesContent
+        | Endpoint::BatchesCreate
+        | Endpoint::BatchesList
+        | Endpoint::BatchesRetrieve
+        | Endpoint::BatchesCancel => None,
         Endpoint::Models | Endpoint::Healthz => None,
     }
 }

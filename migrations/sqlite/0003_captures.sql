@@ -1,4 +1,4 @@
--- Tollgate key store, version 2 (SQLite): output captures (issue 20).
+-- Tollgate key store, version 3 (SQLite): output captures (issue 20).
 -- One row per captured request: the redacted request, the primary's
 -- answer (`p_`), its shadow's (`s_`, NULL without one) and the signals
 -- comparing them (NULL without a shadow answer). Ratios are parts per
