@@ -14,12 +14,16 @@ pub(crate) mod schema;
 pub(crate) mod tracing;
 pub(crate) mod url;
 pub(crate) mod validate;
+pub mod workloads;
 
 pub use cache::{AliasCache, CacheRedis, CacheScope, CacheSection};
 pub use experiments::{Hedge, HedgeAfter, Shadow, ShadowSection, HEDGE_BURST};
 pub use files::FilesSection;
 pub use schema::*;
 pub use tracing::TracingSection;
+pub use workloads::{
+    ByWorkload, ForwardTags, Unknown, WorkloadChoice, WorkloadLimits, WorkloadsSection,
+};
 
 use std::fmt;
 use std::path::Path;
