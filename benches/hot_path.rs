@@ -381,7 +381,7 @@ async fn two_steps(rt: &Runtime, key: usize, alias: &str, body: &bytes::Bytes) {
         .await
         .unwrap_or_else(|_| panic!("refused before the body"));
     let ep = tollgate::base::endpoint::Endpoint::ChatCompletions;
-    match admit_request(&k.rules, m.limits(), &[0], ep, body, early).await {
+    match admit_request(&k.rules, &[], m.limits(), &[0], ep, body, early).await {
         Ok(Some(a)) => a.reservation.settle(120, Some(0.0002)),
         Ok(None) => panic!("no rule applied"),
         Err(_) => panic!("refused"),
@@ -564,6 +564,7 @@ fn routing(c: &mut Criterion) {
                         tollgate::base::endpoint::Endpoint::ChatCompletions,
                         &parsed,
                         black_box(body.as_bytes()),
+                        Default::default(),
                     );
                     black_box(order)
                 })
@@ -594,6 +595,7 @@ fn routing(c: &mut Criterion) {
                 tollgate::base::endpoint::Endpoint::ChatCompletions,
                 &text_parsed,
                 black_box(text_body.as_bytes()),
+                Default::default(),
             ))
         })
     });

@@ -3,7 +3,7 @@
 //! config (by `runtime`) and from the key store's rows (by `keystore`);
 //! never holds the secret.
 
-use crate::governance::{plan, Level, Rule};
+use crate::governance::{plan, Level, Rule, WorkloadRule};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +24,11 @@ pub struct KeyRt {
     /// The provider of its `/v1/files` and `/v1/batches`: the key's own
     /// `files_provider`, else its team's.
     pub files_provider: Option<Arc<str>>,
+    /// Its (and its team's) default tags and allowed tag values.
+    pub workload: crate::workload::Caller,
+    /// The key's `workload_limits`, then its team's: each applies only to
+    /// requests of its workload.
+    pub workload_rules: Vec<WorkloadRule>,
 }
 
 impl KeyRt {
@@ -35,6 +40,7 @@ impl KeyRt {
         team: Option<(&str, &crate::config::Team)>,
         models: &BTreeMap<String, crate::config::Model>,
         all_models: &Bytes,
+        declared: &crate::workload::Declared,
     ) -> KeyRt {
         let allowed: Option<Vec<Arc<str>>> = k
             .models
@@ -52,9 +58,27 @@ impl KeyRt {
             None => all_models.clone(),
         };
         let mut rules = plan::compile(Level::Key, &k.name, &k.limits, &k.budgets);
+        let mut workload_rules = plan::compile_workloads(
+            Level::KeyWorkload,
+            &k.name,
+            &k.workload_limits,
+            &k.budgets,
+            declared,
+        );
         if let Some((name, t)) = team {
             rules.extend(plan::compile(Level::Team, name, &t.limits, &t.budgets));
+            workload_rules.extend(plan::compile_workloads(
+                Level::TeamWorkload,
+                name,
+                &t.workload_limits,
+                &t.budgets,
+                declared,
+            ));
         }
+        let workload = declared.caller(
+            (&k.tags, &k.allowed_tags),
+            team.map(|(_, t)| (&t.tags, &t.allowed_tags)),
+        );
         KeyRt {
             name: Arc::from(k.name.as_str()),
             models: allowed,
@@ -67,7 +91,22 @@ impl KeyRt {
                 .as_deref()
                 .or(team.and_then(|t| t.1.files_provider.as_deref()))
                 .map(Arc::from),
+            workload,
+            workload_rules,
         }
+    }
+
+    /// The workload rules that apply to a request with `tags` (no
+    /// allocation when the key has none).
+    pub fn workload_rules(&self, tags: &crate::workload::TagSet) -> Vec<&Rule> {
+        if self.workload_rules.is_empty() {
+            return Vec::new();
+        }
+        self.workload_rules
+            .iter()
+            .filter(|w| tags.get(w.key) == w.value)
+            .map(|w| &w.rule)
+            .collect()
     }
 
     /// The `GET /v1/models` body of a key that may use every alias.

@@ -33,3 +33,4 @@ pub mod telemetry;
 pub(crate) mod tls;
 pub mod translate;
 pub(crate) mod upstream;
+pub mod workload;

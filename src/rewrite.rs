@@ -26,6 +26,9 @@ pub struct Parsed {
     /// A multipart form (`form`): `model_span` is the `model` field's raw
     /// value, replaced by the upstream model's bytes, not a JSON string.
     pub form: bool,
+    /// Byte range of the `metadata` value, when present (read for the
+    /// request's tags only when workloads are declared).
+    pub metadata_span: Option<Range<usize>>,
 }
 
 /// Byte ranges of `max_tokens` (or `max_completion_tokens`,
@@ -87,6 +90,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BodyError> {
     let mut model = None;
     let mut stream = None;
     let mut stream_options = None;
+    let mut metadata = None;
     let mut duplicate = None;
     let mut params = ParamSpans::default();
     json_scan::scan(body, MAX_DEPTH, |key, value| {
@@ -94,6 +98,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BodyError> {
             "model" => (&mut model, "model"),
             "stream" => (&mut stream, "stream"),
             "stream_options" => (&mut stream_options, "stream_options"),
+            "metadata" => (&mut metadata, "metadata"),
             "max_tokens" | "max_completion_tokens" | "max_output_tokens" => {
                 params.max_tokens = Some(value);
                 return;
@@ -172,6 +177,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BodyError> {
         stream_options_span: stream_options,
         params,
         form: false,
+        metadata_span: metadata,
     })
 }
 
@@ -218,6 +224,7 @@ pub fn parse_form(body: &[u8], boundary: &str) -> Result<(Parsed, crate::form::F
             stream_options_span: None,
             params: ParamSpans::default(),
             form: true,
+            metadata_span: None,
         },
         form,
     ))

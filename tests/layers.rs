@@ -30,6 +30,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "accounting",
             "resilience",
             "translate",
+            "workload",
         ],
     ),
     (

@@ -531,6 +531,7 @@ pub(crate) async fn key_usage(rt: &crate::runtime::Runtime, name: &str, q: &str)
                         team,
                         &cfg.models,
                         &bytes::Bytes::new(),
+                        &crate::workload::Declared::compile(&cfg.workloads),
                     )))
                 }
             },
@@ -552,7 +553,21 @@ pub(crate) async fn key_usage(rt: &crate::runtime::Runtime, name: &str, q: &str)
             json!({"current": tally(&Default::default()), "previous": tally(&Default::default())}),
             |(_, _, cur, prev)| json!({"current": tally(&cur), "previous": tally(&prev)}),
         );
-    let rules: Vec<&crate::governance::Rule> = key.rules.iter().collect();
+    let mut usage = usage;
+    // Its usage per workload (`tags: { tag: { value: { current, previous } } }`).
+    for (level, n, pair, cur, prev) in ledger::global().read_tags(index) {
+        if level != crate::governance::Level::Key || &*n != name {
+            continue;
+        }
+        if let Some((tag, value)) = pair.split_once('=') {
+            usage["tags"][tag][value] = json!({"current": tally(&cur), "previous": tally(&prev)});
+        }
+    }
+    let rules: Vec<&crate::governance::Rule> = key
+        .rules
+        .iter()
+        .chain(key.workload_rules.iter().map(|w| &w.rule))
+        .collect();
     let used = match crate::governance::used(&rules).await {
         Ok(u) => u,
         Err(e) => {

@@ -427,6 +427,16 @@ fn usage(rt: &crate::runtime::Runtime, query: &str) -> Response<Vec<u8>> {
                 .map(|(name, _)| name.to_string()),
         );
     }
+    // Per key and team, `tags: { tag: { value: { current, previous } } }`.
+    let mut by_tag: std::collections::HashMap<(Level, std::sync::Arc<str>), Value> =
+        Default::default();
+    for (level, name, pair, cur, prev) in ledger::global().read_tags(index) {
+        let Some((tag, value)) = pair.split_once('=') else {
+            continue;
+        };
+        let entry = by_tag.entry((level, name)).or_insert_with(|| json!({}));
+        entry[tag][value] = json!({"current": tally(&cur), "previous": tally(&prev)});
+    }
     let rows: Vec<Value> = ledger::global()
         .read(index)
         .into_iter()
@@ -439,8 +449,12 @@ fn usage(rt: &crate::runtime::Runtime, query: &str) -> Response<Vec<u8>> {
             by_team && by_key
         })
         .map(|(level, name, cur, prev)| {
-            json!({"level": level.label(), "name": &*name,
-                   "current": tally(&cur), "previous": tally(&prev)})
+            let mut row = json!({"level": level.label(), "name": &*name,
+                   "current": tally(&cur), "previous": tally(&prev)});
+            if let Some(t) = by_tag.remove(&(level, name)) {
+                row["tags"] = t;
+            }
+            row
         })
         .collect();
     reply(200, json!({"window": window, "usage": rows}))

@@ -89,6 +89,10 @@ pub struct Config {
     /// (`files_provider` on keys and teams turns the endpoints on).
     #[serde(default)]
     pub files: super::files::FilesSection,
+    /// Declared request tags (`x-tollgate-tags`, the body's `metadata`)
+    /// that segment metrics, spend, limits and routing. Absent: none.
+    #[serde(default)]
+    pub workloads: super::workloads::WorkloadsSection,
 }
 
 /// Where runtime keys and teams are stored: one of `sqlite` (a file,
@@ -317,6 +321,15 @@ pub struct Team {
     /// (an `openai` or `azure` kind). Absent: those endpoints answer 403.
     #[serde(default)]
     pub files_provider: Option<String>,
+    /// Tags a request of this caller carries when it sets none itself.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Per tag key, the only values this caller may use (400 outside).
+    #[serde(default)]
+    pub allowed_tags: BTreeMap<String, Vec<String>>,
+    /// Limits and budgets per workload, keyed `tag=value`.
+    #[serde(default)]
+    pub workload_limits: BTreeMap<String, super::workloads::WorkloadLimits>,
 }
 
 fn default_max_attempts() -> u32 {
@@ -817,6 +830,9 @@ pub struct Model {
     /// Answer identical requests from the response cache. Absent: off.
     #[serde(default)]
     pub cache: Option<super::cache::AliasCache>,
+    /// The strategy and routes by the value of one tag.
+    #[serde(default)]
+    pub by_workload: Option<super::workloads::ByWorkload>,
     /// Keep a sample of requests and answers (and their shadows') for
     /// comparison and review. Absent: nothing is captured.
     #[serde(default)]
@@ -879,6 +895,14 @@ pub struct Route {
     /// false: `/v1/rerank` skips this route.
     #[serde(default)]
     pub rerank: bool,
+    /// Per tag key, the values this route is reserved for (others skip it,
+    /// logged as `workload`). Absent: open to every workload.
+    #[serde(default)]
+    pub workloads: Option<BTreeMap<String, Vec<String>>>,
+    /// Send the request's tags to the provider: `none` (default),
+    /// `metadata` or `user`.
+    #[serde(default)]
+    pub forward_tags: super::workloads::ForwardTags,
 }
 
 /// A route's price: USD per million tokens, plus unit prices for images
@@ -936,6 +960,15 @@ pub struct Key {
     /// overrides its team's.
     #[serde(default)]
     pub files_provider: Option<String>,
+    /// Tags a request of this caller carries when it sets none itself.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Per tag key, the only values this caller may use (400 outside).
+    #[serde(default)]
+    pub allowed_tags: BTreeMap<String, Vec<String>>,
+    /// Limits and budgets per workload, keyed `tag=value`.
+    #[serde(default)]
+    pub workload_limits: BTreeMap<String, super::workloads::WorkloadLimits>,
 }
 
 impl Key {

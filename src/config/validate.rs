@@ -110,6 +110,9 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     for (field, msg) in super::routing::problems(cfg) {
         v.add(field, msg);
     }
+    for (field, msg) in super::workloads::problems(cfg) {
+        v.add(field, msg);
+    }
     for (field, msg) in cfg.tracing.iter().flat_map(super::tracing::problems) {
         v.add(field, msg);
     }
@@ -194,11 +197,21 @@ fn check_governance(cfg: &Config, v: &mut Problems) {
         check_name(&f, name, v);
         check_limits(&f, &t.limits, v);
         check_budgets(&f, &t.budgets, v);
+        for (pair, w) in &t.workload_limits {
+            let f = format!("{f}.workload_limits.{pair}");
+            check_limits(&f, &w.limits, v);
+            check_budgets(&f, &w.budgets, v);
+        }
     }
     for (i, k) in cfg.keys.iter().enumerate() {
         let f = format!("keys[{i}]");
         check_limits(&f, &k.limits, v);
         check_budgets(&f, &k.budgets, v);
+        for (pair, w) in &k.workload_limits {
+            let f = format!("{f}.workload_limits.{pair}");
+            check_limits(&f, &w.limits, v);
+            check_budgets(&f, &w.budgets, v);
+        }
         if let Some(team) = &k.team {
             if !cfg.teams.contains_key(team) {
                 v.add(

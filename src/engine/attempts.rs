@@ -142,12 +142,28 @@ impl Pick {
         client_body: &Bytes,
         parsed: &Parsed,
         usage_capable: bool,
+        tags: (&crate::workload::Declared, crate::workload::TagSet),
     ) -> Attempt {
         let (body, injected) = match self.prepared {
             Some(b) => (b, false),
             None => {
                 let ask = usage_capable && self.up.stream_usage;
-                rewrite::attempt_body(client_body, parsed, &route.model, &route.model_json, ask)
+                let (body, injected) = rewrite::attempt_body(
+                    client_body,
+                    parsed,
+                    &route.model,
+                    &route.model_json,
+                    ask,
+                );
+                // A route with `forward_tags` (passthrough kinds only).
+                match route.forward_tags {
+                    crate::config::ForwardTags::None => (body, injected),
+                    mode if !parsed.form => (
+                        crate::workload::forward(&body, mode, tags.0, &tags.1),
+                        injected,
+                    ),
+                    _ => (body, injected),
+                }
             }
         };
         Attempt {

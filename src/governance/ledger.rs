@@ -69,10 +69,19 @@ impl Win {
 /// The windows of one key, team or model.
 type Entries = HashMap<(Level, Arc<str>), [Win; 4]>;
 
+/// The windows of one workload (`tag=value`) of one key or team.
+type TagEntries = HashMap<(Level, Arc<str>, Arc<str>), [Win; 4]>;
+
+/// One row of [`Ledger::read_tags`]: level, name, `tag=value`, current
+/// and previous window.
+pub(crate) type TagRow = (Level, Arc<str>, Arc<str>, Tally, Tally);
+
 /// The process's usage ledger.
 #[derive(Default)]
 pub(crate) struct Ledger {
     map: Mutex<Entries>,
+    /// Per key and team, per workload; bounded by the declared tags.
+    tags: Mutex<TagEntries>,
 }
 
 pub(crate) fn global() -> &'static Ledger {
@@ -100,6 +109,51 @@ impl Ledger {
         }
     }
 
+    /// Counts one finished request against each workload `pair`
+    /// (`tag=value`) of each `(level, name)`.
+    pub(crate) fn record_tags(
+        &self,
+        who: &[(Level, &Arc<str>)],
+        pairs: &[&Arc<str>],
+        tokens: u64,
+        nanos: i64,
+    ) {
+        if pairs.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let buckets = WINDOWS.map(|(_, span)| span.bucket(now));
+        let mut map = self.tags.lock().unwrap_or_else(|e| e.into_inner());
+        for &(level, name) in who {
+            for &pair in pairs {
+                let key = (level, name.clone(), pair.clone());
+                let wins = map.entry(key).or_default();
+                for (w, &id) in wins.iter_mut().zip(&buckets) {
+                    w.roll(id);
+                    w.current.add(1, tokens, nanos);
+                }
+            }
+        }
+    }
+
+    /// `(level, name, tag=value, current, previous)` for `window`.
+    pub(crate) fn read_tags(&self, window: usize) -> Vec<TagRow> {
+        let now = now_ms();
+        let window = window.min(WINDOWS.len() - 1);
+        let (_, span) = WINDOWS[window];
+        let mut map = self.tags.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = map
+            .iter_mut()
+            .map(|((level, name, pair), wins)| {
+                let w = &mut wins[window];
+                w.roll(span.bucket(now));
+                (*level, name.clone(), pair.clone(), w.current, w.previous)
+            })
+            .collect();
+        out.sort_by(|a, b| (a.0.label(), &*a.1, &*a.2).cmp(&(b.0.label(), &*b.1, &*b.2)));
+        out
+    }
+
     /// Every entry, for the state file.
     pub(crate) fn dump(&self) -> Vec<(Level, String, [Win; 4])> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -108,21 +162,31 @@ impl Ledger {
             .collect()
     }
 
+    /// Every workload entry, for the state file.
+    pub(crate) fn dump_tags(&self) -> Vec<(Level, String, String, [Win; 4])> {
+        let map = self.tags.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .map(|((level, name, pair), wins)| (*level, name.to_string(), pair.to_string(), *wins))
+            .collect()
+    }
+
+    /// Adds workload entries read from the state file to the live ones.
+    pub(crate) fn restore_tags(&self, entries: Vec<(Level, String, String, [Win; 4])>) {
+        let mut map = self.tags.lock().unwrap_or_else(|e| e.into_inner());
+        for (level, name, pair, saved) in entries {
+            let key = (level, Arc::from(name.as_str()), Arc::from(pair.as_str()));
+            merge(map.entry(key).or_default(), saved);
+        }
+    }
+
     /// Adds entries read from the state file to the live ones.
     pub(crate) fn restore(&self, entries: Vec<(Level, String, [Win; 4])>) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         for (level, name, saved) in entries {
-            let wins = map.entry((level, Arc::from(name.as_str()))).or_default();
-            for (w, s) in wins.iter_mut().zip(saved) {
-                if w.id == 0 || w.id == s.id {
-                    w.id = s.id;
-                    for (mine, theirs) in
-                        [(&mut w.current, s.current), (&mut w.previous, s.previous)]
-                    {
-                        mine.add(theirs.requests, theirs.tokens, theirs.nanos);
-                    }
-                }
-            }
+            merge(
+                map.entry((level, Arc::from(name.as_str()))).or_default(),
+                saved,
+            );
         }
     }
 
@@ -143,6 +207,18 @@ impl Ledger {
             .collect();
         out.sort_by(|a, b| (a.0.label(), &*a.1).cmp(&(b.0.label(), &*b.1)));
         out
+    }
+}
+
+/// Adds saved windows to live ones (a window of another period is left).
+fn merge(wins: &mut [Win; 4], saved: [Win; 4]) {
+    for (w, s) in wins.iter_mut().zip(saved) {
+        if w.id == 0 || w.id == s.id {
+            w.id = s.id;
+            for (mine, theirs) in [(&mut w.current, s.current), (&mut w.previous, s.previous)] {
+                mine.add(theirs.requests, theirs.tokens, theirs.nanos);
+            }
+        }
     }
 }
 
@@ -167,5 +243,37 @@ mod tests {
         let (_, _, cur, _) = &ledger.read(2)[0];
         assert_eq!((cur.requests, cur.tokens), (6, u64::MAX));
         assert!(cur.nanos >= 0);
+    }
+
+    #[test]
+    fn workload_tallies_are_kept_per_owner_and_pair_and_round_trip() {
+        let ledger = Ledger::default();
+        let (alice, team): (Arc<str>, Arc<str>) = (Arc::from("alice"), Arc::from("t"));
+        let (batch, none): (Arc<str>, Arc<str>) =
+            (Arc::from("use_case=batch"), Arc::from("priority=none"));
+        let who = [(Level::Key, &alice), (Level::Team, &team)];
+        ledger.record_tags(&who, &[&batch, &none], 8, 8_000);
+        ledger.record_tags(&who[..1], &[&batch], 2, 2_000);
+        ledger.record_tags(&who, &[], 100, 100);
+        let rows = ledger.read_tags(2);
+        let find = |l: Level, n: &str, p: &str| {
+            rows.iter()
+                .find(|r| r.0 == l && &*r.1 == n && &*r.2 == p)
+                .map(|r| (r.3.requests, r.3.tokens, r.3.nanos))
+        };
+        assert_eq!(rows.len(), 4);
+        assert_eq!(
+            find(Level::Key, "alice", "use_case=batch"),
+            Some((2, 10, 10_000))
+        );
+        assert_eq!(
+            find(Level::Team, "t", "use_case=batch"),
+            Some((1, 8, 8_000))
+        );
+        assert_eq!(find(Level::Team, "t", "priority=none"), Some((1, 8, 8_000)));
+        let again = Ledger::default();
+        again.restore_tags(ledger.dump_tags());
+        assert_eq!(again.read_tags(2).len(), 4);
+        assert_eq!(again.read_tags(2)[0].3, rows[0].3);
     }
 }

@@ -292,7 +292,12 @@ pub fn rejection(rule: &Rule, wait_ms: i64, headers: RateHeaders, alone: bool) -
 }
 
 fn describe(rule: &Rule) -> String {
-    let level = rule.id.level.label();
+    let pair = rule.id.name.split_once('#').map_or("", |(_, p)| p);
+    let level = match rule.id.level {
+        super::Level::KeyWorkload => format!("key workload `{pair}`"),
+        super::Level::TeamWorkload => format!("team workload `{pair}`"),
+        l => l.label().to_string(),
+    };
     match rule.reason() {
         "rpm" => format!("the {level}'s limit of {} requests per minute", rule.limit),
         "tpm" => format!("the {level}'s limit of {} tokens per minute", rule.limit),

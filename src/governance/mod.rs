@@ -32,7 +32,7 @@ pub mod snapshot;
 pub(crate) mod window;
 
 pub use memory::{Admitted, Rejected};
-pub use plan::{Ask, Rule, COUNTER_MAX};
+pub use plan::{Ask, Rule, WorkloadRule, COUNTER_MAX};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -301,8 +301,9 @@ pub struct AliasLimits<'a> {
     pub ratios: &'a ratio::Ratios,
 }
 
-/// The second admission step: admits a request of a key (`key_rules`) to an
-/// alias (`model`), that
+/// The second admission step: admits a request of a key (`key_rules`, and
+/// the rules of the request's workloads, `workload_rules`, all counted
+/// here since the tags may come from the body) to an alias (`model`), that
 /// will try the routes of `order`, against the key's and team's token and
 /// spend limits and every limit of the alias: estimates the worst case
 /// when a token or spend rule needs it, then checks and commits. `early`
@@ -311,6 +312,7 @@ pub struct AliasLimits<'a> {
 /// the rate headers to send.
 pub async fn admit_request(
     key_rules: &[Rule],
+    workload_rules: &[&Rule],
     model: AliasLimits<'_>,
     order: &[usize],
     ep: crate::base::endpoint::Endpoint,
@@ -321,6 +323,7 @@ pub async fn admit_request(
     let rules: Vec<&Rule> = key_rules
         .iter()
         .filter(|r| !r.is_early())
+        .chain(workload_rules.iter().copied())
         .chain(model.rules.iter())
         .collect();
     if rules.is_empty() {
@@ -499,6 +502,10 @@ pub enum Level {
     Key,
     Team,
     Model,
+    /// One workload (`tag=value`) of a key: named `key#tag=value`.
+    KeyWorkload,
+    /// One workload of a team: named `team#tag=value`.
+    TeamWorkload,
 }
 
 impl Level {
@@ -507,6 +514,8 @@ impl Level {
             Level::Key => "key",
             Level::Team => "team",
             Level::Model => "model",
+            Level::KeyWorkload => "key_workload",
+            Level::TeamWorkload => "team_workload",
         }
     }
 }

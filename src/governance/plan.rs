@@ -88,7 +88,7 @@ impl Rule {
     /// key's or team's rate of requests and concurrency (the alias is in
     /// the body, and the other limits need the body's token estimate).
     pub fn is_early(&self) -> bool {
-        self.id.level != Level::Model
+        matches!(self.id.level, Level::Key | Level::Team)
             && matches!(self.id.metric, Metric::Requests | Metric::Concurrency)
     }
 
@@ -159,6 +159,56 @@ pub fn compile(level: Level, name: &str, limits: &Limits, budgets: &[Budget]) ->
                 .ok()
         });
         out.push(rule);
+    }
+    out
+}
+
+/// A rule that applies only to requests of one workload: tag key `key`
+/// (its index among the declared keys) with value index `value`.
+#[derive(Debug, Clone)]
+pub struct WorkloadRule {
+    pub key: usize,
+    pub value: u8,
+    pub rule: Rule,
+}
+
+/// The rules of a key's or team's `workload_limits` (`level` is
+/// `KeyWorkload` or `TeamWorkload`), each named `owner#tag=value`: their
+/// limits and budgets, and `share` times each of the owner's own budgets
+/// (`own`), window by window. Pairs that are not declared are left out
+/// (validation reports them).
+pub fn compile_workloads(
+    level: Level,
+    owner: &str,
+    limits: &std::collections::BTreeMap<String, crate::config::WorkloadLimits>,
+    own: &[Budget],
+    declared: &crate::workload::Declared,
+) -> Vec<WorkloadRule> {
+    let mut out = Vec::new();
+    for (pair, w) in limits {
+        let Some((key, value)) = declared.pair(pair) else {
+            continue;
+        };
+        let mut budgets = w.budgets.clone();
+        if let Some(share) = w.share.filter(|s| *s > 0.0 && *s <= 1.0) {
+            for b in own {
+                let usd = b.usd.map(|u| u * share);
+                let tokens = b.tokens.map(|t| (t as f64 * share).floor() as u64);
+                let same = |x: &Budget| x.window == b.window && x.usd.is_some() == usd.is_some();
+                // An explicit budget of the same unit and window wins.
+                if !budgets.iter().any(same) {
+                    budgets.push(Budget {
+                        usd,
+                        tokens,
+                        window: b.window,
+                    });
+                }
+            }
+        }
+        let name = format!("{owner}#{pair}");
+        for rule in compile(level, &name, &w.limits, &budgets) {
+            out.push(WorkloadRule { key, value, rule });
+        }
     }
     out
 }

@@ -27,6 +27,9 @@ struct File {
     /// The admin API's usage ledger (kept from the writer's own start).
     #[serde(default)]
     usage: Vec<(Level, String, [super::ledger::Win; 4])>,
+    /// The ledger's usage per workload (`tag=value`) of keys and teams.
+    #[serde(default)]
+    workload_usage: Vec<(Level, String, String, [super::ledger::Win; 4])>,
 }
 
 /// When this process started, for [`File::writer_started_ms`].
@@ -130,6 +133,7 @@ pub fn save(store: &super::memory::MemoryStore, path: &Path) -> std::io::Result<
         writer_pid: std::process::id(),
         counters,
         usage: super::ledger::global().dump(),
+        workload_usage: super::ledger::global().dump_tags(),
     })
     .map_err(std::io::Error::other)?;
     let mut tmp = path.as_os_str().to_owned();
@@ -152,6 +156,7 @@ pub fn load(store: &super::memory::MemoryStore, path: &Path) -> Result<usize, St
     };
     *BASE.lock().unwrap_or_else(|e| e.into_inner()) = Some(amounts(&file));
     super::ledger::global().restore(file.usage);
+    super::ledger::global().restore_tags(file.workload_usage);
     let n = file.counters.len();
     store.restore(
         file.counters

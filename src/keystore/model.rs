@@ -86,6 +86,11 @@ impl KeyRec {
             regions: self.spec.regions.clone(),
             // Runtime keys use their team's (a config team's) provider.
             files_provider: None,
+            // Runtime keys and teams carry no workload settings of their
+            // own; a config team's apply to its runtime keys.
+            tags: Default::default(),
+            allowed_tags: Default::default(),
+            workload_limits: Default::default(),
         }
     }
 }
@@ -109,6 +114,11 @@ impl TeamRec {
             // Not settable through the admin API: `files_provider` is the
             // config's (keys and config teams).
             files_provider: None,
+            // Runtime keys and teams carry no workload settings of their
+            // own; a config team's apply to its runtime keys.
+            tags: Default::default(),
+            allowed_tags: Default::default(),
+            workload_limits: Default::default(),
         }
     }
 }

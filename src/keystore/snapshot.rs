@@ -206,8 +206,12 @@ impl Snapshot {
             regions: spec.regions,
             // A runtime key takes its team's (`KeyRt::compile`).
             files_provider: None,
+            tags: Default::default(),
+            allowed_tags: Default::default(),
+            workload_limits: Default::default(),
         };
-        let mut rt = KeyRt::compile(&key, team, &ctx.cfg.models, &ctx.all_models);
+        let declared = crate::workload::Declared::compile(&ctx.cfg.workloads);
+        let mut rt = KeyRt::compile(&key, team, &ctx.cfg.models, &ctx.all_models, &declared);
         rt.name = k.name.clone();
         rt.team = k.team.clone();
         for r in &mut rt.rules {

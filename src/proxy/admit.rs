@@ -212,6 +212,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     }
     supported(ep, model)?;
     crate::accounting::units::check(ep, &bytes)?;
+    let tags = workload_tags(&rt, session, &bytes, &parsed, key_info)?;
     let (body, parsed, messages) =
         crate::proxy::messages::admit(&ctx.head.request_id, ep, model, bytes, parsed)?;
     let req = ctx.admit(Admitted {
@@ -221,6 +222,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         body,
         messages,
         files: None,
+        tags,
     });
     let order = crate::routing::decide(
         &mut ctx.routing,
@@ -230,6 +232,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         ep,
         &req.parsed,
         &req.body,
+        req.tags,
     )?;
     ctx.attempts = crate::engine::attempts::Attempts::new(order);
     let (first_index, first) = crate::routing::candidate(ctx.attempts.order(), 0, &model.routes)
@@ -249,6 +252,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
     }
     match governance::admit_request(
         &key_info.rules,
+        &key_info.workload_rules(&req.tags),
         model.limits(),
         ctx.attempts.order(),
         ep,
@@ -292,6 +296,38 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         return written(sent, ctx);
     }
     Ok(Next::Proxy)
+}
+
+/// The request's tags (`x-tollgate-tags`, the body's `metadata`, the key's
+/// defaults), checked against the declared ones and the key's subset.
+/// Nothing is read when no tag is declared.
+fn workload_tags(
+    rt: &crate::runtime::Runtime,
+    session: &Session,
+    body: &[u8],
+    parsed: &rewrite::Parsed,
+    key: &crate::keys::KeyRt,
+) -> Result<crate::workload::TagSet, GatewayError> {
+    let declared = &rt.workloads;
+    if !declared.active() {
+        return Ok(crate::workload::TagSet::default());
+    }
+    let headers = &session.req_header().headers;
+    let mut values = headers.get_all(crate::workload::HEADER).iter();
+    let header = values.next();
+    if values.next().is_some() {
+        return Err(GatewayError::InvalidRequest {
+            message: format!("Send one {} header.", crate::workload::HEADER),
+            param: Some(crate::workload::HEADER),
+        });
+    }
+    let metadata = parsed.metadata_span.clone().and_then(|r| body.get(r));
+    declared
+        .resolve(header.map(|h| h.as_bytes()), metadata, &key.workload)
+        .map_err(|e| GatewayError::InvalidRequest {
+            message: e.message,
+            param: e.param,
+        })
 }
 
 /// Refuses an endpoint no route of the alias serves (a translated kind's

@@ -118,8 +118,13 @@ pub(crate) async fn next_peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>, GatewayErr
             |index, route| bodies.prepare(&req, &head.request_id, index, route),
         )?;
         let route = req.route(pick.route).ok_or(GatewayError::Internal)?;
-        let mut attempt =
-            pick.into_attempt(route, &req.body, &req.parsed, req.endpoint.usage_capable());
+        let mut attempt = pick.into_attempt(
+            route,
+            &req.body,
+            &req.parsed,
+            req.endpoint.usage_capable(),
+            (&ctx.head.rt.workloads, req.tags),
+        );
         crate::routing::attempt_started(&mut ctx.routing, &req.model.routing, attempt.route);
         if let Err(f) = crate::engine::attempts::authorize(&mut attempt).await {
             let stream = req.stream();

@@ -87,6 +87,8 @@ pub(crate) struct Admitted {
     pub(crate) messages: Option<Box<crate::proxy::messages::Request>>,
     /// A Files or Batches call: its upstream method, path and owner.
     pub(crate) files: Option<Box<crate::proxy::files::Call>>,
+    /// The request's tags (empty when no tag is declared).
+    pub(crate) tags: crate::workload::TagSet,
 }
 
 impl Admitted {

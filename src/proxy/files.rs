@@ -253,10 +253,13 @@ pub(crate) async fn admit(
             stream_options_span: None,
             params: Default::default(),
             form: false,
+            metadata_span: None,
         },
         body,
         messages: None,
         files: Some(Box::new(call)),
+        // Files and Batches calls carry no tags (`none`).
+        tags: Default::default(),
     });
     // The provider's own route, whatever the key's tier and regions.
     let order = crate::routing::decide(
@@ -267,6 +270,7 @@ pub(crate) async fn admit(
         ep,
         &req.parsed,
         &[],
+        req.tags,
     )?;
     ctx.attempts = crate::engine::attempts::Attempts::new(order);
     let limits = crate::governance::AliasLimits {
@@ -278,6 +282,7 @@ pub(crate) async fn admit(
     };
     match crate::governance::admit_request(
         &key.rules,
+        &[],
         limits,
         ctx.attempts.order(),
         ep,

@@ -195,6 +195,10 @@ pub(crate) fn log_request(
         route: None,
         candidates: None,
         skipped: None,
+        workload: match req.as_ref() {
+            Some(r) if ctx.head.rt.workloads.active() => Some((&*ctx.head.rt.workloads, r.tags)),
+            _ => None,
+        },
         captured: tap.is_some(),
     };
     metrics::observe(&record);
@@ -296,6 +300,15 @@ fn record_usage_ledger(ctx: &Ctx, settled: Option<&Settled>) {
         who.push((Level::Team, team));
     }
     ledger::global().record(&who, tokens, nanos);
+    let declared = &ctx.head.rt.workloads;
+    if declared.active() {
+        // Each declared tag's value (`none` included), per key and team.
+        let pairs: Vec<&std::sync::Arc<str>> = (0..declared.keys.len())
+            .filter_map(|k| declared.pair_name(k, req.tags.get(k)))
+            .collect();
+        who.retain(|(l, _)| *l != Level::Model);
+        ledger::global().record_tags(&who, &pairs, tokens, nanos);
+    }
 }
 
 /// `provider@backend:outcome` for each attempt, when there was more than one.

@@ -16,6 +16,8 @@ use crate::config::routing::Capability;
 pub enum Skip {
     Tier,
     Region,
+    /// Reserved for other workloads (the route's `workloads`).
+    Workload,
     Capability(Capability),
     ContextWindow,
 }
@@ -26,6 +28,7 @@ impl Skip {
         match self {
             Skip::Tier => "tier",
             Skip::Region => "region",
+            Skip::Workload => "workload",
             Skip::Capability(c) => match c {
                 Capability::Tools => "capability:tools",
                 Capability::Vision => "capability:vision",
@@ -41,18 +44,33 @@ impl Skip {
         match self {
             Skip::Tier => "tier",
             Skip::Region => "region",
+            Skip::Workload => "workload",
             Skip::Capability(_) => "capability",
             Skip::ContextWindow => "context_window",
         }
     }
 
-    /// The filter that left the route out: 0 tier, 1 region, 2 capability, 3 context.
+    /// The filter that left the route out, for its metric: 0 tier, 1
+    /// region, 2 capability, 3 context, 4 workload.
     pub fn stage(self) -> u8 {
         match self {
             Skip::Tier => 0,
             Skip::Region => 1,
             Skip::Capability(_) => 2,
             Skip::ContextWindow => 3,
+            Skip::Workload => 4,
+        }
+    }
+
+    /// How far the route got through the filters (they run in this
+    /// order): 0 tier, 1 region, 2 workload, 3 capability, 4 context.
+    fn rank(self) -> u8 {
+        match self {
+            Skip::Tier => 0,
+            Skip::Region => 1,
+            Skip::Workload => 2,
+            Skip::Capability(_) => 3,
+            Skip::ContextWindow => 4,
         }
     }
 }
@@ -118,6 +136,11 @@ fn check(
             return Some(Skip::Region);
         }
     }
+    if let Some(w) = &r.workloads {
+        if w.first_outside(&needs.tags).is_some() {
+            return Some(Skip::Workload);
+        }
+    }
     if let Some(caps) = r.caps {
         if let Some(c) = Needs::names(needs.caps & !caps).next() {
             return Some(Skip::Capability(c));
@@ -166,7 +189,7 @@ fn none_left(
     skipped: &[(usize, Skip)],
 ) -> GatewayError {
     let alias = &plan.alias;
-    let furthest = skipped.iter().map(|(_, s)| s.stage()).max().unwrap_or(0);
+    let furthest = skipped.iter().map(|(_, s)| s.rank()).max().unwrap_or(0);
     match furthest {
         0 => GatewayError::RouteNotPermitted {
             message: format!(
@@ -180,11 +203,17 @@ fn none_left(
             ),
             code: "region_not_allowed",
         },
-        2 => {
+        2 => GatewayError::RouteNotPermitted {
+            message: format!(
+                "No route of the model `{alias}` is open to this request's workload (its tags); the request was not sent elsewhere."
+            ),
+            code: "workload_not_allowed",
+        },
+        3 => {
             // Capabilities offered by some route that passed the access filters.
             let offered = skipped
                 .iter()
-                .filter(|(_, s)| s.stage() >= 2)
+                .filter(|(_, s)| s.rank() >= 3)
                 .filter_map(|(i, _)| plan.routes.get(*i))
                 .fold(0u8, |acc, r| acc | r.caps.unwrap_or(super::needs::ALL_CAPS));
             let missing = needs.caps & !offered;

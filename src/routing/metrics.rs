@@ -64,7 +64,7 @@ fn build() -> Result<Families, prometheus::Error> {
         )?,
         skipped: register_int_counter_vec!(
             "tollgate_route_skipped_total",
-            "Routes left out of a request's candidates, by reason (tier, region, capability, context_window).",
+            "Routes left out of a request's candidates, by reason (tier, region, capability, context_window, workload).",
             &["request_model", "route", "reason"]
         )?,
     })
@@ -87,8 +87,9 @@ pub struct RouteMetrics {
     pub(crate) ewma_ttft: Gauge,
     pub(crate) ewma_latency: Gauge,
     pub(crate) in_flight: IntGauge,
-    /// Indexed by [`super::Skip::stage`]: tier, region, capability, context_window.
-    pub(crate) skipped: [IntCounter; 4],
+    /// Indexed by [`super::Skip::stage`]: tier, region, capability,
+    /// context_window, workload.
+    pub(crate) skipped: [IntCounter; 5],
     /// `tollgate_route_requests_total` of requests outside any A/B variant,
     /// by status class (see [`class_index`]), bound on first use so only
     /// classes that occur appear.
@@ -122,7 +123,7 @@ impl RouteMetrics {
             ewma_ttft: f.ewma.with_label_values(&[alias, route, "ttft"]),
             ewma_latency: f.ewma.with_label_values(&[alias, route, "latency"]),
             in_flight: f.in_flight.with_label_values(&l),
-            skipped: ["tier", "region", "capability", "context_window"]
+            skipped: ["tier", "region", "capability", "context_window", "workload"]
                 .map(|reason| f.skipped.with_label_values(&[alias, route, reason])),
             requests: Default::default(),
         })

@@ -44,6 +44,7 @@ pub struct Decision {
 /// Decides the routes a request tries, in order (indices into the alias's
 /// routes). Errors (tier, region, capability, context) come before any
 /// upstream call. The decision is kept in `state` either way.
+#[allow(clippy::too_many_arguments)]
 pub fn decide(
     state: &mut RequestRouting,
     plan: &Plan,
@@ -52,8 +53,9 @@ pub fn decide(
     ep: Endpoint,
     parsed: &Parsed,
     body: &[u8],
+    tags: crate::workload::TagSet,
 ) -> Result<Vec<usize>, GatewayError> {
-    let needs = if plan.reads_body() {
+    let mut needs = if plan.reads_body() {
         let vision = plan.lacking & crate::config::routing::Capability::Vision.bit() != 0;
         needs::derive(ep, body, parsed.stream, vision)
     } else {
@@ -62,20 +64,36 @@ pub fn decide(
             ..needs::Needs::default()
         }
     };
+    needs.tags = tags;
     let who = needs.user.as_deref().unwrap_or(caller);
     let variant = split::pick(&plan.alias, who.as_bytes(), &plan.variants);
-    let candidates = match variant.and_then(|v| plan.variants.get(v)) {
-        Some(v) => &v.routes,
-        None => &plan.all,
+    let choice = plan.choice(&tags);
+    // A workload's own routes take precedence over the split's.
+    let candidates = match (
+        choice.and_then(|c| c.routes.as_ref()),
+        variant.and_then(|v| plan.variants.get(v)),
+    ) {
+        (Some(routes), _) => routes,
+        (None, Some(v)) => &v.routes,
+        (None, None) => &plan.all,
     };
+    let strategy = choice.map_or(plan.strategy, |c| c.strategy);
     let mut prompt = eligible::Prompt::new(ep, body);
     let mut skipped = Vec::new();
-    let result = select(plan, candidates, access, &needs, &mut prompt, &mut skipped);
+    let result = select_with(
+        plan,
+        strategy,
+        candidates,
+        access,
+        &needs,
+        &mut prompt,
+        &mut skipped,
+    );
     if !skipped.is_empty() {
         count_skipped(plan, &skipped);
     }
     state.decision = Some(Decision {
-        strategy: plan.strategy,
+        strategy,
         variant,
         skipped,
     });
@@ -92,8 +110,29 @@ pub fn select(
     prompt: &mut eligible::Prompt,
     skipped: &mut Vec<(usize, Skip)>,
 ) -> Result<Vec<usize>, GatewayError> {
+    select_with(
+        plan,
+        plan.strategy,
+        candidates,
+        access,
+        needs,
+        prompt,
+        skipped,
+    )
+}
+
+/// [`select`] with `strategy` in place of the alias's (a workload's).
+pub fn select_with(
+    plan: &Plan,
+    strategy: Strategy,
+    candidates: &[usize],
+    access: &Access,
+    needs: &needs::Needs,
+    prompt: &mut eligible::Prompt,
+    skipped: &mut Vec<(usize, Skip)>,
+) -> Result<Vec<usize>, GatewayError> {
     let mut order = eligible::filter(plan, candidates, access, needs, prompt, skipped)?;
-    strategy::order(plan, &mut order, needs, prompt);
+    strategy::order(plan, strategy, &mut order, needs, prompt);
     Ok(order)
 }
 

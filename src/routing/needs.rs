@@ -24,6 +24,8 @@ pub struct Needs {
     pub max_output: Option<u64>,
     /// The body's `user`, when it is a non-empty string.
     pub user: Option<String>,
+    /// The request's tags (routes reserved for workloads, `by_workload`).
+    pub tags: crate::workload::TagSet,
 }
 
 impl Needs {

@@ -25,6 +25,21 @@ pub struct RouteMeta {
     /// Live numbers, shared across reloads by alias and route name.
     pub stats: Arc<RouteStats>,
     pub metrics: Option<RouteMetrics>,
+    /// The workloads it is reserved for (`workloads:`); `None`: all.
+    pub workloads: Option<crate::workload::Allowed>,
+}
+
+/// What one workload gets of an alias (`by_workload`).
+pub struct Choice {
+    pub strategy: Strategy,
+    /// Route indices, in fallback order; `None`: the alias's candidates.
+    pub routes: Option<Vec<usize>>,
+}
+
+/// An alias's `by_workload`: the tag key and, per value index, its choice.
+pub struct ByWorkload {
+    pub key: usize,
+    pub choices: Vec<(u8, Choice)>,
 }
 
 /// One arm of an A/B split.
@@ -52,11 +67,24 @@ pub struct Plan {
     pub default_output: u64,
     /// Upstream model whose tokenizer estimates prompts (the first route's).
     pub tokenizer_model: Arc<str>,
+    /// The strategy and routes by workload.
+    pub by_workload: Option<ByWorkload>,
 }
 
 impl Plan {
-    /// Compiles `m`'s routing. Route indices follow `m.routes`.
+    /// Compiles `m`'s routing with no tag declared. Route indices follow
+    /// `m.routes`.
     pub fn build(stats: &Keyed<(String, String), RouteStats>, alias: &str, m: &Model) -> Plan {
+        Plan::build_tagged(stats, alias, m, &crate::workload::Declared::default())
+    }
+
+    /// Compiles `m`'s routing, its workload settings against `declared`.
+    pub fn build_tagged(
+        stats: &Keyed<(String, String), RouteStats>,
+        alias: &str,
+        m: &Model,
+        declared: &crate::workload::Declared,
+    ) -> Plan {
         let routes: Vec<RouteMeta> = m
             .routes
             .iter()
@@ -78,6 +106,7 @@ impl Plan {
                     price: r.price,
                     stats: stats.get_or_default((alias.to_string(), name.clone())),
                     metrics: RouteMetrics::bind(alias, &name),
+                    workloads: r.workloads.as_ref().map(|w| declared.reserved(w)),
                     name: Arc::from(name.as_str()),
                 }
             })
@@ -103,9 +132,38 @@ impl Plan {
             .iter()
             .filter_map(|r| r.caps)
             .fold(0u8, |acc, caps| acc | (!caps & super::needs::ALL_CAPS));
+        let by_workload = m.by_workload.as_ref().and_then(|b| {
+            let key = declared.key(&b.tag)?;
+            let choices = b
+                .values
+                .iter()
+                .filter_map(|(v, c)| {
+                    let index = match v.as_str() {
+                        "none" => crate::workload::NONE,
+                        "other" => crate::workload::OTHER,
+                        v => declared.value(key, v)?,
+                    };
+                    let routes = c.routes.as_ref().map(|names| {
+                        names
+                            .iter()
+                            .filter_map(|n| routes.iter().position(|r| &*r.name == n.as_str()))
+                            .collect()
+                    });
+                    Some((
+                        index,
+                        Choice {
+                            strategy: c.strategy.unwrap_or(m.strategy),
+                            routes,
+                        },
+                    ))
+                })
+                .collect();
+            Some(ByWorkload { key, choices })
+        });
         Plan {
             alias: Arc::from(alias),
             strategy: m.strategy,
+            by_workload,
             all: (0..routes.len()).collect(),
             variants,
             lacking,
@@ -122,6 +180,17 @@ impl Plan {
             || self.windows
             || self.strategy == Strategy::Cost
             || !self.variants.is_empty()
+            || self
+                .by_workload
+                .as_ref()
+                .is_some_and(|b| b.choices.iter().any(|(_, c)| c.strategy == Strategy::Cost))
+    }
+
+    /// The choice `by_workload` makes for a request with `tags`.
+    pub fn choice(&self, tags: &crate::workload::TagSet) -> Option<&Choice> {
+        let b = self.by_workload.as_ref()?;
+        let v = tags.get(b.key);
+        b.choices.iter().find(|(x, _)| *x == v).map(|(_, c)| c)
     }
 }
 

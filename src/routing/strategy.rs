@@ -14,9 +14,15 @@ use crate::config::routing::Strategy;
 pub(crate) const EXPLORE: f64 = 0.05;
 
 /// Orders `routes` (eligible, in config order) for this request.
-pub(crate) fn order(plan: &Plan, routes: &mut Vec<usize>, needs: &Needs, prompt: &Prompt) {
+pub(crate) fn order(
+    plan: &Plan,
+    strategy: Strategy,
+    routes: &mut Vec<usize>,
+    needs: &Needs,
+    prompt: &Prompt,
+) {
     if routes.len() > 1 {
-        match plan.strategy {
+        match strategy {
             Strategy::Fallback => {}
             Strategy::Weighted => weighted(plan, routes, fastrand::f64()),
             Strategy::Latency => latency(plan, routes, needs, fastrand::f64(), fastrand::f64()),

@@ -31,6 +31,7 @@ fn decide_for(
         Endpoint::ChatCompletions,
         &parsed,
         body.as_bytes(),
+        Default::default(),
     )
 }
 
@@ -334,4 +335,73 @@ fn key_settings_win_over_the_team_and_regions_narrow_each_other() {
     let a = Access::of(&key, None);
     assert_eq!(a.tier, None);
     assert_eq!(a.regions.map(|r| r.len()), Some(2));
+}
+
+fn tagged_plan(alias: &str, yaml: &str) -> (Plan, crate::workload::Declared) {
+    let w: crate::config::WorkloadsSection =
+        serde_yaml::from_str("tags: { priority: [interactive, batch] }").unwrap_or_default();
+    let declared = crate::workload::Declared::compile(&w);
+    let m: Model = match serde_yaml::from_str(yaml) {
+        Ok(m) => m,
+        Err(e) => panic!("bad test model: {e}"),
+    };
+    (
+        Plan::build_tagged(&Default::default(), alias, &m, &declared),
+        declared,
+    )
+}
+
+fn decide_tagged(p: &Plan, tags: crate::workload::TagSet) -> Result<Vec<usize>, GatewayError> {
+    let parsed = match rewrite::parse(CHAT.as_bytes()) {
+        Ok(p) => p,
+        Err(e) => panic!("bad test body: {}", e.message),
+    };
+    let mut state = RequestRouting::default();
+    decide(
+        &mut state,
+        p,
+        &Access::default(),
+        "k",
+        Endpoint::ChatCompletions,
+        &parsed,
+        CHAT.as_bytes(),
+        tags,
+    )
+}
+
+#[test]
+fn routes_reserved_for_a_workload_are_skipped_by_the_others_and_none_left_is_403() {
+    let (p, d) = tagged_plan(
+        "t-workload",
+        r#"
+routes:
+  - { provider: a, model: premium, workloads: { priority: [interactive] } }
+  - { provider: b, model: basic, workloads: { priority: [interactive, batch] } }
+by_workload:
+  tag: priority
+  values:
+    batch: { routes: [b/basic, a/premium] }
+"#,
+    );
+    let tags = |h: &[u8]| match d.parse_header(h) {
+        Ok(t) => t,
+        Err(e) => panic!("{}", e.message),
+    };
+    assert_eq!(
+        decide_tagged(&p, tags(b"priority=interactive")).ok(),
+        Some(vec![0, 1])
+    );
+    // batch: its own route order, premium skipped.
+    assert_eq!(
+        decide_tagged(&p, tags(b"priority=batch")).ok(),
+        Some(vec![1])
+    );
+    // No tag: no route admits it.
+    match decide_tagged(&p, crate::workload::TagSet::default()) {
+        Err(e) => {
+            assert_eq!(e.status(), 403);
+            assert_eq!(e.code(), "workload_not_allowed");
+        }
+        Ok(order) => panic!("routed to {order:?}"),
+    }
 }

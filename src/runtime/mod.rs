@@ -38,6 +38,8 @@ pub struct RouteRt {
     pub route_label: http::HeaderValue,
     /// How this route talks to its provider (paths, translation, defaults).
     pub dialect: crate::providers::dialect::RouteDialect,
+    /// Whether (and how) the request's tags go to the provider.
+    pub forward_tags: crate::config::ForwardTags,
 }
 
 impl RouteRt {
@@ -65,6 +67,7 @@ impl RouteRt {
             model: Arc::from(r.model.as_str()),
             model_json: json_string(&r.model),
             price: r.price,
+            forward_tags: r.forward_tags,
             limits: match &**p {
                 ProviderRt::Http(up) => up.limits(r.timeouts.as_ref()),
                 ProviderRt::Mock(_) => crate::resilience::Limits {
@@ -144,6 +147,8 @@ pub struct Runtime {
     pub experiments: experiments::Plans,
     /// The providers of `/v1/files` and `/v1/batches`, by name.
     pub files: HashMap<String, Arc<files::FilesRt>>,
+    /// The declared request tags (`workloads:`); empty when none are.
+    pub workloads: Arc<crate::workload::Declared>,
 }
 
 impl Runtime {
@@ -152,7 +157,11 @@ impl Runtime {
     pub fn client_rules(&self) -> impl Iterator<Item = &Rule> {
         self.key_info
             .iter()
-            .flat_map(|k| k.rules.iter())
+            .flat_map(|k| {
+                k.rules
+                    .iter()
+                    .chain(k.workload_rules.iter().map(|w| &w.rule))
+            })
             .chain(self.models.values().flat_map(|m| m.rules.iter()))
     }
 
@@ -229,6 +238,7 @@ impl Runtime {
             },
             None => None,
         };
+        let workloads = Arc::new(crate::workload::Declared::compile(&cfg.workloads));
         let mut models = HashMap::new();
         for (alias, m) in &cfg.models {
             let mut routes = Vec::new();
@@ -259,7 +269,12 @@ impl Runtime {
                             .iter()
                             .map(String::as_str),
                     ),
-                    routing: crate::routing::Plan::build(&durable.routes, alias, m),
+                    routing: crate::routing::Plan::build_tagged(
+                        &durable.routes,
+                        alias,
+                        m,
+                        &workloads,
+                    ),
                     cache: m.cache.as_ref().map(|c| {
                         crate::cache::AliasCache::build(
                             c,
@@ -285,7 +300,13 @@ impl Runtime {
             digests.push(d);
             let team = k.team.as_ref().and_then(|t| cfg.teams.get_key_value(t));
             let team = team.map(|(n, t)| (n.as_str(), t));
-            key_info.push(Arc::new(KeyRt::compile(k, team, &cfg.models, &all_models)));
+            key_info.push(Arc::new(KeyRt::compile(
+                k,
+                team,
+                &cfg.models,
+                &all_models,
+                &workloads,
+            )));
         }
         let tls_cert = match &cfg.tls {
             Some(t) => match crate::tls::ServerCert::load(t, crate::base::clock::unix_secs()) {
@@ -324,6 +345,7 @@ impl Runtime {
             key_info,
             models,
             upstreams,
+            workloads,
         })
     }
 

@@ -83,6 +83,20 @@ impl Record<'_> {
         w.str("route", self.route);
         w.list("candidates", self.candidates.as_deref());
         w.list("skipped", self.skipped.as_deref());
+        if let Some((declared, tags)) = self.workload {
+            // Only the tags the request has; `{}` for none.
+            w.key("tags");
+            w.out.push(b'{');
+            for (i, (k, v)) in declared.set_pairs(&tags).enumerate() {
+                if i > 0 {
+                    w.out.push(b',');
+                }
+                json_str(w.out, k);
+                w.out.push(b':');
+                json_str(w.out, v);
+            }
+            w.out.push(b'}');
+        }
         if self.captured {
             // Written only when true: absent means not captured.
             w.raw("captured", "true");
@@ -359,6 +373,7 @@ mod tests {
             route: Some("p/m"),
             candidates: Some(vec!["p/m", "q/n"]),
             skipped: Some(vec!["r/o:region".into()]),
+            workload: None,
             captured: false,
         }
     }

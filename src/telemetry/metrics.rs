@@ -458,6 +458,7 @@ pub fn observe(rec: &crate::telemetry::record::Record<'_>) {
             s.partial(m).inc();
         }
     });
+    crate::telemetry::workload::observe(rec);
     let Some((usage, crate::accounting::UsageSource::Cache)) = usage else {
         return;
     };

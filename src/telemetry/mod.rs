@@ -7,3 +7,4 @@ pub mod metrics;
 pub(crate) mod record;
 pub(crate) mod series;
 pub(crate) mod trace;
+pub(crate) mod workload;

@@ -56,6 +56,9 @@ pub struct Record<'a> {
     pub(crate) route: Option<&'a str>,
     pub(crate) candidates: Option<Vec<&'a str>>,
     pub(crate) skipped: Option<Vec<String>>,
+    /// The request's tags with the declarations they index; `None` when
+    /// no tag is declared (or the request never got that far).
+    pub(crate) workload: Option<(&'a crate::workload::Declared, crate::workload::TagSet)>,
     /// The request was picked for output capture (`models.<alias>.capture`).
     pub(crate) captured: bool,
 }

@@ -172,7 +172,13 @@ impl Race<'_> {
         let Some(route) = r.route(pick.route) else {
             return false;
         };
-        let attempt = pick.into_attempt(route, &r.body, &r.parsed, r.endpoint.usage_capable());
+        let attempt = pick.into_attempt(
+            route,
+            &r.body,
+            &r.parsed,
+            r.endpoint.usage_capable(),
+            (&ctx.head.rt.workloads, r.tags),
+        );
         let Ok(head) = headers::upstream_request(
             self.client,
             &attempt.up,

@@ -450,6 +450,16 @@ fn server_span(
     a.str("tollgate.shadow", rec.shadow);
     a.str("tollgate.cache", rec.cache);
     a.float("tollgate.saved_usd", rec.saved_usd);
+    if let Some((declared, tags)) = rec.workload {
+        // `tollgate.tag.<key>` for each tag the request has.
+        let mut k = String::new();
+        for (tag, value) in declared.set_pairs(&tags) {
+            k.clear();
+            k.push_str("tollgate.tag.");
+            k.push_str(tag);
+            a.put(&k, Val::Str(value));
+        }
+    }
     let name = &mut span.name;
     name.clear();
     match (op, named(rec.model)) {
