@@ -589,38 +589,28 @@ keys:
     }
 
     #[test]
-    fn an_upstream_model_with_control_characters_or_too_long_is_refused() {
+    fn an_upstream_model_with_control_characters_is_refused() {
         // A CR or LF in the model would end a multipart form part's line
         // when the gateway writes it into the form (and split a header).
         let line = "      - { provider: up, model: m1, timeouts: { first_byte: 500ms } }\n";
         assert!(GOOD.contains(line));
-        for (model, want) in [
-            (
-                "\"m1\\r\\nx: y\"",
-                "models.fast.routes[0].model: must not contain control characters",
-            ),
-            (
-                "\"m\\tb\"",
-                "models.fast.routes[0].model: must not contain control characters",
-            ),
-            (
-                &"m".repeat(257),
-                "models.fast.routes[0].model: at most 256 bytes",
-            ),
-        ] {
+        for model in ["\"m1\\r\\nx: y\"", "\"m\\tb\"", "\"m\\u007f\""] {
             let yaml = GOOD.replace(
                 line,
                 &format!("      - {{ provider: up, model: {model} }}\n"),
             );
             let p = problems(&yaml);
+            let want = "models.fast.routes[0].model: must not contain control characters";
             assert!(p.contains(want), "{want}\nin:\n{p}");
         }
+        // Long names and YAML syntax are the operator's to choose.
+        let long = format!("\"{}: #[x]\"", "m".repeat(4096));
         let yaml = GOOD.replace(
             line,
-            &format!("      - {{ provider: up, model: {} }}\n", "m".repeat(256)),
+            &format!("      - {{ provider: up, model: {long} }}\n"),
         );
         if let Err(e) = parse_str(&yaml, env, Path::new("/etc/tollgate")) {
-            panic!("a 256-byte model is refused: {e}");
+            panic!("a long model with YAML syntax is refused: {e}");
         }
     }
 

@@ -7,9 +7,6 @@ use super::ConfigError;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
-/// The longest upstream model name a route may give (`routes[].model`).
-pub(crate) const MAX_UPSTREAM_MODEL_BYTES: usize = 256;
-
 /// Headers a provider's `headers:` may not set: the gateway owns them.
 const RESERVED_HEADERS: &[&str] = &[
     "authorization",
@@ -54,11 +51,6 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), ConfigError> {
             }
             if r.model.trim().is_empty() {
                 v.add(format!("{field}.model"), "must name the upstream model");
-            } else if r.model.len() > MAX_UPSTREAM_MODEL_BYTES {
-                v.add(
-                    format!("{field}.model"),
-                    format!("at most {MAX_UPSTREAM_MODEL_BYTES} bytes"),
-                );
             } else if r.model.chars().any(char::is_control) {
                 // It is written into JSON strings, multipart form fields and
                 // URL paths: a CR or LF would end a form part's line.
