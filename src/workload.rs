@@ -491,6 +491,23 @@ impl Declared {
             .filter(|(k, _)| tags.get(*k) != NONE)
             .map(|(k, key)| (&*key.name, self.label(k, tags.get(k))))
     }
+
+    /// `tags` as `key=value` pairs joined by commas, in declared-key order
+    /// (the keys sorted by name), only the keys with a value (`other` for
+    /// an undeclared value under `unknown: other`); empty when none. What a
+    /// capture row records in its `tags` column.
+    pub fn tag_string(&self, tags: &TagSet) -> String {
+        let mut out = String::new();
+        for (k, v) in self.set_pairs(tags) {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push('=');
+            out.push_str(v);
+        }
+        out
+    }
 }
 
 /// `body` (a JSON object, already validated) with `tags` written in as
@@ -699,6 +716,19 @@ mod tests {
         let u = d.key("use_case").unwrap();
         assert!(!r.admits(u, NONE));
         assert!(r.admits(u, d.value(u, "batch").unwrap()));
+    }
+
+    #[test]
+    fn the_tag_string_lists_set_keys_in_declared_order() {
+        let d = declared("other");
+        let t = d
+            .parse_header(b"use_case=batch,priority=interactive")
+            .unwrap();
+        assert_eq!(d.tag_string(&t), "priority=interactive,use_case=batch");
+        let t = d.parse_header(b"use_case=whatever").unwrap();
+        assert_eq!(d.tag_string(&t), "use_case=other");
+        assert_eq!(d.tag_string(&TagSet::default()), "");
+        assert_eq!(Declared::default().tag_string(&t), "");
     }
 
     #[test]

@@ -649,13 +649,19 @@ async fn on_postgres_pairs_are_reported_and_retention_holds_the_same() {
     let yaml = config_on(
         primary.port(),
         shadow.port(),
-        "capture_retention: { max_age: 1h, max_rows: 4, interval: 1s }",
+        &format!("capture_retention: {{ max_age: 1h, max_rows: 4, interval: 1s }}\n{WORKLOADS}"),
         &store,
     );
     let gw = Gateway::start_with_env(&yaml, &pg.env()).await;
     let gw = &gw;
+    // Tagged from pg-1 on: even ones `batch`, odd ones `summarize`.
     for (i, p) in prompts().iter().enumerate() {
-        let (s, body) = chat(gw, "chat", &format!("pg-{i}"), p, i == 0).await;
+        let rid = format!("pg-{i}");
+        let (s, body) = match i {
+            0 => chat(gw, "chat", &rid, p, true).await,
+            i if i % 2 == 0 => chat_tagged(gw, &rid, p, "use_case=batch").await,
+            _ => chat_tagged(gw, &rid, p, "use_case=summarize").await,
+        };
         assert_eq!(s, 200, "{body}");
     }
     // Retention keeps the newest four of the six; they are pg-2 to pg-5,
@@ -691,8 +697,32 @@ async fn on_postgres_pairs_are_reported_and_retention_holds_the_same() {
     assert_eq!(st, 200, "{low}");
     assert_eq!(low["total"], 1);
     assert_eq!(low["pairs"][0]["request_id"], "pg-4");
+    // The tag filter and breakdown on PostgreSQL: pg-2 and pg-4 (which
+    // differs) are `batch`, pg-3 and pg-5 `summarize`.
+    let uc = &report["by_tag"]["use_case"];
+    assert_eq!(uc["batch"]["agreement_rate"].as_f64(), Some(0.5), "{uc}");
+    assert_eq!(
+        uc["summarize"]["agreement_rate"].as_f64(),
+        Some(1.0),
+        "{uc}"
+    );
+    let (st, b) = admin(gw, "/admin/capture/chat/report?tag=use_case=batch").await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(
+        (b["captured"].as_u64(), b["pairs"][0]["agreeing"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let (_, low) = admin(gw, "/admin/capture/chat/pairs?below=1&tag=use_case=batch").await;
+    assert_eq!(low["total"], 1, "{low}");
+    let (_, low) = admin(
+        gw,
+        "/admin/capture/chat/pairs?below=1&tag=use_case=summarize",
+    )
+    .await;
+    assert_eq!(low["total"], 0, "{low}");
     let (st, one) = admin(gw, "/admin/captures/pg-2").await;
     assert_eq!(st, 200, "{one}");
+    assert_eq!(one["tags"], "use_case=batch");
     let text = one["p_text"].as_str().unwrap();
     assert!(
         !text.contains(PLANTED_MAIL) && !text.contains(PLANTED_KEY),
@@ -814,4 +844,182 @@ async fn json_and_schema_validity_are_reported_for_json_schema_requests() {
     assert_eq!(one["p_text"], "{\"n\": 15}");
     // JSON validity disagrees: the pair scores 0 whatever its text.
     assert_eq!(one["score_ppm"], 0);
+}
+
+const WORKLOADS: &str =
+    "workloads: { tags: { use_case: [summarize, support, batch], priority: [interactive, background] } }";
+
+async fn chat_tagged(gw: &Gateway, rid: &str, prompt: &str, tags: &str) -> (u16, String) {
+    let body = json!({"model": "chat", "messages": [{"role": "user", "content": prompt}]});
+    let mut r = support::client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .header("x-request-id", rid)
+        .json(&body);
+    if !tags.is_empty() {
+        r = r.header("x-tollgate-tags", tags);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn workload_tags_are_recorded_filter_the_report_and_split_it_by_tag() {
+    let s = start(WORKLOADS).await;
+    let gw = &s.gw;
+    // batch: 1 of 3 agree; summarize (interactive): 3 of 4; one untagged.
+    let sent = [
+        ("wl-b0", "batch zero", "use_case=batch"),
+        ("wl-b1", "batch one DIFFER", "use_case=batch"),
+        ("wl-b2", "batch two DIFFER", "use_case=batch"),
+        (
+            "wl-s0",
+            "sum zero",
+            "priority=interactive,use_case=summarize",
+        ),
+        (
+            "wl-s1",
+            "sum one",
+            "use_case=summarize, priority=interactive",
+        ),
+        (
+            "wl-s2",
+            "sum two",
+            "use_case=summarize,priority=interactive",
+        ),
+        (
+            "wl-s3",
+            "sum three DIFFER",
+            "use_case=summarize,priority=interactive",
+        ),
+        ("wl-u0", "untagged DIFFER", ""),
+    ];
+    for (rid, prompt, tags) in sent {
+        let (st, body) = chat_tagged(gw, rid, prompt, tags).await;
+        assert_eq!(st, 200, "{rid}: {body}");
+    }
+    wait_rows(gw, "alias = 'chat' AND s_route IS NOT NULL", 8).await;
+    // The column holds the declared keys with a value, in declared (name) order.
+    assert_eq!(count(gw, "tags = 'use_case=batch'"), 3);
+    assert_eq!(
+        count(gw, "tags = 'priority=interactive,use_case=summarize'"),
+        4
+    );
+    assert_eq!(count(gw, "tags = ''"), 1);
+
+    let (st, r) = admin(gw, "/admin/capture/chat/report").await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["captured"], 8);
+    assert_eq!(r["tag"], Value::Null);
+    assert_eq!(r["pairs"][0]["pairs"], 8);
+    assert_eq!(r["pairs"][0]["agreeing"], 4);
+    let by = &r["by_tag"];
+    let uc = &by["use_case"];
+    assert_eq!(
+        uc.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["batch", "summarize", "support"],
+        "only the declared values: {by}"
+    );
+    assert_eq!(uc["batch"]["requests"], 3);
+    assert_eq!(uc["batch"]["pairs"], 3);
+    assert_eq!(uc["batch"]["agreeing"], 1);
+    assert_eq!(uc["batch"]["agreement_rate"].as_f64(), Some(1.0 / 3.0));
+    assert_eq!(uc["summarize"]["pairs"], 4);
+    assert_eq!(uc["summarize"]["agreement_rate"].as_f64(), Some(0.75));
+    assert_eq!(uc["support"]["pairs"], 0);
+    assert_eq!(uc["support"]["agreement_rate"], Value::Null);
+    assert_eq!(uc["support"]["primary_cost_per_request_usd"], Value::Null);
+    assert_eq!(by["priority"]["interactive"]["pairs"], 4);
+    assert_eq!(
+        by["priority"]["interactive"]["agreement_rate"].as_f64(),
+        Some(0.75)
+    );
+    assert_eq!(by["priority"]["background"]["pairs"], 0);
+    // 10 × 1 + 5 × 2 = 20 µUSD on the primary, 10 µUSD on the shadow.
+    for v in ["batch", "summarize"] {
+        let c = &uc[v];
+        assert!(
+            close(c["primary_cost_per_request_usd"].as_f64().unwrap(), 20e-6),
+            "{c}"
+        );
+        assert!(
+            close(c["shadow_cost_per_request_usd"].as_f64().unwrap(), 10e-6),
+            "{c}"
+        );
+    }
+
+    // The filter restricts the aggregate, its breakdown and the pairs list.
+    let (st, b) = admin(gw, "/admin/capture/chat/report?tag=use_case=batch").await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["tag"], "use_case=batch");
+    assert_eq!(b["captured"], 3);
+    assert_eq!(b["pairs"][0]["pairs"], 3);
+    assert_eq!(b["pairs"][0]["agreeing"], 1);
+    assert_eq!(b["routes"][0]["requests"], 3);
+    assert_eq!(b["by_tag"]["use_case"]["summarize"]["pairs"], 0);
+    assert_eq!(b["by_tag"]["priority"]["interactive"]["pairs"], 0);
+    let (st, b) = admin(gw, "/admin/capture/chat/report?tag=priority%3Dinteractive").await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["captured"], 4);
+    let (st, low) = admin(gw, "/admin/capture/chat/pairs?tag=use_case=batch").await;
+    assert_eq!(st, 200, "{low}");
+    assert_eq!(low["total"], 2);
+    let ids: Vec<&str> = low["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["wl-b1", "wl-b2"]);
+    assert_eq!(low["pairs"][0]["tags"], "use_case=batch");
+    let (_, low) = admin(gw, "/admin/capture/chat/pairs?tag=use_case=summarize").await;
+    assert_eq!(low["total"], 1);
+    let (_, low) = admin(gw, "/admin/capture/chat/pairs").await;
+    assert_eq!(low["total"], 4, "unfiltered: the untagged pair too");
+    for bad in [
+        "use_case=nope",
+        "team=x",
+        "use_case",
+        "use_case=batch,priority=interactive",
+    ] {
+        for ep in ["report", "pairs"] {
+            let (st, e) = admin(gw, &format!("/admin/capture/chat/{ep}?tag={bad}")).await;
+            assert_eq!(st, 400, "{ep} {bad}: {e}");
+            assert_eq!(e["error"]["param"], "tag", "{e}");
+            assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
+        }
+    }
+
+    // One capture and the exports carry the tags.
+    let (st, one) = admin(gw, "/admin/captures/wl-s1").await;
+    assert_eq!(st, 200, "{one}");
+    assert_eq!(one["tags"], "priority=interactive,use_case=summarize");
+    let (_, one) = admin(gw, "/admin/captures/wl-u0").await;
+    assert_eq!(one["tags"], "");
+    let (st, jsonl) = admin_text(gw, "/admin/capture/chat/export").await;
+    assert_eq!(st, 200);
+    let tags: std::collections::BTreeMap<String, String> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|r| {
+            (
+                r["request_id"].as_str().unwrap().to_string(),
+                r["tags"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(tags.len(), 8);
+    assert_eq!(tags["wl-b0"], "use_case=batch");
+    assert_eq!(tags["wl-s3"], "priority=interactive,use_case=summarize");
+    assert_eq!(tags["wl-u0"], "");
+    let (st, csv) = admin_text(gw, "/admin/capture/chat/export?format=csv").await;
+    assert_eq!(st, 200);
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().ends_with(",score_ppm,tags"), "{csv}");
+    assert!(
+        lines.next().unwrap().ends_with(",\"\""),
+        "newest first: the untagged row: {csv}"
+    );
+    assert!(csv.contains(",\"use_case=batch\"\n"), "{csv}");
 }

@@ -2,7 +2,9 @@
 -- One row per captured request: the redacted request, the primary's
 -- answer (`p_`), its shadow's (`s_`, NULL without one) and the signals
 -- comparing them (NULL without a shadow answer). Ratios are parts per
--- million, costs nano-USD, booleans 0/1. Written by the capture writer
+-- million, costs nano-USD, booleans 0/1. `tags` holds the request's
+-- declared tags (`priority=interactive,use_case=batch`, declared-key
+-- order, only keys with a value; empty when none). Written by the capture writer
 -- only; retention deletes by `ts_ms` and by `seq`.
 CREATE TABLE captures (
     seq                 INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -10,6 +12,7 @@ CREATE TABLE captures (
     ts_ms               BIGINT NOT NULL,
     alias               TEXT NOT NULL,
     endpoint            TEXT NOT NULL,
+    tags                TEXT NOT NULL DEFAULT '',
     request             TEXT NOT NULL,
     json_requested      BIGINT NOT NULL,
     p_route             TEXT NOT NULL,

@@ -51,6 +51,22 @@ fn since(q: &str) -> Result<i64, Reply> {
     Ok(crate::base::clock::unix_ms().saturating_sub(ms))
 }
 
+/// `tag=key=value` (`=` may be sent as `%3D`): a declared tag key and one
+/// of its values, else 400 naming `tag`.
+fn tag(rt: &crate::runtime::Runtime, q: &str) -> Result<Option<report::TagFilter>, Reply> {
+    let Some(v) = query(q, "tag") else {
+        return Ok(None);
+    };
+    let v = v.replace("%3D", "=").replace("%3d", "=");
+    match report::TagFilter::parse(&rt.workloads, &v) {
+        Some(f) => Ok(Some(f)),
+        None => Err(bad(
+            "tag",
+            "must be a declared tag and one of its values, such as use_case=batch",
+        )),
+    }
+}
+
 /// An integer parameter between `lo` and `hi`, `default` when absent.
 fn int(q: &str, name: &str, default: i64, lo: i64, hi: i64) -> Result<i64, Reply> {
     match query(q, name) {
@@ -108,18 +124,20 @@ fn known_alias(rt: &crate::runtime::Runtime, alias: &str) -> Result<(), Reply> {
     }
 }
 
-/// `GET /admin/capture/{alias}/report?window=`.
+/// `GET /admin/capture/{alias}/report?window=&tag=`.
 pub(crate) async fn report(rt: &crate::runtime::Runtime, alias: &str, q: &str) -> Reply {
     let r = async {
         known_alias(rt, alias)?;
         let since = since(q)?;
+        let tag = tag(rt, q)?;
         let a = alias.to_string();
-        read(move |c| report::report(c, &a, since)).await
+        let declared = rt.workloads.clone();
+        read(move |c| report::report(c, &a, since, tag.as_ref(), &declared)).await
     };
     r.await.map_or_else(|e| e, Reply::ok)
 }
 
-/// `GET /admin/capture/{alias}/pairs?below=&limit=&offset=&window=`:
+/// `GET /admin/capture/{alias}/pairs?below=&limit=&offset=&window=&tag=`:
 /// `below` is a score from 0 to 1 (default: the agreement threshold).
 pub(crate) async fn pairs(rt: &crate::runtime::Runtime, alias: &str, q: &str) -> Reply {
     let r = async {
@@ -137,8 +155,10 @@ pub(crate) async fn pairs(rt: &crate::runtime::Runtime, alias: &str, q: &str) ->
         let below_ppm = (below * 1e6).round() as i64;
         let limit = int(q, "limit", 20, 1, report::MAX_PAIRS_PAGE)?;
         let offset = int(q, "offset", 0, 0, report::MAX_REPORT_ROWS)?;
+        let tag = tag(rt, q)?;
         let a = alias.to_string();
-        read(move |c| report::low_pairs(c, &a, since, below_ppm, limit, offset)).await
+        read(move |c| report::low_pairs(c, &a, since, below_ppm, tag.as_ref(), (limit, offset)))
+            .await
     };
     r.await.map_or_else(|e| e, Reply::ok)
 }

@@ -135,6 +135,9 @@ pub struct Primary {
     pub request_id: String,
     pub alias: String,
     pub endpoint: &'static str,
+    /// The request's declared tags, `key=value,…` in declared-key order
+    /// (`Declared::tag_string`); empty when it has none.
+    pub tags: String,
     pub ts_ms: i64,
     /// The request body as sent upstream (Chat Completions shape).
     pub body: Bytes,

@@ -25,8 +25,43 @@ pub const MAX_EXPORT_BYTES: usize = 32 * 1024 * 1024;
 
 const AGG: &str = "SELECT p_route, p_variant, s_route, p_status, s_status, p_latency_ms, p_ttft_ms, \
 s_latency_ms, s_ttft_ms, p_cost_nanos, s_cost_nanos, exact_match, similarity_ppm, length_ratio_ppm, \
-tools_agree, finish_agree, score_ppm, p_json_valid, s_json_valid, p_schema_valid, s_schema_valid \
-FROM captures WHERE alias = $1 AND ts_ms >= $2 ORDER BY seq DESC LIMIT $3";
+tools_agree, finish_agree, score_ppm, p_json_valid, s_json_valid, p_schema_valid, s_schema_valid, tags \
+FROM captures WHERE alias = $1 AND ts_ms >= $2";
+
+/// A tag filter (`?tag=use_case=batch`): one declared `key=value`,
+/// checked by the caller ([`crate::workload::Declared::pair`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagFilter(String);
+
+impl TagFilter {
+    /// `pair` if it names a declared tag key and one of its values.
+    pub fn parse(declared: &crate::workload::Declared, pair: &str) -> Option<TagFilter> {
+        declared.pair(pair).map(|_| TagFilter(pair.to_string()))
+    }
+
+    /// The SQL condition on `tags` (with placeholder `$n`) and its
+    /// parameter: the comma-delimited column holds the pair as a whole
+    /// item. Tag names and values are letters, digits and `- _ .`; `_` is
+    /// escaped so it matches itself only.
+    fn sql(&self, n: usize) -> (String, Val) {
+        let pattern = format!("%,{},%", self.0.replace('_', "\\_"));
+        (
+            format!(" AND (',' || tags || ',') LIKE ${n} ESCAPE '\\'"),
+            Val::Text(pattern),
+        )
+    }
+}
+
+/// `filter`'s condition and parameter (placeholder `$n`), if any.
+fn tag_condition(filter: Option<&TagFilter>, n: usize) -> (String, Option<Val>) {
+    match filter {
+        Some(f) => {
+            let (sql, v) = f.sql(n);
+            (sql, Some(v))
+        }
+        None => (String::new(), None),
+    }
+}
 
 fn int(v: &Val) -> Option<i64> {
     v.int()
@@ -143,53 +178,129 @@ struct Pairs {
     shadow: Numbers,
 }
 
+/// One declared tag value's rows in a report (`by_tag`).
+#[derive(Default)]
+struct TagCell {
+    requests: u64,
+    pairs: u64,
+    agreeing: u64,
+    primary_nanos: i64,
+    shadow_nanos: i64,
+}
+
+impl TagCell {
+    fn view(&self) -> Value {
+        json!({
+            "requests": self.requests,
+            "pairs": self.pairs,
+            "agreeing": self.agreeing,
+            "agreement_rate": rate(self.agreeing, self.pairs),
+            "primary_cost_per_request_usd": mean(self.primary_nanos, self.pairs, 1e9),
+            "shadow_cost_per_request_usd": mean(self.shadow_nanos, self.pairs, 1e9),
+        })
+    }
+}
+
+/// The `by_tag` cells a row's `tags` column counts in: per declared key
+/// and value, `(key index, value index - 1)`. Undeclared keys and values
+/// (`other`, or a tag since removed from the config) count nowhere.
+fn tag_cells(declared: &crate::workload::Declared, tags: &str) -> Vec<(usize, usize)> {
+    tags.split(',')
+        .filter_map(|pair| declared.pair(pair))
+        .map(|(k, v)| (k, usize::from(v).saturating_sub(1)))
+        .collect()
+}
+
 /// `GET /admin/capture/{alias}/report`: the aggregate of `alias` since
-/// `since_ms`.
-pub fn report(c: &mut dyn Conn, alias: &str, since_ms: i64) -> Result<Value, SqlError> {
+/// `since_ms`, only rows with the tag `filter` when given, with a `by_tag`
+/// breakdown over the `declared` tags' values.
+pub fn report(
+    c: &mut dyn Conn,
+    alias: &str,
+    since_ms: i64,
+    filter: Option<&TagFilter>,
+    declared: &crate::workload::Declared,
+) -> Result<Value, SqlError> {
     let mut routes: BTreeMap<(String, Option<String>), Numbers> = BTreeMap::new();
     let mut pairs: BTreeMap<(String, String), Pairs> = BTreeMap::new();
+    let mut by_tag: Vec<Vec<TagCell>> = declared
+        .keys
+        .iter()
+        .map(|k| k.values.iter().map(|_| TagCell::default()).collect())
+        .collect();
     let mut captured = 0u64;
-    c.query_each(
-        AGG,
-        &[
-            Val::from(alias),
-            Val::Int(since_ms),
-            Val::Int(MAX_REPORT_ROWS),
-        ],
-        &mut |r| {
-            captured += 1;
-            let g = |i: usize| r.get(i).and_then(int);
-            let route = r.first().and_then(text).unwrap_or_default();
-            let variant = r.get(1).and_then(text);
-            let p = routes.entry((route.clone(), variant)).or_default();
-            p.add(g(3), g(5), g(6), g(9));
-            p.json.add(g(17));
-            p.schema.add(g(19));
-            let Some(sr) = r.get(2).and_then(text) else {
-                return Ok(());
-            };
-            let e = pairs.entry((route, sr)).or_default();
-            let Some(score) = g(16) else {
-                e.shadow_failed += 1;
-                return Ok(());
-            };
-            e.pairs += 1;
-            e.agreeing += u64::from(score as f64 >= AGREE_AT * 1e6);
-            e.exact += u64::from(g(11) == Some(1));
-            e.score = e.score.saturating_add(score);
-            e.similarity = e.similarity.saturating_add(g(12).unwrap_or(0));
-            e.length_ratio = e.length_ratio.saturating_add(g(13).unwrap_or(0));
-            e.tools.add(g(14));
-            e.finish.add(g(15));
-            e.primary.add(g(3), g(5), g(6), g(9));
-            e.primary.json.add(g(17));
-            e.primary.schema.add(g(19));
-            e.shadow.add(g(4), g(7), g(8), g(10));
-            e.shadow.json.add(g(18));
-            e.shadow.schema.add(g(20));
-            Ok(())
-        },
-    )?;
+    let (cond, tag_param) = tag_condition(filter, 4);
+    let sql = format!("{AGG}{cond} ORDER BY seq DESC LIMIT $3");
+    let mut params = vec![
+        Val::from(alias),
+        Val::Int(since_ms),
+        Val::Int(MAX_REPORT_ROWS),
+    ];
+    params.extend(tag_param);
+    c.query_each(&sql, &params, &mut |r| {
+        captured += 1;
+        let g = |i: usize| r.get(i).and_then(int);
+        let cells = tag_cells(declared, r.get(21).and_then(Val::text).unwrap_or(""));
+        let mut cell = |f: &dyn Fn(&mut TagCell)| {
+            for (k, v) in &cells {
+                if let Some(c) = by_tag.get_mut(*k).and_then(|vs| vs.get_mut(*v)) {
+                    f(c);
+                }
+            }
+        };
+        cell(&|c| c.requests += 1);
+        let route = r.first().and_then(text).unwrap_or_default();
+        let variant = r.get(1).and_then(text);
+        let p = routes.entry((route.clone(), variant)).or_default();
+        p.add(g(3), g(5), g(6), g(9));
+        p.json.add(g(17));
+        p.schema.add(g(19));
+        let Some(sr) = r.get(2).and_then(text) else {
+            return Ok(());
+        };
+        let e = pairs.entry((route, sr)).or_default();
+        let Some(score) = g(16) else {
+            e.shadow_failed += 1;
+            return Ok(());
+        };
+        let agrees = score as f64 >= AGREE_AT * 1e6;
+        let (pc, sc) = (g(9).unwrap_or(0), g(10).unwrap_or(0));
+        cell(&|c| {
+            c.pairs += 1;
+            c.agreeing += u64::from(agrees);
+            c.primary_nanos = c.primary_nanos.saturating_add(pc);
+            c.shadow_nanos = c.shadow_nanos.saturating_add(sc);
+        });
+        e.pairs += 1;
+        e.agreeing += u64::from(agrees);
+        e.exact += u64::from(g(11) == Some(1));
+        e.score = e.score.saturating_add(score);
+        e.similarity = e.similarity.saturating_add(g(12).unwrap_or(0));
+        e.length_ratio = e.length_ratio.saturating_add(g(13).unwrap_or(0));
+        e.tools.add(g(14));
+        e.finish.add(g(15));
+        e.primary.add(g(3), g(5), g(6), g(9));
+        e.primary.json.add(g(17));
+        e.primary.schema.add(g(19));
+        e.shadow.add(g(4), g(7), g(8), g(10));
+        e.shadow.json.add(g(18));
+        e.shadow.schema.add(g(20));
+        Ok(())
+    })?;
+    let by_tag: Map<String, Value> = declared
+        .keys
+        .iter()
+        .zip(&by_tag)
+        .map(|(key, cells)| {
+            let values: Map<String, Value> = key
+                .values
+                .iter()
+                .zip(cells)
+                .map(|(v, c)| (v.to_string(), c.view()))
+                .collect();
+            (key.name.to_string(), Value::Object(values))
+        })
+        .collect();
     let routes: Vec<Value> = routes
         .into_iter()
         .map(|((route, variant), mut n)| {
@@ -234,10 +345,12 @@ pub fn report(c: &mut dyn Conn, alias: &str, since_ms: i64) -> Result<Value, Sql
     Ok(json!({
         "alias": alias,
         "since_ms": since_ms,
+        "tag": filter.map(|f| f.0.as_str()),
         "captured": captured,
         "agree_at": AGREE_AT,
         "routes": routes,
         "pairs": pairs,
+        "by_tag": by_tag,
     }))
 }
 
@@ -274,20 +387,25 @@ const PAIR_COLUMNS: &[&str] = &[
     "s_text",
     "p_finish",
     "s_finish",
+    "tags",
 ];
 
 /// `GET /admin/capture/{alias}/pairs`: compared pairs scoring below
-/// `below_ppm`, lowest first (oldest first among equals), one page.
+/// `below_ppm`, lowest first (oldest first among equals), one page; only
+/// rows with the tag `tag` when given.
 pub fn low_pairs(
     c: &mut dyn Conn,
     alias: &str,
     since_ms: i64,
     below_ppm: i64,
-    limit: i64,
-    offset: i64,
+    tag: Option<&TagFilter>,
+    (limit, offset): (i64, i64),
 ) -> Result<Value, SqlError> {
-    let filter = "FROM captures WHERE alias = $1 AND ts_ms >= $2 AND score_ppm IS NOT NULL AND score_ppm < $3";
-    let params = [Val::from(alias), Val::Int(since_ms), Val::Int(below_ppm)];
+    let (cond, tag_param) = tag_condition(tag, 4);
+    let filter = format!("FROM captures WHERE alias = $1 AND ts_ms >= $2 AND score_ppm IS NOT NULL AND score_ppm < $3{cond}");
+    let mut params = vec![Val::from(alias), Val::Int(since_ms), Val::Int(below_ppm)];
+    params.extend(tag_param);
+    let (lim, off) = (params.len() + 1, params.len() + 2);
     let total = c
         .query(&format!("SELECT COUNT(*) {filter}"), &params)?
         .first()
@@ -295,7 +413,7 @@ pub fn low_pairs(
         .and_then(Val::int)
         .unwrap_or(0);
     let sql = format!(
-        "SELECT {} {filter} ORDER BY score_ppm ASC, seq ASC LIMIT $4 OFFSET $5",
+        "SELECT {} {filter} ORDER BY score_ppm ASC, seq ASC LIMIT ${lim} OFFSET ${off}",
         PAIR_COLUMNS.join(", ")
     );
     let mut all = params.to_vec();
@@ -408,6 +526,58 @@ pub fn export(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn declared() -> crate::workload::Declared {
+        let w: crate::config::workloads::WorkloadsSection = serde_yaml::from_str(
+            "tags: { use_case: [batch, eval], usecase: [batch], priority: [interactive] }",
+        )
+        .unwrap();
+        crate::workload::Declared::compile(&w)
+    }
+
+    #[test]
+    fn a_tag_filter_matches_whole_items_of_the_tags_column_only() {
+        let d = declared();
+        assert!(TagFilter::parse(&d, "use_case=nope").is_none());
+        assert!(TagFilter::parse(&d, "team=x").is_none());
+        assert!(TagFilter::parse(&d, "use_case").is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let mut c: Box<dyn Conn> =
+            Box::new(crate::keystore::sql::Sqlite::open(path.to_str().unwrap()).unwrap());
+        crate::keystore::migrate::run(&mut *c).unwrap();
+        // `_` is escaped: `use_case=batch` does not match `useXcase=batch`.
+        for (id, tags) in [
+            ("a", "use_case=batch"),
+            ("b", "priority=interactive,use_case=batch"),
+            ("c", "use_case=batchy"),
+            ("d", "useXcase=batch"),
+            ("e", ""),
+            ("f", "priority=interactive,use_case=eval"),
+        ] {
+            c.exec(
+                "INSERT INTO captures (request_id, ts_ms, alias, endpoint, request, json_requested, \
+                 p_route, p_status, p_text, p_tools, p_latency_ms, p_truncated, tags) \
+                 VALUES ($1, 1, 'm', 'chat', '', 0, 'r', 200, '', '[]', 5, 0, $2)",
+                &[Val::from(id), Val::from(tags)],
+            )
+            .unwrap();
+        }
+        let f = TagFilter::parse(&d, "use_case=batch").unwrap();
+        let r = report(&mut *c, "m", 0, Some(&f), &d).unwrap();
+        assert_eq!(r["captured"], 2);
+        assert_eq!(r["by_tag"]["use_case"]["batch"]["requests"], 2);
+        assert_eq!(r["by_tag"]["priority"]["interactive"]["requests"], 1);
+        assert_eq!(r["by_tag"]["usecase"]["batch"]["requests"], 0);
+        let r = report(&mut *c, "m", 0, None, &d).unwrap();
+        assert_eq!(r["captured"], 6);
+        assert_eq!(r["by_tag"]["use_case"]["eval"]["requests"], 1);
+        assert_eq!(r["by_tag"]["priority"]["interactive"]["requests"], 2);
+        assert_eq!(
+            tag_cells(&d, "use_case=other,nope,=,use_case=eval"),
+            [(1, 1)]
+        );
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

@@ -292,6 +292,7 @@ pub(crate) const COLUMNS: &[&str] = &[
     "tools_agree",
     "finish_agree",
     "score_ppm",
+    "tags",
 ];
 
 static INSERT: &str = "INSERT INTO captures (request_id, ts_ms, alias, endpoint, request, json_requested, \
@@ -299,9 +300,9 @@ p_route, p_variant, p_status, p_text, p_tools, p_finish, p_latency_ms, p_ttft_ms
 p_completion_tokens, p_cost_nanos, p_truncated, p_json_valid, p_schema_valid, s_route, s_status, s_text, \
 s_tools, s_finish, s_latency_ms, s_ttft_ms, s_prompt_tokens, s_completion_tokens, s_cost_nanos, \
 s_truncated, s_json_valid, s_schema_valid, exact_match, similarity_ppm, length_ratio_ppm, tools_agree, \
-finish_agree, score_ppm) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+finish_agree, score_ppm, tags) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
 $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, \
-$36, $37, $38, $39) ON CONFLICT (request_id) DO NOTHING";
+$36, $37, $38, $39, $40) ON CONFLICT (request_id) DO NOTHING";
 
 /// One row to write, and what its metrics need.
 pub(crate) struct Row {
@@ -458,6 +459,7 @@ pub(crate) fn row(p: &Primary, s: Option<&Side>) -> Row {
         ]),
         None => vals.extend(std::iter::repeat_n(Val::Null, 6)),
     }
+    vals.push(Val::Text(p.tags.clone()));
     Row {
         vals,
         alias: p.alias.clone(),
@@ -480,6 +482,7 @@ mod tests {
             request_id: id.into(),
             alias: "chat".into(),
             endpoint: "chat",
+            tags: "use_case=batch".into(),
             ts_ms: 1000,
             body: Bytes::from_static(
                 br#"{"model":"chat","messages":[{"role":"user","content":"mail me at bob@example.com, key sk-abcdefghijklmnopqrst"}]}"#,
@@ -526,6 +529,7 @@ mod tests {
         assert_eq!(col("score_ppm"), &Val::Int(666_667));
         assert_eq!(col("exact_match"), &Val::Int(0));
         assert_eq!(col("p_finish"), &Val::Text("stop".into()));
+        assert_eq!(col("tags"), &Val::Text("use_case=batch".into()));
         let long = row(&primary("r2", false, &"x".repeat(100)), None);
         let text = long.vals[COLUMNS.iter().position(|c| *c == "p_text").unwrap()]
             .text()

@@ -263,6 +263,7 @@ fn capture(
             request_id: ctx.head.request_id.clone(),
             alias: req.alias().to_string(),
             endpoint: req.endpoint.label(),
+            tags: ctx.head.rt.workloads.tag_string(&req.tags),
             ts_ms: crate::base::clock::unix_ms(),
             body: req.body.clone(),
             plan,
