@@ -529,7 +529,11 @@ fn chromium() -> PathBuf {
 }
 
 fn headless(bin: &Path, profile: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(bin)
+    // Bounded: a browser that hangs (no display, a crashed GPU process)
+    // fails the test after two minutes instead of holding the suite.
+    Command::new("timeout")
+        .args(["--kill-after=10", "120"])
+        .arg(bin)
         .args([
             "--headless",
             "--no-sandbox",

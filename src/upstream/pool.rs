@@ -43,6 +43,12 @@ struct Window {
     prev_requests: u64,
     tokens: u64,
     prev_tokens: u64,
+    /// Requests whose tokens were counted (for the average a pick holds).
+    settled: u64,
+    prev_settled: u64,
+    /// Tokens held by picks not yet settled (`tpm` keys only). Not a
+    /// bucket: it outlives the window's roll.
+    held: u64,
 }
 
 impl Window {
@@ -51,15 +57,27 @@ impl Window {
         if elapsed >= 2 * WINDOW_MS {
             *self = Window {
                 start: now - now % WINDOW_MS,
+                held: self.held,
                 ..Window::default()
             };
         } else if elapsed >= WINDOW_MS {
             self.prev_requests = self.requests;
             self.prev_tokens = self.tokens;
+            self.prev_settled = self.settled;
             self.requests = 0;
             self.tokens = 0;
+            self.settled = 0;
             self.start = self.start.saturating_add(WINDOW_MS);
         }
+    }
+
+    /// Tokens per settled request over both buckets (0 before the first).
+    fn average_tokens(&self) -> u64 {
+        let n = self.settled.saturating_add(self.prev_settled);
+        self.tokens
+            .saturating_add(self.prev_tokens)
+            .checked_div(n)
+            .unwrap_or(0)
     }
 
     /// `current` plus the part of `prev` still inside the last minute.
@@ -76,9 +94,12 @@ impl KeyState {
         (now < until).then(|| until - now)
     }
 
-    /// Takes one request of the key's `rpm` if it has room (and its
-    /// `tpm` is not spent). `Err(ms)`: full, for about this long.
-    fn take(&self, now: u64, limits: &PoolKeyLimits) -> Result<(), u64> {
+    /// Takes one request of the key's `rpm` if it has room, and with a
+    /// `tpm`, holds the tokens a request here uses on average until the
+    /// pick settles, so requests in flight count against it (without the
+    /// hold, every concurrent request saw the same unspent minute).
+    /// `Ok(held)`; `Err(ms)`: full, for about this long.
+    fn take(&self, now: u64, limits: &PoolKeyLimits) -> Result<u64, u64> {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         w.roll(now);
         let wait = WINDOW_MS - now.saturating_sub(w.start).min(WINDOW_MS - 1);
@@ -87,26 +108,41 @@ impl KeyState {
                 return Err(wait);
             }
         }
+        let mut held = 0;
         if let Some(tpm) = limits.tpm {
-            if w.sliding(now, w.tokens, w.prev_tokens) >= tpm {
+            let used = w.sliding(now, w.tokens, w.prev_tokens);
+            if used.saturating_add(w.held) >= tpm {
                 return Err(wait);
             }
+            held = w.average_tokens();
+            w.held = w.held.saturating_add(held);
         }
         w.requests = w.requests.saturating_add(1);
-        Ok(())
+        Ok(held)
     }
 
-    /// Gives back a request taken by a pick that was not used.
-    fn give_back(&self) {
+    /// Gives back a request taken by a pick that was not used, and what
+    /// it held.
+    fn give_back(&self, held: u64) {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         w.requests = w.requests.saturating_sub(1);
+        w.held = w.held.saturating_sub(held);
     }
 
-    /// Counts tokens a request on this key used.
-    fn spend(&self, now: u64, tokens: u64) {
+    /// Lets go of tokens a pick held (it ended without a count).
+    fn release(&self, held: u64) {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        w.held = w.held.saturating_sub(held);
+    }
+
+    /// Counts tokens a request on this key used, in place of what its
+    /// pick held.
+    fn spend(&self, now: u64, tokens: u64, held: u64) {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         w.roll(now);
+        w.held = w.held.saturating_sub(held);
         w.tokens = w.tokens.saturating_add(tokens);
+        w.settled = w.settled.saturating_add(1);
     }
 
     fn cool(&self, ms: u64, now: u64, rate_limited: bool) {
@@ -143,6 +179,31 @@ pub(crate) struct KeyPool {
 pub(crate) struct KeyPick {
     pub(crate) index: usize,
     state: Arc<KeyState>,
+    held: Arc<Held>,
+}
+
+/// The tokens a pick holds in its key's `tpm`, shared by the pick's
+/// clones: settled once (`spent`, `unused`), else let go when the last
+/// clone is dropped (a failed, cancelled or abandoned attempt), so no path
+/// keeps them.
+struct Held {
+    state: Arc<KeyState>,
+    tokens: AtomicU64,
+}
+
+impl Held {
+    fn take(&self) -> u64 {
+        self.tokens.swap(0, Relaxed)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let t = self.take();
+        if t > 0 {
+            self.state.release(t);
+        }
+    }
 }
 
 /// Why no key could be picked: every usable key was tried, or the others
@@ -242,10 +303,14 @@ impl KeyPool {
             usable.retain(|&u| u != i);
             let k = &self.keys[i];
             match k.state.take(now, &k.limits) {
-                Ok(()) => {
+                Ok(held) => {
                     return Ok(KeyPick {
                         index: i,
                         state: k.state.clone(),
+                        held: Arc::new(Held {
+                            state: k.state.clone(),
+                            tokens: AtomicU64::new(held),
+                        }),
                     })
                 }
                 // Over its own quota: as if the provider had said 429.
@@ -270,7 +335,7 @@ impl KeyPool {
 impl KeyPick {
     /// The pick was not used (no backend could be had).
     pub(crate) fn unused(&self) {
-        self.state.give_back();
+        self.state.give_back(self.held.take());
     }
 
     /// The provider rate-limited this key: out for `retry_after` seconds
@@ -303,7 +368,7 @@ impl KeyPick {
 
     /// Counts the tokens a request used on this key (its `tpm`).
     pub(crate) fn spent(&self, pool: &KeyPool, tokens: u64, now: u64) {
-        self.state.spend(now, tokens);
+        self.state.spend(now, tokens, self.held.take());
         if let Some(m) = metrics::get() {
             m.key_tokens
                 .with_label_values(&[&pool.provider, pool.label(self.index)])
@@ -341,15 +406,20 @@ mod tests {
         keys: &[(&str, f64, Option<u64>)],
         states: &Keyed<(String, [u8; 32]), KeyState>,
     ) -> KeyPool {
+        pool_tpm(keys, None, states)
+    }
+
+    fn pool_tpm(
+        keys: &[(&str, f64, Option<u64>)],
+        tpm: Option<u64>,
+        states: &Keyed<(String, [u8; 32]), KeyState>,
+    ) -> KeyPool {
         let keys: Vec<PoolKey> = keys
             .iter()
             .map(|(k, w, rpm)| PoolKey {
                 key: k.to_string(),
                 weight: *w,
-                limits: PoolKeyLimits {
-                    rpm: *rpm,
-                    tpm: None,
-                },
+                limits: PoolKeyLimits { rpm: *rpm, tpm },
                 name: None,
             })
             .collect();
@@ -398,6 +468,50 @@ mod tests {
         let again = pool(&[("z", 1.0, None), ("a", 1.0, None)], &states);
         a.rate_limited(&p, Some(5), 3000);
         assert_eq!(again.pick(&[], 4000).unwrap().index, 0);
+    }
+
+    fn held(p: &KeyPool) -> u64 {
+        let w = p.keys[0].state.window.lock().unwrap();
+        w.held
+    }
+
+    #[test]
+    fn requests_in_flight_hold_their_average_tokens_against_tpm() {
+        let states = Keyed::default();
+        let p = pool_tpm(&[("a", 1.0, None)], Some(100), &states);
+        // The first request holds nothing (no average yet) and used 40.
+        let first = p.pick(&[], 1_000).unwrap();
+        assert_eq!(held(&p), 0);
+        first.spent(&p, 40, 1_000);
+        // 40 spent; each request in flight now holds 40 more: 40 + 40 is
+        // under 100, 40 + 80 is not.
+        let a = p.pick(&[], 2_000).unwrap();
+        let b = p.pick(&[], 2_000).unwrap();
+        assert_eq!(held(&p), 80);
+        let out = p.pick(&[], 2_000).err().unwrap().unwrap();
+        assert!(out.rate_limited, "a full key answers as a 429 would");
+        // A clone settles the pick once; the drop of the rest adds nothing.
+        let a2 = a.clone();
+        a2.spent(&p, 10, 2_000);
+        drop(a);
+        drop(a2);
+        assert_eq!(held(&p), 40, "only b holds now");
+        // An attempt that fails and is dropped lets go of what it held.
+        drop(b);
+        assert_eq!(held(&p), 0);
+        // An unused pick gives back its request and its hold.
+        let c = p.pick(&[], 3_000).unwrap();
+        assert_eq!(held(&p), 25, "the average is now (40 + 10) / 2");
+        c.unused();
+        assert_eq!(held(&p), 0);
+        // The hold outlives the window's roll.
+        let d = p.pick(&[], 500_000).unwrap();
+        assert_eq!(held(&p), 0, "no average left after two idle minutes");
+        d.spent(&p, 30, 500_000);
+        let e = p.pick(&[], 500_000).unwrap();
+        assert_eq!(held(&p), 30);
+        assert!(p.pick(&[], 700_000).is_ok(), "rolled: 0 spent, 30 held");
+        drop(e);
     }
 
     #[test]
