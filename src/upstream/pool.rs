@@ -178,7 +178,7 @@ pub(crate) struct KeyPool {
 #[derive(Clone)]
 pub(crate) struct KeyPick {
     pub(crate) index: usize,
-    state: Arc<KeyState>,
+    /// The key's state, with what this pick holds of it.
     held: Arc<Held>,
 }
 
@@ -306,7 +306,6 @@ impl KeyPool {
                 Ok(held) => {
                     return Ok(KeyPick {
                         index: i,
-                        state: k.state.clone(),
                         held: Arc::new(Held {
                             state: k.state.clone(),
                             tokens: AtomicU64::new(held),
@@ -335,14 +334,14 @@ impl KeyPool {
 impl KeyPick {
     /// The pick was not used (no backend could be had).
     pub(crate) fn unused(&self) {
-        self.state.give_back(self.held.take());
+        self.held.state.give_back(self.held.take());
     }
 
     /// The provider rate-limited this key: out for `retry_after` seconds
     /// (or [`DEFAULT_COOLDOWN_MS`]).
     pub(crate) fn rate_limited(&self, pool: &KeyPool, retry_after: Option<u64>, now: u64) {
         let ms = retry_after.map_or(DEFAULT_COOLDOWN_MS, |s| s.saturating_mul(1000));
-        self.state.cool(ms, now, true);
+        self.held.state.cool(ms, now, true);
         if let Some(m) = metrics::get() {
             m.key_cooldowns
                 .with_label_values(&[&pool.provider, pool.label(self.index), "rate_limited"])
@@ -358,7 +357,7 @@ impl KeyPick {
             "provider {provider} refused key `{label}` (HTTP {status}); it is left out for {} s: check providers.{provider}.api_keys",
             REFUSED_COOLDOWN_MS / 1000
         );
-        self.state.cool(REFUSED_COOLDOWN_MS, now, false);
+        self.held.state.cool(REFUSED_COOLDOWN_MS, now, false);
         if let Some(m) = metrics::get() {
             m.key_cooldowns
                 .with_label_values(&[provider, label, "refused"])
@@ -368,7 +367,7 @@ impl KeyPick {
 
     /// Counts the tokens a request used on this key (its `tpm`).
     pub(crate) fn spent(&self, pool: &KeyPool, tokens: u64, now: u64) {
-        self.state.spend(now, tokens, self.held.take());
+        self.held.state.spend(now, tokens, self.held.take());
         if let Some(m) = metrics::get() {
             m.key_tokens
                 .with_label_values(&[&pool.provider, pool.label(self.index)])
