@@ -247,7 +247,8 @@ pub async fn used(rules: &[&Rule]) -> Result<Vec<i64>, String> {
     }
 }
 
-type Refusal = (crate::base::error::GatewayError, RateHeaders);
+/// A refusal: the error to answer and the rate headers it carries.
+pub type Refusal = (crate::base::error::GatewayError, RateHeaders);
 
 /// The first admission step, before the body is read: counts the key's
 /// and team's `rpm` and `concurrency`, and checks their token and spend

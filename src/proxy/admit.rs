@@ -27,6 +27,23 @@ pub(crate) enum Next {
 
 /// Admits the request, or writes its error. Returns `Ok(true)` when a
 /// response was sent (Pingora's `request_filter` convention).
+/// Keeps what admission reserved (and its rate headers) in `ctx`, or its
+/// refusal's headers and the error to answer.
+pub(crate) fn hold_admission(
+    ctx: &mut Ctx,
+    admitted: Result<Option<governance::Admitted>, governance::Refusal>,
+) -> Result<(), GatewayError> {
+    match admitted {
+        Ok(Some(a)) => ctx.out.limits(Some(a.reservation), a.headers),
+        Ok(None) => {}
+        Err((err, headers)) => {
+            ctx.out.limits(None, headers);
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn request_filter(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
     match admit(session, ctx).await {
         Ok(Next::Proxy) => Ok(false),
@@ -250,7 +267,7 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         governance::give_back(early).await;
         return written(serve_cached(session, ctx, entry).await, ctx);
     }
-    match governance::admit_request(
+    let admitted = governance::admit_request(
         &key_info.rules,
         &key_info.workload_rules(&req.tags),
         model.limits(),
@@ -259,15 +276,8 @@ async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<Next, GatewayErro
         &req.body,
         early,
     )
-    .await
-    {
-        Ok(Some(a)) => ctx.out.limits(Some(a.reservation), a.headers),
-        Ok(None) => {}
-        Err((err, headers)) => {
-            ctx.out.limits(None, headers);
-            return Err(err);
-        }
-    }
+    .await;
+    hold_admission(ctx, admitted)?;
     if let Some(entry) = &hit {
         return written(serve_cached(session, ctx, entry).await, ctx);
     }

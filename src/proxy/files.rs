@@ -280,7 +280,7 @@ pub(crate) async fn admit(
         reserve_output_tokens: 0,
         ratios: &model.ratios,
     };
-    match crate::governance::admit_request(
+    let admitted = crate::governance::admit_request(
         &key.rules,
         &[],
         limits,
@@ -289,15 +289,8 @@ pub(crate) async fn admit(
         &Bytes::new(),
         early,
     )
-    .await
-    {
-        Ok(Some(a)) => ctx.out.limits(Some(a.reservation), a.headers),
-        Ok(None) => {}
-        Err((err, headers)) => {
-            ctx.out.limits(None, headers);
-            return Err(err);
-        }
-    }
+    .await;
+    crate::proxy::admit::hold_admission(ctx, admitted)?;
     Ok(Next::Proxy)
 }
 
